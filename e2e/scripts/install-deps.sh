@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Installs what the e2e test bed needs on a fresh Debian machine, then builds (or finds cached)
+# kube-apiserver and etcd. CI runs it before the e2e tests; on a machine that already has
+# everything it touches no package index, so it costs nothing.
+#
+# usage: install-deps.sh      (as root when a package is missing)
+set -euo pipefail
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+# command -> Debian package that provides it
+declare -A pkg=(
+  [docker-registry]=docker-registry
+  [htpasswd]=apache2-utils
+  [git]=git
+  [curl]=curl
+  [openssl]=openssl
+  [python3]=python3
+  [setsid]=util-linux
+)
+missing=()
+for cmd in "${!pkg[@]}"; do
+  command -v "$cmd" >/dev/null 2>&1 || missing+=("${pkg[$cmd]}")
+done
+
+if ((${#missing[@]})); then
+  ((EUID == 0)) || die "missing packages ${missing[*]}; run this script as root"
+  log "installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [[ -n ${KUBEBUILDER_ASSETS:-} ]]; then
+  for b in etcd kube-apiserver; do
+    [[ -x $KUBEBUILDER_ASSETS/$b ]] || die "KUBEBUILDER_ASSETS=$KUBEBUILDER_ASSETS has no executable $b"
+  done
+  log "using kube-apiserver and etcd from $KUBEBUILDER_ASSETS"
+else
+  dir=$("$E2E_SCRIPTS/build-k8s.sh" | tail -n 1)
+  log "kube-apiserver and etcd in $dir"
+fi

@@ -1,0 +1,70 @@
+//! The CustomResourceDefinitions packsmith serves, as committed under `crds/`.
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
+
+use super::{PackageRepositorySource, PackageSource};
+
+/// Every CRD, with the file name it is committed under in `crds/`.
+pub fn all() -> Vec<(&'static str, CustomResourceDefinition)> {
+    vec![
+        ("packagesources.yaml", PackageSource::crd()),
+        (
+            "packagerepositorysources.yaml",
+            PackageRepositorySource::crd(),
+        ),
+    ]
+}
+
+/// One CRD as the YAML document committed in `crds/`.
+pub fn to_yaml(crd: &CustomResourceDefinition) -> Result<String, serde_saphyr::ser_error::Error> {
+    serde_saphyr::to_string(crd)
+}
+
+/// All CRDs as one multi-document YAML stream, in `all()` order (what `packsmith crds` prints).
+pub fn render_all() -> Result<String, serde_saphyr::ser_error::Error> {
+    let mut out = String::new();
+    for (_, crd) in all() {
+        out.push_str("---\n");
+        out.push_str(&to_yaml(&crd)?);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `crds/` is what users install; it must be what the code generates, or the schema in
+    /// clusters is not the one the controller was built against.
+    #[test]
+    fn committed_crds_match_the_generator() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
+        for (file, crd) in all() {
+            let generated = to_yaml(&crd).expect("CRD serialises");
+            let committed = std::fs::read_to_string(dir.join(file)).unwrap_or_default();
+            assert!(
+                committed == generated,
+                "crds/{file} differs from the generator: run `make crds` and commit"
+            );
+        }
+    }
+
+    #[test]
+    fn printed_stream_holds_every_crd() {
+        let text = render_all().expect("renders");
+        let docs: Vec<CustomResourceDefinition> =
+            serde_saphyr::from_multiple(&text).expect("parses back");
+        let names: Vec<_> = docs
+            .iter()
+            .filter_map(|d| d.metadata.name.clone())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "packagesources.packsmith.dev",
+                "packagerepositorysources.packsmith.dev"
+            ]
+        );
+    }
+}

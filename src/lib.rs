@@ -1,0 +1,8 @@
+//! packsmith: turns declarative `PackageSource` resources into published Carvel packages.
+//!
+//! One library, two front ends: the controller (`packsmith controller`) and the CLI
+//! (`packsmith sync|lock|push|…`) call the same stage functions.
+
+pub mod api;
+pub mod carvel;
+pub mod cli;
