@@ -4,7 +4,7 @@ SHELL := bash
 CARGO ?= cargo
 E2E_STATE ?= $(CURDIR)/.e2e/state
 
-.PHONY: test fmt-check clippy unit e2e crds build e2e-up e2e-down e2e-deps
+.PHONY: test fmt-check clippy unit e2e crds build e2e-up e2e-down e2e-deps bench-push bench-lock bench-sync
 
 ## test: formatting, lints, unit tests and end-to-end tests on the real test bed.
 test: fmt-check clippy unit e2e
@@ -41,3 +41,20 @@ e2e-up:
 
 e2e-down:
 	bash e2e/scripts/down.sh $(E2E_STATE)
+
+## bench-lock: packsmith lock vs `crane digest` x4 (kbld's stand-in) on 500 tags, local registry.
+bench-lock:
+	command -v crane >/dev/null || go install github.com/google/go-containerregistry/cmd/crane@v0.22.1
+	$(CARGO) build --release --bin packsmith
+	bash benches/lock.sh
+
+## bench-push: bundle push/pull of 1 MiB, 50 MiB and 5,000 files, packsmith vs crane (medians).
+bench-push:
+	$(CARGO) build --release --bin packsmith
+	bash benches/bundle_push.sh target/release/packsmith
+
+## bench-sync: sync of a 5,000-file git repo and a .tgz, cold and warm, packsmith vs git clone
+## --depth 1 and curl | tar (vendir's own tools); medians. Uses PACKSMITH_E2E_ENV or a fresh bed.
+bench-sync:
+	$(CARGO) build --release --bin packsmith
+	bash benches/sync.sh

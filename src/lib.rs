@@ -4,5 +4,11 @@
 //! (`packsmith sync|lock|push|…`) call the same stage functions.
 
 pub mod api;
+pub mod bundle;
 pub mod carvel;
 pub mod cli;
+pub mod lock;
+pub mod pipeline;
+pub mod publish;
+pub mod registry;
+pub mod sync;

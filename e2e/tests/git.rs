@@ -13,7 +13,8 @@ pub fn trials() -> Vec<Trial> {
     })]
 }
 
-fn git(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
+/// Runs the git CLI (test fixtures only: packsmith itself never needs git) in `dir`.
+pub fn git(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
     let out = Command::new("git")
         .current_dir(dir)
         .args([

@@ -1,16 +1,27 @@
 //! The end-to-end trials, grouped by what they prove.
 
+pub mod bundle;
 pub mod crds;
 pub mod git;
+pub mod lock;
 pub mod registry;
+pub mod release;
+pub mod sync;
 
 use libtest_mimic::Trial;
 
 /// (trials that may run concurrently, trials that must run alone after them)
 pub fn trials() -> (Vec<Trial>, Vec<Trial>) {
     let mut parallel = Vec::new();
+    parallel.extend(bundle::trials());
     parallel.extend(crds::trials());
     parallel.extend(git::trials());
+    parallel.extend(lock::trials());
     parallel.extend(registry::trials());
-    (parallel, registry::serial_trials())
+    parallel.extend(release::trials());
+    parallel.extend(sync::trials());
+    let mut serial = registry::serial_trials();
+    serial.extend(sync::serial_trials());
+    serial.extend(bundle::serial_trials());
+    (parallel, serial)
 }

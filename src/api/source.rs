@@ -5,6 +5,8 @@ use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
 use super::common::BundleTarget;
+use crate::carvel::app::{AppDeploy, AppTemplate};
+use crate::carvel::package::{PackageMetadataSpec, VersionConstraints};
 use crate::carvel::{kbld, vendir};
 
 /// Turns upstream contents into a published Carvel package: sync (vendir), lock images (kbld),
@@ -88,10 +90,10 @@ pub struct PackageSpec {
     pub capacity_requirements_description: Option<String>,
     /// Kubernetes versions the package supports, as a semver range.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kubernetes_version_selection: Option<VersionSelection>,
+    pub kubernetes_version_selection: Option<VersionConstraints>,
     /// kapp-controller versions the package supports, as a semver range.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kapp_controller_version_selection: Option<VersionSelection>,
+    pub kapp_controller_version_selection: Option<VersionConstraints>,
     /// OpenAPI v3 schema of the package's values. Derived from the bundle's ytt schema or
     /// values file when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -99,15 +101,13 @@ pub struct PackageSpec {
     pub values_schema: Option<serde_json::Value>,
     /// App template steps (kapp-controller's `template`), replacing the default ytt + kbld.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "free_form_list")]
-    pub template: Option<Vec<serde_json::Value>>,
+    pub template: Option<Vec<AppTemplate>>,
     /// App deploy steps (kapp-controller's `deploy`), replacing the default kapp.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "free_form_list")]
-    pub deploy: Option<Vec<serde_json::Value>>,
+    pub deploy: Option<Vec<AppDeploy>>,
     /// PackageMetadata fields.
     #[serde(default)]
-    pub metadata: PackageMetadataFields,
+    pub metadata: PackageMetadataSpec,
 }
 
 /// Where the version comes from.
@@ -126,44 +126,6 @@ pub struct VersionFrom {
     /// A leading `v` of a tag is dropped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub constraints: Option<String>,
-}
-
-/// A semver range.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct VersionSelection {
-    pub constraints: String,
-}
-
-/// PackageMetadata fields (kapp-controller's PackageMetadata spec).
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct PackageMetadataFields {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub display_name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub short_description: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub long_description: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub provider_name: Option<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub maintainers: Vec<Maintainer>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub categories: Vec<String>,
-    #[serde(
-        default,
-        rename = "iconSVGBase64",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub icon_svg_base64: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub support_description: Option<String>,
-}
-
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
-pub struct Maintainer {
-    pub name: String,
 }
 
 /// How images are locked.
@@ -186,6 +148,17 @@ pub struct ImagesSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub mirrors: Vec<RegistryMirror>,
+}
+
+impl RegistryMirror {
+    /// The registry layer's view of this mirror.
+    pub fn to_registry_mirror(&self) -> crate::registry::Mirror {
+        crate::registry::Mirror {
+            from: self.from.clone(),
+            to: self.to.clone(),
+            insecure: self.insecure,
+        }
+    }
 }
 
 impl Default for ImagesSpec {
@@ -212,9 +185,10 @@ pub struct RegistryMirror {
     #[schemars(length(max = 253))]
     #[x_kube(validation = Rule::new(r"self.matches('^[a-zA-Z0-9.-]+(:[0-9]+)?$')").message("mirrors[].from must be a registry host like quay.io or registry.local:5000"))]
     pub from: String,
-    /// Registry host that serves the same repositories.
+    /// Registry host that serves the same repositories, optionally under a path prefix
+    /// (`registry.local:5000/quay.io` serves `quay.io/jetstack/x` as `quay.io/jetstack/x`).
     #[schemars(length(max = 253))]
-    #[x_kube(validation = Rule::new(r"self.matches('^[a-zA-Z0-9.-]+(:[0-9]+)?$')").message("mirrors[].to must be a registry host like registry.local:5000"))]
+    #[x_kube(validation = Rule::new(r"self.matches('^[a-zA-Z0-9.-]+(:[0-9]+)?(/[a-z0-9._-]+)*$')").message("mirrors[].to must be a registry host like registry.local:5000, optionally with a path prefix"))]
     pub to: String,
     /// Talk plain HTTP to the mirror.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -350,12 +324,5 @@ pub(crate) fn free_form_object(_: &mut schemars::SchemaGenerator) -> schemars::S
     schemars::json_schema!({
         "type": "object",
         "x-kubernetes-preserve-unknown-fields": true,
-    })
-}
-
-pub(crate) fn free_form_list(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-    schemars::json_schema!({
-        "type": "array",
-        "items": { "type": "object", "x-kubernetes-preserve-unknown-fields": true },
     })
 }

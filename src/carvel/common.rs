@@ -94,6 +94,32 @@ pub(crate) fn is_zero(value: &i64) -> bool {
     *value == 0
 }
 
+/// Implements `k8s_openapi::Resource` + `Metadata` for a Carvel kind served by kapp-controller,
+/// so `kube::Api<T>` works for it like for a built-in type.
+macro_rules! carvel_resource {
+    ($ty:ty, $group:literal, $kind:expr, $plural:literal) => {
+        impl k8s_openapi::Resource for $ty {
+            const API_VERSION: &'static str = concat!($group, "/v1alpha1");
+            const GROUP: &'static str = $group;
+            const KIND: &'static str = $kind;
+            const VERSION: &'static str = "v1alpha1";
+            const URL_PATH_SEGMENT: &'static str = $plural;
+            type Scope = k8s_openapi::NamespaceResourceScope;
+        }
+
+        impl k8s_openapi::Metadata for $ty {
+            type Ty = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+            fn metadata(&self) -> &Self::Ty {
+                &self.metadata
+            }
+            fn metadata_mut(&mut self) -> &mut Self::Ty {
+                &mut self.metadata
+            }
+        }
+    };
+}
+pub(crate) use carvel_resource;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::app::AppSpec;
 use super::common::Rfc3339Time;
+use super::common::carvel_resource;
 use super::error::expect_type;
 use super::selection::VersionRange;
 use super::{Error, yaml};
@@ -416,43 +417,18 @@ fn validate_version(version: &str) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
-impl k8s_openapi::Resource for Package {
-    const API_VERSION: &'static str = API_VERSION;
-    const GROUP: &'static str = "data.packaging.carvel.dev";
-    const KIND: &'static str = PACKAGE_KIND;
-    const VERSION: &'static str = "v1alpha1";
-    const URL_PATH_SEGMENT: &'static str = "packages";
-    type Scope = k8s_openapi::NamespaceResourceScope;
-}
-
-impl k8s_openapi::Metadata for Package {
-    type Ty = ObjectMeta;
-    fn metadata(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-    fn metadata_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
-}
-
-impl k8s_openapi::Resource for PackageMetadata {
-    const API_VERSION: &'static str = API_VERSION;
-    const GROUP: &'static str = "data.packaging.carvel.dev";
-    const KIND: &'static str = PACKAGE_METADATA_KIND;
-    const VERSION: &'static str = "v1alpha1";
-    const URL_PATH_SEGMENT: &'static str = "packagemetadatas";
-    type Scope = k8s_openapi::NamespaceResourceScope;
-}
-
-impl k8s_openapi::Metadata for PackageMetadata {
-    type Ty = ObjectMeta;
-    fn metadata(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-    fn metadata_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
-}
+carvel_resource!(
+    Package,
+    "data.packaging.carvel.dev",
+    PACKAGE_KIND,
+    "packages"
+);
+carvel_resource!(
+    PackageMetadata,
+    "data.packaging.carvel.dev",
+    PACKAGE_METADATA_KIND,
+    "packagemetadatas"
+);
 
 #[cfg(test)]
 mod tests {

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::app::{
     AppCluster, AppFetchGit, AppFetchHttp, AppFetchImage, AppFetchImgpkgBundle, AppFetchInline,
 };
+use super::common::carvel_resource;
 use super::common::{Rfc3339Time, is_false};
 use super::error::expect_type;
 use super::selection::VersionSelectionSemver;
@@ -294,43 +295,18 @@ impl PackageInstall {
     }
 }
 
-impl k8s_openapi::Resource for PackageRepository {
-    const API_VERSION: &'static str = API_VERSION;
-    const GROUP: &'static str = "packaging.carvel.dev";
-    const KIND: &'static str = PACKAGE_REPOSITORY_KIND;
-    const VERSION: &'static str = "v1alpha1";
-    const URL_PATH_SEGMENT: &'static str = "packagerepositories";
-    type Scope = k8s_openapi::NamespaceResourceScope;
-}
-
-impl k8s_openapi::Metadata for PackageRepository {
-    type Ty = ObjectMeta;
-    fn metadata(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-    fn metadata_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
-}
-
-impl k8s_openapi::Resource for PackageInstall {
-    const API_VERSION: &'static str = API_VERSION;
-    const GROUP: &'static str = "packaging.carvel.dev";
-    const KIND: &'static str = PACKAGE_INSTALL_KIND;
-    const VERSION: &'static str = "v1alpha1";
-    const URL_PATH_SEGMENT: &'static str = "packageinstalls";
-    type Scope = k8s_openapi::NamespaceResourceScope;
-}
-
-impl k8s_openapi::Metadata for PackageInstall {
-    type Ty = ObjectMeta;
-    fn metadata(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-    fn metadata_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
-}
+carvel_resource!(
+    PackageRepository,
+    "packaging.carvel.dev",
+    PACKAGE_REPOSITORY_KIND,
+    "packagerepositories"
+);
+carvel_resource!(
+    PackageInstall,
+    "packaging.carvel.dev",
+    PACKAGE_INSTALL_KIND,
+    "packageinstalls"
+);
 
 #[cfg(test)]
 mod tests {

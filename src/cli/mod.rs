@@ -4,6 +4,12 @@
 //! 0 success, 1 failure (the error is on stderr), 2 usage errors and commands not built yet.
 
 mod init;
+mod lock;
+mod pull;
+mod push;
+mod registry;
+mod release;
+mod sync;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -33,15 +39,15 @@ enum Command {
     /// Scaffold a new package: PackageSource, installer RBAC, PackageInstall, values.
     Init(init::InitArgs),
     /// Sync upstream contents from vendir.yml into directories and write vendir.lock.yml.
-    Sync(SyncArgs),
+    Sync(sync::SyncArgs),
     /// Lock every image referenced by the manifests to a digest (.imgpkg/images.yml).
-    Lock(LockArgs),
+    Lock(lock::LockArgs),
     /// Push a directory as an imgpkg bundle.
-    Push(PushArgs),
+    Push(push::PushArgs),
     /// Pull an imgpkg bundle into a directory.
-    Pull(PullArgs),
+    Pull(pull::PullArgs),
     /// Sync, lock, push and write Package + PackageMetadata for a package directory.
-    Release(ReleaseArgs),
+    Release(release::ReleaseArgs),
     /// Package repositories.
     #[command(subcommand)]
     Repo(RepoCommand),
@@ -62,74 +68,6 @@ struct ControllerArgs {
     /// Objects reconciled at the same time.
     #[arg(long, default_value_t = 2)]
     concurrent: u16,
-}
-
-#[derive(Args, Debug)]
-struct SyncArgs {
-    /// Work in this directory.
-    #[arg(long)]
-    chdir: Option<PathBuf>,
-    /// vendir Config to read.
-    #[arg(short, long, default_value = "vendir.yml")]
-    file: PathBuf,
-    /// Fetch exactly what vendir.lock.yml records.
-    #[arg(long)]
-    locked: bool,
-}
-
-#[derive(Args, Debug)]
-struct LockArgs {
-    /// Files or directories of manifests to scan.
-    #[arg(short, long, required = true)]
-    file: Vec<PathBuf>,
-    /// Where to write the ImagesLock.
-    #[arg(long)]
-    imgpkg_lock_output: Option<PathBuf>,
-    /// Resolve FROM's repositories through the registry TO (repeatable).
-    #[arg(long, value_name = "FROM=TO")]
-    registry_mirror: Vec<String>,
-    /// Print each discovered reference once, sorted; contact no registry.
-    #[arg(long)]
-    list: bool,
-}
-
-#[derive(Args, Debug)]
-struct PushArgs {
-    /// Bundle reference REPO:TAG.
-    #[arg(short, long)]
-    bundle: String,
-    /// Directory to push.
-    #[arg(short, long, required = true)]
-    file: Vec<PathBuf>,
-    /// Write an imgpkg BundleLock here.
-    #[arg(long)]
-    lock_output: Option<PathBuf>,
-}
-
-#[derive(Args, Debug)]
-struct PullArgs {
-    /// Bundle reference REPO:TAG or REPO@sha256:….
-    #[arg(short, long)]
-    bundle: String,
-    /// Directory to write; replaced.
-    #[arg(short, long)]
-    output: PathBuf,
-}
-
-#[derive(Args, Debug)]
-struct ReleaseArgs {
-    /// Package directory (holding packagesource.yaml).
-    #[arg(default_value = ".")]
-    dir: PathBuf,
-    /// OCI repository for the bundle.
-    #[arg(long)]
-    repository: Option<String>,
-    /// Tag to push.
-    #[arg(long)]
-    tag: Option<String>,
-    /// Where to write Package and PackageMetadata YAML.
-    #[arg(long)]
-    output_dir: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -177,11 +115,11 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Controller(_) => Ok(not_implemented("controller")),
-        Command::Sync(_) => Ok(not_implemented("sync")),
-        Command::Lock(_) => Ok(not_implemented("lock")),
-        Command::Push(_) => Ok(not_implemented("push")),
-        Command::Pull(_) => Ok(not_implemented("pull")),
-        Command::Release(_) => Ok(not_implemented("release")),
+        Command::Sync(args) => sync::run(&args).map(|()| ExitCode::SUCCESS),
+        Command::Lock(args) => lock::run(&args),
+        Command::Push(args) => push::run(&args).map(|()| ExitCode::SUCCESS),
+        Command::Pull(args) => pull::run(&args).map(|()| ExitCode::SUCCESS),
+        Command::Release(args) => release::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Repo(RepoCommand::Release(_)) => Ok(not_implemented("repo release")),
     }
 }

@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# `make bench-sync`: packsmith sync against its peers on the same local upstreams (vendir is not
+# installable here, so the peers are what vendir shells out to: `git clone --depth 1` and
+# `curl | tar`). Cold = empty target and cache; warm = nothing changed upstream since the last
+# sync. Prints the median of RUNS runs per case. Not a test: it asserts nothing.
+#
+# Uses the bed named by PACKSMITH_E2E_ENV, or starts (and stops) one.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+RUNS="${RUNS:-5}"
+FILES="${FILES:-5000}"
+PACKSMITH="${PACKSMITH:-$ROOT/target/release/packsmith}"
+
+owned=""
+if [[ -z "${PACKSMITH_E2E_ENV:-}" ]]; then
+  owned="$(mktemp -d /tmp/packsmith-bench-XXXXXX)"
+  bash "$ROOT/e2e/scripts/up.sh" "$owned" >&2
+  PACKSMITH_E2E_ENV="$owned/env"
+fi
+# shellcheck disable=SC1090
+set -a; source "$PACKSMITH_E2E_ENV"; set +a
+work="$(mktemp -d /tmp/packsmith-bench-work-XXXXXX)"
+cleanup() {
+  rm -rf "$work"
+  if [[ -n "$owned" ]]; then bash "$ROOT/e2e/scripts/down.sh" "$owned" >&2 || true; fi
+}
+trap cleanup EXIT
+
+# --- upstreams: one tree of $FILES files (~6 KiB each) as a git tag and as a .tgz ----------
+src="$work/src"
+mkdir -p "$src"
+python3 - "$src" "$FILES" <<'EOF'
+import os, random, sys
+root, count = sys.argv[1], int(sys.argv[2])
+rng = random.Random(1)
+for i in range(count):
+    d = os.path.join(root, f"dir{i % 50:02d}", f"sub{i % 7}")
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, f"file{i:05d}.yaml"), "w") as f:
+        f.write("".join(rng.choice("abcdefgh \n") for _ in range(6000)))
+EOF
+git -C "$src" -c init.defaultBranch=main init -q .
+git -C "$src" add -A
+git -C "$src" -c user.name=bench -c user.email=bench@packsmith.dev commit -q -m "bench tree"
+git -C "$src" tag v1.0.0
+bare="$PACKSMITH_E2E_GIT_DIR/bench-sync.git"
+rm -rf "$bare"
+git init -q --bare "$bare"
+git -C "$src" push -q "$bare" main --tags
+mkdir -p "$PACKSMITH_E2E_WWW_DIR/bench"
+tar -C "$src" --exclude .git -czf "$PACKSMITH_E2E_WWW_DIR/bench/tree.tgz" .
+git_url="$PACKSMITH_E2E_GIT_URL/bench-sync.git"
+tgz_url="$PACKSMITH_E2E_HTTP_URL/bench/tree.tgz"
+
+cat >"$work/git.yml" <<EOF
+apiVersion: vendir.k14s.io/v1alpha1
+kind: Config
+directories:
+- path: out
+  contents:
+  - path: .
+    git: {url: "$git_url", ref: v1.0.0}
+EOF
+cat >"$work/http.yml" <<EOF
+apiVersion: vendir.k14s.io/v1alpha1
+kind: Config
+directories:
+- path: out
+  contents:
+  - path: .
+    http: {url: "$tgz_url"}
+EOF
+
+now() { date +%s.%N; }
+# median SECONDS... of a command run RUNS times, with `prepare` run untimed before each.
+measure() {
+  local prepare="$1" cmd="$2" times=()
+  for _ in $(seq "$RUNS"); do
+    eval "$prepare"
+    local start end
+    start=$(now)
+    eval "$cmd" >/dev/null 2>&1
+    end=$(now)
+    times+=("$(echo "$end - $start" | bc)")
+  done
+  printf '%s\n' "${times[@]}" | sort -n | sed -n "$(((RUNS + 1) / 2))p"
+}
+report() { printf '%-34s %8.3f s\n' "$1" "$2"; }
+
+d="$work/run"
+echo "sync benchmark: $FILES files, $(du -sh "$src" --exclude .git | cut -f1), median of $RUNS runs"
+report "git cold: packsmith" "$(measure "rm -rf $d $work/cache; mkdir -p $d" \
+  "$PACKSMITH sync --chdir $d -f $work/git.yml")"
+report "git cold: git clone --depth 1" "$(measure "rm -rf $d" \
+  "git clone -q --depth 1 --branch v1.0.0 $git_url $d")"
+report "git warm: packsmith (cache)" "$(measure "mkdir -p $d; $PACKSMITH sync --chdir $d -f $work/git.yml --cache-dir $work/cache >/dev/null 2>&1 || true" \
+  "$PACKSMITH sync --chdir $d -f $work/git.yml --cache-dir $work/cache")"
+report "git warm: git fetch + checkout" "$(measure "rm -rf $d; git clone -q --depth 1 --branch v1.0.0 $git_url $d" \
+  "git -C $d fetch -q --depth 1 origin tag v1.0.0 && git -C $d -c advice.detachedHead=false checkout -q v1.0.0")"
+report "http cold: packsmith" "$(measure "rm -rf $d $work/cache; mkdir -p $d" \
+  "$PACKSMITH sync --chdir $d -f $work/http.yml")"
+report "http cold: curl | tar" "$(measure "rm -rf $d; mkdir -p $d" \
+  "curl -sf $tgz_url | tar -C $d -xz")"
+report "http warm: packsmith (cache)" "$(measure "mkdir -p $d; $PACKSMITH sync --chdir $d -f $work/http.yml --cache-dir $work/cache >/dev/null 2>&1 || true" \
+  "$PACKSMITH sync --chdir $d -f $work/http.yml --cache-dir $work/cache")"
+report "http warm: curl --etag (304)" "$(measure "rm -rf $d; mkdir -p $d; curl -sf --etag-save $work/etag $tgz_url | tar -C $d -xz" \
+  "curl -sf --etag-compare $work/etag --etag-save $work/etag $tgz_url | tar -C $d -xz || true")"
+echo "helm chart: not measured (the helmChart source is not built yet)"

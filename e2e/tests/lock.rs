@@ -1,0 +1,640 @@
+//! The lock stage against the bed's registries: the TCE fixtures' references resolve through
+//! mirrors to the digests of synthetic images pushed under the same names, each tag with one
+//! manifest request; bad input fails fast with the file, the reference and the cause.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, ensure};
+use libtest_mimic::Trial;
+use pretty_assertions::assert_eq;
+
+use packsmith::carvel::imgpkg::ImagesLock;
+use packsmith::lock::{self, LockConfig, LockError, ResolveOptions, Written};
+use packsmith::registry::{Credentials, ErrorClass, Mirror, Registry, RegistryOptions};
+
+use crate::support::images::{self, ImageKind};
+use crate::support::{self, Bed, bed};
+
+const PREFIX: &str = "e2e-lock";
+
+/// An image pushed locally: (registry host as written, repository, tag, kind).
+type Pushed = (&'static str, &'static str, &'static str, ImageKind);
+
+/// The fixture packages, and what their (post-override) references are pushed as locally.
+/// Kinds vary so the multi-platform ones prove a tag resolves to its index digest, as kbld's
+/// does.
+const PACKAGES: &[(&str, &[Pushed])] = &[
+    (
+        "cert-manager/1.9.1",
+        &[
+            (
+                "quay.io",
+                "jetstack/cert-manager-cainjector",
+                "v1.9.1",
+                ImageKind::DockerV2,
+            ),
+            (
+                "quay.io",
+                "jetstack/cert-manager-controller",
+                "v1.9.1",
+                ImageKind::Oci,
+            ),
+            (
+                "quay.io",
+                "jetstack/cert-manager-webhook",
+                "v1.9.1",
+                ImageKind::MultiArch,
+            ),
+        ],
+    ),
+    (
+        "contour/1.22.3",
+        &[
+            (
+                "docker.io",
+                "envoyproxy/envoy",
+                "v1.23.3",
+                ImageKind::DockerManifestList,
+            ),
+            (
+                "ghcr.io",
+                "projectcontour/contour",
+                "v1.22.3",
+                ImageKind::MultiArch,
+            ),
+        ],
+    ),
+    (
+        // kbld-config.yml overrides the upstream image to bitnami/external-dns:0.12.2.
+        "external-dns/0.12.2",
+        &[(
+            "docker.io",
+            "bitnami/external-dns",
+            "0.12.2",
+            ImageKind::DockerV2,
+        )],
+    ),
+    (
+        "local-path-storage/0.0.22",
+        &[
+            (
+                "docker.io",
+                "library/busybox",
+                "latest",
+                ImageKind::MultiArch,
+            ),
+            (
+                "projects.registry.vmware.com",
+                "tce/local-path-provisioner",
+                "v0.0.22",
+                ImageKind::DockerV2,
+            ),
+        ],
+    ),
+];
+
+fn trial<F, Fut>(name: &str, body: F) -> Trial
+where
+    F: FnOnce(&'static Bed) -> Fut + Send + 'static,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    Trial::test(format!("lock::{name}"), move || {
+        support::block_on(async move { body(bed()).await })
+    })
+}
+
+pub fn trials() -> Vec<Trial> {
+    let mut trials = Vec::new();
+    for (index, (package, _)) in PACKAGES.iter().enumerate() {
+        let name = package
+            .split('/')
+            .next()
+            .unwrap_or(package)
+            .replace('-', "_");
+        trials.push(Trial::test(
+            format!("lock::list_equals_fixture_ids_{name}"),
+            move || list_equals_fixture_ids(package).map_err(|e| format!("{e:#}").into()),
+        ));
+        trials.push(trial(
+            &format!("full_lock_through_mirrors_{name}"),
+            move |bed| full_lock_through_mirrors(bed, index),
+        ));
+    }
+    trials.push(trial(
+        "basic_auth_and_ca_from_docker_config",
+        basic_auth_and_ca_from_docker_config,
+    ));
+    trials.push(trial(
+        "unknown_tag_and_repository",
+        unknown_tag_and_repository,
+    ));
+    trials.push(trial(
+        "unauthorized_without_or_with_wrong_credentials",
+        unauthorized,
+    ));
+    trials.push(trial(
+        "registry_down_retries_then_fails",
+        registry_down_retries_then_fails,
+    ));
+    trials.push(trial(
+        "malformed_reference_fails_before_any_request",
+        malformed_reference,
+    ));
+    trials.push(trial(
+        "yaml_bomb_and_huge_document_fail_fast",
+        yaml_bomb_and_huge_document,
+    ));
+    trials.push(trial(
+        "cli_reports_file_reference_and_cause",
+        cli_reports_failure,
+    ));
+    trials
+}
+
+fn fixture_bundle(package: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/fixtures/tce")
+        .join(package)
+        .join("bundle")
+}
+
+fn fixture_lock(package: &str) -> anyhow::Result<ImagesLock> {
+    let path = fixture_bundle(package).join(".imgpkg/images.yml");
+    let text = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
+    Ok(ImagesLock::from_yaml(&text)?)
+}
+
+fn packsmith(args: &[&str]) -> anyhow::Result<std::process::Output> {
+    Command::new(env!("CARGO_BIN_EXE_packsmith"))
+        .args(args)
+        .output()
+        .context("running packsmith")
+}
+
+/// `--list` is a compatibility contract: exactly the fixture's `kbld.carvel.dev/id`s.
+fn list_equals_fixture_ids(package: &str) -> anyhow::Result<()> {
+    let bundle = fixture_bundle(package);
+    let out = packsmith(&["lock", "--list", "-f", &bundle.display().to_string()])?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut ids: Vec<String> = fixture_lock(package)?
+        .images
+        .iter()
+        .map(|i| i.original_reference().to_owned())
+        .collect();
+    ids.sort();
+    let expected: String = ids.iter().map(|id| format!("{id}\n")).collect();
+    assert_eq!(String::from_utf8(out.stdout)?, expected, "{package}");
+    Ok(())
+}
+
+/// A unique repository prefix per test, so parallel tests never see each other's images.
+fn unique_prefix(test: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("{PREFIX}/{test}-{nanos:x}")
+}
+
+/// Mirrors every public host of the fixtures to `prefix/<host>` on the plain registry.
+fn mirrors(bed: &Bed, prefix: &str) -> Vec<Mirror> {
+    [
+        "quay.io",
+        "ghcr.io",
+        "docker.io",
+        "projects.registry.vmware.com",
+    ]
+    .iter()
+    .map(|host| Mirror {
+        from: (*host).to_owned(),
+        to: format!("{}/{prefix}/{host}", bed.registry),
+        insecure: true,
+    })
+    .collect()
+}
+
+fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_tree(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
+}
+
+async fn full_lock_through_mirrors(bed: &Bed, index: usize) -> anyhow::Result<()> {
+    let (package, images) = PACKAGES[index];
+    let prefix = unique_prefix(&package.replace('/', "-"));
+    let plain = images::Registry::plain(bed);
+    let mut pushed = BTreeSet::new();
+    for (host, repository, tag, kind) in images {
+        let digest = images::push_image(
+            &plain,
+            &format!("{prefix}/{host}/{repository}"),
+            tag,
+            *kind,
+            package,
+        )
+        .await?;
+        let canonical_host = if *host == "docker.io" {
+            "index.docker.io"
+        } else {
+            host
+        };
+        pushed.insert(format!("{canonical_host}/{repository}@{digest}"));
+    }
+
+    // A fresh lock: the tree without its recorded images.yml, which would otherwise be
+    // reused as preresolved overrides (as kbld does) and nothing would be looked up.
+    let work = tempfile::tempdir()?;
+    let tree = work.path().join("bundle");
+    copy_tree(&fixture_bundle(package), &tree)?;
+    std::fs::remove_file(tree.join(".imgpkg/images.yml"))?;
+    let output = tree.join(".imgpkg/images.yml");
+
+    let registry = Registry::new(RegistryOptions {
+        mirrors: mirrors(bed, &prefix),
+        ..RegistryOptions::default()
+    })?;
+    let locked = lock::run(
+        std::slice::from_ref(&tree),
+        &LockConfig::default(),
+        &registry,
+        &ResolveOptions::default(),
+        Some(&output),
+    )
+    .await?;
+
+    let written = ImagesLock::from_yaml(&std::fs::read_to_string(&output)?)?;
+    let recorded = fixture_lock(package)?;
+    let ids = |lock: &ImagesLock| -> BTreeSet<String> {
+        lock.images
+            .iter()
+            .map(|i| i.original_reference().to_owned())
+            .collect()
+    };
+    assert_eq!(ids(&written), ids(&recorded), "{package}: ids");
+    let got: BTreeSet<String> = written.images.iter().map(|i| i.image.clone()).collect();
+    assert_eq!(
+        got, pushed,
+        "{package}: images are the local digests under the public names"
+    );
+    // Same repositories as the lock kbld wrote, only the digests differ.
+    let repository = |image: &str| image.split('@').next().unwrap_or("").to_owned();
+    let repos = |lock: &ImagesLock| -> BTreeSet<String> {
+        lock.images.iter().map(|i| repository(&i.image)).collect()
+    };
+    assert_eq!(repos(&written), repos(&recorded), "{package}: repositories");
+
+    let requests = locked.resolution.requests;
+    assert_eq!(
+        requests.manifest_heads,
+        images.len(),
+        "{package}: one HEAD per reference"
+    );
+    assert_eq!(requests.manifest_gets, 0, "{package}: no GET");
+    assert_eq!(
+        requests.pings, 1,
+        "{package}: one /v2/ ping for the one registry"
+    );
+    assert_eq!(locked.written, Some(Written::Changed));
+
+    // Warm: the lock is in the tree now and answers for every reference.
+    let again = lock::run(
+        std::slice::from_ref(&tree),
+        &LockConfig::default(),
+        &registry,
+        &ResolveOptions::default(),
+        Some(&output),
+    )
+    .await?;
+    assert_eq!(
+        again.resolution.requests.total(),
+        0,
+        "{package}: warm re-lock"
+    );
+    assert_eq!(
+        again.written,
+        Some(Written::Unchanged),
+        "{package}: warm re-lock"
+    );
+    Ok(())
+}
+
+fn manifest_tree(manifests: &[(&str, &str)]) -> anyhow::Result<tempfile::TempDir> {
+    let dir = tempfile::tempdir()?;
+    for (name, text) in manifests {
+        std::fs::write(dir.path().join(name), text)?;
+    }
+    Ok(dir)
+}
+
+fn plain_mirror(bed: &Bed, prefix: &str) -> anyhow::Result<Registry> {
+    Ok(Registry::new(RegistryOptions {
+        mirrors: vec![Mirror {
+            from: "quay.io".to_owned(),
+            to: format!("{}/{prefix}", bed.registry),
+            insecure: true,
+        }],
+        ..RegistryOptions::default()
+    })?)
+}
+
+async fn lock_dir(
+    dir: &Path,
+    registry: &Registry,
+    options: &ResolveOptions,
+) -> Result<lock::Locked, LockError> {
+    lock::run(
+        &[dir.to_owned()],
+        &LockConfig::default(),
+        registry,
+        options,
+        None,
+    )
+    .await
+}
+
+async fn basic_auth_and_ca_from_docker_config(bed: &Bed) -> anyhow::Result<()> {
+    let prefix = unique_prefix("tls");
+    let tls = images::Registry::tls(bed);
+    let digest =
+        images::push_image(&tls, &format!("{prefix}/app"), "1.0", ImageKind::Oci, "tls").await?;
+    let config = serde_json::json!({"auths": {bed.registry_tls.clone(): {
+        "username": bed.registry_user, "password": bed.registry_password,
+    }}});
+    let credentials =
+        Credentials::from_docker_config_json(config.to_string().as_bytes(), "test config.json")?;
+    let registry = Registry::new(RegistryOptions {
+        mirrors: vec![Mirror {
+            from: "quay.io".to_owned(),
+            to: format!("{}/{prefix}", bed.registry_tls),
+            insecure: false,
+        }],
+        ca_pems: vec![std::fs::read(&bed.registry_tls_ca)?],
+        credentials,
+        ..RegistryOptions::default()
+    })?;
+    let dir = manifest_tree(&[("m.yml", "image: quay.io/app:1.0\n")])?;
+    let locked = lock_dir(dir.path(), &registry, &ResolveOptions::default()).await?;
+    assert_eq!(
+        locked.resolution.images["quay.io/app:1.0"].image,
+        format!("quay.io/app@{digest}")
+    );
+    // Basic credentials go out with the HEAD itself once the ping has shown the challenge.
+    assert_eq!(locked.resolution.requests.total(), 2);
+    Ok(())
+}
+
+async fn unknown_tag_and_repository(bed: &Bed) -> anyhow::Result<()> {
+    let prefix = unique_prefix("missing");
+    let plain = images::Registry::plain(bed);
+    images::push_image(
+        &plain,
+        &format!("{prefix}/exists"),
+        "1",
+        ImageKind::DockerV2,
+        "x",
+    )
+    .await?;
+    let dir = manifest_tree(&[
+        ("a.yml", "image: quay.io/exists:2\n"),
+        ("b.yml", "image: quay.io/never-pushed:1\n"),
+    ])?;
+    let registry = plain_mirror(bed, &prefix)?;
+    let error = lock_dir(dir.path(), &registry, &ResolveOptions::default())
+        .await
+        .expect_err("both references are missing");
+    let LockError::Many(errors) = &error else {
+        anyhow::bail!("expected two failures, got {error}");
+    };
+    assert_eq!(errors.len(), 2, "{error}");
+    for (failure, (file, reference, code)) in errors.iter().zip([
+        // docker-registry's storage knows no repository until it is pushed, so both are
+        // MANIFEST_UNKNOWN there (a registry with NAME_UNKNOWN gets a sharper message).
+        ("a.yml", "quay.io/exists:2", "MANIFEST_UNKNOWN"),
+        ("b.yml", "quay.io/never-pushed:1", "MANIFEST_UNKNOWN"),
+    ]) {
+        let text = failure.to_string();
+        ensure!(
+            text.contains(file) && text.contains(reference) && text.contains(code),
+            "{text}"
+        );
+        ensure!(
+            matches!(failure, LockError::Resolve { cause, .. } if cause.class() == ErrorClass::NotFound)
+        );
+    }
+    Ok(())
+}
+
+async fn unauthorized(bed: &Bed) -> anyhow::Result<()> {
+    let ca = std::fs::read(&bed.registry_tls_ca)?;
+    let dir = manifest_tree(&[("m.yml", "image: quay.io/app:1.0\n")])?;
+    for (credentials, hint) in [
+        (Credentials::default(), "no credentials are configured"),
+        (
+            Credentials::basic(&bed.registry_tls, &bed.registry_user, "wrong-password"),
+            "credentials were refused",
+        ),
+    ] {
+        let registry = Registry::new(RegistryOptions {
+            mirrors: vec![Mirror {
+                from: "quay.io".to_owned(),
+                to: bed.registry_tls.clone(),
+                insecure: false,
+            }],
+            ca_pems: vec![ca.clone()],
+            credentials,
+            ..RegistryOptions::default()
+        })?;
+        let error = lock_dir(dir.path(), &registry, &ResolveOptions::default())
+            .await
+            .expect_err("401");
+        let text = error.to_string();
+        ensure!(
+            text.contains("401") && text.contains(hint) && text.contains("m.yml"),
+            "{text}"
+        );
+        ensure!(
+            matches!(&error, LockError::Resolve { cause, .. } if cause.is_auth()),
+            "{text}"
+        );
+        ensure!(!error.is_retryable());
+    }
+    Ok(())
+}
+
+async fn registry_down_retries_then_fails(_bed: &Bed) -> anyhow::Result<()> {
+    // A port nothing listens on: the registry is down.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let registry = Registry::new(RegistryOptions {
+        mirrors: vec![Mirror {
+            from: "quay.io".to_owned(),
+            to: format!("127.0.0.1:{port}"),
+            insecure: true,
+        }],
+        ..RegistryOptions::default()
+    })?;
+    let dir = manifest_tree(&[("deploy.yml", "spec:\n  image: quay.io/app:1.0\n")])?;
+    let options = ResolveOptions {
+        retries: 3,
+        backoff: Duration::from_millis(50),
+        concurrency: None,
+    };
+    let started = Instant::now();
+    let error = lock_dir(dir.path(), &registry, &options)
+        .await
+        .expect_err("down");
+    let elapsed = started.elapsed();
+    let text = error.to_string();
+    for hint in ["deploy.yml", "quay.io/app:1.0", "gave up after 4 attempts"] {
+        ensure!(text.contains(hint), "{hint}: {text}");
+    }
+    ensure!(
+        format!("{:?}", error)
+            .to_lowercase()
+            .contains("connection refused")
+            || text.to_lowercase().contains("connect"),
+        "{text}"
+    );
+    ensure!(error.is_retryable(), "{text}");
+    // 50 + 100 + 200 ms of backoff, and no more than a few seconds in all.
+    ensure!(
+        elapsed >= Duration::from_millis(350) && elapsed < Duration::from_secs(10),
+        "{elapsed:?}"
+    );
+    Ok(())
+}
+
+async fn malformed_reference(bed: &Bed) -> anyhow::Result<()> {
+    let registry = plain_mirror(bed, "unused")?;
+    let dir = manifest_tree(&[(
+        "m.yml",
+        "a:\n  image: quay.io/Has-Upper:1\nb:\n  image: \"quay.io/x:bad tag\"\n",
+    )])?;
+    let error = lock_dir(dir.path(), &registry, &ResolveOptions::default())
+        .await
+        .expect_err("malformed");
+    let text = error.to_string();
+    for hint in [
+        "quay.io/Has-Upper:1",
+        "quay.io/x:bad tag",
+        "m.yml (document 1)",
+        "2 images",
+    ] {
+        ensure!(text.contains(hint), "{hint}: {text}");
+    }
+    Ok(())
+}
+
+async fn yaml_bomb_and_huge_document(_bed: &Bed) -> anyhow::Result<()> {
+    let mut bomb = String::from(
+        "a0: &a0 [\"lol\", \"lol\", \"lol\", \"lol\", \"lol\", \"lol\", \"lol\", \"lol\", \"lol\"]\n",
+    );
+    for level in 1..=12 {
+        let p = level - 1;
+        bomb.push_str(&format!(
+            "a{level}: &a{level} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
+        ));
+    }
+    bomb.push_str("image: quay.io/app:1\n");
+    let dir = manifest_tree(&[("bomb.yml", &bomb)])?;
+    let started = Instant::now();
+    let error = lock::discover(&[dir.path().to_owned()], &LockConfig::default())
+        .expect_err("alias expansion is bounded");
+    ensure!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    ensure!(
+        matches!(error, LockError::Yaml { .. }) && error.to_string().contains("bomb.yml"),
+        "{error}"
+    );
+
+    let huge = tempfile::tempdir()?;
+    let path = huge.path().join("huge.yml");
+    {
+        use std::io::Write as _;
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&path)?);
+        file.write_all(b"image: quay.io/app:1\ndata: \"")?;
+        let chunk = vec![b'x'; 1024 * 1024];
+        for _ in 0..100 {
+            file.write_all(&chunk)?;
+        }
+        file.write_all(b"\"\n")?;
+    }
+    let started = Instant::now();
+    let error = lock::discover(&[huge.path().to_owned()], &LockConfig::default())
+        .expect_err("100 MB is over the limit");
+    ensure!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    ensure!(
+        matches!(error, LockError::TooLarge { .. }) && error.to_string().contains("huge.yml"),
+        "{error}"
+    );
+    Ok(())
+}
+
+/// Through the binary: exit status 1, and stderr names the file, the reference, the cause.
+async fn cli_reports_failure(bed: &Bed) -> anyhow::Result<()> {
+    let prefix = unique_prefix("cli");
+    let dir = manifest_tree(&[(
+        "deployment.yaml",
+        "spec:\n  image: quay.io/never/pushed:3\n",
+    )])?;
+    let out = packsmith(&[
+        "lock",
+        "-f",
+        &dir.path().display().to_string(),
+        "--registry-mirror",
+        &format!("quay.io={}/{prefix}", bed.registry),
+        "--registry-insecure-host",
+        &bed.registry,
+        "--registry-config",
+        "/dev/null/none.json",
+    ])?;
+    // An unreadable credentials file is itself an error worth reporting.
+    ensure!(!out.status.success());
+    let out = packsmith(&[
+        "lock",
+        "-f",
+        &dir.path().display().to_string(),
+        "--registry-mirror",
+        &format!("quay.io={}/{prefix}", bed.registry),
+        "--registry-insecure-host",
+        &bed.registry,
+    ])?;
+    ensure!(out.status.code() == Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for hint in [
+        "deployment.yaml",
+        "quay.io/never/pushed:3",
+        "404",
+        "does not exist",
+    ] {
+        ensure!(stderr.contains(hint), "{hint}: {stderr}");
+    }
+    ensure!(
+        stderr.matches("404").count() == 1,
+        "the cause once: {stderr}"
+    );
+    Ok(())
+}

@@ -1,0 +1,1025 @@
+//! The sync stage against the bed's real upstreams: git smart HTTP, static files with ETags,
+//! and the fake GitHub releases API.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use libtest_mimic::Trial;
+use packsmith::carvel::vendir::{Config, LockConfig};
+use packsmith::sync::{Limits, MemorySecrets, Secret, SyncError, SyncOptions, sync};
+
+use crate::support::bed;
+use crate::tests::git::git;
+
+pub fn trials() -> Vec<Trial> {
+    vec![
+        trial(
+            "sync::git_refs_semver_and_locked",
+            git_refs_semver_and_locked,
+        ),
+        trial("sync::tce_fixtures_reproduce", tce_fixtures_reproduce),
+        trial(
+            "sync::http_archives_and_etag_cache",
+            http_archives_and_etag_cache,
+        ),
+        trial("sync::github_release_assets", github_release_assets),
+        trial(
+            "sync::inline_directory_and_filters",
+            inline_directory_and_filters,
+        ),
+        trial(
+            "sync::bad_inputs_leave_targets_untouched",
+            bad_inputs_leave_targets_untouched,
+        ),
+        trial("sync::cli_is_a_vendir_drop_in", cli_is_a_vendir_drop_in),
+    ]
+}
+
+/// Trials that switch the bed's auth on, which would break concurrent anonymous trials.
+pub fn serial_trials() -> Vec<Trial> {
+    vec![trial("sync::credentials", credentials)]
+}
+
+fn trial(name: &'static str, f: fn() -> anyhow::Result<()>) -> Trial {
+    Trial::test(name, move || f().map_err(|e| format!("{e:#}").into()))
+}
+
+/// An upstream repository built commit by commit: each step writes files, commits with
+/// `message` and applies `tags`; returns the sha of every commit.
+/// One commit of an upstream: (files written, commit message, tags).
+type Step<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a [&'a str]);
+
+fn make_upstream(name: &str, steps: &[Step<'_>]) -> anyhow::Result<(String, Vec<String>)> {
+    let bare = bed().git_dir.join(format!("{name}.git"));
+    let work = tempfile::tempdir()?;
+    git(work.path(), &["init", "-q", "."])?;
+    let mut shas = Vec::new();
+    for (files, message, tags) in steps {
+        for (path, content) in *files {
+            let p = work.path().join(path);
+            std::fs::create_dir_all(p.parent().expect("parent"))?;
+            std::fs::write(&p, content)?;
+            if path.ends_with(".sh") {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755))?;
+            }
+        }
+        git(work.path(), &["add", "-A"])?;
+        git(work.path(), &["commit", "-q", "-m", message])?;
+        for tag in *tags {
+            git(work.path(), &["tag", "-a", "-m", tag, tag])?;
+        }
+        shas.push(git(work.path(), &["rev-parse", "HEAD"])?);
+    }
+    let bare_str = bare.to_str().expect("utf-8");
+    let _ = std::fs::remove_dir_all(&bare);
+    git(&bed().git_dir, &["init", "-q", "--bare", bare_str])?;
+    git(work.path(), &["push", "-q", bare_str, "main", "--tags"])?;
+    Ok((format!("{}/{name}.git", bed().git_url), shas))
+}
+
+fn config(yaml: &str) -> anyhow::Result<Config> {
+    Ok(Config::from_yaml(yaml)?)
+}
+
+async fn run(
+    config: &Config,
+    root: &Path,
+    options: &SyncOptions<'_>,
+) -> Result<LockConfig, SyncError> {
+    sync(config, root, options).await
+}
+
+fn run_blocking(
+    config: &Config,
+    root: &Path,
+    options: &SyncOptions<'_>,
+) -> Result<LockConfig, SyncError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(run(config, root, options))
+}
+
+/// Every file under `root` (relative path → content); symlinks as `-> target`.
+fn tree(root: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            let rel = path
+                .strip_prefix(root)
+                .expect("prefix")
+                .to_string_lossy()
+                .into_owned();
+            let kind = entry.file_type().expect("type");
+            if kind.is_dir() {
+                stack.push(path);
+            } else if kind.is_symlink() {
+                let target = std::fs::read_link(&path).expect("link");
+                out.insert(rel, format!("-> {}", target.display()));
+            } else {
+                out.insert(
+                    rel,
+                    std::fs::read_to_string(&path).unwrap_or_else(|_| "<binary>".into()),
+                );
+            }
+        }
+    }
+    out
+}
+
+fn keys(tree: &BTreeMap<String, String>) -> Vec<&str> {
+    tree.keys().map(String::as_str).collect()
+}
+
+fn git_refs_semver_and_locked() -> anyhow::Result<()> {
+    let (url, shas) = make_upstream(
+        "sync-refs",
+        &[
+            (
+                &[
+                    ("config/app.yaml", "v: 1\n"),
+                    ("LICENSE", "Apache-2.0\n"),
+                    ("README.md", "r\n"),
+                ],
+                "first",
+                &["v1.0.0"],
+            ),
+            (
+                &[("config/app.yaml", "v: 2\n"), ("bin/run.sh", "#!/bin/sh\n")],
+                "second: more\n\ndetails",
+                &["v1.2.0", "v2.0.0-rc.1"],
+            ),
+            (&[("config/app.yaml", "v: 3\n")], "third", &[]),
+        ],
+    )?;
+    let secrets = MemorySecrets::default();
+    let options = SyncOptions::new(&secrets);
+    let dir = tempfile::tempdir()?;
+    let cases: Vec<(String, &str, usize, Vec<&str>, &str)> = vec![
+        ("ref: v1.0.0".into(), "v: 1\n", 0, vec!["v1.0.0"], "first"),
+        ("ref: origin/main".into(), "v: 3\n", 2, vec![], "third"),
+        ("ref: main".into(), "v: 3\n", 2, vec![], "third"),
+        (
+            format!("ref: {}", shas[1]),
+            "v: 2\n",
+            1,
+            vec!["v1.2.0", "v2.0.0-rc.1"],
+            "second: more...",
+        ),
+        (
+            format!("ref: {}", &shas[0][..10]),
+            "v: 1\n",
+            0,
+            vec!["v1.0.0"],
+            "first",
+        ),
+        (
+            "refSelection: {semver: {constraints: \"<2.0.0\"}}".into(),
+            "v: 2\n",
+            1,
+            vec!["v1.2.0", "v2.0.0-rc.1"],
+            "second: more...",
+        ),
+        (
+            "refSelection: {semver: {constraints: \">=1.0.0\", prereleases: {}}}".into(),
+            "v: 2\n",
+            1,
+            vec!["v1.2.0", "v2.0.0-rc.1"],
+            "second: more...",
+        ),
+    ];
+    for (reference, app, sha_index, tags, title) in cases {
+        let cfg = config(&format!(
+            "apiVersion: vendir.k14s.io/v1alpha1\nkind: Config\ndirectories:\n- path: vendor\n  \
+             contents:\n  - path: app\n    git:\n      url: {url}\n      {reference}\n    \
+             includePaths: [\"config/**/*\", \"bin/*\"]\n"
+        ))?;
+        let lock = run_blocking(&cfg, dir.path(), &options)?;
+        let git = lock.directories[0].contents[0]
+            .git
+            .as_ref()
+            .expect("git lock");
+        anyhow::ensure!(
+            git.sha == shas[sha_index],
+            "{reference}: sha {} != {}",
+            git.sha,
+            shas[sha_index]
+        );
+        anyhow::ensure!(git.tags == tags, "{reference}: tags {:?}", git.tags);
+        anyhow::ensure!(
+            git.commit_title == title,
+            "{reference}: title {:?}",
+            git.commit_title
+        );
+        let files = tree(&dir.path().join("vendor/app"));
+        anyhow::ensure!(
+            files.get("config/app.yaml").map(String::as_str) == Some(app),
+            "{reference}: {files:?}"
+        );
+        anyhow::ensure!(
+            files.contains_key("LICENSE"),
+            "legal paths are kept: {files:?}"
+        );
+        anyhow::ensure!(
+            !files.contains_key("README.md") && !files.keys().any(|k| k.starts_with(".git")),
+            "{files:?}"
+        );
+        if sha_index > 0 {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join("vendor/app/bin/run.sh"))?
+                .permissions()
+                .mode();
+            anyhow::ensure!(mode & 0o111 != 0, "executable bit lost: {mode:o}");
+        }
+    }
+
+    // --locked pins the sha of the lock even after the branch moved on.
+    let cfg = config(&format!(
+        "apiVersion: vendir.k14s.io/v1alpha1\nkind: Config\ndirectories:\n- path: vendor\n  \
+         contents:\n  - path: app\n    git: {{url: {url}, ref: v1.0.0}}\n"
+    ))?;
+    let lock = run_blocking(&cfg, dir.path(), &options)?;
+    let mut locked = lock.clone();
+    locked.directories[0].contents[0]
+        .git
+        .as_mut()
+        .expect("git")
+        .sha = shas[1].clone();
+    let options = SyncOptions {
+        locked: Some(&locked),
+        ..SyncOptions::new(&secrets)
+    };
+    let relock = run_blocking(&cfg, dir.path(), &options)?;
+    anyhow::ensure!(
+        relock.directories[0].contents[0]
+            .git
+            .as_ref()
+            .expect("git")
+            .sha
+            == shas[1]
+    );
+    anyhow::ensure!(tree(&dir.path().join("vendor/app"))["config/app.yaml"] == "v: 2\n");
+    Ok(())
+}
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/tce")
+}
+
+/// The four TCE packages' vendir.yml, with their upstreams rebuilt locally from the fixture's
+/// own files (plus decoys the filters must drop), reproduce the fixture's config/upstream.
+fn tce_fixtures_reproduce() -> anyhow::Result<()> {
+    let read = |p: &str| std::fs::read_to_string(fixtures().join(p));
+    let external = "external-dns/0.12.2/bundle/config/upstream";
+    let mut ext_files: Vec<(String, String)> = std::fs::read_dir(fixtures().join(external))?
+        .flatten()
+        .map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            (
+                format!("kustomize/{name}"),
+                std::fs::read_to_string(e.path()).unwrap_or_default(),
+            )
+        })
+        .collect();
+    ext_files.push((
+        "kustomize/kustomization.yaml".into(),
+        "resources: []\n".into(),
+    ));
+    ext_files.push(("main.go".into(), "package main\n".into()));
+    let contour = read("contour/1.22.3/bundle/config/upstream/contour.yaml")?;
+    let lps = read(
+        "local-path-storage/0.0.22/bundle/config/upstream/local-path-storage.yaml/local-path-storage.yaml",
+    )?;
+    let cert_manager = read("cert-manager/1.9.1/bundle/config/upstream/cert-manager.yaml")?;
+
+    let ext_refs: Vec<(&str, &str)> = ext_files
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    let (ext_url, _) = make_upstream(
+        "tce-external-dns",
+        &[(&ext_refs, "Merge pull request #2913\n\nbody", &["v0.12.2"])],
+    )?;
+    let (contour_url, _) = make_upstream(
+        "tce-contour",
+        &[(
+            &[
+                ("examples/render/contour.yaml", &contour),
+                ("examples/render/contour-gateway.yaml", "x: 1\n"),
+                ("README.md", "c\n"),
+            ],
+            "Update Contour Docker image to v1.22.3.\n\nSigned-off-by: x",
+            &["v1.22.3"],
+        )],
+    )?;
+    let (lps_url, _) = make_upstream(
+        "tce-local-path-storage",
+        &[(
+            &[
+                ("deploy/local-path-storage.yaml", &lps),
+                ("deploy/example-config.yaml", "y\n"),
+                ("LICENSE", "Apache\n"),
+            ],
+            "Update README.md\n\nmore",
+            &["v0.0.22"],
+        )],
+    )?;
+    // cert-manager: a GitHub release whose asset is served by the bed's file server.
+    let www = bed().www_dir.join("tce/cert-manager/v1.9.1");
+    std::fs::create_dir_all(&www)?;
+    std::fs::write(www.join("cert-manager.yaml"), &cert_manager)?;
+    std::fs::write(www.join("cert-manager.crds.yaml"), "crds\n")?;
+    let releases = bed().github_dir.join("jetstack/cert-manager/releases");
+    std::fs::create_dir_all(&releases)?;
+    let asset = |name: &str| serde_json::json!({"name": name, "browser_download_url": format!("{}/tce/cert-manager/v1.9.1/{name}", bed().http_url)});
+    std::fs::write(
+        releases.join("v1.9.1.json"),
+        serde_json::to_vec(
+            &serde_json::json!({"id": 72867571, "url": "https://api.github.com/repos/cert-manager/cert-manager/releases/72867571", "assets": [asset("cert-manager.yaml"), asset("cert-manager.crds.yaml")]}),
+        )?,
+    )?;
+
+    let secrets = MemorySecrets::default();
+    let options = SyncOptions::new(&secrets);
+    for (package, from, to) in [
+        (
+            "external-dns/0.12.2",
+            "https://github.com/kubernetes-sigs/external-dns",
+            ext_url.as_str(),
+        ),
+        (
+            "contour/1.22.3",
+            "https://github.com/projectcontour/contour",
+            contour_url.as_str(),
+        ),
+        (
+            "local-path-storage/0.0.22",
+            "https://github.com/rancher/local-path-provisioner",
+            lps_url.as_str(),
+        ),
+        (
+            "cert-manager/1.9.1",
+            "slug: jetstack/cert-manager",
+            &*format!(
+                "slug: jetstack/cert-manager\n      apiURL: {}",
+                bed().github_api_url
+            ),
+        ),
+    ] {
+        let bundle = fixtures().join(package).join("bundle");
+        let yaml = std::fs::read_to_string(bundle.join("vendir.yml"))?.replace(from, to);
+        let cfg = config(&yaml)?;
+        let dir = tempfile::tempdir()?;
+        let lock = run_blocking(&cfg, dir.path(), &options)
+            .map_err(|e| anyhow::anyhow!("{package}: {e}"))?;
+        let got = tree(&dir.path().join("config/upstream"));
+        let want = tree(&bundle.join("config/upstream"));
+        anyhow::ensure!(
+            got == want,
+            "{package}: tree {:?} != fixture {:?}",
+            keys(&got),
+            keys(&want)
+        );
+        // The lock has the fixture's shape: same paths, same source, same tags and title.
+        let fixture_lock =
+            LockConfig::from_yaml(&std::fs::read_to_string(bundle.join("vendir.lock.yml"))?)?;
+        let (g, f) = (
+            &lock.directories[0].contents[0],
+            &fixture_lock.directories[0].contents[0],
+        );
+        anyhow::ensure!(
+            g.path == f.path && lock.directories[0].path == fixture_lock.directories[0].path,
+            "{package}: paths"
+        );
+        if let (Some(g), Some(f)) = (&g.git, &f.git) {
+            anyhow::ensure!(
+                g.tags == f.tags,
+                "{package}: tags {:?} != {:?}",
+                g.tags,
+                f.tags
+            );
+            anyhow::ensure!(
+                f.commit_title.ends_with("...") == g.commit_title.ends_with("..."),
+                "{package}: title {:?} vs {:?}",
+                g.commit_title,
+                f.commit_title
+            );
+        } else {
+            anyhow::ensure!(
+                g.github_release == f.github_release,
+                "{package}: {:?} != {:?}",
+                g.github_release,
+                f.github_release
+            );
+        }
+    }
+    Ok(())
+}
+
+fn targz(entries: &[(&str, &[u8])]) -> anyhow::Result<Vec<u8>> {
+    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::fast(),
+    ));
+    for (name, data) in entries {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        builder.append_data(&mut header, name, *data)?;
+    }
+    Ok(builder.into_inner()?.finish()?)
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn upstream_log_count(needle: &str) -> usize {
+    std::fs::read_to_string(bed().state_dir.join("logs/upstream.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(needle))
+        .count()
+}
+
+fn http_archives_and_etag_cache() -> anyhow::Result<()> {
+    let www = bed().www_dir.join("sync-http");
+    std::fs::create_dir_all(&www)?;
+    let tgz = targz(&[("pkg/config/a.yaml", b"a: 1\n"), ("pkg/LICENSE", b"MIT\n")])?;
+    std::fs::write(www.join("pkg.tgz"), &tgz)?;
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    zip.start_file("z/b.yaml", zip::write::SimpleFileOptions::default())?;
+    zip.write_all(b"b: 2\n")?;
+    std::fs::write(www.join("pkg.zip"), zip.finish()?.into_inner())?;
+    std::fs::write(www.join("plain.yaml"), "c: 3\n")?;
+    let base = format!("{}/sync-http", bed().http_url);
+    let cfg = config(&format!(
+        "apiVersion: vendir.k14s.io/v1alpha1\nkind: Config\ndirectories:\n- path: out\n  contents:\n  \
+         - path: tgz\n    http: {{url: {base}/pkg.tgz, sha256: {}}}\n    newRootPath: pkg\n  \
+         - path: zip\n    http: {{url: {base}/pkg.zip}}\n  \
+         - path: plain\n    http: {{url: {base}/plain.yaml}}\n  \
+         - path: raw\n    http: {{url: {base}/pkg.tgz, disableUnpack: true}}\n",
+        sha256_hex(&tgz)
+    ))?;
+    let dir = tempfile::tempdir()?;
+    let cache = tempfile::tempdir()?;
+    let secrets = MemorySecrets::default();
+    let options = SyncOptions {
+        cache_dir: Some(cache.path().to_owned()),
+        ..SyncOptions::new(&secrets)
+    };
+    let lock = run_blocking(&cfg, dir.path(), &options)?;
+    let files = tree(&dir.path().join("out"));
+    anyhow::ensure!(
+        keys(&files)
+            == [
+                "plain/plain.yaml",
+                "raw/pkg.tgz",
+                "tgz/LICENSE",
+                "tgz/config/a.yaml",
+                "zip/z/b.yaml"
+            ],
+        "{files:?}"
+    );
+    anyhow::ensure!(
+        lock.directories[0]
+            .contents
+            .iter()
+            .all(|c| c.http.is_some())
+    );
+
+    // Warm: the server answers 304 and nothing is downloaded again, the tree is the same.
+    let before = upstream_log_count("GET /files/sync-http/pkg.tgz HTTP/1.1\" 304");
+    run_blocking(&cfg, dir.path(), &options)?;
+    let after = upstream_log_count("GET /files/sync-http/pkg.tgz HTTP/1.1\" 304");
+    anyhow::ensure!(
+        after == before + 2,
+        "expected two 304s for pkg.tgz, log went {before} -> {after}"
+    );
+    anyhow::ensure!(tree(&dir.path().join("out")) == files);
+    Ok(())
+}
+
+fn write_release(owner_repo: &str, tag: &str, body: serde_json::Value) -> anyhow::Result<()> {
+    let dir = bed().github_dir.join(owner_repo).join("releases");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join(format!("{tag}.json")), serde_json::to_vec(&body)?)?;
+    Ok(())
+}
+
+fn github_release_assets() -> anyhow::Result<()> {
+    let www = bed().www_dir.join("sync-gh");
+    std::fs::create_dir_all(&www)?;
+    let tgz = targz(&[("manifests/app.yaml", b"app\n")])?;
+    std::fs::write(www.join("app.tgz"), &tgz)?;
+    std::fs::write(www.join("app.yaml"), "app: yaml\n")?;
+    let asset = |name: &str| serde_json::json!({"name": name, "browser_download_url": format!("{}/sync-gh/{name}", bed().http_url)});
+    let notes = format!(
+        "Checksums:\n{}  app.tgz\n{}  app.yaml\n",
+        sha256_hex(&tgz),
+        sha256_hex(b"app: yaml\n")
+    );
+    for (tag, time) in [
+        ("v1.0.0", "2024-01-01T00:00:00Z"),
+        ("v1.1.0", "2024-02-01T00:00:00Z"),
+        ("v2.0.0-beta.1", "2024-03-01T00:00:00Z"),
+    ] {
+        write_release(
+            "sync-org/app",
+            tag,
+            serde_json::json!({
+                "created_at": time, "prerelease": tag.contains("beta"), "body": notes,
+                "assets": [asset("app.tgz"), asset("app.yaml")],
+            }),
+        )?;
+    }
+    write_release(
+        "sync-org/bad",
+        "v1.0.0",
+        serde_json::json!({
+            "body": format!("{}  app.yaml\n", "0".repeat(64)), "assets": [asset("app.yaml")],
+        }),
+    )?;
+    let api = &bed().github_api_url;
+    let secrets = MemorySecrets::default();
+    let options = SyncOptions::new(&secrets);
+    for (selector, extra, want_tag, want_files) in [
+        ("tag: v1.0.0", "", "v1.0.0", vec!["app.tgz", "app.yaml"]),
+        ("latest: true", "", "v1.1.0", vec!["app.tgz", "app.yaml"]),
+        (
+            "tagSelection: {semver: {constraints: \">=1.0.0\"}}",
+            "",
+            "v1.1.0",
+            vec!["app.tgz", "app.yaml"],
+        ),
+        (
+            "tagSelection: {semver: {constraints: \">=1.0.0\", prereleases: {identifiers: [beta]}}}",
+            "",
+            "v2.0.0-beta.1",
+            vec!["app.tgz", "app.yaml"],
+        ),
+        (
+            "tag: v1.0.0",
+            "assetNames: [\"*.tgz\"]\n      unpackArchive: {path: app.tgz}",
+            "v1.0.0",
+            vec!["manifests/app.yaml"],
+        ),
+        (
+            "tag: v1.0.0",
+            "assetNames: [app.yaml]",
+            "v1.0.0",
+            vec!["app.yaml"],
+        ),
+    ] {
+        let cfg = config(&format!(
+            "apiVersion: vendir.k14s.io/v1alpha1\nkind: Config\ndirectories:\n- path: gh\n  contents:\n  \
+             - path: .\n    githubRelease:\n      slug: sync-org/app\n      apiURL: {api}\n      {selector}\n      {extra}\n"
+        ))?;
+        let dir = tempfile::tempdir()?;
+        let lock = run_blocking(&cfg, dir.path(), &options)
+            .map_err(|e| anyhow::anyhow!("{selector}: {e}"))?;
+        let release = lock.directories[0].contents[0]
+            .github_release
+            .as_ref()
+            .expect("lock");
+        anyhow::ensure!(release.tag == want_tag, "{selector}: tag {}", release.tag);
+        anyhow::ensure!(
+            release
+                .url
+                .starts_with(&format!("{api}/repos/sync-org/app/releases/"))
+                || release.url.contains("/releases/"),
+            "{}",
+            release.url
+        );
+        let files = tree(&dir.path().join("gh"));
+        anyhow::ensure!(keys(&files) == want_files, "{selector} {extra}: {files:?}");
+    }
+
+    // Checksums published in the notes are enforced.
+    let cfg = config(&format!(
+        "apiVersion: vendir.k14s.io/v1alpha1\nkind: Config\ndirectories:\n- path: gh\n  contents:\n  \
+         - path: .\n    githubRelease: {{slug: sync-org/bad, apiURL: \"{api}\", tag: v1.0.0}}\n"
+    ))?;
+    let dir = tempfile::tempdir()?;
+    let err = run_blocking(&cfg, dir.path(), &options)
+        .expect_err("checksum")
+        .to_string();
+    anyhow::ensure!(err.contains("checksum mismatch for app.yaml"), "{err}");
+    Ok(())
+}
+
+fn inline_directory_and_filters() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let local = dir.path().join("local");
+    std::fs::create_dir_all(local.join("sub"))?;
+    std::fs::write(local.join("sub/keep.yaml"), "k\n")?;
+    std::fs::write(local.join("sub/drop.txt"), "d\n")?;
+    std::fs::write(local.join("NOTICE"), "n\n")?;
+    // ignorePaths: a file edited in place survives the sync.
+    std::fs::create_dir_all(dir.path().join("vendor/inline"))?;
+    std::fs::write(dir.path().join("vendor/inline/values.yaml"), "mine\n")?;
+    let cfg = config(
+        "apiVersion: vendir.k14s.io/v1alpha1\nkind: Config\ndirectories:\n- path: vendor\n  \
+         permissions: 0750\n  contents:\n  - path: inline\n    inline:\n      paths:\n        \
+         a/b.yaml: \"b\\n\"\n        values.yaml: \"theirs\\n\"\n      pathsFrom:\n      - secretRef: {name: s, directoryPath: from-secret}\n      \
+         - configMapRef: {name: cm}\n    ignorePaths: [values.yaml]\n  \
+         - path: local\n    directory: {path: local}\n    includePaths: [\"**/*.yaml\"]\n    newRootPath: sub\n",
+    )?;
+    let secrets = MemorySecrets {
+        secrets: [(
+            "s".to_owned(),
+            Secret {
+                data: [("token".to_owned(), b"t0k".to_vec())].into(),
+            },
+        )]
+        .into(),
+        config_maps: [(
+            "cm".to_owned(),
+            [("c.txt".to_owned(), "c\n".to_owned())].into(),
+        )]
+        .into(),
+    };
+    run_blocking(&cfg, dir.path(), &SyncOptions::new(&secrets))?;
+    let files = tree(&dir.path().join("vendor"));
+    let want: BTreeMap<String, String> = [
+        ("inline/a/b.yaml", "b\n"),
+        ("inline/values.yaml", "mine\n"),
+        ("inline/from-secret/token", "t0k"),
+        ("inline/c.txt", "c\n"),
+        ("local/keep.yaml", "k\n"),
+    ]
+    .into_iter()
+    .map(|(a, b)| (a.to_owned(), b.to_owned()))
+    .collect();
+    anyhow::ensure!(files == want, "{files:?}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.path().join("vendor"))?
+        .permissions()
+        .mode()
+        & 0o777;
+    anyhow::ensure!(mode == 0o750, "directory permissions {mode:o}");
+    Ok(())
+}
+
+/// Snapshot of a target directory before a failing sync, to prove it is untouched after.
+fn assert_untouched(
+    root: &Path,
+    before: &BTreeMap<String, String>,
+    case: &str,
+) -> anyhow::Result<()> {
+    let after = tree(root);
+    anyhow::ensure!(
+        &after == before,
+        "{case}: target changed: {:?} -> {:?}",
+        keys(before),
+        keys(&after)
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(root)?
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(".packsmith-sync")
+        })
+        .collect();
+    anyhow::ensure!(leftovers.is_empty(), "{case}: work dir left behind");
+    Ok(())
+}
+
+fn bad_inputs_leave_targets_untouched() -> anyhow::Result<()> {
+    use tar::EntryType as T;
+    let www = bed().www_dir.join("sync-bad");
+    std::fs::create_dir_all(&www)?;
+    let gz = |raw: Vec<u8>| -> anyhow::Result<Vec<u8>> {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(&raw)?;
+        Ok(enc.finish()?)
+    };
+    std::fs::write(
+        www.join("slip.tgz"),
+        gz(raw_tar(&[("../../evil", T::Regular, b"x", "")]))?,
+    )?;
+    std::fs::write(
+        www.join("link.tgz"),
+        gz(raw_tar(&[("l", T::Symlink, b"", "/etc/passwd")]))?,
+    )?;
+    std::fs::write(
+        www.join("hard.tgz"),
+        gz(raw_tar(&[("h", T::Link, b"", "../../etc/passwd")]))?,
+    )?;
+    std::fs::write(www.join("big.tgz"), targz(&[("a", &vec![0u8; 200_000])])?)?;
+    std::fs::write(www.join("ok.yaml"), "ok\n")?;
+    let (git_url, _) = make_upstream("sync-bad", &[(&[("a.yaml", "a\n")], "one", &["v1.0.0"])])?;
+    let base = format!("{}/sync-bad", bed().http_url);
+    let small = Limits {
+        max_bytes: 100_000,
+        ..Limits::default()
+    };
+
+    let cases: Vec<(&str, String, Limits, &str)> = vec![
+        (
+            "404",
+            format!("http: {{url: {base}/missing.tgz}}"),
+            Limits::default(),
+            "HTTP 404",
+        ),
+        (
+            "checksum",
+            format!("http: {{url: {base}/ok.yaml, sha256: {}}}", "1".repeat(64)),
+            Limits::default(),
+            "checksum mismatch",
+        ),
+        (
+            "tar-slip",
+            format!("http: {{url: {base}/slip.tgz}}"),
+            Limits::default(),
+            "'..' leaves the target",
+        ),
+        (
+            "symlink escape",
+            format!("http: {{url: {base}/link.tgz}}"),
+            Limits::default(),
+            "leaves the target directory",
+        ),
+        (
+            "hard link out",
+            format!("http: {{url: {base}/hard.tgz}}"),
+            Limits::default(),
+            "hard link",
+        ),
+        (
+            "oversize",
+            format!("http: {{url: {base}/big.tgz}}"),
+            small,
+            "limit of 100000 bytes",
+        ),
+        (
+            "unknown ref",
+            format!("git: {{url: {git_url}, ref: v9.9.9}}"),
+            Limits::default(),
+            "ref \"v9.9.9\" not found on the remote (some of its branches and tags: v1.0.0, main)",
+        ),
+        (
+            "no match",
+            format!(
+                "git: {{url: {git_url}, refSelection: {{semver: {{constraints: \">=2.0.0\"}}}}}}"
+            ),
+            Limits::default(),
+            "no version among",
+        ),
+        (
+            "missing repo",
+            format!("git: {{url: {}/nope.git, ref: main}}", bed().git_url),
+            Limits::default(),
+            "git:",
+        ),
+        (
+            "filters leave nothing",
+            format!("http: {{url: {base}/ok.yaml}}\n    includePaths: [nothing]"),
+            Limits::default(),
+            "no file left",
+        ),
+        (
+            "missing secret",
+            format!("http: {{url: {base}/ok.yaml, secretRef: {{name: nope}}}}"),
+            Limits::default(),
+            "secret \"nope\": not found",
+        ),
+        (
+            "not yet",
+            "helmChart: {name: x, repository: {url: \"http://127.0.0.1:1\"}}".to_owned(),
+            Limits::default(),
+            "not supported yet",
+        ),
+    ];
+    let secrets = MemorySecrets::default();
+    for (case, source, limits, expected) in cases {
+        let dir = tempfile::tempdir()?;
+        // Two directories: the good one must not be replaced either when the bad one fails.
+        std::fs::create_dir_all(dir.path().join("good"))?;
+        std::fs::write(dir.path().join("good/old.txt"), "old\n")?;
+        std::fs::create_dir_all(dir.path().join("bad/c"))?;
+        std::fs::write(dir.path().join("bad/c/old.txt"), "old\n")?;
+        let before = tree(dir.path());
+        let cfg = config(&format!(
+            "apiVersion: vendir.k14s.io/v1alpha1\nkind: Config\ndirectories:\n- path: good\n  contents:\n  \
+             - path: .\n    http: {{url: {base}/ok.yaml}}\n- path: bad\n  contents:\n  - path: c\n    {source}\n"
+        ))?;
+        let options = SyncOptions {
+            limits,
+            ..SyncOptions::new(&secrets)
+        };
+        let err = run_blocking(&cfg, dir.path(), &options).expect_err(case);
+        let text = err.to_string();
+        anyhow::ensure!(
+            text.contains(expected),
+            "{case}: {text:?} lacks {expected:?}"
+        );
+        anyhow::ensure!(
+            text.contains("directory \"bad\", contents \"c\""),
+            "{case}: {text}"
+        );
+        assert_untouched(dir.path(), &before, case)?;
+    }
+    Ok(())
+}
+
+/// A tar with raw names (the tar crate refuses to build hostile ones).
+fn raw_tar(entries: &[(&str, tar::EntryType, &[u8], &str)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, kind, data, link) in entries {
+        let mut header = tar::Header::new_gnu();
+        header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        header.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
+        header.set_entry_type(*kind);
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        out.extend_from_slice(header.as_bytes());
+        out.extend_from_slice(data);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+    }
+    out.resize(out.len() + 1024, 0);
+    out
+}
+
+fn cli_is_a_vendir_drop_in() -> anyhow::Result<()> {
+    let (url, shas) = make_upstream(
+        "sync-cli",
+        &[(
+            &[("deploy/app.yaml", "x\n"), ("LICENSE", "L\n")],
+            "cli",
+            &["v0.1.0"],
+        )],
+    )?;
+    let dir = tempfile::tempdir()?;
+    std::fs::write(
+        dir.path().join("vendir.yml"),
+        format!(
+            "apiVersion: vendir.k14s.io/v1alpha1\nkind: Config\ndirectories:\n- path: config/upstream\n  contents:\n  \
+             - path: .\n    git: {{url: {url}, ref: v0.1.0}}\n    newRootPath: deploy\n"
+        ),
+    )?;
+    let packsmith = |args: &[&str]| -> anyhow::Result<std::process::Output> {
+        Ok(Command::new(env!("CARGO_BIN_EXE_packsmith"))
+            .args(args)
+            .arg("--chdir")
+            .arg(dir.path())
+            .output()?)
+    };
+    let out = packsmith(&["sync"])?;
+    anyhow::ensure!(
+        out.status.success(),
+        "sync: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lock_path = dir.path().join("vendir.lock.yml");
+    let lock = std::fs::read_to_string(&lock_path)?;
+    let want = format!(
+        "apiVersion: vendir.k14s.io/v1alpha1\ndirectories:\n- contents:\n  - git:\n      commitTitle: cli\n      \
+         sha: {}\n      tags:\n      - v0.1.0\n    path: .\n  path: config/upstream\nkind: LockConfig\n",
+        shas[0]
+    );
+    anyhow::ensure!(lock == want, "lock:\n{lock}\nwant:\n{want}");
+    anyhow::ensure!(keys(&tree(&dir.path().join("config/upstream"))) == ["app.yaml"]);
+
+    // Unchanged: the lock is not rewritten.
+    let mtime = std::fs::metadata(&lock_path)?.modified()?;
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let out = packsmith(&["sync", "--locked"])?;
+    anyhow::ensure!(
+        out.status.success(),
+        "sync --locked: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    anyhow::ensure!(
+        std::fs::metadata(&lock_path)?.modified()? == mtime,
+        "lock rewritten"
+    );
+
+    // A failure exits 1 with the directory, contents and upstream in the message.
+    std::fs::write(
+        dir.path().join("vendir.yml"),
+        std::fs::read_to_string(dir.path().join("vendir.yml"))?.replace("v0.1.0", "v0.2.0"),
+    )?;
+    let out = packsmith(&["sync"])?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    anyhow::ensure!(out.status.code() == Some(1), "exit {:?}", out.status.code());
+    anyhow::ensure!(
+        stderr.contains("config/upstream")
+            && stderr.contains("v0.2.0")
+            && stderr.contains("sync-cli.git"),
+        "{stderr}"
+    );
+    Ok(())
+}
+
+/// Auth on the bed: a token-protected git repo, file and GitHub API; wrong credentials fail
+/// clearly and never appear in the message.
+fn credentials() -> anyhow::Result<()> {
+    let (_, shas) = make_upstream(
+        "private-sync",
+        &[(&[("a.yaml", "secret stuff\n")], "private", &["v1.0.0"])],
+    )?;
+    let url = format!("{}/private-sync.git", bed().git_url);
+    let www = bed().www_dir.join("private");
+    std::fs::create_dir_all(&www)?;
+    std::fs::write(www.join("p.yaml"), "p\n")?;
+    write_release(
+        "sync-org/private",
+        "v1.0.0",
+        serde_json::json!({
+            "assets": [{"name": "p.yaml", "url": format!("{}/private/p.yaml", bed().http_url), "browser_download_url": format!("{}/private/p.yaml", bed().http_url)}],
+        }),
+    )?;
+    let token_file = bed().state_dir.join("auth/token");
+    std::fs::create_dir_all(token_file.parent().expect("parent"))?;
+    std::fs::write(&token_file, "s3cr3t-t0ken")?;
+    let result = (|| -> anyhow::Result<()> {
+        let cfg = config(&format!(
+            "apiVersion: vendir.k14s.io/v1alpha1\nkind: Config\ndirectories:\n- path: v\n  contents:\n  \
+             - path: git\n    git: {{url: {url}, ref: v1.0.0, secretRef: {{name: git}}}}\n  \
+             - path: gh\n    githubRelease: {{slug: sync-org/private, tag: v1.0.0, apiURL: \"{}\", secretRef: {{name: gh}}}}\n",
+            bed().github_api_url
+        ))?;
+        let with = |password: &str| MemorySecrets {
+            secrets: [
+                (
+                    "git".to_owned(),
+                    Secret {
+                        data: [
+                            ("username".to_owned(), b"git".to_vec()),
+                            ("password".to_owned(), password.as_bytes().to_vec()),
+                        ]
+                        .into(),
+                    },
+                ),
+                (
+                    "gh".to_owned(),
+                    Secret {
+                        data: [("token".to_owned(), password.as_bytes().to_vec())].into(),
+                    },
+                ),
+            ]
+            .into(),
+            config_maps: BTreeMap::new(),
+        };
+        let good = with("s3cr3t-t0ken");
+        let dir = tempfile::tempdir()?;
+        let lock = run_blocking(&cfg, dir.path(), &SyncOptions::new(&good))?;
+        anyhow::ensure!(
+            lock.directories[0].contents[0]
+                .git
+                .as_ref()
+                .expect("git")
+                .sha
+                == shas[0]
+        );
+        anyhow::ensure!(keys(&tree(&dir.path().join("v"))) == ["gh/p.yaml", "git/a.yaml"]);
+
+        let bad = with("wrong-password-value");
+        let before = tree(dir.path());
+        let err = run_blocking(&cfg, dir.path(), &SyncOptions::new(&bad))
+            .expect_err("bad credentials")
+            .to_string();
+        anyhow::ensure!(
+            !err.contains("wrong-password-value"),
+            "credential leaked: {err}"
+        );
+        anyhow::ensure!(
+            err.contains("401") || err.to_lowercase().contains("auth"),
+            "{err}"
+        );
+        assert_untouched(dir.path(), &before, "bad credentials")?;
+
+        // No secret at all: the API refuses, and says so.
+        let none = MemorySecrets::default();
+        let cfg = config(&format!(
+            "apiVersion: vendir.k14s.io/v1alpha1\nkind: Config\ndirectories:\n- path: v\n  contents:\n  \
+             - path: gh\n    githubRelease: {{slug: sync-org/private, tag: v1.0.0, apiURL: \"{}\"}}\n",
+            bed().github_api_url
+        ))?;
+        let err = run_blocking(&cfg, dir.path(), &SyncOptions::new(&none))
+            .expect_err("anonymous")
+            .to_string();
+        anyhow::ensure!(
+            err.contains("HTTP 401") && err.contains("authentication failed"),
+            "{err}"
+        );
+        Ok(())
+    })();
+    std::fs::remove_file(&token_file)?;
+    result
+}

@@ -1,0 +1,588 @@
+//! From input paths to a complete bundle image (layer, config, manifest), as `imgpkg push`
+//! would build it: the same walk, the same checks of `.imgpkg/`, the same tar.
+
+use std::collections::HashSet;
+use std::fs;
+use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+
+use super::error::BundleError;
+use super::image::{self, Descriptor};
+use super::layer::{Layer, LayerWriter};
+use crate::carvel::{Bundle, ImagesLock};
+
+const IMGPKG_DIR: &str = ".imgpkg";
+
+/// What to leave out of the bundle.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    /// Paths relative to an input directory skipped with everything under them; imgpkg's
+    /// `--file-exclusion`, whose default is `.git`.
+    pub exclude: Vec<String>,
+}
+
+impl Default for BuildOptions {
+    fn default() -> Self {
+        BuildOptions {
+            exclude: vec![".git".to_owned()],
+        }
+    }
+}
+
+/// A bundle image ready to push: every blob in memory with its digest.
+#[derive(Debug, Clone)]
+pub struct BuiltBundle {
+    pub(crate) layer: Blob,
+    pub(crate) config: Blob,
+    pub(crate) manifest: Blob,
+    diff_id: String,
+    images_lock: ImagesLock,
+    stats: BuildStats,
+}
+
+/// One blob (or the manifest) of a built bundle.
+#[derive(Debug, Clone)]
+pub(crate) struct Blob {
+    pub media_type: &'static str,
+    pub digest: String,
+    pub data: Bytes,
+}
+
+impl Blob {
+    fn new(media_type: &'static str, data: Vec<u8>, digest: String) -> Self {
+        Blob {
+            media_type,
+            digest,
+            data: Bytes::from(data),
+        }
+    }
+
+    fn descriptor(&self) -> Descriptor {
+        Descriptor {
+            media_type: self.media_type.to_owned(),
+            digest: self.digest.clone(),
+            size: self.data.len() as u64,
+        }
+    }
+}
+
+/// What went into the layer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BuildStats {
+    pub files: usize,
+    pub dirs: usize,
+    /// Bytes of the uncompressed tar.
+    pub tar_size: u64,
+}
+
+impl BuiltBundle {
+    /// `sha256:<hex>` of the manifest: the bundle's identity.
+    pub fn digest(&self) -> &str {
+        &self.manifest.digest
+    }
+
+    /// The manifest bytes, as pushed.
+    pub fn manifest(&self) -> &[u8] {
+        &self.manifest.data
+    }
+
+    /// `sha256:<hex>` of the gzip'd layer.
+    pub fn layer_digest(&self) -> &str {
+        &self.layer.digest
+    }
+
+    /// `sha256:<hex>` of the uncompressed tar (the config's `rootfs.diff_ids[0]`).
+    pub fn diff_id(&self) -> &str {
+        &self.diff_id
+    }
+
+    /// Bytes a registry stores for this bundle: manifest, config and layer.
+    pub fn size(&self) -> u64 {
+        (self.manifest.data.len() + self.config.data.len() + self.layer.data.len()) as u64
+    }
+
+    /// The bundle's `.imgpkg/images.yml`.
+    pub fn images_lock(&self) -> &ImagesLock {
+        &self.images_lock
+    }
+
+    pub fn stats(&self) -> BuildStats {
+        self.stats
+    }
+
+    pub(crate) fn blobs(&self) -> [&Blob; 2] {
+        [&self.config, &self.layer]
+    }
+}
+
+/// Builds the bundle image of `inputs` (directories, or single files placed at the root).
+///
+/// Exactly one `.imgpkg` directory must exist, as a direct child of an input directory, holding
+/// a valid `images.yml` (and optionally `bundle.yml`). Symlinks, devices, sockets and FIFOs are
+/// errors. The same tree always gives the same digest.
+pub fn build(inputs: &[PathBuf], options: &BuildOptions) -> Result<BuiltBundle, BundleError> {
+    if inputs.is_empty() {
+        return Err(BundleError::Invalid("no input paths given".to_owned()));
+    }
+    let mut walker = Walker {
+        options,
+        writer: LayerWriter::new(),
+        imgpkg_dirs: Vec::new(),
+        seen: (inputs.len() > 1).then(HashSet::new),
+        stats: BuildStats::default(),
+    };
+    for input in inputs {
+        walker.add_input(input)?;
+    }
+    let imgpkg = checked_imgpkg_dir(&walker.imgpkg_dirs)?;
+    let images_lock = read_metadata(&imgpkg)?;
+    let mut stats = walker.stats;
+    let Layer {
+        data,
+        digest,
+        diff_id,
+        tar_size,
+    } = walker
+        .writer
+        .finish()
+        .map_err(BundleError::io("archiving", &inputs[0]))?;
+    stats.tar_size = tar_size;
+
+    let layer = Blob::new(image::LAYER_MEDIA_TYPE, data, digest);
+    let config_data = image::config_json(&diff_id);
+    let config_digest = image::sha256_digest(&config_data);
+    let config = Blob::new(image::CONFIG_MEDIA_TYPE, config_data, config_digest);
+    let manifest_data = image::manifest_json(&config.descriptor(), &layer.descriptor());
+    let manifest_digest = image::sha256_digest(&manifest_data);
+    let manifest = Blob::new(image::MANIFEST_MEDIA_TYPE, manifest_data, manifest_digest);
+    Ok(BuiltBundle {
+        layer,
+        config,
+        manifest,
+        diff_id,
+        images_lock,
+        stats,
+    })
+}
+
+struct Walker<'a> {
+    options: &'a BuildOptions,
+    writer: LayerWriter,
+    /// Every `.imgpkg` met, with whether it sits directly in an input directory.
+    imgpkg_dirs: Vec<(PathBuf, bool)>,
+    /// Paths already archived, when several inputs could collide.
+    seen: Option<HashSet<String>>,
+    stats: BuildStats,
+}
+
+impl Walker<'_> {
+    fn add_input(&mut self, input: &Path) -> Result<(), BundleError> {
+        // Like imgpkg (os.Stat), an input given on the command line may itself be a symlink.
+        let meta = fs::metadata(input).map_err(BundleError::io("reading input", input))?;
+        if meta.is_dir() {
+            self.writer
+                .append_dir(".")
+                .map_err(BundleError::io("archiving", input))?;
+            self.stats.dirs += 1;
+            self.walk_dir(input, "")
+        } else if meta.is_file() {
+            let name = utf8_name(input, input.file_name())?;
+            if name == IMGPKG_DIR {
+                self.imgpkg_dirs.push((input.to_owned(), false));
+            }
+            self.add_file(input, name, &meta)
+        } else {
+            Err(not_regular(input, &meta))
+        }
+    }
+
+    fn walk_dir(&mut self, dir: &Path, rel: &str) -> Result<(), BundleError> {
+        let mut names = fs::read_dir(dir)
+            .and_then(|entries| {
+                entries
+                    .map(|e| e.map(|e| e.file_name()))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(BundleError::io("listing", dir))?;
+        // filepath.Walk's order: names sorted bytewise within each directory, depth first.
+        names.sort_by(|a, b| a.as_encoded_bytes().cmp(b.as_encoded_bytes()));
+        for name in names {
+            let path = dir.join(&name);
+            let name = utf8_name(&path, Some(&name))?;
+            let child = if rel.is_empty() {
+                name.to_owned()
+            } else {
+                format!("{rel}/{name}")
+            };
+            if self.options.exclude.contains(&child) {
+                continue;
+            }
+            if name == IMGPKG_DIR {
+                self.imgpkg_dirs.push((path.clone(), rel.is_empty()));
+            }
+            let meta = fs::symlink_metadata(&path).map_err(BundleError::io("reading", &path))?;
+            if meta.is_dir() {
+                self.check_unique(&child, &path)?;
+                self.writer
+                    .append_dir(&child)
+                    .map_err(BundleError::io("archiving", &path))?;
+                self.stats.dirs += 1;
+                self.walk_dir(&path, &child)?;
+            } else if meta.is_file() {
+                self.add_file(&path, &child, &meta)?;
+            } else {
+                return Err(not_regular(&path, &meta));
+            }
+        }
+        Ok(())
+    }
+
+    fn add_file(
+        &mut self,
+        path: &Path,
+        name: &str,
+        meta: &fs::Metadata,
+    ) -> Result<(), BundleError> {
+        self.check_unique(name, path)?;
+        let mut file = fs::File::open(path).map_err(BundleError::io("reading", path))?;
+        // imgpkg keeps only the owner's bits, so a tree checked out with another umask or by
+        // another user still gives the same digest.
+        let mode = meta.permissions().mode() & 0o700;
+        self.writer
+            .append_file(name, mode, meta.len(), &mut file, path)?;
+        self.stats.files += 1;
+        Ok(())
+    }
+
+    fn check_unique(&mut self, name: &str, path: &Path) -> Result<(), BundleError> {
+        match &mut self.seen {
+            Some(seen) if seen.contains(name) => Err(BundleError::Invalid(format!(
+                "{} would be archived as {name:?}, which another input already provides",
+                path.display()
+            ))),
+            Some(seen) => {
+                seen.insert(name.to_owned());
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+fn utf8_name<'a>(path: &Path, name: Option<&'a std::ffi::OsStr>) -> Result<&'a str, BundleError> {
+    name.and_then(|n| n.to_str()).ok_or_else(|| {
+        BundleError::Invalid(format!(
+            "{}: file names in a bundle must be valid UTF-8",
+            path.display()
+        ))
+    })
+}
+
+fn not_regular(path: &Path, meta: &fs::Metadata) -> BundleError {
+    let t = meta.file_type();
+    let kind = if t.is_symlink() {
+        "symbolic link"
+    } else if t.is_fifo() {
+        "named pipe"
+    } else if t.is_socket() {
+        "socket"
+    } else if t.is_block_device() || t.is_char_device() {
+        "device"
+    } else {
+        "special file"
+    };
+    BundleError::NotRegular {
+        path: path.to_owned(),
+        kind,
+    }
+}
+
+/// imgpkg's `validateImgpkgDirs`: exactly one `.imgpkg`, directly inside an input directory.
+fn checked_imgpkg_dir(found: &[(PathBuf, bool)]) -> Result<PathBuf, BundleError> {
+    match found {
+        [] => Err(BundleError::Invalid(
+            "the input is missing .imgpkg/images.yml (write it with `packsmith lock`, or an \
+             empty ImagesLock if the bundle references no images)"
+                .to_owned(),
+        )),
+        [(dir, true)] => Ok(dir.clone()),
+        [(dir, false)] => Err(BundleError::Invalid(format!(
+            "{} must be a direct child of an input directory",
+            dir.display()
+        ))),
+        many => Err(BundleError::Invalid(format!(
+            "only one .imgpkg directory may be provided, found {}",
+            many.iter()
+                .map(|(d, _)| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
+/// Parses `.imgpkg/images.yml` (required) and `.imgpkg/bundle.yml` (optional) so a bundle
+/// kapp-controller would reject is never pushed.
+fn read_metadata(imgpkg: &Path) -> Result<ImagesLock, BundleError> {
+    let images = imgpkg.join("images.yml");
+    let text = match fs::read_to_string(&images) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(BundleError::Invalid(format!(
+                "{} does not exist; a bundle needs it even when it references no images",
+                images.display()
+            )));
+        }
+        Err(e) => return Err(BundleError::io("reading", &images)(e)),
+    };
+    let lock = ImagesLock::from_yaml(&text)
+        .map_err(|e| BundleError::Invalid(format!("{}: {e}", images.display())))?;
+    let bundle = imgpkg.join("bundle.yml");
+    match fs::read_to_string(&bundle) {
+        Ok(text) => {
+            Bundle::from_yaml(&text)
+                .map_err(|e| BundleError::Invalid(format!("{}: {e}", bundle.display())))?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(BundleError::io("reading", &bundle)(e)),
+    }
+    Ok(lock)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read as _;
+
+    pub(crate) const IMAGES_YML: &str =
+        "---\napiVersion: imgpkg.carvel.dev/v1alpha1\nkind: ImagesLock\n";
+
+    fn tree(files: &[(&str, &str)]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for (path, content) in files {
+            let path = dir.path().join(path);
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(path, content).unwrap();
+        }
+        dir
+    }
+
+    fn entries(bundle: &BuiltBundle) -> Vec<(String, u32, bool)> {
+        let mut tar = Vec::new();
+        flate2::read::GzDecoder::new(&bundle.layer.data[..])
+            .read_to_end(&mut tar)
+            .unwrap();
+        tar::Archive::new(tar.as_slice())
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let h = e.header();
+                (
+                    h.path().unwrap().to_string_lossy().into_owned(),
+                    h.mode().unwrap(),
+                    h.entry_type().is_dir(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn walks_like_filepath_walk() {
+        let dir = tree(&[
+            (".imgpkg/images.yml", IMAGES_YML),
+            ("a-b", "x"),
+            ("a/x", "y"),
+            ("B", "upper sorts first"),
+            (".git/HEAD", "excluded"),
+            ("sub/.git/kept", "only the top-level .git is excluded"),
+        ]);
+        fs::set_permissions(dir.path().join("a-b"), fs::Permissions::from_mode(0o755)).unwrap();
+        let bundle = build(&[dir.path().to_owned()], &BuildOptions::default()).unwrap();
+        let names: Vec<(String, u32, bool)> = entries(&bundle);
+        let expected = [
+            (".", 0o700, true),
+            (".imgpkg", 0o700, true),
+            (".imgpkg/images.yml", 0o600, false),
+            ("B", 0o600, false),
+            ("a", 0o700, true),
+            ("a/x", 0o600, false),
+            ("a-b", 0o700, false),
+            ("sub", 0o700, true),
+            ("sub/.git", 0o700, true),
+            ("sub/.git/kept", 0o600, false),
+        ];
+        let expected: Vec<(String, u32, bool)> = expected
+            .iter()
+            .map(|(n, m, d)| ((*n).to_owned(), *m, *d))
+            .collect();
+        assert_eq!(names, expected);
+        assert_eq!(bundle.stats().files, 5);
+        assert_eq!(bundle.stats().dirs, 5);
+    }
+
+    #[test]
+    fn the_same_tree_gives_the_same_digest_whatever_its_metadata() {
+        let files = [
+            (".imgpkg/images.yml", IMAGES_YML),
+            ("config/a.yml", "a: 1\n"),
+        ];
+        let one = tree(&files);
+        let two = tree(&files);
+        // Different group/other bits, mtimes and creation order must not matter.
+        fs::set_permissions(
+            two.path().join("config/a.yml"),
+            fs::Permissions::from_mode(0o666),
+        )
+        .unwrap();
+        let old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+        fs::File::options()
+            .write(true)
+            .open(two.path().join("config/a.yml"))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        let a = build(&[one.path().to_owned()], &BuildOptions::default()).unwrap();
+        let b = build(&[two.path().to_owned()], &BuildOptions::default()).unwrap();
+        assert_eq!(a.digest(), b.digest());
+        assert_eq!(a.layer_digest(), b.layer_digest());
+
+        fs::write(two.path().join("config/a.yml"), "a: 2\n").unwrap();
+        let c = build(&[two.path().to_owned()], &BuildOptions::default()).unwrap();
+        assert_ne!(a.digest(), c.digest());
+        fs::write(two.path().join("config/a.yml"), "a: 1\n").unwrap();
+        fs::set_permissions(
+            two.path().join("config/a.yml"),
+            fs::Permissions::from_mode(0o700),
+        )
+        .unwrap();
+        let d = build(&[two.path().to_owned()], &BuildOptions::default()).unwrap();
+        assert_ne!(
+            a.digest(),
+            d.digest(),
+            "the owner's bits are part of the content"
+        );
+    }
+
+    /// The diff_id Go's `archive/tar` gives this tree through imgpkg's `createTarball` logic
+    /// (go1.26; regenerate with a 40-line Go program copying tar_image.go if the tree changes):
+    /// plain USTAR names, a name split into the USTAR prefix, a PAX name too long to split, a
+    /// PAX non-ASCII name, an empty file, a 0755 file kept as 0700, and an excluded `.git`.
+    #[test]
+    fn tar_is_byte_identical_to_imgpkgs() {
+        let long_dir = "d".repeat(120);
+        let pax_name = format!("config/{}", "n".repeat(110));
+        let long_file = format!("{long_dir}/file.yml");
+        let big = "x".repeat(1000);
+        let dir = tree(&[
+            (".imgpkg/images.yml", IMAGES_YML),
+            ("config/a.yml", "a: 1\n"),
+            ("config/sub/empty", ""),
+            ("config/big.txt", &big),
+            (&long_file, "long\n"),
+            (&pax_name, "pax\n"),
+            ("config/naïve.yml", "utf8\n"),
+            (".git/HEAD", "git\n"),
+        ]);
+        fs::set_permissions(
+            dir.path().join("config/a.yml"),
+            fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        let bundle = build(&[dir.path().to_owned()], &BuildOptions::default()).unwrap();
+        assert_eq!(
+            bundle.diff_id(),
+            "sha256:308f045d11577e295b71ebc07a650ddfb21803df87be49a34a8bdfd17371b932"
+        );
+    }
+
+    #[test]
+    fn symlinks_are_refused_even_inside_the_tree() {
+        let dir = tree(&[(".imgpkg/images.yml", IMAGES_YML), ("real.yml", "x")]);
+        std::os::unix::fs::symlink("/etc/passwd", dir.path().join("outside")).unwrap();
+        let err = build(&[dir.path().to_owned()], &BuildOptions::default()).unwrap_err();
+        assert!(
+            matches!(&err, BundleError::NotRegular { kind: "symbolic link", path } if path.ends_with("outside")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn imgpkg_directory_rules() {
+        let missing = tree(&[("config.yml", "x")]);
+        let err = build(&[missing.path().to_owned()], &BuildOptions::default()).unwrap_err();
+        assert!(
+            err.to_string().contains("missing .imgpkg/images.yml"),
+            "{err}"
+        );
+
+        let nested = tree(&[("sub/.imgpkg/images.yml", IMAGES_YML)]);
+        let err = build(&[nested.path().to_owned()], &BuildOptions::default()).unwrap_err();
+        assert!(err.to_string().contains("direct child"), "{err}");
+
+        let two = tree(&[
+            (".imgpkg/images.yml", IMAGES_YML),
+            ("sub/.imgpkg/images.yml", IMAGES_YML),
+        ]);
+        let err = build(&[two.path().to_owned()], &BuildOptions::default()).unwrap_err();
+        assert!(err.to_string().contains("only one .imgpkg"), "{err}");
+
+        let no_images = tree(&[(".imgpkg/bundle.yml", "x")]);
+        let err = build(&[no_images.path().to_owned()], &BuildOptions::default()).unwrap_err();
+        assert!(
+            err.to_string().contains("images.yml does not exist"),
+            "{err}"
+        );
+
+        let bad = tree(&[(".imgpkg/images.yml", "apiVersion: v1\nkind: ConfigMap\n")]);
+        let err = build(&[bad.path().to_owned()], &BuildOptions::default()).unwrap_err();
+        assert!(err.to_string().contains("ImagesLock"), "{err}");
+
+        let bad_bundle = tree(&[
+            (".imgpkg/images.yml", IMAGES_YML),
+            (
+                ".imgpkg/bundle.yml",
+                "apiVersion: imgpkg.carvel.dev/v1alpha1\nkind: Nope\n",
+            ),
+        ]);
+        let err = build(&[bad_bundle.path().to_owned()], &BuildOptions::default()).unwrap_err();
+        assert!(err.to_string().contains("bundle.yml"), "{err}");
+    }
+
+    #[test]
+    fn several_inputs_must_not_collide() {
+        let one = tree(&[(".imgpkg/images.yml", IMAGES_YML), ("config/a.yml", "a")]);
+        let two = tree(&[("config/b.yml", "b")]);
+        let err = build(
+            &[one.path().to_owned(), two.path().to_owned()],
+            &BuildOptions::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("\"config\""), "{err}");
+
+        let three = tree(&[("extra.yml", "c")]);
+        let ok = build(
+            &[one.path().to_owned(), three.path().join("extra.yml")],
+            &BuildOptions::default(),
+        )
+        .unwrap();
+        let names: Vec<String> = entries(&ok).into_iter().map(|e| e.0).collect();
+        assert_eq!(names.last().map(String::as_str), Some("extra.yml"));
+    }
+
+    #[test]
+    fn a_missing_input_names_the_path() {
+        let err = build(
+            &[PathBuf::from("/nonexistent/bundle")],
+            &BuildOptions::default(),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&err, BundleError::Io { path, source, .. }
+                if path == Path::new("/nonexistent/bundle")
+                    && source.kind() == std::io::ErrorKind::NotFound),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,272 @@
+//! The bundle image around the layer: config and manifest JSON exactly as imgpkg (through
+//! go-containerregistry's `mutate.Append` on `empty.Image`) writes them, and the checks a pull
+//! makes before trusting what a registry returned.
+
+use serde::Deserialize;
+use sha2::{Digest as _, Sha256};
+
+/// The config label that makes an image an imgpkg bundle.
+pub const BUNDLE_LABEL: &str = "dev.carvel.imgpkg.bundle";
+
+pub const MANIFEST_MEDIA_TYPE: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub const CONFIG_MEDIA_TYPE: &str = "application/vnd.docker.container.image.v1+json";
+pub const LAYER_MEDIA_TYPE: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+/// What an OCI-manifest bundle (pushed by other tools) says instead; accepted on pull.
+pub const OCI_MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
+
+/// `sha256:<hex>` of `data`.
+pub fn sha256_digest(data: &[u8]) -> String {
+    digest_string(&Sha256::digest(data))
+}
+
+pub(crate) fn digest_string(hash: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(7 + 2 * hash.len());
+    out.push_str("sha256:");
+    for byte in hash {
+        let _ = write!(out, "{byte:02x}");
+    }
+    out
+}
+
+/// The image config: compact JSON in go-containerregistry's field order, zero timestamps.
+pub fn config_json(diff_id: &str) -> Vec<u8> {
+    format!(
+        concat!(
+            r#"{{"architecture":"","created":"0001-01-01T00:00:00Z","#,
+            r#""history":[{{"author":"imgpkg","created":"0001-01-01T00:00:00Z","created_by":"imgpkg"}}],"#,
+            r#""os":"","rootfs":{{"type":"layers","diff_ids":["{diff_id}"]}},"#,
+            r#""config":{{"Labels":{{"{label}":"true"}}}}}}"#
+        ),
+        diff_id = diff_id,
+        label = BUNDLE_LABEL,
+    )
+    .into_bytes()
+}
+
+/// A blob as a manifest references it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Descriptor {
+    pub media_type: String,
+    pub digest: String,
+    pub size: u64,
+}
+
+/// The Docker schema 2 manifest: compact JSON, go-containerregistry's field order.
+pub fn manifest_json(config: &Descriptor, layer: &Descriptor) -> Vec<u8> {
+    let descriptor = |d: &Descriptor| {
+        format!(
+            r#"{{"mediaType":"{}","size":{},"digest":"{}"}}"#,
+            d.media_type, d.size, d.digest
+        )
+    };
+    format!(
+        r#"{{"schemaVersion":2,"mediaType":"{MANIFEST_MEDIA_TYPE}","config":{},"layers":[{}]}}"#,
+        descriptor(config),
+        descriptor(layer)
+    )
+    .into_bytes()
+}
+
+/// The parts of a pulled manifest a bundle pull needs, after imgpkg's checks.
+#[derive(Debug, Clone)]
+pub struct BundleManifest {
+    pub config: Descriptor,
+    pub layer: Descriptor,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawManifest {
+    schema_version: u32,
+    #[serde(default)]
+    media_type: Option<String>,
+    config: Option<RawDescriptor>,
+    #[serde(default)]
+    layers: Vec<RawDescriptor>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawDescriptor {
+    media_type: String,
+    digest: String,
+    size: i64,
+}
+
+impl RawDescriptor {
+    fn check(self) -> Result<Descriptor, String> {
+        if !is_sha256_digest(&self.digest) {
+            return Err(format!(
+                "descriptor digest {:?} is not sha256:<64 hex>",
+                self.digest
+            ));
+        }
+        let size = u64::try_from(self.size)
+            .map_err(|_| format!("descriptor {} has a negative size", self.digest))?;
+        Ok(Descriptor {
+            media_type: self.media_type,
+            digest: self.digest,
+            size,
+        })
+    }
+}
+
+/// Parses an image manifest and applies imgpkg's rule: exactly one layer, gzip'd tar.
+pub fn parse_bundle_manifest(bytes: &[u8]) -> Result<BundleManifest, String> {
+    let raw: RawManifest =
+        serde_json::from_slice(bytes).map_err(|e| format!("manifest is not valid JSON: {e}"))?;
+    if raw.schema_version != 2 {
+        return Err(format!(
+            "manifest schemaVersion {} is not 2",
+            raw.schema_version
+        ));
+    }
+    if let Some(media_type) = &raw.media_type
+        && media_type != MANIFEST_MEDIA_TYPE
+        && media_type != OCI_MANIFEST_MEDIA_TYPE
+    {
+        return Err(format!(
+            "manifest media type {media_type} is not an image manifest (an index is not a bundle)"
+        ));
+    }
+    let config = raw
+        .config
+        .ok_or("manifest has no config: an index is not a bundle")?
+        .check()?;
+    let mut layers = raw.layers.into_iter();
+    let (Some(layer), None) = (layers.next(), layers.next()) else {
+        return Err("a bundle image has exactly one layer".to_owned());
+    };
+    let layer = layer.check()?;
+    if layer.media_type != LAYER_MEDIA_TYPE {
+        return Err(format!(
+            "bundle layer media type {} is not {LAYER_MEDIA_TYPE}",
+            layer.media_type
+        ));
+    }
+    Ok(BundleManifest { config, layer })
+}
+
+#[derive(Deserialize)]
+struct RawConfig {
+    #[serde(default)]
+    config: RawContainerConfig,
+    rootfs: Option<RawRootfs>,
+}
+
+#[derive(Deserialize, Default)]
+struct RawContainerConfig {
+    #[serde(rename = "Labels", default)]
+    labels: Option<std::collections::BTreeMap<String, String>>,
+}
+
+#[derive(Deserialize)]
+struct RawRootfs {
+    #[serde(default)]
+    diff_ids: Vec<String>,
+}
+
+/// The diff_id of a bundle's only layer, after checking the config carries the bundle label.
+pub fn parse_bundle_config(bytes: &[u8]) -> Result<String, String> {
+    let raw: RawConfig = serde_json::from_slice(bytes)
+        .map_err(|e| format!("image config is not valid JSON: {e}"))?;
+    if !raw
+        .config
+        .labels
+        .as_ref()
+        .is_some_and(|labels| labels.contains_key(BUNDLE_LABEL))
+    {
+        return Err(format!(
+            "the image is not an imgpkg bundle (its config lacks the {BUNDLE_LABEL} label)"
+        ));
+    }
+    let diff_ids = raw.rootfs.map(|r| r.diff_ids).unwrap_or_default();
+    match diff_ids.as_slice() {
+        [diff_id] if is_sha256_digest(diff_id) => Ok(diff_id.clone()),
+        _ => Err(format!(
+            "image config lists {} diff_ids, a bundle has exactly one sha256",
+            diff_ids.len()
+        )),
+    }
+}
+
+pub fn is_sha256_digest(s: &str) -> bool {
+    s.strip_prefix("sha256:").is_some_and(|hex| {
+        hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pretty_assertions::assert_eq;
+
+    const DIFF_ID: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn config_is_imgpkgs_byte_for_byte() {
+        let expected = format!(
+            "{{\"architecture\":\"\",\"created\":\"0001-01-01T00:00:00Z\",\"history\":[{{\"author\":\"imgpkg\",\"created\":\"0001-01-01T00:00:00Z\",\"created_by\":\"imgpkg\"}}],\"os\":\"\",\"rootfs\":{{\"type\":\"layers\",\"diff_ids\":[\"{DIFF_ID}\"]}},\"config\":{{\"Labels\":{{\"dev.carvel.imgpkg.bundle\":\"true\"}}}}}}"
+        );
+        let config = config_json(DIFF_ID);
+        assert_eq!(String::from_utf8(config.clone()).unwrap(), expected);
+        assert_eq!(parse_bundle_config(&config).unwrap(), DIFF_ID);
+    }
+
+    #[test]
+    fn manifest_round_trips_through_the_pull_checks() {
+        let config = Descriptor {
+            media_type: CONFIG_MEDIA_TYPE.to_owned(),
+            digest: DIFF_ID.to_owned(),
+            size: 300,
+        };
+        let layer = Descriptor {
+            media_type: LAYER_MEDIA_TYPE.to_owned(),
+            digest: DIFF_ID.replace('0', "f"),
+            size: 12345,
+        };
+        let bytes = manifest_json(&config, &layer);
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        assert!(text.starts_with(
+            r#"{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json","config":{"mediaType":"application/vnd.docker.container.image.v1+json","size":300,"digest":"sha256:0123"#
+        ));
+        let parsed = parse_bundle_manifest(&bytes).unwrap();
+        assert_eq!(parsed.config, config);
+        assert_eq!(parsed.layer, layer);
+    }
+
+    #[test]
+    fn pull_checks_reject_what_imgpkg_rejects() {
+        let layer = |media_type: &str| {
+            format!(r#"{{"mediaType":"{media_type}","size":1,"digest":"{DIFF_ID}"}}"#)
+        };
+        let manifest = |layers: &[String]| {
+            format!(
+                r#"{{"schemaVersion":2,"config":{},"layers":[{}]}}"#,
+                layer(CONFIG_MEDIA_TYPE),
+                layers.join(",")
+            )
+        };
+        let good = layer(LAYER_MEDIA_TYPE);
+        assert!(parse_bundle_manifest(manifest(std::slice::from_ref(&good)).as_bytes()).is_ok());
+        let two = parse_bundle_manifest(manifest(&[good.clone(), good]).as_bytes()).unwrap_err();
+        assert!(two.contains("exactly one layer"), "{two}");
+        let none = parse_bundle_manifest(manifest(&[]).as_bytes()).unwrap_err();
+        assert!(none.contains("exactly one layer"), "{none}");
+        let oci = parse_bundle_manifest(
+            manifest(&[layer("application/vnd.oci.image.layer.v1.tar+gzip")]).as_bytes(),
+        )
+        .unwrap_err();
+        assert!(oci.contains("media type"), "{oci}");
+        let index = parse_bundle_manifest(
+            br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#,
+        )
+        .unwrap_err();
+        assert!(index.contains("index"), "{index}");
+
+        let plain = r#"{"rootfs":{"type":"layers","diff_ids":[]},"config":{}}"#;
+        let err = parse_bundle_config(plain.as_bytes()).unwrap_err();
+        assert!(err.contains("not an imgpkg bundle"), "{err}");
+    }
+}

@@ -1,0 +1,36 @@
+//! imgpkg bundles: build one from a directory, push it to a registry or an OCI image layout,
+//! pull one back into a directory.
+//!
+//! A bundle is an image with one gzip'd tar layer of the directory and the config label
+//! `dev.carvel.imgpkg.bundle`, compatible with what `imgpkg push` produces (see
+//! `shared/spec/carvel.md`): the tar is byte for byte Go's `archive/tar` encoding of imgpkg's
+//! `filepath.Walk`, with owner-only modes and zero timestamps and owners, so the same tree
+//! always gives the same diff_id as imgpkg. The gzip stream is ours (level 1, like imgpkg's,
+//! but not Go's encoder), so the layer digest is stable for a given packsmith build and changes
+//! only if the compressor library does.
+//!
+//! ```no_run
+//! # async fn example(registry: &packsmith::registry::Registry) -> Result<(), packsmith::bundle::BundleError> {
+//! use packsmith::bundle::{self, BuildOptions, Location, PushOptions};
+//! let built = bundle::build(&["config".into()], &BuildOptions::default())?;
+//! let target = Location::parse("registry.example.com/packages/app:1.0.0")?;
+//! let pushed = bundle::push(registry, &built, &target, &["1.0.0".into()], &PushOptions::default()).await?;
+//! bundle::pull(registry, &Location::parse(&pushed.image)?, "out".as_ref()).await?;
+//! # Ok(()) }
+//! ```
+
+mod build;
+mod error;
+mod gotar;
+pub mod image;
+mod layer;
+mod layout;
+mod pull;
+mod push;
+mod target;
+
+pub use build::{BuildOptions, BuildStats, BuiltBundle, build};
+pub use error::BundleError;
+pub use pull::{Pulled, pull};
+pub use push::{PushEvent, PushOptions, Pushed, digest_tag, push};
+pub use target::{LAYOUT_PREFIX, LayoutRef, Location};

@@ -1,0 +1,406 @@
+//! Pulling a bundle into a directory: every digest on the way is checked (manifest against the
+//! reference, config and layer against the manifest, the tar against the config's diff_id),
+//! the layer is unpacked into a fresh directory beside the output and only swapped in once
+//! all of that passed, so a failed pull leaves the previous output untouched.
+
+use std::fs;
+use std::io::{self, Read};
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+use std::path::{Component, Path, PathBuf};
+
+use sha2::{Digest as _, Sha256};
+
+use super::error::BundleError;
+use super::image::{self, BundleManifest, digest_string, sha256_digest};
+use super::layout;
+use super::push::{PushOptions, retry};
+use super::target::Location;
+use crate::registry::{Reference, Registry};
+
+/// What a pull fetched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pulled {
+    /// `REPO@sha256:…` of the bundle pulled.
+    pub image: String,
+    pub files: usize,
+    /// Entries that were not written: symlinks and hard links, as imgpkg skips them.
+    pub skipped: Vec<String>,
+}
+
+/// Pulls the bundle at `location` into `output`, replacing whatever `output` held.
+pub async fn pull(
+    registry: &Registry,
+    location: &Location,
+    output: &Path,
+) -> Result<Pulled, BundleError> {
+    let name = location.repository();
+    let (digest, manifest_bytes, config, layer) = match location {
+        Location::Registry(reference) => fetch_from_registry(registry, reference).await?,
+        Location::Layout(l) => {
+            let (dir, tag, digest) = (l.dir.clone(), l.tag.clone(), l.digest.clone());
+            tokio::task::spawn_blocking(move || {
+                let digest = layout::resolve(&dir, tag.as_deref(), digest.as_deref())?;
+                let manifest = layout::read_blob(&dir, &digest)?;
+                let parsed = image::parse_bundle_manifest(&manifest).map_err(|reason| {
+                    BundleError::Content {
+                        reference: format!("oci-layout:{}@{digest}", dir.display()),
+                        reason,
+                    }
+                })?;
+                let config = layout::read_blob(&dir, &parsed.config.digest)?;
+                let layer = layout::read_blob(&dir, &parsed.layer.digest)?;
+                Ok::<_, BundleError>((digest, manifest, config, layer))
+            })
+            .await
+            .map_err(|e| BundleError::Invalid(format!("reading the OCI layout: {e}")))??
+        }
+    };
+    let image = format!("{name}@{digest}");
+    let parsed =
+        image::parse_bundle_manifest(&manifest_bytes).map_err(|reason| BundleError::Content {
+            reference: image.clone(),
+            reason,
+        })?;
+    let content_error = |reason: String| BundleError::Content {
+        reference: image.clone(),
+        reason,
+    };
+    check_blob(&parsed.config, &config).map_err(content_error)?;
+    check_blob(&parsed.layer, &layer).map_err(content_error)?;
+    let diff_id = image::parse_bundle_config(&config).map_err(content_error)?;
+
+    let output = output.to_owned();
+    let reference = image.clone();
+    let (files, skipped) =
+        tokio::task::spawn_blocking(move || unpack_into(&layer, &diff_id, &output, &reference))
+            .await
+            .map_err(|e| BundleError::Invalid(format!("unpacking the bundle: {e}")))??;
+    Ok(Pulled {
+        image,
+        files,
+        skipped,
+    })
+}
+
+async fn fetch_from_registry(
+    registry: &Registry,
+    reference: &Reference,
+) -> Result<(String, Vec<u8>, Vec<u8>, Vec<u8>), BundleError> {
+    let contacted = registry.contact(reference);
+    let auth = registry.auth(&contacted);
+    let client = registry.client();
+    let options = PushOptions::default();
+    let accepted = [image::MANIFEST_MEDIA_TYPE, image::OCI_MANIFEST_MEDIA_TYPE];
+    let (manifest, _) = retry(&options, "GET manifest", &contacted, || {
+        client.pull_manifest_raw(&contacted, &auth, &accepted)
+    })
+    .await?;
+    // Computed here rather than trusted from the registry's header.
+    let digest = sha256_digest(&manifest);
+    if let Some(wanted) = reference.digest()
+        && wanted != digest
+    {
+        return Err(BundleError::Content {
+            reference: reference.to_string(),
+            reason: format!("the registry returned a manifest with digest {digest}"),
+        });
+    }
+    let parsed: BundleManifest =
+        image::parse_bundle_manifest(&manifest).map_err(|reason| BundleError::Content {
+            reference: reference.to_string(),
+            reason,
+        })?;
+    let fetch = |descriptor: image::Descriptor| {
+        let contacted = &contacted;
+        let options = &options;
+        async move {
+            retry(options, "GET blob", contacted, || async {
+                let mut out = Vec::with_capacity(usize::try_from(descriptor.size).unwrap_or(0));
+                // pull_blob checks the digest of what it streams.
+                client
+                    .pull_blob(
+                        contacted,
+                        &oci_client::manifest::OciDescriptor {
+                            media_type: descriptor.media_type.clone(),
+                            digest: descriptor.digest.clone(),
+                            size: i64::try_from(descriptor.size).unwrap_or(i64::MAX),
+                            ..Default::default()
+                        },
+                        &mut out,
+                    )
+                    .await
+                    .map(|()| out)
+            })
+            .await
+        }
+    };
+    let (config, layer) = tokio::try_join!(fetch(parsed.config), fetch(parsed.layer))?;
+    Ok((digest, manifest.to_vec(), config, layer))
+}
+
+fn check_blob(descriptor: &image::Descriptor, data: &[u8]) -> Result<(), String> {
+    let actual = sha256_digest(data);
+    if actual != descriptor.digest {
+        return Err(format!("blob {} has digest {actual}", descriptor.digest));
+    }
+    if data.len() as u64 != descriptor.size {
+        return Err(format!(
+            "blob {} is {} bytes, the manifest says {}",
+            descriptor.digest,
+            data.len(),
+            descriptor.size
+        ));
+    }
+    Ok(())
+}
+
+/// Unpacks into a sibling of `output`, verifies the diff_id, then swaps it in.
+fn unpack_into(
+    layer: &[u8],
+    diff_id: &str,
+    output: &Path,
+    reference: &str,
+) -> Result<(usize, Vec<String>), BundleError> {
+    let parent = match output.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    fs::create_dir_all(&parent).map_err(BundleError::io("creating", &parent))?;
+    let staging = tempfile::Builder::new()
+        .prefix(".packsmith-pull-")
+        .tempdir_in(&parent)
+        .map_err(BundleError::io("creating a directory in", &parent))?;
+
+    let mut reader = HashingReader {
+        inner: flate2::read::GzDecoder::new(layer),
+        hash: Sha256::new(),
+    };
+    let result = unpack(&mut reader, staging.path(), reference)?;
+    // Drain what the tar reader left (end-of-archive padding) so the hash covers the stream.
+    io::copy(&mut reader, &mut io::sink()).map_err(|e| {
+        content(
+            reference,
+            format!("the layer is not a valid gzip stream: {e}"),
+        )
+    })?;
+    let actual = digest_string(&reader.hash.finalize());
+    if actual != diff_id {
+        return Err(content(
+            reference,
+            format!("the layer's tar has digest {actual}, the config says {diff_id}"),
+        ));
+    }
+
+    match fs::remove_dir_all(output) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(BundleError::io("removing the old", output)(e)),
+    }
+    let staged = staging.keep();
+    fs::rename(&staged, output).map_err(|e| {
+        let _ = fs::remove_dir_all(&staged);
+        BundleError::io("moving the pulled bundle to", output)(e)
+    })?;
+    Ok(result)
+}
+
+fn content(reference: &str, reason: String) -> BundleError {
+    BundleError::Content {
+        reference: reference.to_owned(),
+        reason,
+    }
+}
+
+fn unpack(
+    reader: &mut impl Read,
+    root: &Path,
+    reference: &str,
+) -> Result<(usize, Vec<String>), BundleError> {
+    let mut archive = tar::Archive::new(reader);
+    let mut files = 0;
+    let mut skipped = Vec::new();
+    let entries = archive
+        .entries()
+        .map_err(|e| content(reference, format!("reading the layer: {e}")))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| content(reference, format!("reading the layer: {e}")))?;
+        let raw = entry.path_bytes().into_owned();
+        let name = String::from_utf8_lossy(&raw).into_owned();
+        let relative = safe_relative_path(&raw).map_err(|reason| BundleError::UnsafePath {
+            reference: reference.to_owned(),
+            path: name.clone(),
+            reason,
+        })?;
+        let target = root.join(&relative);
+        // imgpkg keeps the owner's bits and gives group and others the same; the umask
+        // (applied by the kernel to these creation modes) then has the last word.
+        let user = entry.header().mode().unwrap_or(0o600) & 0o700;
+        let mode = user | (user >> 3) | (user >> 6);
+        let entry_type = entry.header().entry_type();
+        let io_err = |e| BundleError::io("writing", &target)(e);
+        if entry_type.is_dir() {
+            if relative.as_os_str().is_empty() {
+                continue;
+            }
+            match fs::DirBuilder::new()
+                .recursive(true)
+                .mode(mode | 0o700)
+                .create(&target)
+            {
+                Ok(()) => {}
+                Err(e) => return Err(io_err(e)),
+            }
+        } else if entry_type.is_file() {
+            if relative.as_os_str().is_empty() {
+                return Err(BundleError::UnsafePath {
+                    reference: reference.to_owned(),
+                    path: name,
+                    reason: "a file cannot be the bundle's root",
+                });
+            }
+            if let Some(parent) = target.parent() {
+                fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o777)
+                    .create(parent)
+                    .map_err(io_err)?;
+            }
+            let mut file = fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(mode)
+                .open(&target)
+                .map_err(io_err)?;
+            io::copy(&mut entry, &mut file).map_err(io_err)?;
+            files += 1;
+        } else if entry_type.is_symlink() || entry_type.is_hard_link() {
+            skipped.push(name);
+        } else if entry_type.is_pax_global_extensions() {
+            continue;
+        } else {
+            return Err(content(
+                reference,
+                format!(
+                    "unsupported tar entry type {:?} for {name:?}",
+                    entry_type.as_byte() as char
+                ),
+            ));
+        }
+    }
+    Ok((files, skipped))
+}
+
+/// The path under the output directory an entry name maps to, or why it must not be written:
+/// absolute paths and `..` would escape the output directory.
+fn safe_relative_path(raw: &[u8]) -> Result<PathBuf, &'static str> {
+    let text = std::str::from_utf8(raw).map_err(|_| "the name is not valid UTF-8")?;
+    if text.contains('\0') {
+        return Err("the name contains NUL");
+    }
+    let path = Path::new(text);
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::Normal(part) => out.push(part),
+            Component::CurDir => {}
+            Component::ParentDir => return Err("'..' would leave the output directory"),
+            Component::RootDir | Component::Prefix(_) => {
+                return Err("absolute paths would leave the output directory");
+            }
+        }
+    }
+    Ok(out)
+}
+
+struct HashingReader<R> {
+    inner: R,
+    hash: Sha256,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unsafe_names_are_refused() {
+        assert_eq!(safe_relative_path(b"./a/b").unwrap(), PathBuf::from("a/b"));
+        assert_eq!(safe_relative_path(b".").unwrap(), PathBuf::new());
+        assert!(safe_relative_path(b"../etc/passwd").is_err());
+        assert!(safe_relative_path(b"a/../../b").is_err());
+        assert!(safe_relative_path(b"/etc/passwd").is_err());
+    }
+
+    /// A tar with the given raw entries, gzip'd.
+    fn layer(entries: &[(&str, tar::EntryType, &[u8])]) -> (Vec<u8>, String) {
+        let mut builder = tar::Builder::new(Vec::new());
+        for (name, kind, data) in entries {
+            let mut header = tar::Header::new_gnu();
+            // set_path refuses '..'; write the raw name as a hostile archive would.
+            header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+            header.set_entry_type(*kind);
+            header.set_mode(0o600);
+            header.set_size(data.len() as u64);
+            if kind.is_symlink() {
+                header.set_link_name("/etc/passwd").unwrap();
+            }
+            header.set_cksum();
+            builder.append(&header, *data).unwrap();
+        }
+        let tar = builder.into_inner().unwrap();
+        let diff_id = sha256_digest(&tar);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        io::Write::write_all(&mut gz, &tar).unwrap();
+        (gz.finish().unwrap(), diff_id)
+    }
+
+    #[test]
+    fn escaping_entries_fail_the_pull_and_keep_the_old_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        fs::create_dir(&out).unwrap();
+        fs::write(out.join("previous"), "kept").unwrap();
+        let (gz, diff_id) = layer(&[
+            ("ok.yml", tar::EntryType::Regular, b"x"),
+            ("../escape", tar::EntryType::Regular, b"pwned"),
+        ]);
+        let err = unpack_into(&gz, &diff_id, &out, "r").unwrap_err();
+        assert!(
+            matches!(&err, BundleError::UnsafePath { path, .. } if path == "../escape"),
+            "{err}"
+        );
+        assert!(!dir.path().join("escape").exists());
+        assert_eq!(fs::read_to_string(out.join("previous")).unwrap(), "kept");
+        // No staging directory is left behind.
+        let left: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(left.len(), 1);
+    }
+
+    #[test]
+    fn links_are_skipped_and_the_diff_id_is_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let (gz, diff_id) = layer(&[
+            (".", tar::EntryType::Directory, b""),
+            ("link", tar::EntryType::Symlink, b""),
+            ("cfg/a.yml", tar::EntryType::Regular, b"a: 1\n"),
+        ]);
+        let (files, skipped) = unpack_into(&gz, &diff_id, &out, "r").unwrap();
+        assert_eq!((files, skipped), (1, vec!["link".to_owned()]));
+        assert!(fs::symlink_metadata(out.join("link")).is_err());
+        assert_eq!(fs::read_to_string(out.join("cfg/a.yml")).unwrap(), "a: 1\n");
+
+        let wrong = sha256_digest(b"something else");
+        let err = unpack_into(&gz, &wrong, &dir.path().join("out2"), "r").unwrap_err();
+        assert!(err.to_string().contains("the config says"), "{err}");
+        assert!(!dir.path().join("out2").exists());
+    }
+}

@@ -1,0 +1,41 @@
+//! `packsmith pull`: `imgpkg pull -b REF -o DIR`, the seed Makefile's get-package-config.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::Args;
+
+use super::registry::{RegistryArgs, registry_host};
+use crate::bundle::{self, Location};
+
+#[derive(Args, Debug)]
+pub struct PullArgs {
+    /// Bundle to pull: REPO:TAG, REPO@sha256:…, or oci-layout:DIR[:TAG|@sha256:…].
+    #[arg(short, long, value_name = "REF")]
+    bundle: String,
+    /// Directory to write; whatever it held is replaced once the pull has been verified.
+    #[arg(short, long, value_name = "DIR")]
+    output: PathBuf,
+    #[command(flatten)]
+    registry: RegistryArgs,
+}
+
+pub fn run(args: &PullArgs) -> anyhow::Result<()> {
+    let location = Location::parse(&args.bundle)?;
+    let registry = args.registry.registry(registry_host(&location))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let pulled = runtime.block_on(bundle::pull(&registry, &location, &args.output))?;
+    for skipped in &pulled.skipped {
+        eprintln!("packsmith: skipped link {skipped:?} (bundles carry only regular files)");
+    }
+    println!(
+        "Pulled '{}' into {} ({} files)",
+        pulled.image,
+        args.output.display(),
+        pulled.files
+    );
+    Ok(())
+}

@@ -1,0 +1,137 @@
+//! `packsmith push`: a drop-in for `imgpkg push -b REPO:TAG -f DIR [--lock-output F]`.
+
+use std::io::IsTerminal as _;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use clap::Args;
+
+use crate::bundle::{self, BuildOptions, Location, PushEvent, PushOptions};
+use crate::carvel::BundleLock;
+
+use super::registry::{RegistryArgs, registry_host};
+
+#[derive(Args, Debug)]
+pub struct PushArgs {
+    /// Where to push: REPO:TAG, or oci-layout:DIR[:TAG] for an OCI image layout on disk.
+    #[arg(short, long, value_name = "REF")]
+    bundle: String,
+    /// Directory (or file) to push (repeatable); one of them must hold .imgpkg/images.yml.
+    #[arg(short, long, required = true)]
+    file: Vec<PathBuf>,
+    /// Write an imgpkg BundleLock (the pushed digest and tag) here.
+    #[arg(long, value_name = "FILE")]
+    lock_output: Option<PathBuf>,
+    /// Also point this tag at the bundle (repeatable).
+    #[arg(long = "additional-tag", value_name = "TAG")]
+    additional_tags: Vec<String>,
+    /// Path relative to an input directory left out of the bundle (repeatable).
+    #[arg(long, value_name = "PATH", default_value = ".git")]
+    file_exclusion: Vec<String>,
+    #[command(flatten)]
+    registry: RegistryArgs,
+}
+
+pub fn run(args: &PushArgs) -> anyhow::Result<()> {
+    let location = Location::parse(&args.bundle)?;
+    if location.digest().is_some() {
+        anyhow::bail!(
+            "--bundle {}: push needs a tag (REPO:TAG), not a digest",
+            args.bundle
+        );
+    }
+    let registry = args.registry.registry(registry_host(&location))?;
+    let tag = location.tag().map(str::to_owned);
+    let tags: Vec<String> = tag.iter().chain(&args.additional_tags).cloned().collect();
+    let verbose = std::io::stderr().is_terminal();
+
+    let started = Instant::now();
+    let options = BuildOptions {
+        exclude: args.file_exclusion.clone(),
+    };
+    let built = bundle::build(&args.file, &options)?;
+    if verbose {
+        let stats = built.stats();
+        eprintln!(
+            "packsmith: bundled {} files in {} directories ({} of tar, {} gzip'd) in {:.2?}",
+            stats.files,
+            stats.dirs,
+            human(stats.tar_size),
+            human(built.size()),
+            started.elapsed()
+        );
+    }
+
+    let progress = |event: &PushEvent| match event {
+        PushEvent::BlobExists { digest, size } => {
+            eprintln!("packsmith: {digest} ({}) already there", human(*size));
+        }
+        PushEvent::Uploading { digest, size } => {
+            eprintln!("packsmith: uploading {digest} ({})", human(*size));
+        }
+        PushEvent::Uploaded { digest, .. } => eprintln!("packsmith: uploaded {digest}"),
+        PushEvent::Tagged { tag } => eprintln!("packsmith: tagged {tag}"),
+        PushEvent::Retrying { what, error, delay } => {
+            eprintln!("packsmith: {what} failed ({error}); retrying in {delay:.1?}");
+        }
+    };
+    let push_options = PushOptions {
+        progress: verbose.then_some(&progress as &(dyn Fn(&PushEvent) + Send + Sync)),
+        ..PushOptions::default()
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let pushed = runtime.block_on(bundle::push(
+        &registry,
+        &built,
+        &location,
+        &tags,
+        &push_options,
+    ))?;
+
+    if let Some(path) = &args.lock_output {
+        let lock = BundleLock::new(&pushed.image, tag.unwrap_or_default());
+        std::fs::write(path, lock.to_yaml()?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if verbose {
+        eprintln!(
+            "packsmith: done in {:.2?} ({} blobs uploaded, {} tags written)",
+            started.elapsed(),
+            pushed.uploaded.len(),
+            pushed.written_tags.len()
+        );
+    }
+    println!("Pushed '{}'", pushed.image);
+    Ok(())
+}
+
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::human;
+
+    #[test]
+    fn sizes_read_well() {
+        assert_eq!(human(512), "512 B");
+        assert_eq!(human(50 * 1024 * 1024), "50.0 MiB");
+        assert_eq!(human(1536), "1.5 KiB");
+    }
+}

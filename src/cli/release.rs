@@ -1,0 +1,163 @@
+//! `packsmith release DIR`: sync, lock, push and write Package + PackageMetadata for a package
+//! directory (`kctrl package release`), through the same pipeline the controller runs.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use clap::Args;
+
+use super::registry::RegistryArgs;
+use crate::api::PackageSource;
+use crate::carvel::vendir::LockConfig as VendirLock;
+use crate::pipeline::{self, PipelineInput};
+use crate::publish::repository::write_package_files;
+use crate::registry::{Registry, RegistryOptions};
+use crate::sync::MemorySecrets;
+
+/// Files `packsmith init` writes next to the bundle: they describe the package, they are not
+/// part of it.
+const SOURCE_FILES: &[&str] = &[
+    "packagesource.yaml",
+    "packageinstall.yaml",
+    "serviceaccount.yaml",
+    "clusterrolebinding.yaml",
+];
+
+#[derive(Args, Debug)]
+pub struct ReleaseArgs {
+    /// Package directory holding packagesource.yaml (and config/).
+    #[arg(default_value = ".")]
+    dir: PathBuf,
+    /// OCI repository for the bundle, instead of spec.bundle.repository.
+    #[arg(long)]
+    repository: Option<String>,
+    /// Tag to push, instead of spec.bundle.tags.
+    #[arg(long)]
+    tag: Option<String>,
+    /// Where to write packages/<refName>/{metadata,<version>}.yml [default: DIR/carvel-artifacts].
+    #[arg(long)]
+    output_dir: Option<PathBuf>,
+    #[command(flatten)]
+    registry: RegistryArgs,
+}
+
+pub fn run(args: &ReleaseArgs) -> anyhow::Result<()> {
+    let source_path = args.dir.join("packagesource.yaml");
+    let text = std::fs::read_to_string(&source_path).with_context(|| {
+        format!(
+            "reading {} (run `packsmith init` to create one)",
+            source_path.display()
+        )
+    })?;
+    let source: PackageSource = crate::carvel::yaml::from_str("PackageSource", &text)
+        .with_context(|| format!("parsing {}", source_path.display()))?;
+    let spec = &source.spec;
+    let output_dir = args
+        .output_dir
+        .clone()
+        .unwrap_or_else(|| args.dir.join("carvel-artifacts"));
+
+    let repository = args
+        .repository
+        .clone()
+        .unwrap_or_else(|| spec.bundle.repository.clone());
+    let host = repository.split('/').next().unwrap_or_default().to_owned();
+    let registry = registry(args, spec, &host)?;
+
+    let previous_path = args.dir.join("vendir.lock.yml");
+    let previous = std::fs::read_to_string(&previous_path)
+        .ok()
+        .and_then(|t| VendirLock::from_yaml(&t).ok());
+    let exclude = excluded(&args.dir, spec, &output_dir)?;
+    let secrets = MemorySecrets::default();
+    let input = PipelineInput {
+        spec,
+        root: &args.dir,
+        exclude,
+        registry: &registry,
+        secrets: &secrets,
+        cache_dir: None,
+        previous: previous.as_ref(),
+        tags_override: args.tag.clone().map(|t| vec![t]),
+        repository_override: args.repository.clone(),
+        now: jiff::Timestamp::now(),
+        labels: Default::default(),
+        namespace: None,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let outcome = runtime.block_on(pipeline::run(&input)).map_err(|e| {
+        anyhow::anyhow!(
+            "{} stage failed ({}): {}",
+            format!("{:?}", e.stage).to_lowercase(),
+            e.reason,
+            e.message
+        )
+    })?;
+
+    std::fs::write(&previous_path, outcome.contents.to_yaml()?)
+        .with_context(|| format!("writing {}", previous_path.display()))?;
+    let written = write_package_files(&output_dir, &outcome.package, &outcome.metadata)?;
+    println!("Pushed '{}'", outcome.pushed.image);
+    println!(
+        "packsmith: {} {} with {} locked images",
+        spec.package.ref_name,
+        outcome.version,
+        outcome.images.len()
+    );
+    for path in written {
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn registry(
+    args: &ReleaseArgs,
+    spec: &crate::api::PackageSourceSpec,
+    host: &str,
+) -> anyhow::Result<Registry> {
+    let mut options: RegistryOptions = args.registry.options(Some(host))?;
+    // The command line's mirrors come first: they are the operator's override of the spec's.
+    options
+        .mirrors
+        .extend(spec.images.mirrors.iter().map(|m| m.to_registry_mirror()));
+    if spec.bundle.insecure {
+        options.insecure_hosts.push(host.to_owned());
+    }
+    Ok(Registry::new(options)?)
+}
+
+/// Everything at the top of DIR that is neither a contents directory, `config/` nor
+/// `.imgpkg/` stays out of the bundle: the source files, the output, vendir's lock, VCS data.
+fn excluded(
+    dir: &Path,
+    spec: &crate::api::PackageSourceSpec,
+    output_dir: &Path,
+) -> anyhow::Result<Vec<String>> {
+    let mut keep: BTreeSet<String> = ["config".to_owned(), ".imgpkg".to_owned()].into();
+    for d in &spec.contents {
+        if let Some(top) = d.path.split('/').next() {
+            keep.insert(top.to_owned());
+        }
+    }
+    let mut exclude: Vec<String> = SOURCE_FILES.iter().map(|s| s.to_string()).collect();
+    exclude.push(".git".to_owned());
+    if let Ok(rel) = output_dir.strip_prefix(dir)
+        && let Some(top) = rel.components().next()
+    {
+        exclude.push(top.as_os_str().to_string_lossy().into_owned());
+    }
+    if dir.is_dir() {
+        for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+            let name = entry?.file_name().to_string_lossy().into_owned();
+            if !keep.contains(&name) && !exclude.contains(&name) {
+                exclude.push(name);
+            }
+        }
+    }
+    exclude.sort();
+    exclude.dedup();
+    Ok(exclude)
+}

@@ -1,0 +1,227 @@
+//! `packsmith sync`: a drop-in for `vendir sync` (reads vendir.yml, writes vendir.lock.yml).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use base64::Engine as _;
+use clap::Args;
+
+use crate::carvel::vendir::{Config, LockConfig};
+use crate::sync::{Limits, MemorySecrets, Secret, SyncOptions};
+
+#[derive(Args, Debug)]
+pub struct SyncArgs {
+    /// Work in this directory (paths in vendir.yml are relative to it).
+    #[arg(long)]
+    chdir: Option<PathBuf>,
+    /// vendir Config to read; Secret and ConfigMap documents in it (or in further -f files)
+    /// answer secretRef and inline pathsFrom, as with vendir.
+    #[arg(short, long, default_value = "vendir.yml")]
+    file: Vec<PathBuf>,
+    /// Lock file to write (and to read with --locked).
+    #[arg(long, default_value = "vendir.lock.yml")]
+    lock_file: PathBuf,
+    /// Fetch exactly what the lock file records.
+    #[arg(long)]
+    locked: bool,
+    /// Keep git objects and downloads here, so unchanged upstreams are not fetched again.
+    #[arg(long, env = "PACKSMITH_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Most bytes one content may download or unpack to.
+    #[arg(long, default_value_t = Limits::default().max_bytes)]
+    max_bytes: u64,
+    /// Most files one content may unpack to.
+    #[arg(long, default_value_t = Limits::default().max_files)]
+    max_files: u64,
+    /// Seconds allowed for fetching one content.
+    #[arg(long, default_value_t = Limits::default().source_timeout.as_secs())]
+    timeout: u64,
+    /// Contents fetched at the same time.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+}
+
+pub fn run(args: &SyncArgs) -> anyhow::Result<()> {
+    let root = args.chdir.clone().unwrap_or_else(|| PathBuf::from("."));
+    let mut config = None;
+    let mut secrets = MemorySecrets::default();
+    for file in &args.file {
+        let path = root.join(file);
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        for document in documents(&text) {
+            read_document(document, &path, &mut config, &mut secrets)?;
+        }
+    }
+    let config = config.with_context(|| {
+        format!(
+            "no vendir Config (apiVersion vendir.k14s.io/v1alpha1, kind Config) in {}",
+            args.file
+                .iter()
+                .map(|f| f.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    })?;
+    let lock_path = root.join(&args.lock_file);
+    let previous = match std::fs::read_to_string(&lock_path) {
+        Ok(text) => Some(
+            LockConfig::from_yaml(&text)
+                .with_context(|| format!("reading {}", lock_path.display()))?,
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("reading {}", lock_path.display())),
+    };
+    if args.locked && previous.is_none() {
+        anyhow::bail!(
+            "--locked needs {}, which does not exist; run without --locked first",
+            lock_path.display()
+        );
+    }
+    let mut options = SyncOptions::new(&secrets);
+    options.cache_dir = args.cache_dir.clone();
+    options.locked = previous.as_ref().filter(|_| args.locked);
+    options.previous = previous.as_ref();
+    options.concurrency = args.concurrency;
+    options.github_token = std::env::var("VENDIR_GITHUB_API_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty());
+    options.limits = Limits {
+        max_bytes: args.max_bytes,
+        max_files: args.max_files,
+        source_timeout: Duration::from_secs(args.timeout),
+        ..Limits::default()
+    };
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let lock = runtime.block_on(crate::sync::sync(&config, &root, &options))?;
+    for directory in &lock.directories {
+        for contents in &directory.contents {
+            eprintln!("synced {} + {}", directory.path, contents.path);
+        }
+    }
+    let yaml = lock.to_yaml()?;
+    // vendir writes the lock only when it changed, which keeps mtimes and diffs quiet.
+    if std::fs::read_to_string(&lock_path).ok().as_deref() != Some(yaml.as_str()) {
+        std::fs::write(&lock_path, yaml)
+            .with_context(|| format!("writing {}", lock_path.display()))?;
+        eprintln!("wrote {}", lock_path.display());
+    }
+    Ok(())
+}
+
+/// Splits a YAML stream at `---` lines.
+fn documents(text: &str) -> Vec<String> {
+    let mut docs = vec![String::new()];
+    for line in text.lines() {
+        if line.trim_end() == "---" || line.starts_with("--- ") {
+            docs.push(String::new());
+        } else if let Some(doc) = docs.last_mut() {
+            doc.push_str(line);
+            doc.push('\n');
+        }
+    }
+    docs.retain(|d| {
+        d.lines()
+            .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+    });
+    docs
+}
+
+fn read_document(
+    text: String,
+    path: &Path,
+    config: &mut Option<Config>,
+    secrets: &mut MemorySecrets,
+) -> anyhow::Result<()> {
+    let value: serde_json::Value =
+        serde_saphyr::from_str(&text).with_context(|| format!("{}: not YAML", path.display()))?;
+    let kind = value
+        .get("kind")
+        .and_then(|k| k.as_str())
+        .unwrap_or_default();
+    let name = value
+        .pointer("/metadata/name")
+        .and_then(|n| n.as_str())
+        .unwrap_or_default()
+        .to_owned();
+    let strings = |field: &str| -> BTreeMap<String, String> {
+        value
+            .get(field)
+            .and_then(|d| d.as_object())
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    match kind {
+        "Config" => {
+            anyhow::ensure!(
+                config.is_none(),
+                "{}: more than one vendir Config",
+                path.display()
+            );
+            *config = Some(Config::from_yaml(&text)?);
+        }
+        "Secret" => {
+            let mut data = BTreeMap::new();
+            for (key, encoded) in strings("data") {
+                let decoded = base64::engine::general_purpose::STANDARD
+                    .decode(encoded.trim())
+                    .with_context(|| format!("Secret {name:?}: data.{key} is not base64"))?;
+                data.insert(key, decoded);
+            }
+            for (key, value) in strings("stringData") {
+                data.insert(key, value.into_bytes());
+            }
+            secrets.secrets.insert(name, Secret { data });
+        }
+        "ConfigMap" => {
+            secrets.config_maps.insert(name, strings("data"));
+        }
+        other => anyhow::bail!(
+            "{}: unexpected document of kind {other:?} (expected Config, Secret or ConfigMap)",
+            path.display()
+        ),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_and_config_maps_come_from_extra_documents() {
+        let text = "apiVersion: vendir.k14s.io/v1alpha1\nkind: Config\ndirectories:\n- path: d\n  \
+                    contents:\n  - path: .\n    manual: {}\n---\napiVersion: v1\nkind: Secret\n\
+                    metadata: {name: creds}\ndata: {password: aHVudGVyMg==}\nstringData: \
+                    {username: me}\n---\n# comment only\n---\napiVersion: v1\nkind: ConfigMap\n\
+                    metadata: {name: files}\ndata: {a.txt: hello}\n";
+        let mut config = None;
+        let mut secrets = MemorySecrets::default();
+        for doc in documents(text) {
+            read_document(doc, Path::new("vendir.yml"), &mut config, &mut secrets)
+                .expect("document");
+        }
+        assert_eq!(config.expect("config").directories[0].path, "d");
+        assert_eq!(secrets.secrets["creds"].data["password"], b"hunter2");
+        assert_eq!(secrets.secrets["creds"].data["username"], b"me");
+        assert_eq!(secrets.config_maps["files"]["a.txt"], "hello");
+        let err = read_document(
+            "kind: Pod\n".to_owned(),
+            Path::new("x"),
+            &mut None,
+            &mut MemorySecrets::default(),
+        )
+        .expect_err("pod");
+        assert!(err.to_string().contains("Pod"), "{err}");
+    }
+}

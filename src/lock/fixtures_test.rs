@@ -1,0 +1,77 @@
+//! The TCE fixtures are the contract: discovery lists exactly the ids their images.yml
+//! records, and re-locking a fixture tree (whose lock is in it) reproduces that file byte for
+//! byte without contacting a registry.
+
+use std::path::{Path, PathBuf};
+
+use pretty_assertions::assert_eq;
+
+use super::{LockConfig, ResolveOptions, discover, resolve};
+use crate::carvel::imgpkg::ImagesLock;
+use crate::registry::{Registry, RegistryOptions};
+
+pub(crate) const PACKAGES: &[&str] = &[
+    "cert-manager/1.9.1",
+    "contour/1.22.3",
+    "external-dns/0.12.2",
+    "local-path-storage/0.0.22",
+];
+
+fn bundle(package: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/fixtures/tce")
+        .join(package)
+        .join("bundle")
+}
+
+fn recorded(package: &str) -> String {
+    let path = bundle(package).join(".imgpkg/images.yml");
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+fn discovered_references_are_the_recorded_ids() {
+    for package in PACKAGES {
+        let discovery = discover(&[bundle(package)], &LockConfig::default())
+            .unwrap_or_else(|e| panic!("{package}: {e}"));
+        let lock = ImagesLock::from_yaml(&recorded(package)).expect("fixture lock");
+        let mut ids: Vec<&str> = lock
+            .images
+            .iter()
+            .map(|image| image.original_reference())
+            .collect();
+        ids.sort_unstable();
+        let found: Vec<&str> = discovery.references.keys().map(String::as_str).collect();
+        assert_eq!(found, ids, "{package}");
+    }
+}
+
+#[test]
+fn the_fixtures_kbld_configs_shape_discovery() {
+    let discovery = discover(
+        &[bundle("local-path-storage/0.0.22")],
+        &LockConfig::default(),
+    )
+    .expect("discover");
+    // busybox is only inside the ConfigMap's helperPod.yaml string (a yaml searchRule).
+    assert!(discovery.references.contains_key("busybox"));
+    assert_eq!(discovery.warnings.len(), 1, "{:?}", discovery.warnings);
+    assert!(discovery.warnings[0].contains("minimumRequiredVersion 0.15.0"));
+}
+
+#[tokio::test]
+async fn relocking_a_fixture_tree_reproduces_its_lock() {
+    let registry = Registry::new(RegistryOptions::default()).expect("registry");
+    for package in PACKAGES {
+        let discovery = discover(&[bundle(package)], &LockConfig::default()).expect("discover");
+        let resolution = resolve(&discovery, &registry, &ResolveOptions::default())
+            .await
+            .unwrap_or_else(|e| panic!("{package}: {e}"));
+        assert_eq!(resolution.requests.total(), 0, "{package}");
+        assert_eq!(
+            resolution.lock().to_kbld_yaml().expect("yaml"),
+            recorded(package),
+            "{package}"
+        );
+    }
+}

@@ -1,0 +1,489 @@
+//! The one sync → lock → push → render flow, shared by `packsmith release` and the
+//! controller. Each stage is the library stage of the same name; this module only decides
+//! what feeds what, and says which stage failed and whether retrying can help.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::api::conditions::reasons;
+use crate::api::source::{PackageSourceSpec, VersionFrom};
+use crate::bundle::{self, BuildOptions, Location, PushOptions, Pushed};
+use crate::carvel::kbld;
+use crate::carvel::selection::VersionRange;
+use crate::carvel::vendir::{self, LockConfig as VendirLock, LockDirectoryContents};
+use crate::carvel::{Package, PackageMetadata};
+use crate::lock::{self, ResolveOptions};
+use crate::publish::{self, Release};
+use crate::registry::Registry;
+use crate::sync::{self, SecretSource, SyncOptions};
+
+/// The stages, in order. Each has a condition type on the PackageSource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Sync,
+    Lock,
+    Push,
+    Render,
+}
+
+impl Stage {
+    /// The condition type that reports this stage.
+    pub fn condition(self) -> &'static str {
+        use crate::api::conditions::types;
+        match self {
+            Stage::Sync => types::CONTENT_SYNCED,
+            Stage::Lock => types::IMAGES_LOCKED,
+            Stage::Push => types::BUNDLE_PUSHED,
+            Stage::Render => types::PACKAGE_PUBLISHED,
+        }
+    }
+}
+
+/// A stage failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{stage:?}: {message}")]
+pub struct PipelineError {
+    pub stage: Stage,
+    /// A condition reason from [`reasons`].
+    pub reason: &'static str,
+    /// What went wrong and what to do, for a person.
+    pub message: String,
+    /// Whether retrying later can succeed without a change to the spec or its Secrets.
+    pub retryable: bool,
+}
+
+impl PipelineError {
+    fn new(
+        stage: Stage,
+        reason: &'static str,
+        message: impl Into<String>,
+        retryable: bool,
+    ) -> Self {
+        Self {
+            stage,
+            reason,
+            message: message.into(),
+            retryable,
+        }
+    }
+}
+
+/// What the pipeline needs besides the spec.
+pub struct PipelineInput<'a> {
+    pub spec: &'a PackageSourceSpec,
+    /// Where contents are synced; also the bundle root.
+    pub root: &'a Path,
+    /// Paths under `root` kept out of the bundle (the CLI's packagesource.yaml and friends).
+    pub exclude: Vec<String>,
+    pub registry: &'a Registry,
+    pub secrets: &'a dyn SecretSource,
+    pub cache_dir: Option<PathBuf>,
+    /// The previous sync's lock, for `lazy` contents.
+    pub previous: Option<&'a VendirLock>,
+    /// Tags to push instead of `spec.bundle.tags` (the CLI's `--tag`).
+    pub tags_override: Option<Vec<String>>,
+    /// Repository to push to instead of `spec.bundle.repository` (the CLI's `--repository`).
+    pub repository_override: Option<String>,
+    pub now: jiff::Timestamp,
+    /// Labels and namespace for the rendered Package and PackageMetadata.
+    pub labels: BTreeMap<String, String>,
+    pub namespace: Option<String>,
+}
+
+/// What one run produced.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub contents: VendirLock,
+    pub version: String,
+    /// Locked images as digest references, sorted.
+    pub images: Vec<String>,
+    pub pushed: Pushed,
+    pub package: Package,
+    pub metadata: PackageMetadata,
+}
+
+/// Runs every stage. Nothing is pushed unless sync and lock succeeded, and the Package is
+/// rendered only for a bundle the registry confirmed by digest.
+pub async fn run(input: &PipelineInput<'_>) -> Result<Outcome, PipelineError> {
+    let spec = input.spec;
+
+    // Sync.
+    let config = vendir::Config::new(spec.contents.clone());
+    let mut options = SyncOptions::new(input.secrets);
+    options.cache_dir = input.cache_dir.clone();
+    options.previous = input.previous;
+    let contents = sync::sync(&config, input.root, &options)
+        .await
+        .map_err(|e| {
+            let (reason, retryable) = classify_sync(&e);
+            PipelineError::new(Stage::Sync, reason, e.to_string(), retryable)
+        })?;
+
+    let version = version(spec, &contents)?;
+
+    // Lock.
+    let imgpkg = input.root.join(".imgpkg");
+    std::fs::create_dir_all(&imgpkg).map_err(|e| {
+        PipelineError::new(
+            Stage::Lock,
+            reasons::LOCK_FAILED,
+            format!("creating {}: {e}", imgpkg.display()),
+            true,
+        )
+    })?;
+    let lock_path = imgpkg.join("images.yml");
+    let images = if spec.images.lock {
+        let mut config = lock::LockConfig::default();
+        if !spec.images.overrides.is_empty() || !spec.images.search_rules.is_empty() {
+            let mut kbld_config = kbld::Config::new();
+            kbld_config.overrides = spec.images.overrides.clone();
+            kbld_config.search_rules = spec.images.search_rules.clone();
+            config.configs.push(("spec.images".to_owned(), kbld_config));
+        }
+        let locked = lock::run(
+            &bundle_inputs(input.root, &input.exclude)?,
+            &config,
+            input.registry,
+            &ResolveOptions::default(),
+            Some(&lock_path),
+        )
+        .await
+        .map_err(|e| {
+            let retryable = e.is_retryable();
+            let reason = if lock_is_auth(&e) {
+                reasons::AUTHENTICATION_FAILED
+            } else {
+                reasons::LOCK_FAILED
+            };
+            PipelineError::new(Stage::Lock, reason, e.to_string(), retryable)
+        })?;
+        let mut images: Vec<String> = locked
+            .resolution
+            .images
+            .values()
+            .map(|i| i.image.clone())
+            .collect();
+        images.sort();
+        images.dedup();
+        images
+    } else {
+        // imgpkg requires .imgpkg/images.yml in every bundle, even with nothing to lock.
+        let empty = crate::carvel::ImagesLock::new()
+            .to_kbld_yaml()
+            .map_err(|e| {
+                PipelineError::new(Stage::Lock, reasons::LOCK_FAILED, e.to_string(), false)
+            })?;
+        std::fs::write(&lock_path, empty).map_err(|e| {
+            PipelineError::new(
+                Stage::Lock,
+                reasons::LOCK_FAILED,
+                format!("writing {}: {e}", lock_path.display()),
+                true,
+            )
+        })?;
+        Vec::new()
+    };
+
+    // Push.
+    let mut build_options = BuildOptions::default();
+    build_options.exclude.extend(input.exclude.iter().cloned());
+    let built = bundle::build(&[input.root.to_owned()], &build_options)
+        .map_err(|e| PipelineError::new(Stage::Push, reasons::PUSH_FAILED, e.to_string(), false))?;
+    let repository = input
+        .repository_override
+        .clone()
+        .unwrap_or_else(|| spec.bundle.repository.clone());
+    let tags = input
+        .tags_override
+        .clone()
+        .unwrap_or_else(|| spec.bundle.tags_for(&version));
+    let first_tag = tags
+        .first()
+        .cloned()
+        .unwrap_or_else(|| version.replace('+', "_"));
+    let target = Location::parse(&format!("{repository}:{first_tag}")).map_err(|e| {
+        PipelineError::new(Stage::Push, reasons::INVALID_SPEC, e.to_string(), false)
+    })?;
+    let pushed = bundle::push(
+        input.registry,
+        &built,
+        &target,
+        &tags,
+        &PushOptions::default(),
+    )
+    .await
+    .map_err(|e| {
+        let reason = if e.is_auth() {
+            reasons::AUTHENTICATION_FAILED
+        } else {
+            reasons::PUSH_FAILED
+        };
+        PipelineError::new(Stage::Push, reason, e.to_string(), e.is_retryable())
+    })?;
+
+    // Render.
+    let config_dir = input.root.join("config");
+    let derived = if spec.package.values_schema.is_none() && config_dir.is_dir() {
+        publish::values_schema::derive(&config_dir).map_err(|e| {
+            PipelineError::new(Stage::Render, reasons::PUBLISH_FAILED, e.to_string(), false)
+        })?
+    } else {
+        None
+    };
+    let helm_chart_path = helm_chart_path(spec);
+    let (package, metadata) = publish::render(&Release {
+        package: &spec.package,
+        version: &version,
+        bundle_image: &pushed.image,
+        derived_values_schema: derived,
+        helm_chart_path: helm_chart_path.as_deref(),
+        released_at: input.now,
+        labels: input.labels.clone(),
+        namespace: input.namespace.as_deref(),
+    })
+    .map_err(|e| PipelineError::new(Stage::Render, reasons::INVALID_SPEC, e.to_string(), false))?;
+
+    Ok(Outcome {
+        contents,
+        version,
+        images,
+        pushed,
+        package,
+        metadata,
+    })
+}
+
+/// The top-level paths of `root` that go into the bundle: only those are scanned for images,
+/// so rendered Packages or other files next to the bundle are never locked into it.
+fn bundle_inputs(root: &Path, exclude: &[String]) -> Result<Vec<PathBuf>, PipelineError> {
+    let io = |e: std::io::Error| {
+        PipelineError::new(
+            Stage::Lock,
+            reasons::LOCK_FAILED,
+            format!("reading {}: {e}", root.display()),
+            true,
+        )
+    };
+    let mut inputs = Vec::new();
+    for entry in std::fs::read_dir(root).map_err(io)? {
+        let entry = entry.map_err(io)?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !exclude.contains(&name) && name != ".git" {
+            inputs.push(entry.path());
+        }
+    }
+    inputs.sort();
+    Ok(inputs)
+}
+
+/// Credentials are wrong for at least one registry: retrying will not help.
+fn lock_is_auth(e: &lock::LockError) -> bool {
+    match e {
+        lock::LockError::Resolve { cause, .. } => cause.is_auth(),
+        lock::LockError::Registry(cause) => cause.is_auth(),
+        lock::LockError::Many(errors) => errors.iter().any(lock_is_auth),
+        _ => false,
+    }
+}
+
+/// The condition reason for a sync failure, and whether retrying later can help.
+fn classify_sync(e: &sync::SyncError) -> (&'static str, bool) {
+    use sync::FetchError as F;
+    match e {
+        sync::SyncError::Config(_) => (reasons::INVALID_SPEC, false),
+        sync::SyncError::Io { .. } => (reasons::FETCH_FAILED, true),
+        sync::SyncError::Contents { cause, .. } => match cause.as_ref() {
+            F::Unauthorized { .. } => (reasons::AUTHENTICATION_FAILED, false),
+            F::Checksum { .. } => (reasons::CHECKSUM_MISMATCH, false),
+            F::Secret { .. } => (reasons::REFERENCE_NOT_FOUND, false),
+            // A tag or release that does not exist yet may appear upstream.
+            F::NoMatchingVersion { .. } => (reasons::NO_MATCHING_VERSION, true),
+            F::UnknownRef { .. } => (reasons::FETCH_FAILED, true),
+            F::Request { .. } | F::Timeout(_) | F::Git(_) | F::Io { .. } => {
+                (reasons::FETCH_FAILED, true)
+            }
+            F::Status { status, .. } => (
+                reasons::FETCH_FAILED,
+                *status == 404 || *status == 408 || *status == 429 || *status >= 500,
+            ),
+            F::NotSupported(_) | F::Invalid(_) | F::Locked(_) => (reasons::INVALID_SPEC, false),
+            F::TooLarge { .. } | F::Archive(_) | F::Filter(_) => (reasons::FETCH_FAILED, false),
+        },
+    }
+}
+
+/// The package version: `spec.package.version`, or the highest version the `versionFrom`
+/// content fetched that satisfies its constraints (a leading `v` dropped).
+pub fn version(spec: &PackageSourceSpec, contents: &VendirLock) -> Result<String, PipelineError> {
+    if let Some(v) = &spec.package.version {
+        return Ok(v.clone());
+    }
+    let Some(from) = &spec.package.version_from else {
+        return Err(PipelineError::new(
+            Stage::Sync,
+            reasons::INVALID_SPEC,
+            "set package.version or package.versionFrom",
+            false,
+        ));
+    };
+    let entry = version_entry(from, contents)?;
+    let candidates: Vec<String> = if let Some(git) = &entry.git {
+        git.tags.clone()
+    } else if let Some(release) = &entry.github_release {
+        vec![release.tag.clone()]
+    } else if let Some(chart) = &entry.helm_chart {
+        vec![chart.version.clone()]
+    } else {
+        return Err(PipelineError::new(
+            Stage::Sync,
+            reasons::INVALID_SPEC,
+            format!(
+                "versionFrom {}: only git, githubRelease and helmChart contents carry a version",
+                from.directory
+            ),
+            false,
+        ));
+    };
+    let range = from
+        .constraints
+        .as_deref()
+        .map(VersionRange::parse)
+        .transpose()
+        .map_err(|e| {
+            PipelineError::new(
+                Stage::Sync,
+                reasons::INVALID_SPEC,
+                format!("versionFrom.constraints: {e}"),
+                false,
+            )
+        })?;
+    let mut best: Option<semver::Version> = None;
+    for candidate in &candidates {
+        let Ok(v) = semver::Version::parse(candidate.strip_prefix('v').unwrap_or(candidate)) else {
+            continue;
+        };
+        if range.as_ref().is_some_and(|r| !r.matches(&v)) {
+            continue;
+        }
+        if best.as_ref().is_none_or(|b| v > *b) {
+            best = Some(v);
+        }
+    }
+    best.map(|v| v.to_string()).ok_or_else(|| {
+        PipelineError::new(
+            Stage::Sync,
+            reasons::NO_MATCHING_VERSION,
+            format!(
+                "versionFrom {}: none of the fetched versions [{}] is semver{}; pin a tag or adjust the constraints",
+                from.directory,
+                candidates.join(", "),
+                from.constraints.as_deref().map(|c| format!(" matching {c:?}")).unwrap_or_default()
+            ),
+            // A new upstream tag can fix this without a spec change.
+            true,
+        )
+    })
+}
+
+fn version_entry<'l>(
+    from: &VersionFrom,
+    contents: &'l VendirLock,
+) -> Result<&'l LockDirectoryContents, PipelineError> {
+    let missing =
+        |what: String| PipelineError::new(Stage::Sync, reasons::INVALID_SPEC, what, false);
+    let dir = contents
+        .directories
+        .iter()
+        .find(|d| d.path == from.directory)
+        .ok_or_else(|| {
+            missing(format!(
+                "versionFrom.directory {:?} is not a contents path",
+                from.directory
+            ))
+        })?;
+    match (&from.content, dir.contents.as_slice()) {
+        (None, [only]) => Ok(only),
+        (None, _) => Err(missing(format!(
+            "versionFrom.directory {:?} has several contents: set versionFrom.content",
+            from.directory
+        ))),
+        (Some(path), all) => all.iter().find(|c| &c.path == path).ok_or_else(|| {
+            missing(format!(
+                "versionFrom.content {path:?} is not in {:?}",
+                from.directory
+            ))
+        }),
+    }
+}
+
+fn helm_chart_path(spec: &PackageSourceSpec) -> Option<String> {
+    spec.contents.iter().find_map(|d| {
+        d.contents.iter().find(|c| c.helm_chart.is_some()).map(|c| {
+            if c.path == "." {
+                d.path.clone()
+            } else {
+                format!("{}/{}", d.path, c.path)
+            }
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::carvel::vendir::{LockDirectory, LockGit};
+
+    fn spec_from(constraints: Option<&str>) -> PackageSourceSpec {
+        let yaml = format!(
+            "package:\n  refName: a.b.c\n  versionFrom:\n    directory: config/upstream\n{}contents: []\nbundle:\n  repository: r.io/a\n",
+            constraints
+                .map(|c| format!("    constraints: \"{c}\"\n"))
+                .unwrap_or_default()
+        );
+        crate::carvel::yaml::from_str("spec", &yaml).unwrap()
+    }
+
+    fn lock_with_tags(tags: &[&str]) -> VendirLock {
+        VendirLock::new(vec![LockDirectory {
+            path: "config/upstream".into(),
+            contents: vec![LockDirectoryContents {
+                path: ".".into(),
+                git: Some(LockGit {
+                    sha: "a".repeat(40),
+                    tags: tags.iter().map(|t| t.to_string()).collect(),
+                    commit_title: "release".into(),
+                }),
+                ..Default::default()
+            }],
+        }])
+    }
+
+    #[test]
+    fn version_from_picks_the_highest_matching_tag() {
+        let lock = lock_with_tags(&["v1.9.0", "v1.9.1", "v2.0.0", "latest"]);
+        assert_eq!(version(&spec_from(None), &lock).unwrap(), "2.0.0");
+        assert_eq!(
+            version(&spec_from(Some(">=1.9.0 <2.0.0")), &lock).unwrap(),
+            "1.9.1"
+        );
+        let err = version(&spec_from(Some(">=3.0.0")), &lock).unwrap_err();
+        assert_eq!(err.reason, reasons::NO_MATCHING_VERSION);
+        assert!(
+            err.retryable && err.message.contains("v2.0.0"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn version_from_names_what_is_missing() {
+        let mut spec = spec_from(None);
+        spec.package.version_from.as_mut().unwrap().directory = "elsewhere".into();
+        let err = version(&spec, &lock_with_tags(&["v1.0.0"])).unwrap_err();
+        assert!(
+            err.message.contains("\"elsewhere\"") && !err.retryable,
+            "{}",
+            err.message
+        );
+    }
+}

@@ -1,0 +1,9 @@
+//! The publish stage: what kapp-controller reads. Renders Package + PackageMetadata for a
+//! pushed bundle, deriving the values schema from the bundle's ytt files when the
+//! PackageSource does not give one.
+
+pub mod package;
+pub mod repository;
+pub mod values_schema;
+
+pub use package::{Release, RenderError, render};

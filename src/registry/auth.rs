@@ -1,0 +1,262 @@
+//! Registry credentials in the docker config.json shape, which is also the payload of a
+//! `kubernetes.io/dockerconfigjson` Secret, so the CLI and the controller share one parser.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use oci_client::secrets::RegistryAuth;
+use serde::Deserialize;
+
+use super::RegistryError;
+
+/// Credentials by registry host. Debug output never shows secrets.
+#[derive(Clone, Default)]
+pub struct Credentials {
+    by_host: BTreeMap<String, Credential>,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+enum Credential {
+    Basic {
+        username: String,
+        password: String,
+    },
+    /// An OAuth2 refresh token (`identitytoken`) or a registry token used as a bearer token.
+    Bearer(String),
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("hosts", &self.by_host.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+#[derive(Deserialize)]
+struct DockerConfig {
+    #[serde(default)]
+    auths: BTreeMap<String, DockerAuth>,
+}
+
+#[derive(Deserialize)]
+struct DockerAuth {
+    #[serde(default)]
+    auth: Option<String>,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    password: Option<String>,
+    #[serde(default)]
+    identitytoken: Option<String>,
+    #[serde(default)]
+    registrytoken: Option<String>,
+}
+
+impl Credentials {
+    /// Parses a docker config.json / `.dockerconfigjson` payload. `source` names it in errors
+    /// (a path or `Secret ns/name`); the payload itself never appears in an error.
+    pub fn from_docker_config_json(bytes: &[u8], source: &str) -> Result<Self, RegistryError> {
+        let config: DockerConfig =
+            serde_json::from_slice(bytes).map_err(|e| RegistryError::Credentials {
+                source_name: source.to_owned(),
+                reason: format!("not a docker config.json: {}", e.classify_message()),
+            })?;
+        let mut by_host = BTreeMap::new();
+        for (key, entry) in config.auths {
+            let host = host_of(&key);
+            let credential =
+                entry
+                    .into_credential()
+                    .map_err(|reason| RegistryError::Credentials {
+                        source_name: source.to_owned(),
+                        reason: format!("entry {host:?}: {reason}"),
+                    })?;
+            if let Some(c) = credential {
+                by_host.insert(host, c);
+            }
+        }
+        Ok(Self { by_host })
+    }
+
+    /// Reads `$DOCKER_CONFIG/config.json` or `~/.docker/config.json` when present, as docker,
+    /// crane and imgpkg do; no file means no credentials.
+    pub fn from_default_docker_config() -> Result<Self, RegistryError> {
+        let Some(path) = default_docker_config_path() else {
+            return Ok(Self::default());
+        };
+        match std::fs::read(&path) {
+            Ok(bytes) => Self::from_docker_config_json(&bytes, &path.display().to_string()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(e) => Err(RegistryError::Credentials {
+                source_name: path.display().to_string(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// Basic credentials for one host.
+    pub fn basic(host: &str, username: &str, password: &str) -> Self {
+        let mut c = Self::default();
+        c.by_host.insert(
+            host_of(host),
+            Credential::Basic {
+                username: username.to_owned(),
+                password: password.to_owned(),
+            },
+        );
+        c
+    }
+
+    /// Adds `other`'s entries; on a host both know, `other` wins (a Secret named on the object
+    /// overrides the controller's defaults).
+    pub fn merge(&mut self, other: Credentials) {
+        self.by_host.extend(other.by_host);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_host.is_empty()
+    }
+
+    /// What to send to `host` (as contacted: `Reference::resolve_registry`).
+    pub fn auth_for(&self, host: &str) -> RegistryAuth {
+        let key = host_of(host);
+        match self.by_host.get(&key) {
+            Some(Credential::Basic { username, password }) => {
+                RegistryAuth::Basic(username.clone(), password.clone())
+            }
+            Some(Credential::Bearer(token)) => RegistryAuth::Bearer(token.clone()),
+            None => RegistryAuth::Anonymous,
+        }
+    }
+}
+
+impl DockerAuth {
+    fn into_credential(self) -> Result<Option<Credential>, String> {
+        if let Some(token) = self
+            .registrytoken
+            .or(self.identitytoken)
+            .filter(|t| !t.is_empty())
+        {
+            return Ok(Some(Credential::Bearer(token)));
+        }
+        if let (Some(username), Some(password)) = (&self.username, &self.password) {
+            return Ok(Some(Credential::Basic {
+                username: username.clone(),
+                password: password.clone(),
+            }));
+        }
+        let Some(auth) = self.auth.filter(|a| !a.is_empty()) else {
+            return Ok(None);
+        };
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(auth.trim())
+            .map_err(|_| "`auth` is not base64".to_owned())?;
+        let decoded = String::from_utf8(decoded).map_err(|_| "`auth` is not UTF-8".to_owned())?;
+        let (username, password) = decoded
+            .split_once(':')
+            .ok_or_else(|| "`auth` must encode username:password".to_owned())?;
+        Ok(Some(Credential::Basic {
+            username: username.to_owned(),
+            password: password.to_owned(),
+        }))
+    }
+}
+
+/// docker config keys may be URLs (`https://index.docker.io/v1/`); match on the host, with
+/// Docker Hub's aliases folded to the host that references resolve to.
+fn host_of(key: &str) -> String {
+    let without_scheme = key
+        .strip_prefix("https://")
+        .or_else(|| key.strip_prefix("http://"))
+        .unwrap_or(key);
+    let host = without_scheme.split('/').next().unwrap_or(without_scheme);
+    match host {
+        "docker.io" | "registry-1.docker.io" | "index.docker.io" => "index.docker.io".to_owned(),
+        h => h.to_owned(),
+    }
+}
+
+fn default_docker_config_path() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("DOCKER_CONFIG") {
+        return Some(Path::new(&dir).join("config.json"));
+    }
+    std::env::var_os("HOME").map(|home| Path::new(&home).join(".docker/config.json"))
+}
+
+/// serde_json errors can quote the input; only say where parsing failed, never what was there.
+trait ClassifyMessage {
+    fn classify_message(&self) -> String;
+}
+
+impl ClassifyMessage for serde_json::Error {
+    fn classify_message(&self) -> String {
+        format!(
+            "invalid JSON at line {} column {}",
+            self.line(),
+            self.column()
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_every_docker_config_form() {
+        let json = br#"{"auths": {
+            "https://index.docker.io/v1/": {"auth": "dXNlcjpwYXNz"},
+            "127.0.0.1:5000": {"username": "u", "password": "p"},
+            "ghcr.io": {"identitytoken": "tok"},
+            "empty.example.com": {}
+        }}"#;
+        let c = Credentials::from_docker_config_json(json, "test").unwrap();
+        assert_eq!(
+            c.auth_for("index.docker.io"),
+            RegistryAuth::Basic("user".into(), "pass".into())
+        );
+        assert_eq!(
+            c.auth_for("127.0.0.1:5000"),
+            RegistryAuth::Basic("u".into(), "p".into())
+        );
+        assert_eq!(c.auth_for("ghcr.io"), RegistryAuth::Bearer("tok".into()));
+        assert_eq!(c.auth_for("empty.example.com"), RegistryAuth::Anonymous);
+        assert_eq!(c.auth_for("quay.io"), RegistryAuth::Anonymous);
+    }
+
+    #[test]
+    fn errors_name_the_source_but_never_the_secret() {
+        let err = Credentials::from_docker_config_json(
+            br#"{"auths": {"r.io": {"auth": "c2VjcmV0"}}}"#,
+            "Secret ns/creds",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("Secret ns/creds") && err.contains("username:password"),
+            "{err}"
+        );
+        assert!(
+            !err.contains("c2VjcmV0") && !err.contains("secret"),
+            "{err}"
+        );
+
+        let err = Credentials::from_docker_config_json(b"{\"auths\": s3cr3t", "f.json")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("f.json") && !err.contains("s3cr3t"), "{err}");
+    }
+
+    #[test]
+    fn merge_prefers_the_newer_entry_and_debug_hides_secrets() {
+        let mut a = Credentials::basic("r.io", "a", "pa");
+        a.merge(Credentials::basic("r.io", "b", "pb"));
+        assert_eq!(
+            a.auth_for("r.io"),
+            RegistryAuth::Basic("b".into(), "pb".into())
+        );
+        assert!(!format!("{a:?}").contains("pb"));
+    }
+}

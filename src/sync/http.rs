@@ -1,0 +1,321 @@
+//! HTTP downloads (the `http` source and GitHub release assets): streamed to disk with a byte
+//! cap, sha256 verified, and cached by URL with the server's ETag so an unchanged file is
+//! answered by a 304 instead of a second download.
+
+use std::path::{Path, PathBuf};
+
+use sha2::Digest;
+use tokio::io::AsyncWriteExt;
+
+use super::archive::{self, Kind};
+use super::{Context, FetchError, Limits, hex, redact_url};
+use crate::carvel::vendir::HttpSource;
+
+/// Credentials for one request.
+#[derive(Clone, Default)]
+pub(crate) enum Auth {
+    #[default]
+    None,
+    Basic {
+        username: String,
+        password: String,
+    },
+    Token(String),
+}
+
+#[derive(Clone)]
+pub(crate) struct Client {
+    inner: reqwest::Client,
+    max_bytes: u64,
+}
+
+/// A downloaded body on disk.
+pub(crate) struct Downloaded {
+    pub path: PathBuf,
+    pub sha256: String,
+    /// Answered from the cache after a 304.
+    pub cached: bool,
+}
+
+impl Client {
+    pub(crate) fn new(limits: &Limits) -> Result<Client, FetchError> {
+        let inner = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::limited(limits.max_redirects))
+            .connect_timeout(std::time::Duration::from_secs(30))
+            .user_agent(concat!("packsmith/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| FetchError::Request {
+                url: String::new(),
+                cause: e.to_string(),
+            })?;
+        Ok(Client {
+            inner,
+            max_bytes: limits.max_bytes,
+        })
+    }
+
+    pub(crate) fn request(&self, url: &str, auth: &Auth) -> reqwest::RequestBuilder {
+        let request = self.inner.get(url);
+        match auth {
+            Auth::None => request,
+            Auth::Basic { username, password } => request.basic_auth(username, Some(password)),
+            Auth::Token(token) => request.bearer_auth(token),
+        }
+    }
+
+    /// Sends `request` and maps transport errors and non-success statuses (other than 304).
+    pub(crate) async fn send(
+        &self,
+        url: &str,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, FetchError> {
+        let response = request.send().await.map_err(|e| request_error(url, e))?;
+        let status = response.status();
+        if status.is_success() || status == reqwest::StatusCode::NOT_MODIFIED {
+            return Ok(response);
+        }
+        let status = status.as_u16();
+        let url = redact_url(url);
+        Err(if status == 401 || status == 403 {
+            FetchError::Unauthorized { status, url }
+        } else {
+            FetchError::Status { status, url }
+        })
+    }
+
+    /// Downloads `url` into `dest` (a file path), or reuses the cached copy in `cache` when the
+    /// server says it has not changed.
+    pub(crate) async fn download(
+        &self,
+        url: &str,
+        auth: &Auth,
+        dest: &Path,
+        cache: Option<&Path>,
+    ) -> Result<Downloaded, FetchError> {
+        let entry = cache.map(|c| {
+            let key = hex(&sha2::Sha256::digest(url.as_bytes()));
+            (c.join(format!("{key}.body")), c.join(format!("{key}.etag")))
+        });
+        let mut request = self.request(url, auth);
+        if let Some((body, etag)) = &entry
+            && body.is_file()
+            && let Ok(etag) = std::fs::read_to_string(etag)
+        {
+            request = request.header(reqwest::header::IF_NONE_MATCH, etag.trim());
+        }
+        let mut response = self.send(url, request).await?;
+        if response.status() == reqwest::StatusCode::NOT_MODIFIED
+            && let Some((body, _)) = &entry
+        {
+            let sha256 = file_sha256(body)?;
+            return Ok(Downloaded {
+                path: body.clone(),
+                sha256,
+                cached: true,
+            });
+        }
+        if response.status() == reqwest::StatusCode::NOT_MODIFIED {
+            return Err(FetchError::Status {
+                status: 304,
+                url: redact_url(url),
+            });
+        }
+        if response
+            .content_length()
+            .is_some_and(|n| n > self.max_bytes)
+        {
+            return Err(FetchError::TooLarge {
+                limit: self.max_bytes,
+            });
+        }
+        let etag = response
+            .headers()
+            .get(reqwest::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let mut file = tokio::fs::File::create(dest)
+            .await
+            .map_err(FetchError::io(dest))?;
+        let mut hasher = sha2::Sha256::new();
+        let mut total = 0u64;
+        while let Some(chunk) = response.chunk().await.map_err(|e| request_error(url, e))? {
+            total += chunk.len() as u64;
+            if total > self.max_bytes {
+                return Err(FetchError::TooLarge {
+                    limit: self.max_bytes,
+                });
+            }
+            hasher.update(&chunk);
+            file.write_all(&chunk).await.map_err(FetchError::io(dest))?;
+        }
+        file.flush().await.map_err(FetchError::io(dest))?;
+        drop(file);
+        let sha256 = hex(&hasher.finalize());
+        if let (Some((body, etag_path)), Some(etag)) = (&entry, etag)
+            && let Some(dir) = body.parent()
+        {
+            // Cache writes are best effort: a failure costs a download next time, not this sync.
+            let stored = std::fs::create_dir_all(dir)
+                .and_then(|()| std::fs::copy(dest, body.with_extension("tmp")))
+                .and_then(|_| std::fs::rename(body.with_extension("tmp"), body))
+                .and_then(|()| std::fs::write(etag_path, etag));
+            if let Err(error) = stored {
+                tracing::debug!(%error, "could not cache download");
+            }
+        }
+        Ok(Downloaded {
+            path: dest.to_owned(),
+            sha256,
+            cached: false,
+        })
+    }
+}
+
+pub(crate) fn request_error(url: &str, error: reqwest::Error) -> FetchError {
+    // reqwest's messages embed the URL, which may carry credentials.
+    let cause = error.without_url();
+    let mut text = cause.to_string();
+    let mut source = std::error::Error::source(&cause);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    FetchError::Request {
+        url: redact_url(url),
+        cause: text,
+    }
+}
+
+fn file_sha256(path: &Path) -> Result<String, FetchError> {
+    let mut file = std::fs::File::open(path).map_err(FetchError::io(path))?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = std::io::Read::read(&mut file, &mut buf).map_err(FetchError::io(path))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex(&hasher.finalize()))
+}
+
+/// The last path segment of a URL (vendir's file name for a plain download).
+pub(crate) fn file_name(url: &str) -> String {
+    let name = reqwest::Url::parse(url)
+        .ok()
+        .and_then(|u| u.path_segments()?.next_back().map(str::to_owned))
+        .unwrap_or_default();
+    if name.is_empty() || name == "." || name == ".." {
+        "content".to_owned()
+    } else {
+        name
+    }
+}
+
+/// Places a downloaded file into `out`: unpacked when it is an archive and `unpack`, else
+/// as `name`.
+pub(crate) async fn place(
+    downloaded: &Path,
+    name: &str,
+    unpack: bool,
+    out: &Path,
+    limits: &Limits,
+) -> Result<(), FetchError> {
+    let downloaded = downloaded.to_owned();
+    let name = name.to_owned();
+    let out = out.to_owned();
+    let limits = limits.clone();
+    tokio::task::spawn_blocking(move || -> Result<(), FetchError> {
+        let kind = if unpack {
+            archive::detect(&downloaded)?
+        } else {
+            Kind::Plain
+        };
+        if kind == Kind::Plain {
+            let target = super::fsutil::safe_join(&out, &name)
+                .map_err(|e| FetchError::Invalid(format!("file name {name:?}: {e}")))?;
+            std::fs::copy(&downloaded, &target).map_err(FetchError::io(&target))?;
+            return Ok(());
+        }
+        archive::unpack(&downloaded, kind, &out, &limits)?;
+        Ok(())
+    })
+    .await
+    .map_err(|e| FetchError::Invalid(format!("unpack task failed: {e}")))?
+}
+
+pub(crate) fn check_sha256(what: &str, expected: &str, actual: &str) -> Result<(), FetchError> {
+    let expected = expected
+        .trim()
+        .trim_start_matches("sha256:")
+        .to_ascii_lowercase();
+    if expected != actual {
+        return Err(FetchError::Checksum {
+            what: what.to_owned(),
+            expected,
+            actual: actual.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// The `http` source.
+pub(crate) async fn fetch(
+    ctx: &Context<'_>,
+    source: &HttpSource,
+    out: &Path,
+    scratch: &Path,
+) -> Result<(), FetchError> {
+    if source.url.is_empty() {
+        return Err(FetchError::Invalid("http.url is empty".to_owned()));
+    }
+    let auth = match &source.secret_ref {
+        Some(secret_ref) => {
+            let secret = ctx.secret(&secret_ref.name)?;
+            if let Some(key) = secret
+                .data
+                .keys()
+                .find(|k| !matches!(k.as_str(), "username" | "password"))
+            {
+                return Err(FetchError::Secret {
+                    name: secret_ref.name.clone(),
+                    problem: format!("unknown key {key:?} (expected username, password)"),
+                });
+            }
+            match secret.get("username") {
+                Some(username) => Auth::Basic {
+                    username,
+                    password: secret.get("password").unwrap_or_default(),
+                },
+                None => Auth::None,
+            }
+        }
+        None => Auth::None,
+    };
+    let cache = ctx.cache("http");
+    let downloaded = ctx
+        .http
+        .download(
+            &source.url,
+            &auth,
+            &scratch.join("download"),
+            cache.as_deref(),
+        )
+        .await?;
+    if !source.sha256.is_empty() {
+        check_sha256(&redact_url(&source.url), &source.sha256, &downloaded.sha256)?;
+    }
+    if downloaded.cached {
+        tracing::info!(url = %redact_url(&source.url), "unchanged upstream (304), using the cached download");
+    }
+    place(
+        &downloaded.path,
+        &file_name(&source.url),
+        !source.disable_unpack,
+        out,
+        &ctx.options.limits,
+    )
+    .await
+}

@@ -1,0 +1,833 @@
+//! The sync stage: a vendir `Config` becomes directories of upstream contents plus the
+//! `LockConfig` recording exactly what was fetched (vendir's `vendir sync`).
+//!
+//! Every content is fetched concurrently into its own scratch directory under one work
+//! directory next to the targets (`.packsmith-sync-*`, the same file system, so moves are
+//! renames). Only when *every* content of *every* directory succeeded are the directories
+//! swapped in, each with two renames, rolled back if a later swap fails. A failed sync
+//! therefore leaves every target as it was.
+
+mod archive;
+mod filter;
+mod fsutil;
+mod git;
+mod github;
+mod http;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use futures::StreamExt;
+
+use crate::carvel::selection::{VersionRange, VersionSelection};
+use crate::carvel::vendir::{
+    Config, Directory, DirectoryContents, LockConfig, LockDirectory, LockDirectoryContents,
+    LockEmpty,
+};
+
+pub use archive::ArchiveError;
+pub use filter::{FilterError, Glob, PathFilter};
+
+/// Caps that keep a hostile or broken upstream from exhausting the machine.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Bytes one content may download or expand to.
+    pub max_bytes: u64,
+    /// Files one content may expand to.
+    pub max_files: u64,
+    /// Wall-clock time for fetching one content.
+    pub source_timeout: Duration,
+    /// HTTP redirects followed per request.
+    pub max_redirects: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_bytes: 512 * 1024 * 1024,
+            max_files: 100_000,
+            source_timeout: Duration::from_secs(300),
+            max_redirects: 10,
+        }
+    }
+}
+
+/// Secret data, never printed: `Debug` shows the keys only.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret {
+    pub data: BTreeMap<String, Vec<u8>>,
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Secret")
+            .field("keys", &self.data.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Secret {
+    fn get(&self, key: &str) -> Option<String> {
+        self.data
+            .get(key)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    }
+}
+
+/// Where `secretRef`s and inline `pathsFrom` are looked up: the controller answers from
+/// Kubernetes Secrets/ConfigMaps in the PackageSource's namespace, the CLI from the Secret and
+/// ConfigMap documents given next to vendir.yml (as vendir does with `-f`).
+pub trait SecretSource: Send + Sync {
+    fn secret(&self, name: &str) -> Option<Secret>;
+    fn config_map(&self, name: &str) -> Option<BTreeMap<String, String>>;
+}
+
+/// A [`SecretSource`] held in memory.
+#[derive(Debug, Clone, Default)]
+pub struct MemorySecrets {
+    pub secrets: BTreeMap<String, Secret>,
+    pub config_maps: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+impl SecretSource for MemorySecrets {
+    fn secret(&self, name: &str) -> Option<Secret> {
+        self.secrets.get(name).cloned()
+    }
+    fn config_map(&self, name: &str) -> Option<BTreeMap<String, String>> {
+        self.config_maps.get(name).cloned()
+    }
+}
+
+/// How to sync.
+pub struct SyncOptions<'a> {
+    /// Keeps git objects and HTTP downloads (with their ETags) between syncs, so an unchanged
+    /// upstream is not downloaded again.
+    pub cache_dir: Option<PathBuf>,
+    /// `--locked`: fetch exactly what this lock records.
+    pub locked: Option<&'a LockConfig>,
+    /// The lock of the previous sync, for `lazy` contents (vendir.lock.yml as it is on disk).
+    pub previous: Option<&'a LockConfig>,
+    pub secrets: &'a dyn SecretSource,
+    pub limits: Limits,
+    /// Contents fetched at the same time.
+    pub concurrency: usize,
+    /// Token for GitHub API calls when a githubRelease has no secretRef
+    /// (vendir's `VENDIR_GITHUB_API_TOKEN`).
+    pub github_token: Option<String>,
+}
+
+impl<'a> SyncOptions<'a> {
+    pub fn new(secrets: &'a dyn SecretSource) -> Self {
+        SyncOptions {
+            cache_dir: None,
+            locked: None,
+            previous: None,
+            secrets,
+            limits: Limits::default(),
+            concurrency: 4,
+            github_token: None,
+        }
+    }
+}
+
+/// A sync failure; the targets are untouched.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("invalid vendir config: {0}")]
+    Config(#[from] crate::carvel::Error),
+    #[error("directory {directory:?}, contents {contents:?}: {kind} {upstream}: {cause}")]
+    Contents {
+        directory: String,
+        contents: String,
+        /// The source type (`git`, `http`, …).
+        kind: &'static str,
+        /// The upstream, credentials stripped.
+        upstream: String,
+        #[source]
+        cause: Box<FetchError>,
+    },
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Why fetching one content failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("{0} is not supported yet")]
+    NotSupported(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("HTTP {status} from {url}")]
+    Status { status: u16, url: String },
+    #[error("HTTP {status} from {url}: authentication failed; check the credentials in secretRef")]
+    Unauthorized { status: u16, url: String },
+    #[error("request to {url} failed: {cause}")]
+    Request { url: String, cause: String },
+    #[error("checksum mismatch for {what}: expected sha256:{expected}, got sha256:{actual}")]
+    Checksum {
+        what: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("download exceeds the limit of {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error(transparent)]
+    Archive(#[from] ArchiveError),
+    #[error(transparent)]
+    Filter(#[from] FilterError),
+    #[error("git: {0}")]
+    Git(String),
+    #[error("ref {reference:?} not found on the remote{hint}")]
+    UnknownRef { reference: String, hint: String },
+    #[error("no version among {candidates} candidates matches {constraints:?}")]
+    NoMatchingVersion {
+        constraints: String,
+        candidates: usize,
+    },
+    #[error("secret {name:?}: {problem}")]
+    Secret { name: String, problem: String },
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("--locked: {0}")]
+    Locked(String),
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl FetchError {
+    pub(crate) fn io(path: &Path) -> impl FnOnce(io::Error) -> FetchError + '_ {
+        move |source| FetchError::Io {
+            path: path.to_owned(),
+            source,
+        }
+    }
+}
+
+/// Removes credentials from a URL for messages: userinfo and query values.
+pub fn redact_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut parsed) => {
+            if !parsed.username().is_empty() || parsed.password().is_some() {
+                let _ = parsed.set_username("redacted");
+                let _ = parsed.set_password(None);
+            }
+            if parsed.query().is_some() {
+                parsed.set_query(Some("redacted"));
+            }
+            parsed.to_string()
+        }
+        // Not a URL (e.g. scp-like git remotes `git@host:repo`): drop anything before '@'.
+        Err(_) => match url.rsplit_once('@') {
+            Some((_, rest)) => format!("redacted@{rest}"),
+            None => url.to_owned(),
+        },
+    }
+}
+
+/// The highest version among `candidates` selected by `selection`, as vendir's
+/// `HighestConstrainedVersion` (tags may carry a leading `v`).
+pub fn highest_version<'t>(
+    candidates: impl IntoIterator<Item = &'t str>,
+    selection: &VersionSelection,
+) -> Result<String, FetchError> {
+    let semver = selection.semver.as_ref().ok_or_else(|| {
+        FetchError::Invalid("a version selection needs `semver.constraints`".to_owned())
+    })?;
+    let range =
+        VersionRange::parse(&semver.constraints).map_err(|e| FetchError::Invalid(e.to_string()))?;
+    let mut count = 0;
+    let mut best: Option<(semver::Version, &str)> = None;
+    for original in candidates {
+        count += 1;
+        let Ok(version) = semver::Version::parse(original).or_else(|e| {
+            original
+                .strip_prefix('v')
+                .map_or(Err(e), semver::Version::parse)
+        }) else {
+            continue;
+        };
+        if !version.pre.is_empty() {
+            let Some(pre) = &semver.prereleases else {
+                continue;
+            };
+            if !pre.identifiers.is_empty()
+                && !version
+                    .pre
+                    .split('.')
+                    .any(|p| pre.identifiers.iter().any(|i| i == p))
+            {
+                continue;
+            }
+        }
+        if !range.matches(&version) {
+            continue;
+        }
+        if best
+            .as_ref()
+            .is_none_or(|(b, _)| version.cmp_precedence(b).is_gt())
+        {
+            best = Some((version, original));
+        }
+    }
+    best.map(|(_, original)| original.to_owned())
+        .ok_or(FetchError::NoMatchingVersion {
+            constraints: semver.constraints.clone(),
+            candidates: count,
+        })
+}
+
+/// Shared by the fetchers of one sync.
+pub(crate) struct Context<'a> {
+    pub root: &'a Path,
+    pub options: &'a SyncOptions<'a>,
+    pub http: http::Client,
+}
+
+impl Context<'_> {
+    pub(crate) fn secret(&self, name: &str) -> Result<Secret, FetchError> {
+        self.options
+            .secrets
+            .secret(name)
+            .ok_or_else(|| FetchError::Secret {
+                name: name.to_owned(),
+                problem: "not found".to_owned(),
+            })
+    }
+
+    pub(crate) fn cache(&self, kind: &str) -> Option<PathBuf> {
+        self.options.cache_dir.as_ref().map(|c| c.join(kind))
+    }
+}
+
+/// Syncs every directory of `config` under `root` and returns the lock describing them.
+pub async fn sync(
+    config: &Config,
+    root: &Path,
+    options: &SyncOptions<'_>,
+) -> Result<LockConfig, SyncError> {
+    config.validate()?;
+    let work = Work::create(root)?;
+    let result = sync_in(config, root, options, &work.path).await;
+    // The work dir holds only scratch (or, after a swap, the replaced trees).
+    drop(work);
+    result
+}
+
+async fn sync_in(
+    config: &Config,
+    root: &Path,
+    options: &SyncOptions<'_>,
+    work: &Path,
+) -> Result<LockConfig, SyncError> {
+    let http = http::Client::new(&options.limits).map_err(|cause| SyncError::Contents {
+        directory: String::new(),
+        contents: String::new(),
+        kind: "http",
+        upstream: String::new(),
+        cause: Box::new(cause),
+    })?;
+    let ctx = Context {
+        root,
+        options,
+        http,
+    };
+    let jobs: Vec<(usize, usize)> = config
+        .directories
+        .iter()
+        .enumerate()
+        .flat_map(|(d, dir)| (0..dir.contents.len()).map(move |c| (d, c)))
+        .collect();
+    let ctx = &ctx;
+    // All contents run to completion, even after a failure: a cancelled blocking fetch would
+    // keep writing into the work dir while it is being removed.
+    let mut results: Vec<((usize, usize), Result<LockDirectoryContents, SyncError>)> =
+        futures::stream::iter(jobs)
+            .map(|(d, c)| async move {
+                let directory = &config.directories[d];
+                let scratch = work.join(format!("{d}-{c}"));
+                let result = sync_contents(ctx, directory, &directory.contents[c], &scratch).await;
+                ((d, c), result)
+            })
+            .buffer_unordered(options.concurrency.max(1))
+            .collect()
+            .await;
+    results.sort_by_key(|(key, _)| *key);
+
+    let mut locks: Vec<LockDirectory> = config
+        .directories
+        .iter()
+        .map(|d| LockDirectory {
+            path: d.path.clone(),
+            contents: Vec::new(),
+        })
+        .collect();
+    let mut first_error = None;
+    for ((d, _), result) in results {
+        match result {
+            Ok(lock) => locks[d].contents.push(lock),
+            Err(error) => {
+                tracing::warn!(%error, "sync failed");
+                first_error.get_or_insert(error);
+            }
+        }
+    }
+    if let Some(error) = first_error {
+        return Err(error);
+    }
+
+    // Assemble each directory from its contents, then swap them all in.
+    let mut staged = Vec::new();
+    for (d, directory) in config.directories.iter().enumerate() {
+        let dir_stage = work.join(format!("{d}-staged"));
+        make_dir(&dir_stage)?;
+        for (c, contents) in directory.contents.iter().enumerate() {
+            let fetched = work.join(format!("{d}-{c}")).join("out");
+            let target = if contents.path == crate::carvel::vendir::ENTIRE_DIR_PATH {
+                dir_stage.clone()
+            } else {
+                dir_stage.join(&contents.path)
+            };
+            fsutil::replace(&fetched, &target).map_err(io_error("staging", &target))?;
+        }
+        if let Some(mode) = directory.permissions {
+            chmod(&dir_stage, mode)?;
+        }
+        staged.push((
+            dir_stage,
+            root.join(&directory.path),
+            work.join(format!("{d}-old")),
+        ));
+    }
+    swap_all(&staged)?;
+    Ok(LockConfig::new(locks))
+}
+
+/// Moves every staged directory into place; on failure, puts back what was already moved.
+fn swap_all(staged: &[(PathBuf, PathBuf, PathBuf)]) -> Result<(), SyncError> {
+    let mut done: Vec<(&Path, &Path, bool)> = Vec::new();
+    for (stage, target, old) in staged {
+        let had_old = target.symlink_metadata().is_ok();
+        let swap = || -> io::Result<()> {
+            if had_old {
+                std::fs::rename(target, old)?;
+            } else if let Some(parent) = target.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            if let Err(e) = std::fs::rename(stage, target) {
+                if had_old {
+                    let _ = std::fs::rename(old, target);
+                }
+                return Err(e);
+            }
+            Ok(())
+        };
+        if let Err(source) = swap() {
+            for (target, old, had_old) in done.into_iter().rev() {
+                let _ = fsutil::remove_any(target);
+                if had_old {
+                    let _ = std::fs::rename(old, target);
+                }
+            }
+            return Err(SyncError::Io {
+                what: "replacing",
+                path: target.clone(),
+                source,
+            });
+        }
+        done.push((target, old, had_old));
+    }
+    Ok(())
+}
+
+/// The scratch area of one sync, removed when dropped.
+struct Work {
+    path: PathBuf,
+}
+
+impl Work {
+    fn create(root: &Path) -> Result<Work, SyncError> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let path = root.join(format!(".packsmith-sync-{}-{nanos:x}", std::process::id()));
+        make_dir(&path)?;
+        Ok(Work { path })
+    }
+}
+
+impl Drop for Work {
+    fn drop(&mut self) {
+        if let Err(error) = std::fs::remove_dir_all(&self.path) {
+            tracing::warn!(path = %self.path.display(), %error, "could not remove the sync work directory");
+        }
+    }
+}
+
+fn make_dir(path: &Path) -> Result<(), SyncError> {
+    std::fs::create_dir_all(path).map_err(io_error("creating", path))
+}
+
+fn chmod(path: &Path, mode: u32) -> Result<(), SyncError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(io_error("chmod", path))
+}
+
+fn io_error<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> SyncError + 'a {
+    move |source| SyncError::Io {
+        what,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// What a content's source is, for messages: its type and upstream without credentials.
+fn describe(contents: &DirectoryContents) -> (&'static str, String) {
+    if let Some(git) = &contents.git {
+        let reference = if git.git_ref.is_empty() {
+            "ref=semver".to_owned()
+        } else {
+            git.git_ref.clone()
+        };
+        return ("git", format!("{}@{reference}", redact_url(&git.url)));
+    }
+    if let Some(h) = &contents.http {
+        return ("http", redact_url(&h.url));
+    }
+    if let Some(g) = &contents.github_release {
+        return ("githubRelease", g.slug.clone());
+    }
+    if let Some(h) = &contents.helm_chart {
+        let repo = h.repository.as_ref().map(|r| redact_url(&r.url));
+        return (
+            "helmChart",
+            format!("{}@{}", repo.unwrap_or_default(), h.name),
+        );
+    }
+    if let Some(i) = &contents.image {
+        return ("image", i.url.clone());
+    }
+    if let Some(b) = &contents.imgpkg_bundle {
+        return ("imgpkgBundle", b.image.clone());
+    }
+    if let Some(d) = &contents.directory {
+        return ("directory", d.path.clone());
+    }
+    if contents.inline.is_some() {
+        return ("inline", String::new());
+    }
+    if contents.manual.is_some() {
+        return ("manual", String::new());
+    }
+    if let Some(h) = &contents.hg {
+        return ("hg", redact_url(&h.url));
+    }
+    ("unknown", String::new())
+}
+
+/// The config digest vendir records for `lazy` contents: sha256 of the contents' YAML.
+fn config_digest(contents: &DirectoryContents) -> String {
+    use sha2::Digest;
+    let yaml = crate::carvel::yaml::to_go_yaml("vendir contents", contents).unwrap_or_default();
+    hex(&sha2::Sha256::digest(yaml.as_bytes()))
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+async fn sync_contents(
+    ctx: &Context<'_>,
+    directory: &Directory,
+    contents: &DirectoryContents,
+    scratch: &Path,
+) -> Result<LockDirectoryContents, SyncError> {
+    let (kind, upstream) = describe(contents);
+    let fail = |cause| SyncError::Contents {
+        directory: directory.path.clone(),
+        contents: contents.path.clone(),
+        kind,
+        upstream: upstream.clone(),
+        cause: Box::new(cause),
+    };
+    let timeout = ctx.options.limits.source_timeout;
+    match tokio::time::timeout(timeout, fetch_contents(ctx, directory, contents, scratch)).await {
+        Ok(result) => result.map_err(fail),
+        Err(_) => Err(fail(FetchError::Timeout(timeout))),
+    }
+}
+
+async fn fetch_contents(
+    ctx: &Context<'_>,
+    directory: &Directory,
+    contents: &DirectoryContents,
+    scratch: &Path,
+) -> Result<LockDirectoryContents, FetchError> {
+    let out = scratch.join("out");
+    std::fs::create_dir_all(&out).map_err(FetchError::io(&out))?;
+    let existing = ctx.root.join(&directory.path).join(&contents.path);
+    let mut lock = LockDirectoryContents {
+        path: contents.path.clone(),
+        ..Default::default()
+    };
+    let digest = config_digest(contents);
+    if contents.lazy {
+        lock.config_digest = digest.clone();
+        let previous = ctx
+            .options
+            .previous
+            .and_then(|l| l.find_contents(&directory.path, &contents.path));
+        if let Some(previous) = previous.filter(|p| p.config_digest == digest)
+            && existing.is_dir()
+            && ctx.options.locked.is_none()
+        {
+            tracing::info!(directory = %directory.path, contents = %contents.path, "skipping fetch: lazy and unchanged");
+            fsutil::copy_tree(&existing, &out).map_err(FetchError::io(&existing))?;
+            return Ok(previous.clone());
+        }
+    }
+    let locked = match ctx.options.locked {
+        Some(lock_config) => Some(
+            lock_config
+                .find_contents(&directory.path, &contents.path)
+                .ok_or_else(|| {
+                    FetchError::Locked(format!(
+                        "vendir.lock.yml has no entry for directory {:?}, contents {:?}",
+                        directory.path, contents.path
+                    ))
+                })?,
+        ),
+        None => None,
+    };
+    let mut filtered = true;
+    if let Some(source) = &contents.git {
+        let locked_sha = locked.map(|l| {
+            l.git
+                .as_ref()
+                .map(|g| g.sha.clone())
+                .ok_or_else(|| FetchError::Locked("the lock entry is not a git entry".to_owned()))
+        });
+        let locked_sha = locked_sha.transpose()?;
+        lock.git = Some(git::fetch(ctx, source, locked_sha, contents, &out).await?);
+    } else if let Some(source) = &contents.http {
+        http::fetch(ctx, source, &out, scratch).await?;
+        lock.http = Some(LockEmpty {});
+    } else if let Some(source) = &contents.github_release {
+        let locked_url = locked.and_then(|l| l.github_release.as_ref().map(|g| g.url.clone()));
+        lock.github_release = Some(github::fetch(ctx, source, locked_url, &out, scratch).await?);
+    } else if let Some(source) = &contents.inline {
+        write_inline(ctx, source, &out)?;
+        lock.inline = Some(LockEmpty {});
+    } else if let Some(source) = &contents.directory {
+        let from = ctx.root.join(&source.path);
+        if !from.is_dir() {
+            return Err(FetchError::Invalid(format!(
+                "directory {:?} does not exist",
+                source.path
+            )));
+        }
+        fsutil::copy_tree(&from, &out).map_err(FetchError::io(&from))?;
+        lock.directory = Some(LockEmpty {});
+    } else if contents.manual.is_some() {
+        // Hand-managed: keep what is there, untouched by filters (as vendir does).
+        if existing.is_dir() {
+            fsutil::copy_tree(&existing, &out).map_err(FetchError::io(&existing))?;
+        }
+        lock.manual = Some(LockEmpty {});
+        filtered = false;
+    } else {
+        let (kind, _) = describe(contents);
+        let hint = match kind {
+            "image" | "imgpkgBundle" => " (waits for the registry client)",
+            "helmChart" => " (planned)",
+            _ => "",
+        };
+        return Err(FetchError::NotSupported(format!("the {kind} source{hint}")));
+    }
+
+    let contents = contents.clone();
+    let limits = ctx.options.limits.clone();
+    let scratch = scratch.to_owned();
+    tokio::task::spawn_blocking(move || {
+        post_process(&contents, &out, &existing, &scratch, filtered, &limits)
+    })
+    .await
+    .map_err(|e| FetchError::Invalid(format!("post-processing task failed: {e}")))??;
+    Ok(lock)
+}
+
+/// Filters, new root, ignored files, limits and permissions, on the fetched tree `out`.
+fn post_process(
+    contents: &DirectoryContents,
+    out: &Path,
+    existing: &Path,
+    scratch: &Path,
+    filtered: bool,
+    limits: &Limits,
+) -> Result<(), FetchError> {
+    if filtered {
+        PathFilter::new(
+            &contents.include_paths,
+            &contents.exclude_paths,
+            &contents.legal_paths_with_defaults(),
+        )
+        .apply(out)?;
+        if !contents.new_root_path.is_empty() {
+            filter::apply_new_root(out, &contents.new_root_path, &scratch.join("new-root"))?;
+        }
+        fsutil::validate_symlinks(out).map_err(|e| FetchError::Invalid(e.to_string()))?;
+    }
+    filter::copy_ignored(existing, out, &contents.ignore_paths)?;
+    let (files, bytes) = fsutil::tree_size(out).map_err(FetchError::io(out))?;
+    if files > limits.max_files {
+        return Err(FetchError::Invalid(format!(
+            "{files} files exceed the limit of {}",
+            limits.max_files
+        )));
+    }
+    if bytes > limits.max_bytes {
+        return Err(FetchError::TooLarge {
+            limit: limits.max_bytes,
+        });
+    }
+    if let Some(mode) = contents.permissions {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(out, std::fs::Permissions::from_mode(mode))
+            .map_err(FetchError::io(out))?;
+    }
+    Ok(())
+}
+
+/// `inline`: `paths` verbatim, `pathsFrom` every key of a Secret or ConfigMap.
+fn write_inline(
+    ctx: &Context<'_>,
+    source: &crate::carvel::vendir::InlineSource,
+    out: &Path,
+) -> Result<(), FetchError> {
+    let write = |rel: &str, data: &[u8]| -> Result<(), FetchError> {
+        let path = fsutil::safe_join(out, rel)
+            .map_err(|e| FetchError::Invalid(format!("inline path {rel:?}: {e}")))?;
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(FetchError::io(parent))?;
+        }
+        std::fs::write(&path, data).map_err(FetchError::io(&path))
+    };
+    for (rel, content) in &source.paths {
+        write(rel, content.as_bytes())?;
+    }
+    for from in &source.paths_from {
+        let prefix = |dir: &str, key: &str| {
+            if dir.is_empty() {
+                key.to_owned()
+            } else {
+                format!("{dir}/{key}")
+            }
+        };
+        if let Some(secret_ref) = &from.secret_ref {
+            let secret = ctx.secret(&secret_ref.name)?;
+            for (key, value) in &secret.data {
+                write(&prefix(&secret_ref.directory_path, key), value)?;
+            }
+        } else if let Some(map_ref) = &from.config_map_ref {
+            let map = ctx
+                .options
+                .secrets
+                .config_map(&map_ref.name)
+                .ok_or_else(|| {
+                    FetchError::Invalid(format!("configMap {:?} not found", map_ref.name))
+                })?;
+            for (key, value) in &map {
+                write(&prefix(&map_ref.directory_path, key), value.as_bytes())?;
+            }
+        } else {
+            return Err(FetchError::Invalid(
+                "pathsFrom entry needs secretRef or configMapRef".to_owned(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::carvel::selection::{VersionSelectionSemver, VersionSelectionSemverPrereleases};
+
+    fn selection(constraints: &str, pre: Option<&[&str]>) -> VersionSelection {
+        VersionSelection {
+            semver: Some(VersionSelectionSemver {
+                constraints: constraints.to_owned(),
+                prereleases: pre.map(|ids| VersionSelectionSemverPrereleases {
+                    identifiers: ids.iter().map(|s| (*s).to_owned()).collect(),
+                }),
+            }),
+        }
+    }
+
+    #[test]
+    fn highest_version_follows_vendir() {
+        let tags = [
+            "v1.0.0",
+            "1.2.0",
+            "v1.3.0-rc.1",
+            "v2.0.0",
+            "latest",
+            "v1.2.9",
+        ];
+        assert_eq!(
+            highest_version(tags, &selection("<2.0.0", None)).expect("pick"),
+            "v1.2.9"
+        );
+        assert_eq!(
+            highest_version(tags, &selection(">1.2.9 <2.0.0", Some(&[]))).expect("pick"),
+            "v1.3.0-rc.1"
+        );
+        assert!(highest_version(tags, &selection(">1.2.9 <2.0.0", Some(&["beta"]))).is_err());
+        let err = highest_version(tags, &selection(">3.0.0", None)).expect_err("none");
+        assert!(err.to_string().contains("6 candidates"), "{err}");
+    }
+
+    #[test]
+    fn urls_lose_credentials() {
+        assert_eq!(
+            redact_url("https://user:pw@example.com/a.tgz?token=abc"),
+            "https://redacted@example.com/a.tgz?redacted"
+        );
+        assert_eq!(
+            redact_url("git@github.com:o/r.git"),
+            "redacted@github.com:o/r.git"
+        );
+        assert_eq!(redact_url("https://example.com/x"), "https://example.com/x");
+    }
+
+    #[test]
+    fn secrets_do_not_print_their_values() {
+        let secret = Secret {
+            data: [("password".to_owned(), b"hunter2".to_vec())].into(),
+        };
+        let shown = format!("{secret:?}");
+        assert!(
+            shown.contains("password") && !shown.contains("hunter2"),
+            "{shown}"
+        );
+    }
+}
