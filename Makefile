@@ -53,8 +53,8 @@ bench-push:
 	$(CARGO) build --release --bin packsmith
 	bash benches/bundle_push.sh target/release/packsmith
 
-## bench-sync: sync of a 5,000-file git repo and a .tgz, cold and warm, packsmith vs git clone
-## --depth 1 and curl | tar (vendir's own tools); medians. Uses PACKSMITH_E2E_ENV or a fresh bed.
+## bench-sync: sync of a 5,000-file git repo, a .tgz and a Helm chart, cold and warm, packsmith vs
+## git clone --depth 1 and curl | tar (vendir's own tools); medians. Uses PACKSMITH_E2E_ENV or a fresh bed.
 bench-sync:
 	$(CARGO) build --release --bin packsmith
 	bash benches/sync.sh

@@ -2,7 +2,8 @@
 # `make bench-sync`: packsmith sync against its peers on the same local upstreams (vendir is not
 # installable here, so the peers are what vendir shells out to: `git clone --depth 1` and
 # `curl | tar`). Cold = empty target and cache; warm = nothing changed upstream since the last
-# sync. Prints the median of RUNS runs per case. Not a test: it asserts nothing.
+# sync (packsmith then only asks the upstream for its identity and stats the target; see
+# src/sync/warm.rs). Prints the median of RUNS runs per case. Not a test: it asserts nothing.
 #
 # Uses the bed named by PACKSMITH_E2E_ENV, or starts (and stops) one.
 set -euo pipefail
@@ -53,6 +54,23 @@ tar -C "$src" --exclude .git -czf "$PACKSMITH_E2E_WWW_DIR/bench/tree.tgz" .
 git_url="$PACKSMITH_E2E_GIT_URL/bench-sync.git"
 tgz_url="$PACKSMITH_E2E_HTTP_URL/bench/tree.tgz"
 
+# A Helm repository: index.yaml + one chart of CHART_FILES templates, packaged as helm does
+# (a single top directory named after the chart).
+CHART_FILES="${CHART_FILES:-500}"
+chart_src="$work/chart-src/bench"
+mkdir -p "$chart_src/templates"
+printf 'apiVersion: v2\nname: bench\nversion: 1.0.0\nappVersion: "1.0"\n' >"$chart_src/Chart.yaml"
+printf 'replicas: 1\n' >"$chart_src/values.yaml"
+for i in $(seq "$CHART_FILES"); do
+  printf 'kind: ConfigMap\nmetadata: {name: cm-%s}\ndata: {v: "%s"}\n' "$i" "$i" >"$chart_src/templates/cm-$i.yaml"
+done
+mkdir -p "$PACKSMITH_E2E_WWW_DIR/bench-helm"
+tar -C "$work/chart-src" -czf "$PACKSMITH_E2E_WWW_DIR/bench-helm/bench-1.0.0.tgz" bench
+chart_sum="$(sha256sum "$PACKSMITH_E2E_WWW_DIR/bench-helm/bench-1.0.0.tgz" | cut -d' ' -f1)"
+printf 'apiVersion: v1\nentries:\n  bench:\n  - version: 1.0.0\n    urls: [bench-1.0.0.tgz]\n    digest: %s\n' \
+  "$chart_sum" >"$PACKSMITH_E2E_WWW_DIR/bench-helm/index.yaml"
+helm_url="$PACKSMITH_E2E_HTTP_URL/bench-helm"
+
 cat >"$work/git.yml" <<EOF
 apiVersion: vendir.k14s.io/v1alpha1
 kind: Config
@@ -70,6 +88,16 @@ directories:
   contents:
   - path: .
     http: {url: "$tgz_url"}
+EOF
+
+cat >"$work/helm.yml" <<EOF
+apiVersion: vendir.k14s.io/v1alpha1
+kind: Config
+directories:
+- path: out
+  contents:
+  - path: .
+    helmChart: {name: bench, version: 1.0.0, repository: {url: "$helm_url"}}
 EOF
 
 now() { date +%s.%N; }
@@ -106,4 +134,11 @@ report "http warm: packsmith (cache)" "$(measure "mkdir -p $d; $PACKSMITH sync -
   "$PACKSMITH sync --chdir $d -f $work/http.yml --cache-dir $work/cache")"
 report "http warm: curl --etag (304)" "$(measure "rm -rf $d; mkdir -p $d; curl -sf --etag-save $work/etag $tgz_url | tar -C $d -xz" \
   "curl -sf --etag-compare $work/etag --etag-save $work/etag $tgz_url | tar -C $d -xz || true")"
-echo "helm chart: not measured (the helmChart source is not built yet)"
+report "helm cold: packsmith" "$(measure "rm -rf $d $work/cache; mkdir -p $d" \
+  "$PACKSMITH sync --chdir $d -f $work/helm.yml")"
+report "helm cold: curl index + curl | tar" "$(measure "rm -rf $d; mkdir -p $d" \
+  "curl -sf $helm_url/index.yaml >/dev/null && curl -sf $helm_url/bench-1.0.0.tgz | tar -C $d -xz --strip-components 1")"
+report "helm warm: packsmith (cache)" "$(measure "mkdir -p $d; $PACKSMITH sync --chdir $d -f $work/helm.yml --cache-dir $work/cache >/dev/null 2>&1 || true" \
+  "$PACKSMITH sync --chdir $d -f $work/helm.yml --cache-dir $work/cache")"
+report "helm warm: curl --etag (304) x2" "$(measure "rm -rf $d; mkdir -p $d; curl -sf --etag-save $work/ietag $helm_url/index.yaml >/dev/null; curl -sf --etag-save $work/cetag $helm_url/bench-1.0.0.tgz | tar -C $d -xz --strip-components 1" \
+  "curl -sf --etag-compare $work/ietag --etag-save $work/ietag $helm_url/index.yaml >/dev/null; curl -sf --etag-compare $work/cetag --etag-save $work/cetag $helm_url/bench-1.0.0.tgz | tar -C $d -xz --strip-components 1 || true")"

@@ -7,6 +7,7 @@ pub mod api;
 pub mod bundle;
 pub mod carvel;
 pub mod cli;
+pub mod controller;
 pub mod lock;
 pub mod pipeline;
 pub mod publish;

@@ -112,6 +112,7 @@ pub async fn run(input: &PipelineInput<'_>) -> Result<Outcome, PipelineError> {
     let mut options = SyncOptions::new(input.secrets);
     options.cache_dir = input.cache_dir.clone();
     options.previous = input.previous;
+    options.registry = Some(input.registry);
     let contents = sync::sync(&config, input.root, &options)
         .await
         .map_err(|e| {

@@ -1,12 +1,15 @@
 //! The end-to-end trials, grouped by what they prove.
 
 pub mod bundle;
+pub mod controller;
 pub mod crds;
 pub mod git;
 pub mod lock;
 pub mod registry;
 pub mod release;
+pub mod repo;
 pub mod sync;
+pub mod tce;
 
 use libtest_mimic::Trial;
 
@@ -14,12 +17,15 @@ use libtest_mimic::Trial;
 pub fn trials() -> (Vec<Trial>, Vec<Trial>) {
     let mut parallel = Vec::new();
     parallel.extend(bundle::trials());
+    parallel.extend(controller::trials());
     parallel.extend(crds::trials());
     parallel.extend(git::trials());
     parallel.extend(lock::trials());
     parallel.extend(registry::trials());
     parallel.extend(release::trials());
+    parallel.extend(repo::trials());
     parallel.extend(sync::trials());
+    parallel.extend(tce::trials());
     let mut serial = registry::serial_trials();
     serial.extend(sync::serial_trials());
     serial.extend(bundle::serial_trials());

@@ -9,6 +9,7 @@ mod pull;
 mod push;
 mod registry;
 mod release;
+mod repo;
 mod sync;
 
 use std::path::PathBuf;
@@ -34,7 +35,7 @@ enum LogFormat {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run the operator: reconcile PackageSource and PackageRepositorySource objects.
+    /// Run the operator: reconcile PackageSource objects (PackageRepositorySource: not yet).
     Controller(ControllerArgs),
     /// Scaffold a new package: PackageSource, installer RBAC, PackageInstall, values.
     Init(init::InitArgs),
@@ -66,24 +67,28 @@ struct ControllerArgs {
     #[arg(long, default_value = "0.0.0.0:9440")]
     health_addr: String,
     /// Objects reconciled at the same time.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
     concurrent: u16,
+    /// Watch PackageSources in this namespace only [default: all namespaces].
+    #[arg(long, env = "PACKSMITH_WATCH_NAMESPACE")]
+    namespace: Option<String>,
+    /// Root of the per-object work directories (<cache-dir>/<namespace>/<name>).
+    #[arg(long, env = "PACKSMITH_CACHE_DIR", default_value = crate::controller::DEFAULT_CACHE_DIR)]
+    cache_dir: PathBuf,
+    /// kubeconfig to use [default: $KUBECONFIG, ~/.kube/config, else the in-cluster config].
+    #[arg(long, value_name = "FILE")]
+    kubeconfig: Option<PathBuf>,
+    /// docker config.json with the controller's default registry credentials [default:
+    /// $DOCKER_CONFIG/config.json, else ~/.docker/config.json]; a PackageSource's
+    /// bundle.secretRef wins for the same host.
+    #[arg(long, value_name = "FILE")]
+    registry_config: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
 enum RepoCommand {
     /// Build and push a repository bundle from a packages directory.
-    Release(RepoReleaseArgs),
-}
-
-#[derive(Args, Debug)]
-struct RepoReleaseArgs {
-    /// Directory of packages/<refName>/{metadata,<version>}.yml.
-    #[arg(long)]
-    packages: PathBuf,
-    /// Bundle reference REPO:TAG.
-    #[arg(short, long)]
-    bundle: String,
+    Release(repo::RepoReleaseArgs),
 }
 
 #[derive(Args, Debug)]
@@ -114,20 +119,54 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             println!("packsmith {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)
         }
-        Command::Controller(_) => Ok(not_implemented("controller")),
+        Command::Controller(args) => controller(args).map(|()| ExitCode::SUCCESS),
         Command::Sync(args) => sync::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Lock(args) => lock::run(&args),
         Command::Push(args) => push::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Pull(args) => pull::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Release(args) => release::run(&args).map(|()| ExitCode::SUCCESS),
-        Command::Repo(RepoCommand::Release(_)) => Ok(not_implemented("repo release")),
+        Command::Repo(RepoCommand::Release(args)) => repo::run(&args).map(|()| ExitCode::SUCCESS),
     }
 }
 
-/// Commands whose stage is not built yet say so and exit 2, rather than pretend.
-fn not_implemented(name: &str) -> ExitCode {
-    eprintln!("packsmith {name}: not implemented yet");
-    ExitCode::from(2)
+fn controller(args: ControllerArgs) -> anyhow::Result<()> {
+    use crate::registry::Credentials;
+    use anyhow::Context as _;
+    let credentials = match &args.registry_config {
+        Some(path) => {
+            let bytes =
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            Credentials::from_docker_config_json(&bytes, &path.display().to_string())?
+        }
+        None => Credentials::from_default_docker_config()?,
+    };
+    let options = crate::controller::Options {
+        namespace: args.namespace,
+        concurrency: args.concurrent,
+        cache_dir: args.cache_dir,
+        metrics_addr: args.metrics_addr,
+        health_addr: args.health_addr,
+        credentials,
+        handle_signals: true,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let config = match &args.kubeconfig {
+            Some(path) => {
+                let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                    .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+                kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?
+            }
+            None => kube::Config::infer()
+                .await
+                .context("no kubeconfig ($KUBECONFIG, ~/.kube/config) and not in a cluster")?,
+        };
+        let client = kube::Client::try_from(config)?;
+        crate::controller::run(client, options).await?;
+        anyhow::Ok(())
+    })
 }
 
 fn crds(args: &CrdsArgs) -> anyhow::Result<()> {

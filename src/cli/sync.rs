@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use base64::Engine as _;
 use clap::Args;
 
+use super::registry::RegistryArgs;
 use crate::carvel::vendir::{Config, LockConfig};
 use crate::sync::{Limits, MemorySecrets, Secret, SyncOptions};
 
@@ -41,6 +42,9 @@ pub struct SyncArgs {
     /// Contents fetched at the same time.
     #[arg(long, default_value_t = 4)]
     concurrency: usize,
+    /// For image, imgpkgBundle and oci:// helmChart sources (their secretRef adds credentials).
+    #[command(flatten)]
+    registry: RegistryArgs,
 }
 
 pub fn run(args: &SyncArgs) -> anyhow::Result<()> {
@@ -80,7 +84,16 @@ pub fn run(args: &SyncArgs) -> anyhow::Result<()> {
             lock_path.display()
         );
     }
+    // Only configs with registry sources read the docker config, so a broken one cannot fail
+    // a git-only sync. The username/password flags name no host here: registries get
+    // credentials from the docker config and from each content's secretRef.
+    let registry = if needs_registry(&config) {
+        Some(args.registry.registry(None)?)
+    } else {
+        None
+    };
     let mut options = SyncOptions::new(&secrets);
+    options.registry = registry.as_ref();
     options.cache_dir = args.cache_dir.clone();
     options.locked = previous.as_ref().filter(|_| args.locked);
     options.previous = previous.as_ref();
@@ -113,6 +126,22 @@ pub fn run(args: &SyncArgs) -> anyhow::Result<()> {
         eprintln!("wrote {}", lock_path.display());
     }
     Ok(())
+}
+
+/// Whether any content is fetched from an OCI registry.
+fn needs_registry(config: &Config) -> bool {
+    config
+        .directories
+        .iter()
+        .flat_map(|d| &d.contents)
+        .any(|c| {
+            c.image.is_some()
+                || c.imgpkg_bundle.is_some()
+                || c.helm_chart
+                    .as_ref()
+                    .and_then(|h| h.repository.as_ref())
+                    .is_some_and(|r| r.url.starts_with("oci://"))
+        })
 }
 
 /// Splits a YAML stream at `---` lines.

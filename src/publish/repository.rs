@@ -1,13 +1,25 @@
 //! Package repository bundles: the `packages/` tree kapp-controller reads from a
 //! PackageRepository, and the ImagesLock that pins every package bundle in it (what
 //! `kctrl package repository release` and TCE's `generate-package-repo` produce).
+//!
+//! [`release`] is the whole flow on a directory: read and check every document the way
+//! kapp-controller will, lock the package bundles, push `packages/` + `.imgpkg/` as an imgpkg
+//! bundle, and describe it as a PackageRepository. Nothing is pushed unless every document
+//! passes, so a repository kapp-controller would refuse never reaches a registry.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use crate::bundle::{self, BuildOptions, BundleError, Location, PushOptions, Pushed};
 use crate::carvel::imgpkg::{ImageRef, ImagesLock};
 use crate::carvel::package::{PackageDocument, parse_package_documents};
-use crate::carvel::{Package, PackageMetadata};
+use crate::carvel::{Package, PackageMetadata, PackageRepository};
+use crate::registry::Registry;
+
+/// The directory of a repository bundle that holds the documents.
+pub const PACKAGES_DIR: &str = "packages";
+/// imgpkg's metadata directory; the only other thing a repository bundle carries.
+pub const IMGPKG_DIR: &str = ".imgpkg";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RepositoryError {
@@ -22,6 +34,30 @@ pub enum RepositoryError {
         "{dir} holds no packages/ directory: a repository bundle needs packages/<refName>/*.yml"
     )]
     NoPackages { dir: PathBuf },
+    /// Every problem found, so one run tells the user everything to fix.
+    #[error(
+        "kapp-controller would reject this repository:\n  {}",
+        .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  ")
+    )]
+    Rejected(Vec<RepositoryError>),
+    #[error("invalid PackageRepository name {name:?}: {reason}")]
+    InvalidName { name: String, reason: String },
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+}
+
+impl RepositoryError {
+    /// Whether retrying later may succeed (the registry was unreachable).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, RepositoryError::Bundle(e) if e.is_retryable())
+    }
+}
+
+/// A document of a repository directory and the file it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RepositoryDocument {
+    pub path: PathBuf,
+    pub document: PackageDocument,
 }
 
 /// Writes `packages/<refName>/metadata.yml` and `packages/<refName>/<version>.yml` under
@@ -58,7 +94,17 @@ pub fn write_package_files(
 
 /// Every Package and PackageMetadata under `root/packages`, read in sorted path order.
 pub fn read_packages(root: &Path) -> Result<Vec<PackageDocument>, RepositoryError> {
-    let dir = root.join("packages");
+    Ok(read_repository(root)?
+        .into_iter()
+        .map(|d| d.document)
+        .collect())
+}
+
+/// Like [`read_packages`], keeping the file each document came from (for error messages).
+/// A document that is not a Package or PackageMetadata is an error naming its file:
+/// kapp-controller refuses the whole repository for it.
+pub fn read_repository(root: &Path) -> Result<Vec<RepositoryDocument>, RepositoryError> {
+    let dir = root.join(PACKAGES_DIR);
     if !dir.is_dir() {
         return Err(RepositoryError::NoPackages {
             dir: root.to_owned(),
@@ -73,14 +119,85 @@ pub fn read_packages(root: &Path) -> Result<Vec<PackageDocument>, RepositoryErro
             path: path.clone(),
             source,
         })?;
-        docs.extend(
-            parse_package_documents(&text).map_err(|e| RepositoryError::Invalid {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?,
-        );
+        let parsed = parse_package_documents(&text).map_err(|e| RepositoryError::Invalid {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        docs.extend(parsed.into_iter().map(|document| RepositoryDocument {
+            path: path.clone(),
+            document,
+        }));
     }
     Ok(docs)
+}
+
+/// Checks what kapp-controller checks when it reconciles a PackageRepository: every Package
+/// and PackageMetadata is valid on its own, no two documents define the same object (kapp
+/// would refuse the duplicate), and there is at least one Package. Returns every problem.
+pub fn validate(docs: &[RepositoryDocument]) -> Result<(), RepositoryError> {
+    let mut problems = Vec::new();
+    let mut seen: BTreeMap<(&'static str, String), &Path> = BTreeMap::new();
+    let mut packages = 0;
+    for RepositoryDocument { path, document } in docs {
+        let invalid = |reason: String| RepositoryError::Invalid {
+            path: path.clone(),
+            reason,
+        };
+        let (kind, name) = match document {
+            PackageDocument::Package(p) => {
+                packages += 1;
+                if let Err(errors) = p.validate() {
+                    problems.extend(errors.iter().map(|e| {
+                        invalid(format!(
+                            "Package {}: {e}",
+                            p.metadata.name.as_deref().unwrap_or("<unnamed>")
+                        ))
+                    }));
+                }
+                for fetch in &p.spec.template.spec.fetch {
+                    if let Some(b) = &fetch.imgpkg_bundle
+                        && !b.image.contains("@sha256:")
+                    {
+                        problems.push(invalid(format!(
+                            "Package {}: bundle {} is not pinned by digest; release the package \
+                             again so the repository locks exactly what was tested",
+                            p.metadata.name.as_deref().unwrap_or("<unnamed>"),
+                            b.image
+                        )));
+                    }
+                }
+                ("Package", p.metadata.name.clone().unwrap_or_default())
+            }
+            PackageDocument::Metadata(m) => {
+                if let Err(e) = m.validate() {
+                    problems.push(invalid(format!("PackageMetadata: {e}")));
+                }
+                (
+                    "PackageMetadata",
+                    m.metadata.name.clone().unwrap_or_default(),
+                )
+            }
+        };
+        if let Some(first) = seen.insert((kind, name.clone()), path) {
+            problems.push(invalid(format!(
+                "{kind} {name} is also defined in {}; each object may appear once",
+                first.display()
+            )));
+        }
+    }
+    if packages == 0 && problems.is_empty() {
+        problems.push(RepositoryError::Invalid {
+            path: PathBuf::from(PACKAGES_DIR),
+            reason: "holds no Package: release packages into it first (packsmith release \
+                     DIR --output-dir REPO_DIR)"
+                .to_owned(),
+        });
+    }
+    match problems.len() {
+        0 => Ok(()),
+        1 => Err(problems.remove(0)),
+        _ => Err(RepositoryError::Rejected(problems)),
+    }
 }
 
 fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), RepositoryError> {
@@ -135,6 +252,92 @@ pub fn images_lock(docs: &[PackageDocument]) -> Result<ImagesLock, RepositoryErr
         lock.add_image(image);
     }
     Ok(lock)
+}
+
+/// How to release a repository directory.
+pub struct ReleaseOptions<'a> {
+    /// `metadata.name` of the PackageRepository (a DNS-1123 subdomain).
+    pub name: String,
+    pub namespace: Option<String>,
+    /// Tags to push besides the `sha256-<hex>.imgpkg` tag every bundle gets.
+    pub tags: Vec<String>,
+    pub push: PushOptions<'a>,
+}
+
+/// What [`release`] produced.
+#[derive(Debug, Clone)]
+pub struct RepositoryRelease {
+    pub pushed: Pushed,
+    /// The repository bundle's `.imgpkg/images.yml`, as written and pushed.
+    pub lock: ImagesLock,
+    /// `(refName, version)` of every Package, sorted.
+    pub packages: Vec<(String, String)>,
+    /// Fetches the pushed bundle by digest.
+    pub repository: PackageRepository,
+}
+
+/// Releases `root` (holding `packages/`) as a repository bundle at `target`: validates every
+/// document, writes `root/.imgpkg/images.yml` locking each package bundle, pushes `packages/`
+/// and `.imgpkg/` (nothing else under `root`), and returns the PackageRepository to apply.
+pub async fn release(
+    registry: &Registry,
+    root: &Path,
+    target: &Location,
+    options: &ReleaseOptions<'_>,
+) -> Result<RepositoryRelease, RepositoryError> {
+    if let Some(reason) = crate::carvel::package::dns1123_subdomain_problem(&options.name) {
+        return Err(RepositoryError::InvalidName {
+            name: options.name.clone(),
+            reason,
+        });
+    }
+    let docs = read_repository(root)?;
+    validate(&docs)?;
+    let plain: Vec<PackageDocument> = docs.iter().map(|d| d.document.clone()).collect();
+    let lock = images_lock(&plain)?;
+
+    let imgpkg = root.join(IMGPKG_DIR);
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| RepositoryError::Io { path, source }
+    };
+    std::fs::create_dir_all(&imgpkg).map_err(io(&imgpkg))?;
+    let lock_path = imgpkg.join("images.yml");
+    let lock_yaml = lock.to_kbld_yaml().map_err(|e| RepositoryError::Invalid {
+        path: lock_path.clone(),
+        reason: e.to_string(),
+    })?;
+    std::fs::write(&lock_path, lock_yaml).map_err(io(&lock_path))?;
+
+    // Only packages/ and .imgpkg/ go into the bundle: a repository directory often also
+    // holds the PackageRepository written last time, a Makefile, a README.
+    let mut exclude = vec![".git".to_owned()];
+    for entry in std::fs::read_dir(root).map_err(io(root))? {
+        let name = entry.map_err(io(root))?.file_name();
+        let name = name.to_string_lossy();
+        if name != PACKAGES_DIR && name != IMGPKG_DIR {
+            exclude.push(name.into_owned());
+        }
+    }
+    let built = bundle::build(&[root.to_owned()], &BuildOptions { exclude })?;
+    let pushed = bundle::push(registry, &built, target, &options.tags, &options.push).await?;
+
+    let mut repository = PackageRepository::for_bundle(&options.name, &pushed.image);
+    repository.metadata.namespace = options.namespace.clone();
+    let mut packages: Vec<(String, String)> = plain
+        .iter()
+        .filter_map(|d| match d {
+            PackageDocument::Package(p) => Some((p.spec.ref_name.clone(), p.spec.version.clone())),
+            PackageDocument::Metadata(_) => None,
+        })
+        .collect();
+    packages.sort();
+    Ok(RepositoryRelease {
+        pushed,
+        lock,
+        packages,
+        repository,
+    })
 }
 
 #[cfg(test)]
@@ -211,5 +414,171 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("no packages/"), "{err}");
+    }
+
+    fn write(root: &Path, rel: &str, text: &str) {
+        let path = root.join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+
+    fn repository_dir() -> tempfile::TempDir {
+        let tmp = tempfile::tempdir().unwrap();
+        let digest = format!("sha256:{}", "b".repeat(64));
+        for (name, version) in [("a.example.com", "1.0.0"), ("b.example.com", "2.0.0")] {
+            let p = package(name, version, &format!("r.io/{name}@{digest}"));
+            let m = PackageMetadata::new(name, PackageMetadataSpec::default());
+            write_package_files(tmp.path(), &p, &m).unwrap();
+        }
+        tmp
+    }
+
+    #[test]
+    fn validation_reports_every_problem_with_its_file() {
+        let tmp = repository_dir();
+        let root = tmp.path();
+        assert!(validate(&read_repository(root).unwrap()).is_ok());
+
+        // A second copy of a Package, a bad version and an unpinned bundle, in other files.
+        let copy = std::fs::read_to_string(root.join("packages/a.example.com/1.0.0.yml")).unwrap();
+        write(root, "packages/a.example.com/copy.yml", &copy);
+        let mut bad = package("c.example.com", "v1", "r.io/c:1.0.0");
+        bad.metadata.name = Some("c.example.com.v1".into());
+        write(
+            root,
+            "packages/c.example.com/v1.yml",
+            &bad.to_yaml().unwrap(),
+        );
+        let err = validate(&read_repository(root).unwrap()).unwrap_err();
+        let RepositoryError::Rejected(problems) = &err else {
+            panic!("expected every problem, got {err}");
+        };
+        let text = err.to_string();
+        assert_eq!(problems.len(), 3, "{text}");
+        assert!(
+            text.contains("copy.yml: Package a.example.com.1.0.0 is also defined in")
+                && text.contains("v1.yml: Package c.example.com.v1: spec.version \"v1\"")
+                && text.contains("r.io/c:1.0.0 is not pinned by digest"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_repository_without_packages_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        write(
+            tmp.path(),
+            "packages/a.example.com/metadata.yml",
+            &PackageMetadata::new("a.example.com", PackageMetadataSpec::default())
+                .to_yaml()
+                .unwrap(),
+        );
+        let err = validate(&read_repository(tmp.path()).unwrap()).unwrap_err();
+        assert!(err.to_string().contains("holds no Package"), "{err}");
+    }
+
+    /// The whole flow into an OCI layout (no registry needed): the bundle holds packages/ and
+    /// the lock and nothing else, and the PackageRepository fetches it by digest.
+    #[tokio::test]
+    async fn release_bundles_packages_and_lock_only() {
+        let tmp = repository_dir();
+        let root = tmp.path();
+        write(root, "package-repository.yml", "left over\n");
+        write(root, "README.md", "not bundled\n");
+        let layout = tempfile::tempdir().unwrap();
+        let target = Location::parse(&format!(
+            "{}{}:1.0.0",
+            crate::bundle::LAYOUT_PREFIX,
+            layout.path().display()
+        ))
+        .unwrap();
+        let registry = Registry::new(Default::default()).unwrap();
+        let options = ReleaseOptions {
+            name: "repo.example.com".into(),
+            namespace: Some("packages".into()),
+            tags: vec!["1.0.0".into()],
+            push: PushOptions::default(),
+        };
+        let released = release(&registry, root, &target, &options).await.unwrap();
+        assert_eq!(
+            released.packages,
+            [
+                ("a.example.com".to_owned(), "1.0.0".to_owned()),
+                ("b.example.com".to_owned(), "2.0.0".to_owned())
+            ]
+        );
+        assert_eq!(released.lock.images.len(), 2);
+        let fetch = released
+            .repository
+            .spec
+            .fetch
+            .imgpkg_bundle
+            .as_ref()
+            .unwrap();
+        assert_eq!(fetch.image, released.pushed.image);
+        assert_eq!(
+            released.repository.metadata.namespace.as_deref(),
+            Some("packages")
+        );
+
+        let out = tempfile::tempdir().unwrap();
+        let pulled = out.path().join("pulled");
+        crate::bundle::pull(
+            &registry,
+            &Location::parse(&released.pushed.image).unwrap(),
+            &pulled,
+        )
+        .await
+        .unwrap();
+        let mut top: Vec<String> = std::fs::read_dir(&pulled)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        top.sort();
+        assert_eq!(top, [".imgpkg", "packages"]);
+        assert_eq!(
+            std::fs::read_to_string(pulled.join(".imgpkg/images.yml")).unwrap(),
+            std::fs::read_to_string(root.join(".imgpkg/images.yml")).unwrap()
+        );
+    }
+
+    #[tokio::test]
+    async fn nothing_is_written_or_pushed_for_a_foreign_document() {
+        let tmp = repository_dir();
+        write(
+            tmp.path(),
+            "packages/a.example.com/cm.yml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n",
+        );
+        let layout = tempfile::tempdir().unwrap();
+        let target = Location::parse(&format!(
+            "{}{}:1",
+            crate::bundle::LAYOUT_PREFIX,
+            layout.path().display()
+        ))
+        .unwrap();
+        let registry = Registry::new(Default::default()).unwrap();
+        let options = ReleaseOptions {
+            name: "repo.example.com".into(),
+            namespace: None,
+            tags: vec!["1".into()],
+            push: PushOptions::default(),
+        };
+        let err = release(&registry, tmp.path(), &target, &options)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cm.yml") && err.contains("ConfigMap"), "{err}");
+        assert!(!tmp.path().join(".imgpkg").exists());
+        assert_eq!(std::fs::read_dir(layout.path()).unwrap().count(), 0);
+
+        let bad_name = ReleaseOptions {
+            name: "Not_A_Name".into(),
+            ..options
+        };
+        let err = release(&registry, tmp.path(), &target, &bad_name)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RepositoryError::InvalidName { .. }), "{err}");
     }
 }

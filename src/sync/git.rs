@@ -42,78 +42,7 @@ pub(crate) async fn fetch(
     contents: &DirectoryContents,
     out: &Path,
 ) -> Result<LockGit, FetchError> {
-    if source.url.is_empty() {
-        return Err(FetchError::Invalid("git.url is empty".to_owned()));
-    }
-    if source.verification.is_some() {
-        return Err(FetchError::NotSupported(
-            "git commit signature verification".to_owned(),
-        ));
-    }
-    let want = match (locked_sha, &source.ref_selection, source.git_ref.as_str()) {
-        (Some(sha), _, _) => Want::Sha(sha),
-        (None, _, reference) if !reference.is_empty() => Want::Ref(reference.to_owned()),
-        (None, Some(selection), _) => Want::Selection(selection.clone()),
-        (None, None, _) => {
-            return Err(FetchError::Invalid(
-                "git needs ref (branch, tag or commit) or refSelection".to_owned(),
-            ));
-        }
-    };
-    let credentials = match &source.secret_ref {
-        None => None,
-        Some(secret_ref) => {
-            let secret = ctx.secret(&secret_ref.name)?;
-            for key in secret.data.keys() {
-                match key.as_str() {
-                    "username" | "password" => {}
-                    "ssh-privatekey" | "ssh-knownhosts" => {
-                        return Err(FetchError::NotSupported(
-                            "git over ssh with a private key (use https with username/password)"
-                                .to_owned(),
-                        ));
-                    }
-                    other => {
-                        return Err(FetchError::Secret {
-                            name: secret_ref.name.clone(),
-                            problem: format!(
-                                "unknown key {other:?} (expected username, password, \
-                                 ssh-privatekey, ssh-knownhosts)"
-                            ),
-                        });
-                    }
-                }
-            }
-            Some(Credentials {
-                username: secret.get("username").unwrap_or_default(),
-                password: secret.get("password").unwrap_or_default(),
-            })
-        }
-    };
-    let scratch = out.parent().unwrap_or(out).to_owned();
-    let repo_dir = match ctx.cache("git") {
-        Some(cache) => cache.join(
-            &hex(&sha2::Digest::finalize(
-                <sha2::Sha256 as sha2::Digest>::new_with_prefix(source.url.as_bytes()),
-            ))[..32],
-        ),
-        None => scratch.join("repo"),
-    };
-    let job = Job {
-        url: source.url.clone(),
-        want,
-        depth: u32::try_from(source.depth).ok().and_then(NonZeroU32::new),
-        skip_submodules: source.skip_init_submodules,
-        credentials,
-        repo_dir,
-        out: out.to_owned(),
-        filter: PathFilter::new(
-            &contents.include_paths,
-            &contents.exclude_paths,
-            &contents.legal_paths_with_defaults(),
-        ),
-        limits: ctx.options.limits.clone(),
-    };
+    let job = Job::new(ctx, source, locked_sha, contents, out)?;
     let interrupt = Arc::new(AtomicBool::new(false));
     // Dropping this future (timeout) stops the blocking fetch at its next check.
     let guard = InterruptOnDrop(interrupt.clone());
@@ -122,6 +51,27 @@ pub(crate) async fn fetch(
         .map_err(|e| FetchError::Git(format!("fetch task failed: {e}")))?;
     drop(guard);
     result
+}
+
+/// The identity [`fetch`] would record ([`identity`] of its lock), from one ls-remote: nothing
+/// is fetched or written.
+pub(crate) async fn probe(
+    ctx: &Context<'_>,
+    source: &GitSource,
+    locked_sha: Option<String>,
+    contents: &DirectoryContents,
+    scratch: &Path,
+) -> Result<String, FetchError> {
+    let job = Job::new(ctx, source, locked_sha, contents, scratch)?;
+    tokio::task::spawn_blocking(move || job.identity())
+        .await
+        .map_err(|e| FetchError::Git(format!("probe task failed: {e}")))?
+}
+
+/// What identifies a git content's upstream for the warm path: the commit, and the tags on
+/// it (they are part of the lock).
+pub(crate) fn identity(lock: &LockGit) -> String {
+    format!("{} {}", lock.sha, lock.tags.join(","))
 }
 
 struct InterruptOnDrop(Arc<AtomicBool>);
@@ -162,6 +112,106 @@ struct RemoteRef {
 }
 
 impl Job {
+    fn new(
+        ctx: &Context<'_>,
+        source: &GitSource,
+        locked_sha: Option<String>,
+        contents: &DirectoryContents,
+        out: &Path,
+    ) -> Result<Job, FetchError> {
+        if source.url.is_empty() {
+            return Err(FetchError::Invalid("git.url is empty".to_owned()));
+        }
+        if source.verification.is_some() {
+            return Err(FetchError::NotSupported(
+                "git commit signature verification".to_owned(),
+            ));
+        }
+        let want = match (locked_sha, &source.ref_selection, source.git_ref.as_str()) {
+            (Some(sha), _, _) => Want::Sha(sha),
+            (None, _, reference) if !reference.is_empty() => Want::Ref(reference.to_owned()),
+            (None, Some(selection), _) => Want::Selection(selection.clone()),
+            (None, None, _) => {
+                return Err(FetchError::Invalid(
+                    "git needs ref (branch, tag or commit) or refSelection".to_owned(),
+                ));
+            }
+        };
+        let credentials = match &source.secret_ref {
+            None => None,
+            Some(secret_ref) => {
+                let secret = ctx.secret(&secret_ref.name)?;
+                for key in secret.data.keys() {
+                    match key.as_str() {
+                        "username" | "password" => {}
+                        "ssh-privatekey" | "ssh-knownhosts" => {
+                            return Err(FetchError::NotSupported(
+                                "git over ssh with a private key (use https with \
+                                 username/password)"
+                                    .to_owned(),
+                            ));
+                        }
+                        other => {
+                            return Err(FetchError::Secret {
+                                name: secret_ref.name.clone(),
+                                problem: format!(
+                                    "unknown key {other:?} (expected username, password, \
+                                     ssh-privatekey, ssh-knownhosts)"
+                                ),
+                            });
+                        }
+                    }
+                }
+                Some(Credentials {
+                    username: secret.get("username").unwrap_or_default(),
+                    password: secret.get("password").unwrap_or_default(),
+                })
+            }
+        };
+        let scratch = out.parent().unwrap_or(out).to_owned();
+        let repo_dir = match ctx.cache("git") {
+            Some(cache) => cache.join(
+                &hex(&sha2::Digest::finalize(
+                    <sha2::Sha256 as sha2::Digest>::new_with_prefix(source.url.as_bytes()),
+                ))[..32],
+            ),
+            None => scratch.join("repo"),
+        };
+        Ok(Job {
+            url: source.url.clone(),
+            want,
+            depth: u32::try_from(source.depth).ok().and_then(NonZeroU32::new),
+            skip_submodules: source.skip_init_submodules,
+            credentials,
+            repo_dir,
+            out: out.to_owned(),
+            filter: PathFilter::new(
+                &contents.include_paths,
+                &contents.exclude_paths,
+                &contents.legal_paths_with_defaults(),
+            ),
+            limits: ctx.options.limits.clone(),
+        })
+    }
+
+    fn identity(self) -> Result<String, FetchError> {
+        let lock = repo_lock(&self.repo_dir);
+        let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let repo = self.open_repo()?;
+        let refs = self.list_remote(&repo)?;
+        let (commit, reference) = self.resolve(&refs)?;
+        // An abbreviated sha is only expanded by fetching: no identity without that.
+        let commit = commit.ok_or(FetchError::UnknownRef {
+            reference,
+            hint: " (abbreviated)".to_owned(),
+        })?;
+        Ok(identity(&LockGit {
+            sha: commit.to_string(),
+            tags: tags_of(&refs, commit),
+            commit_title: String::new(),
+        }))
+    }
+
     fn err(&self, e: impl std::error::Error) -> FetchError {
         // The top-level gix message is often generic ("handshake failed"); the cause is below.
         let mut text = e.to_string();
@@ -217,17 +267,9 @@ impl Job {
         for (path, target) in writer.links {
             std::os::unix::fs::symlink(&target, &path).map_err(FetchError::io(&path))?;
         }
-        let sha = commit.id.to_string();
-        let mut tags: Vec<String> = refs
-            .iter()
-            .filter(|r| r.commit == commit.id)
-            .filter_map(|r| r.name.strip_prefix("refs/tags/").map(str::to_owned))
-            .collect();
-        tags.sort();
-        tags.dedup();
         Ok(LockGit {
-            sha,
-            tags,
+            sha: commit.id.to_string(),
+            tags: tags_of(&refs, commit.id),
             commit_title: commit_title(&message),
         })
     }
@@ -433,6 +475,18 @@ impl Job {
             .map_err(|e| self.err(e))?;
         Ok(())
     }
+}
+
+/// The tags of the remote that point at `commit`, sorted.
+fn tags_of(refs: &[RemoteRef], commit: gix::ObjectId) -> Vec<String> {
+    let mut tags: Vec<String> = refs
+        .iter()
+        .filter(|r| r.commit == commit)
+        .filter_map(|r| r.name.strip_prefix("refs/tags/").map(str::to_owned))
+        .collect();
+    tags.sort();
+    tags.dedup();
+    tags
 }
 
 /// vendir's commit title: the trimmed message's first line, `...` appended when more follows.

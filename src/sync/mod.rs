@@ -12,7 +12,10 @@ mod filter;
 mod fsutil;
 mod git;
 mod github;
+mod helm;
 mod http;
+mod image;
+mod warm;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -27,6 +30,7 @@ use crate::carvel::vendir::{
     Config, Directory, DirectoryContents, LockConfig, LockDirectory, LockDirectoryContents,
     LockEmpty,
 };
+use crate::registry::Registry;
 
 pub use archive::ArchiveError;
 pub use filter::{FilterError, Glob, PathFilter};
@@ -117,6 +121,9 @@ pub struct SyncOptions<'a> {
     /// Token for GitHub API calls when a githubRelease has no secretRef
     /// (vendir's `VENDIR_GITHUB_API_TOKEN`).
     pub github_token: Option<String>,
+    /// Registry access for `image`, `imgpkgBundle` and `oci://` `helmChart` sources (mirrors,
+    /// CAs, default credentials); a content's `secretRef` adds to its credentials.
+    pub registry: Option<&'a Registry>,
 }
 
 impl<'a> SyncOptions<'a> {
@@ -129,6 +136,7 @@ impl<'a> SyncOptions<'a> {
             limits: Limits::default(),
             concurrency: 4,
             github_token: None,
+            registry: None,
         }
     }
 }
@@ -343,16 +351,21 @@ async fn sync_in(
         options,
         http,
     };
+    let ctx = &ctx;
+
+    // Warm path: directories whose upstreams and files are as the last sync left them.
+    let warm = warm_directories(ctx, config, work).await;
+
     let jobs: Vec<(usize, usize)> = config
         .directories
         .iter()
         .enumerate()
+        .filter(|(d, _)| warm[*d].is_none())
         .flat_map(|(d, dir)| (0..dir.contents.len()).map(move |c| (d, c)))
         .collect();
-    let ctx = &ctx;
     // All contents run to completion, even after a failure: a cancelled blocking fetch would
     // keep writing into the work dir while it is being removed.
-    let mut results: Vec<((usize, usize), Result<LockDirectoryContents, SyncError>)> =
+    let mut results: Vec<((usize, usize), Result<Fetched, SyncError>)> =
         futures::stream::iter(jobs)
             .map(|(d, c)| async move {
                 let directory = &config.directories[d];
@@ -365,18 +378,11 @@ async fn sync_in(
             .await;
     results.sort_by_key(|(key, _)| *key);
 
-    let mut locks: Vec<LockDirectory> = config
-        .directories
-        .iter()
-        .map(|d| LockDirectory {
-            path: d.path.clone(),
-            contents: Vec::new(),
-        })
-        .collect();
+    let mut fetched: Vec<Vec<Fetched>> = config.directories.iter().map(|_| Vec::new()).collect();
     let mut first_error = None;
     for ((d, _), result) in results {
         match result {
-            Ok(lock) => locks[d].contents.push(lock),
+            Ok(f) => fetched[d].push(f),
             Err(error) => {
                 tracing::warn!(%error, "sync failed");
                 first_error.get_or_insert(error);
@@ -390,6 +396,9 @@ async fn sync_in(
     // Assemble each directory from its contents, then swap them all in.
     let mut staged = Vec::new();
     for (d, directory) in config.directories.iter().enumerate() {
+        if warm[d].is_some() {
+            continue;
+        }
         let dir_stage = work.join(format!("{d}-staged"));
         make_dir(&dir_stage)?;
         for (c, contents) in directory.contents.iter().enumerate() {
@@ -411,7 +420,96 @@ async fn sync_in(
         ));
     }
     swap_all(&staged)?;
+
+    let mut locks = Vec::new();
+    for ((directory, warm), fetched) in config.directories.iter().zip(warm).zip(fetched) {
+        let contents = match warm {
+            Some(locks) => locks,
+            None => {
+                record(options, root, directory, &fetched);
+                fetched.into_iter().map(|f| f.lock).collect()
+            }
+        };
+        locks.push(LockDirectory {
+            path: directory.path.clone(),
+            contents,
+        });
+    }
     Ok(LockConfig::new(locks))
+}
+
+/// For each directory, the recorded locks when it can be left as it is.
+async fn warm_directories(
+    ctx: &Context<'_>,
+    config: &Config,
+    work: &Path,
+) -> Vec<Option<Vec<LockDirectoryContents>>> {
+    let Some(cache) = &ctx.options.cache_dir else {
+        return config.directories.iter().map(|_| None).collect();
+    };
+    let checks = config.directories.iter().enumerate().map(|(d, directory)| {
+        let state_path = warm::state_path(cache, ctx.root, &directory.path);
+        async move {
+            let target = ctx.root.join(&directory.path);
+            let state = warm::load(&state_path).filter(|s| s.matches(directory, &target))?;
+            let probes = directory.contents.iter().enumerate().map(|(c, contents)| {
+                let scratch = work.join(format!("{d}-{c}-probe"));
+                async move {
+                    let timeout = ctx.options.limits.source_timeout;
+                    let probe = probe_contents(ctx, directory, contents, &scratch);
+                    match tokio::time::timeout(timeout, probe).await {
+                        Ok(Ok(identity)) => identity,
+                        Ok(Err(error)) => {
+                            // The full sync meets (and reports) the same problem.
+                            tracing::debug!(%error, directory = %directory.path, contents = %contents.path, "probe failed");
+                            None
+                        }
+                        Err(_) => None,
+                    }
+                }
+            });
+            let identities = futures::future::join_all(probes).await;
+            let unchanged = identities
+                .iter()
+                .zip(&state.contents)
+                .all(|(now, then)| now.as_deref() == Some(then.identity.as_str()));
+            if !unchanged {
+                return None;
+            }
+            tracing::info!(directory = %directory.path, "upstream and files unchanged, directory left as it is");
+            Some(state.contents.into_iter().map(|c| c.lock).collect())
+        }
+    });
+    futures::future::join_all(checks).await
+}
+
+/// Records what was written to `directory`, for the next sync's warm path; forgets any older
+/// record when a content cannot say what it fetched.
+fn record(options: &SyncOptions<'_>, root: &Path, directory: &Directory, fetched: &[Fetched]) {
+    let Some(cache) = &options.cache_dir else {
+        return;
+    };
+    let path = warm::state_path(cache, root, &directory.path);
+    let contents: Option<Vec<warm::ContentState>> = fetched
+        .iter()
+        .map(|f| {
+            Some(warm::ContentState {
+                identity: f.identity.clone()?,
+                lock: f.lock.clone(),
+            })
+        })
+        .collect();
+    match contents
+        .map(|c| warm::State::new(directory, c, &root.join(&directory.path)))
+        .transpose()
+    {
+        Ok(Some(state)) => warm::store(&path, &state),
+        Ok(None) => warm::forget(&path),
+        Err(error) => {
+            tracing::debug!(%error, "could not snapshot the synced directory");
+            warm::forget(&path);
+        }
+    }
 }
 
 /// Moves every staged directory into place; on failure, puts back what was already moved.
@@ -555,12 +653,19 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
         })
 }
 
+/// One content's result: its lock entry and, when the source can tell, the upstream's
+/// identity (what the warm path compares; see [`warm`]).
+struct Fetched {
+    lock: LockDirectoryContents,
+    identity: Option<String>,
+}
+
 async fn sync_contents(
     ctx: &Context<'_>,
     directory: &Directory,
     contents: &DirectoryContents,
     scratch: &Path,
-) -> Result<LockDirectoryContents, SyncError> {
+) -> Result<Fetched, SyncError> {
     let (kind, upstream) = describe(contents);
     let fail = |cause| SyncError::Contents {
         directory: directory.path.clone(),
@@ -576,12 +681,53 @@ async fn sync_contents(
     }
 }
 
+/// The lock entry `--locked` pins this content to.
+fn locked_entry<'a>(
+    ctx: &Context<'a>,
+    directory: &Directory,
+    contents: &DirectoryContents,
+) -> Result<Option<&'a LockDirectoryContents>, FetchError> {
+    let Some(lock_config) = ctx.options.locked else {
+        return Ok(None);
+    };
+    lock_config
+        .find_contents(&directory.path, &contents.path)
+        .map(Some)
+        .ok_or_else(|| {
+            FetchError::Locked(format!(
+                "vendir.lock.yml has no entry for directory {:?}, contents {:?}",
+                directory.path, contents.path
+            ))
+        })
+}
+
+fn lazy_identity(digest: &str) -> String {
+    format!("lazy:{digest}")
+}
+
+/// Whether a `lazy` content is kept as it is: same config as last time, already on disk.
+fn lazy_unchanged<'a>(
+    ctx: &Context<'a>,
+    directory: &Directory,
+    contents: &DirectoryContents,
+    digest: &str,
+    existing: &Path,
+) -> Option<&'a LockDirectoryContents> {
+    if !contents.lazy || ctx.options.locked.is_some() || !existing.is_dir() {
+        return None;
+    }
+    ctx.options
+        .previous
+        .and_then(|l| l.find_contents(&directory.path, &contents.path))
+        .filter(|p| p.config_digest == digest)
+}
+
 async fn fetch_contents(
     ctx: &Context<'_>,
     directory: &Directory,
     contents: &DirectoryContents,
     scratch: &Path,
-) -> Result<LockDirectoryContents, FetchError> {
+) -> Result<Fetched, FetchError> {
     let out = scratch.join("out");
     std::fs::create_dir_all(&out).map_err(FetchError::io(&out))?;
     let existing = ctx.root.join(&directory.path).join(&contents.path);
@@ -592,50 +738,71 @@ async fn fetch_contents(
     let digest = config_digest(contents);
     if contents.lazy {
         lock.config_digest = digest.clone();
-        let previous = ctx
-            .options
-            .previous
-            .and_then(|l| l.find_contents(&directory.path, &contents.path));
-        if let Some(previous) = previous.filter(|p| p.config_digest == digest)
-            && existing.is_dir()
-            && ctx.options.locked.is_none()
-        {
+        if let Some(previous) = lazy_unchanged(ctx, directory, contents, &digest, &existing) {
             tracing::info!(directory = %directory.path, contents = %contents.path, "skipping fetch: lazy and unchanged");
             fsutil::copy_tree(&existing, &out).map_err(FetchError::io(&existing))?;
-            return Ok(previous.clone());
+            return Ok(Fetched {
+                lock: previous.clone(),
+                identity: Some(lazy_identity(&digest)),
+            });
         }
     }
-    let locked = match ctx.options.locked {
-        Some(lock_config) => Some(
-            lock_config
-                .find_contents(&directory.path, &contents.path)
-                .ok_or_else(|| {
-                    FetchError::Locked(format!(
-                        "vendir.lock.yml has no entry for directory {:?}, contents {:?}",
-                        directory.path, contents.path
-                    ))
-                })?,
-        ),
-        None => None,
-    };
+    let locked = locked_entry(ctx, directory, contents)?;
+    let not_kind = |kind: &str| FetchError::Locked(format!("the lock entry is not a {kind} entry"));
     let mut filtered = true;
+    let mut identity = None;
     if let Some(source) = &contents.git {
-        let locked_sha = locked.map(|l| {
-            l.git
-                .as_ref()
-                .map(|g| g.sha.clone())
-                .ok_or_else(|| FetchError::Locked("the lock entry is not a git entry".to_owned()))
-        });
-        let locked_sha = locked_sha.transpose()?;
-        lock.git = Some(git::fetch(ctx, source, locked_sha, contents, &out).await?);
+        let locked_sha = locked
+            .map(|l| {
+                l.git
+                    .as_ref()
+                    .map(|g| g.sha.clone())
+                    .ok_or_else(|| not_kind("git"))
+            })
+            .transpose()?;
+        let git = git::fetch(ctx, source, locked_sha, contents, &out).await?;
+        identity = Some(git::identity(&git));
+        lock.git = Some(git);
     } else if let Some(source) = &contents.http {
-        http::fetch(ctx, source, &out, scratch).await?;
+        identity = Some(http::fetch(ctx, source, &out, scratch).await?);
         lock.http = Some(LockEmpty {});
     } else if let Some(source) = &contents.github_release {
         let locked_url = locked.and_then(|l| l.github_release.as_ref().map(|g| g.url.clone()));
         lock.github_release = Some(github::fetch(ctx, source, locked_url, &out, scratch).await?);
+    } else if let Some(source) = &contents.helm_chart {
+        let locked_version = locked
+            .map(|l| {
+                l.helm_chart
+                    .as_ref()
+                    .map(|h| h.version.clone())
+                    .ok_or_else(|| not_kind("helmChart"))
+            })
+            .transpose()?;
+        let fetched = helm::fetch(ctx, source, locked_version, &out, scratch).await?;
+        identity = Some(fetched.identity);
+        lock.helm_chart = Some(fetched.lock);
+    } else if let Some(source) = &contents.image {
+        let locked = locked
+            .map(|l| l.image.as_ref().ok_or_else(|| not_kind("image")))
+            .transpose()?;
+        let (image, digest) = image::fetch_image(ctx, source, locked, &out, scratch).await?;
+        identity = Some(digest);
+        lock.image = Some(image);
+    } else if let Some(source) = &contents.imgpkg_bundle {
+        let locked = locked
+            .map(|l| {
+                l.imgpkg_bundle
+                    .as_ref()
+                    .ok_or_else(|| not_kind("imgpkgBundle"))
+            })
+            .transpose()?;
+        let (bundle, digest) = image::fetch_bundle(ctx, source, locked, &out).await?;
+        identity = Some(digest);
+        lock.imgpkg_bundle = Some(bundle);
     } else if let Some(source) = &contents.inline {
-        write_inline(ctx, source, &out)?;
+        let files = inline_files(ctx, source)?;
+        write_inline(&files, &out)?;
+        identity = Some(inline_identity(&files));
         lock.inline = Some(LockEmpty {});
     } else if let Some(source) = &contents.directory {
         let from = ctx.root.join(&source.path);
@@ -653,15 +820,14 @@ async fn fetch_contents(
             fsutil::copy_tree(&existing, &out).map_err(FetchError::io(&existing))?;
         }
         lock.manual = Some(LockEmpty {});
+        identity = Some("manual".to_owned());
         filtered = false;
     } else {
         let (kind, _) = describe(contents);
-        let hint = match kind {
-            "image" | "imgpkgBundle" => " (waits for the registry client)",
-            "helmChart" => " (planned)",
-            _ => "",
-        };
-        return Err(FetchError::NotSupported(format!("the {kind} source{hint}")));
+        return Err(FetchError::NotSupported(format!("the {kind} source")));
+    }
+    if contents.lazy {
+        identity = Some(lazy_identity(&digest));
     }
 
     let contents = contents.clone();
@@ -672,7 +838,77 @@ async fn fetch_contents(
     })
     .await
     .map_err(|e| FetchError::Invalid(format!("post-processing task failed: {e}")))??;
-    Ok(lock)
+    Ok(Fetched { lock, identity })
+}
+
+/// The identity [`fetch_contents`] would record, found without fetching; `None` when the
+/// source cannot tell (then the directory is synced in full).
+async fn probe_contents(
+    ctx: &Context<'_>,
+    directory: &Directory,
+    contents: &DirectoryContents,
+    scratch: &Path,
+) -> Result<Option<String>, FetchError> {
+    let existing = ctx.root.join(&directory.path).join(&contents.path);
+    if contents.lazy {
+        let digest = config_digest(contents);
+        return Ok(lazy_unchanged(ctx, directory, contents, &digest, &existing)
+            .map(|_| lazy_identity(&digest)));
+    }
+    let locked = locked_entry(ctx, directory, contents)?;
+    let pair = |url: Option<&String>, tag: Option<&String>| {
+        url.map(|u| (u.clone(), tag.cloned().unwrap_or_default()))
+    };
+    if let Some(source) = &contents.git {
+        let locked_sha = locked.and_then(|l| l.git.as_ref().map(|g| g.sha.clone()));
+        return git::probe(ctx, source, locked_sha, contents, scratch)
+            .await
+            .map(Some);
+    }
+    if let Some(source) = &contents.http {
+        return http::probe(ctx, source).await;
+    }
+    if let Some(source) = &contents.helm_chart {
+        let locked_version = locked.and_then(|l| l.helm_chart.as_ref().map(|h| h.version.clone()));
+        std::fs::create_dir_all(scratch).map_err(FetchError::io(scratch))?;
+        return helm::probe(ctx, source, locked_version, scratch)
+            .await
+            .map(Some);
+    }
+    if let Some(source) = &contents.image {
+        let locked = locked.and_then(|l| l.image.as_ref());
+        let locked = pair(locked.map(|l| &l.url), locked.map(|l| &l.tag));
+        return image::probe(
+            ctx,
+            &source.url,
+            source.tag_selection.as_ref(),
+            source.secret_ref.as_ref(),
+            locked,
+        )
+        .await
+        .map(Some);
+    }
+    if let Some(source) = &contents.imgpkg_bundle {
+        let locked = locked.and_then(|l| l.imgpkg_bundle.as_ref());
+        let locked = pair(locked.map(|l| &l.image), locked.map(|l| &l.tag));
+        return image::probe(
+            ctx,
+            &source.image,
+            source.tag_selection.as_ref(),
+            source.secret_ref.as_ref(),
+            locked,
+        )
+        .await
+        .map(Some);
+    }
+    if let Some(source) = &contents.inline {
+        return Ok(Some(inline_identity(&inline_files(ctx, source)?)));
+    }
+    if contents.manual.is_some() {
+        return Ok(Some("manual".to_owned()));
+    }
+    // githubRelease (its assets may be replaced under the same tag) and local directories.
+    Ok(None)
 }
 
 /// Filters, new root, ignored files, limits and permissions, on the fetched tree `out`.
@@ -717,35 +953,28 @@ fn post_process(
     Ok(())
 }
 
-/// `inline`: `paths` verbatim, `pathsFrom` every key of a Secret or ConfigMap.
-fn write_inline(
+/// `inline`'s files: `paths` verbatim, `pathsFrom` every key of a Secret or ConfigMap.
+fn inline_files(
     ctx: &Context<'_>,
     source: &crate::carvel::vendir::InlineSource,
-    out: &Path,
-) -> Result<(), FetchError> {
-    let write = |rel: &str, data: &[u8]| -> Result<(), FetchError> {
-        let path = fsutil::safe_join(out, rel)
-            .map_err(|e| FetchError::Invalid(format!("inline path {rel:?}: {e}")))?;
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(FetchError::io(parent))?;
+) -> Result<Vec<(String, Vec<u8>)>, FetchError> {
+    let mut files: Vec<(String, Vec<u8>)> = source
+        .paths
+        .iter()
+        .map(|(rel, content)| (rel.clone(), content.as_bytes().to_vec()))
+        .collect();
+    let prefix = |dir: &str, key: &str| {
+        if dir.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{dir}/{key}")
         }
-        std::fs::write(&path, data).map_err(FetchError::io(&path))
     };
-    for (rel, content) in &source.paths {
-        write(rel, content.as_bytes())?;
-    }
     for from in &source.paths_from {
-        let prefix = |dir: &str, key: &str| {
-            if dir.is_empty() {
-                key.to_owned()
-            } else {
-                format!("{dir}/{key}")
-            }
-        };
         if let Some(secret_ref) = &from.secret_ref {
             let secret = ctx.secret(&secret_ref.name)?;
-            for (key, value) in &secret.data {
-                write(&prefix(&secret_ref.directory_path, key), value)?;
+            for (key, value) in secret.data {
+                files.push((prefix(&secret_ref.directory_path, &key), value));
             }
         } else if let Some(map_ref) = &from.config_map_ref {
             let map = ctx
@@ -755,8 +984,8 @@ fn write_inline(
                 .ok_or_else(|| {
                     FetchError::Invalid(format!("configMap {:?} not found", map_ref.name))
                 })?;
-            for (key, value) in &map {
-                write(&prefix(&map_ref.directory_path, key), value.as_bytes())?;
+            for (key, value) in map {
+                files.push((prefix(&map_ref.directory_path, &key), value.into_bytes()));
             }
         } else {
             return Err(FetchError::Invalid(
@@ -764,7 +993,32 @@ fn write_inline(
             ));
         }
     }
+    Ok(files)
+}
+
+fn write_inline(files: &[(String, Vec<u8>)], out: &Path) -> Result<(), FetchError> {
+    for (rel, data) in files {
+        let path = fsutil::safe_join(out, rel)
+            .map_err(|e| FetchError::Invalid(format!("inline path {rel:?}: {e}")))?;
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(FetchError::io(parent))?;
+        }
+        std::fs::write(&path, data).map_err(FetchError::io(&path))?;
+    }
     Ok(())
+}
+
+/// A digest of inline files, names and contents (length-prefixed, so no two lists collide).
+fn inline_identity(files: &[(String, Vec<u8>)]) -> String {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    for (name, data) in files {
+        hasher.update((name.len() as u64).to_le_bytes());
+        hasher.update(name.as_bytes());
+        hasher.update((data.len() as u64).to_le_bytes());
+        hasher.update(data);
+    }
+    format!("inline:{}", hex(&hasher.finalize()))
 }
 
 #[cfg(test)]

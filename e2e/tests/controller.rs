@@ -1,0 +1,826 @@
+//! `packsmith controller` end to end: the controller runs in-process (its own runtime,
+//! scoped to the trial's namespace) against the bed's apiserver, git upstream and registries.
+//!
+//! - a git upstream becomes a Ready PackageSource, a Package fetching the pushed bundle by
+//!   digest, and a pullable bundle; steady-state reconciles write nothing; `requestedAt` is
+//!   echoed with one status write; a new upstream commit becomes a new digest; deletion
+//!   removes what was published;
+//! - failures land on the right condition: a missing git ref is a retryable FetchFailed, a
+//!   401 from the registry is Stalled/AuthenticationFailed; a suspended source is left alone;
+//!   `deletionPolicy: Orphan` keeps the Package.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use libtest_mimic::Trial;
+use packsmith::api::PackageSource;
+use packsmith::api::conditions::{reasons, types};
+use packsmith::carvel::{Package, PackageMetadata};
+use packsmith::controller::{Controller, FINALIZER, Options};
+
+use crate::support::images::{ImageKind, Registry, push_image};
+use crate::support::{apply_yaml, bed, namespace};
+use crate::tests::git::{git, make_repo};
+
+pub fn trials() -> Vec<Trial> {
+    vec![
+        Trial::test(
+            "controller::publishes_follows_upstream_and_cleans_up",
+            || crate::support::block_on(publishes_follows_upstream_and_cleans_up()),
+        ),
+        Trial::test("controller::failures_suspend_and_orphan", || {
+            crate::support::block_on(failures_suspend_and_orphan())
+        }),
+    ]
+}
+
+/// A controller on its own multi-threaded runtime, watching one namespace.
+struct Running {
+    runtime: Option<tokio::runtime::Runtime>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    done: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    metrics: SocketAddr,
+    health: SocketAddr,
+    _cache: tempfile::TempDir,
+}
+
+impl Running {
+    async fn start(namespace: &str) -> anyhow::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let cache = tempfile::tempdir()?;
+        let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let options = Options {
+            namespace: Some(namespace.to_owned()),
+            concurrency: 2,
+            cache_dir: cache.path().to_owned(),
+            metrics_addr: "127.0.0.1:0".to_owned(),
+            health_addr: "127.0.0.1:0".to_owned(),
+            handle_signals: false,
+            ..Options::default()
+        };
+        let done = runtime.spawn(async move {
+            let client = bed().client().await?;
+            let controller = Controller::bind(client, options).await?;
+            let _ = addr_tx.send((controller.metrics_addr(), controller.health_addr()));
+            controller
+                .run(async move {
+                    let _ = stopped.await;
+                })
+                .await?;
+            anyhow::Ok(())
+        });
+        let (metrics, health) = match addr_rx.await {
+            Ok(addrs) => addrs,
+            Err(_) => {
+                let err = match done.await {
+                    Ok(Err(e)) => e,
+                    Ok(Ok(())) => anyhow::anyhow!("the controller stopped at once"),
+                    Err(e) => anyhow::anyhow!("the controller task failed: {e}"),
+                };
+                runtime.shutdown_background();
+                return Err(err.context("starting the controller"));
+            }
+        };
+        Ok(Self {
+            runtime: Some(runtime),
+            stop: Some(stop),
+            done: Some(done),
+            metrics,
+            health,
+            _cache: cache,
+        })
+    }
+
+    async fn get(&self, addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+        let response = reqwest::get(format!("http://{addr}{path}")).await?;
+        Ok((response.status().as_u16(), response.text().await?))
+    }
+
+    async fn metrics(&self) -> anyhow::Result<String> {
+        Ok(self.get(self.metrics, "/metrics").await?.1)
+    }
+
+    async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let result = match self.done.take() {
+            Some(done) => tokio::time::timeout(Duration::from_secs(60), done)
+                .await
+                .map_err(|_| anyhow::anyhow!("the controller did not stop within 60s"))?
+                .map_err(|e| anyhow::anyhow!("controller task: {e}"))?,
+            None => Ok(()),
+        };
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+        result
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Sum of the samples whose line starts with `prefix` (name plus the start of its labels).
+fn metric(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+const STATUS_WRITES: &str =
+    "packsmith_api_writes_total{kind=\"PackageSource\",resource=\"packagesources/status\"";
+const PACKAGE_WRITES: &str =
+    "packsmith_api_writes_total{kind=\"PackageSource\",resource=\"packages\"";
+const SUCCESSES: &str = "packsmith_reconcile_total{kind=\"PackageSource\",result=\"success\"";
+
+fn condition<'a>(obj: &'a PackageSource, type_: &str) -> Option<&'a Condition> {
+    obj.status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
+}
+
+fn has(obj: &PackageSource, type_: &str, status: &str, reason: &str) -> bool {
+    condition(obj, type_).is_some_and(|c| c.status == status && c.reason == reason)
+}
+
+fn describe(obj: &PackageSource) -> String {
+    serde_json::to_string_pretty(&obj.status).unwrap_or_default()
+}
+
+/// Polls `name` until `pred` holds.
+async fn wait_for(
+    api: &Api<PackageSource>,
+    name: &str,
+    timeout: Duration,
+    what: &str,
+    pred: impl Fn(&PackageSource) -> bool,
+) -> anyhow::Result<PackageSource> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let obj = api.get(name).await?;
+        if pred(&obj) {
+            return Ok(obj);
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!(
+                "{name}: not {what} within {timeout:?}; status:\n{}",
+                describe(&obj)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn wait_gone<K>(api: &Api<K>, name: &str, timeout: Duration) -> anyhow::Result<()>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let deadline = Instant::now() + timeout;
+    while api.get_opt(name).await?.is_some() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{name} still exists after {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Ok(())
+}
+
+async fn request_reconcile(
+    api: &Api<PackageSource>,
+    name: &str,
+    value: &str,
+) -> anyhow::Result<()> {
+    let patch = serde_json::json!({
+        "metadata": {"annotations": {packsmith::api::REQUESTED_AT_ANNOTATION: value}}
+    });
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
+}
+
+fn bundle_image(obj: &PackageSource) -> String {
+    obj.status
+        .as_ref()
+        .and_then(|s| s.bundle.as_ref())
+        .map(|b| b.image.clone())
+        .unwrap_or_default()
+}
+
+fn fetched_image(p: &Package) -> Option<String> {
+    p.spec
+        .template
+        .spec
+        .fetch
+        .iter()
+        .find_map(|f| f.imgpkg_bundle.as_ref().map(|b| b.image.clone()))
+}
+
+/// Adds a commit to `main` of the bed's `<name>.git`.
+fn commit_upstream(name: &str, path: &str, content: &str) -> anyhow::Result<String> {
+    let bare = bed().git_dir.join(format!("{name}.git"));
+    let work = tempfile::tempdir()?;
+    let bare_s = bare.to_str().expect("utf-8 path");
+    git(work.path(), &["clone", "-q", bare_s, "."])?;
+    let file = work.path().join(path);
+    std::fs::create_dir_all(file.parent().expect("file has a parent"))?;
+    std::fs::write(file, content)?;
+    git(work.path(), &["add", "-A"])?;
+    git(work.path(), &["commit", "-q", "-m", "upstream change"])?;
+    git(work.path(), &["push", "-q", "origin", "main"])?;
+    git(work.path(), &["rev-parse", "HEAD"])
+}
+
+const DEPLOYMENT: &str = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: demo\nspec:\n  template:\n    spec:\n      containers:\n      - name: demo\n        image: quay.io/example/ctl-demo:v1.0.0\n";
+
+async fn publishes_follows_upstream_and_cleans_up() -> anyhow::Result<()> {
+    let client = bed().client().await?;
+    let ns = namespace(&client, "ctl-main").await?;
+    let reg = bed().registry.clone();
+    push_image(
+        &Registry::plain(bed()),
+        "example/ctl-demo",
+        "v1.0.0",
+        ImageKind::MultiArch,
+        "controller",
+    )
+    .await?;
+    let repo = format!("ctl-{ns}");
+    make_repo(&repo, &[("deploy/deployment.yaml", DEPLOYMENT)], "v1.0.0")?;
+    let controller = Running::start(&ns).await?;
+
+    let source_yaml = format!(
+        r#"apiVersion: packsmith.dev/v1alpha1
+kind: PackageSource
+metadata:
+  name: demo
+spec:
+  package:
+    refName: demo.ctl.example.com
+    version: 1.0.0
+    metadata:
+      displayName: Demo
+  contents:
+  - path: config/upstream
+    contents:
+    - path: .
+      git:
+        url: {git}/{repo}.git
+        ref: origin/main
+  images:
+    mirrors:
+    - from: quay.io
+      to: {reg}
+      insecure: true
+  bundle:
+    repository: {reg}/ctl/{ns}/demo
+    insecure: true
+  publish:
+    retain: 2
+  interval: 3s
+"#,
+        git = bed().git_url
+    );
+    apply_yaml(&client, &ns, &source_yaml).await?;
+    let api: Api<PackageSource> = Api::namespaced(client.clone(), &ns);
+    let ready = wait_for(&api, "demo", Duration::from_secs(120), "Ready", |o| {
+        has(o, types::READY, "True", reasons::SUCCEEDED)
+    })
+    .await?;
+
+    // Status: kstatus conditions, the artifact, the Package.
+    let status = ready.status.clone().unwrap_or_default();
+    let image = bundle_image(&ready);
+    anyhow::ensure!(
+        image.starts_with(&format!("{reg}/ctl/{ns}/demo@sha256:")),
+        "{image}"
+    );
+    let short = status
+        .bundle
+        .as_ref()
+        .map(|b| b.short_digest.clone())
+        .unwrap_or_default();
+    anyhow::ensure!(short.len() == 12 && image.contains(&short), "{short}");
+    let ready_cond = condition(&ready, types::READY)
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("no Ready condition"))?;
+    anyhow::ensure!(
+        ready_cond.message.contains("1.0.0") && ready_cond.message.contains(&image),
+        "Ready message: {}",
+        ready_cond.message
+    );
+    anyhow::ensure!(status.observed_generation == ready.metadata.generation);
+    for absent in [types::RECONCILING, types::STALLED] {
+        anyhow::ensure!(
+            condition(&ready, absent).is_none(),
+            "{absent} left: {}",
+            describe(&ready)
+        );
+    }
+    for stage in [
+        types::CONTENT_SYNCED,
+        types::IMAGES_LOCKED,
+        types::BUNDLE_PUSHED,
+        types::PACKAGE_PUBLISHED,
+    ] {
+        anyhow::ensure!(
+            has(&ready, stage, "True", reasons::SUCCEEDED),
+            "{stage}: {}",
+            describe(&ready)
+        );
+    }
+    anyhow::ensure!(
+        status.images.as_ref().is_some_and(
+            |i| i.count == 1 && i.locked[0].starts_with("quay.io/example/ctl-demo@sha256:")
+        ),
+        "images: {:?}",
+        status.images
+    );
+    anyhow::ensure!(
+        status.contents.len() == 1,
+        "contents: {:?}",
+        status.contents
+    );
+    anyhow::ensure!(ready.finalizers().iter().any(|f| f == FINALIZER));
+
+    let packages: Api<Package> = Api::namespaced(client.clone(), &ns);
+    let metadata: Api<PackageMetadata> = Api::namespaced(client.clone(), &ns);
+    let package = packages.get("demo.ctl.example.com.1.0.0").await?;
+    anyhow::ensure!(
+        fetched_image(&package).as_deref() == Some(image.as_str()),
+        "Package fetches {:?}, status says {image}",
+        fetched_image(&package)
+    );
+    let labels = package.labels();
+    anyhow::ensure!(
+        labels.get("packsmith.dev/source-name").map(String::as_str) == Some("demo")
+            && labels.get("packsmith.dev/source-namespace") == Some(&ns)
+            && labels
+                .get("app.kubernetes.io/managed-by")
+                .map(String::as_str)
+                == Some("packsmith"),
+        "labels: {labels:?}"
+    );
+    metadata.get("demo.ctl.example.com").await?;
+
+    // The bundle is pullable and holds the synced upstream.
+    let registry = packsmith::registry::Registry::new(packsmith::registry::RegistryOptions {
+        insecure_hosts: vec![reg.clone()],
+        ..Default::default()
+    })?;
+    let pulled = tempfile::tempdir()?;
+    packsmith::bundle::pull(
+        &registry,
+        &packsmith::bundle::Location::parse(&image)?,
+        &pulled.path().join("out"),
+    )
+    .await?;
+    anyhow::ensure!(
+        pulled
+            .path()
+            .join("out/config/upstream/deploy/deployment.yaml")
+            .is_file(),
+        "the pulled bundle lacks the upstream's deployment"
+    );
+
+    // Steady state: reconciles at the 3s interval find nothing new and write nothing.
+    let before = controller.metrics().await?;
+    let (writes0, packages0, successes0) = (
+        metric(&before, STATUS_WRITES),
+        metric(&before, PACKAGE_WRITES),
+        metric(&before, SUCCESSES),
+    );
+    let rv0 = ready.resource_version();
+    let package_rv0 = package.resource_version();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let after = controller.metrics().await?;
+    let steady_reconciles = metric(&after, SUCCESSES) - successes0;
+    let steady_writes =
+        metric(&after, STATUS_WRITES) - writes0 + metric(&after, PACKAGE_WRITES) - packages0;
+    let took = |t: &str| {
+        metric(
+            t,
+            "packsmith_reconcile_duration_seconds_sum{kind=\"PackageSource\"}",
+        )
+    };
+    eprintln!(
+        "controller steady state: {steady_reconciles} reconciles in 10s, {steady_writes} API \
+         writes, {:.3}s per reconcile",
+        (took(&after) - took(&before)) / steady_reconciles.max(1.0)
+    );
+    anyhow::ensure!(
+        steady_reconciles >= 2.0,
+        "only {steady_reconciles} reconciles in 10s at a 3s interval"
+    );
+    anyhow::ensure!(
+        steady_writes == 0.0,
+        "{steady_writes} writes in steady state"
+    );
+    anyhow::ensure!(
+        api.get("demo").await?.resource_version() == rv0,
+        "the PackageSource changed in steady state"
+    );
+    anyhow::ensure!(
+        packages
+            .get("demo.ctl.example.com.1.0.0")
+            .await?
+            .resource_version()
+            == package_rv0,
+        "the Package changed in steady state"
+    );
+
+    // requestedAt with no upstream change: handled with exactly one status write (the echo),
+    // no condition transition, no Package write.
+    request_reconcile(&api, "demo", "2026-01-01T00:00:00Z").await?;
+    let handled = wait_for(&api, "demo", Duration::from_secs(60), "handled", |o| {
+        o.status
+            .as_ref()
+            .and_then(|s| s.last_handled_reconcile_at.as_deref())
+            == Some("2026-01-01T00:00:00Z")
+    })
+    .await?;
+    let now = controller.metrics().await?;
+    anyhow::ensure!(
+        metric(&now, STATUS_WRITES) - writes0 == 1.0 && metric(&now, PACKAGE_WRITES) == packages0,
+        "a requestedAt without change wrote {} status and {} Package updates",
+        metric(&now, STATUS_WRITES) - writes0,
+        metric(&now, PACKAGE_WRITES) - packages0
+    );
+    anyhow::ensure!(
+        condition(&handled, types::READY).map(|c| &c.last_transition_time)
+            == Some(&ready_cond.last_transition_time)
+    );
+    anyhow::ensure!(bundle_image(&handled) == image);
+
+    // A new upstream commit, asked for now: a new digest on status and on the Package.
+    commit_upstream(
+        &repo,
+        "deploy/extra.yaml",
+        "kind: ConfigMap\napiVersion: v1\nmetadata: {name: extra}\n",
+    )?;
+    request_reconcile(&api, "demo", "2026-01-01T00:01:00Z").await?;
+    let moved = wait_for(
+        &api,
+        "demo",
+        Duration::from_secs(60),
+        "at a new digest",
+        |o| {
+            bundle_image(o) != image
+                && has(o, types::READY, "True", reasons::SUCCEEDED)
+                && o.status
+                    .as_ref()
+                    .and_then(|s| s.last_handled_reconcile_at.as_deref())
+                    == Some("2026-01-01T00:01:00Z")
+        },
+    )
+    .await?;
+    let new_image = bundle_image(&moved);
+    let package = packages.get("demo.ctl.example.com.1.0.0").await?;
+    anyhow::ensure!(fetched_image(&package).as_deref() == Some(new_image.as_str()));
+    let history = moved.status.clone().unwrap_or_default().history;
+    anyhow::ensure!(
+        history.len() == 1 && history[0].image == new_image,
+        "history: {history:?}"
+    );
+
+    // A Published event was recorded.
+    let events: Api<Event> = Api::namespaced(client.clone(), &ns);
+    let published = events
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .any(|e| e.reason.as_deref() == Some("Published"));
+    anyhow::ensure!(published, "no Published event");
+
+    // Probes and metrics.
+    let (code, _) = controller.get(controller.health, "/healthz").await?;
+    anyhow::ensure!(code == 200, "/healthz {code}");
+    let (code, _) = controller.get(controller.health, "/readyz").await?;
+    anyhow::ensure!(code == 200, "/readyz {code}");
+    let text = controller.metrics().await?;
+    anyhow::ensure!(
+        text.contains("packsmith_reconcile_duration_seconds_count{kind=\"PackageSource\"}")
+            && text.contains("stage=\"pipeline\""),
+        "metrics:\n{text}"
+    );
+
+    // Deletion removes what the source published.
+    api.delete("demo", &DeleteParams::default()).await?;
+    wait_gone(&api, "demo", Duration::from_secs(60)).await?;
+    anyhow::ensure!(
+        packages
+            .get_opt("demo.ctl.example.com.1.0.0")
+            .await?
+            .is_none(),
+        "the Package outlived its source"
+    );
+    anyhow::ensure!(
+        metadata.get_opt("demo.ctl.example.com").await?.is_none(),
+        "the PackageMetadata outlived its source"
+    );
+    controller.stop().await
+}
+
+fn inline_source(name: &str, ns: &str, repository: &str, extra_spec: &str) -> String {
+    format!(
+        r#"apiVersion: packsmith.dev/v1alpha1
+kind: PackageSource
+metadata:
+  name: {name}
+  namespace: {ns}
+spec:
+  package:
+    refName: {name}.ctl.example.com
+    version: 0.1.0
+  contents:
+  - path: config/app
+    contents:
+    - path: .
+      inline:
+        paths:
+          app.yaml: "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}}}\n"
+  bundle:
+    repository: {repository}
+{extra_spec}"#
+    )
+}
+
+async fn failures_suspend_and_orphan() -> anyhow::Result<()> {
+    let client = bed().client().await?;
+    let ns = namespace(&client, "ctl-fail").await?;
+    let reg = bed().registry.clone();
+    let repo = format!("ctl-{ns}");
+    make_repo(&repo, &[("deploy/cm.yaml", "kind: ConfigMap\n")], "v1.0.0")?;
+    let controller = Running::start(&ns).await?;
+    let api: Api<PackageSource> = Api::namespaced(client.clone(), &ns);
+
+    // A git ref that does not exist (yet): retryable, so not Stalled, and retried with backoff.
+    apply_yaml(
+        &client,
+        &ns,
+        &format!(
+            r#"apiVersion: packsmith.dev/v1alpha1
+kind: PackageSource
+metadata:
+  name: badref
+spec:
+  package: {{refName: badref.ctl.example.com, version: 1.0.0}}
+  contents:
+  - path: config/upstream
+    contents:
+    - path: .
+      git: {{url: "{git}/{repo}.git", ref: v9.9.9}}
+  bundle: {{repository: "{reg}/ctl/{ns}/badref", insecure: true}}
+"#,
+            git = bed().git_url
+        ),
+    )
+    .await?;
+
+    // A registry that answers 401: Stalled, and not retried.
+    let ca = std::fs::read(&bed().registry_tls_ca)?;
+    let docker_config = serde_json::json!({"auths": {bed().registry_tls.clone(): {
+        "username": bed().registry_user, "password": "wrong-password"}}});
+    let secrets_yaml = format!(
+        r#"apiVersion: v1
+kind: Secret
+metadata: {{name: push-creds}}
+type: kubernetes.io/dockerconfigjson
+stringData:
+  .dockerconfigjson: '{docker_config}'
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: registry-ca}}
+stringData:
+  ca.crt: |
+{ca}
+"#,
+        ca = String::from_utf8(ca)?
+            .lines()
+            .map(|l| format!("    {l}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    apply_yaml(&client, &ns, &secrets_yaml).await?;
+    apply_yaml(
+        &client,
+        &ns,
+        &inline_source(
+            "unauthorized",
+            &ns,
+            &format!("{}/ctl/{ns}/unauthorized", bed().registry_tls),
+            "    secretRef: {name: push-creds}\n    caSecretRef: {name: registry-ca}\n",
+        ),
+    )
+    .await?;
+
+    // Suspended from the start, published with deletionPolicy Orphan once resumed.
+    apply_yaml(
+        &client,
+        &ns,
+        &inline_source(
+            "orphan",
+            &ns,
+            &format!("{reg}/ctl/{ns}/orphan"),
+            "    insecure: true\n  publish: {deletionPolicy: Orphan}\n  suspend: true\n",
+        ),
+    )
+    .await?;
+
+    // A bundle Secret that does not exist (yet): retryable, on the push stage.
+    apply_yaml(
+        &client,
+        &ns,
+        &inline_source(
+            "nosecret",
+            &ns,
+            &format!("{reg}/ctl/{ns}/nosecret"),
+            "    insecure: true\n    secretRef: {name: not-created-yet}\n",
+        ),
+    )
+    .await?;
+
+    let stalled = wait_for(
+        &api,
+        "unauthorized",
+        Duration::from_secs(90),
+        "Stalled",
+        |o| has(o, types::STALLED, "True", reasons::AUTHENTICATION_FAILED),
+    )
+    .await?;
+    anyhow::ensure!(
+        has(
+            &stalled,
+            types::READY,
+            "False",
+            reasons::AUTHENTICATION_FAILED
+        ) && has(
+            &stalled,
+            types::BUNDLE_PUSHED,
+            "False",
+            reasons::AUTHENTICATION_FAILED
+        ) && has(&stalled, types::CONTENT_SYNCED, "True", reasons::SUCCEEDED)
+            && has(
+                &stalled,
+                types::PACKAGE_PUBLISHED,
+                "False",
+                reasons::DEPENDENCY_NOT_READY
+            )
+            && condition(&stalled, types::RECONCILING).is_none(),
+        "{}",
+        describe(&stalled)
+    );
+    let message = condition(&stalled, types::READY)
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    anyhow::ensure!(
+        !message.contains("wrong-password"),
+        "the message leaks the password: {message}"
+    );
+
+    let failing = wait_for(
+        &api,
+        "badref",
+        Duration::from_secs(90),
+        "FetchFailed",
+        |o| has(o, types::READY, "False", reasons::FETCH_FAILED),
+    )
+    .await?;
+    anyhow::ensure!(
+        has(
+            &failing,
+            types::CONTENT_SYNCED,
+            "False",
+            reasons::FETCH_FAILED
+        ) && has(
+            &failing,
+            types::IMAGES_LOCKED,
+            "False",
+            reasons::DEPENDENCY_NOT_READY
+        ) && condition(&failing, types::STALLED).is_none()
+            && condition(&failing, types::RECONCILING).is_none(),
+        "{}",
+        describe(&failing)
+    );
+    let message = condition(&failing, types::READY)
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    anyhow::ensure!(
+        message.contains("v9.9.9"),
+        "the message does not name the ref: {message}"
+    );
+
+    let missing = wait_for(
+        &api,
+        "nosecret",
+        Duration::from_secs(90),
+        "ReferenceNotFound",
+        |o| has(o, types::READY, "False", reasons::REFERENCE_NOT_FOUND),
+    )
+    .await?;
+    anyhow::ensure!(
+        has(
+            &missing,
+            types::BUNDLE_PUSHED,
+            "False",
+            reasons::REFERENCE_NOT_FOUND
+        ) && condition(&missing, types::STALLED).is_none()
+            && condition(&missing, types::READY)
+                .is_some_and(|c| c.message.contains("not-created-yet")),
+        "{}",
+        describe(&missing)
+    );
+
+    // Retried with backoff (750 ms, 1.5 s, 3 s …) while the stalled one is not retried.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let text = controller.metrics().await?;
+    let retries = metric(
+        &text,
+        "packsmith_reconcile_total{kind=\"PackageSource\",result=\"failure\",reason=\"FetchFailed\"}",
+    );
+    let stalls = metric(
+        &text,
+        "packsmith_reconcile_total{kind=\"PackageSource\",result=\"stalled\",reason=\"AuthenticationFailed\"}",
+    );
+    anyhow::ensure!(retries >= 3.0, "FetchFailed retried {retries} times in ~5s");
+    anyhow::ensure!(
+        stalls == 1.0,
+        "the stalled source was reconciled {stalls} times"
+    );
+
+    // A Warning event names the reason, once.
+    let events: Api<Event> = Api::namespaced(client.clone(), &ns);
+    let warnings: Vec<Event> = events
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|e| e.type_.as_deref() == Some("Warning"))
+        .collect();
+    anyhow::ensure!(
+        warnings
+            .iter()
+            .any(|e| e.reason.as_deref() == Some(reasons::AUTHENTICATION_FAILED)),
+        "no AuthenticationFailed warning: {warnings:?}"
+    );
+
+    // The suspended source was left alone: no status, no finalizer, no Package.
+    let orphan = api.get("orphan").await?;
+    anyhow::ensure!(
+        orphan.status.is_none() && orphan.finalizers().is_empty(),
+        "a suspended source was touched: {:?} {:?}",
+        orphan.status,
+        orphan.finalizers()
+    );
+    let packages: Api<Package> = Api::namespaced(client.clone(), &ns);
+    anyhow::ensure!(
+        packages
+            .get_opt("orphan.ctl.example.com.0.1.0")
+            .await?
+            .is_none()
+    );
+
+    // Resumed: published; deleted with deletionPolicy Orphan: the Package stays.
+    api.patch(
+        "orphan",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"spec": {"suspend": false}})),
+    )
+    .await?;
+    wait_for(&api, "orphan", Duration::from_secs(90), "Ready", |o| {
+        has(o, types::READY, "True", reasons::SUCCEEDED)
+    })
+    .await?;
+    api.delete("orphan", &DeleteParams::default()).await?;
+    wait_gone(&api, "orphan", Duration::from_secs(60)).await?;
+    anyhow::ensure!(
+        packages
+            .get_opt("orphan.ctl.example.com.0.1.0")
+            .await?
+            .is_some(),
+        "deletionPolicy Orphan deleted the Package"
+    );
+
+    for name in ["badref", "unauthorized", "nosecret"] {
+        api.delete(name, &DeleteParams::default()).await?;
+        wait_gone(&api, name, Duration::from_secs(60)).await?;
+    }
+    controller.stop().await
+}

@@ -1,0 +1,144 @@
+//! `packsmith repo release`: a package repository bundle from a directory of released
+//! packages (`kctrl package repository release`, TCE's `generate-package-repo`).
+
+use std::io::IsTerminal as _;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::Args;
+
+use super::registry::{RegistryArgs, registry_host};
+use crate::bundle::{Location, PushEvent, PushOptions};
+use crate::carvel::BundleLock;
+use crate::publish::repository::{self, ReleaseOptions};
+
+#[derive(Args, Debug)]
+pub struct RepoReleaseArgs {
+    /// Directory holding packages/<refName>/{metadata,<version>}.yml (what `packsmith release`
+    /// writes under carvel-artifacts/; several releases may share one directory).
+    #[arg(long, value_name = "DIR")]
+    packages: PathBuf,
+    /// Where to push the repository bundle: REPO:TAG.
+    #[arg(short, long, value_name = "REF")]
+    bundle: String,
+    /// Write an imgpkg BundleLock (the pushed digest and tag) here.
+    #[arg(long, value_name = "FILE")]
+    lock_output: Option<PathBuf>,
+    /// Where to write the PackageRepository [default: DIR/package-repository.yml].
+    #[arg(long, value_name = "FILE")]
+    package_repository_output: Option<PathBuf>,
+    /// metadata.name of the PackageRepository [default: the bundle repository's last path
+    /// segment].
+    #[arg(long)]
+    name: Option<String>,
+    /// metadata.namespace of the PackageRepository (kapp-controller's global packaging
+    /// namespace makes its packages visible in every namespace).
+    #[arg(long)]
+    namespace: Option<String>,
+    #[command(flatten)]
+    registry: RegistryArgs,
+}
+
+pub fn run(args: &RepoReleaseArgs) -> anyhow::Result<()> {
+    let location = Location::parse(&args.bundle)?;
+    // kapp-controller fetches a PackageRepository from a registry; a bundle in a local OCI
+    // layout could never be installed from, and a digest cannot be pushed to.
+    let tag = match (&location, location.tag(), location.digest()) {
+        (Location::Layout(_), _, _) => anyhow::bail!(
+            "--bundle {}: a package repository must be pushed to a registry that \
+             kapp-controller can fetch from (REPO:TAG)",
+            args.bundle
+        ),
+        (_, _, Some(_)) | (_, None, _) => anyhow::bail!(
+            "--bundle {}: repo release needs a tag (REPO:TAG), not a digest",
+            args.bundle
+        ),
+        (_, Some(tag), None) => tag.to_owned(),
+    };
+    let name = match &args.name {
+        Some(name) => name.clone(),
+        None => default_name(&location.repository()),
+    };
+    let registry = args.registry.registry(registry_host(&location))?;
+
+    let verbose = std::io::stderr().is_terminal();
+    let progress = |event: &PushEvent| match event {
+        PushEvent::Uploaded { digest, .. } => eprintln!("packsmith: uploaded {digest}"),
+        PushEvent::Tagged { tag } => eprintln!("packsmith: tagged {tag}"),
+        PushEvent::Retrying { what, error, delay } => {
+            eprintln!("packsmith: {what} failed ({error}); retrying in {delay:.1?}");
+        }
+        PushEvent::BlobExists { .. } | PushEvent::Uploading { .. } => {}
+    };
+    let options = ReleaseOptions {
+        name,
+        namespace: args.namespace.clone(),
+        tags: vec![tag.clone()],
+        push: PushOptions {
+            progress: verbose.then_some(&progress as &(dyn Fn(&PushEvent) + Send + Sync)),
+            ..PushOptions::default()
+        },
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let released = runtime.block_on(repository::release(
+        &registry,
+        &args.packages,
+        &location,
+        &options,
+    ))?;
+
+    if let Some(path) = &args.lock_output {
+        let lock = BundleLock::new(&released.pushed.image, &tag);
+        std::fs::write(path, lock.to_yaml()?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    let output = args
+        .package_repository_output
+        .clone()
+        .unwrap_or_else(|| args.packages.join("package-repository.yml"));
+    std::fs::write(&output, released.repository.to_yaml()?)
+        .with_context(|| format!("writing {}", output.display()))?;
+
+    println!("Pushed '{}'", released.pushed.image);
+    let names: std::collections::BTreeSet<&str> =
+        released.packages.iter().map(|(r, _)| r.as_str()).collect();
+    println!(
+        "packsmith: {} packages ({} versions) locked in {}",
+        names.len(),
+        released.packages.len(),
+        args.packages.join(".imgpkg/images.yml").display()
+    );
+    println!("wrote {}", output.display());
+    Ok(())
+}
+
+/// The repository's last path segment, made a valid object name (kctrl asks for one; a
+/// default that needs no thought is friendlier for the common one-repository case).
+fn default_name(repository: &str) -> String {
+    let last = repository.rsplit('/').next().unwrap_or(repository);
+    let name: String = last
+        .chars()
+        .map(|c| if c == '_' { '-' } else { c })
+        .collect();
+    let name = name.trim_matches(|c: char| !c.is_ascii_alphanumeric());
+    if name.is_empty() {
+        "packages".to_owned()
+    } else {
+        name.to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::default_name;
+
+    #[test]
+    fn default_names_are_object_names() {
+        assert_eq!(default_name("127.0.0.1:5000/tce/main"), "main");
+        assert_eq!(default_name("r.io/my_repo"), "my-repo");
+        assert_eq!(default_name("r.io/a/_"), "packages");
+    }
+}

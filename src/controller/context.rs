@@ -1,0 +1,48 @@
+//! What every reconcile shares: the client, settings, event recorder, metrics and backoffs.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use kube::Client;
+use kube::runtime::events::Recorder;
+
+use super::metrics::Metrics;
+use super::schedule::Backoffs;
+use crate::registry::Credentials;
+
+/// Labels on everything a PackageSource publishes.
+pub const LABEL_SOURCE_NAME: &str = "packsmith.dev/source-name";
+pub const LABEL_SOURCE_NAMESPACE: &str = "packsmith.dev/source-namespace";
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub const MANAGED_BY: &str = "packsmith";
+/// Finalizer that lets deletion remove what a PackageSource published.
+pub const FINALIZER: &str = "packsmith.dev/finalizer";
+/// `kind` label value of the metrics.
+pub const KIND: &str = "PackageSource";
+
+/// Settings of one controller process.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Work directories live in `<cache_dir>/<namespace>/<name>`.
+    pub cache_dir: PathBuf,
+    /// The controller's own registry credentials (its docker config); a PackageSource's
+    /// `bundle.secretRef` entries win over these for the same host.
+    pub credentials: Credentials,
+}
+
+/// Shared by every reconcile.
+pub struct Context {
+    pub client: Client,
+    pub settings: Settings,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    pub backoffs: Backoffs,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,394 @@
+//! `packsmith controller`: the operator reconciling PackageSource objects.
+//!
+//! One [`kube::runtime::Controller`] over PackageSources (all namespaces, or one with
+//! `--namespace`), triggered only by a new generation, a new `packsmith.dev/requestedAt`
+//! annotation or a finalizer/deletion change — never by its own status writes — plus its own
+//! requeues (interval with jitter after success, exponential backoff after a retryable
+//! failure). Each reconcile runs [`crate::pipeline::run`] (see [`source`]); probes and
+//! Prometheus metrics are served on their own ports ([`health`], [`metrics`]).
+//!
+//! ```no_run
+//! # async fn example(client: kube::Client) -> Result<(), packsmith::controller::ControllerError> {
+//! use packsmith::controller::{Controller, Options};
+//! let controller = Controller::bind(client, Options::default()).await?;
+//! println!("metrics on {}", controller.metrics_addr());
+//! controller.run(std::future::pending()).await
+//! # }
+//! ```
+
+pub mod context;
+pub mod health;
+pub mod metrics;
+pub mod publish;
+pub mod schedule;
+pub mod secrets;
+pub mod source;
+pub mod status;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use kube::api::{Api, ListParams};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::{
+    Controller as KubeController, Predicate, WatchStreamExt, predicates, reflector, watcher,
+};
+use kube::{Client, Resource, ResourceExt};
+use tokio::net::TcpListener;
+
+use crate::api::{PackageSource, REQUESTED_AT_ANNOTATION};
+use crate::registry::Credentials;
+pub use context::{Context, FINALIZER, Settings};
+use health::{Endpoints, Probes};
+use metrics::Metrics;
+
+/// Default work directory root (`--cache-dir`, `$PACKSMITH_CACHE_DIR`).
+pub const DEFAULT_CACHE_DIR: &str = "/tmp/packsmith";
+
+/// How to run the controller.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Watch only this namespace (multi-tenant clusters, tests); all namespaces when `None`.
+    pub namespace: Option<String>,
+    /// PackageSources reconciled at the same time.
+    pub concurrency: u16,
+    /// Root of the per-object work directories.
+    pub cache_dir: PathBuf,
+    /// `host:port` of `/metrics` (port 0 picks a free port).
+    pub metrics_addr: String,
+    /// `host:port` of `/healthz` and `/readyz`; may equal `metrics_addr`.
+    pub health_addr: String,
+    /// The controller's own registry credentials.
+    pub credentials: Credentials,
+    /// Stop on SIGTERM / Ctrl-C (off for a controller embedded in tests).
+    pub handle_signals: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            namespace: None,
+            concurrency: 2,
+            cache_dir: PathBuf::from(DEFAULT_CACHE_DIR),
+            metrics_addr: "0.0.0.0:8080".to_owned(),
+            health_addr: "0.0.0.0:9440".to_owned(),
+            credentials: Credentials::default(),
+            handle_signals: true,
+        }
+    }
+}
+
+/// Why the controller could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error("listening on {addr} ({what}): {source}")]
+    Bind {
+        what: &'static str,
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "cannot list PackageSources{scope}: {source} (is the CRD installed? `packsmith crds | \
+         kubectl apply -f -`; does the controller's ServiceAccount may list/watch \
+         packagesources?)"
+    )]
+    Api {
+        scope: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("creating the cache directory {path}: {source}")]
+    CacheDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A controller with its probe and metrics ports bound, ready to [`run`](Controller::run).
+pub struct Controller {
+    client: Client,
+    options: Options,
+    metrics: Arc<Metrics>,
+    probes: Arc<Probes>,
+    listeners: Vec<(TcpListener, Endpoints)>,
+    metrics_addr: SocketAddr,
+    health_addr: SocketAddr,
+}
+
+impl Controller {
+    /// Binds the metrics and health ports and checks that PackageSources can be listed.
+    pub async fn bind(client: Client, options: Options) -> Result<Self, ControllerError> {
+        let bind = |what: &'static str, addr: String| async move {
+            health::bind(&addr)
+                .await
+                .map_err(|source| ControllerError::Bind { what, addr, source })
+        };
+        let mut listeners = Vec::new();
+        let (metrics_listener, metrics_addr) =
+            bind("metrics", options.metrics_addr.clone()).await?;
+        let health_addr = if options.health_addr == options.metrics_addr {
+            listeners.push((
+                metrics_listener,
+                Endpoints {
+                    probes: true,
+                    metrics: true,
+                },
+            ));
+            metrics_addr
+        } else {
+            listeners.push((
+                metrics_listener,
+                Endpoints {
+                    probes: false,
+                    metrics: true,
+                },
+            ));
+            let (health_listener, health_addr) =
+                bind("health", options.health_addr.clone()).await?;
+            listeners.push((
+                health_listener,
+                Endpoints {
+                    probes: true,
+                    metrics: false,
+                },
+            ));
+            health_addr
+        };
+        std::fs::create_dir_all(&options.cache_dir).map_err(|source| {
+            ControllerError::CacheDir {
+                path: options.cache_dir.clone(),
+                source,
+            }
+        })?;
+        api(&client, options.namespace.as_deref())
+            .list(&ListParams::default().limit(1))
+            .await
+            .map_err(|source| ControllerError::Api {
+                scope: options
+                    .namespace
+                    .as_deref()
+                    .map(|ns| format!(" in namespace {ns}"))
+                    .unwrap_or_default(),
+                source,
+            })?;
+        Ok(Self {
+            client,
+            options,
+            metrics: Arc::new(Metrics::new()),
+            probes: Arc::new(Probes::default()),
+            listeners,
+            metrics_addr,
+            health_addr,
+        })
+    }
+
+    /// Where `/metrics` is served.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr
+    }
+
+    /// Where `/healthz` and `/readyz` are served.
+    pub fn health_addr(&self) -> SocketAddr {
+        self.health_addr
+    }
+
+    /// Reconciles until `shutdown` completes (or a signal arrives, with `handle_signals`);
+    /// reconciles in flight finish first.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+    ) -> Result<(), ControllerError> {
+        let Controller {
+            client,
+            options,
+            metrics,
+            probes,
+            listeners,
+            metrics_addr,
+            health_addr,
+        } = self;
+        let servers: Vec<_> = listeners
+            .into_iter()
+            .map(|(listener, endpoints)| {
+                tokio::spawn(health::serve(
+                    listener,
+                    endpoints,
+                    probes.clone(),
+                    metrics.clone(),
+                ))
+            })
+            .collect();
+
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "packsmith".to_owned(),
+                instance: std::env::var("POD_NAME").ok(),
+            },
+        );
+        let ctx = Arc::new(Context {
+            client: client.clone(),
+            settings: Settings {
+                cache_dir: options.cache_dir.clone(),
+                credentials: options.credentials.clone(),
+            },
+            recorder,
+            metrics,
+            backoffs: Default::default(),
+        });
+
+        let (reader, writer) = reflector::store();
+        let ready_reader = reader.clone();
+        let ready_probes = probes.clone();
+        let readiness = tokio::spawn(async move {
+            // The store's readiness wakes only one waiter, and the controller waits on it
+            // too: poll again now and then rather than wait for a wake-up that may not come.
+            loop {
+                let wait = ready_reader.wait_until_ready();
+                match tokio::time::timeout(std::time::Duration::from_millis(500), wait).await {
+                    Ok(Ok(())) => {
+                        ready_probes.set_ready(true);
+                        break;
+                    }
+                    Ok(Err(_)) => break,
+                    Err(_) => {}
+                }
+            }
+        });
+        let triggers = watcher(
+            api(&client, options.namespace.as_deref()),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(
+            predicates::generation
+                .combine(requested_at)
+                .combine(lifecycle),
+            Default::default(),
+        );
+        let mut controller = KubeController::for_stream(triggers, reader).with_config(
+            kube::runtime::controller::Config::default().concurrency(options.concurrency),
+        );
+        if options.handle_signals {
+            controller = controller.shutdown_on_signal();
+        }
+        tracing::info!(
+            namespace = options.namespace.as_deref().unwrap_or("(all)"),
+            concurrency = options.concurrency,
+            cache_dir = %options.cache_dir.display(),
+            metrics = %metrics_addr,
+            health = %health_addr,
+            "packsmith controller started"
+        );
+        controller
+            .graceful_shutdown_on(shutdown)
+            .run(source::reconcile, source::error_policy, ctx)
+            .for_each(|result| async move {
+                match result {
+                    Ok((obj, action)) => {
+                        tracing::debug!(object = %obj, ?action, "reconciled");
+                    }
+                    Err(e) => tracing::debug!(error = %e, "controller"),
+                }
+            })
+            .await;
+        probes.set_ready(false);
+        readiness.abort();
+        for server in servers {
+            server.abort();
+        }
+        tracing::info!("packsmith controller stopped");
+        Ok(())
+    }
+}
+
+/// Binds and runs until SIGTERM/Ctrl-C (with `options.handle_signals`).
+pub async fn run(client: Client, options: Options) -> Result<(), ControllerError> {
+    Controller::bind(client, options)
+        .await?
+        .run(std::future::pending())
+        .await
+}
+
+fn api(client: &Client, namespace: Option<&str>) -> Api<PackageSource> {
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Watch filter: the `requestedAt` annotation (an on-demand reconcile).
+fn requested_at(obj: &PackageSource) -> Option<u64> {
+    obj.annotations()
+        .get(REQUESTED_AT_ANNOTATION)
+        .map(|v| hash(&("requestedAt", v)))
+}
+
+/// Watch filter: deletion started, and whether our finalizer is present (the finalizer helper
+/// adds it and expects the resulting event to start the real reconcile).
+fn lifecycle(obj: &PackageSource) -> Option<u64> {
+    Some(hash(&(
+        obj.meta().deletion_timestamp.is_some(),
+        obj.finalizers().iter().any(|f| f == FINALIZER),
+    )))
+}
+
+fn hash<T: std::hash::Hash>(t: &T) -> u64 {
+    use std::hash::Hasher;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    t.hash(&mut h);
+    h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::runtime::Predicate;
+
+    fn source(generation: i64, requested: Option<&str>, finalized: bool) -> PackageSource {
+        let mut obj: PackageSource = serde_json::from_value(serde_json::json!({
+            "apiVersion": "packsmith.dev/v1alpha1",
+            "kind": "PackageSource",
+            "metadata": {"name": "a", "namespace": "ns", "generation": generation},
+            "spec": {
+                "package": {"refName": "a.b.c", "version": "1.0.0"},
+                "contents": [],
+                "bundle": {"repository": "r.io/a"},
+            },
+        }))
+        .unwrap();
+        if let Some(r) = requested {
+            obj.annotations_mut()
+                .insert(REQUESTED_AT_ANNOTATION.to_owned(), r.to_owned());
+        }
+        if finalized {
+            obj.finalizers_mut().push(FINALIZER.to_owned());
+        }
+        obj
+    }
+
+    #[test]
+    fn status_writes_do_not_trigger_but_spec_requests_and_finalizers_do() {
+        let p = predicates::generation
+            .combine(requested_at)
+            .combine(lifecycle);
+        let base = p.hash_property(&source(1, None, true));
+        let mut with_status = source(1, None, true);
+        with_status.status = Some(Default::default());
+        assert_eq!(p.hash_property(&with_status), base);
+        assert_ne!(p.hash_property(&source(2, None, true)), base);
+        assert_ne!(p.hash_property(&source(1, Some("t1"), true)), base);
+        assert_ne!(
+            p.hash_property(&source(1, Some("t1"), true)),
+            p.hash_property(&source(1, Some("t2"), true))
+        );
+        assert_ne!(p.hash_property(&source(1, None, false)), base);
+    }
+}

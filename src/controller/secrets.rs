@@ -1,0 +1,418 @@
+//! The pipeline's external inputs, read from the PackageSource's own namespace: every Secret
+//! and ConfigMap its contents reference (into a [`MemorySecrets`]), and the registry client
+//! built from `spec.bundle` (dockerconfigjson Secret over the controller's defaults, CA
+//! Secret, insecure host) and `spec.images.mirrors`.
+//!
+//! References never leave the namespace: a PackageSource cannot read another tenant's
+//! credentials through the controller.
+
+use std::collections::BTreeSet;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::{Api, Client};
+
+use super::status::{Failure, Retry};
+use crate::api::PackageSourceSpec;
+use crate::api::conditions::reasons;
+use crate::pipeline::Stage;
+use crate::registry::{Credentials, Registry, RegistryOptions};
+use crate::sync::{self, MemorySecrets};
+
+/// The Secret type `spec.bundle.secretRef` must have, and its key.
+pub const DOCKER_CONFIG_JSON_TYPE: &str = "kubernetes.io/dockerconfigjson";
+pub const DOCKER_CONFIG_JSON_KEY: &str = ".dockerconfigjson";
+/// Default key of `spec.bundle.caSecretRef`.
+pub const DEFAULT_CA_KEY: &str = "ca.crt";
+
+/// What kind of object a content references.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RefKind {
+    Secret,
+    ConfigMap,
+}
+
+/// One object a content references, with where (for messages).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ContentRef {
+    pub kind: RefKind,
+    pub name: String,
+    /// e.g. `contents[config/upstream].contents[.].git.secretRef`.
+    pub field: String,
+}
+
+/// Every Secret and ConfigMap `spec.contents` references, sorted, each once.
+pub fn content_refs(spec: &PackageSourceSpec) -> Vec<ContentRef> {
+    let mut refs = BTreeSet::new();
+    for dir in &spec.contents {
+        for c in &dir.contents {
+            let at = |f: &str| format!("contents[{}].contents[{}].{f}", dir.path, c.path);
+            let mut secret = |name: &str, field: String| {
+                if !name.is_empty() {
+                    refs.insert(ContentRef {
+                        kind: RefKind::Secret,
+                        name: name.to_owned(),
+                        field,
+                    });
+                }
+            };
+            if let Some(git) = &c.git {
+                if let Some(r) = &git.secret_ref {
+                    secret(&r.name, at("git.secretRef"));
+                }
+                if let Some(r) = git
+                    .verification
+                    .as_ref()
+                    .and_then(|v| v.public_keys_secret_ref.as_ref())
+                {
+                    secret(&r.name, at("git.verification.publicKeysSecretRef"));
+                }
+            }
+            if let Some(r) = c.http.as_ref().and_then(|s| s.secret_ref.as_ref()) {
+                secret(&r.name, at("http.secretRef"));
+            }
+            if let Some(r) = c.image.as_ref().and_then(|s| s.secret_ref.as_ref()) {
+                secret(&r.name, at("image.secretRef"));
+            }
+            if let Some(r) = c.imgpkg_bundle.as_ref().and_then(|s| s.secret_ref.as_ref()) {
+                secret(&r.name, at("imgpkgBundle.secretRef"));
+            }
+            if let Some(r) = c
+                .github_release
+                .as_ref()
+                .and_then(|s| s.secret_ref.as_ref())
+            {
+                secret(&r.name, at("githubRelease.secretRef"));
+            }
+            if let Some(r) = c
+                .helm_chart
+                .as_ref()
+                .and_then(|s| s.repository.as_ref())
+                .and_then(|r| r.secret_ref.as_ref())
+            {
+                secret(&r.name, at("helmChart.repository.secretRef"));
+            }
+            if let Some(inline) = &c.inline {
+                for (i, from) in inline.paths_from.iter().enumerate() {
+                    if let Some(r) = &from.secret_ref {
+                        secret(&r.name, at(&format!("inline.pathsFrom[{i}].secretRef")));
+                    }
+                }
+                for (i, from) in inline.paths_from.iter().enumerate() {
+                    if let Some(r) = from.config_map_ref.as_ref().filter(|r| !r.name.is_empty()) {
+                        refs.insert(ContentRef {
+                            kind: RefKind::ConfigMap,
+                            name: r.name.clone(),
+                            field: at(&format!("inline.pathsFrom[{i}].configMapRef")),
+                        });
+                    }
+                }
+            }
+        }
+    }
+    // One entry per object: the first field that names it is enough to point a person at it.
+    let mut seen = BTreeSet::new();
+    refs.into_iter()
+        .filter(|r| seen.insert((r.kind, r.name.clone())))
+        .collect()
+}
+
+/// Reads every referenced Secret and ConfigMap from `namespace`. A missing one is a failure
+/// of the sync stage, retried with backoff: it may be created after the PackageSource.
+pub async fn load_content_secrets(
+    client: &Client,
+    namespace: &str,
+    spec: &PackageSourceSpec,
+) -> Result<MemorySecrets, Failure> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let mut out = MemorySecrets::default();
+    for r in content_refs(spec) {
+        match r.kind {
+            RefKind::Secret => {
+                let secret = get(&secrets, namespace, &r, Stage::Sync).await?;
+                out.secrets.insert(r.name.clone(), to_sync_secret(&secret));
+            }
+            RefKind::ConfigMap => {
+                let map = get(&config_maps, namespace, &r, Stage::Sync).await?;
+                out.config_maps
+                    .insert(r.name.clone(), map.data.unwrap_or_default());
+            }
+        }
+    }
+    Ok(out)
+}
+
+async fn get<K>(api: &Api<K>, namespace: &str, r: &ContentRef, stage: Stage) -> Result<K, Failure>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let kind = match r.kind {
+        RefKind::Secret => "Secret",
+        RefKind::ConfigMap => "ConfigMap",
+    };
+    match api.get_opt(&r.name).await {
+        Ok(Some(obj)) => Ok(obj),
+        Ok(None) => Err(Failure::before_pipeline(
+            stage,
+            reasons::REFERENCE_NOT_FOUND,
+            format!(
+                "{kind} {namespace}/{} named by {} does not exist: create it in namespace \
+                 {namespace} (retrying with backoff)",
+                r.name, r.field
+            ),
+            Retry::Backoff,
+        )),
+        Err(e) => Err(Failure::before_pipeline(
+            stage,
+            reasons::REFERENCE_NOT_FOUND,
+            format!(
+                "reading {kind} {namespace}/{} named by {}: {e} (check the controller's RBAC: \
+                 it needs get on {}s in {namespace})",
+                r.name,
+                r.field,
+                kind.to_lowercase()
+            ),
+            Retry::Backoff,
+        )),
+    }
+}
+
+fn to_sync_secret(secret: &Secret) -> sync::Secret {
+    sync::Secret {
+        data: secret
+            .data
+            .as_ref()
+            .map(|d| d.iter().map(|(k, v)| (k.clone(), v.0.clone())).collect())
+            .unwrap_or_default(),
+    }
+}
+
+/// The registry client for this PackageSource: `defaults` (the controller's docker config)
+/// with the bundle Secret's entries over them, the CA Secret, `bundle.insecure` and the
+/// image mirrors.
+pub async fn registry(
+    client: &Client,
+    namespace: &str,
+    spec: &PackageSourceSpec,
+    defaults: &Credentials,
+) -> Result<Registry, Failure> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let mut credentials = defaults.clone();
+    if let Some(secret_ref) = &spec.bundle.secret_ref {
+        let r = ContentRef {
+            kind: RefKind::Secret,
+            name: secret_ref.name.clone(),
+            field: "spec.bundle.secretRef".to_owned(),
+        };
+        let secret = get(&secrets, namespace, &r, Stage::Push).await?;
+        credentials.merge(docker_credentials(namespace, &secret_ref.name, &secret)?);
+    }
+    let mut ca_pems = Vec::new();
+    if let Some(ca_ref) = &spec.bundle.ca_secret_ref {
+        let key = ca_ref.key.as_deref().unwrap_or(DEFAULT_CA_KEY);
+        let r = ContentRef {
+            kind: RefKind::Secret,
+            name: ca_ref.name.clone(),
+            field: "spec.bundle.caSecretRef".to_owned(),
+        };
+        let secret = get(&secrets, namespace, &r, Stage::Push).await?;
+        let pem = secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(key))
+            .map(|v| v.0.clone())
+            .ok_or_else(|| {
+                stalled(
+                    reasons::REFERENCE_NOT_FOUND,
+                    format!(
+                        "Secret {namespace}/{} (spec.bundle.caSecretRef) has no key {key:?}: \
+                         add the PEM CA bundle under that key or set caSecretRef.key",
+                        ca_ref.name
+                    ),
+                )
+            })?;
+        ca_pems.push(pem);
+    }
+    let options = registry_options(spec, credentials, ca_pems);
+    Registry::new(options).map_err(|e| {
+        stalled(
+            reasons::INVALID_SPEC,
+            format!("configuring registry access from spec.bundle: {e}"),
+        )
+    })
+}
+
+/// The pure part of [`registry`]: which hosts are plain HTTP and which mirrors apply.
+pub fn registry_options(
+    spec: &PackageSourceSpec,
+    credentials: Credentials,
+    ca_pems: Vec<Vec<u8>>,
+) -> RegistryOptions {
+    let mut insecure_hosts = Vec::new();
+    if spec.bundle.insecure
+        && let Some(host) = spec.bundle.repository.split('/').next()
+    {
+        insecure_hosts.push(host.to_owned());
+    }
+    RegistryOptions {
+        mirrors: spec
+            .images
+            .mirrors
+            .iter()
+            .map(|m| m.to_registry_mirror())
+            .collect(),
+        insecure_hosts,
+        ca_pems,
+        credentials,
+        ..RegistryOptions::default()
+    }
+}
+
+/// Credentials from a `kubernetes.io/dockerconfigjson` Secret.
+pub fn docker_credentials(
+    namespace: &str,
+    name: &str,
+    secret: &Secret,
+) -> Result<Credentials, Failure> {
+    let type_ = secret.type_.as_deref().unwrap_or("Opaque");
+    if type_ != DOCKER_CONFIG_JSON_TYPE {
+        return Err(stalled(
+            reasons::INVALID_SPEC,
+            format!(
+                "Secret {namespace}/{name} (spec.bundle.secretRef) has type {type_}: it must be \
+                 {DOCKER_CONFIG_JSON_TYPE} (kubectl create secret docker-registry {name} \
+                 --docker-server=… --docker-username=… --docker-password=…)"
+            ),
+        ));
+    }
+    let bytes = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(DOCKER_CONFIG_JSON_KEY))
+        .ok_or_else(|| {
+            stalled(
+                reasons::REFERENCE_NOT_FOUND,
+                format!(
+                    "Secret {namespace}/{name} (spec.bundle.secretRef) has no key \
+                     {DOCKER_CONFIG_JSON_KEY}"
+                ),
+            )
+        })?;
+    Credentials::from_docker_config_json(&bytes.0, &format!("Secret {namespace}/{name}"))
+        .map_err(|e| stalled(reasons::INVALID_SPEC, e.to_string()))
+}
+
+/// A Secret that exists but is unusable: retrying will not help until it is fixed.
+fn stalled(reason: &'static str, message: String) -> Failure {
+    Failure::before_pipeline(
+        Stage::Push,
+        reason,
+        format!(
+            "{message}; after fixing the Secret, set the packsmith.dev/requestedAt annotation \
+             to retry"
+        ),
+        Retry::Never,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::ByteString;
+
+    fn spec(yaml: &str) -> PackageSourceSpec {
+        crate::carvel::yaml::from_str("spec", yaml).unwrap()
+    }
+
+    #[test]
+    fn finds_every_referenced_secret_and_config_map_once() {
+        let s = spec(
+            r#"
+package: {refName: a.b.c, version: 1.0.0}
+bundle: {repository: r.io/a, insecure: true}
+images:
+  mirrors: [{from: quay.io, to: "127.0.0.1:5000", insecure: true}]
+contents:
+- path: config/a
+  contents:
+  - path: git
+    git: {url: https://g/x.git, ref: main, secretRef: {name: git-creds}}
+  - path: http
+    http: {url: https://h/x.tgz, secretRef: {name: git-creds}}
+  - path: rel
+    githubRelease: {slug: a/b, tag: v1, secretRef: {name: gh}}
+- path: config/b
+  contents:
+  - path: .
+    inline:
+      pathsFrom:
+      - secretRef: {name: inline-s}
+      - configMapRef: {name: inline-cm, directoryPath: sub}
+"#,
+        );
+        let refs: Vec<(RefKind, String)> = content_refs(&s)
+            .into_iter()
+            .map(|r| (r.kind, r.name))
+            .collect();
+        assert_eq!(
+            refs,
+            vec![
+                (RefKind::Secret, "gh".to_owned()),
+                (RefKind::Secret, "git-creds".to_owned()),
+                (RefKind::Secret, "inline-s".to_owned()),
+                (RefKind::ConfigMap, "inline-cm".to_owned()),
+            ]
+        );
+        let field = content_refs(&s)
+            .into_iter()
+            .find(|r| r.name == "inline-cm")
+            .unwrap()
+            .field;
+        assert_eq!(
+            field,
+            "contents[config/b].contents[.].inline.pathsFrom[1].configMapRef"
+        );
+
+        let options = registry_options(&s, Credentials::default(), vec![]);
+        assert_eq!(options.insecure_hosts, vec!["r.io"]);
+        assert_eq!(options.mirrors.len(), 1);
+        assert!(options.mirrors[0].insecure);
+    }
+
+    fn secret(type_: &str, key: &str, value: &[u8]) -> Secret {
+        Secret {
+            type_: Some(type_.to_owned()),
+            data: Some([(key.to_owned(), ByteString(value.to_vec()))].into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn docker_config_secrets_are_checked_and_never_echoed() {
+        let ok = secret(
+            DOCKER_CONFIG_JSON_TYPE,
+            DOCKER_CONFIG_JSON_KEY,
+            br#"{"auths":{"r.io":{"username":"u","password":"hunter2"}}}"#,
+        );
+        let creds = docker_credentials("ns", "creds", &ok).unwrap();
+        assert!(!creds.is_empty());
+
+        let opaque = secret("Opaque", DOCKER_CONFIG_JSON_KEY, b"{}");
+        let err = docker_credentials("ns", "creds", &opaque).unwrap_err();
+        assert!(err.is_stalled() && err.message.contains("docker-registry"));
+        assert_eq!(err.stage, Some(Stage::Push));
+
+        let garbage = secret(
+            DOCKER_CONFIG_JSON_TYPE,
+            DOCKER_CONFIG_JSON_KEY,
+            b"{\"auths\": hunter2",
+        );
+        let err = docker_credentials("ns", "creds", &garbage).unwrap_err();
+        assert!(
+            err.message.contains("Secret ns/creds") && !err.message.contains("hunter2"),
+            "{}",
+            err.message
+        );
+        assert!(err.message.contains("requestedAt"));
+    }
+}

@@ -1,0 +1,616 @@
+//! Reconciling one PackageSource: run the pipeline in its work directory, publish what it
+//! produced, write status only when it changed, tell people what happened (events), and
+//! decide when to look again. Deletion removes what the source published (finalizer).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event as KubeEvent, EventType};
+use kube::runtime::finalizer::{Event, finalizer};
+use kube::{Resource, ResourceExt};
+
+use super::context::{
+    Context, FINALIZER, KIND, LABEL_MANAGED_BY, LABEL_SOURCE_NAME, LABEL_SOURCE_NAMESPACE,
+    MANAGED_BY,
+};
+use super::publish::{self, PublishError};
+use super::schedule;
+use super::secrets;
+use super::status::{self, Failure, Observed, Publication, Retry};
+use crate::api::conditions::{self, reasons, types};
+use crate::api::source::{DeletionPolicy, PackageStatus};
+use crate::api::{FIELD_MANAGER, PackageSource, PackageSourceStatus, REQUESTED_AT_ANNOTATION};
+use crate::carvel::vendir::LockConfig as VendirLock;
+use crate::pipeline::{self, Outcome, PipelineInput, Stage};
+
+/// Why a reconcile returned an error (and is retried with backoff).
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// A retryable failure, already reported on status.
+    #[error("{0}")]
+    Failed(Failure),
+    #[error("{action}: {source}")]
+    Kube {
+        action: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("removing what the PackageSource published: {0}")]
+    Cleanup(#[source] PublishError),
+    #[error("the PackageSource has no namespace")]
+    NoNamespace,
+    #[error(transparent)]
+    Finalizer(Box<kube::runtime::finalizer::Error<ReconcileError>>),
+}
+
+impl ReconcileError {
+    /// The metrics `reason` label.
+    fn reason(&self) -> &str {
+        match self {
+            ReconcileError::Failed(f) => f.reason,
+            ReconcileError::Finalizer(inner) => match inner.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(e)
+                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.reason(),
+                _ => "FinalizerFailed",
+            },
+            ReconcileError::Cleanup(_) => "CleanupFailed",
+            ReconcileError::Kube { .. } | ReconcileError::NoNamespace => "APIError",
+        }
+    }
+}
+
+/// `namespace/name`: the key of per-object state (backoff).
+pub fn key(obj: &PackageSource) -> String {
+    format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
+}
+
+/// The controller's reconcile function.
+pub async fn reconcile(
+    obj: Arc<PackageSource>,
+    ctx: Arc<Context>,
+) -> Result<Action, ReconcileError> {
+    let namespace = obj.namespace().ok_or(ReconcileError::NoNamespace)?;
+    let api: Api<PackageSource> = Api::namespaced(ctx.client.clone(), &namespace);
+    let started = Instant::now();
+    let _in_flight = ctx.metrics.in_flight(KIND);
+    // Suspended: left alone entirely (not even the finalizer is added); deletion still runs
+    // the cleanup when the finalizer was added before.
+    if obj.spec.suspend && obj.meta().deletion_timestamp.is_none() {
+        tracing::debug!(packagesource = %key(&obj), "suspended: not reconciled");
+        ctx.metrics
+            .reconciled(KIND, "suspended", reasons::SUSPENDED, started.elapsed());
+        return Ok(Action::await_change());
+    }
+    let result = finalizer(&api, FINALIZER, obj, |event| async {
+        match event {
+            Event::Apply(obj) => apply(&obj, &ctx, &api).await,
+            Event::Cleanup(obj) => cleanup(&obj, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| ReconcileError::Finalizer(Box::new(e)));
+    if let Err(e) = &result {
+        ctx.metrics
+            .reconciled(KIND, "failure", e.reason(), started.elapsed());
+    }
+    result
+}
+
+/// Retryable failures wait with the object's exponential backoff (750 ms doubling to 15 min).
+pub fn error_policy(obj: Arc<PackageSource>, error: &ReconcileError, ctx: Arc<Context>) -> Action {
+    let delay = ctx.backoffs.next(&key(&obj));
+    tracing::warn!(
+        packagesource = %key(&obj),
+        retry_in_ms = delay.as_millis() as u64,
+        error = %error,
+        "reconcile failed"
+    );
+    Action::requeue(delay)
+}
+
+/// How one pipeline run (plus publishing) ended.
+struct Produced {
+    outcome: Outcome,
+    publication: PublicationDone,
+}
+
+enum PublicationDone {
+    Disabled,
+    /// Applied now, or found already applied (nothing written).
+    Applied {
+        namespace: String,
+        wrote: bool,
+    },
+}
+
+async fn apply(
+    obj: &PackageSource,
+    ctx: &Context,
+    api: &Api<PackageSource>,
+) -> Result<Action, ReconcileError> {
+    let started = Instant::now();
+    let key = key(obj);
+    let requested_at = obj
+        .annotations()
+        .get(REQUESTED_AT_ANNOTATION)
+        .map(String::as_str);
+    let generation = obj.metadata.generation;
+    let mut current = obj.status.clone().unwrap_or_default();
+    if status::is_stalled_for(&current, generation, requested_at) {
+        tracing::debug!(packagesource = %key, "stalled for this generation: waiting for a change");
+        return Ok(Action::await_change());
+    }
+    let observed = Observed {
+        generation,
+        requested_at,
+        retain: obj.spec.publish.retain,
+        now: jiff::Timestamp::now(),
+    };
+    let new_generation = status::is_new_generation(&current, generation);
+    if new_generation {
+        let begun = status::begin(&current, &observed);
+        write_status(ctx, api, obj, &current, &begun).await?;
+        current = begun;
+    }
+
+    let result = produce(obj, ctx, &current, new_generation).await;
+    let (desired, outcome_action) = match &result {
+        Ok(produced) => {
+            let publication = match &produced.publication {
+                PublicationDone::Disabled => Publication::Disabled,
+                PublicationDone::Applied { namespace, .. } => Publication::Applied { namespace },
+            };
+            (
+                status::succeeded(&current, &observed, &produced.outcome, publication),
+                None,
+            )
+        }
+        Err((failure, pushed)) => (
+            status::failed(&current, &observed, failure, pushed.as_ref()),
+            Some(failure),
+        ),
+    };
+    let wrote = write_status(ctx, api, obj, &current, &desired).await?;
+    emit_events(ctx, obj, &current, &desired, outcome_action).await;
+
+    let interval = schedule::interval(&obj.spec).ok();
+    match result {
+        Ok(produced) => {
+            ctx.backoffs.reset(&key);
+            ctx.metrics
+                .reconciled(KIND, "success", reasons::SUCCEEDED, started.elapsed());
+            let applied = matches!(
+                produced.publication,
+                PublicationDone::Applied { wrote: true, .. }
+            );
+            tracing::info!(
+                packagesource = %key,
+                version = %produced.outcome.version,
+                bundle = %produced.outcome.pushed.image,
+                status_written = wrote,
+                package_applied = applied,
+                "reconciled"
+            );
+            Ok(interval.map_or_else(Action::await_change, |i| {
+                Action::requeue(schedule::jitter(i))
+            }))
+        }
+        Err((failure, _)) => match failure.retry {
+            Retry::Never => {
+                ctx.metrics
+                    .reconciled(KIND, "stalled", failure.reason, started.elapsed());
+                tracing::warn!(packagesource = %key, reason = failure.reason, message = %failure.message, "stalled");
+                Ok(Action::await_change())
+            }
+            Retry::Interval => {
+                ctx.backoffs.reset(&key);
+                ctx.metrics
+                    .reconciled(KIND, "waiting", failure.reason, started.elapsed());
+                tracing::warn!(packagesource = %key, reason = failure.reason, message = %failure.message, "waiting for a dependency");
+                Ok(interval.map_or_else(Action::await_change, |i| {
+                    Action::requeue(schedule::jitter(i))
+                }))
+            }
+            // Counted by `reconcile` when the error comes out of the finalizer.
+            Retry::Backoff => Err(ReconcileError::Failed(failure)),
+        },
+    }
+}
+
+/// Runs the pipeline (and publishing) within `spec.timeout`.
+async fn produce(
+    obj: &PackageSource,
+    ctx: &Context,
+    current: &PackageSourceStatus,
+    new_generation: bool,
+) -> Result<Produced, (Failure, Option<Outcome>)> {
+    let invalid = |e: schedule::DurationError| {
+        (
+            Failure {
+                stage: None,
+                reason: reasons::INVALID_SPEC,
+                message: e.to_string(),
+                retry: Retry::Never,
+                earlier_stages_ran: false,
+            },
+            None,
+        )
+    };
+    schedule::interval(&obj.spec).map_err(invalid)?;
+    let timeout = schedule::timeout(&obj.spec).map_err(invalid)?;
+    match tokio::time::timeout(timeout, produce_inner(obj, ctx, current, new_generation)).await {
+        Ok(result) => result,
+        Err(_) => Err((Failure::timeout(timeout), None)),
+    }
+}
+
+async fn produce_inner(
+    obj: &PackageSource,
+    ctx: &Context,
+    current: &PackageSourceStatus,
+    new_generation: bool,
+) -> Result<Produced, (Failure, Option<Outcome>)> {
+    let spec = &obj.spec;
+    let namespace = obj.namespace().unwrap_or_default();
+    let name = obj.name_any();
+    let no_outcome = |f: Failure| (f, None);
+
+    let secrets = secrets::load_content_secrets(&ctx.client, &namespace, spec)
+        .await
+        .map_err(no_outcome)?;
+    let registry = secrets::registry(&ctx.client, &namespace, spec, &ctx.settings.credentials)
+        .await
+        .map_err(no_outcome)?;
+    let work = work_dir(&ctx.settings.cache_dir, &namespace, &name);
+    prepare_root(&work, spec, new_generation).map_err(no_outcome)?;
+
+    let previous =
+        (!current.contents.is_empty()).then(|| VendirLock::new(current.contents.clone()));
+    let publish_namespace = spec
+        .publish
+        .namespace
+        .clone()
+        .unwrap_or_else(|| namespace.clone());
+    let root = work.join("bundle");
+    let input = PipelineInput {
+        spec,
+        root: &root,
+        exclude: Vec::new(),
+        registry: &registry,
+        secrets: &secrets,
+        cache_dir: Some(work.join("cache")),
+        previous: previous.as_ref(),
+        tags_override: None,
+        repository_override: None,
+        now: jiff::Timestamp::now(),
+        labels: labels(&namespace, &name),
+        namespace: Some(publish_namespace.clone()),
+    };
+    let started = Instant::now();
+    let outcome = pipeline::run(&input).await;
+    ctx.metrics.stage(KIND, "pipeline", started.elapsed());
+    let outcome = outcome.map_err(|e| (Failure::from(e), None))?;
+
+    if !spec.publish.enabled {
+        return Ok(Produced {
+            outcome,
+            publication: PublicationDone::Disabled,
+        });
+    }
+    let started = Instant::now();
+    let published = publish_outcome(ctx, obj, current, &outcome, &publish_namespace).await;
+    ctx.metrics.stage(KIND, "publish", started.elapsed());
+    match published {
+        Ok(wrote) => Ok(Produced {
+            outcome,
+            publication: PublicationDone::Applied {
+                namespace: publish_namespace,
+                wrote,
+            },
+        }),
+        Err(e) => Err((e.to_failure(), Some(outcome))),
+    }
+}
+
+/// Applies the Package unless status and cluster already hold exactly this one; then prunes
+/// beyond `retain` and what an earlier `publish.namespace` held. Returns whether it wrote.
+async fn publish_outcome(
+    ctx: &Context,
+    obj: &PackageSource,
+    current: &PackageSourceStatus,
+    outcome: &Outcome,
+    publish_namespace: &str,
+) -> Result<bool, PublishError> {
+    let namespace = obj.namespace().unwrap_or_default();
+    let name = obj.name_any();
+    let expected = PackageStatus {
+        name: status::package_name(outcome),
+        version: outcome.version.clone(),
+        namespace: Some(publish_namespace.to_owned()),
+    };
+    let recorded = current.bundle.as_ref().map(|b| b.image.as_str()) == Some(&outcome.pushed.image)
+        && current.package.as_ref() == Some(&expected);
+    if recorded && publish::is_current(&ctx.client, publish_namespace, outcome).await? {
+        return Ok(false);
+    }
+    publish::apply(ctx, publish_namespace, outcome).await?;
+    let deleted = publish::prune(
+        ctx,
+        publish_namespace,
+        (&namespace, &name),
+        &expected.name,
+        obj.spec.publish.retain,
+    )
+    .await?;
+    if !deleted.is_empty() {
+        tracing::info!(packagesource = %key(obj), deleted = ?deleted, "pruned Packages beyond publish.retain");
+    }
+    if let Some(old) = current
+        .package
+        .as_ref()
+        .and_then(|p| p.namespace.as_deref())
+        .filter(|old| *old != publish_namespace)
+    {
+        publish::remove_all(ctx, &[old.to_owned()], (&namespace, &name)).await?;
+    }
+    Ok(true)
+}
+
+/// Labels on everything this source publishes.
+pub fn labels(namespace: &str, name: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (LABEL_SOURCE_NAME.to_owned(), name.to_owned()),
+        (LABEL_SOURCE_NAMESPACE.to_owned(), namespace.to_owned()),
+        (LABEL_MANAGED_BY.to_owned(), MANAGED_BY.to_owned()),
+    ])
+}
+
+/// `<cache_dir>/<namespace>/<name>`: `bundle/` is the pipeline's root, `cache/` keeps git
+/// objects and downloads between reconciles.
+pub fn work_dir(cache_dir: &Path, namespace: &str, name: &str) -> PathBuf {
+    cache_dir.join(namespace).join(name)
+}
+
+/// Makes `<work>/bundle` hold only what the spec syncs into it: the whole tree is dropped
+/// when the spec changed (a removed contents path must not linger in the bundle), and any
+/// other top-level entry (a crashed sync's scratch directory) is removed every time.
+fn prepare_root(
+    work: &Path,
+    spec: &crate::api::PackageSourceSpec,
+    new_generation: bool,
+) -> Result<(), Failure> {
+    let root = work.join("bundle");
+    let io = |what: String, e: std::io::Error| {
+        Failure::before_pipeline(
+            Stage::Sync,
+            reasons::FETCH_FAILED,
+            format!("{what}: {e} (check the controller's --cache-dir volume)"),
+            Retry::Backoff,
+        )
+    };
+    if new_generation && root.exists() {
+        std::fs::remove_dir_all(&root)
+            .map_err(|e| io(format!("clearing {}", root.display()), e))?;
+    }
+    std::fs::create_dir_all(&root).map_err(|e| io(format!("creating {}", root.display()), e))?;
+    std::fs::create_dir_all(work.join("cache"))
+        .map_err(|e| io(format!("creating {}/cache", work.display()), e))?;
+    let mut keep: Vec<&str> = vec![".imgpkg"];
+    keep.extend(
+        spec.contents
+            .iter()
+            .filter_map(|d| d.path.split('/').next()),
+    );
+    let entries =
+        std::fs::read_dir(&root).map_err(|e| io(format!("reading {}", root.display()), e))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if keep.contains(&name.as_str()) {
+            continue;
+        }
+        let path = entry.path();
+        let removed = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        removed.map_err(|e| io(format!("removing {}", path.display()), e))?;
+    }
+    Ok(())
+}
+
+/// Server-side applies `desired` on the status subresource, only when it differs from
+/// `current`. Returns whether it wrote.
+async fn write_status(
+    ctx: &Context,
+    api: &Api<PackageSource>,
+    obj: &PackageSource,
+    current: &PackageSourceStatus,
+    desired: &PackageSourceStatus,
+) -> Result<bool, ReconcileError> {
+    if current == desired {
+        return Ok(false);
+    }
+    let started = Instant::now();
+    let name = obj.name_any();
+    let patch = serde_json::json!({
+        "apiVersion": PackageSource::api_version(&()),
+        "kind": PackageSource::kind(&()),
+        "status": desired,
+    });
+    let written = api
+        .patch_status(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await;
+    ctx.metrics.stage(KIND, "status", started.elapsed());
+    written.map_err(|source| ReconcileError::Kube {
+        action: format!("writing the status of PackageSource {}", key(obj)),
+        source,
+    })?;
+    ctx.metrics.wrote(KIND, "packagesources/status", "apply");
+    Ok(true)
+}
+
+/// Normal `Published` for a new version or digest; Warning with the reason for a new
+/// failure. The same state again produces no event.
+async fn emit_events(
+    ctx: &Context,
+    obj: &PackageSource,
+    before: &PackageSourceStatus,
+    after: &PackageSourceStatus,
+    failure: Option<&Failure>,
+) {
+    let event = match failure {
+        None => {
+            let new_artifact = before.bundle.as_ref().map(|b| &b.image)
+                != after.bundle.as_ref().map(|b| &b.image)
+                || before.package.as_ref().map(|p| &p.version)
+                    != after.package.as_ref().map(|p| &p.version);
+            if !new_artifact {
+                return;
+            }
+            KubeEvent {
+                type_: EventType::Normal,
+                reason: "Published".to_owned(),
+                note: conditions::get(&after.conditions, types::READY).map(|c| c.message.clone()),
+                action: "Reconcile".to_owned(),
+                secondary: None,
+            }
+        }
+        Some(f) => {
+            let same = |s: &PackageSourceStatus| {
+                conditions::get(&s.conditions, types::READY)
+                    .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+            };
+            if same(before) == same(after) {
+                return;
+            }
+            KubeEvent {
+                type_: EventType::Warning,
+                reason: f.reason.to_owned(),
+                note: Some(truncate_note(&f.message)),
+                action: "Reconcile".to_owned(),
+                secondary: None,
+            }
+        }
+    };
+    let reference = obj.object_ref(&());
+    match ctx.recorder.publish(&event, &reference).await {
+        Ok(()) => ctx.metrics.wrote(KIND, "events", "create"),
+        Err(e) => {
+            tracing::warn!(packagesource = %key(obj), error = %e, "publishing an event failed");
+        }
+    }
+}
+
+/// Events notes are limited to 1 kB.
+fn truncate_note(s: &str) -> String {
+    const MAX: usize = 1000;
+    if s.len() <= MAX {
+        return s.to_owned();
+    }
+    let mut end = MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// Deletion: removes the Packages (and unused PackageMetadata) this source published unless
+/// `publish.deletionPolicy` is `Orphan`, and its work directory.
+async fn cleanup(obj: &PackageSource, ctx: &Context) -> Result<Action, ReconcileError> {
+    let namespace = obj.namespace().unwrap_or_default();
+    let name = obj.name_any();
+    ctx.backoffs.reset(&key(obj));
+    if obj.spec.publish.deletion_policy == DeletionPolicy::Delete {
+        let mut namespaces = vec![
+            obj.spec
+                .publish
+                .namespace
+                .clone()
+                .unwrap_or_else(|| namespace.clone()),
+        ];
+        if let Some(ns) = obj
+            .status
+            .as_ref()
+            .and_then(|s| s.package.as_ref())
+            .and_then(|p| p.namespace.clone())
+            && !namespaces.contains(&ns)
+        {
+            namespaces.push(ns);
+        }
+        let removed = publish::remove_all(ctx, &namespaces, (&namespace, &name))
+            .await
+            .map_err(ReconcileError::Cleanup)?;
+        tracing::info!(packagesource = %key(obj), removed, "removed what the PackageSource published");
+    }
+    let work = work_dir(&ctx.settings.cache_dir, &namespace, &name);
+    if let Err(e) = std::fs::remove_dir_all(&work)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(path = %work.display(), error = %e, "removing the work directory");
+    }
+    Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(contents: &[&str]) -> crate::api::PackageSourceSpec {
+        let dirs: Vec<String> = contents
+            .iter()
+            .map(|p| {
+                format!("- path: {p}\n  contents:\n  - path: .\n    inline: {{paths: {{a: b}}}}\n")
+            })
+            .collect();
+        crate::carvel::yaml::from_str(
+            "spec",
+            &format!(
+                "package: {{refName: a.b.c, version: 1.0.0}}\nbundle: {{repository: r.io/a}}\ncontents:\n{}",
+                dirs.concat()
+            ),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn root_keeps_only_what_the_spec_syncs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let work = work_dir(tmp.path(), "ns", "demo");
+        assert_eq!(work, tmp.path().join("ns/demo"));
+        let root = work.join("bundle");
+        for d in ["config/upstream", "stale", ".packsmith-sync-x", ".imgpkg"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        std::fs::write(root.join("loose.yaml"), "x").unwrap();
+        prepare_root(&work, &spec(&["config/upstream"]), false).unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(&root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, [".imgpkg", "config"]);
+        assert!(work.join("cache").is_dir());
+
+        // A new generation starts from an empty tree.
+        prepare_root(&work, &spec(&["other"]), true).unwrap();
+        assert_eq!(std::fs::read_dir(&root).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn published_objects_are_labelled_with_their_source() {
+        let l = labels("team-a", "cert-manager");
+        assert_eq!(l[LABEL_SOURCE_NAME], "cert-manager");
+        assert_eq!(l[LABEL_SOURCE_NAMESPACE], "team-a");
+        assert_eq!(l[LABEL_MANAGED_BY], "packsmith");
+        assert!(truncate_note(&"x".repeat(5000)).len() < 1010);
+    }
+}

@@ -1,0 +1,756 @@
+//! The `image` and `imgpkgBundle` sources, through the shared registry client (mirrors, CAs,
+//! docker credentials), plus the registry plumbing the `oci://` Helm charts share.
+//!
+//! - `image`: the image's layers are extracted in order into the content directory, OCI
+//!   whiteouts applied, as `imgpkg pull -i` (which vendir runs) does; only regular files and
+//!   directories are written, links and devices are skipped, as imgpkg skips them.
+//! - `imgpkgBundle`: [`crate::bundle::pull`], which verifies every digest and refuses unsafe
+//!   paths; the bundle's `.imgpkg/` is kept, as vendir keeps it.
+//!
+//! Both lock `REPO@DIGEST` and the tag. A `secretRef` is a `kubernetes.io/dockerconfigjson`
+//! Secret, or `username`/`password` (or `token`) for the image's registry; it is merged over
+//! the registry's default credentials for this content only.
+
+use std::io::{self, Read};
+use std::ops::Deref;
+use std::path::Path;
+use std::pin::Pin;
+use std::task::{Context as TaskContext, Poll};
+
+use serde::Deserialize;
+use tokio::io::AsyncWrite;
+
+use super::fsutil::{remove_any, safe_join};
+use super::{Context, FetchError, Limits, highest_version};
+use crate::bundle::{self, BundleError, Location};
+use crate::carvel::common::LocalRef;
+use crate::carvel::selection::VersionSelection;
+use crate::carvel::vendir::{ImageSource, ImgpkgBundleSource, LockImage, LockImgpkgBundle};
+use crate::registry::{
+    Credentials, ErrorClass, Reference, Registry, RegistryError, RegistryOptions, parse_reference,
+};
+
+const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+
+/// The registry client for one content: the shared one, or one carrying the content's
+/// `secretRef` credentials on top of the defaults (a separate client, so tokens obtained with
+/// one content's credentials are never reused for another's).
+pub(crate) enum RegistryHandle<'a> {
+    Shared(&'a Registry),
+    Owned(Box<Registry>),
+}
+
+impl Deref for RegistryHandle<'_> {
+    type Target = Registry;
+    fn deref(&self) -> &Registry {
+        match self {
+            RegistryHandle::Shared(r) => r,
+            RegistryHandle::Owned(r) => r,
+        }
+    }
+}
+
+pub(crate) fn parse(reference: &str) -> Result<Reference, FetchError> {
+    parse_reference(reference).map_err(|e| FetchError::Invalid(e.to_string()))
+}
+
+/// The client to use for `reference`, with `secret_ref`'s credentials merged in.
+pub(crate) fn registry_for<'a>(
+    ctx: &Context<'a>,
+    secret_ref: Option<&LocalRef>,
+    reference: &Reference,
+) -> Result<RegistryHandle<'a>, FetchError> {
+    let Some(shared) = ctx.options.registry else {
+        return Err(FetchError::Invalid(
+            "registry sources need registry access, which this sync was not given".to_owned(),
+        ));
+    };
+    let Some(secret_ref) = secret_ref else {
+        return Ok(RegistryHandle::Shared(shared));
+    };
+    let secret = ctx.secret(&secret_ref.name)?;
+    let source = format!("Secret {:?}", secret_ref.name);
+    let credentials = if let Some(json) = secret.data.get(".dockerconfigjson") {
+        Credentials::from_docker_config_json(json, &source).map_err(|e| FetchError::Secret {
+            name: secret_ref.name.clone(),
+            problem: e.to_string(),
+        })?
+    } else {
+        if let Some(key) = secret
+            .data
+            .keys()
+            .find(|k| !matches!(k.as_str(), "username" | "password" | "token"))
+        {
+            return Err(FetchError::Secret {
+                name: secret_ref.name.clone(),
+                problem: format!(
+                    "unknown key {key:?} (expected .dockerconfigjson, or username, password, \
+                     token)"
+                ),
+            });
+        }
+        // The credentials go to the host actually contacted (a mirror, when one answers).
+        let host = shared.contact(reference).resolve_registry().to_owned();
+        match (secret.get("username"), secret.get("token")) {
+            (Some(user), _) => {
+                Credentials::basic(&host, &user, &secret.get("password").unwrap_or_default())
+            }
+            (None, Some(token)) => {
+                let json = serde_json::json!({"auths": {host: {"registrytoken": token}}});
+                Credentials::from_docker_config_json(json.to_string().as_bytes(), &source).map_err(
+                    |e| FetchError::Secret {
+                        name: secret_ref.name.clone(),
+                        problem: e.to_string(),
+                    },
+                )?
+            }
+            (None, None) => {
+                return Err(FetchError::Secret {
+                    name: secret_ref.name.clone(),
+                    problem: "no credentials (expected .dockerconfigjson, username or token)"
+                        .to_owned(),
+                });
+            }
+        }
+    };
+    let mut options: RegistryOptions = shared.options().clone();
+    options.credentials.merge(credentials);
+    Registry::new(options)
+        .map(|r| RegistryHandle::Owned(Box::new(r)))
+        .map_err(registry_error)
+}
+
+/// Registry failures as the sync's errors, keeping their meaning for the status conditions:
+/// credentials refused, not found, worth retrying, or permanent.
+pub(crate) fn registry_error(error: RegistryError) -> FetchError {
+    let reference = match &error {
+        RegistryError::Request { reference, .. } => reference.clone(),
+        RegistryError::InvalidReference { reference, .. } => reference.clone(),
+        _ => String::new(),
+    };
+    match error.class() {
+        ErrorClass::Auth => FetchError::Unauthorized {
+            status: 401,
+            url: reference,
+        },
+        ErrorClass::NotFound => FetchError::Status {
+            status: 404,
+            url: reference,
+        },
+        ErrorClass::Retryable => FetchError::Request {
+            url: reference,
+            cause: error.to_string(),
+        },
+        ErrorClass::Permanent => FetchError::Invalid(error.to_string()),
+    }
+}
+
+fn oci_error(
+    operation: &'static str,
+    reference: &Reference,
+    error: &oci_client::errors::OciDistributionError,
+) -> FetchError {
+    registry_error(RegistryError::request(operation, reference, error))
+}
+
+/// Every tag of `repo`'s repository.
+pub(crate) async fn list_tags(
+    registry: &Registry,
+    repo: &Reference,
+) -> Result<Vec<String>, FetchError> {
+    let contacted = registry.contact(repo);
+    let auth = registry.auth(&contacted);
+    let mut tags: Vec<String> = Vec::new();
+    // Paged with `last`, bounded: a registry that keeps answering cannot keep the sync busy.
+    for _ in 0..100 {
+        let page = registry
+            .client()
+            .list_tags(
+                &contacted,
+                &auth,
+                Some(1000),
+                tags.last().map(String::as_str),
+            )
+            .await
+            .map_err(|e| oci_error("list tags", repo, &e))?;
+        let done = page.tags.len() < 1000 || page.tags.last() == tags.last();
+        tags.extend(page.tags);
+        if done {
+            break;
+        }
+    }
+    Ok(tags)
+}
+
+/// The digest `reference` resolves to: its own when it has one, else a manifest HEAD.
+pub(crate) async fn head_digest(
+    registry: &Registry,
+    reference: &Reference,
+) -> Result<String, FetchError> {
+    if let Some(digest) = reference.digest() {
+        return Ok(digest.to_owned());
+    }
+    let contacted = registry.contact(reference);
+    let auth = registry.auth(&contacted);
+    registry
+        .client()
+        .fetch_manifest_digest(&contacted, &auth)
+        .await
+        .map_err(|e| oci_error("HEAD manifest", reference, &e))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Manifest {
+    #[serde(default)]
+    media_type: String,
+    #[serde(default)]
+    manifests: Vec<serde_json::Value>,
+    #[serde(default)]
+    pub layers: Vec<Descriptor>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Descriptor {
+    #[serde(default)]
+    pub media_type: String,
+    pub digest: String,
+    pub size: i64,
+}
+
+/// Fetches and parses an image manifest; returns its digest (computed, and checked against
+/// the reference's own) and the manifest. Indexes are refused: which platform's content
+/// belongs in a package cannot be guessed.
+pub(crate) async fn pull_manifest(
+    registry: &Registry,
+    reference: &Reference,
+) -> Result<(String, Manifest), FetchError> {
+    let contacted = registry.contact(reference);
+    let auth = registry.auth(&contacted);
+    let (bytes, _) = registry
+        .client()
+        .pull_manifest_raw(
+            &contacted,
+            &auth,
+            &[DOCKER_MANIFEST, OCI_MANIFEST, OCI_INDEX, DOCKER_LIST],
+        )
+        .await
+        .map_err(|e| oci_error("GET manifest", reference, &e))?;
+    let digest = bundle::image::sha256_digest(&bytes);
+    if let Some(wanted) = reference.digest()
+        && wanted != digest
+    {
+        return Err(FetchError::Checksum {
+            what: format!("the manifest of {reference}"),
+            expected: wanted.trim_start_matches("sha256:").to_owned(),
+            actual: digest.trim_start_matches("sha256:").to_owned(),
+        });
+    }
+    let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| {
+        FetchError::Invalid(format!("{reference}: the manifest is not valid JSON: {e}"))
+    })?;
+    if !manifest.manifests.is_empty()
+        || matches!(manifest.media_type.as_str(), OCI_INDEX | DOCKER_LIST)
+    {
+        return Err(FetchError::Invalid(format!(
+            "{reference} is a multi-platform index; name one platform's image by digest"
+        )));
+    }
+    Ok((digest, manifest))
+}
+
+/// Streams one blob into `dest`, stopping at `max_bytes`; oci-client checks the digest.
+pub(crate) async fn pull_blob_to_file(
+    registry: &Registry,
+    reference: &Reference,
+    descriptor: &Descriptor,
+    dest: &Path,
+    max_bytes: u64,
+) -> Result<(), FetchError> {
+    if u64::try_from(descriptor.size).unwrap_or(u64::MAX) > max_bytes {
+        return Err(FetchError::TooLarge { limit: max_bytes });
+    }
+    let contacted = registry.contact(reference);
+    let file = tokio::fs::File::create(dest)
+        .await
+        .map_err(FetchError::io(dest))?;
+    let mut capped = Capped {
+        inner: file,
+        written: 0,
+        cap: max_bytes,
+    };
+    let layer = oci_client::manifest::OciDescriptor {
+        media_type: descriptor.media_type.clone(),
+        digest: descriptor.digest.clone(),
+        size: descriptor.size,
+        ..Default::default()
+    };
+    // Make sure the client holds a token for this repository before streaming.
+    let auth = registry.auth(&contacted);
+    registry
+        .client()
+        .store_auth_if_needed(contacted.resolve_registry(), &auth)
+        .await;
+    let result = registry
+        .client()
+        .pull_blob(&contacted, &layer, &mut capped)
+        .await;
+    if capped.written > capped.cap {
+        return Err(FetchError::TooLarge { limit: max_bytes });
+    }
+    result.map_err(|e| oci_error("GET blob", reference, &e))
+}
+
+/// A file writer that refuses to grow beyond `cap` bytes (a registry may send more than the
+/// descriptor says).
+struct Capped {
+    inner: tokio::fs::File,
+    written: u64,
+    cap: u64,
+}
+
+impl AsyncWrite for Capped {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if self.written + buf.len() as u64 > self.cap {
+            self.written += buf.len() as u64;
+            return Poll::Ready(Err(io::Error::other("blob exceeds the size limit")));
+        }
+        let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &poll {
+            self.written += *n as u64;
+        }
+        poll
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The reference to fetch and the tag to lock: the locked `REPO@DIGEST`, the highest tag
+/// `selection` allows, or `url` as written.
+async fn choose(
+    registry: &Registry,
+    url: &str,
+    selection: Option<&VersionSelection>,
+    locked: Option<(String, String)>,
+) -> Result<(Reference, String), FetchError> {
+    if let Some((image, tag)) = locked {
+        return Ok((parse(&image)?, tag));
+    }
+    if url.is_empty() {
+        return Err(FetchError::Invalid("the image URL is empty".to_owned()));
+    }
+    let written = parse(url)?;
+    let Some(selection) = selection else {
+        let tag = written.tag().unwrap_or_default().to_owned();
+        return Ok((written, tag));
+    };
+    if written.digest().is_some() || url.rsplit('/').next().is_some_and(|n| n.contains(':')) {
+        return Err(FetchError::Invalid(format!(
+            "{url}: tagSelection needs a repository without a tag or digest"
+        )));
+    }
+    let tags = list_tags(registry, &written).await?;
+    let tag = highest_version(tags.iter().map(String::as_str), selection)?;
+    let reference = parse(&format!(
+        "{}/{}:{tag}",
+        written.registry(),
+        written.repository()
+    ))?;
+    Ok((reference, tag))
+}
+
+fn locked_pair(url: Option<&str>, tag: Option<&str>) -> Option<(String, String)> {
+    url.map(|u| (u.to_owned(), tag.unwrap_or_default().to_owned()))
+}
+
+fn refuse_skip_tls(skip: bool) -> Result<(), FetchError> {
+    if skip {
+        return Err(FetchError::NotSupported(
+            "dangerousSkipTLSVerify (trust the registry's CA with --registry-ca-cert-path, or \
+             name it an insecure host)"
+                .to_owned(),
+        ));
+    }
+    Ok(())
+}
+
+fn repo_at(reference: &Reference, digest: &str) -> String {
+    format!(
+        "{}/{}@{digest}",
+        reference.registry(),
+        reference.repository()
+    )
+}
+
+/// The `image` source; returns the lock and the manifest digest.
+pub(crate) async fn fetch_image(
+    ctx: &Context<'_>,
+    source: &ImageSource,
+    locked: Option<&LockImage>,
+    out: &Path,
+    scratch: &Path,
+) -> Result<(LockImage, String), FetchError> {
+    refuse_skip_tls(source.dangerous_skip_tls_verify)?;
+    let probe = parse(locked.map_or(source.url.as_str(), |l| l.url.as_str()))?;
+    let registry = registry_for(ctx, source.secret_ref.as_ref(), &probe)?;
+    let locked = locked_pair(
+        locked.map(|l| l.url.as_str()),
+        locked.map(|l| l.tag.as_str()),
+    );
+    let (reference, tag) = choose(
+        &registry,
+        &source.url,
+        source.tag_selection.as_ref(),
+        locked,
+    )
+    .await?;
+    let (digest, manifest) = pull_manifest(&registry, &reference).await?;
+    let limits = &ctx.options.limits;
+    let total: u64 = manifest
+        .layers
+        .iter()
+        .map(|l| u64::try_from(l.size).unwrap_or(u64::MAX))
+        .fold(0, u64::saturating_add);
+    if total > limits.max_bytes {
+        return Err(FetchError::TooLarge {
+            limit: limits.max_bytes,
+        });
+    }
+    let mut blobs = Vec::new();
+    for (index, layer) in manifest.layers.iter().enumerate() {
+        let path = scratch.join(format!("layer-{index}"));
+        pull_blob_to_file(&registry, &reference, layer, &path, limits.max_bytes).await?;
+        blobs.push(path);
+    }
+    let (out_dir, scratch_dir, limits) = (out.to_owned(), scratch.to_owned(), limits.clone());
+    let what = reference.to_string();
+    tokio::task::spawn_blocking(move || apply_layers(&blobs, &scratch_dir, &out_dir, &limits))
+        .await
+        .map_err(|e| FetchError::Invalid(format!("extracting {what}: {e}")))??;
+    Ok((
+        LockImage {
+            url: repo_at(&reference, &digest),
+            tag,
+        },
+        digest,
+    ))
+}
+
+/// The `imgpkgBundle` source; returns the lock and the bundle's digest.
+pub(crate) async fn fetch_bundle(
+    ctx: &Context<'_>,
+    source: &ImgpkgBundleSource,
+    locked: Option<&LockImgpkgBundle>,
+    out: &Path,
+) -> Result<(LockImgpkgBundle, String), FetchError> {
+    refuse_skip_tls(source.dangerous_skip_tls_verify)?;
+    if source.recursive {
+        return Err(FetchError::NotSupported(
+            "imgpkgBundle.recursive (pulling nested bundles)".to_owned(),
+        ));
+    }
+    let probe = parse(locked.map_or(source.image.as_str(), |l| l.image.as_str()))?;
+    let registry = registry_for(ctx, source.secret_ref.as_ref(), &probe)?;
+    let locked = locked_pair(
+        locked.map(|l| l.image.as_str()),
+        locked.map(|l| l.tag.as_str()),
+    );
+    let (reference, tag) = choose(
+        &registry,
+        &source.image,
+        source.tag_selection.as_ref(),
+        locked,
+    )
+    .await?;
+    let pulled = bundle::pull(&registry, &Location::Registry(reference.clone()), out)
+        .await
+        .map_err(bundle_error)?;
+    let digest = pulled
+        .image
+        .rsplit_once('@')
+        .map(|(_, d)| d.to_owned())
+        .unwrap_or_default();
+    if !pulled.skipped.is_empty() {
+        tracing::info!(bundle = %pulled.image, skipped = ?pulled.skipped, "links in the bundle were not written, as imgpkg skips them");
+    }
+    Ok((
+        LockImgpkgBundle {
+            image: pulled.image,
+            tag,
+        },
+        digest,
+    ))
+}
+
+fn bundle_error(error: BundleError) -> FetchError {
+    match error {
+        BundleError::Registry(e) => registry_error(e),
+        other => FetchError::Invalid(other.to_string()),
+    }
+}
+
+/// The digest an `image`/`imgpkgBundle` source would lock, without pulling it.
+pub(crate) async fn probe(
+    ctx: &Context<'_>,
+    url: &str,
+    selection: Option<&VersionSelection>,
+    secret_ref: Option<&LocalRef>,
+    locked: Option<(String, String)>,
+) -> Result<String, FetchError> {
+    let probe = parse(locked.as_ref().map_or(url, |(u, _)| u.as_str()))?;
+    let registry = registry_for(ctx, secret_ref, &probe)?;
+    let (reference, _) = choose(&registry, url, selection, locked).await?;
+    head_digest(&registry, &reference).await
+}
+
+/// Extracts the layers in order into `out` (existing, empty), applying whiteouts: each layer
+/// goes to its own directory first, so an opaque marker clears only what lower layers wrote.
+fn apply_layers(
+    blobs: &[std::path::PathBuf],
+    scratch: &Path,
+    out: &Path,
+    limits: &Limits,
+) -> Result<(), FetchError> {
+    let mut budget = (0u64, 0u64);
+    for (index, blob) in blobs.iter().enumerate() {
+        let layer_dir = scratch.join(format!("layer-{index}.d"));
+        std::fs::create_dir_all(&layer_dir).map_err(FetchError::io(&layer_dir))?;
+        let file = std::fs::File::open(blob).map_err(FetchError::io(blob))?;
+        let mut head = [0u8; 2];
+        let gzip = {
+            let mut f = std::fs::File::open(blob).map_err(FetchError::io(blob))?;
+            f.read_exact(&mut head).is_ok() && head == [0x1f, 0x8b]
+        };
+        let reader: Box<dyn Read> = if gzip {
+            Box::new(flate2::read::GzDecoder::new(file))
+        } else {
+            Box::new(file)
+        };
+        extract_layer(reader, &layer_dir, limits, &mut budget)
+            .map_err(|why| FetchError::Invalid(format!("layer {index}: {why}")))?;
+        merge(&layer_dir, out).map_err(FetchError::io(out))?;
+    }
+    Ok(())
+}
+
+/// Regular files and directories of one layer tar; links, devices and FIFOs are skipped.
+fn extract_layer(
+    reader: impl Read,
+    dest: &Path,
+    limits: &Limits,
+    (files, bytes): &mut (u64, u64),
+) -> Result<(), String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut archive = tar::Archive::new(reader);
+    let entries = archive
+        .entries()
+        .map_err(|e| format!("not a tar archive: {e}"))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| format!("corrupt tar: {e}"))?;
+        let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let kind = entry.header().entry_type();
+        if name.split('/').all(|p| p.is_empty() || p == ".") {
+            continue;
+        }
+        let path = safe_join(dest, &name).map_err(|e| format!("unsafe entry: {e}"))?;
+        if kind.is_dir() {
+            if path.symlink_metadata().is_ok_and(|m| !m.is_dir()) {
+                remove_any(&path).map_err(|e| e.to_string())?;
+            }
+            std::fs::create_dir_all(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        } else if kind.is_file() || kind == tar::EntryType::Continuous {
+            *files += 1;
+            *bytes = bytes.saturating_add(entry.size());
+            if *files > limits.max_files {
+                return Err(format!("more than {} files", limits.max_files));
+            }
+            if *bytes > limits.max_bytes {
+                return Err(format!("expands beyond {} bytes", limits.max_bytes));
+            }
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| format!("{}: {e}", parent.display()))?;
+            }
+            remove_any(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let mode = if entry.header().mode().unwrap_or(0o644) & 0o111 != 0 {
+                0o755
+            } else {
+                0o644
+            };
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(mode)
+                .open(&path)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            // `take` keeps a lying header from writing more than it declared.
+            let size = entry.size();
+            io::copy(&mut (&mut entry).take(size), &mut file)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+        // Links, devices, FIFOs and metadata entries are not written (imgpkg skips them).
+    }
+    Ok(())
+}
+
+const WHITEOUT: &str = ".wh.";
+const OPAQUE: &str = ".wh..wh..opq";
+
+/// Moves a layer's tree onto `dst`: `.wh.NAME` deletes NAME below, an opaque marker empties
+/// the directory first. Never follows a symlink: only real directories are merged into.
+fn merge(src: &Path, dst: &Path) -> io::Result<()> {
+    let entries: Vec<std::fs::DirEntry> = std::fs::read_dir(src)?.collect::<Result<_, _>>()?;
+    if entries.iter().any(|e| e.file_name() == OPAQUE) {
+        for existing in std::fs::read_dir(dst)? {
+            remove_any(&existing?.path())?;
+        }
+    }
+    for entry in entries {
+        let name = entry.file_name();
+        let text = name.to_string_lossy();
+        if text == OPAQUE {
+            continue;
+        }
+        if let Some(hidden) = text.strip_prefix(WHITEOUT) {
+            if !hidden.is_empty() && hidden != "." && hidden != ".." && !hidden.contains('/') {
+                remove_any(&dst.join(hidden))?;
+            }
+            continue;
+        }
+        let target = dst.join(&name);
+        let is_dir = entry.file_type()?.is_dir();
+        let target_is_dir = target.symlink_metadata().is_ok_and(|m| m.is_dir());
+        if is_dir && target_is_dir {
+            merge(&entry.path(), &target)?;
+        } else {
+            remove_any(&target)?;
+            std::fs::rename(entry.path(), &target)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tar(entries: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        for (name, data) in entries {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(data.len() as u64);
+            header.set_mode(0o644);
+            if name.ends_with('/') {
+                header.set_entry_type(tar::EntryType::Directory);
+            }
+            header.set_cksum();
+            builder.append_data(&mut header, name, *data).unwrap();
+        }
+        builder.into_inner().unwrap()
+    }
+
+    #[test]
+    fn layers_apply_in_order_with_whiteouts() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        let layers = [
+            tar(&[
+                ("a/one", b"1"),
+                ("a/two", b"2"),
+                ("b/keep", b"k"),
+                ("c/gone", b"g"),
+                ("d", b"file"),
+            ]),
+            tar(&[
+                ("a/.wh..wh..opq", b""),
+                ("a/three", b"3"),
+                ("b/.wh.keep", b""),
+                ("b/new", b"n"),
+                (".wh.c", b""),
+                ("d/", b""),
+                ("d/inner", b"i"),
+            ]),
+        ];
+        let blobs: Vec<_> = layers
+            .iter()
+            .enumerate()
+            .map(|(i, data)| {
+                let path = dir.path().join(format!("blob{i}"));
+                std::fs::write(&path, data).unwrap();
+                path
+            })
+            .collect();
+        apply_layers(&blobs, dir.path(), &out, &Limits::default()).unwrap();
+        let mut files: Vec<String> = walk(&out);
+        files.sort();
+        assert_eq!(files, ["a/three", "b/new", "d/inner"]);
+    }
+
+    #[test]
+    fn hostile_layers_are_refused_or_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut raw = tar::Header::new_gnu();
+        raw.as_old_mut().name[..9].copy_from_slice(b"../escape");
+        raw.set_size(1);
+        raw.set_cksum();
+        let mut data = raw.as_bytes().to_vec();
+        data.extend_from_slice(&[b'x'; 512]);
+        data.extend_from_slice(&[0; 1024]);
+        let err =
+            extract_layer(&data[..], dir.path(), &Limits::default(), &mut (0, 0)).unwrap_err();
+        assert!(err.contains("'..'"), "{err}");
+        assert!(!dir.path().parent().unwrap().join("escape").exists());
+
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut link = tar::Header::new_gnu();
+        link.set_entry_type(tar::EntryType::Symlink);
+        link.set_size(0);
+        builder
+            .append_link(&mut link, "passwd", "/etc/passwd")
+            .unwrap();
+        let out = dir.path().join("links");
+        std::fs::create_dir(&out).unwrap();
+        extract_layer(
+            &builder.into_inner().unwrap()[..],
+            &out,
+            &Limits::default(),
+            &mut (0, 0),
+        )
+        .unwrap();
+        assert!(
+            out.join("passwd").symlink_metadata().is_err(),
+            "links are skipped"
+        );
+    }
+
+    fn walk(root: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(root).unwrap() {
+            let entry = entry.unwrap();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if entry.file_type().unwrap().is_dir() {
+                out.extend(
+                    walk(&entry.path())
+                        .into_iter()
+                        .map(|n| format!("{name}/{n}")),
+                );
+            } else {
+                out.push(name);
+            }
+        }
+        out
+    }
+}
