@@ -39,7 +39,7 @@ pub fn trials() -> Vec<Trial> {
 }
 
 /// A controller on its own multi-threaded runtime, watching one namespace.
-struct Running {
+pub struct Running {
     runtime: Option<tokio::runtime::Runtime>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     done: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
@@ -49,7 +49,7 @@ struct Running {
 }
 
 impl Running {
-    async fn start(namespace: &str) -> anyhow::Result<Self> {
+    pub async fn start(namespace: &str) -> anyhow::Result<Self> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -104,11 +104,11 @@ impl Running {
         Ok((response.status().as_u16(), response.text().await?))
     }
 
-    async fn metrics(&self) -> anyhow::Result<String> {
+    pub async fn metrics(&self) -> anyhow::Result<String> {
         Ok(self.get(self.metrics, "/metrics").await?.1)
     }
 
-    async fn stop(mut self) -> anyhow::Result<()> {
+    pub async fn stop(mut self) -> anyhow::Result<()> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -135,7 +135,7 @@ impl Drop for Running {
 }
 
 /// Sum of the samples whose line starts with `prefix` (name plus the start of its labels).
-fn metric(text: &str, prefix: &str) -> f64 {
+pub fn metric(text: &str, prefix: &str) -> f64 {
     text.lines()
         .filter(|l| l.starts_with(prefix))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
@@ -222,7 +222,7 @@ fn bundle_image(obj: &PackageSource) -> String {
         .unwrap_or_default()
 }
 
-fn fetched_image(p: &Package) -> Option<String> {
+pub fn fetched_image(p: &Package) -> Option<String> {
     p.spec
         .template
         .spec

@@ -2,6 +2,7 @@
 
 pub mod bundle;
 pub mod controller;
+pub mod controller_repo;
 pub mod crds;
 pub mod git;
 pub mod lock;
@@ -18,6 +19,7 @@ pub fn trials() -> (Vec<Trial>, Vec<Trial>) {
     let mut parallel = Vec::new();
     parallel.extend(bundle::trials());
     parallel.extend(controller::trials());
+    parallel.extend(controller_repo::trials());
     parallel.extend(crds::trials());
     parallel.extend(git::trials());
     parallel.extend(lock::trials());

@@ -4,7 +4,10 @@
 //! `--namespace`), triggered only by a new generation, a new `packsmith.dev/requestedAt`
 //! annotation or a finalizer/deletion change — never by its own status writes — plus its own
 //! requeues (interval with jitter after success, exponential backoff after a retryable
-//! failure). Each reconcile runs [`crate::pipeline::run`] (see [`source`]); probes and
+//! failure). Each reconcile runs [`crate::pipeline::run`] (see [`source`]). A second
+//! Controller in the same process reconciles PackageRepositorySources ([`repository`]),
+//! sharing the context, metrics and shutdown, and re-runs one whenever a PackageSource its
+//! selector matches changes. Probes and
 //! Prometheus metrics are served on their own ports ([`health`], [`metrics`]).
 //!
 //! ```no_run
@@ -20,6 +23,8 @@ pub mod context;
 pub mod health;
 pub mod metrics;
 pub mod publish;
+pub mod repository;
+pub mod repository_status;
 pub mod schedule;
 pub mod secrets;
 pub mod source;
@@ -39,7 +44,7 @@ use kube::runtime::{
 use kube::{Client, Resource, ResourceExt};
 use tokio::net::TcpListener;
 
-use crate::api::{PackageSource, REQUESTED_AT_ANNOTATION};
+use crate::api::{PackageRepositorySource, PackageSource, REQUESTED_AT_ANNOTATION};
 use crate::registry::Credentials;
 pub use context::{Context, FINALIZER, Settings};
 use health::{Endpoints, Probes};
@@ -279,6 +284,38 @@ impl Controller {
         if options.handle_signals {
             controller = controller.shutdown_on_signal();
         }
+        // PackageRepositorySources: their own triggers (generation, requestedAt), plus any
+        // change of a PackageSource their selector matches (its status flips to Ready, a new
+        // version is published), found through the reflector store.
+        let (repo_reader, repo_writer) = reflector::store();
+        let repo_triggers = watcher(
+            scoped::<PackageRepositorySource>(&client, options.namespace.as_deref()),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .reflect(repo_writer)
+        .applied_objects()
+        .predicate_filter(
+            predicates::generation.combine(repo_requested_at),
+            Default::default(),
+        );
+        let mapper_store = repo_reader.clone();
+        let mut repositories = KubeController::for_stream(repo_triggers, repo_reader)
+            .watches(
+                api(&client, options.namespace.as_deref()),
+                watcher::Config::default(),
+                move |source: PackageSource| {
+                    let state = mapper_store.state();
+                    repository::selecting(state.iter().map(|r| r.as_ref()), &source)
+                },
+            )
+            .with_config(
+                kube::runtime::controller::Config::default().concurrency(options.concurrency),
+            );
+        if options.handle_signals {
+            repositories = repositories.shutdown_on_signal();
+        }
+        let shutdown = futures::FutureExt::shared(shutdown);
         tracing::info!(
             namespace = options.namespace.as_deref().unwrap_or("(all)"),
             concurrency = options.concurrency,
@@ -287,9 +324,9 @@ impl Controller {
             health = %health_addr,
             "packsmith controller started"
         );
-        controller
-            .graceful_shutdown_on(shutdown)
-            .run(source::reconcile, source::error_policy, ctx)
+        let sources = controller
+            .graceful_shutdown_on(shutdown.clone())
+            .run(source::reconcile, source::error_policy, ctx.clone())
             .for_each(|result| async move {
                 match result {
                     Ok((obj, action)) => {
@@ -297,8 +334,19 @@ impl Controller {
                     }
                     Err(e) => tracing::debug!(error = %e, "controller"),
                 }
-            })
-            .await;
+            });
+        let repositories = repositories
+            .graceful_shutdown_on(shutdown)
+            .run(repository::reconcile, repository::error_policy, ctx)
+            .for_each(|result| async move {
+                match result {
+                    Ok((obj, action)) => {
+                        tracing::debug!(object = %obj, ?action, "reconciled");
+                    }
+                    Err(e) => tracing::debug!(error = %e, "repository controller"),
+                }
+            });
+        futures::future::join(sources, repositories).await;
         probes.set_ready(false);
         readiness.abort();
         for server in servers {
@@ -318,10 +366,25 @@ pub async fn run(client: Client, options: Options) -> Result<(), ControllerError
 }
 
 fn api(client: &Client, namespace: Option<&str>) -> Api<PackageSource> {
+    scoped(client, namespace)
+}
+
+fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    <K as Resource>::DynamicType: Default,
+{
     match namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     }
+}
+
+/// Watch filter of PackageRepositorySources: the `requestedAt` annotation.
+fn repo_requested_at(obj: &PackageRepositorySource) -> Option<u64> {
+    obj.annotations()
+        .get(REQUESTED_AT_ANNOTATION)
+        .map(|v| hash(&("requestedAt", v)))
 }
 
 /// Watch filter: the `requestedAt` annotation (an on-demand reconcile).

@@ -13,7 +13,9 @@ use kube::{Api, Client};
 
 use super::status::{Failure, Retry};
 use crate::api::PackageSourceSpec;
+use crate::api::common::BundleTarget;
 use crate::api::conditions::reasons;
+use crate::api::source::RegistryMirror;
 use crate::pipeline::Stage;
 use crate::registry::{Credentials, Registry, RegistryOptions};
 use crate::sync::{self, MemorySecrets};
@@ -196,9 +198,29 @@ pub async fn registry(
     spec: &PackageSourceSpec,
     defaults: &Credentials,
 ) -> Result<Registry, Failure> {
+    bundle_registry(
+        client,
+        namespace,
+        &spec.bundle,
+        &spec.images.mirrors,
+        defaults,
+    )
+    .await
+}
+
+/// [`registry`] for any object with a `bundle` target (a PackageRepositorySource too):
+/// `defaults` with `bundle.secretRef` over them, `bundle.caSecretRef`, `bundle.insecure` and
+/// the given image mirrors.
+pub async fn bundle_registry(
+    client: &Client,
+    namespace: &str,
+    bundle: &BundleTarget,
+    mirrors: &[RegistryMirror],
+    defaults: &Credentials,
+) -> Result<Registry, Failure> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let mut credentials = defaults.clone();
-    if let Some(secret_ref) = &spec.bundle.secret_ref {
+    if let Some(secret_ref) = &bundle.secret_ref {
         let r = ContentRef {
             kind: RefKind::Secret,
             name: secret_ref.name.clone(),
@@ -208,7 +230,7 @@ pub async fn registry(
         credentials.merge(docker_credentials(namespace, &secret_ref.name, &secret)?);
     }
     let mut ca_pems = Vec::new();
-    if let Some(ca_ref) = &spec.bundle.ca_secret_ref {
+    if let Some(ca_ref) = &bundle.ca_secret_ref {
         let key = ca_ref.key.as_deref().unwrap_or(DEFAULT_CA_KEY);
         let r = ContentRef {
             kind: RefKind::Secret,
@@ -233,7 +255,7 @@ pub async fn registry(
             })?;
         ca_pems.push(pem);
     }
-    let options = registry_options(spec, credentials, ca_pems);
+    let options = target_registry_options(bundle, mirrors, credentials, ca_pems);
     Registry::new(options).map_err(|e| {
         stalled(
             reasons::INVALID_SPEC,
@@ -248,19 +270,24 @@ pub fn registry_options(
     credentials: Credentials,
     ca_pems: Vec<Vec<u8>>,
 ) -> RegistryOptions {
+    target_registry_options(&spec.bundle, &spec.images.mirrors, credentials, ca_pems)
+}
+
+/// [`registry_options`] for a bare bundle target and mirror list.
+pub fn target_registry_options(
+    bundle: &BundleTarget,
+    mirrors: &[RegistryMirror],
+    credentials: Credentials,
+    ca_pems: Vec<Vec<u8>>,
+) -> RegistryOptions {
     let mut insecure_hosts = Vec::new();
-    if spec.bundle.insecure
-        && let Some(host) = spec.bundle.repository.split('/').next()
+    if bundle.insecure
+        && let Some(host) = bundle.repository.split('/').next()
     {
         insecure_hosts.push(host.to_owned());
     }
     RegistryOptions {
-        mirrors: spec
-            .images
-            .mirrors
-            .iter()
-            .map(|m| m.to_registry_mirror())
-            .collect(),
+        mirrors: mirrors.iter().map(|m| m.to_registry_mirror()).collect(),
         insecure_hosts,
         ca_pems,
         credentials,

@@ -1,0 +1,820 @@
+//! Reconciling one PackageRepositorySource: collect the Packages the selected PackageSources
+//! published in-cluster (every retained version), write them as a `packages/` tree in the
+//! object's work directory, push it as a repository bundle to `spec.bundle`, apply the
+//! PackageRepository that fetches it, and write status only when it changed.
+//!
+//! Only sources that publish in-cluster (`spec.publish.enabled`, Ready, with Packages carrying
+//! their `packsmith.dev/source-*` labels) contribute: the Package objects are exactly what
+//! kapp-controller would see. A selected source that does not publish in-cluster is listed as
+//! not ready in the status message.
+//!
+//! A reconcile whose package set (names and every field of every Package) equals what this
+//! process last pushed for the object, and whose status already records it, writes and pushes
+//! nothing; it only checks that the PackageRepository still fetches the recorded bundle.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event as KubeEvent, EventType};
+use kube::{Resource, ResourceExt};
+
+use super::context::{Context, LABEL_MANAGED_BY, MANAGED_BY};
+use super::publish::selector as published_by;
+use super::repository_status::{self as rstatus, Observed, Published};
+use super::schedule;
+use super::secrets;
+use super::status::{Failure, Retry};
+use crate::api::conditions::{self, reasons, types};
+use crate::api::repository_source::{PackageRepositorySource, PackageRepositorySourceStatus};
+use crate::api::{FIELD_MANAGER, PackageSource, REQUESTED_AT_ANNOTATION};
+use crate::bundle::{Location, PushOptions};
+use crate::carvel::{Package, PackageMetadata, PackageMetadataSpec, PackageRepository};
+use crate::publish::repository::{self as repo, ReleaseOptions, RepositoryError};
+
+/// `kind` label value of the metrics.
+pub const KIND: &str = "PackageRepositorySource";
+/// Labels on the PackageRepository a PackageRepositorySource applies.
+pub const LABEL_REPOSITORY_SOURCE_NAME: &str = "packsmith.dev/repository-source-name";
+pub const LABEL_REPOSITORY_SOURCE_NAMESPACE: &str = "packsmith.dev/repository-source-namespace";
+/// Tag pushed when `bundle.tags` is unset (`{{version}}` in tags also becomes this).
+pub const DEFAULT_TAG: &str = "latest";
+/// API group of kapp-controller's PackageRepository.
+const PACKAGING_API: &str = "packaging.carvel.dev/v1alpha1";
+
+/// Fingerprint of the package set last pushed per object (`namespace/name`), so an unchanged
+/// set is neither written to disk nor pushed again. Lost on restart: the first reconcile then
+/// pushes once (the same content gives the same digest, so status does not change).
+static PUSHED: LazyLock<Mutex<HashMap<String, u64>>> = LazyLock::new(Default::default);
+
+/// Why a reconcile returned an error (retried with backoff).
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// A retryable failure, already reported on status.
+    #[error("{0}")]
+    Failed(Failure),
+    #[error("{action}: {source}")]
+    Kube {
+        action: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("the PackageRepositorySource has no namespace")]
+    NoNamespace,
+}
+
+/// `namespace/name`.
+pub fn key(obj: &PackageRepositorySource) -> String {
+    format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
+}
+
+fn backoff_key(obj: &PackageRepositorySource) -> String {
+    format!("{KIND}:{}", key(obj))
+}
+
+/// The controller's reconcile function.
+pub async fn reconcile(
+    obj: Arc<PackageRepositorySource>,
+    ctx: Arc<Context>,
+) -> Result<Action, ReconcileError> {
+    let started = Instant::now();
+    let _in_flight = ctx.metrics.in_flight(KIND);
+    if obj.spec.suspend {
+        ctx.metrics
+            .reconciled(KIND, "suspended", reasons::SUSPENDED, started.elapsed());
+        return Ok(Action::await_change());
+    }
+    let result = apply(&obj, &ctx).await;
+    if let Err(e) = &result {
+        let reason = match e {
+            ReconcileError::Failed(f) => f.reason,
+            _ => "APIError",
+        };
+        ctx.metrics
+            .reconciled(KIND, "failure", reason, started.elapsed());
+    }
+    result
+}
+
+/// Retryable failures wait with the object's exponential backoff.
+pub fn error_policy(
+    obj: Arc<PackageRepositorySource>,
+    error: &ReconcileError,
+    ctx: Arc<Context>,
+) -> Action {
+    let delay = ctx.backoffs.next(&backoff_key(&obj));
+    tracing::warn!(
+        packagerepositorysource = %key(&obj),
+        retry_in_ms = delay.as_millis() as u64,
+        error = %error,
+        "reconcile failed"
+    );
+    Action::requeue(delay)
+}
+
+async fn apply(obj: &PackageRepositorySource, ctx: &Context) -> Result<Action, ReconcileError> {
+    let started = Instant::now();
+    let namespace = obj.namespace().ok_or(ReconcileError::NoNamespace)?;
+    let api: Api<PackageRepositorySource> = Api::namespaced(ctx.client.clone(), &namespace);
+    let requested_at = obj
+        .annotations()
+        .get(REQUESTED_AT_ANNOTATION)
+        .map(String::as_str);
+    let generation = obj.metadata.generation;
+    let mut current = obj.status.clone().unwrap_or_default();
+    if rstatus::is_stalled_for(&current, generation, requested_at) {
+        return Ok(Action::await_change());
+    }
+    let observed = Observed {
+        generation,
+        requested_at,
+        now: jiff::Timestamp::now(),
+    };
+    if rstatus::is_new_generation(&current, generation) {
+        let begun = rstatus::begin(&current, &observed);
+        write_status(ctx, &api, obj, &current, &begun).await?;
+        current = begun;
+    }
+
+    let interval = schedule::parse_duration("interval", &obj.spec.interval);
+    let result = match &interval {
+        Err(e) => Err(Failure {
+            stage: None,
+            reason: reasons::INVALID_SPEC,
+            message: e.to_string(),
+            retry: Retry::Never,
+            earlier_stages_ran: false,
+        }),
+        Ok(i) => {
+            let timeout = (*i).clamp(Duration::from_secs(60), schedule::MAX_DEFAULT_TIMEOUT);
+            match tokio::time::timeout(timeout, produce(obj, ctx, &current, &observed)).await {
+                Ok(r) => r,
+                Err(_) => Err(Failure::timeout(timeout)),
+            }
+        }
+    };
+    let desired = match &result {
+        Ok(Produced::Unchanged) => current.clone(),
+        Ok(Produced::Published(p)) => rstatus::succeeded(&current, &observed, p),
+        Err(f) => rstatus::failed(&current, &observed, f),
+    };
+    let wrote = write_status(ctx, &api, obj, &current, &desired).await?;
+    emit_event(ctx, obj, &current, &desired, result.as_ref().err()).await;
+
+    let requeue = || {
+        interval.as_ref().map_or_else(
+            |_| Action::await_change(),
+            |i| Action::requeue(schedule::jitter(*i)),
+        )
+    };
+    match result {
+        Ok(produced) => {
+            ctx.backoffs.reset(&backoff_key(obj));
+            ctx.metrics
+                .reconciled(KIND, "success", reasons::SUCCEEDED, started.elapsed());
+            tracing::info!(
+                packagerepositorysource = %key(obj),
+                unchanged = matches!(produced, Produced::Unchanged),
+                status_written = wrote,
+                "reconciled"
+            );
+            Ok(requeue())
+        }
+        Err(f) => match f.retry {
+            Retry::Never => {
+                ctx.metrics
+                    .reconciled(KIND, "stalled", f.reason, started.elapsed());
+                tracing::warn!(packagerepositorysource = %key(obj), reason = f.reason, message = %f.message, "stalled");
+                Ok(Action::await_change())
+            }
+            Retry::Interval => {
+                ctx.backoffs.reset(&backoff_key(obj));
+                ctx.metrics
+                    .reconciled(KIND, "waiting", f.reason, started.elapsed());
+                tracing::info!(packagerepositorysource = %key(obj), reason = f.reason, message = %f.message, "waiting");
+                Ok(requeue())
+            }
+            Retry::Backoff => Err(ReconcileError::Failed(f)),
+        },
+    }
+}
+
+enum Produced {
+    /// The status already records this package set; nothing pushed.
+    Unchanged,
+    Published(Published),
+}
+
+/// What the selected PackageSources published.
+#[derive(Default)]
+struct Collected {
+    /// By `refName.version`.
+    packages: BTreeMap<String, Package>,
+    /// By refName.
+    metadata: BTreeMap<String, PackageMetadata>,
+    /// Names of the selected sources.
+    selected: Vec<String>,
+    /// Selected sources that contributed nothing, with why.
+    not_ready: Vec<String>,
+    /// Sources that contributed.
+    contributing: usize,
+}
+
+impl Collected {
+    fn names(&self) -> Vec<String> {
+        self.packages.keys().cloned().collect()
+    }
+
+    fn fingerprint(&self) -> u64 {
+        let text = serde_json::to_string(&(
+            self.packages.values().collect::<Vec<_>>(),
+            self.metadata.values().collect::<Vec<_>>(),
+        ))
+        .unwrap_or_default();
+        super::hash(&text)
+    }
+}
+
+async fn produce(
+    obj: &PackageRepositorySource,
+    ctx: &Context,
+    current: &PackageRepositorySourceStatus,
+    observed: &Observed<'_>,
+) -> Result<Produced, Failure> {
+    let namespace = obj.namespace().unwrap_or_default();
+    let name = obj.name_any();
+    let query = rstatus::selector_string(&obj.spec.selector).map_err(|e| Failure {
+        stage: None,
+        reason: reasons::INVALID_SPEC,
+        message: e.to_string(),
+        retry: Retry::Never,
+        earlier_stages_ran: false,
+    })?;
+    let collected = collect(ctx, &namespace, &query).await?;
+    if collected.packages.is_empty() {
+        return Err(rstatus::nothing_selected(
+            &query,
+            &collected.selected,
+            &collected.not_ready,
+        ));
+    }
+    let (pkgr_name, pkgr_namespace) = package_repository_name(obj);
+    let names = collected.names();
+    let fingerprint = collected.fingerprint();
+    let pushed_before = PUSHED.lock().ok().and_then(|m| m.get(&key(obj)).copied());
+    if rstatus::is_current(current, observed, &names) && pushed_before == Some(fingerprint) {
+        if obj.spec.package_repository.create
+            && let Some(bundle) = &current.bundle
+        {
+            ensure_package_repository(ctx, obj, &pkgr_name, &pkgr_namespace, &bundle.image).await?;
+        }
+        return Ok(Produced::Unchanged);
+    }
+
+    let work = work_dir(&ctx.settings.cache_dir, &namespace, &name);
+    write_tree(&work, &collected)?;
+    let registry = secrets::bundle_registry(
+        &ctx.client,
+        &namespace,
+        &obj.spec.bundle,
+        &[],
+        &ctx.settings.credentials,
+    )
+    .await?;
+    let tags = obj.spec.bundle.tags_for(DEFAULT_TAG);
+    let first = tags
+        .first()
+        .cloned()
+        .unwrap_or_else(|| DEFAULT_TAG.to_owned());
+    let target = Location::parse(&format!("{}:{first}", obj.spec.bundle.repository))
+        .map_err(|e| stalled(reasons::INVALID_SPEC, format!("spec.bundle: {e}")))?;
+    let started = Instant::now();
+    let released = repo::release(
+        &registry,
+        &work,
+        &target,
+        &ReleaseOptions {
+            name: pkgr_name.clone(),
+            namespace: Some(pkgr_namespace.clone()),
+            tags,
+            push: PushOptions::default(),
+        },
+    )
+    .await;
+    ctx.metrics.stage(KIND, "push", started.elapsed());
+    let released = released.map_err(release_failure)?;
+    if let Ok(mut m) = PUSHED.lock() {
+        m.insert(key(obj), fingerprint);
+    }
+    let applied = if obj.spec.package_repository.create {
+        ensure_package_repository(
+            ctx,
+            obj,
+            &pkgr_name,
+            &pkgr_namespace,
+            &released.pushed.image,
+        )
+        .await?;
+        Some(format!("{pkgr_namespace}/{pkgr_name}"))
+    } else {
+        None
+    };
+    Ok(Produced::Published(Published {
+        packages: names,
+        image: released.pushed.image.clone(),
+        tags: released.pushed.tags.clone(),
+        size: i64::try_from(released.pushed.size).ok(),
+        sources: collected.contributing,
+        package_repository: applied,
+    }))
+}
+
+/// `(name, namespace)` of the PackageRepository: `packageRepository.name`/`.namespace`, else
+/// the object's own.
+pub fn package_repository_name(obj: &PackageRepositorySource) -> (String, String) {
+    let target = &obj.spec.package_repository;
+    (
+        target.name.clone().unwrap_or_else(|| obj.name_any()),
+        target
+            .namespace
+            .clone()
+            .unwrap_or_else(|| obj.namespace().unwrap_or_default()),
+    )
+}
+
+fn stalled(reason: &'static str, message: String) -> Failure {
+    Failure {
+        stage: None,
+        reason,
+        message,
+        retry: Retry::Never,
+        earlier_stages_ran: false,
+    }
+}
+
+fn release_failure(e: RepositoryError) -> Failure {
+    let (reason, retry) = match &e {
+        RepositoryError::Bundle(b) if b.is_auth() => (reasons::AUTHENTICATION_FAILED, Retry::Never),
+        RepositoryError::Bundle(b) if b.is_retryable() => (reasons::PUSH_FAILED, Retry::Backoff),
+        RepositoryError::Bundle(_) => (reasons::PUSH_FAILED, Retry::Never),
+        RepositoryError::InvalidName { .. } => (reasons::INVALID_SPEC, Retry::Never),
+        RepositoryError::Io { .. } => (reasons::PUSH_FAILED, Retry::Backoff),
+        // A Package kapp-controller would refuse: fixed by a change of a source, which
+        // triggers a reconcile, or retried at the interval.
+        _ => (reasons::PUBLISH_FAILED, Retry::Interval),
+    };
+    Failure {
+        stage: None,
+        reason,
+        message: e.to_string(),
+        retry,
+        earlier_stages_ran: false,
+    }
+}
+
+fn api_failure(action: String, e: &kube::Error) -> Failure {
+    Failure {
+        stage: None,
+        reason: reasons::PUBLISH_FAILED,
+        message: format!("{action}: {e} (retrying with backoff)"),
+        retry: Retry::Backoff,
+        earlier_stages_ran: false,
+    }
+}
+
+fn is_not_found(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 404)
+}
+
+fn api_missing(what: &str) -> Failure {
+    Failure {
+        stage: None,
+        reason: reasons::PACKAGING_API_MISSING,
+        message: format!(
+            "the cluster does not serve {what}: kapp-controller is not installed; retried at \
+             the interval"
+        ),
+        retry: Retry::Interval,
+        earlier_stages_ran: false,
+    }
+}
+
+/// Lists the selected PackageSources and reads the Packages each Ready one published.
+async fn collect(ctx: &Context, namespace: &str, query: &str) -> Result<Collected, Failure> {
+    let sources: Api<PackageSource> = Api::namespaced(ctx.client.clone(), namespace);
+    let list = sources
+        .list(&ListParams::default().labels(query))
+        .await
+        .map_err(|e| api_failure(format!("listing PackageSources in {namespace}"), &e))?;
+    let mut out = Collected::default();
+    for source in list.items {
+        let name = source.name_any();
+        out.selected.push(name.clone());
+        let status = source.status.clone().unwrap_or_default();
+        if !source.spec.publish.enabled {
+            out.not_ready
+                .push(format!("{name} (publish.enabled is false)"));
+            continue;
+        }
+        if !conditions::is_true(&status.conditions, types::READY) {
+            out.not_ready.push(format!("{name} (not Ready)"));
+            continue;
+        }
+        let publish_ns = status
+            .package
+            .as_ref()
+            .and_then(|p| p.namespace.clone())
+            .or_else(|| source.spec.publish.namespace.clone())
+            .unwrap_or_else(|| namespace.to_owned());
+        let packages: Api<Package> = Api::namespaced(ctx.client.clone(), &publish_ns);
+        let found = match packages
+            .list(&ListParams::default().labels(&published_by(namespace, &name)))
+            .await
+        {
+            Ok(l) => l.items,
+            Err(e) if is_not_found(&e) => return Err(api_missing("data.packaging.carvel.dev")),
+            Err(e) => {
+                return Err(api_failure(
+                    format!("listing the Packages of PackageSource {namespace}/{name}"),
+                    &e,
+                ));
+            }
+        };
+        if found.is_empty() {
+            out.not_ready
+                .push(format!("{name} (no Package in {publish_ns})"));
+            continue;
+        }
+        out.contributing += 1;
+        let metadata_api: Api<PackageMetadata> = Api::namespaced(ctx.client.clone(), &publish_ns);
+        for package in found {
+            let ref_name = package.spec.ref_name.clone();
+            if !out.metadata.contains_key(&ref_name) {
+                let metadata = metadata_api
+                    .get_opt(&ref_name)
+                    .await
+                    .map_err(|e| {
+                        api_failure(
+                            format!("reading PackageMetadata {publish_ns}/{ref_name}"),
+                            &e,
+                        )
+                    })?
+                    .map(clean_metadata)
+                    .unwrap_or_else(|| {
+                        PackageMetadata::new(ref_name.clone(), PackageMetadataSpec::default())
+                    });
+                out.metadata.insert(ref_name.clone(), metadata);
+            }
+            let package = clean_package(package);
+            out.packages
+                .insert(format!("{ref_name}.{}", package.spec.version), package);
+        }
+    }
+    Ok(out)
+}
+
+/// A Package as it goes into a repository: name and spec, none of the cluster's metadata.
+pub fn clean_package(p: Package) -> Package {
+    Package {
+        metadata: ObjectMeta {
+            name: p.metadata.name,
+            ..ObjectMeta::default()
+        },
+        ..p
+    }
+}
+
+/// A PackageMetadata as it goes into a repository.
+pub fn clean_metadata(m: PackageMetadata) -> PackageMetadata {
+    PackageMetadata {
+        metadata: ObjectMeta {
+            name: m.metadata.name,
+            ..ObjectMeta::default()
+        },
+        ..m
+    }
+}
+
+/// `<cache_dir>/<namespace>/.repositories/<name>` (a dot name cannot be a PackageSource's).
+pub fn work_dir(cache_dir: &Path, namespace: &str, name: &str) -> PathBuf {
+    cache_dir.join(namespace).join(".repositories").join(name)
+}
+
+/// Replaces `<work>/packages` and `<work>/.imgpkg` with the collected documents.
+fn write_tree(work: &Path, collected: &Collected) -> Result<(), Failure> {
+    let io = |what: String, e: std::io::Error| Failure {
+        stage: None,
+        reason: reasons::PUSH_FAILED,
+        message: format!("{what}: {e} (check the controller's --cache-dir volume)"),
+        retry: Retry::Backoff,
+        earlier_stages_ran: false,
+    };
+    for dir in [repo::PACKAGES_DIR, repo::IMGPKG_DIR] {
+        let path = work.join(dir);
+        if path.exists() {
+            std::fs::remove_dir_all(&path)
+                .map_err(|e| io(format!("clearing {}", path.display()), e))?;
+        }
+    }
+    std::fs::create_dir_all(work).map_err(|e| io(format!("creating {}", work.display()), e))?;
+    for package in collected.packages.values() {
+        let metadata = &collected.metadata[&package.spec.ref_name];
+        repo::write_package_files(work, package, metadata).map_err(|e| Failure {
+            stage: None,
+            reason: reasons::PUBLISH_FAILED,
+            message: e.to_string(),
+            retry: Retry::Backoff,
+            earlier_stages_ran: false,
+        })?;
+    }
+    Ok(())
+}
+
+/// The PackageRepository as applied: fetches `image`, labelled as owned by packsmith.
+pub fn desired_package_repository(
+    obj: &PackageRepositorySource,
+    name: &str,
+    namespace: &str,
+    image: &str,
+) -> PackageRepository {
+    let mut r = PackageRepository::for_bundle(name, image);
+    r.metadata.namespace = Some(namespace.to_owned());
+    r.metadata.labels = Some(BTreeMap::from([
+        (LABEL_MANAGED_BY.to_owned(), MANAGED_BY.to_owned()),
+        (LABEL_REPOSITORY_SOURCE_NAME.to_owned(), obj.name_any()),
+        (
+            LABEL_REPOSITORY_SOURCE_NAMESPACE.to_owned(),
+            obj.namespace().unwrap_or_default(),
+        ),
+    ]));
+    r
+}
+
+/// Applies the PackageRepository unless it already fetches `image` with our labels.
+async fn ensure_package_repository(
+    ctx: &Context,
+    obj: &PackageRepositorySource,
+    name: &str,
+    namespace: &str,
+    image: &str,
+) -> Result<(), Failure> {
+    let api: Api<PackageRepository> = Api::namespaced(ctx.client.clone(), namespace);
+    let desired = desired_package_repository(obj, name, namespace, image);
+    let action = format!("applying PackageRepository {namespace}/{name}");
+    let existing = match api.get_opt(name).await {
+        Ok(e) => e,
+        Err(e) if is_not_found(&e) => return Err(missing_or(ctx, action, e).await),
+        Err(e) => return Err(api_failure(action, &e)),
+    };
+    if let Some(existing) = existing {
+        let labels_ok = desired
+            .labels()
+            .iter()
+            .all(|(k, v)| existing.labels().get(k) == Some(v));
+        if labels_ok && existing.spec.fetch == desired.spec.fetch {
+            return Ok(());
+        }
+    }
+    match api
+        .patch(
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&desired),
+        )
+        .await
+    {
+        Ok(_) => {
+            ctx.metrics.wrote(KIND, "packagerepositories", "apply");
+            Ok(())
+        }
+        Err(e) if is_not_found(&e) => Err(missing_or(ctx, action, e).await),
+        Err(e) => Err(api_failure(action, &e)),
+    }
+}
+
+/// A 404 is either a missing API (kapp-controller absent) or a missing namespace.
+async fn missing_or(ctx: &Context, action: String, e: kube::Error) -> Failure {
+    match ctx.client.list_api_group_resources(PACKAGING_API).await {
+        Ok(list)
+            if list
+                .resources
+                .iter()
+                .any(|r| r.name == "packagerepositories") =>
+        {
+            Failure {
+                stage: None,
+                reason: reasons::PUBLISH_FAILED,
+                message: format!(
+                    "{action}: {e} (does namespace packageRepository.namespace exist?)"
+                ),
+                retry: Retry::Backoff,
+                earlier_stages_ran: false,
+            }
+        }
+        _ => api_missing(PACKAGING_API),
+    }
+}
+
+/// Server-side applies `desired` on the status subresource when it differs from `current`.
+async fn write_status(
+    ctx: &Context,
+    api: &Api<PackageRepositorySource>,
+    obj: &PackageRepositorySource,
+    current: &PackageRepositorySourceStatus,
+    desired: &PackageRepositorySourceStatus,
+) -> Result<bool, ReconcileError> {
+    if current == desired {
+        return Ok(false);
+    }
+    let started = Instant::now();
+    let patch = serde_json::json!({
+        "apiVersion": PackageRepositorySource::api_version(&()),
+        "kind": PackageRepositorySource::kind(&()),
+        "status": desired,
+    });
+    let written = api
+        .patch_status(
+            &obj.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await;
+    ctx.metrics.stage(KIND, "status", started.elapsed());
+    written.map_err(|source| ReconcileError::Kube {
+        action: format!("writing the status of PackageRepositorySource {}", key(obj)),
+        source,
+    })?;
+    ctx.metrics
+        .wrote(KIND, "packagerepositorysources/status", "apply");
+    Ok(true)
+}
+
+/// Normal `Published` on a new repository digest; Warning on a new failure.
+async fn emit_event(
+    ctx: &Context,
+    obj: &PackageRepositorySource,
+    before: &PackageRepositorySourceStatus,
+    after: &PackageRepositorySourceStatus,
+    failure: Option<&Failure>,
+) {
+    let ready = |s: &PackageRepositorySourceStatus| {
+        conditions::get(&s.conditions, types::READY)
+            .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+    };
+    let event = match failure {
+        None if before.bundle.as_ref().map(|b| &b.image)
+            != after.bundle.as_ref().map(|b| &b.image) =>
+        {
+            KubeEvent {
+                type_: EventType::Normal,
+                reason: "Published".to_owned(),
+                note: ready(after).map(|r| truncate_note(&r.2)),
+                action: "Reconcile".to_owned(),
+                secondary: None,
+            }
+        }
+        Some(f) if ready(before) != ready(after) => KubeEvent {
+            type_: EventType::Warning,
+            reason: f.reason.to_owned(),
+            note: Some(truncate_note(&f.message)),
+            action: "Reconcile".to_owned(),
+            secondary: None,
+        },
+        _ => return,
+    };
+    match ctx.recorder.publish(&event, &obj.object_ref(&())).await {
+        Ok(()) => ctx.metrics.wrote(KIND, "events", "create"),
+        Err(e) => {
+            tracing::warn!(packagerepositorysource = %key(obj), error = %e, "publishing an event failed");
+        }
+    }
+}
+
+fn truncate_note(s: &str) -> String {
+    const MAX: usize = 1000;
+    if s.len() <= MAX {
+        return s.to_owned();
+    }
+    let mut end = MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// The PackageRepositorySources (from `store`) in `source`'s namespace whose selector
+/// matches its labels: what to reconcile again when the PackageSource changes.
+pub fn selecting<'a>(
+    store: impl IntoIterator<Item = &'a PackageRepositorySource>,
+    source: &PackageSource,
+) -> Vec<kube::runtime::reflector::ObjectRef<PackageRepositorySource>> {
+    let namespace = source.namespace();
+    store
+        .into_iter()
+        .filter(|r| r.namespace() == namespace)
+        .filter(|r| rstatus::selector_matches(&r.spec.selector, source.labels()))
+        .map(kube::runtime::reflector::ObjectRef::from_obj)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repository_source(
+        name: &str,
+        ns: &str,
+        selector: serde_json::Value,
+    ) -> PackageRepositorySource {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "packsmith.dev/v1alpha1",
+            "kind": "PackageRepositorySource",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"selector": selector, "bundle": {"repository": "r.io/repo"}},
+        }))
+        .unwrap()
+    }
+
+    fn source(ns: &str, labels: serde_json::Value) -> PackageSource {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "packsmith.dev/v1alpha1",
+            "kind": "PackageSource",
+            "metadata": {"name": "s", "namespace": ns, "labels": labels},
+            "spec": {
+                "package": {"refName": "a.b.c", "version": "1.0.0"},
+                "contents": [],
+                "bundle": {"repository": "r.io/a"},
+            },
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_source_change_maps_to_the_repositories_selecting_it() {
+        let repos = [
+            repository_source(
+                "main",
+                "ns",
+                serde_json::json!({"matchLabels": {"repo": "main"}}),
+            ),
+            repository_source("all", "ns", serde_json::json!({})),
+            repository_source("other-ns", "elsewhere", serde_json::json!({})),
+            repository_source(
+                "beta",
+                "ns",
+                serde_json::json!({"matchExpressions": [{"key": "repo", "operator": "In", "values": ["beta"]}]}),
+            ),
+        ];
+        let names = |s: &PackageSource| {
+            selecting(repos.iter(), s)
+                .into_iter()
+                .map(|r| r.name)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            names(&source("ns", serde_json::json!({"repo": "main"}))),
+            ["main", "all"]
+        );
+        assert_eq!(
+            names(&source("ns", serde_json::json!({"repo": "beta"}))),
+            ["all", "beta"]
+        );
+        assert_eq!(
+            names(&source("elsewhere", serde_json::json!({}))),
+            ["other-ns"]
+        );
+    }
+
+    #[test]
+    fn package_repository_defaults_and_labels() {
+        let mut r = repository_source("main", "ns", serde_json::json!({}));
+        assert_eq!(package_repository_name(&r), ("main".into(), "ns".into()));
+        r.spec.package_repository.name = Some("x".into());
+        r.spec.package_repository.namespace = Some("kapp".into());
+        assert_eq!(package_repository_name(&r), ("x".into(), "kapp".into()));
+        let d = desired_package_repository(&r, "x", "kapp", "r.io/repo@sha256:00");
+        assert_eq!(d.labels()[LABEL_MANAGED_BY], MANAGED_BY);
+        assert_eq!(d.labels()[LABEL_REPOSITORY_SOURCE_NAME], "main");
+        assert_eq!(d.metadata.namespace.as_deref(), Some("kapp"));
+        assert_eq!(
+            work_dir(Path::new("/c"), "ns", "main"),
+            Path::new("/c/ns/.repositories/main")
+        );
+    }
+
+    #[test]
+    fn cluster_metadata_is_dropped_from_repository_documents() {
+        let mut p = Package::new("a.b.c", "1.0.0", Default::default());
+        p.metadata.namespace = Some("ns".into());
+        p.metadata.resource_version = Some("7".into());
+        p.metadata.labels = Some(BTreeMap::from([("k".into(), "v".into())]));
+        let c = clean_package(p.clone());
+        assert_eq!(c.metadata.name, p.metadata.name);
+        assert!(c.metadata.namespace.is_none() && c.metadata.labels.is_none());
+        assert_eq!(c.spec, p.spec);
+    }
+}

@@ -1,0 +1,451 @@
+//! Pure logic of the PackageRepositorySource reconciler: label selectors (as a list query
+//! and as an in-memory match, for the watch mapper) and the desired status from what a
+//! reconcile found. Nothing here talks to the API server.
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+use super::status::{Failure, Retry, short_digest, truncate};
+use crate::api::conditions::{self, reasons, types};
+use crate::api::repository_source::PackageRepositorySourceStatus;
+use crate::api::source::BundleStatus;
+
+/// A selector the API server would refuse (an unknown operator, `In` without values).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("spec.selector: {0}")]
+pub struct SelectorError(pub String);
+
+/// `spec.selector` as a `labelSelector` query string (`k=v,k in (a,b),!k`); empty selects
+/// everything, as in Kubernetes.
+pub fn selector_string(selector: &LabelSelector) -> Result<String, SelectorError> {
+    let mut parts = Vec::new();
+    for (k, v) in selector.match_labels.iter().flatten() {
+        parts.push(format!("{k}={v}"));
+    }
+    for e in selector.match_expressions.iter().flatten() {
+        let values = e.values.clone().unwrap_or_default();
+        let need_values = |op: &str| {
+            if values.is_empty() {
+                Err(SelectorError(format!(
+                    "matchExpressions {} {op} needs at least one value",
+                    e.key
+                )))
+            } else {
+                Ok(values.join(","))
+            }
+        };
+        parts.push(match e.operator.as_str() {
+            "In" => format!("{} in ({})", e.key, need_values("In")?),
+            "NotIn" => format!("{} notin ({})", e.key, need_values("NotIn")?),
+            "Exists" => e.key.clone(),
+            "DoesNotExist" => format!("!{}", e.key),
+            other => {
+                return Err(SelectorError(format!(
+                    "matchExpressions operator {other:?} on {}: use In, NotIn, Exists or \
+                     DoesNotExist",
+                    e.key
+                )));
+            }
+        });
+    }
+    Ok(parts.join(","))
+}
+
+/// Whether `labels` match `selector` (same semantics as the API server's list filter; an
+/// invalid selector matches nothing).
+pub fn selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    let labels_ok = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    let expressions_ok = selector.match_expressions.iter().flatten().all(|e| {
+        let values = e.values.as_deref().unwrap_or_default();
+        let value = labels.get(&e.key);
+        match e.operator.as_str() {
+            "In" => value.is_some_and(|v| values.contains(v)),
+            "NotIn" => value.is_none_or(|v| !values.contains(v)),
+            "Exists" => value.is_some(),
+            "DoesNotExist" => value.is_none(),
+            _ => false,
+        }
+    });
+    labels_ok && expressions_ok
+}
+
+/// How a selector reads in messages.
+pub fn describe_selector(query: &str) -> String {
+    if query.is_empty() {
+        "the empty selector (all PackageSources)".to_owned()
+    } else {
+        format!("selector {query:?}")
+    }
+}
+
+/// What a reconcile observed about the object.
+#[derive(Debug, Clone, Copy)]
+pub struct Observed<'a> {
+    pub generation: Option<i64>,
+    pub requested_at: Option<&'a str>,
+    pub now: Timestamp,
+}
+
+/// A published repository.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// `refName.version`, sorted.
+    pub packages: Vec<String>,
+    /// `repository@sha256:…` of the repository bundle.
+    pub image: String,
+    pub tags: Vec<String>,
+    pub size: Option<i64>,
+    /// PackageSources the packages came from.
+    pub sources: usize,
+    /// `namespace/name` of the PackageRepository applied, if one is.
+    pub package_repository: Option<String>,
+}
+
+/// Whether this generation has not been reconciled yet.
+pub fn is_new_generation(current: &PackageRepositorySourceStatus, generation: Option<i64>) -> bool {
+    current.observed_generation != generation || current.observed_generation.is_none()
+}
+
+/// Stalled for this generation, and no new `requestedAt` asks to try again.
+pub fn is_stalled_for(
+    current: &PackageRepositorySourceStatus,
+    generation: Option<i64>,
+    requested_at: Option<&str>,
+) -> bool {
+    conditions::get(&current.conditions, types::STALLED)
+        .is_some_and(|c| c.status == conditions::TRUE && c.observed_generation == generation)
+        && current.observed_generation == generation
+        && (requested_at.is_none() || current.last_handled_reconcile_at.as_deref() == requested_at)
+}
+
+/// Whether `current` already records exactly `packages` published in a Ready repository for
+/// this generation: then nothing is written or pushed.
+pub fn is_current(
+    current: &PackageRepositorySourceStatus,
+    o: &Observed<'_>,
+    packages: &[String],
+) -> bool {
+    current.observed_generation == o.generation
+        && current.packages == packages
+        && current.bundle.is_some()
+        && conditions::is_true(&current.conditions, types::READY)
+        && (o.requested_at.is_none()
+            || current.last_handled_reconcile_at.as_deref() == o.requested_at)
+}
+
+/// `Reconciling=True` while a new generation is worked on.
+pub fn begin(
+    current: &PackageRepositorySourceStatus,
+    o: &Observed<'_>,
+) -> PackageRepositorySourceStatus {
+    let mut status = current.clone();
+    let now = truncate(o.now);
+    let message = match o.generation {
+        Some(g) => format!("reconciling generation {g}"),
+        None => "reconciling".to_owned(),
+    };
+    conditions::set(
+        &mut status.conditions,
+        types::RECONCILING,
+        true,
+        reasons::PROGRESSING,
+        message.clone(),
+        o.generation,
+        now,
+    );
+    if conditions::get(&status.conditions, types::READY).is_none() {
+        conditions::set(
+            &mut status.conditions,
+            types::READY,
+            false,
+            reasons::PROGRESSING,
+            message,
+            o.generation,
+            now,
+        );
+    }
+    status
+}
+
+fn finish(status: &mut PackageRepositorySourceStatus, o: &Observed<'_>) {
+    status.observed_generation = o.generation;
+    if let Some(r) = o.requested_at {
+        status.last_handled_reconcile_at = Some(r.to_owned());
+    }
+    conditions::remove(&mut status.conditions, types::RECONCILING);
+}
+
+/// The status after a successful publication.
+pub fn succeeded(
+    current: &PackageRepositorySourceStatus,
+    o: &Observed<'_>,
+    p: &Published,
+) -> PackageRepositorySourceStatus {
+    let mut status = current.clone();
+    let now = truncate(o.now);
+    finish(&mut status, o);
+    status.package_count = p.packages.len() as u32;
+    status.packages = p.packages.clone();
+    status.bundle = Some(BundleStatus {
+        image: p.image.clone(),
+        short_digest: short_digest(&p.image),
+        tags: p.tags.clone(),
+        size: p.size,
+    });
+    conditions::remove(&mut status.conditions, types::STALLED);
+    let applied = match &p.package_repository {
+        Some(r) => format!("; PackageRepository {r} fetches it"),
+        None => " (packageRepository.create is false: no PackageRepository applied)".to_owned(),
+    };
+    let message = format!(
+        "{} package version(s) from {} PackageSource(s) in {}{applied}",
+        p.packages.len(),
+        p.sources,
+        p.image
+    );
+    conditions::set(
+        &mut status.conditions,
+        types::REPOSITORY_PUBLISHED,
+        true,
+        reasons::SUCCEEDED,
+        message.clone(),
+        o.generation,
+        now,
+    );
+    conditions::set(
+        &mut status.conditions,
+        types::READY,
+        true,
+        reasons::SUCCEEDED,
+        message,
+        o.generation,
+        now,
+    );
+    status
+}
+
+/// The status after a failure; what was published before stays on status.
+pub fn failed(
+    current: &PackageRepositorySourceStatus,
+    o: &Observed<'_>,
+    f: &Failure,
+) -> PackageRepositorySourceStatus {
+    let mut status = current.clone();
+    let now = truncate(o.now);
+    finish(&mut status, o);
+    conditions::set(
+        &mut status.conditions,
+        types::READY,
+        false,
+        f.reason,
+        f.message.clone(),
+        o.generation,
+        now,
+    );
+    conditions::set(
+        &mut status.conditions,
+        types::REPOSITORY_PUBLISHED,
+        false,
+        f.reason,
+        f.message.clone(),
+        o.generation,
+        now,
+    );
+    if f.retry == Retry::Never {
+        conditions::set(
+            &mut status.conditions,
+            types::STALLED,
+            true,
+            f.reason,
+            f.message.clone(),
+            o.generation,
+            now,
+        );
+    } else {
+        conditions::remove(&mut status.conditions, types::STALLED);
+    }
+    status
+}
+
+/// Nothing to publish: the selector matched no PackageSource, or none of them is Ready yet.
+/// Retried at the interval and whenever a selected PackageSource changes.
+pub fn nothing_selected(query: &str, selected: &[String], not_ready: &[String]) -> Failure {
+    let message = if selected.is_empty() {
+        format!(
+            "{} matched no PackageSource in this namespace: label the PackageSources to \
+             include, or fix spec.selector",
+            describe_selector(query)
+        )
+    } else {
+        format!(
+            "{} selected {} PackageSource(s) but none has a published Package yet (not Ready or \
+             not publishing in-cluster: {}); waiting for them",
+            describe_selector(query),
+            selected.len(),
+            not_ready.join(", ")
+        )
+    };
+    Failure {
+        stage: None,
+        reason: reasons::DEPENDENCY_NOT_READY,
+        message,
+        retry: Retry::Interval,
+        earlier_stages_ran: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+
+    fn sel(labels: &[(&str, &str)], exprs: &[(&str, &str, &[&str])]) -> LabelSelector {
+        LabelSelector {
+            match_labels: (!labels.is_empty()).then(|| {
+                labels
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect()
+            }),
+            match_expressions: (!exprs.is_empty()).then(|| {
+                exprs
+                    .iter()
+                    .map(|(k, op, vs)| LabelSelectorRequirement {
+                        key: (*k).to_owned(),
+                        operator: (*op).to_owned(),
+                        values: (!vs.is_empty())
+                            .then(|| vs.iter().map(|v| (*v).to_owned()).collect()),
+                    })
+                    .collect()
+            }),
+        }
+    }
+
+    fn labels(l: &[(&str, &str)]) -> BTreeMap<String, String> {
+        l.iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn selectors_become_queries_and_match_like_the_api_server() {
+        assert_eq!(selector_string(&LabelSelector::default()).unwrap(), "");
+        let s = sel(
+            &[("repo", "main")],
+            &[
+                ("tier", "In", &["a", "b"]),
+                ("skip", "DoesNotExist", &[]),
+                ("team", "Exists", &[]),
+                ("env", "NotIn", &["dev"]),
+            ],
+        );
+        assert_eq!(
+            selector_string(&s).unwrap(),
+            "repo=main,tier in (a,b),!skip,team,env notin (dev)"
+        );
+        assert!(selector_matches(
+            &s,
+            &labels(&[("repo", "main"), ("tier", "a"), ("team", "x")])
+        ));
+        assert!(!selector_matches(
+            &s,
+            &labels(&[("repo", "main"), ("tier", "c"), ("team", "x")])
+        ));
+        assert!(!selector_matches(
+            &s,
+            &labels(&[
+                ("repo", "main"),
+                ("tier", "a"),
+                ("team", "x"),
+                ("skip", "1")
+            ])
+        ));
+        assert!(!selector_matches(
+            &s,
+            &labels(&[
+                ("repo", "main"),
+                ("tier", "a"),
+                ("team", "x"),
+                ("env", "dev")
+            ])
+        ));
+        assert!(selector_matches(&LabelSelector::default(), &labels(&[])));
+        assert!(selector_string(&sel(&[], &[("k", "In", &[])])).is_err());
+        assert!(selector_string(&sel(&[], &[("k", "Gt", &["1"])])).is_err());
+    }
+
+    fn t(s: i64) -> Timestamp {
+        Timestamp::from_second(s).unwrap()
+    }
+
+    #[test]
+    fn success_failure_and_no_op_statuses() {
+        let o = Observed {
+            generation: Some(2),
+            requested_at: None,
+            now: t(100),
+        };
+        let begun = begin(&Default::default(), &o);
+        assert!(conditions::is_true(&begun.conditions, types::RECONCILING));
+        let published = Published {
+            packages: vec!["a.x.y.1.0.0".into(), "b.x.y.2.0.0".into()],
+            image: format!("r.io/repo@sha256:{}", "c".repeat(64)),
+            tags: vec!["latest".into()],
+            size: Some(10),
+            sources: 2,
+            package_repository: Some("ns/repo".into()),
+        };
+        let ok = succeeded(&begun, &o, &published);
+        assert_eq!(ok.package_count, 2);
+        assert_eq!(ok.bundle.as_ref().unwrap().short_digest, "cccccccccccc");
+        assert!(conditions::get(&ok.conditions, types::RECONCILING).is_none());
+        assert!(conditions::is_true(&ok.conditions, types::READY));
+        assert!(conditions::is_true(
+            &ok.conditions,
+            types::REPOSITORY_PUBLISHED
+        ));
+        assert!(is_current(&ok, &o, &published.packages));
+        // Same state later: identical status, so nothing is written.
+        let later = Observed { now: t(500), ..o };
+        assert_eq!(succeeded(&ok, &later, &published), ok);
+        assert!(!is_current(&ok, &later, &published.packages[..1]));
+        assert!(!is_current(
+            &ok,
+            &Observed {
+                requested_at: Some("now"),
+                ..later
+            },
+            &published.packages
+        ));
+
+        let none = nothing_selected("repo=main", &[], &[]);
+        assert!(none.message.contains("repo=main"), "{}", none.message);
+        let waiting = failed(&ok, &later, &none);
+        let ready = conditions::get(&waiting.conditions, types::READY).unwrap();
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", reasons::DEPENDENCY_NOT_READY)
+        );
+        assert!(conditions::get(&waiting.conditions, types::STALLED).is_none());
+        assert_eq!(waiting.bundle, ok.bundle, "the last publication stays");
+
+        let invalid = Failure {
+            stage: None,
+            reason: reasons::INVALID_SPEC,
+            message: "bad".into(),
+            retry: Retry::Never,
+            earlier_stages_ran: false,
+        };
+        let stalled = failed(&ok, &later, &invalid);
+        assert!(conditions::is_true(&stalled.conditions, types::STALLED));
+        assert!(is_stalled_for(&stalled, Some(2), None));
+        assert!(!is_stalled_for(&stalled, Some(3), None));
+        assert!(!is_stalled_for(&stalled, Some(2), Some("again")));
+    }
+}
