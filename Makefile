@@ -4,7 +4,7 @@ SHELL := bash
 CARGO ?= cargo
 E2E_STATE ?= $(CURDIR)/.e2e/state
 
-.PHONY: test fmt-check clippy unit e2e crds build e2e-up e2e-down e2e-deps bench-push bench-lock bench-sync
+.PHONY: test fmt-check clippy unit e2e crds build e2e-up e2e-down e2e-deps bench-push bench-lock bench-sync bench-controller
 
 ## test: formatting, lints, unit tests and end-to-end tests on the real test bed.
 test: fmt-check clippy unit e2e
@@ -58,3 +58,9 @@ bench-push:
 bench-sync:
 	$(CARGO) build --release --bin packsmith
 	bash benches/sync.sh
+
+## bench-controller: N=1,000 inline PackageSources: time until all Ready, peak/steady RSS, steady-state
+## API writes and registry requests per minute, next to Flux's reference. Uses PACKSMITH_E2E_ENV or a fresh bed.
+bench-controller:
+	$(CARGO) build --release --bin packsmith
+	bash benches/controller.sh

@@ -50,6 +50,14 @@ pub struct Running {
 
 impl Running {
     pub async fn start(namespace: &str) -> anyhow::Result<Self> {
+        Self::start_with(namespace, |_| {}).await
+    }
+
+    /// [`start`](Self::start) with `customize` applied to the options.
+    pub async fn start_with(
+        namespace: &str,
+        customize: impl FnOnce(&mut Options),
+    ) -> anyhow::Result<Self> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -57,7 +65,7 @@ impl Running {
         let cache = tempfile::tempdir()?;
         let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let options = Options {
+        let mut options = Options {
             namespace: Some(namespace.to_owned()),
             concurrency: 2,
             cache_dir: cache.path().to_owned(),
@@ -66,6 +74,7 @@ impl Running {
             handle_signals: false,
             ..Options::default()
         };
+        customize(&mut options);
         let done = runtime.spawn(async move {
             let client = bed().client().await?;
             let controller = Controller::bind(client, options).await?;
@@ -104,8 +113,27 @@ impl Running {
         Ok((response.status().as_u16(), response.text().await?))
     }
 
+    /// The status code of `/readyz`.
+    pub async fn readyz(&self) -> anyhow::Result<u16> {
+        Ok(self.get(self.health, "/readyz").await?.0)
+    }
+
     pub async fn metrics(&self) -> anyhow::Result<String> {
         Ok(self.get(self.metrics, "/metrics").await?.1)
+    }
+
+    /// Waits until the controller ends by itself (no stop sent), with its result.
+    pub async fn finished(mut self) -> anyhow::Result<()> {
+        let result = match self.done.take() {
+            Some(done) => done
+                .await
+                .map_err(|e| anyhow::anyhow!("controller task: {e}"))?,
+            None => Ok(()),
+        };
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+        result
     }
 
     pub async fn stop(mut self) -> anyhow::Result<()> {
@@ -146,24 +174,24 @@ const STATUS_WRITES: &str =
     "packsmith_api_writes_total{kind=\"PackageSource\",resource=\"packagesources/status\"";
 const PACKAGE_WRITES: &str =
     "packsmith_api_writes_total{kind=\"PackageSource\",resource=\"packages\"";
-const SUCCESSES: &str = "packsmith_reconcile_total{kind=\"PackageSource\",result=\"success\"";
+pub const SUCCESSES: &str = "packsmith_reconcile_total{kind=\"PackageSource\",result=\"success\"";
 
-fn condition<'a>(obj: &'a PackageSource, type_: &str) -> Option<&'a Condition> {
+pub fn condition<'a>(obj: &'a PackageSource, type_: &str) -> Option<&'a Condition> {
     obj.status
         .as_ref()
         .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
 }
 
-fn has(obj: &PackageSource, type_: &str, status: &str, reason: &str) -> bool {
+pub fn has(obj: &PackageSource, type_: &str, status: &str, reason: &str) -> bool {
     condition(obj, type_).is_some_and(|c| c.status == status && c.reason == reason)
 }
 
-fn describe(obj: &PackageSource) -> String {
+pub fn describe(obj: &PackageSource) -> String {
     serde_json::to_string_pretty(&obj.status).unwrap_or_default()
 }
 
 /// Polls `name` until `pred` holds.
-async fn wait_for(
+pub async fn wait_for(
     api: &Api<PackageSource>,
     name: &str,
     timeout: Duration,
@@ -214,7 +242,7 @@ async fn request_reconcile(
     Ok(())
 }
 
-fn bundle_image(obj: &PackageSource) -> String {
+pub fn bundle_image(obj: &PackageSource) -> String {
     obj.status
         .as_ref()
         .and_then(|s| s.bundle.as_ref())
@@ -537,7 +565,7 @@ spec:
     controller.stop().await
 }
 
-fn inline_source(name: &str, ns: &str, repository: &str, extra_spec: &str) -> String {
+pub fn inline_source(name: &str, ns: &str, repository: &str, extra_spec: &str) -> String {
     format!(
         r#"apiVersion: packsmith.dev/v1alpha1
 kind: PackageSource

@@ -512,11 +512,9 @@ async fn registry_down_retries_then_fails(_bed: &Bed) -> anyhow::Result<()> {
         "{text}"
     );
     ensure!(error.is_retryable(), "{text}");
-    // 50 + 100 + 200 ms of backoff, and no more than a few seconds in all.
-    ensure!(
-        elapsed >= Duration::from_millis(350) && elapsed < Duration::from_secs(10),
-        "{elapsed:?}"
-    );
+    // 50 + 100 + 200 ms of backoff prove the retries happened (no upper bound: timing
+    // targets live in benchmarks, and a loaded CI machine must not fail this).
+    ensure!(elapsed >= Duration::from_millis(350), "{elapsed:?}");
     Ok(())
 }
 
@@ -553,14 +551,9 @@ async fn yaml_bomb_and_huge_document(_bed: &Bed) -> anyhow::Result<()> {
     }
     bomb.push_str("image: quay.io/app:1\n");
     let dir = manifest_tree(&[("bomb.yml", &bomb)])?;
-    let started = Instant::now();
+    // A completed expansion would succeed; the error is the budget at work.
     let error = lock::discover(&[dir.path().to_owned()], &LockConfig::default())
         .expect_err("alias expansion is bounded");
-    ensure!(
-        started.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        started.elapsed()
-    );
     ensure!(
         matches!(error, LockError::Yaml { .. }) && error.to_string().contains("bomb.yml"),
         "{error}"
@@ -578,14 +571,9 @@ async fn yaml_bomb_and_huge_document(_bed: &Bed) -> anyhow::Result<()> {
         }
         file.write_all(b"\"\n")?;
     }
-    let started = Instant::now();
+    // TooLarge is decided from the file's size, before any of it is read.
     let error = lock::discover(&[huge.path().to_owned()], &LockConfig::default())
         .expect_err("100 MB is over the limit");
-    ensure!(
-        started.elapsed() < Duration::from_secs(2),
-        "{:?}",
-        started.elapsed()
-    );
     ensure!(
         matches!(error, LockError::TooLarge { .. }) && error.to_string().contains("huge.yml"),
         "{error}"

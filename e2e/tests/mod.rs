@@ -2,7 +2,9 @@
 
 pub mod bundle;
 pub mod controller;
+pub mod controller_leader;
 pub mod controller_repo;
+pub mod controller_secrets;
 pub mod crds;
 pub mod git;
 pub mod lock;
@@ -19,7 +21,9 @@ pub fn trials() -> (Vec<Trial>, Vec<Trial>) {
     let mut parallel = Vec::new();
     parallel.extend(bundle::trials());
     parallel.extend(controller::trials());
+    parallel.extend(controller_leader::trials());
     parallel.extend(controller_repo::trials());
+    parallel.extend(controller_secrets::trials());
     parallel.extend(crds::trials());
     parallel.extend(git::trials());
     parallel.extend(lock::trials());

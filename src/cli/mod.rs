@@ -83,6 +83,29 @@ struct ControllerArgs {
     /// bundle.secretRef wins for the same host.
     #[arg(long, value_name = "FILE")]
     registry_config: Option<PathBuf>,
+    /// Reconcile only while holding a coordination.k8s.io Lease, so several replicas can run;
+    /// a replica that loses the Lease exits non-zero.
+    #[arg(long)]
+    leader_elect: bool,
+    /// Namespace of the Lease [default: the controller's own (in a Pod), else the kubeconfig's].
+    #[arg(long, env = "POD_NAMESPACE")]
+    leader_election_namespace: Option<String>,
+    /// Name of the Lease.
+    #[arg(long, default_value = crate::controller::leader::DEFAULT_LEASE_NAME)]
+    leader_election_id: String,
+    /// How long the Lease is valid after a renewal (whole seconds).
+    #[arg(long, default_value = "35s", value_parser = duration)]
+    leader_election_lease_duration: std::time::Duration,
+    /// A leader that could not renew for this long gives up and exits.
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    leader_election_renew_deadline: std::time::Duration,
+    /// How often the leader renews and followers try to take the Lease.
+    #[arg(long, default_value = "5s", value_parser = duration)]
+    leader_election_retry_period: std::time::Duration,
+}
+
+fn duration(value: &str) -> Result<std::time::Duration, String> {
+    crate::controller::schedule::parse_duration("duration", value).map_err(|e| e.to_string())
 }
 
 #[derive(Subcommand, Debug)]
@@ -148,7 +171,20 @@ fn controller(args: ControllerArgs) -> anyhow::Result<()> {
         health_addr: args.health_addr,
         credentials,
         handle_signals: true,
+        leader_election: args
+            .leader_elect
+            .then(|| crate::controller::leader::LeaderElection {
+                namespace: args.leader_election_namespace,
+                lease_name: args.leader_election_id,
+                identity: crate::controller::leader::default_identity(),
+                lease_duration: args.leader_election_lease_duration,
+                renew_deadline: args.leader_election_renew_deadline,
+                retry_period: args.leader_election_retry_period,
+            }),
     };
+    if let Some(election) = &options.leader_election {
+        election.validate()?;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

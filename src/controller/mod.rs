@@ -21,6 +21,7 @@
 
 pub mod context;
 pub mod health;
+pub mod leader;
 pub mod metrics;
 pub mod publish;
 pub mod repository;
@@ -36,7 +37,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Api, ListParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{
     Controller as KubeController, Predicate, WatchStreamExt, predicates, reflector, watcher,
@@ -70,6 +73,8 @@ pub struct Options {
     pub credentials: Credentials,
     /// Stop on SIGTERM / Ctrl-C (off for a controller embedded in tests).
     pub handle_signals: bool,
+    /// Reconcile only while holding this Lease (`--leader-elect`); always when `None`.
+    pub leader_election: Option<leader::LeaderElection>,
 }
 
 impl Default for Options {
@@ -82,6 +87,7 @@ impl Default for Options {
             health_addr: "0.0.0.0:9440".to_owned(),
             credentials: Credentials::default(),
             handle_signals: true,
+            leader_election: None,
         }
     }
 }
@@ -106,6 +112,10 @@ pub enum ControllerError {
         #[source]
         source: kube::Error,
     },
+    #[error("leader election: {0}")]
+    LeaderElection(#[from] leader::LeaderError),
+    #[error("lost the leadership of the Lease {lease}: {reason}")]
+    LeadershipLost { lease: String, reason: String },
     #[error("creating the cache directory {path}: {source}")]
     CacheDir {
         path: PathBuf,
@@ -228,6 +238,49 @@ impl Controller {
                 ))
             })
             .collect();
+        let stop_servers = move || {
+            for server in &servers {
+                server.abort();
+            }
+        };
+        let shutdown = futures::FutureExt::shared(shutdown);
+
+        // With leader election, stand by (serving probes, ready: a follower is healthy and a
+        // rollout must not wait for it) until this replica holds the Lease.
+        let elector = match options.leader_election.clone() {
+            Some(config) => {
+                let elector = match leader::Elector::new(client.clone(), config).await {
+                    Ok(elector) => elector,
+                    Err(e) => {
+                        stop_servers();
+                        return Err(e.into());
+                    }
+                };
+                probes.set_ready(true);
+                tracing::info!(lease = %elector.lease(), identity = elector.identity(), "waiting for the leadership");
+                let stop = async {
+                    if options.handle_signals {
+                        tokio::select! {
+                            _ = shutdown.clone() => {}
+                            _ = terminated() => {}
+                        }
+                    } else {
+                        shutdown.clone().await
+                    }
+                };
+                tokio::select! {
+                    _ = elector.acquire() => {}
+                    _ = stop => {
+                        stop_servers();
+                        tracing::info!("packsmith controller stopped (never the leader)");
+                        return Ok(());
+                    }
+                }
+                tracing::info!(lease = %elector.lease(), identity = elector.identity(), "became the leader");
+                Some(elector)
+            }
+            None => None,
+        };
 
         let recorder = Recorder::new(
             client.clone(),
@@ -278,9 +331,51 @@ impl Controller {
                 .combine(lifecycle),
             Default::default(),
         );
-        let mut controller = KubeController::for_stream(triggers, reader).with_config(
-            kube::runtime::controller::Config::default().concurrency(options.concurrency),
-        );
+        // A referenced Secret or ConfigMap that is created or changes re-runs the sources that
+        // name it (found in the PackageSource store: no API call per event). Secrets are
+        // watched as metadata only, so no Secret data is ever cached; a resourceVersion filter
+        // drops the re-list replays of unchanged objects.
+        let secret_store = reader.clone();
+        let secret_triggers = watcher(
+            scoped::<PartialObjectMeta<Secret>>(&client, options.namespace.as_deref()),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .touched_objects()
+        .predicate_filter(predicates::resource_version, Default::default());
+        let config_map_store = reader.clone();
+        let config_map_triggers = watcher(
+            scoped::<PartialObjectMeta<ConfigMap>>(&client, options.namespace.as_deref()),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .touched_objects()
+        .predicate_filter(predicates::resource_version, Default::default());
+        let mut controller = KubeController::for_stream(triggers, reader)
+            .watches_stream(secret_triggers, move |secret: PartialObjectMeta<Secret>| {
+                let state = secret_store.state();
+                secrets::referencing(
+                    state.iter().map(|s| s.as_ref()),
+                    secrets::RefKind::Secret,
+                    secret.namespace().as_deref(),
+                    &secret.name_any(),
+                )
+            })
+            .watches_stream(
+                config_map_triggers,
+                move |config_map: PartialObjectMeta<ConfigMap>| {
+                    let state = config_map_store.state();
+                    secrets::referencing(
+                        state.iter().map(|s| s.as_ref()),
+                        secrets::RefKind::ConfigMap,
+                        config_map.namespace().as_deref(),
+                        &config_map.name_any(),
+                    )
+                },
+            )
+            .with_config(
+                kube::runtime::controller::Config::default().concurrency(options.concurrency),
+            );
         if options.handle_signals {
             controller = controller.shutdown_on_signal();
         }
@@ -315,7 +410,6 @@ impl Controller {
         if options.handle_signals {
             repositories = repositories.shutdown_on_signal();
         }
-        let shutdown = futures::FutureExt::shared(shutdown);
         tracing::info!(
             namespace = options.namespace.as_deref().unwrap_or("(all)"),
             concurrency = options.concurrency,
@@ -346,11 +440,31 @@ impl Controller {
                     Err(e) => tracing::debug!(error = %e, "repository controller"),
                 }
             });
-        futures::future::join(sources, repositories).await;
+        let work = futures::future::join(sources, repositories);
+        let lost = match &elector {
+            None => {
+                work.await;
+                None
+            }
+            Some(elector) => tokio::select! {
+                _ = work => {
+                    elector.release().await;
+                    None
+                }
+                reason = elector.hold() => Some(ControllerError::LeadershipLost {
+                    lease: elector.lease(),
+                    reason,
+                }),
+            },
+        };
         probes.set_ready(false);
         readiness.abort();
-        for server in servers {
-            server.abort();
+        stop_servers();
+        if let Some(lost) = lost {
+            // Reconciles in flight are dropped with the controllers: nothing runs on a
+            // replica that no longer leads. The caller exits non-zero.
+            tracing::error!(error = %lost, "stopping");
+            return Err(lost);
         }
         tracing::info!("packsmith controller stopped");
         Ok(())
@@ -363,6 +477,29 @@ pub async fn run(client: Client, options: Options) -> Result<(), ControllerError
         .await?
         .run(std::future::pending())
         .await
+}
+
+/// SIGTERM or Ctrl-C.
+async fn terminated() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 fn api(client: &Client, namespace: Option<&str>) -> Api<PackageSource> {

@@ -9,13 +9,14 @@
 use std::collections::BTreeSet;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use kube::{Api, Client};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, Client, ResourceExt};
 
 use super::status::{Failure, Retry};
-use crate::api::PackageSourceSpec;
 use crate::api::common::BundleTarget;
 use crate::api::conditions::reasons;
 use crate::api::source::RegistryMirror;
+use crate::api::{PackageSource, PackageSourceSpec};
 use crate::pipeline::Stage;
 use crate::registry::{Credentials, Registry, RegistryOptions};
 use crate::sync::{self, MemorySecrets};
@@ -115,6 +116,42 @@ pub fn content_refs(spec: &PackageSourceSpec) -> Vec<ContentRef> {
     let mut seen = BTreeSet::new();
     refs.into_iter()
         .filter(|r| seen.insert((r.kind, r.name.clone())))
+        .collect()
+}
+
+/// Whether `spec` names the `kind` object `name` of its own namespace: `bundle.secretRef`,
+/// `bundle.caSecretRef` or any of [`content_refs`].
+pub fn references(spec: &PackageSourceSpec, kind: RefKind, name: &str) -> bool {
+    let bundle = kind == RefKind::Secret
+        && (spec
+            .bundle
+            .secret_ref
+            .as_ref()
+            .is_some_and(|r| r.name == name)
+            || spec
+                .bundle
+                .ca_secret_ref
+                .as_ref()
+                .is_some_and(|r| r.name == name));
+    bundle
+        || content_refs(spec)
+            .iter()
+            .any(|r| r.kind == kind && r.name == name)
+}
+
+/// The PackageSources among `sources` (a reflector store: no API call) that reference the
+/// `kind` object `namespace`/`name`; a Secret or ConfigMap watch maps its events through this.
+pub fn referencing<'a>(
+    sources: impl IntoIterator<Item = &'a PackageSource>,
+    kind: RefKind,
+    namespace: Option<&str>,
+    name: &str,
+) -> Vec<ObjectRef<PackageSource>> {
+    sources
+        .into_iter()
+        .filter(|s| s.namespace().as_deref() == namespace)
+        .filter(|s| references(&s.spec, kind, name))
+        .map(ObjectRef::from_obj)
         .collect()
 }
 
@@ -349,6 +386,44 @@ mod tests {
 
     fn spec(yaml: &str) -> PackageSourceSpec {
         crate::carvel::yaml::from_str("spec", yaml).unwrap()
+    }
+
+    #[test]
+    fn maps_a_secret_or_config_map_to_the_sources_referencing_it() {
+        let source = |ns: &str, yaml: &str| -> PackageSource {
+            let mut obj = PackageSource::new("s", spec(yaml));
+            obj.metadata.namespace = Some(ns.to_owned());
+            obj
+        };
+        let bundle = source(
+            "a",
+            r#"
+package: {refName: a.b.c, version: 1.0.0}
+bundle: {repository: r.io/a, secretRef: {name: push}, caSecretRef: {name: ca}}
+contents: []
+"#,
+        );
+        let inline = source(
+            "a",
+            r#"
+package: {refName: a.b.c, version: 1.0.0}
+bundle: {repository: r.io/a}
+contents:
+- path: config
+  contents:
+  - path: .
+    inline: {pathsFrom: [{configMapRef: {name: values}}, {secretRef: {name: push}}]}
+"#,
+        );
+        let sources = [bundle.clone(), inline.clone()];
+        let found = |kind, ns, name| referencing(&sources, kind, Some(ns), name).len();
+        assert_eq!(found(RefKind::Secret, "a", "push"), 2);
+        assert_eq!(found(RefKind::Secret, "a", "ca"), 1);
+        assert_eq!(found(RefKind::Secret, "b", "push"), 0, "other namespace");
+        assert_eq!(found(RefKind::ConfigMap, "a", "values"), 1);
+        assert_eq!(found(RefKind::ConfigMap, "a", "push"), 0, "kind matters");
+        assert_eq!(found(RefKind::Secret, "a", "values"), 0);
+        assert!(!references(&bundle.spec, RefKind::ConfigMap, "ca"));
     }
 
     #[test]

@@ -273,13 +273,9 @@ mod tests {
                  *a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}]\n"
             ));
         }
-        let started = std::time::Instant::now();
+        // The budget, not the clock, is what is asserted: an expansion that completed would
+        // return Ok with a billion nodes (timing belongs in benchmarks, not tests).
         let failure = parse(&bomb).expect_err("a billion laughs");
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(5),
-            "{:?}",
-            started.elapsed()
-        );
         assert!(!failure.message.is_empty());
     }
 

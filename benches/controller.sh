@@ -1,0 +1,168 @@
+#!/usr/bin/env bash
+# `make bench-controller` (issue #7): the controller at scale. N small PackageSources (one inline
+# ConfigMap manifest, no image lock, pushed to the bed's anonymous registry, interval 1h) are
+# created in one namespace, then `packsmith controller` is started and we measure:
+#   - time from the controller's start until all N are Ready=True (list polled every second),
+#   - the controller's peak (VmHWM) and steady (VmRSS) resident memory,
+#   - over a steady-state window of STEADY seconds after that: API writes (delta of the
+#     controller's packsmith_api_writes_total) and registry requests (lines of the plain
+#     registry's log), both per minute.
+# Printed next to Flux's published reference (source-controller, 1,000 OCIRepositories Ready in
+# 85 s using 67 MiB) and the goals. Not a test: it asserts nothing.
+#
+# Environment: N (1000), CONCURRENT (4), STEADY (60), INTERVAL (1h), PACKSMITH (release binary),
+# PACKSMITH_E2E_ENV (use that bed instead of starting and stopping one).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+N="${N:-1000}"
+CONCURRENT="${CONCURRENT:-4}"
+STEADY="${STEADY:-60}"
+INTERVAL="${INTERVAL:-1h}"
+READY_TIMEOUT="${READY_TIMEOUT:-900}"
+PACKSMITH="${PACKSMITH:-$ROOT/target/release/packsmith}"
+KUBE_PY="$ROOT/benches/kube.py"
+
+owned=""
+work="$(mktemp -d /tmp/packsmith-bench-ctl-XXXXXX)"
+ns="bench-ctl-$(date +%s)"
+ctl_pid=""
+cleanup() {
+  set +e
+  if [[ -n "$ctl_pid" ]] && kill -0 "$ctl_pid" 2>/dev/null; then
+    kill -TERM "$ctl_pid"
+    for _ in $(seq 100); do kill -0 "$ctl_pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$ctl_pid" 2>/dev/null
+    wait "$ctl_pid" 2>/dev/null
+  fi
+  if [[ -n "$owned" ]]; then
+    bash "$ROOT/e2e/scripts/down.sh" "$owned" >&2
+  elif [[ -n "${KUBECONFIG_FILE:-}" ]]; then
+    # A bed we borrowed: leave it as we found it (the controller is gone, so drop the finalizers).
+    python3 "$KUBE_PY" "$KUBECONFIG_FILE" release "$ns" >&2
+  fi
+  [[ -n "${KEEP_WORK:-}" ]] || rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+[[ -x "$PACKSMITH" ]] || { echo "bench-controller: no $PACKSMITH (make bench-controller builds it)" >&2; exit 1; }
+
+if [[ -z "${PACKSMITH_E2E_ENV:-}" ]]; then
+  owned="$work/bed"
+  bash "$ROOT/e2e/scripts/up.sh" "$owned" >&2
+  PACKSMITH_E2E_ENV="$owned/env"
+fi
+set -a
+# shellcheck disable=SC1090
+source "$PACKSMITH_E2E_ENV"
+set +a
+KUBECONFIG_FILE="$PACKSMITH_E2E_KUBECONFIG"
+REGISTRY_LOG="$PACKSMITH_E2E_STATE_DIR/logs/registry-plain.log"
+
+kube() { python3 "$KUBE_PY" "$KUBECONFIG_FILE" "$@"; }
+now() { date +%s.%N; }
+elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
+
+kube apply-crds "$ROOT"/crds/*.yaml "$ROOT"/e2e/crds/kapp-controller/*.yaml >&2
+kube namespace "$ns"
+kube create-sources "$ns" "$N" "$PACKSMITH_E2E_REGISTRY" "$INTERVAL" >&2
+
+read -r metrics_port health_port < <(python3 -c '
+import socket
+a, b = socket.socket(), socket.socket()
+a.bind(("127.0.0.1", 0)); b.bind(("127.0.0.1", 0))
+print(a.getsockname()[1], b.getsockname()[1])')
+metrics_url="http://127.0.0.1:$metrics_port/metrics"
+
+# Sum of a counter over all its label sets.
+metric_sum() { # NAME
+  curl -sf --max-time 5 "$metrics_url" | awk -v n="$1" '$1 == n || index($1, n "{") == 1 { s += $NF } END { printf "%d", s }'
+}
+status_kb() { awk -v k="$1:" '$1 == k { print $2 }' "/proc/$ctl_pid/status"; }
+mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
+cpu_seconds() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.1f", ($14 + $15) / hz }' "/proc/$ctl_pid/stat"; }
+# docker-registry writes two lines per request; count its access-log lines ("IP - - [date] ...").
+reg_lines() { grep -c '^[0-9.]* - - \[' "$REGISTRY_LOG" || true; }
+reg_pings() { grep -c '"GET /v2/ HTTP' "$REGISTRY_LOG" || true; }
+
+# CPU seconds of each server of the bed (a borrowed external cluster has no pids: skipped).
+bed_cpu() {
+  local f pid
+  for f in "$PACKSMITH_E2E_STATE_DIR"/pids/*.pid; do
+    [[ -e $f ]] || continue
+    pid=$(<"$f")
+    [[ -r /proc/$pid/stat ]] || continue
+    awk -v n="$(basename "$f" .pid)" -v hz="$(getconf CLK_TCK)" '{ printf "%s %.1f\n", n, ($14 + $15) / hz }' "/proc/$pid/stat"
+  done
+}
+bed_cpu >"$work/bed-cpu-0"
+reg_before_start=$(reg_lines)
+pings_before_start=$(reg_pings)
+t_start=$(now)
+RUST_LOG="${RUST_LOG:-warn}" KUBECONFIG="$KUBECONFIG_FILE" "$PACKSMITH" controller --namespace "$ns" \
+  --concurrent "$CONCURRENT" --cache-dir "$work/cache" --kubeconfig "$KUBECONFIG_FILE" \
+  --metrics-addr "127.0.0.1:$metrics_port" --health-addr "127.0.0.1:$health_port" \
+  >"$work/controller.log" 2>&1 &
+ctl_pid=$!
+
+# Poll until all N are Ready (print progress every 10 s).
+ready=0 t_ready=""
+deadline=$(($(date +%s) + READY_TIMEOUT))
+last_print=0
+while :; do
+  kill -0 "$ctl_pid" 2>/dev/null || { echo "bench-controller: the controller exited:" >&2; tail -20 "$work/controller.log" >&2; exit 1; }
+  read -r ready total < <(kube ready "$ns")
+  if ((ready >= N)); then t_ready=$(now); break; fi
+  if (($(date +%s) - last_print >= 10)); then
+    echo "bench-controller: $(elapsed "$t_start" "$(now)")s: $ready/$total Ready, RSS $(mib "$(status_kb VmRSS)") MiB" >&2
+    last_print=$(date +%s)
+  fi
+  (($(date +%s) < deadline)) || { echo "bench-controller: only $ready/$N Ready after ${READY_TIMEOUT}s" >&2; break; }
+  sleep 1
+done
+ramp_s=$(elapsed "$t_start" "${t_ready:-$(now)}")
+ramp_writes=$(metric_sum packsmith_api_writes_total)
+ramp_reg=$(($(reg_lines) - reg_before_start))
+ramp_pings=$(($(reg_pings) - pings_before_start))
+ramp_cpu=$(cpu_seconds)
+bed_cpu >"$work/bed-cpu-1"
+hwm_ramp=$(status_kb VmHWM)
+
+# Steady state: nothing changes and every object's next reconcile is an interval away.
+w0=$(metric_sum packsmith_api_writes_total)
+r0=$(reg_lines)
+rec0=$(metric_sum packsmith_reconcile_total)
+c0=$(cpu_seconds)
+sleep "$STEADY"
+w1=$(metric_sum packsmith_api_writes_total)
+r1=$(reg_lines)
+rec1=$(metric_sum packsmith_reconcile_total)
+c1=$(cpu_seconds)
+rss_steady=$(status_kb VmRSS)
+hwm=$(status_kb VmHWM)
+cache_kib=$(du -sk "$work/cache" | cut -f1)
+cache_dirs=$(find "$work/cache" -mindepth 2 -maxdepth 2 -type d | wc -l)
+
+per_min() { awk -v d="$1" -v s="$STEADY" 'BEGIN { printf "%.1f", d * 60 / s }'; }
+ready_cell="$ramp_s s"
+[[ -n "$t_ready" ]] || ready_cell="> $ramp_s s ($ready/$N)"
+
+echo
+echo "packsmith controller, $N PackageSources (inline, no image lock, plain registry), --concurrent $CONCURRENT, interval $INTERVAL"
+printf '%-34s %-22s %-28s %s\n' "" "packsmith" "Flux (1,000 OCIRepositories)" "goal (1,000)"
+printf '%-34s %-22s %-28s %s\n' "all Ready after controller start" "$ready_cell" "85 s" "< 60 s"
+printf '%-34s %-22s %-28s %s\n' "peak RSS (VmHWM)" "$(mib "$hwm") MiB" "67 MiB" "< 64 MiB"
+printf '%-34s %-22s %-28s %s\n' "steady RSS (VmRSS, after ${STEADY}s)" "$(mib "$rss_steady") MiB" "-" "< 64 MiB"
+printf '%-34s %-22s %-28s %s\n' "steady API writes / min" "$(per_min $((w1 - w0)))" "-" "≈ 0"
+printf '%-34s %-22s %-28s %s\n' "steady registry requests / min" "$(per_min $((r1 - r0)))" "-" "-"
+echo
+echo "ramp: $ramp_writes API writes ($(awk -v a="$ramp_writes" -v n="$N" 'BEGIN { printf "%.1f", a / n }') per object)," \
+  "$ramp_reg registry requests ($(awk -v a="$ramp_reg" -v n="$N" 'BEGIN { printf "%.1f", a / n }') per object, $ramp_pings of them GET /v2/)," \
+  "${ramp_cpu}s controller CPU, peak RSS during ramp $(mib "$hwm_ramp") MiB"
+echo "CPU seconds during the ramp: packsmith $ramp_cpu, $(awk 'NR == FNR { a[$1] = $2; next } $1 in a { printf "%s%s %.1f", sep, $1, $2 - a[$1]; sep = ", " }' "$work/bed-cpu-0" "$work/bed-cpu-1")" \
+  "(of $(awk -v r="$ramp_s" -v c="$(nproc)" 'BEGIN { printf "%.0f", r * c }') available on $(nproc) cores)"
+echo "steady window: $((rec1 - rec0)) reconciles, $(awk -v a="$c0" -v b="$c1" 'BEGIN { printf "%.1f", b - a }')s CPU"
+echo "work dirs: $cache_dirs under --cache-dir, $(mib "$cache_kib") MiB on disk"
+if [[ -n "${SHOW_METRICS:-}" ]]; then curl -sf "$metrics_url" | grep -v '^#' | grep -v '_bucket' >&2; fi
