@@ -5,27 +5,28 @@ use kube::CustomResourceExt;
 
 use super::{PackageRepositorySource, PackageSource};
 
-/// Every CRD, with the file name it is committed under in `crds/`.
+/// Every CRD, with the file name it is committed under in `crds/`, in file-name order (so
+/// `cat crds/*.yaml` is exactly what `packsmith crds` prints).
 pub fn all() -> Vec<(&'static str, CustomResourceDefinition)> {
     vec![
-        ("packagesources.yaml", PackageSource::crd()),
         (
             "packagerepositorysources.yaml",
             PackageRepositorySource::crd(),
         ),
+        ("packagesources.yaml", PackageSource::crd()),
     ]
 }
 
-/// One CRD as the YAML document committed in `crds/`.
+/// One CRD as the YAML document committed in `crds/`, with its own `---` so that the files
+/// concatenated are exactly what `packsmith crds` prints.
 pub fn to_yaml(crd: &CustomResourceDefinition) -> Result<String, serde_saphyr::ser_error::Error> {
-    serde_saphyr::to_string(crd)
+    Ok(format!("---\n{}", serde_saphyr::to_string(crd)?))
 }
 
 /// All CRDs as one multi-document YAML stream, in `all()` order (what `packsmith crds` prints).
 pub fn render_all() -> Result<String, serde_saphyr::ser_error::Error> {
     let mut out = String::new();
     for (_, crd) in all() {
-        out.push_str("---\n");
         out.push_str(&to_yaml(&crd)?);
     }
     Ok(out)
@@ -62,8 +63,8 @@ mod tests {
         assert_eq!(
             names,
             [
-                "packagesources.packsmith.dev",
-                "packagerepositorysources.packsmith.dev"
+                "packagerepositorysources.packsmith.dev",
+                "packagesources.packsmith.dev"
             ]
         );
     }

@@ -28,6 +28,7 @@ use super::publish::selector as published_by;
 use super::repository_status::{self as rstatus, Observed, Published};
 use super::schedule;
 use super::secrets;
+use super::source::truncate_note;
 use super::status::{Failure, Retry};
 use crate::api::conditions::{self, reasons, types};
 use crate::api::repository_source::{PackageRepositorySource, PackageRepositorySourceStatus};
@@ -692,18 +693,6 @@ async fn emit_event(
             tracing::warn!(packagerepositorysource = %key(obj), error = %e, "publishing an event failed");
         }
     }
-}
-
-fn truncate_note(s: &str) -> String {
-    const MAX: usize = 1000;
-    if s.len() <= MAX {
-        return s.to_owned();
-    }
-    let mut end = MAX;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
 }
 
 /// The PackageRepositorySources (from `store`) in `source`'s namespace whose selector

@@ -145,31 +145,7 @@ pub fn begin(
     o: &Observed<'_>,
 ) -> PackageRepositorySourceStatus {
     let mut status = current.clone();
-    let now = truncate(o.now);
-    let message = match o.generation {
-        Some(g) => format!("reconciling generation {g}"),
-        None => "reconciling".to_owned(),
-    };
-    conditions::set(
-        &mut status.conditions,
-        types::RECONCILING,
-        true,
-        reasons::PROGRESSING,
-        message.clone(),
-        o.generation,
-        now,
-    );
-    if conditions::get(&status.conditions, types::READY).is_none() {
-        conditions::set(
-            &mut status.conditions,
-            types::READY,
-            false,
-            reasons::PROGRESSING,
-            message,
-            o.generation,
-            now,
-        );
-    }
+    super::status::mark_reconciling(&mut status.conditions, o.generation, o.now);
     status
 }
 

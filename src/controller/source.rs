@@ -511,7 +511,7 @@ async fn emit_events(
 }
 
 /// Events notes are limited to 1 kB.
-fn truncate_note(s: &str) -> String {
+pub(crate) fn truncate_note(s: &str) -> String {
     const MAX: usize = 1000;
     if s.len() <= MAX {
         return s.to_owned();

@@ -156,32 +156,42 @@ pub fn is_stalled_for(
 /// particular `observedGeneration`, stays until the reconcile ends.
 pub fn begin(current: &PackageSourceStatus, o: &Observed<'_>) -> PackageSourceStatus {
     let mut status = current.clone();
-    let message = match o.generation {
+    mark_reconciling(&mut status.conditions, o.generation, o.now);
+    status
+}
+
+/// `Reconciling=True` for `generation`, and `Ready=False/Progressing` when there is no Ready
+/// yet (a first reconcile): shared by both kinds, so they read the same in `kubectl get`.
+pub fn mark_reconciling(
+    conditions_: &mut Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
+    generation: Option<i64>,
+    now: Timestamp,
+) {
+    let message = match generation {
         Some(g) => format!("reconciling generation {g}"),
         None => "reconciling".to_owned(),
     };
-    let now = truncate(o.now);
+    let now = truncate(now);
     conditions::set(
-        &mut status.conditions,
+        conditions_,
         types::RECONCILING,
         true,
         reasons::PROGRESSING,
         message.clone(),
-        o.generation,
+        generation,
         now,
     );
-    if conditions::get(&status.conditions, types::READY).is_none() {
+    if conditions::get(conditions_, types::READY).is_none() {
         conditions::set(
-            &mut status.conditions,
+            conditions_,
             types::READY,
             false,
             reasons::PROGRESSING,
             message,
-            o.generation,
+            generation,
             now,
         );
     }
-    status
 }
 
 /// The status after a reconcile that pushed and (unless disabled) published `outcome`.
