@@ -1,7 +1,8 @@
 //! What every reconcile shares: the client, settings, event recorder, metrics and backoffs.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use kube::Client;
 use kube::runtime::events::Recorder;
@@ -37,6 +38,11 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub backoffs: Backoffs,
+    /// Fingerprint of the package set each PackageRepositorySource (`namespace/name`) last
+    /// pushed, so an unchanged set is neither written to disk nor pushed again. Per process,
+    /// not global: two controllers in one process (tests, an embedding) must not share it.
+    /// Lost on restart: the first reconcile then pushes once, to the same digest.
+    pub repository_fingerprints: Mutex<HashMap<String, u64>>,
 }
 
 impl std::fmt::Debug for Context {

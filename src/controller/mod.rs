@@ -298,6 +298,7 @@ impl Controller {
             recorder,
             metrics,
             backoffs: Default::default(),
+            repository_fingerprints: Default::default(),
         });
 
         let (reader, writer) = reflector::store();

@@ -12,9 +12,9 @@
 //! process last pushed for the object, and whose status already records it, writes and pushes
 //! nothing; it only checks that the PackageRepository still fetches the recorded bundle.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -46,11 +46,6 @@ pub const LABEL_REPOSITORY_SOURCE_NAMESPACE: &str = "packsmith.dev/repository-so
 pub const DEFAULT_TAG: &str = "latest";
 /// API group of kapp-controller's PackageRepository.
 const PACKAGING_API: &str = "packaging.carvel.dev/v1alpha1";
-
-/// Fingerprint of the package set last pushed per object (`namespace/name`), so an unchanged
-/// set is neither written to disk nor pushed again. Lost on restart: the first reconcile then
-/// pushes once (the same content gives the same digest, so status does not change).
-static PUSHED: LazyLock<Mutex<HashMap<String, u64>>> = LazyLock::new(Default::default);
 
 /// Why a reconcile returned an error (retried with backoff).
 #[derive(Debug, thiserror::Error)]
@@ -266,7 +261,11 @@ async fn produce(
     let (pkgr_name, pkgr_namespace) = package_repository_name(obj);
     let names = collected.names();
     let fingerprint = collected.fingerprint();
-    let pushed_before = PUSHED.lock().ok().and_then(|m| m.get(&key(obj)).copied());
+    let pushed_before = ctx
+        .repository_fingerprints
+        .lock()
+        .ok()
+        .and_then(|m| m.get(&key(obj)).copied());
     if rstatus::is_current(current, observed, &names) && pushed_before == Some(fingerprint) {
         if obj.spec.package_repository.create
             && let Some(bundle) = &current.bundle
@@ -308,7 +307,7 @@ async fn produce(
     .await;
     ctx.metrics.stage(KIND, "push", started.elapsed());
     let released = released.map_err(release_failure)?;
-    if let Ok(mut m) = PUSHED.lock() {
+    if let Ok(mut m) = ctx.repository_fingerprints.lock() {
         m.insert(key(obj), fingerprint);
     }
     let applied = if obj.spec.package_repository.create {
