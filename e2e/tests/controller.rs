@@ -12,6 +12,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::ResourceExt;
@@ -120,6 +121,26 @@ impl Running {
 
     pub async fn metrics(&self) -> anyhow::Result<String> {
         Ok(self.get(self.metrics, "/metrics").await?.1)
+    }
+
+    /// The metrics text once `pred` holds for it.
+    pub async fn wait_for_metrics(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> anyhow::Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = self.metrics().await?;
+            if pred(&text) {
+                return Ok(text);
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "metrics not as expected within {timeout:?}:\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     }
 
     /// Waits until the controller ends by itself (no stop sent), with its result.
@@ -776,21 +797,23 @@ stringData:
         describe(&missing)
     );
 
-    // Retried with backoff (750 ms, 1.5 s, 3 s …) while the stalled one is not retried.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Retried with backoff (750 ms, 1.5 s, 3 s …) while the stalled one is not retried: its
+    // count stays put while the failing one is retried again (no clock in the assertion).
+    const RETRIES: &str = "packsmith_reconcile_total{kind=\"PackageSource\",result=\"failure\",reason=\"FetchFailed\"}";
+    const STALLS: &str = "packsmith_reconcile_total{kind=\"PackageSource\",result=\"stalled\",reason=\"AuthenticationFailed\"}";
     let text = controller.metrics().await?;
-    let retries = metric(
-        &text,
-        "packsmith_reconcile_total{kind=\"PackageSource\",result=\"failure\",reason=\"FetchFailed\"}",
-    );
-    let stalls = metric(
-        &text,
-        "packsmith_reconcile_total{kind=\"PackageSource\",result=\"stalled\",reason=\"AuthenticationFailed\"}",
-    );
-    anyhow::ensure!(retries >= 3.0, "FetchFailed retried {retries} times in ~5s");
+    let (stalls, retries) = (metric(&text, STALLS), metric(&text, RETRIES));
+    anyhow::ensure!(stalls >= 1.0, "no stalled reconcile counted:\n{text}");
+    let text = controller
+        .wait_for_metrics(Duration::from_secs(90), |text| {
+            metric(text, RETRIES) >= (retries + 1.0).max(3.0)
+        })
+        .await
+        .context("FetchFailed is not retried with backoff")?;
     anyhow::ensure!(
-        stalls == 1.0,
-        "the stalled source was reconciled {stalls} times"
+        metric(&text, STALLS) == stalls,
+        "the stalled source was reconciled again ({} times, {stalls} before) with nothing changed",
+        metric(&text, STALLS)
     );
 
     // A Warning event names the reason, once.
@@ -807,6 +830,31 @@ stringData:
             .iter()
             .any(|e| e.reason.as_deref() == Some(reasons::AUTHENTICATION_FAILED)),
         "no AuthenticationFailed warning: {warnings:?}"
+    );
+
+    // Fixing the Secret un-stalls it: no change to the PackageSource needed.
+    let fixed = serde_json::json!({"auths": {bed().registry_tls.clone(): {
+        "username": bed().registry_user, "password": bed().registry_password}}});
+    apply_yaml(
+        &client,
+        &ns,
+        &format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: push-creds}}\ntype: kubernetes.io/dockerconfigjson\nstringData:\n  .dockerconfigjson: '{fixed}'\n"
+        ),
+    )
+    .await?;
+    let ready = wait_for(
+        &api,
+        "unauthorized",
+        Duration::from_secs(90),
+        "Ready after the Secret was fixed",
+        |o| has(o, types::READY, "True", reasons::SUCCEEDED),
+    )
+    .await?;
+    anyhow::ensure!(
+        condition(&ready, types::STALLED).is_none(),
+        "{}",
+        describe(&ready)
     );
 
     // The suspended source was left alone: no status, no finalizer, no Package.

@@ -9,6 +9,7 @@ use kube::runtime::events::Recorder;
 
 use super::metrics::Metrics;
 use super::schedule::Backoffs;
+use super::stalls::{Inputs, Stalls};
 use crate::registry::Credentials;
 
 /// Labels on everything a PackageSource publishes.
@@ -43,6 +44,10 @@ pub struct Context {
     /// not global: two controllers in one process (tests, an embedding) must not share it.
     /// Lost on restart: the first reconcile then pushes once, to the same digest.
     pub repository_fingerprints: Mutex<HashMap<String, u64>>,
+    /// Objects Stalled on inputs nothing has changed since.
+    pub stalls: Stalls,
+    /// Metadata of the watched Secrets and ConfigMaps.
+    pub inputs: Inputs,
 }
 
 impl std::fmt::Debug for Context {

@@ -29,6 +29,7 @@ pub mod repository_status;
 pub mod schedule;
 pub mod secrets;
 pub mod source;
+pub mod stalls;
 pub mod status;
 
 use std::future::Future;
@@ -289,17 +290,6 @@ impl Controller {
                 instance: std::env::var("POD_NAME").ok(),
             },
         );
-        let ctx = Arc::new(Context {
-            client: client.clone(),
-            settings: Settings {
-                cache_dir: options.cache_dir.clone(),
-                credentials: options.credentials.clone(),
-            },
-            recorder,
-            metrics,
-            backoffs: Default::default(),
-            repository_fingerprints: Default::default(),
-        });
 
         let (reader, writer) = reflector::store();
         let ready_reader = reader.clone();
@@ -334,24 +324,47 @@ impl Controller {
         );
         // A referenced Secret or ConfigMap that is created or changes re-runs the sources that
         // name it (found in the PackageSource store: no API call per event). Secrets are
-        // watched as metadata only, so no Secret data is ever cached; a resourceVersion filter
-        // drops the re-list replays of unchanged objects.
+        // watched as metadata only and their store keeps names and resourceVersions (so a
+        // Stalled source sees that its Secret was fixed): no Secret data is ever cached. A
+        // resourceVersion filter drops the re-list replays of unchanged objects.
         let secret_store = reader.clone();
+        let (secret_reader, secret_writer) = reflector::store();
         let secret_triggers = watcher(
             scoped::<PartialObjectMeta<Secret>>(&client, options.namespace.as_deref()),
             watcher::Config::default(),
         )
         .default_backoff()
+        .modify(stalls::strip)
+        .reflect(secret_writer)
         .touched_objects()
         .predicate_filter(predicates::resource_version, Default::default());
         let config_map_store = reader.clone();
+        let (config_map_reader, config_map_writer) = reflector::store();
         let config_map_triggers = watcher(
             scoped::<PartialObjectMeta<ConfigMap>>(&client, options.namespace.as_deref()),
             watcher::Config::default(),
         )
         .default_backoff()
+        .modify(stalls::strip)
+        .reflect(config_map_writer)
         .touched_objects()
         .predicate_filter(predicates::resource_version, Default::default());
+        let ctx = Arc::new(Context {
+            client: client.clone(),
+            settings: Settings {
+                cache_dir: options.cache_dir.clone(),
+                credentials: options.credentials.clone(),
+            },
+            recorder,
+            metrics,
+            backoffs: Default::default(),
+            repository_fingerprints: Default::default(),
+            stalls: Default::default(),
+            inputs: stalls::Inputs {
+                secrets: secret_reader,
+                config_maps: config_map_reader,
+            },
+        });
         let mut controller = KubeController::for_stream(triggers, reader)
             .watches_stream(secret_triggers, move |secret: PartialObjectMeta<Secret>| {
                 let state = secret_store.state();

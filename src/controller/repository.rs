@@ -29,6 +29,7 @@ use super::repository_status::{self as rstatus, Observed, Published};
 use super::schedule;
 use super::secrets;
 use super::source::truncate_note;
+use super::stalls::Mark;
 use super::status::{Failure, Retry};
 use crate::api::conditions::{self, reasons, types};
 use crate::api::repository_source::{PackageRepositorySource, PackageRepositorySourceStatus};
@@ -122,7 +123,13 @@ async fn apply(obj: &PackageRepositorySource, ctx: &Context) -> Result<Action, R
         .map(String::as_str);
     let generation = obj.metadata.generation;
     let mut current = obj.status.clone().unwrap_or_default();
-    if rstatus::is_stalled_for(&current, generation, requested_at) {
+    // Its Secrets are not watched: only a new generation or requestedAt un-stalls it.
+    let stall = Mark {
+        generation,
+        requested_at: requested_at.map(str::to_owned),
+        inputs: 0,
+    };
+    if ctx.stalls.unchanged(&backoff_key(obj), &stall) {
         return Ok(Action::await_change());
     }
     let observed = Observed {
@@ -161,6 +168,11 @@ async fn apply(obj: &PackageRepositorySource, ctx: &Context) -> Result<Action, R
     let wrote = write_status(ctx, &api, obj, &current, &desired).await?;
     emit_event(ctx, obj, &current, &desired, result.as_ref().err()).await;
 
+    if matches!(&result, Err(f) if f.retry == Retry::Never) {
+        ctx.stalls.record(&backoff_key(obj), stall);
+    } else {
+        ctx.stalls.clear(&backoff_key(obj));
+    }
     let requeue = || {
         interval.as_ref().map_or_else(
             |_| Action::await_change(),

@@ -112,18 +112,6 @@ pub fn is_new_generation(current: &PackageRepositorySourceStatus, generation: Op
     current.observed_generation != generation || current.observed_generation.is_none()
 }
 
-/// Stalled for this generation, and no new `requestedAt` asks to try again.
-pub fn is_stalled_for(
-    current: &PackageRepositorySourceStatus,
-    generation: Option<i64>,
-    requested_at: Option<&str>,
-) -> bool {
-    conditions::get(&current.conditions, types::STALLED)
-        .is_some_and(|c| c.status == conditions::TRUE && c.observed_generation == generation)
-        && current.observed_generation == generation
-        && (requested_at.is_none() || current.last_handled_reconcile_at.as_deref() == requested_at)
-}
-
 /// Whether `current` already records exactly `packages` published in a Ready repository for
 /// this generation: then nothing is written or pushed.
 pub fn is_current(
@@ -420,8 +408,5 @@ mod tests {
         };
         let stalled = failed(&ok, &later, &invalid);
         assert!(conditions::is_true(&stalled.conditions, types::STALLED));
-        assert!(is_stalled_for(&stalled, Some(2), None));
-        assert!(!is_stalled_for(&stalled, Some(3), None));
-        assert!(!is_stalled_for(&stalled, Some(2), Some("again")));
     }
 }

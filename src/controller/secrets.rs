@@ -28,7 +28,7 @@ pub const DOCKER_CONFIG_JSON_KEY: &str = ".dockerconfigjson";
 pub const DEFAULT_CA_KEY: &str = "ca.crt";
 
 /// What kind of object a content references.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum RefKind {
     Secret,
     ConfigMap,
@@ -119,24 +119,26 @@ pub fn content_refs(spec: &PackageSourceSpec) -> Vec<ContentRef> {
         .collect()
 }
 
-/// Whether `spec` names the `kind` object `name` of its own namespace: `bundle.secretRef`,
-/// `bundle.caSecretRef` or any of [`content_refs`].
-pub fn references(spec: &PackageSourceSpec, kind: RefKind, name: &str) -> bool {
-    let bundle = kind == RefKind::Secret
-        && (spec
-            .bundle
-            .secret_ref
-            .as_ref()
-            .is_some_and(|r| r.name == name)
-            || spec
-                .bundle
-                .ca_secret_ref
-                .as_ref()
-                .is_some_and(|r| r.name == name));
+/// Every Secret and ConfigMap `spec` names in its own namespace: `bundle.secretRef`,
+/// `bundle.caSecretRef` and [`content_refs`].
+pub fn referenced(spec: &PackageSourceSpec) -> Vec<(RefKind, String)> {
+    let bundle = [
+        spec.bundle.secret_ref.as_ref().map(|r| &r.name),
+        spec.bundle.ca_secret_ref.as_ref().map(|r| &r.name),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|name| (RefKind::Secret, name.clone()));
     bundle
-        || content_refs(spec)
-            .iter()
-            .any(|r| r.kind == kind && r.name == name)
+        .chain(content_refs(spec).into_iter().map(|r| (r.kind, r.name)))
+        .collect()
+}
+
+/// Whether `spec` names the `kind` object `name` of its own namespace.
+pub fn references(spec: &PackageSourceSpec, kind: RefKind, name: &str) -> bool {
+    referenced(spec)
+        .iter()
+        .any(|(k, n)| *k == kind && n == name)
 }
 
 /// The PackageSources among `sources` (a reflector store: no API call) that reference the

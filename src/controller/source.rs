@@ -20,6 +20,7 @@ use super::context::{
 use super::publish::{self, PublishError};
 use super::schedule;
 use super::secrets;
+use super::stalls::Mark;
 use super::status::{self, Failure, Observed, Publication, Retry};
 use crate::api::conditions::{self, reasons, types};
 use crate::api::source::{DeletionPolicy, PackageStatus};
@@ -140,8 +141,19 @@ async fn apply(
         .map(String::as_str);
     let generation = obj.metadata.generation;
     let mut current = obj.status.clone().unwrap_or_default();
-    if status::is_stalled_for(&current, generation, requested_at) {
-        tracing::debug!(packagesource = %key, "stalled for this generation: waiting for a change");
+    let namespace = obj.namespace().unwrap_or_default();
+    let stall = Mark {
+        generation,
+        requested_at: requested_at.map(str::to_owned),
+        inputs: ctx.inputs.fingerprint(
+            &namespace,
+            secrets::referenced(&obj.spec)
+                .iter()
+                .map(|(kind, name)| (*kind, name.as_str())),
+        ),
+    };
+    if ctx.stalls.unchanged(&key, &stall) {
+        tracing::debug!(packagesource = %key, "stalled, and nothing it depends on changed since");
         return Ok(Action::await_change());
     }
     let observed = Observed {
@@ -178,6 +190,11 @@ async fn apply(
     emit_events(ctx, obj, &current, &desired, outcome_action).await;
 
     let interval = schedule::interval(&obj.spec).ok();
+    if matches!(&result, Err((f, _)) if f.retry == Retry::Never) {
+        ctx.stalls.record(&key, stall);
+    } else {
+        ctx.stalls.clear(&key);
+    }
     match result {
         Ok(produced) => {
             ctx.backoffs.reset(&key);
@@ -529,6 +546,7 @@ async fn cleanup(obj: &PackageSource, ctx: &Context) -> Result<Action, Reconcile
     let namespace = obj.namespace().unwrap_or_default();
     let name = obj.name_any();
     ctx.backoffs.reset(&key(obj));
+    ctx.stalls.clear(&key(obj));
     if obj.spec.publish.deletion_policy == DeletionPolicy::Delete {
         let mut namespaces = vec![
             obj.spec

@@ -139,18 +139,6 @@ pub fn is_new_request(current: &PackageSourceStatus, requested_at: Option<&str>)
     requested_at.is_some() && current.last_handled_reconcile_at.as_deref() != requested_at
 }
 
-/// Stalled for this generation, and no new `requestedAt` asks to try again.
-pub fn is_stalled_for(
-    current: &PackageSourceStatus,
-    generation: Option<i64>,
-    requested_at: Option<&str>,
-) -> bool {
-    conditions::get(&current.conditions, types::STALLED)
-        .is_some_and(|c| c.status == conditions::TRUE && c.observed_generation == generation)
-        && current.observed_generation == generation
-        && !is_new_request(current, requested_at)
-}
-
 /// The status written when work on a new generation starts: `Reconciling=True`, and
 /// `Ready=False/Progressing` when the object has never been reconciled. Everything else, in
 /// particular `observedGeneration`, stays until the reconcile ends.
@@ -738,9 +726,6 @@ mod tests {
         );
         let stalled = cond(&s, types::STALLED);
         assert_eq!(stalled.reason, reasons::AUTHENTICATION_FAILED);
-        assert!(is_stalled_for(&s, Some(3), None));
-        assert!(!is_stalled_for(&s, Some(4), None));
-        assert!(!is_stalled_for(&s, Some(3), Some("now")));
         // Failing the same way again is not a change.
         let again = failed(&s, &observed(3, 99), &failure, None);
         assert_eq!(s, again);
