@@ -7,13 +7,14 @@
 use std::time::{Duration, Instant};
 
 use anyhow::ensure;
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::ResourceExt;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use libtest_mimic::Trial;
 use packsmith::api::PackageRepositorySource;
 use packsmith::api::conditions::{reasons, types};
-use packsmith::carvel::PackageRepository;
 use packsmith::carvel::package::PackageDocument;
+use packsmith::carvel::{Package, PackageRepository};
 use packsmith::publish::repository::read_packages;
 
 use crate::support::{apply_yaml, bed, namespace};
@@ -32,6 +33,10 @@ const REPO_PUSHES: &str =
     "packsmith_stage_duration_seconds_count{kind=\"PackageRepositorySource\",stage=\"push\"";
 
 fn labelled_source(name: &str, ns: &str, reg: &str, labels: &str) -> String {
+    labelled_source_with(name, ns, reg, labels, "")
+}
+
+fn labelled_source_with(name: &str, ns: &str, reg: &str, labels: &str, extra: &str) -> String {
     format!(
         r#"apiVersion: packsmith.dev/v1alpha1
 kind: PackageSource
@@ -54,7 +59,7 @@ spec:
     repository: {reg}/ctl/{ns}/{name}
     insecure: true
   interval: 1h
-"#
+{extra}"#
     )
 }
 
@@ -88,6 +93,19 @@ async fn wait_repo(
     }
 }
 
+async fn wait_until<F, Fut>(what: &str, check: F) -> anyhow::Result<()>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<bool>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !check().await? {
+        ensure!(Instant::now() < deadline, "not {what} within 90s");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Ok(())
+}
+
 fn is_ready_with(obj: &PackageRepositorySource, count: u32) -> bool {
     ready(obj).is_some_and(|(s, r, _)| s == "True" && r == reasons::SUCCEEDED)
         && obj.status.as_ref().map(|s| s.package_count) == Some(count)
@@ -99,11 +117,21 @@ async fn aggregates_selected_sources_into_a_repository() -> anyhow::Result<()> {
     let reg = bed().registry.clone();
     let controller = Running::start(&ns).await?;
 
+    // alpha and bravo are released through the repository only; charlie asks to be applied
+    // in-cluster as well.
     let mut yaml = String::new();
-    for name in ["alpha", "bravo", "charlie"] {
+    for name in ["alpha", "bravo"] {
         yaml.push_str(&labelled_source(name, &ns, &reg, "repo: main"));
         yaml.push_str("---\n");
     }
+    yaml.push_str(&labelled_source_with(
+        "charlie",
+        &ns,
+        &reg,
+        "repo: main",
+        "  publish: {enabled: true}\n",
+    ));
+    yaml.push_str("---\n");
     yaml.push_str(&labelled_source("delta", &ns, &reg, "other: x"));
     yaml.push_str(&format!(
         r#"---
@@ -219,6 +247,63 @@ spec:
             == Some("packsmith")
     );
 
+    // Selected sources do not fight kapp-controller: no Package of theirs in the cluster
+    // (the PackageRepository creates them), their releases are recorded in ConfigMaps; the
+    // one that asked (charlie) and the one not selected (delta) are applied in-cluster.
+    let sources: Api<packsmith::api::PackageSource> = Api::namespaced(client.clone(), &ns);
+    let packages: Api<Package> = Api::namespaced(client.clone(), &ns);
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let in_cluster = |name: &'static str| {
+        let packages = packages.clone();
+        async move {
+            let lp = ListParams::default().labels(&format!(
+                "packsmith.dev/source-name={name},packsmith.dev/source-namespace={}",
+                packages.namespace().unwrap_or_default()
+            ));
+            anyhow::Ok(!packages.list(&lp).await?.items.is_empty())
+        }
+    };
+    wait_until(
+        "alpha, bravo released through the repository only",
+        || async { Ok(!in_cluster("alpha").await? && !in_cluster("bravo").await?) },
+    )
+    .await?;
+    ensure!(in_cluster("charlie").await? && in_cluster("delta").await?);
+    for name in ["alpha", "bravo"] {
+        let source = sources.get(name).await?;
+        let package = source
+            .status
+            .as_ref()
+            .and_then(|s| s.package.clone())
+            .unwrap_or_default();
+        let record = format!("{name}.repo.ctl.example.com.0.1.0");
+        ensure!(
+            package.namespace.is_none() && package.config_map.as_deref() == Some(record.as_str()),
+            "{name}: {package:?}"
+        );
+        let cm = config_maps.get(&record).await?;
+        ensure!(
+            cm.data
+                .as_ref()
+                .is_some_and(|d| d.contains_key("package.yml")),
+            "{name}: {cm:?}"
+        );
+        let published = source
+            .status
+            .as_ref()
+            .and_then(|s| {
+                s.conditions
+                    .iter()
+                    .find(|c| c.type_ == types::PACKAGE_PUBLISHED)
+            })
+            .map(|c| c.message.clone())
+            .unwrap_or_default();
+        ensure!(
+            published.contains("selected by PackageRepositorySource main"),
+            "{name}: {published}"
+        );
+    }
+
     // Nothing matched: DependencyNotReady, naming the selector.
     let empty = wait_repo(&api, "empty", "DependencyNotReady", |o| {
         ready(o).is_some_and(|(s, r, _)| s == "False" && r == reasons::DEPENDENCY_NOT_READY)
@@ -246,8 +331,8 @@ spec:
         "steady state wrote {writes} statuses and pushed {pushes} times"
     );
 
-    // Labelling the fourth source re-runs the repository through the PackageSource watch.
-    let sources: Api<packsmith::api::PackageSource> = Api::namespaced(client.clone(), &ns);
+    // Labelling the fourth source re-runs the repository through the PackageSource watch,
+    // and moves delta's Package out of the cluster into the repository.
     sources
         .patch(
             "delta",
@@ -275,6 +360,44 @@ spec:
             .as_ref()
             .map(|b| b.image.as_str())
             == Some(image.as_str())
+    );
+    wait_until("delta released through the repository only", || async {
+        Ok(!in_cluster("delta").await?)
+    })
+    .await?;
+    ensure!(
+        config_maps
+            .get_opt("delta.repo.ctl.example.com.0.1.0")
+            .await?
+            .is_some()
+    );
+
+    // Deleting a source takes its release records with it.
+    sources.delete("alpha", &Default::default()).await?;
+    wait_until("alpha's release record deleted with it", || async {
+        Ok(config_maps
+            .get_opt("alpha.repo.ctl.example.com.0.1.0")
+            .await?
+            .is_none())
+    })
+    .await?;
+    // Deleting the repository source deletes its PackageRepository (finalizer), and the
+    // sources it selected go back to publishing in-cluster.
+    api.delete("main", &Default::default()).await?;
+    wait_until("the PackageRepository deleted with its source", || async {
+        Ok(repos.get_opt("main").await?.is_none() && api.get_opt("main").await?.is_none())
+    })
+    .await?;
+    wait_until("bravo applied in-cluster again", || async {
+        in_cluster("bravo").await
+    })
+    .await?;
+    ensure!(
+        config_maps
+            .get_opt("bravo.repo.ctl.example.com.0.1.0")
+            .await?
+            .is_none(),
+        "bravo's release record outlived the move"
     );
     eprintln!(
         "controller_repo: 3 sources -> Ready repository in {:.1}s; steady state 0 writes/0 pushes over 7s",

@@ -199,9 +199,14 @@ pub struct RegistryMirror {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct PublishSpec {
-    /// Apply Package and PackageMetadata in the cluster. Default true.
-    #[serde(default = "default_true")]
-    pub enabled: bool,
+    /// Apply Package and PackageMetadata in the cluster. Unset: applied unless a
+    /// PackageRepositorySource in this namespace selects this source — its PackageRepository
+    /// makes kapp-controller create them, and kapp-controller cannot create a Package that
+    /// already exists. When not applied, the rendered documents are recorded in a ConfigMap
+    /// named like the Package (for PackageRepositorySources to read). Set true to apply
+    /// in-cluster even when selected (e.g. with publish.namespace elsewhere), false never to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
     /// Target namespace; the PackageSource's own when unset. kapp-controller's global
     /// packaging namespace makes packages visible everywhere.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -220,7 +225,7 @@ pub struct PublishSpec {
 impl Default for PublishSpec {
     fn default() -> Self {
         Self {
-            enabled: true,
+            enabled: None,
             namespace: None,
             retain: default_retain(),
             deletion_policy: DeletionPolicy::default(),
@@ -307,6 +312,10 @@ pub struct PackageStatus {
     /// Namespace the Package was applied in; absent when not published in-cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
+    /// ConfigMap (in the PackageSource's namespace) recording the rendered Package and
+    /// PackageMetadata when they are not applied in-cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map: Option<String>,
 }
 
 /// One published version.

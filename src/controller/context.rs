@@ -6,10 +6,12 @@ use std::sync::{Arc, Mutex};
 
 use kube::Client;
 use kube::runtime::events::Recorder;
+use kube::runtime::reflector::Store;
 
 use super::metrics::Metrics;
 use super::schedule::Backoffs;
 use super::stalls::{Inputs, Stalls};
+use crate::api::PackageRepositorySource;
 use crate::registry::Credentials;
 
 /// Labels on everything a PackageSource publishes.
@@ -48,6 +50,9 @@ pub struct Context {
     pub stalls: Stalls,
     /// Metadata of the watched Secrets and ConfigMaps.
     pub inputs: Inputs,
+    /// PackageRepositorySources (spec and metadata): a source one selects is released
+    /// through it rather than applied in-cluster.
+    pub repositories: Store<PackageRepositorySource>,
 }
 
 impl std::fmt::Debug for Context {

@@ -24,6 +24,7 @@ pub mod health;
 pub mod leader;
 pub mod metrics;
 pub mod publish;
+pub mod record;
 pub mod repository;
 pub mod repository_status;
 pub mod schedule;
@@ -104,9 +105,10 @@ pub enum ControllerError {
         source: std::io::Error,
     },
     #[error(
-        "cannot list PackageSources{scope}: {source} (is the CRD installed? `packsmith crds | \
+        "cannot list PackageSources{scope}: {} (is the CRD installed? `packsmith crds | \
          kubectl apply -f -`; does the controller's ServiceAccount may list/watch \
-         packagesources?)"
+         packagesources?)",
+        api_message(source)
     )]
     Api {
         scope: String,
@@ -319,7 +321,7 @@ impl Controller {
         .predicate_filter(
             predicates::generation
                 .combine(requested_at)
-                .combine(lifecycle),
+                .combine(lifecycle::<PackageSource>),
             Default::default(),
         );
         // A referenced Secret or ConfigMap that is created or changes re-runs the sources that
@@ -349,6 +351,24 @@ impl Controller {
         .reflect(config_map_writer)
         .touched_objects()
         .predicate_filter(predicates::resource_version, Default::default());
+        // PackageRepositorySources as the source controller sees them: one that selects a
+        // source means the source is released through it instead of applied in-cluster. A
+        // create, delete or selector change re-runs the sources whose placement it changes
+        // (and those with nothing released yet, which may be mid-run).
+        let (selection_reader, selection_writer) = reflector::store();
+        let selection_sources = reader.clone();
+        let selection_store = selection_reader.clone();
+        let selection_triggers = watcher(
+            scoped::<PackageRepositorySource>(&client, options.namespace.as_deref()),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .modify(|r: &mut PackageRepositorySource| {
+            r.metadata.managed_fields = None;
+            r.status = None;
+        })
+        .reflect(selection_writer)
+        .touched_objects();
         let ctx = Arc::new(Context {
             client: client.clone(),
             settings: Settings {
@@ -364,6 +384,7 @@ impl Controller {
                 secrets: secret_reader,
                 config_maps: config_map_reader,
             },
+            repositories: selection_reader,
         });
         let mut controller = KubeController::for_stream(triggers, reader)
             .watches_stream(secret_triggers, move |secret: PartialObjectMeta<Secret>| {
@@ -387,6 +408,20 @@ impl Controller {
                     )
                 },
             )
+            .watches_stream(
+                selection_triggers,
+                move |repository: PackageRepositorySource| {
+                    let repositories = selection_store.state();
+                    let sources = selection_sources.state();
+                    repository::placement_changed(
+                        repositories.iter().map(|r| r.as_ref()),
+                        sources
+                            .iter()
+                            .map(|s| s.as_ref())
+                            .filter(|s| s.namespace() == repository.namespace()),
+                    )
+                },
+            )
             .with_config(
                 kube::runtime::controller::Config::default().concurrency(options.concurrency),
             );
@@ -405,7 +440,9 @@ impl Controller {
         .reflect(repo_writer)
         .applied_objects()
         .predicate_filter(
-            predicates::generation.combine(repo_requested_at),
+            predicates::generation
+                .combine(repo_requested_at)
+                .combine(lifecycle::<PackageRepositorySource>),
             Default::default(),
         );
         let mapper_store = repo_reader.clone();
@@ -547,7 +584,7 @@ fn requested_at(obj: &PackageSource) -> Option<u64> {
 
 /// Watch filter: deletion started, and whether our finalizer is present (the finalizer helper
 /// adds it and expects the resulting event to start the real reconcile).
-fn lifecycle(obj: &PackageSource) -> Option<u64> {
+fn lifecycle<K: kube::Resource>(obj: &K) -> Option<u64> {
     Some(hash(&(
         obj.meta().deletion_timestamp.is_some(),
         obj.finalizers().iter().any(|f| f == FINALIZER),
@@ -559,6 +596,20 @@ fn hash<T: std::hash::Hash>(t: &T) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     t.hash(&mut h);
     h.finish()
+}
+
+/// A Kubernetes API error as a person reads it: the server's message and code, without the
+/// client's debug dump; a 403 says where to grant the permission.
+pub fn api_message(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) if s.code == 403 => format!(
+            "{} (403 Forbidden: grant it to the controller's ServiceAccount; the chart's and \
+             config/rbac's ClusterRole list what it needs)",
+            s.message
+        ),
+        kube::Error::Api(s) => format!("{} ({} {})", s.message, s.code, s.reason),
+        other => other.to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -586,6 +637,27 @@ mod tests {
             obj.finalizers_mut().push(FINALIZER.to_owned());
         }
         obj
+    }
+
+    #[test]
+    fn api_errors_read_as_the_server_said_them() {
+        let err = |code, message: &str, reason: &str| {
+            kube::Error::Api(
+                kube::core::Status::failure(message, reason)
+                    .with_code(code)
+                    .boxed(),
+            )
+        };
+        let forbidden = api_message(&err(403, "configmaps \"x\" is forbidden", "Forbidden"));
+        assert!(
+            forbidden.starts_with("configmaps \"x\" is forbidden (403 Forbidden: grant it")
+                && !forbidden.contains("Status {"),
+            "{forbidden}"
+        );
+        assert_eq!(
+            api_message(&err(409, "conflict", "Conflict")),
+            "conflict (409 Conflict)"
+        );
     }
 
     #[test]

@@ -30,7 +30,10 @@ pub enum PublishError {
          applied at the next interval, or set spec.publish.enabled: false to only push"
     )]
     ApiMissing,
-    #[error("{action}: {source}")]
+    /// What was rendered cannot be written as it is (a name taken by another object).
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{action}: {}", super::api_message(source))]
     Kube {
         action: String,
         #[source]
@@ -49,6 +52,13 @@ impl PublishError {
     /// The condition failure this becomes (on PackagePublished).
     pub fn to_failure(&self) -> Failure {
         match self {
+            PublishError::Invalid(message) => Failure {
+                stage: Some(Stage::Render),
+                reason: reasons::PUBLISH_FAILED,
+                message: format!("{message} (retrying with backoff)"),
+                retry: Retry::Backoff,
+                earlier_stages_ran: true,
+            },
             PublishError::ApiMissing => Failure {
                 stage: Some(Stage::Render),
                 reason: reasons::PACKAGING_API_MISSING,

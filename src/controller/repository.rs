@@ -3,10 +3,11 @@
 //! object's work directory, push it as a repository bundle to `spec.bundle`, apply the
 //! PackageRepository that fetches it, and write status only when it changed.
 //!
-//! Only sources that publish in-cluster (`spec.publish.enabled`, Ready, with Packages carrying
-//! their `packsmith.dev/source-*` labels) contribute: the Package objects are exactly what
-//! kapp-controller would see. A selected source that does not publish in-cluster is listed as
-//! not ready in the status message.
+//! Every Ready selected source contributes every release it retains: read from its release
+//! ConfigMaps (a selected source does not apply its Packages in-cluster unless asked, so that
+//! kapp-controller can create them from the repository), or from the Packages it applied
+//! (`publish.enabled: true`). A selected source with nothing released is listed as not ready
+//! in the status message.
 //!
 //! A reconcile whose package set (names and every field of every Package) equals what this
 //! process last pushed for the object, and whose status already records it, writes and pushes
@@ -18,13 +19,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event as KubeEvent, EventType};
+use kube::runtime::finalizer::{Event, finalizer};
 use kube::{Resource, ResourceExt};
 
-use super::context::{Context, LABEL_MANAGED_BY, MANAGED_BY};
+use super::context::{Context, FINALIZER, LABEL_MANAGED_BY, MANAGED_BY};
 use super::publish::selector as published_by;
+use super::record;
 use super::repository_status::{self as rstatus, Observed, Published};
 use super::schedule;
 use super::secrets;
@@ -54,7 +57,7 @@ pub enum ReconcileError {
     /// A retryable failure, already reported on status.
     #[error("{0}")]
     Failed(Failure),
-    #[error("{action}: {source}")]
+    #[error("{action}: {}", super::api_message(source))]
     Kube {
         action: String,
         #[source]
@@ -62,6 +65,23 @@ pub enum ReconcileError {
     },
     #[error("the PackageRepositorySource has no namespace")]
     NoNamespace,
+    #[error(transparent)]
+    Finalizer(Box<kube::runtime::finalizer::Error<ReconcileError>>),
+}
+
+impl ReconcileError {
+    /// The metrics `reason` label.
+    fn reason(&self) -> &str {
+        match self {
+            ReconcileError::Failed(f) => f.reason,
+            ReconcileError::Finalizer(inner) => match inner.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(e)
+                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.reason(),
+                _ => "FinalizerFailed",
+            },
+            ReconcileError::Kube { .. } | ReconcileError::NoNamespace => "APIError",
+        }
+    }
 }
 
 /// `namespace/name`.
@@ -80,21 +100,75 @@ pub async fn reconcile(
 ) -> Result<Action, ReconcileError> {
     let started = Instant::now();
     let _in_flight = ctx.metrics.in_flight(KIND);
-    if obj.spec.suspend {
+    if obj.spec.suspend && obj.meta().deletion_timestamp.is_none() {
         ctx.metrics
             .reconciled(KIND, "suspended", reasons::SUSPENDED, started.elapsed());
         return Ok(Action::await_change());
     }
-    let result = apply(&obj, &ctx).await;
+    let namespace = obj.namespace().ok_or(ReconcileError::NoNamespace)?;
+    let api: Api<PackageRepositorySource> = Api::namespaced(ctx.client.clone(), &namespace);
+    let result = finalizer(&api, FINALIZER, obj, |event| async {
+        match event {
+            Event::Apply(obj) => apply(&obj, &ctx).await,
+            Event::Cleanup(obj) => cleanup(&obj, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| ReconcileError::Finalizer(Box::new(e)));
     if let Err(e) = &result {
-        let reason = match e {
-            ReconcileError::Failed(f) => f.reason,
-            _ => "APIError",
-        };
         ctx.metrics
-            .reconciled(KIND, "failure", reason, started.elapsed());
+            .reconciled(KIND, "failure", e.reason(), started.elapsed());
     }
     result
+}
+
+/// Deletion: removes the PackageRepository it created (kapp-controller then removes the
+/// Packages it made from it, and the sources it selected go back to publishing in-cluster),
+/// and its work directory. A PackageRepository that is not labelled as this object's is
+/// left alone.
+async fn cleanup(obj: &PackageRepositorySource, ctx: &Context) -> Result<Action, ReconcileError> {
+    let namespace = obj.namespace().unwrap_or_default();
+    let name = obj.name_any();
+    ctx.backoffs.reset(&backoff_key(obj));
+    ctx.stalls.clear(&backoff_key(obj));
+    if let Ok(mut m) = ctx.repository_fingerprints.lock() {
+        m.remove(&key(obj));
+    }
+    if obj.spec.package_repository.create {
+        let (pkgr_name, pkgr_namespace) = package_repository_name(obj);
+        let api: Api<PackageRepository> = Api::namespaced(ctx.client.clone(), &pkgr_namespace);
+        let kube = |action: String| move |source| ReconcileError::Kube { action, source };
+        match api.get_opt(&pkgr_name).await {
+            Ok(Some(existing))
+                if existing.labels().get(LABEL_REPOSITORY_SOURCE_NAME) == Some(&name)
+                    && existing.labels().get(LABEL_REPOSITORY_SOURCE_NAMESPACE)
+                        == Some(&namespace) =>
+            {
+                api.delete(&pkgr_name, &DeleteParams::default())
+                    .await
+                    .map_err(kube(format!(
+                        "deleting PackageRepository {pkgr_namespace}/{pkgr_name}"
+                    )))?;
+                ctx.metrics.wrote(KIND, "packagerepositories", "delete");
+                tracing::info!(packagerepositorysource = %key(obj), packagerepository = %format!("{pkgr_namespace}/{pkgr_name}"), "deleted the PackageRepository");
+            }
+            Ok(_) => {}
+            // No packaging API (or namespace): nothing was created.
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => {
+                return Err(kube(format!(
+                    "reading PackageRepository {pkgr_namespace}/{pkgr_name}"
+                ))(e));
+            }
+        }
+    }
+    let work = work_dir(&ctx.settings.cache_dir, &namespace, &name);
+    if let Err(e) = std::fs::remove_dir_all(&work)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(path = %work.display(), error = %e, "removing the work directory");
+    }
+    Ok(Action::await_change())
 }
 
 /// Retryable failures wait with the object's exponential backoff.
@@ -392,7 +466,10 @@ fn api_failure(action: String, e: &kube::Error) -> Failure {
     Failure {
         stage: None,
         reason: reasons::PUBLISH_FAILED,
-        message: format!("{action}: {e} (retrying with backoff)"),
+        message: format!(
+            "{action}: {} (retrying with backoff)",
+            super::api_message(e)
+        ),
         retry: Retry::Backoff,
         earlier_stages_ran: false,
     }
@@ -427,19 +504,46 @@ async fn collect(ctx: &Context, namespace: &str, query: &str) -> Result<Collecte
         let name = source.name_any();
         out.selected.push(name.clone());
         let status = source.status.clone().unwrap_or_default();
-        if !source.spec.publish.enabled {
-            out.not_ready
-                .push(format!("{name} (publish.enabled is false)"));
-            continue;
-        }
         if !conditions::is_true(&status.conditions, types::READY) {
             out.not_ready.push(format!("{name} (not Ready)"));
             continue;
         }
-        let publish_ns = status
-            .package
-            .as_ref()
-            .and_then(|p| p.namespace.clone())
+        let Some(published) = status.package.as_ref() else {
+            out.not_ready.push(format!("{name} (nothing released yet)"));
+            continue;
+        };
+        if published.namespace.is_none() {
+            // Recorded, not applied in-cluster: the ConfigMaps hold every retained release.
+            let records = record::read_all(ctx, namespace, &name)
+                .await
+                .map_err(|e| Failure {
+                    stage: None,
+                    reason: reasons::PUBLISH_FAILED,
+                    message: format!("reading the releases of PackageSource {namespace}/{name}: {e} (retrying with backoff)"),
+                    retry: Retry::Backoff,
+                    earlier_stages_ran: false,
+                })?;
+            if records.is_empty() {
+                out.not_ready
+                    .push(format!("{name} (no release ConfigMap in {namespace})"));
+                continue;
+            }
+            out.contributing += 1;
+            for r in records {
+                let ref_name = r.package.spec.ref_name.clone();
+                out.metadata
+                    .entry(ref_name.clone())
+                    .or_insert_with(|| clean_metadata(r.metadata));
+                out.packages.insert(
+                    format!("{ref_name}.{}", r.package.spec.version),
+                    clean_package(r.package),
+                );
+            }
+            continue;
+        }
+        let publish_ns = published
+            .namespace
+            .clone()
             .or_else(|| source.spec.publish.namespace.clone())
             .unwrap_or_else(|| namespace.to_owned());
         let packages: Api<Package> = Api::namespaced(ctx.client.clone(), &publish_ns);
@@ -621,7 +725,8 @@ async fn missing_or(ctx: &Context, action: String, e: kube::Error) -> Failure {
                 stage: None,
                 reason: reasons::PUBLISH_FAILED,
                 message: format!(
-                    "{action}: {e} (does namespace packageRepository.namespace exist?)"
+                    "{action}: {} (does namespace packageRepository.namespace exist?)",
+                    super::api_message(&e)
                 ),
                 retry: Retry::Backoff,
                 earlier_stages_ran: false,
@@ -721,6 +826,28 @@ pub fn selecting<'a>(
         .collect()
 }
 
+/// The sources (among `sources`) whose placement `repositories` changes: applied in-cluster
+/// while now selected (or released through a repository while no longer selected), and those
+/// with nothing released yet (a run in progress may have decided before the change).
+pub fn placement_changed<'a>(
+    repositories: impl IntoIterator<Item = &'a PackageRepositorySource>,
+    sources: impl IntoIterator<Item = &'a PackageSource>,
+) -> Vec<kube::runtime::reflector::ObjectRef<PackageSource>> {
+    let repositories: Vec<&PackageRepositorySource> = repositories.into_iter().collect();
+    sources
+        .into_iter()
+        .filter(|source| {
+            let selected = !selecting(repositories.iter().copied(), source).is_empty();
+            let in_cluster = source.spec.publish.enabled.unwrap_or(!selected);
+            match source.status.as_ref().and_then(|s| s.package.as_ref()) {
+                None => true,
+                Some(p) => p.namespace.is_some() != in_cluster,
+            }
+        })
+        .map(kube::runtime::reflector::ObjectRef::from_obj)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -787,6 +914,44 @@ mod tests {
             names(&source("elsewhere", serde_json::json!({}))),
             ["other-ns"]
         );
+    }
+
+    #[test]
+    fn a_repository_change_re_runs_the_sources_it_moves() {
+        use crate::api::source::PackageStatus;
+        let placed = |labels, enabled: Option<bool>, in_cluster: Option<bool>| {
+            let mut s = source("ns", labels);
+            s.spec.publish.enabled = enabled;
+            s.status = in_cluster.map(|c| crate::api::PackageSourceStatus {
+                package: Some(PackageStatus {
+                    namespace: c.then(|| "ns".to_owned()),
+                    config_map: (!c).then(|| "a.b.c.1.0.0".to_owned()),
+                    ..PackageStatus::default()
+                }),
+                ..Default::default()
+            });
+            s
+        };
+        let main = [repository_source(
+            "main",
+            "ns",
+            serde_json::json!({"matchLabels": {"repo": "main"}}),
+        )];
+        let labelled = || serde_json::json!({"repo": "main"});
+        let moved = |repos: &[PackageRepositorySource], s: PackageSource| {
+            !placement_changed(repos.iter(), [&s]).is_empty()
+        };
+        // Selected now, applied in-cluster before: must move into the repository.
+        assert!(moved(&main, placed(labelled(), None, Some(true))));
+        // Already recorded: nothing to do.
+        assert!(!moved(&main, placed(labelled(), None, Some(false))));
+        // Asked to stay in-cluster.
+        assert!(!moved(&main, placed(labelled(), Some(true), Some(true))));
+        // Not selected (any more): back in-cluster.
+        assert!(moved(&[], placed(labelled(), None, Some(false))));
+        assert!(!moved(&[], placed(labelled(), None, Some(true))));
+        // Never released: maybe mid-run, so run it (again).
+        assert!(moved(&main, placed(labelled(), None, None)));
     }
 
     #[test]

@@ -207,10 +207,11 @@ where
             stage,
             reasons::REFERENCE_NOT_FOUND,
             format!(
-                "reading {kind} {namespace}/{} named by {}: {e} (check the controller's RBAC: \
+                "reading {kind} {namespace}/{} named by {}: {} (check the controller's RBAC: \
                  it needs get on {}s in {namespace})",
                 r.name,
                 r.field,
+                super::api_message(&e),
                 kind.to_lowercase()
             ),
             Retry::Backoff,

@@ -18,6 +18,7 @@ use super::context::{
     MANAGED_BY,
 };
 use super::publish::{self, PublishError};
+use super::record;
 use super::schedule;
 use super::secrets;
 use super::stalls::Mark;
@@ -34,7 +35,7 @@ pub enum ReconcileError {
     /// A retryable failure, already reported on status.
     #[error("{0}")]
     Failed(Failure),
-    #[error("{action}: {source}")]
+    #[error("{action}: {}", super::api_message(source))]
     Kube {
         action: String,
         #[source]
@@ -120,12 +121,13 @@ struct Produced {
 }
 
 enum PublicationDone {
-    Disabled,
-    /// Applied now, or found already applied (nothing written).
-    Applied {
-        namespace: String,
-        wrote: bool,
+    /// Recorded in a ConfigMap instead of applied (or found already recorded).
+    Recorded {
+        config_map: String,
+        selected_by: Vec<String>,
     },
+    /// Applied now, or found already applied (nothing written).
+    Applied { namespace: String, wrote: bool },
 }
 
 async fn apply(
@@ -173,7 +175,13 @@ async fn apply(
     let (desired, outcome_action) = match &result {
         Ok(produced) => {
             let publication = match &produced.publication {
-                PublicationDone::Disabled => Publication::Disabled,
+                PublicationDone::Recorded {
+                    config_map,
+                    selected_by,
+                } => Publication::Recorded {
+                    config_map,
+                    selected_by,
+                },
                 PublicationDone::Applied { namespace, .. } => Publication::Applied { namespace },
             };
             (
@@ -312,13 +320,26 @@ async fn produce_inner(
     ctx.metrics.stage(KIND, "pipeline", started.elapsed());
     let outcome = outcome.map_err(|e| (Failure::from(e), None))?;
 
-    if !spec.publish.enabled {
-        return Ok(Produced {
-            outcome,
-            publication: PublicationDone::Disabled,
-        });
-    }
+    let selected_by: Vec<String> =
+        super::repository::selecting(ctx.repositories.state().iter().map(|r| r.as_ref()), obj)
+            .iter()
+            .map(|r| r.name.clone())
+            .collect();
     let started = Instant::now();
+    if !spec.publish.enabled.unwrap_or(selected_by.is_empty()) {
+        let recorded = record_outcome(ctx, obj, current, &outcome).await;
+        ctx.metrics.stage(KIND, "publish", started.elapsed());
+        return match recorded {
+            Ok(config_map) => Ok(Produced {
+                outcome,
+                publication: PublicationDone::Recorded {
+                    config_map,
+                    selected_by,
+                },
+            }),
+            Err(e) => Err((e.to_failure(), Some(outcome))),
+        };
+    }
     let published = publish_outcome(ctx, obj, current, &outcome, &publish_namespace).await;
     ctx.metrics.stage(KIND, "publish", started.elapsed());
     match published {
@@ -348,6 +369,7 @@ async fn publish_outcome(
         name: status::package_name(outcome),
         version: outcome.version.clone(),
         namespace: Some(publish_namespace.to_owned()),
+        config_map: None,
     };
     let recorded = current.bundle.as_ref().map(|b| b.image.as_str()) == Some(&outcome.pushed.image)
         && current.package.as_ref() == Some(&expected);
@@ -374,7 +396,52 @@ async fn publish_outcome(
     {
         publish::remove_all(ctx, &[old.to_owned()], (&namespace, &name)).await?;
     }
+    if current
+        .package
+        .as_ref()
+        .is_some_and(|p| p.config_map.is_some())
+    {
+        record::remove_all(ctx, &namespace, &name).await?;
+    }
     Ok(true)
+}
+
+/// Records the release in a ConfigMap unless status and cluster already hold exactly this
+/// one, prunes records beyond `retain`, and takes back what the source applied in-cluster
+/// before (the repository's PackageRepository now provides it). Returns the ConfigMap's name.
+async fn record_outcome(
+    ctx: &Context,
+    obj: &PackageSource,
+    current: &PackageSourceStatus,
+    outcome: &Outcome,
+) -> Result<String, PublishError> {
+    let namespace = obj.namespace().unwrap_or_default();
+    let name = obj.name_any();
+    let config_map = status::package_name(outcome);
+    let expected = PackageStatus {
+        name: config_map.clone(),
+        version: outcome.version.clone(),
+        namespace: None,
+        config_map: Some(config_map.clone()),
+    };
+    let recorded = current.bundle.as_ref().map(|b| b.image.as_str()) == Some(&outcome.pushed.image)
+        && current.package.as_ref() == Some(&expected);
+    if recorded && record::is_current(ctx, &namespace, outcome).await {
+        return Ok(config_map);
+    }
+    let deleted = record::apply(ctx, obj, outcome, obj.spec.publish.retain).await?;
+    if !deleted.is_empty() {
+        tracing::info!(packagesource = %key(obj), deleted = ?deleted, "pruned release records beyond publish.retain");
+    }
+    if let Some(old) = current
+        .package
+        .as_ref()
+        .and_then(|p| p.namespace.as_deref())
+    {
+        let removed = publish::remove_all(ctx, &[old.to_owned()], (&namespace, &name)).await?;
+        tracing::info!(packagesource = %key(obj), namespace = old, removed, "removed the in-cluster Packages: now released through a repository");
+    }
+    Ok(config_map)
 }
 
 /// Labels on everything this source publishes.
@@ -547,6 +614,11 @@ async fn cleanup(obj: &PackageSource, ctx: &Context) -> Result<Action, Reconcile
     let name = obj.name_any();
     ctx.backoffs.reset(&key(obj));
     ctx.stalls.clear(&key(obj));
+    // Release records are internal: they go whatever the deletion policy (and with the
+    // owner by garbage collection, where a cluster runs it).
+    record::remove_all(ctx, &namespace, &name)
+        .await
+        .map_err(ReconcileError::Cleanup)?;
     if obj.spec.publish.deletion_policy == DeletionPolicy::Delete {
         let mut namespaces = vec![
             obj.spec

@@ -119,8 +119,27 @@ pub struct Observed<'a> {
 pub enum Publication<'a> {
     /// Applied in this namespace.
     Applied { namespace: &'a str },
-    /// `spec.publish.enabled` is false: rendered, not applied.
-    Disabled,
+    /// Not applied in-cluster; recorded in this ConfigMap (in the source's namespace) for
+    /// the PackageRepositorySources named in `selected_by` (none: `publish.enabled` is false).
+    Recorded {
+        config_map: &'a str,
+        selected_by: &'a [String],
+    },
+}
+
+impl Publication<'_> {
+    /// Why the Package is not applied in-cluster, for messages.
+    fn why_recorded(selected_by: &[String]) -> String {
+        if selected_by.is_empty() {
+            "publish.enabled is false".to_owned()
+        } else {
+            format!(
+                "selected by PackageRepositorySource {}: kapp-controller creates it from the \
+                 repository; set publish.enabled: true to apply it in-cluster as well",
+                selected_by.join(", ")
+            )
+        }
+    }
 }
 
 /// `now` at second precision, as the API server stores `metav1.Time`: comparing a status we
@@ -243,8 +262,25 @@ pub fn succeeded(
                 now,
             );
         }
-        Publication::Disabled => {
-            conditions::remove(c, types::PACKAGE_PUBLISHED);
+        Publication::Recorded {
+            config_map,
+            selected_by,
+        } => {
+            conditions::set(
+                c,
+                types::PACKAGE_PUBLISHED,
+                true,
+                reasons::SUCCEEDED,
+                format!(
+                    "recorded Package {} and PackageMetadata {} in ConfigMap {config_map}, not \
+                     applied in-cluster ({})",
+                    package_name(outcome),
+                    outcome.package.spec.ref_name,
+                    Publication::why_recorded(selected_by)
+                ),
+                gen_,
+                now,
+            );
         }
     }
     let ready = match publication {
@@ -252,7 +288,14 @@ pub fn succeeded(
             "published {} version {} in namespace {namespace} from bundle {}",
             outcome.package.spec.ref_name, outcome.version, outcome.pushed.image
         ),
-        Publication::Disabled => format!(
+        Publication::Recorded { selected_by, .. } if !selected_by.is_empty() => format!(
+            "released {} version {} from bundle {} for PackageRepositorySource {}",
+            outcome.package.spec.ref_name,
+            outcome.version,
+            outcome.pushed.image,
+            selected_by.join(", ")
+        ),
+        Publication::Recorded { .. } => format!(
             "pushed {} version {} as bundle {} (publish.enabled is false: no Package applied)",
             outcome.package.spec.ref_name, outcome.version, outcome.pushed.image
         ),
@@ -375,7 +418,11 @@ fn record_publication(
         version: outcome.version.clone(),
         namespace: match publication {
             Publication::Applied { namespace } => Some(namespace.to_owned()),
-            Publication::Disabled => None,
+            Publication::Recorded { .. } => None,
+        },
+        config_map: match publication {
+            Publication::Applied { .. } => None,
+            Publication::Recorded { config_map, .. } => Some(config_map.to_owned()),
         },
     });
     status.history = history(
@@ -616,7 +663,8 @@ mod tests {
             Some(PackageStatus {
                 name: "demo.example.com.1.2.3".into(),
                 version: "1.2.3".into(),
-                namespace: Some("pkgs".into())
+                namespace: Some("pkgs".into()),
+                config_map: None,
             })
         );
         assert_eq!(s.history.len(), 1);
@@ -653,7 +701,10 @@ mod tests {
             &PackageSourceStatus::default(),
             &o,
             &out,
-            Publication::Disabled,
+            Publication::Recorded {
+                config_map: "demo.example.com.1.2.3",
+                selected_by: &[],
+            },
         );
         assert_eq!(
             s.last_handled_reconcile_at.as_deref(),
@@ -661,8 +712,16 @@ mod tests {
         );
         assert!(!is_new_request(&s, o.requested_at));
         assert!(is_new_request(&s, Some("later")));
-        assert!(conditions::get(&s.conditions, types::PACKAGE_PUBLISHED).is_none());
+        assert!(
+            cond(&s, types::PACKAGE_PUBLISHED)
+                .message
+                .contains("in ConfigMap demo.example.com.1.2.3, not applied in-cluster")
+        );
         assert_eq!(s.package.as_ref().unwrap().namespace, None);
+        assert_eq!(
+            s.package.as_ref().unwrap().config_map.as_deref(),
+            Some("demo.example.com.1.2.3")
+        );
         assert!(
             cond(&s, types::READY)
                 .message

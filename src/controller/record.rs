@@ -1,0 +1,306 @@
+//! Releases recorded instead of applied: when a PackageSource's Package must not be applied
+//! in-cluster (a PackageRepositorySource selects it, whose PackageRepository makes
+//! kapp-controller create that very Package — and kapp-controller cannot create a Package that
+//! already exists), the rendered Package and PackageMetadata go into a ConfigMap named like the
+//! Package, in the source's namespace, labelled with the source and owned by it. The
+//! PackageRepositorySource reads them from there; retention and deletion work as for Packages.
+
+use std::cmp::Reverse;
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::{Resource, ResourceExt};
+
+use super::context::{Context, KIND};
+use super::publish::{PublishError, selector};
+use crate::api::{FIELD_MANAGER, PackageSource};
+use crate::carvel::{Package, PackageMetadata};
+use crate::pipeline::Outcome;
+
+/// Keys of a release ConfigMap.
+pub const PACKAGE_KEY: &str = "package.yml";
+pub const METADATA_KEY: &str = "metadata.yml";
+/// Marks a ConfigMap as a release record (next to the source labels).
+pub const LABEL_RELEASE: &str = "packsmith.dev/release";
+
+/// The label selector of the release records of `name` in `namespace`.
+pub fn records_of(namespace: &str, name: &str) -> String {
+    format!("{},{LABEL_RELEASE}=true", selector(namespace, name))
+}
+
+/// One recorded release, read back.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub package: Package,
+    pub metadata: PackageMetadata,
+}
+
+/// Why a ConfigMap is not a usable record.
+#[derive(Debug, thiserror::Error)]
+#[error("ConfigMap {namespace}/{name}: {reason}")]
+pub struct BadRecord {
+    pub namespace: String,
+    pub name: String,
+    pub reason: String,
+}
+
+/// The ConfigMap recording `outcome` for `source`.
+pub fn desired(source: &PackageSource, outcome: &Outcome) -> Result<ConfigMap, PublishError> {
+    let invalid = |e: crate::carvel::Error| PublishError::Invalid(e.to_string());
+    let mut labels =
+        super::source::labels(&source.namespace().unwrap_or_default(), &source.name_any());
+    labels.insert(LABEL_RELEASE.to_owned(), "true".to_owned());
+    let owner = source.controller_owner_ref(&()).map(|mut o| {
+        // Blocking the owner's deletion would need the finalizers permission; GC is enough.
+        o.block_owner_deletion = None;
+        o
+    });
+    Ok(ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(outcome.package.name_any()),
+            namespace: source.namespace(),
+            labels: Some(labels),
+            owner_references: owner.map(|o: OwnerReference| vec![o]),
+            ..ObjectMeta::default()
+        },
+        data: Some(BTreeMap::from([
+            (
+                PACKAGE_KEY.to_owned(),
+                strip(&outcome.package).to_yaml().map_err(invalid)?,
+            ),
+            (
+                METADATA_KEY.to_owned(),
+                strip_metadata(&outcome.metadata)
+                    .to_yaml()
+                    .map_err(invalid)?,
+            ),
+        ])),
+        ..ConfigMap::default()
+    })
+}
+
+/// The Package as a repository carries it: name only, no namespace or labels.
+fn strip(p: &Package) -> Package {
+    Package {
+        metadata: ObjectMeta {
+            name: p.metadata.name.clone(),
+            ..ObjectMeta::default()
+        },
+        ..p.clone()
+    }
+}
+
+fn strip_metadata(m: &PackageMetadata) -> PackageMetadata {
+    PackageMetadata {
+        metadata: ObjectMeta {
+            name: m.metadata.name.clone(),
+            ..ObjectMeta::default()
+        },
+        ..m.clone()
+    }
+}
+
+/// Reads a record back.
+pub fn parse(cm: &ConfigMap) -> Result<Record, BadRecord> {
+    let bad = |reason: String| BadRecord {
+        namespace: cm.namespace().unwrap_or_default(),
+        name: cm.name_any(),
+        reason,
+    };
+    let data = cm.data.as_ref();
+    let get = |key: &str| {
+        data.and_then(|d| d.get(key))
+            .ok_or_else(|| bad(format!("has no {key}")))
+    };
+    let package = Package::from_yaml(get(PACKAGE_KEY)?).map_err(|e| bad(e.to_string()))?;
+    let metadata =
+        PackageMetadata::from_yaml(get(METADATA_KEY)?).map_err(|e| bad(e.to_string()))?;
+    Ok(Record { package, metadata })
+}
+
+/// Whether the record for `outcome` exists and fetches the same bundle.
+pub async fn is_current(ctx: &Context, namespace: &str, outcome: &Outcome) -> bool {
+    let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
+    match api.get_opt(&outcome.package.name_any()).await {
+        Ok(Some(cm)) => parse(&cm).is_ok_and(|r| r.package.spec == strip(&outcome.package).spec),
+        _ => false,
+    }
+}
+
+/// Applies the record, then deletes the source's records beyond the newest `retain` (the
+/// current one always stays). Refuses to take over a ConfigMap that is not a record of this
+/// source.
+pub async fn apply(
+    ctx: &Context,
+    source: &PackageSource,
+    outcome: &Outcome,
+    retain: u32,
+) -> Result<Vec<String>, PublishError> {
+    let namespace = source.namespace().unwrap_or_default();
+    let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &namespace);
+    let cm = desired(source, outcome)?;
+    let name = cm.name_any();
+    let kube = |action: String| move |e| PublishError::Kube { action, source: e };
+    if let Some(existing) = api
+        .get_opt(&name)
+        .await
+        .map_err(kube(format!("reading ConfigMap {namespace}/{name}")))?
+        && existing.labels() != cm.labels()
+    {
+        return Err(PublishError::Invalid(format!(
+            "ConfigMap {namespace}/{name} exists and is not this PackageSource's release record \
+             (labels {:?}); rename or delete it",
+            existing.labels()
+        )));
+    }
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&cm),
+    )
+    .await
+    .map_err(kube(format!("applying ConfigMap {namespace}/{name}")))?;
+    ctx.metrics.wrote(KIND, "configmaps", "apply");
+
+    let all = list(ctx, &namespace, &source.name_any()).await?;
+    let doomed = beyond_retention(&all, &name, retain);
+    for doomed_name in &doomed {
+        delete(ctx, &api, &namespace, doomed_name).await?;
+    }
+    Ok(doomed)
+}
+
+async fn list(ctx: &Context, namespace: &str, name: &str) -> Result<Vec<ConfigMap>, PublishError> {
+    let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
+    api.list(&ListParams::default().labels(&records_of(namespace, name)))
+        .await
+        .map(|l| l.items)
+        .map_err(|e| PublishError::Kube {
+            action: format!("listing the release ConfigMaps of {namespace}/{name}"),
+            source: e,
+        })
+}
+
+/// Every release `name` in `namespace` recorded, newest first; a record that does not parse
+/// is an error naming it (someone edited it), not skipped.
+pub async fn read_all(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+) -> Result<Vec<Record>, PublishError> {
+    let mut records = Vec::new();
+    for cm in list(ctx, namespace, name).await? {
+        records.push(parse(&cm).map_err(|e| PublishError::Invalid(e.to_string()))?);
+    }
+    records.sort_by_key(|r| {
+        Reverse((
+            r.package.spec.released_at,
+            semver::Version::parse(&r.package.spec.version).ok(),
+        ))
+    });
+    Ok(records)
+}
+
+/// Names of the records to delete so that `keep` plus the newest others make `retain`.
+fn beyond_retention(records: &[ConfigMap], keep: &str, retain: u32) -> Vec<String> {
+    let packages: Vec<Package> = records
+        .iter()
+        .map(|cm| {
+            // An unreadable record has no release time: it counts as the oldest.
+            let mut p = parse(cm).map_or_else(
+                |_| Package::new("unreadable", "0.0.0", Default::default()),
+                |r| r.package,
+            );
+            p.metadata.name = Some(cm.name_any());
+            p
+        })
+        .collect();
+    super::publish::beyond_retention(&packages, keep, retain)
+}
+
+async fn delete(
+    ctx: &Context,
+    api: &Api<ConfigMap>,
+    namespace: &str,
+    name: &str,
+) -> Result<(), PublishError> {
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => {
+            ctx.metrics.wrote(KIND, "configmaps", "delete");
+            Ok(())
+        }
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(PublishError::Kube {
+            action: format!("deleting ConfigMap {namespace}/{name}"),
+            source: e,
+        }),
+    }
+}
+
+/// Deletes every release record of `name` in `namespace` (it now publishes in-cluster, or it
+/// is being deleted). Returns how many.
+pub async fn remove_all(ctx: &Context, namespace: &str, name: &str) -> Result<usize, PublishError> {
+    let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
+    let all = list(ctx, namespace, name).await?;
+    for cm in &all {
+        delete(ctx, &api, namespace, &cm.name_any()).await?;
+    }
+    Ok(all.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::carvel::Rfc3339Time;
+
+    fn record(version: &str, released: i64) -> ConfigMap {
+        let mut p = Package::new("demo.example.com", version, Default::default());
+        p.spec.released_at = Some(Rfc3339Time(jiff::Timestamp::from_second(released).unwrap()));
+        let m = PackageMetadata::new("demo.example.com", Default::default());
+        ConfigMap {
+            metadata: ObjectMeta {
+                name: Some(format!("demo.example.com.{version}")),
+                namespace: Some("ns".into()),
+                ..ObjectMeta::default()
+            },
+            data: Some(BTreeMap::from([
+                (PACKAGE_KEY.to_owned(), p.to_yaml().unwrap()),
+                (METADATA_KEY.to_owned(), m.to_yaml().unwrap()),
+            ])),
+            ..ConfigMap::default()
+        }
+    }
+
+    #[test]
+    fn records_round_trip_and_retention_keeps_the_newest() {
+        let all = vec![
+            record("1.0.0", 10),
+            record("1.1.0", 20),
+            record("1.2.0", 30),
+        ];
+        let r = parse(&all[1]).unwrap();
+        assert_eq!(r.package.spec.version, "1.1.0");
+        assert_eq!(r.metadata.name_any(), "demo.example.com");
+        assert_eq!(
+            beyond_retention(&all, "demo.example.com.1.2.0", 2),
+            vec!["demo.example.com.1.0.0"]
+        );
+        assert_eq!(
+            records_of("ns", "demo"),
+            "packsmith.dev/source-name=demo,packsmith.dev/source-namespace=ns,packsmith.dev/release=true"
+        );
+    }
+
+    #[test]
+    fn a_broken_record_is_named() {
+        let mut cm = record("1.0.0", 10);
+        cm.data.as_mut().unwrap().remove(PACKAGE_KEY);
+        let e = parse(&cm).unwrap_err().to_string();
+        assert!(
+            e.contains("ns/demo.example.com.1.0.0") && e.contains(PACKAGE_KEY),
+            "{e}"
+        );
+    }
+}
