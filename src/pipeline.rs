@@ -37,7 +37,21 @@ impl Stage {
             Stage::Render => types::PACKAGE_PUBLISHED,
         }
     }
+
+    /// Lower-case name, for metrics and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Sync => "sync",
+            Stage::Lock => "lock",
+            Stage::Push => "push",
+            Stage::Render => "render",
+        }
+    }
 }
+
+/// Told how long each stage took, whether it succeeded or not (the controller's stage
+/// duration metric).
+pub type StageTimer<'a> = &'a (dyn Fn(Stage, std::time::Duration) + Send + Sync);
 
 /// A stage failed.
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +102,15 @@ pub struct PipelineInput<'a> {
     /// Labels and namespace for the rendered Package and PackageMetadata.
     pub labels: BTreeMap<String, String>,
     pub namespace: Option<String>,
+    pub on_stage: Option<StageTimer<'a>>,
+}
+
+impl PipelineInput<'_> {
+    fn timed(&self, stage: Stage, started: std::time::Instant) {
+        if let Some(on_stage) = self.on_stage {
+            on_stage(stage, started.elapsed());
+        }
+    }
 }
 
 /// What one run produced.
@@ -113,9 +136,10 @@ pub async fn run(input: &PipelineInput<'_>) -> Result<Outcome, PipelineError> {
     options.cache_dir = input.cache_dir.clone();
     options.previous = input.previous;
     options.registry = Some(input.registry);
-    let contents = sync::sync(&config, input.root, &options)
-        .await
-        .map_err(|e| {
+    let started = std::time::Instant::now();
+    let contents = sync::sync(&config, input.root, &options).await;
+    input.timed(Stage::Sync, started);
+    let contents = contents.map_err(|e| {
             let (reason, retryable) = classify_sync(&e);
             PipelineError::new(Stage::Sync, reason, e.to_string(), retryable)
         })?;
@@ -123,6 +147,38 @@ pub async fn run(input: &PipelineInput<'_>) -> Result<Outcome, PipelineError> {
     let version = version(spec, &contents)?;
 
     // Lock.
+    let started = std::time::Instant::now();
+    let images = lock_images(input, spec).await;
+    input.timed(Stage::Lock, started);
+    let images = images?;
+
+    // Push.
+    let started = std::time::Instant::now();
+    let pushed = push_bundle(input, spec, &version).await;
+    input.timed(Stage::Push, started);
+    let pushed = pushed?;
+
+    // Render.
+    let started = std::time::Instant::now();
+    let rendered = render(input, spec, &version, &pushed);
+    input.timed(Stage::Render, started);
+    let (package, metadata) = rendered?;
+
+    Ok(Outcome {
+        contents,
+        version,
+        images,
+        pushed,
+        package,
+        metadata,
+    })
+}
+
+/// The lock stage: `.imgpkg/images.yml` for the synced tree. Returns the locked images.
+async fn lock_images(
+    input: &PipelineInput<'_>,
+    spec: &PackageSourceSpec,
+) -> Result<Vec<String>, PipelineError> {
     let imgpkg = input.root.join(".imgpkg");
     std::fs::create_dir_all(&imgpkg).map_err(|e| {
         PipelineError::new(
@@ -184,12 +240,29 @@ pub async fn run(input: &PipelineInput<'_>) -> Result<Outcome, PipelineError> {
         })?;
         Vec::new()
     };
+    Ok(images)
+}
 
-    // Push.
+/// The push stage: builds the bundle from the tree and pushes it with every tag.
+async fn push_bundle(
+    input: &PipelineInput<'_>,
+    spec: &PackageSourceSpec,
+    version: &str,
+) -> Result<Pushed, PipelineError> {
     let mut build_options = BuildOptions::default();
     build_options.exclude.extend(input.exclude.iter().cloned());
-    let built = bundle::build(&[input.root.to_owned()], &build_options)
-        .map_err(|e| PipelineError::new(Stage::Push, reasons::PUSH_FAILED, e.to_string(), false))?;
+    // The controller's work directory keeps layer digests next to its other caches; the CLI
+    // (no cache_dir) uses the user's cache.
+    let layer_cache = match &input.cache_dir {
+        Some(dir) => Some(bundle::LayerCache::new(dir.join("layers"))),
+        None => bundle::LayerCache::user_default(),
+    };
+    let built = bundle::build_with_cache(
+        &[input.root.to_owned()],
+        &build_options,
+        layer_cache.as_ref(),
+    )
+    .map_err(|e| PipelineError::new(Stage::Push, reasons::PUSH_FAILED, e.to_string(), false))?;
     let repository = input
         .repository_override
         .clone()
@@ -197,7 +270,7 @@ pub async fn run(input: &PipelineInput<'_>) -> Result<Outcome, PipelineError> {
     let tags = input
         .tags_override
         .clone()
-        .unwrap_or_else(|| spec.bundle.tags_for(&version));
+        .unwrap_or_else(|| spec.bundle.tags_for(version));
     let first_tag = tags
         .first()
         .cloned()
@@ -205,7 +278,7 @@ pub async fn run(input: &PipelineInput<'_>) -> Result<Outcome, PipelineError> {
     let target = Location::parse(&format!("{repository}:{first_tag}")).map_err(|e| {
         PipelineError::new(Stage::Push, reasons::INVALID_SPEC, e.to_string(), false)
     })?;
-    let pushed = bundle::push(
+    bundle::push(
         input.registry,
         &built,
         &target,
@@ -220,9 +293,16 @@ pub async fn run(input: &PipelineInput<'_>) -> Result<Outcome, PipelineError> {
             reasons::PUSH_FAILED
         };
         PipelineError::new(Stage::Push, reason, e.to_string(), e.is_retryable())
-    })?;
+    })
+}
 
-    // Render.
+/// The render stage: Package + PackageMetadata for the pushed bundle.
+fn render(
+    input: &PipelineInput<'_>,
+    spec: &PackageSourceSpec,
+    version: &str,
+    pushed: &Pushed,
+) -> Result<(Package, PackageMetadata), PipelineError> {
     let config_dir = input.root.join("config");
     let derived = if spec.package.values_schema.is_none() && config_dir.is_dir() {
         publish::values_schema::derive(&config_dir).map_err(|e| {
@@ -232,9 +312,9 @@ pub async fn run(input: &PipelineInput<'_>) -> Result<Outcome, PipelineError> {
         None
     };
     let helm_chart_path = helm_chart_path(spec);
-    let (package, metadata) = publish::render(&Release {
+    publish::render(&Release {
         package: &spec.package,
-        version: &version,
+        version,
         bundle_image: &pushed.image,
         derived_values_schema: derived,
         helm_chart_path: helm_chart_path.as_deref(),
@@ -242,16 +322,7 @@ pub async fn run(input: &PipelineInput<'_>) -> Result<Outcome, PipelineError> {
         labels: input.labels.clone(),
         namespace: input.namespace.as_deref(),
     })
-    .map_err(|e| PipelineError::new(Stage::Render, reasons::INVALID_SPEC, e.to_string(), false))?;
-
-    Ok(Outcome {
-        contents,
-        version,
-        images,
-        pushed,
-        package,
-        metadata,
-    })
+    .map_err(|e| PipelineError::new(Stage::Render, reasons::INVALID_SPEC, e.to_string(), false))
 }
 
 /// The top-level paths of `root` that go into the bundle: only those are scanned for images,

@@ -568,6 +568,15 @@ spec:
             && text.contains("stage=\"pipeline\""),
         "metrics:\n{text}"
     );
+    for stage in ["sync", "lock", "push", "render", "publish"] {
+        let count = metric(
+            &text,
+            &format!(
+                "packsmith_stage_duration_seconds_count{{kind=\"PackageSource\",stage=\"{stage}\"}}"
+            ),
+        );
+        anyhow::ensure!(count >= 1.0, "no {stage} duration recorded:\n{text}");
+    }
 
     // Deletion removes what the source published.
     api.delete("demo", &DeleteParams::default()).await?;

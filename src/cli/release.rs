@@ -84,6 +84,7 @@ pub fn run(args: &ReleaseArgs) -> anyhow::Result<()> {
         now: jiff::Timestamp::now(),
         labels: Default::default(),
         namespace: None,
+        on_stage: None,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

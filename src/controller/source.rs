@@ -301,6 +301,10 @@ async fn produce_inner(
         .clone()
         .unwrap_or_else(|| namespace.clone());
     let root = work.join("bundle");
+    let metrics = ctx.metrics.clone();
+    let on_stage = move |stage: Stage, took: std::time::Duration| {
+        metrics.stage(KIND, stage.name(), took);
+    };
     let input = PipelineInput {
         spec,
         root: &root,
@@ -314,6 +318,7 @@ async fn produce_inner(
         now: jiff::Timestamp::now(),
         labels: labels(&namespace, &name),
         namespace: Some(publish_namespace.clone()),
+        on_stage: Some(&on_stage),
     };
     let started = Instant::now();
     let outcome = pipeline::run(&input).await;
