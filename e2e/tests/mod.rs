@@ -2,6 +2,7 @@
 
 pub mod bundle;
 pub mod controller;
+pub mod controller_faults;
 pub mod controller_leader;
 pub mod controller_repo;
 pub mod controller_secrets;
@@ -11,6 +12,7 @@ pub mod lock;
 pub mod registry;
 pub mod release;
 pub mod repo;
+pub mod ship;
 pub mod sync;
 pub mod tce;
 
@@ -30,10 +32,12 @@ pub fn trials() -> (Vec<Trial>, Vec<Trial>) {
     parallel.extend(registry::trials());
     parallel.extend(release::trials());
     parallel.extend(repo::trials());
+    parallel.extend(ship::trials());
     parallel.extend(sync::trials());
     parallel.extend(tce::trials());
     let mut serial = registry::serial_trials();
     serial.extend(sync::serial_trials());
     serial.extend(bundle::serial_trials());
+    serial.extend(controller_faults::serial_trials());
     (parallel, serial)
 }
