@@ -75,6 +75,11 @@ struct ControllerArgs {
     /// Root of the per-object work directories (<cache-dir>/<namespace>/<name>).
     #[arg(long, env = "PACKSMITH_CACHE_DIR", default_value = crate::controller::DEFAULT_CACHE_DIR)]
     cache_dir: PathBuf,
+    /// Cap on the bytes under --cache-dir (e.g. 5Gi, 500MB); the least recently used work
+    /// directories of idle objects are removed while over it (they sync cold next time)
+    /// [default: no cap].
+    #[arg(long, env = "PACKSMITH_CACHE_MAX_SIZE", value_parser = byte_size)]
+    cache_max_size: Option<u64>,
     /// kubeconfig to use [default: $KUBECONFIG, ~/.kube/config, else the in-cluster config].
     #[arg(long, value_name = "FILE")]
     kubeconfig: Option<PathBuf>,
@@ -167,6 +172,7 @@ fn controller(args: ControllerArgs) -> anyhow::Result<()> {
         namespace: args.namespace,
         concurrency: args.concurrent,
         cache_dir: args.cache_dir,
+        cache_max_size: args.cache_max_size,
         metrics_addr: args.metrics_addr,
         health_addr: args.health_addr,
         credentials,
@@ -218,6 +224,11 @@ fn crds(args: &CrdsArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `5Gi`, `500MB`, `1048576`: binary (Ki, Mi, Gi) and decimal (K, M, G) units.
+fn byte_size(s: &str) -> Result<u64, String> {
+    parse_size::parse_size(s).map_err(|e| format!("{e}: expected a size like 5Gi or 500MB"))
 }
 
 fn init_tracing(format: LogFormat) {

@@ -11,6 +11,7 @@ use kube::runtime::reflector::Store;
 use super::metrics::Metrics;
 use super::schedule::Backoffs;
 use super::stalls::{Inputs, Stalls};
+use super::workdirs::WorkDirs;
 use crate::api::PackageRepositorySource;
 use crate::registry::Credentials;
 
@@ -53,6 +54,8 @@ pub struct Context {
     /// PackageRepositorySources (spec and metadata): a source one selects is released
     /// through it rather than applied in-cluster.
     pub repositories: Store<PackageRepositorySource>,
+    /// Sizes of the work directories, for `--cache-max-size`.
+    pub work_dirs: WorkDirs,
 }
 
 impl std::fmt::Debug for Context {

@@ -32,6 +32,7 @@ pub mod secrets;
 pub mod source;
 pub mod stalls;
 pub mod status;
+pub mod workdirs;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -67,6 +68,8 @@ pub struct Options {
     pub concurrency: u16,
     /// Root of the per-object work directories.
     pub cache_dir: PathBuf,
+    /// Cap on the bytes under `cache_dir`; `None`: no cap.
+    pub cache_max_size: Option<u64>,
     /// `host:port` of `/metrics` (port 0 picks a free port).
     pub metrics_addr: String,
     /// `host:port` of `/healthz` and `/readyz`; may equal `metrics_addr`.
@@ -85,6 +88,7 @@ impl Default for Options {
             namespace: None,
             concurrency: 2,
             cache_dir: PathBuf::from(DEFAULT_CACHE_DIR),
+            cache_max_size: None,
             metrics_addr: "0.0.0.0:8080".to_owned(),
             health_addr: "0.0.0.0:9440".to_owned(),
             credentials: Credentials::default(),
@@ -385,6 +389,12 @@ impl Controller {
                 config_maps: config_map_reader,
             },
             repositories: selection_reader,
+            work_dirs: workdirs::WorkDirs::new(options.cache_max_size),
+        });
+        // What a persistent cache volume kept counts against --cache-max-size from the start.
+        let scanning = ctx.clone();
+        tokio::task::spawn_blocking(move || {
+            scanning.work_dirs.scan(&scanning.settings.cache_dir);
         });
         let mut controller = KubeController::for_stream(triggers, reader)
             .watches_stream(secret_triggers, move |secret: PartialObjectMeta<Secret>| {

@@ -163,6 +163,7 @@ async fn cleanup(obj: &PackageRepositorySource, ctx: &Context) -> Result<Action,
         }
     }
     let work = work_dir(&ctx.settings.cache_dir, &namespace, &name);
+    ctx.work_dirs.forget(&work);
     if let Err(e) = std::fs::remove_dir_all(&work)
         && e.kind() != std::io::ErrorKind::NotFound
     {
@@ -362,6 +363,7 @@ async fn produce(
     }
 
     let work = work_dir(&ctx.settings.cache_dir, &namespace, &name);
+    let _in_use = ctx.work_dirs.use_dir(&work);
     write_tree(&work, &collected)?;
     let registry = secrets::bundle_registry(
         &ctx.client,
@@ -392,6 +394,7 @@ async fn produce(
     )
     .await;
     ctx.metrics.stage(KIND, "push", started.elapsed());
+    ctx.work_dirs.used(&work);
     let released = released.map_err(release_failure)?;
     if let Ok(mut m) = ctx.repository_fingerprints.lock() {
         m.insert(key(obj), fingerprint);

@@ -291,6 +291,7 @@ async fn produce_inner(
         .await
         .map_err(no_outcome)?;
     let work = work_dir(&ctx.settings.cache_dir, &namespace, &name);
+    let _in_use = ctx.work_dirs.use_dir(&work);
     prepare_root(&work, spec, new_generation).map_err(no_outcome)?;
 
     let previous =
@@ -323,6 +324,7 @@ async fn produce_inner(
     let started = Instant::now();
     let outcome = pipeline::run(&input).await;
     ctx.metrics.stage(KIND, "pipeline", started.elapsed());
+    ctx.work_dirs.used(&work);
     let outcome = outcome.map_err(|e| (Failure::from(e), None))?;
 
     let selected_by: Vec<String> =
@@ -647,6 +649,7 @@ async fn cleanup(obj: &PackageSource, ctx: &Context) -> Result<Action, Reconcile
         tracing::info!(packagesource = %key(obj), removed, "removed what the PackageSource published");
     }
     let work = work_dir(&ctx.settings.cache_dir, &namespace, &name);
+    ctx.work_dirs.forget(&work);
     if let Err(e) = std::fs::remove_dir_all(&work)
         && e.kind() != std::io::ErrorKind::NotFound
     {
