@@ -26,9 +26,11 @@ e2e:
 build:
 	$(CARGO) build
 
-## crds: regenerate crds/ from the Rust types (a test fails when they drift).
+## crds: regenerate crds/ from the Rust types, their copies in the chart and config/, and the
+## CRD reference in docs/ (tests fail when any of them drift).
 crds:
 	$(CARGO) run -q -- crds --output-dir crds
+	$(MAKE) -s chart-crds docs
 
 ## e2e-deps: what the bed needs on a fresh Debian machine (apt packages, kube-apiserver, etcd).
 e2e-deps:
@@ -64,3 +66,32 @@ bench-sync:
 bench-controller:
 	$(CARGO) build --release --bin packsmith
 	bash benches/controller.sh
+
+## demo: on a fresh machine, the whole story in one command: bed, CRDs, controller, examples/demo
+## applied, Ready; prints kubectl get pkgsrc, the Package and the pulled bundle. demo-down stops it.
+DEMO_STATE ?= $(CURDIR)/.e2e/demo
+.PHONY: demo demo-down chart-lint chart-crds docs docs-check
+demo:
+	bash e2e/scripts/demo.sh up $(DEMO_STATE)
+
+demo-down:
+	bash e2e/scripts/demo.sh down $(DEMO_STATE)
+
+## chart-lint: helm lint --strict of charts/packsmith, defaults and the HA/namespaced/ServiceMonitor variant.
+chart-lint:
+	helm=$$(bash e2e/scripts/install-tools.sh | sed -n 's/^helm=//p'); \
+	"$$helm" lint --strict charts/packsmith; \
+	"$$helm" lint --strict charts/packsmith --set replicaCount=2 --set watchNamespace=team-a \
+	  --set metrics.serviceMonitor.enabled=true
+
+## chart-crds: copy crds/ into the chart and the kustomize base (the e2e suite fails when they differ).
+chart-crds:
+	cp crds/*.yaml charts/packsmith/crds/
+	cp crds/*.yaml config/crds/
+
+## docs / docs-check: docs/crd-reference.md from crds/*.yaml (the e2e suite runs the check).
+docs:
+	python3 e2e/scripts/crd-docs.py
+
+docs-check:
+	python3 e2e/scripts/crd-docs.py --check

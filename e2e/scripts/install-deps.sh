@@ -22,6 +22,8 @@ missing=()
 for cmd in "${!pkg[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("${pkg[$cmd]}")
 done
+# e2e/scripts/crd-docs.py (the CRD reference in docs/) reads the CRDs with PyYAML.
+python3 -c 'import yaml' >/dev/null 2>&1 || missing+=(python3-yaml)
 
 if ((${#missing[@]})); then
   ((EUID == 0)) || die "missing packages ${missing[*]}; run this script as root"
@@ -30,6 +32,11 @@ if ((${#missing[@]})); then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+
+# helm (and kubectl when the machine has none) for the chart e2e test and `make demo`, built
+# from the Go module proxy while kube-apiserver builds: fetching modules overlaps compiling.
+bash "$E2E_SCRIPTS/install-tools.sh" >/dev/null &
+tools_pid=$!
 
 if [[ -n ${KUBEBUILDER_ASSETS:-} ]]; then
   for b in etcd kube-apiserver; do
@@ -40,3 +47,5 @@ else
   dir=$("$E2E_SCRIPTS/build-k8s.sh" | tail -n 1)
   log "kube-apiserver and etcd in $dir"
 fi
+wait "$tools_pid" || die "building helm/kubectl failed (e2e/scripts/install-tools.sh)"
+log "helm and kubectl: $(bash "$E2E_SCRIPTS/install-tools.sh" --no-build | tr '\n' ' ')"

@@ -129,11 +129,6 @@ pub async fn reconcile(
 async fn cleanup(obj: &PackageRepositorySource, ctx: &Context) -> Result<Action, ReconcileError> {
     let namespace = obj.namespace().unwrap_or_default();
     let name = obj.name_any();
-    ctx.backoffs.reset(&backoff_key(obj));
-    ctx.stalls.clear(&backoff_key(obj));
-    if let Ok(mut m) = ctx.repository_fingerprints.lock() {
-        m.remove(&key(obj));
-    }
     if obj.spec.package_repository.create {
         let (pkgr_name, pkgr_namespace) = package_repository_name(obj);
         let api: Api<PackageRepository> = Api::namespaced(ctx.client.clone(), &pkgr_namespace);
@@ -168,6 +163,12 @@ async fn cleanup(obj: &PackageRepositorySource, ctx: &Context) -> Result<Action,
         && e.kind() != std::io::ErrorKind::NotFound
     {
         tracing::warn!(path = %work.display(), error = %e, "removing the work directory");
+    }
+    // Forgotten only once cleaned up: a failing cleanup keeps backing off.
+    ctx.backoffs.reset(&backoff_key(obj));
+    ctx.stalls.clear(&backoff_key(obj));
+    if let Ok(mut m) = ctx.repository_fingerprints.lock() {
+        m.remove(&key(obj));
     }
     Ok(Action::await_change())
 }

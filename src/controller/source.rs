@@ -619,8 +619,6 @@ pub(crate) fn truncate_note(s: &str) -> String {
 async fn cleanup(obj: &PackageSource, ctx: &Context) -> Result<Action, ReconcileError> {
     let namespace = obj.namespace().unwrap_or_default();
     let name = obj.name_any();
-    ctx.backoffs.reset(&key(obj));
-    ctx.stalls.clear(&key(obj));
     // Release records are internal: they go whatever the deletion policy (and with the
     // owner by garbage collection, where a cluster runs it).
     record::remove_all(ctx, &namespace, &name)
@@ -655,6 +653,9 @@ async fn cleanup(obj: &PackageSource, ctx: &Context) -> Result<Action, Reconcile
     {
         tracing::warn!(path = %work.display(), error = %e, "removing the work directory");
     }
+    // Forgotten only once cleaned up: a failing cleanup keeps backing off.
+    ctx.backoffs.reset(&key(obj));
+    ctx.stalls.clear(&key(obj));
     Ok(Action::await_change())
 }
 
