@@ -7,6 +7,9 @@
 # uncompressed layer tarball ready-made (untimed) and times `crane append` of it (it gzips,
 # hashes and uploads) and `crane pull`; packsmith is timed from the directory, tar included.
 # Median of RUNS runs, all in one registry started here, so the figures compare within a run.
+# packsmith keeps layer digests in its cache (here a fresh XDG_CACHE_HOME under the work dir):
+# a re-push of the unchanged tree skips tar and gzip; a "fresh" push of a tree the cache knows,
+# to a new repository, still archives the layer again to upload it.
 #
 # usage: benches/bundle_push.sh [PACKSMITH_BIN]     (make bench-push builds it in release mode)
 set -euo pipefail
@@ -22,9 +25,14 @@ RUNS=${RUNS:-5}
 command -v docker-registry >/dev/null || { echo "docker-registry not found (apt-get install docker-registry)" >&2; exit 1; }
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/packsmith-bench-push.XXXXXX")
+export XDG_CACHE_HOME=$work/cache
 registry_pid=
 cleanup() {
-  [[ -n $registry_pid ]] && kill "$registry_pid" 2>/dev/null && wait "$registry_pid" 2>/dev/null
+  # The registry dies of the TERM sent here; its status must not become the script's.
+  if [[ -n $registry_pid ]]; then
+    kill "$registry_pid" 2>/dev/null || true
+    wait "$registry_pid" 2>/dev/null || true
+  fi
   rm -rf "$work"
 }
 trap cleanup EXIT

@@ -140,9 +140,9 @@ pub async fn run(input: &PipelineInput<'_>) -> Result<Outcome, PipelineError> {
     let contents = sync::sync(&config, input.root, &options).await;
     input.timed(Stage::Sync, started);
     let contents = contents.map_err(|e| {
-            let (reason, retryable) = classify_sync(&e);
-            PipelineError::new(Stage::Sync, reason, e.to_string(), retryable)
-        })?;
+        let (reason, retryable) = classify_sync(&e);
+        PipelineError::new(Stage::Sync, reason, e.to_string(), retryable)
+    })?;
 
     let version = version(spec, &contents)?;
 

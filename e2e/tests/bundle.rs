@@ -18,8 +18,10 @@ use oci_client::secrets::RegistryAuth;
 use pretty_assertions::assert_eq;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use packsmith::bundle::{self, BuildOptions, BundleError, Location, PushOptions, Pushed};
-use packsmith::carvel::BundleLock;
+use packsmith::bundle::{
+    self, BuildOptions, BundleError, LayerCache, Location, PushOptions, Pushed,
+};
+use packsmith::carvel::{BundleLock, ImageRef, ImagesLock};
 use packsmith::registry::{Credentials, ErrorClass, Registry, RegistryOptions};
 
 use crate::support::images::{self, MANIFEST_MEDIA_TYPES};
@@ -55,6 +57,14 @@ pub fn trials() -> Vec<Trial> {
             repush_uploads_nothing,
         ),
         trial("cli_push_lock_output_and_pull", cli_push_and_pull),
+        trial(
+            "layer_cache_skips_archiving_and_rebuilds_for_a_new_repository",
+            layer_cache,
+        ),
+        trial(
+            "pull_of_a_relocated_bundle_names_its_images_in_the_bundle_repository",
+            relocated_pull,
+        ),
         trial("wrong_credentials_are_an_auth_error", wrong_credentials),
         trial(
             "missing_input_and_symlinks_fail_before_any_upload",
@@ -280,6 +290,125 @@ async fn repush_uploads_nothing(bed: &Bed) -> anyhow::Result<()> {
         2,
         "v1 moved, and a new digest tag"
     );
+    Ok(())
+}
+
+/// A tree whose digests are in the layer cache builds without archiving, to the digest an
+/// uncached build gives; pushing it where the layer is missing archives it again; pushing it
+/// where everything is makes HEAD requests only.
+async fn layer_cache(bed: &Bed) -> anyhow::Result<()> {
+    let registry = plain(bed);
+    let tree = package_tree("layer-cache")?;
+    let cache_dir = tempfile::tempdir()?;
+    let cache = LayerCache::new(cache_dir.path());
+    let inputs = [tree.path().to_owned()];
+    let options = BuildOptions::default();
+    // Files changed just before a build are not trusted to show the next change in their
+    // timestamps, so nothing is recorded until the tree is a little older (2 s at most).
+    let young = bundle::build_with_cache(&inputs, &options, Some(&cache))?;
+    ensure!(!young.from_cache(), "an empty cache cannot hit");
+    std::thread::sleep(Duration::from_millis(2100));
+    bundle::build_with_cache(&inputs, &options, Some(&cache))?;
+    let hit = bundle::build_with_cache(&inputs, &options, Some(&cache))?;
+    ensure!(hit.from_cache(), "an unchanged tree should hit the cache");
+    assert_eq!(hit.digest(), young.digest());
+    assert_eq!(hit.manifest(), young.manifest());
+
+    // A repository that has nothing: the layer is archived again for the upload.
+    let repo = format!("{}/{PREFIX}/layer-cache", bed.registry);
+    let location = Location::parse(&format!("{repo}:v1"))?;
+    let tags = ["v1".to_owned()];
+    let first = bundle::push(&registry, &hit, &location, &tags, &fast_retries()).await?;
+    assert_eq!(first.uploaded.len(), 2, "{first:?}");
+    let out = tempfile::tempdir()?;
+    bundle::pull(&registry, &location, &out.path().join("b")).await?;
+    assert_eq!(snapshot(&out.path().join("b"))?, snapshot(tree.path())?);
+
+    let again = bundle::push(&registry, &hit, &location, &tags, &fast_retries()).await?;
+    assert_eq!(again.uploaded, Vec::<String>::new());
+    assert_eq!(again.written_tags, Vec::<String>::new());
+
+    // A changed file misses, and the stale bundle refuses to upload a layer of other content.
+    std::fs::write(
+        tree.path().join("config/values.yml"),
+        "replicas: 3
+",
+    )?;
+    let changed = bundle::build_with_cache(&inputs, &options, Some(&cache))?;
+    ensure!(!changed.from_cache() && changed.digest() != hit.digest());
+    let elsewhere = Location::parse(&format!("{repo}-stale:v1"))?;
+    let err = bundle::push(&registry, &hit, &elsewhere, &tags, &fast_retries())
+        .await
+        .expect_err("a layer that no longer matches its digest must not be pushed");
+    ensure!(
+        matches!(err, BundleError::TreeChanged { .. }),
+        "expected TreeChanged, got {err}"
+    );
+    expect_no_tag(&registry, &format!("{repo}-stale"), "v1").await
+}
+
+/// imgpkg's pull of a relocated bundle: while the bundle's repository lacks one of its
+/// images, images.yml comes back as pushed; once every image is there (as `imgpkg copy
+/// --to-repo` leaves them), it names them in the bundle's repository, annotations kept.
+async fn relocated_pull(bed: &Bed) -> anyhow::Result<()> {
+    let registry = plain(bed);
+    let images = images::Registry::plain(bed);
+    let source = format!("{PREFIX}/reloc-source");
+    let target = format!("{PREFIX}/reloc-bundle");
+    let app = images::fixture(&source, "app", images::ImageKind::DockerV2, "reloc-app")?;
+    let sidecar = images::fixture(&source, "sidecar", images::ImageKind::Oci, "reloc-side")?;
+    images::push_fixture(&images, &source, "app", &app).await?;
+    images::push_fixture(&images, &source, "sidecar", &sidecar).await?;
+
+    let mut lock = ImagesLock::new();
+    for (name, fixture) in [("app", &app), ("sidecar", &sidecar)] {
+        lock.images.push(ImageRef::kbld(
+            format!("{}/{source}@{}", bed.registry, fixture.digest()),
+            format!("example.com/{name}:1.0"),
+            &[],
+        ));
+    }
+    let lock_yaml = lock.to_kbld_yaml()?;
+    let tree = package_tree("relocated")?;
+    std::fs::write(tree.path().join(".imgpkg/images.yml"), &lock_yaml)?;
+    let repo = format!("{}/{target}", bed.registry);
+    push_tree(&registry, tree.path(), &repo, "v1").await?;
+    let location = Location::parse(&format!("{repo}:v1"))?;
+    let out = tempfile::tempdir()?;
+    let pulled_lock = out.path().join("b/.imgpkg/images.yml");
+
+    // Only one image copied next to the bundle: not relocated.
+    images::push_fixture(&images, &target, "app-copy", &app).await?;
+    let pulled = bundle::pull(&registry, &location, &out.path().join("b")).await?;
+    ensure!(!pulled.relocated, "{pulled:?}");
+    assert_eq!(std::fs::read_to_string(&pulled_lock)?, lock_yaml);
+
+    // Both: every image is named in the bundle's repository.
+    images::push_fixture(&images, &target, "sidecar-copy", &sidecar).await?;
+    let pulled = bundle::pull(&registry, &location, &out.path().join("b")).await?;
+    ensure!(pulled.relocated, "{pulled:?}");
+    let rewritten = ImagesLock::from_yaml(&std::fs::read_to_string(&pulled_lock)?)?;
+    let expected: Vec<(String, String)> = [("app", &app), ("sidecar", &sidecar)]
+        .into_iter()
+        .map(|(name, f)| {
+            (
+                format!("{repo}@{}", f.digest()),
+                format!("example.com/{name}:1.0"),
+            )
+        })
+        .collect();
+    let actual: Vec<(String, String)> = rewritten
+        .images
+        .iter()
+        .map(|i| (i.image.clone(), i.original_reference().to_owned()))
+        .collect();
+    assert_eq!(actual, expected);
+    // The rest of the tree is as pushed.
+    let mut pulled_tree = snapshot(&out.path().join("b"))?;
+    let mut pushed_tree = snapshot(tree.path())?;
+    pulled_tree.remove(".imgpkg/images.yml");
+    pushed_tree.remove(".imgpkg/images.yml");
+    assert_eq!(pulled_tree, pushed_tree);
     Ok(())
 }
 
@@ -527,8 +656,8 @@ async fn registry_down(bed: &Bed) -> anyhow::Result<()> {
     let err = result.expect_err("a push to a stopped registry must fail");
     restarted?;
     ensure!(err.is_retryable(), "{err}");
-    // Config and layer each tried 3 times: 2 retries each.
-    assert_eq!(attempts.load(Ordering::SeqCst), 4);
+    // The first step (tags and blobs HEADed side by side) tried 3 times: 2 retries.
+    assert_eq!(attempts.load(Ordering::SeqCst), 2);
     expect_no_tag(&registry, &repo, "v1").await?;
     // And the same push works once the registry is back.
     let pushed = bundle::push(&registry, &built, &location, &["v1".into()], &options).await?;

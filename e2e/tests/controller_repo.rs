@@ -268,7 +268,15 @@ spec:
         || async { Ok(!in_cluster("alpha").await? && !in_cluster("bravo").await?) },
     )
     .await?;
-    ensure!(in_cluster("charlie").await? && in_cluster("delta").await?);
+    ensure!(
+        in_cluster("charlie").await?,
+        "charlie asked to be applied in-cluster"
+    );
+    // delta is not selected: applied in-cluster once it is Ready (nothing waits for it yet).
+    wait_until("delta applied in-cluster", || async {
+        in_cluster("delta").await
+    })
+    .await?;
     for name in ["alpha", "bravo"] {
         let source = sources.get(name).await?;
         let package = source

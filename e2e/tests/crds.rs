@@ -184,7 +184,9 @@ async fn init_output_is_accepted() -> anyhow::Result<()> {
     // The defaults the API server filled in are the ones the code assumes.
     let api: Api<packsmith::api::PackageSource> = Api::namespaced(client, &ns);
     let ps = api.get("foobar").await?;
-    anyhow::ensure!(ps.spec.interval == "1h" && ps.spec.images.lock && ps.spec.publish.enabled.is_none());
+    anyhow::ensure!(
+        ps.spec.interval == "1h" && ps.spec.images.lock && ps.spec.publish.enabled.is_none()
+    );
     Ok(())
 }
 

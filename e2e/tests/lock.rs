@@ -152,6 +152,21 @@ pub fn trials() -> Vec<Trial> {
         "cli_reports_file_reference_and_cause",
         cli_reports_failure,
     ));
+    trials.push(trial(
+        "tag_and_platform_selection_overrides",
+        tag_and_platform_selection,
+    ));
+    trials.push(trial(
+        "locked_reuses_the_lock_and_contacts_no_registry",
+        locked_contacts_no_registry,
+    ));
+    trials.push(trial(
+        "bearer_token_once_per_repository",
+        bearer_token_once_per_repository,
+    ));
+    trials.push(Trial::test("lock::manifests_from_stdin", || {
+        manifests_from_stdin().map_err(|e| format!("{e:#}").into())
+    }));
     trials
 }
 
@@ -493,7 +508,7 @@ async fn registry_down_retries_then_fails(_bed: &Bed) -> anyhow::Result<()> {
     let options = ResolveOptions {
         retries: 3,
         backoff: Duration::from_millis(50),
-        concurrency: None,
+        ..ResolveOptions::default()
     };
     let started = Instant::now();
     let error = lock_dir(dir.path(), &registry, &options)
@@ -624,5 +639,416 @@ async fn cli_reports_failure(bed: &Bed) -> anyhow::Result<()> {
         stderr.matches("404").count() == 1,
         "the cause once: {stderr}"
     );
+    Ok(())
+}
+
+/// kbld's `tagSelection` (highest tag within the constraints, prereleases left out) and
+/// `platformSelection` (the arm64 image of an index, not the index).
+async fn tag_and_platform_selection(bed: &Bed) -> anyhow::Result<()> {
+    let prefix = unique_prefix("select");
+    let plain = images::Registry::plain(bed);
+    let mut digests = std::collections::BTreeMap::new();
+    for tag in ["1.0.0", "v1.2.0", "2.0.0", "1.3.0-rc.1", "latest"] {
+        let digest = images::push_image(
+            &plain,
+            &format!("{prefix}/app"),
+            tag,
+            ImageKind::DockerV2,
+            tag,
+        )
+        .await?;
+        digests.insert(tag, digest);
+    }
+    let multi = images::fixture(&format!("{prefix}/multi"), "1.0", ImageKind::MultiArch, "m")?;
+    images::push_fixture(&plain, &format!("{prefix}/multi"), "1.0", &multi).await?;
+    let arm64 = multi
+        .images
+        .iter()
+        .find(|image| image.architecture == "arm64")
+        .context("the fixture has an arm64 image")?
+        .manifest
+        .digest
+        .clone();
+    ensure!(arm64 != multi.digest(), "the index and its image differ");
+
+    let dir = manifest_tree(&[
+        (
+            "m.yml",
+            "a:\n  image: app\nb:\n  image: multi\nc:\n  image: multi-by-digest\n",
+        ),
+        (
+            "z-kbld.yml",
+            "apiVersion: kbld.k14s.io/v1alpha1\nkind: Config\noverrides:\n- image: app\n  \
+             newImage: quay.io/app\n  tagSelection:\n    semver:\n      constraints: \
+             \">=1.0.0 <2.0.0\"\n- image: multi\n  newImage: quay.io/multi:1.0\n  \
+             platformSelection:\n    os: linux\n    architecture: arm64\n",
+        ),
+        (
+            "z-kbld-digest.yml",
+            &format!(
+                "apiVersion: kbld.k14s.io/v1alpha1\nkind: Config\noverrides:\n- image: \
+                 multi-by-digest\n  newImage: quay.io/multi@{}\n  platformSelection:\n    \
+                 architecture: arm64\n",
+                multi.digest()
+            ),
+        ),
+    ])?;
+    let registry = plain_mirror(bed, &prefix)?;
+    let locked = lock_dir(dir.path(), &registry, &ResolveOptions::default()).await?;
+    let app = &locked.resolution.images["app"];
+    assert_eq!(app.image, format!("quay.io/app@{}", digests["v1.2.0"]));
+    let origins = app
+        .annotations
+        .get(packsmith::carvel::imgpkg::KBLD_ORIGINS_ANNOTATION)
+        .context("origins")?;
+    ensure!(
+        origins.contains("tag: v1.2.0") && origins.contains("url: quay.io/app:v1.2.0"),
+        "{origins}"
+    );
+    assert_eq!(
+        locked.resolution.images["multi"].image,
+        format!("quay.io/multi@{arm64}")
+    );
+    assert_eq!(
+        locked.resolution.images["multi-by-digest"].image,
+        format!("quay.io/multi@{arm64}")
+    );
+    assert_eq!(locked.resolution.selections, 3);
+
+    // Constraints nothing satisfies name the repository and the constraints.
+    let dir = manifest_tree(&[(
+        "m.yml",
+        "apiVersion: kbld.k14s.io/v1alpha1\nkind: Config\noverrides:\n- image: app\n  newImage: \
+         quay.io/app\n  tagSelection:\n    semver:\n      constraints: \">=3.0.0\"\n---\nimage: \
+         app\n",
+    )])?;
+    let error = lock_dir(dir.path(), &registry, &ResolveOptions::default())
+        .await
+        .expect_err("no tag is >=3.0.0")
+        .to_string();
+    ensure!(
+        error.contains("m.yml") && error.contains(">=3.0.0") && error.contains("quay.io/app"),
+        "{error}"
+    );
+    Ok(())
+}
+
+/// `--locked`: the lock answers for every reference, so the registry (here: none, as the
+/// mirror flag is left out and quay.io is unreachable) is never asked; a reference the lock
+/// lacks, or a lock that would change, fails without writing anything.
+async fn locked_contacts_no_registry(bed: &Bed) -> anyhow::Result<()> {
+    let prefix = unique_prefix("locked");
+    let plain = images::Registry::plain(bed);
+    images::push_image(&plain, &format!("{prefix}/app"), "1.0", ImageKind::Oci, "l").await?;
+    let dir = manifest_tree(&[("m.yml", "image: quay.io/app:1.0\n")])?;
+    let tree = dir.path().display().to_string();
+    let lock_file = dir.path().join(".imgpkg/images.yml");
+    let lock_path = lock_file.display().to_string();
+    let mirror = format!("quay.io={}/{prefix}", bed.registry);
+    let out = packsmith(&[
+        "lock",
+        "-f",
+        &tree,
+        "--imgpkg-lock-output",
+        &lock_path,
+        "--registry-mirror",
+        &mirror,
+        "--registry-insecure-host",
+        &bed.registry,
+    ])?;
+    ensure!(out.status.success(), "{out:?}");
+    let written = std::fs::read_to_string(&lock_file)?;
+
+    let locked = |extra: &[&str]| {
+        let mut args = vec!["lock", "-f", &tree, "--locked"];
+        args.extend_from_slice(extra);
+        packsmith(&args)
+    };
+    let out = locked(&["--imgpkg-lock-output", &lock_path])?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(out.status.success(), "{stderr}");
+    ensure!(stderr.contains("0 manifest requests"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&lock_file)?, written);
+
+    // The lock may also live outside the tree: --locked reads the output file as input.
+    let elsewhere = tempfile::tempdir()?;
+    let outside = elsewhere.path().join("images.yml");
+    std::fs::rename(&lock_file, &outside)?;
+    let out = locked(&["--imgpkg-lock-output", &outside.display().to_string()])?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::rename(&outside, &lock_file)?;
+
+    // A reference the lock does not have.
+    std::fs::write(dir.path().join("n.yml"), "image: quay.io/app:2.0\n")?;
+    let out = locked(&["--imgpkg-lock-output", &lock_path])?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(!out.status.success(), "{stderr}");
+    ensure!(
+        stderr.contains("quay.io/app:2.0")
+            && stderr.contains("n.yml")
+            && stderr.contains("--locked"),
+        "{stderr}"
+    );
+    std::fs::remove_file(dir.path().join("n.yml"))?;
+
+    // An entry no manifest uses any more would be dropped: that changes the lock.
+    std::fs::write(
+        dir.path().join("m.yml"),
+        format!("image: quay.io/app@sha256:{}\n", "c".repeat(64)),
+    )?;
+    let out = locked(&["--imgpkg-lock-output", &lock_path])?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(!out.status.success(), "{stderr}");
+    ensure!(stderr.contains("would change"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&lock_file)?, written);
+    Ok(())
+}
+
+/// `-f -` reads manifests from standard input, as `kbld -f -`.
+fn manifests_from_stdin() -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_packsmith"))
+        .args(["lock", "--list", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(b"image: b:2\n---\nkind: List\nitems:\n- image: a:1\n")?;
+    let out = child.wait_with_output()?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8(out.stdout)?, "a:1\nb:2\n");
+
+    // Standard input has no file to rewrite.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_packsmith"))
+        .args(["lock", "--in-place", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(format!("image: r.io/a@sha256:{}\n", "f".repeat(64)).as_bytes())?;
+    let out = child.wait_with_output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(!out.status.success(), "{stderr}");
+    ensure!(stderr.contains("cannot be rewritten in place"), "{stderr}");
+    Ok(())
+}
+
+/// A registry that wants bearer tokens, as Docker Hub, GHCR and Harbor do: docker-registry
+/// can only delegate to an external token server that signs JWTs, so this is a small fake
+/// speaking the protocol: `/v2/` answers 401 with a Bearer challenge, `/token` issues a
+/// token per repository scope for the right basic credentials, and manifests answer only to
+/// their repository's token.
+struct TokenRegistry {
+    host: String,
+    pings: std::sync::atomic::AtomicUsize,
+    tokens: std::sync::atomic::AtomicUsize,
+    heads: std::sync::atomic::AtomicUsize,
+}
+
+const TOKEN_USER: &str = "robot";
+const TOKEN_PASSWORD: &str = "s3cret";
+
+impl TokenRegistry {
+    async fn start() -> anyhow::Result<std::sync::Arc<Self>> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let registry = std::sync::Arc::new(TokenRegistry {
+            host: listener.local_addr()?.to_string(),
+            pings: Default::default(),
+            tokens: Default::default(),
+            heads: Default::default(),
+        });
+        let server = std::sync::Arc::clone(&registry);
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let server = std::sync::Arc::clone(&server);
+                tokio::spawn(async move { server.serve(stream).await });
+            }
+        });
+        Ok(registry)
+    }
+
+    fn digest(repository: &str, tag: &str) -> String {
+        images::sha256_digest(format!("{repository}:{tag}").as_bytes())
+    }
+
+    /// HTTP/1.1 with keep-alive: requests without bodies, answers with Content-Length.
+    async fn serve(&self, stream: tokio::net::TcpStream) {
+        use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+        let mut stream = BufReader::new(stream);
+        loop {
+            let mut head = Vec::new();
+            loop {
+                let mut line = String::new();
+                match stream.read_line(&mut line).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) if line == "\r\n" => break,
+                    Ok(_) => head.push(line.trim_end().to_owned()),
+                }
+            }
+            let Some((method, target)) = head.first().and_then(|l| {
+                let mut parts = l.split(' ');
+                Some((parts.next()?.to_owned(), parts.next()?.to_owned()))
+            }) else {
+                return;
+            };
+            let authorization = head
+                .iter()
+                .find_map(|l| {
+                    l.split_once(':')
+                        .filter(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+                })
+                .map(|(_, v)| v.trim().to_owned())
+                .unwrap_or_default();
+            let (status, headers, body) = self.answer(&method, &target, &authorization);
+            let mut response = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\n", body.len());
+            for header in headers {
+                response.push_str(&header);
+                response.push_str("\r\n");
+            }
+            response.push_str("\r\n");
+            if method != "HEAD" {
+                response.push_str(&body);
+            }
+            if stream
+                .get_mut()
+                .write_all(response.as_bytes())
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+
+    fn answer(
+        &self,
+        method: &str,
+        target: &str,
+        authorization: &str,
+    ) -> (&'static str, Vec<String>, String) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let challenge = format!(
+            "WWW-Authenticate: Bearer realm=\"http://{}/token\",service=\"fake\"",
+            self.host
+        );
+        if target == "/v2/" {
+            self.pings.fetch_add(1, Relaxed);
+            return ("401 Unauthorized", vec![challenge], "{}".to_owned());
+        }
+        if let Some(query) = target.strip_prefix("/token?") {
+            self.tokens.fetch_add(1, Relaxed);
+            let basic = format!(
+                "Basic {}",
+                base64::Engine::encode(
+                    &base64::engine::general_purpose::STANDARD,
+                    format!("{TOKEN_USER}:{TOKEN_PASSWORD}"),
+                )
+            );
+            let scope = query
+                .split('&')
+                .find_map(|p| p.strip_prefix("scope="))
+                .map(|s| s.replace("%3A", ":").replace("%2F", "/"))
+                .unwrap_or_default();
+            if authorization != basic || !query.contains("service=fake") {
+                return ("401 Unauthorized", Vec::new(), "{}".to_owned());
+            }
+            return (
+                "200 OK",
+                Vec::new(),
+                format!("{{\"token\": \"token for {scope}\"}}"),
+            );
+        }
+        if let Some(rest) = target.strip_prefix("/v2/")
+            && let Some((repository, tag)) = rest.split_once("/manifests/")
+            && method == "HEAD"
+        {
+            self.heads.fetch_add(1, Relaxed);
+            if authorization != format!("Bearer token for repository:{repository}:pull") {
+                return ("401 Unauthorized", vec![challenge], String::new());
+            }
+            return (
+                "200 OK",
+                vec![
+                    format!("Docker-Content-Digest: {}", Self::digest(repository, tag)),
+                    "Content-Type: application/vnd.oci.image.manifest.v1+json".to_owned(),
+                ],
+                String::new(),
+            );
+        }
+        ("404 Not Found", Vec::new(), String::new())
+    }
+}
+
+async fn bearer_token_once_per_repository(_bed: &Bed) -> anyhow::Result<()> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let fake = TokenRegistry::start().await?;
+    let dir = manifest_tree(&[(
+        "m.yml",
+        "a:\n  image: quay.io/org/app:1\nb:\n  image: quay.io/org/app:2\nc:\n  image: \
+         quay.io/org/db:1\n",
+    )])?;
+    let options = |credentials| RegistryOptions {
+        mirrors: vec![Mirror {
+            from: "quay.io".to_owned(),
+            to: fake.host.clone(),
+            insecure: true,
+        }],
+        credentials,
+        ..RegistryOptions::default()
+    };
+    let config = serde_json::json!({"auths": {fake.host.clone(): {
+        "username": TOKEN_USER, "password": TOKEN_PASSWORD,
+    }}});
+    let credentials =
+        Credentials::from_docker_config_json(config.to_string().as_bytes(), "test config.json")?;
+    let registry = Registry::new(options(credentials))?;
+    let locked = lock_dir(dir.path(), &registry, &ResolveOptions::default()).await?;
+    for (id, repository, tag) in [
+        ("quay.io/org/app:1", "org/app", "1"),
+        ("quay.io/org/app:2", "org/app", "2"),
+        ("quay.io/org/db:1", "org/db", "1"),
+    ] {
+        assert_eq!(
+            locked.resolution.images[id].image,
+            format!(
+                "quay.io/{repository}@{}",
+                TokenRegistry::digest(repository, tag)
+            )
+        );
+    }
+    // One ping for the host, one token per repository, one HEAD per tag.
+    assert_eq!(
+        (
+            fake.pings.load(Relaxed),
+            fake.tokens.load(Relaxed),
+            fake.heads.load(Relaxed)
+        ),
+        (1, 2, 3)
+    );
+    assert_eq!(locked.resolution.requests.total(), 6);
+
+    // Without credentials the token endpoint refuses: an authentication error, not retried.
+    let registry = Registry::new(options(Credentials::default()))?;
+    let error = lock_dir(dir.path(), &registry, &ResolveOptions::default())
+        .await
+        .expect_err("the token endpoint wants credentials");
+    ensure!(error.is_auth(), "{error}");
+    ensure!(error.to_string().contains("token"), "{error}");
     Ok(())
 }

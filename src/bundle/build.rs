@@ -5,9 +5,11 @@ use std::collections::HashSet;
 use std::fs;
 use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::cache::{self, CachedLayer, LayerCache};
 use super::error::BundleError;
 use super::image::{self, Descriptor};
 use super::layer::{Layer, LayerWriter};
@@ -31,7 +33,9 @@ impl Default for BuildOptions {
     }
 }
 
-/// A bundle image ready to push: every blob in memory with its digest.
+/// A bundle image ready to push: every blob with its digest, in memory — except the layer of a
+/// bundle whose digests came from the [`LayerCache`], which is built again only if a
+/// destination lacks it ([`BuiltBundle::layer_data`]).
 #[derive(Debug, Clone)]
 pub struct BuiltBundle {
     pub(crate) layer: Blob,
@@ -40,6 +44,8 @@ pub struct BuiltBundle {
     diff_id: String,
     images_lock: ImagesLock,
     stats: BuildStats,
+    /// What to archive again when the layer's bytes are needed after a cache hit.
+    source: Option<Arc<(Vec<PathBuf>, BuildOptions)>>,
 }
 
 /// One blob (or the manifest) of a built bundle.
@@ -47,7 +53,9 @@ pub struct BuiltBundle {
 pub(crate) struct Blob {
     pub media_type: &'static str,
     pub digest: String,
-    pub data: Bytes,
+    pub size: u64,
+    /// `None` only for a layer known from the cache.
+    pub data: Option<Bytes>,
 }
 
 impl Blob {
@@ -55,7 +63,8 @@ impl Blob {
         Blob {
             media_type,
             digest,
-            data: Bytes::from(data),
+            size: data.len() as u64,
+            data: Some(Bytes::from(data)),
         }
     }
 
@@ -63,7 +72,7 @@ impl Blob {
         Descriptor {
             media_type: self.media_type.to_owned(),
             digest: self.digest.clone(),
-            size: self.data.len() as u64,
+            size: self.size,
         }
     }
 }
@@ -85,7 +94,7 @@ impl BuiltBundle {
 
     /// The manifest bytes, as pushed.
     pub fn manifest(&self) -> &[u8] {
-        &self.manifest.data
+        self.manifest.data.as_deref().unwrap_or_default()
     }
 
     /// `sha256:<hex>` of the gzip'd layer.
@@ -100,7 +109,43 @@ impl BuiltBundle {
 
     /// Bytes a registry stores for this bundle: manifest, config and layer.
     pub fn size(&self) -> u64 {
-        (self.manifest.data.len() + self.config.data.len() + self.layer.data.len()) as u64
+        self.manifest.size + self.config.size + self.layer.size
+    }
+
+    /// Whether the layer's digest came from the [`LayerCache`] (nothing was archived).
+    pub fn from_cache(&self) -> bool {
+        self.layer.data.is_none()
+    }
+
+    /// The gzip'd layer: in memory, or (after a cache hit) archived again, which blocks for as
+    /// long as building does. Fails if the tree no longer gives the cached digest.
+    pub(crate) fn layer_data(&self) -> Result<Bytes, BundleError> {
+        if let Some(data) = &self.layer.data {
+            return Ok(data.clone());
+        }
+        let Some(source) = &self.source else {
+            return Err(BundleError::Invalid(
+                "the bundle's layer is neither in memory nor rebuildable".to_owned(),
+            ));
+        };
+        let (inputs, options) = &**source;
+        let rebuilt = build(inputs, options)?;
+        if rebuilt.layer.digest != self.layer.digest {
+            return Err(BundleError::TreeChanged {
+                path: inputs.first().cloned().unwrap_or_default(),
+            });
+        }
+        rebuilt
+            .layer
+            .data
+            .ok_or_else(|| BundleError::Invalid("a fresh build has no layer".to_owned()))
+    }
+
+    /// The same bundle with its layer in memory (see [`BuiltBundle::layer_data`]).
+    pub(crate) fn materialized(&self) -> Result<BuiltBundle, BundleError> {
+        let mut bundle = self.clone();
+        bundle.layer.data = Some(self.layer_data()?);
+        Ok(bundle)
     }
 
     /// The bundle's `.imgpkg/images.yml`.
@@ -123,34 +168,67 @@ impl BuiltBundle {
 /// a valid `images.yml` (and optionally `bundle.yml`). Symlinks, devices, sockets and FIFOs are
 /// errors. The same tree always gives the same digest.
 pub fn build(inputs: &[PathBuf], options: &BuildOptions) -> Result<BuiltBundle, BundleError> {
+    build_with_cache(inputs, options, None)
+}
+
+/// [`build`], skipping tar and gzip when `cache` knows the digests of a tree whose every file
+/// has the same path, size, mode, mtime, ctime and inode as when they were computed. The
+/// digests are the same with or without the cache.
+pub fn build_with_cache(
+    inputs: &[PathBuf],
+    options: &BuildOptions,
+    cache: Option<&LayerCache>,
+) -> Result<BuiltBundle, BundleError> {
     if inputs.is_empty() {
         return Err(BundleError::Invalid("no input paths given".to_owned()));
     }
-    let mut walker = Walker {
-        options,
-        writer: LayerWriter::new(),
-        imgpkg_dirs: Vec::new(),
-        seen: (inputs.len() > 1).then(HashSet::new),
-        stats: BuildStats::default(),
-    };
-    for input in inputs {
-        walker.add_input(input)?;
-    }
+    let started = std::time::SystemTime::now();
+    let walker = walk(inputs, options)?;
     let imgpkg = checked_imgpkg_dir(&walker.imgpkg_dirs)?;
     let images_lock = read_metadata(&imgpkg)?;
     let mut stats = walker.stats;
-    let Layer {
-        data,
-        digest,
-        diff_id,
-        tar_size,
-    } = walker
-        .writer
-        .finish()
-        .map_err(BundleError::io("archiving", &inputs[0]))?;
-    stats.tar_size = tar_size;
+    let entries = walker.entries;
 
-    let layer = Blob::new(image::LAYER_MEDIA_TYPE, data, digest);
+    let fingerprint = cache.map(|c| (c, c.fingerprint(&entries)));
+    let cached = fingerprint.as_ref().and_then(|(c, key)| c.get(key));
+    let (layer, diff_id, source) = match cached {
+        Some(hit) => {
+            stats.tar_size = hit.tar_size;
+            let layer = Blob {
+                media_type: image::LAYER_MEDIA_TYPE,
+                digest: hit.digest,
+                size: hit.size,
+                data: None,
+            };
+            let source = Arc::new((inputs.to_vec(), options.clone()));
+            (layer, hit.diff_id, Some(source))
+        }
+        None => {
+            let Layer {
+                data,
+                digest,
+                diff_id,
+                tar_size,
+            } = archive(&entries)?;
+            stats.tar_size = tar_size;
+            let layer = Blob::new(image::LAYER_MEDIA_TYPE, data, digest);
+            if let Some((cache, key)) = &fingerprint
+                && !cache::is_racy(&entries, started)
+            {
+                cache.put(
+                    key,
+                    &CachedLayer {
+                        digest: layer.digest.clone(),
+                        diff_id: diff_id.clone(),
+                        size: layer.size,
+                        tar_size,
+                    },
+                );
+            }
+            (layer, diff_id, None)
+        }
+    };
+
     let config_data = image::config_json(&diff_id);
     let config_digest = image::sha256_digest(&config_data);
     let config = Blob::new(image::CONFIG_MEDIA_TYPE, config_data, config_digest);
@@ -164,12 +242,62 @@ pub fn build(inputs: &[PathBuf], options: &BuildOptions) -> Result<BuiltBundle, 
         diff_id,
         images_lock,
         stats,
+        source,
     })
 }
 
-struct Walker<'a> {
+/// Lists what the layer holds, in imgpkg's order, checking names and file types.
+pub(crate) fn walk<'a>(
+    inputs: &[PathBuf],
     options: &'a BuildOptions,
-    writer: LayerWriter,
+) -> Result<Walker<'a>, BundleError> {
+    let mut walker = Walker {
+        options,
+        entries: Vec::new(),
+        imgpkg_dirs: Vec::new(),
+        seen: (inputs.len() > 1).then(HashSet::new),
+        stats: BuildStats::default(),
+    };
+    for input in inputs {
+        walker.add_input(input)?;
+    }
+    Ok(walker)
+}
+
+/// One tar entry to write, in walk order.
+pub(crate) struct Entry {
+    /// The name in the tar.
+    pub name: String,
+    pub path: PathBuf,
+    /// `None` for a directory.
+    pub file: Option<fs::Metadata>,
+}
+
+/// Writes the entries as the layer, reading each file as it goes.
+fn archive(entries: &[Entry]) -> Result<Layer, BundleError> {
+    let mut writer = LayerWriter::new();
+    for entry in entries {
+        match &entry.file {
+            None => writer
+                .append_dir(&entry.name)
+                .map_err(BundleError::io("archiving", &entry.path))?,
+            Some(meta) => {
+                let mut file =
+                    fs::File::open(&entry.path).map_err(BundleError::io("reading", &entry.path))?;
+                // imgpkg keeps only the owner's bits, so a tree checked out with another umask
+                // or by another user still gives the same digest.
+                let mode = meta.permissions().mode() & 0o700;
+                writer.append_file(&entry.name, mode, meta.len(), &mut file, &entry.path)?;
+            }
+        }
+    }
+    let first = entries.first().map(|e| e.path.clone()).unwrap_or_default();
+    writer.finish().map_err(BundleError::io("archiving", first))
+}
+
+pub(crate) struct Walker<'a> {
+    options: &'a BuildOptions,
+    pub entries: Vec<Entry>,
     /// Every `.imgpkg` met, with whether it sits directly in an input directory.
     imgpkg_dirs: Vec<(PathBuf, bool)>,
     /// Paths already archived, when several inputs could collide.
@@ -182,17 +310,14 @@ impl Walker<'_> {
         // Like imgpkg (os.Stat), an input given on the command line may itself be a symlink.
         let meta = fs::metadata(input).map_err(BundleError::io("reading input", input))?;
         if meta.is_dir() {
-            self.writer
-                .append_dir(".")
-                .map_err(BundleError::io("archiving", input))?;
-            self.stats.dirs += 1;
+            self.push_dir(".", input);
             self.walk_dir(input, "")
         } else if meta.is_file() {
             let name = utf8_name(input, input.file_name())?;
             if name == IMGPKG_DIR {
                 self.imgpkg_dirs.push((input.to_owned(), false));
             }
-            self.add_file(input, name, &meta)
+            self.add_file(input, name, meta)
         } else {
             Err(not_regular(input, &meta))
         }
@@ -225,13 +350,10 @@ impl Walker<'_> {
             let meta = fs::symlink_metadata(&path).map_err(BundleError::io("reading", &path))?;
             if meta.is_dir() {
                 self.check_unique(&child, &path)?;
-                self.writer
-                    .append_dir(&child)
-                    .map_err(BundleError::io("archiving", &path))?;
-                self.stats.dirs += 1;
+                self.push_dir(&child, &path);
                 self.walk_dir(&path, &child)?;
             } else if meta.is_file() {
-                self.add_file(&path, &child, &meta)?;
+                self.add_file(&path, &child, meta)?;
             } else {
                 return Err(not_regular(&path, &meta));
             }
@@ -239,19 +361,22 @@ impl Walker<'_> {
         Ok(())
     }
 
-    fn add_file(
-        &mut self,
-        path: &Path,
-        name: &str,
-        meta: &fs::Metadata,
-    ) -> Result<(), BundleError> {
+    fn push_dir(&mut self, name: &str, path: &Path) {
+        self.entries.push(Entry {
+            name: name.to_owned(),
+            path: path.to_owned(),
+            file: None,
+        });
+        self.stats.dirs += 1;
+    }
+
+    fn add_file(&mut self, path: &Path, name: &str, meta: fs::Metadata) -> Result<(), BundleError> {
         self.check_unique(name, path)?;
-        let mut file = fs::File::open(path).map_err(BundleError::io("reading", path))?;
-        // imgpkg keeps only the owner's bits, so a tree checked out with another umask or by
-        // another user still gives the same digest.
-        let mode = meta.permissions().mode() & 0o700;
-        self.writer
-            .append_file(name, mode, meta.len(), &mut file, path)?;
+        self.entries.push(Entry {
+            name: name.to_owned(),
+            path: path.to_owned(),
+            file: Some(meta),
+        });
         self.stats.files += 1;
         Ok(())
     }
@@ -351,7 +476,7 @@ fn read_metadata(imgpkg: &Path) -> Result<ImagesLock, BundleError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::io::Read as _;
 
@@ -370,7 +495,7 @@ mod tests {
 
     fn entries(bundle: &BuiltBundle) -> Vec<(String, u32, bool)> {
         let mut tar = Vec::new();
-        flate2::read::GzDecoder::new(&bundle.layer.data[..])
+        flate2::read::GzDecoder::new(bundle.layer.data.as_deref().unwrap())
             .read_to_end(&mut tar)
             .unwrap();
         tar::Archive::new(tar.as_slice())

@@ -33,6 +33,14 @@ pub enum BundleError {
     #[error("{} changed while it was being archived (expected {expected} bytes)", path.display())]
     Changed { path: PathBuf, expected: u64 },
 
+    /// The tree no longer gives the layer digest recorded for it: a file changed between the
+    /// build (from the layer cache) and the upload that needed the layer's bytes.
+    #[error(
+        "the files under {} changed while the bundle was being pushed; push again",
+        path.display()
+    )]
+    TreeChanged { path: PathBuf },
+
     /// `-b`/`--bundle` or an `oci-layout:` target could not be understood.
     #[error("invalid bundle reference {reference:?}: {reason}")]
     Reference { reference: String, reason: String },

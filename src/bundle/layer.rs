@@ -1,13 +1,16 @@
 //! The bundle layer as one streaming pass: tar bytes are hashed (diff_id) as they are produced
 //! and handed to a second thread that gzips and hashes the compressed stream (digest), so the
-//! walk and file reads overlap with compression and nothing is read or compressed twice.
+//! walk and file reads overlap with compression and nothing is read or compressed twice. The
+//! gzip stream is deflated in independent 1 MiB pieces on up to four threads (pigz's
+//! `--independent` scheme): the bytes depend only on the tar, never on the thread count.
 
+use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::{OnceLock, mpsc};
 use std::thread;
 
-use flate2::{Compression, GzBuilder};
+use flate2::{Compress, Compression, FlushCompress};
 use sha2::{Digest as _, Sha256};
 
 use super::error::BundleError;
@@ -186,15 +189,121 @@ impl Default for LayerWriter {
 /// The gzip'd layer and its digest.
 type Compressed = (Vec<u8>, String);
 
-/// Gzip (level 1 like imgpkg, no name, mtime 0, OS "unknown") and hash the compressed bytes.
-fn compress(chunks: mpsc::Receiver<Vec<u8>>) -> std::io::Result<Compressed> {
-    let mut encoder = GzBuilder::new()
-        .mtime(0)
-        .write(HashingWriter::default(), Compression::fast());
-    for chunk in chunks {
-        encoder.write_all(&chunk)?;
+/// gzip's header as Go's `compress/gzip` writes it for BestSpeed: no name, mtime 0, XFL 4
+/// (fastest), OS 255 (unknown).
+const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 4, 255];
+
+/// A final, empty, fixed-Huffman deflate block: ends a stream whose blocks all ended in a
+/// sync flush (what zlib's `Z_FINISH` emits after one).
+const FINAL_EMPTY_BLOCK: [u8; 2] = [0x03, 0x00];
+
+/// Chunks deflated at once at most, whatever the machine.
+const MAX_WORKERS: usize = 4;
+
+/// Deflates one chunk of the tar on its own (level 1, like imgpkg), ending in a sync flush so
+/// that chunks concatenate into one valid deflate stream. Each chunk starts with an empty
+/// window, so the output depends on the chunk boundaries (fixed: [`CHUNK`] bytes of tar) and
+/// never on how many chunks were compressed side by side.
+fn deflate_chunk(chunk: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut deflate = Compress::new(Compression::fast(), false);
+    let mut out = Vec::with_capacity(chunk.len() + chunk.len() / 16 + 64);
+    loop {
+        if out.len() == out.capacity() {
+            out.reserve(64 * 1024);
+        }
+        let consumed = usize::try_from(deflate.total_in()).unwrap_or(chunk.len());
+        deflate
+            .compress_vec(&chunk[consumed..], &mut out, FlushCompress::Sync)
+            .map_err(std::io::Error::other)?;
+        // zlib's rule: the flush is complete once a call leaves output space unused.
+        if deflate.total_in() as usize == chunk.len() && out.len() < out.capacity() {
+            return Ok(out);
+        }
     }
-    let out = encoder.finish()?;
+}
+
+/// Gzip as the layer is gzip'd, on one thread: what [`encoder_fingerprint`] measures.
+fn gzip(data: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut out = HashingWriter::default();
+    let mut crc = crc32fast::Hasher::new();
+    let mut size: u64 = 0;
+    out.write_all(&GZIP_HEADER)?;
+    for chunk in data.chunks(CHUNK) {
+        crc.update(chunk);
+        size += chunk.len() as u64;
+        out.write_all(&deflate_chunk(chunk)?)?;
+    }
+    finish_gzip(&mut out, crc, size)?;
+    Ok(out.data)
+}
+
+fn finish_gzip(out: &mut impl Write, crc: crc32fast::Hasher, size: u64) -> std::io::Result<()> {
+    out.write_all(&FINAL_EMPTY_BLOCK)?;
+    out.write_all(&crc.finalize().to_le_bytes())?;
+    // ISIZE is the size modulo 2^32.
+    out.write_all(&(size as u32).to_le_bytes())
+}
+
+/// A digest of what the encoder makes of a fixed sample: it changes when the compressor (its
+/// backend, version, level or chunking) would give other bytes for the same tar, so cached
+/// layer digests are never reused across compressors.
+pub(crate) fn encoder_fingerprint() -> &'static str {
+    static FINGERPRINT: OnceLock<String> = OnceLock::new();
+    FINGERPRINT.get_or_init(|| {
+        // YAML-ish text with repeats at several distances, so matching and literals both count.
+        let mut sample = Vec::with_capacity(64 * 1024);
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        while sample.len() < 64 * 1024 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let line = format!("key{}: value-{:x}\n", state % 97, state >> 40);
+            sample.extend_from_slice(line.as_bytes());
+        }
+        // An error would only make every lookup miss.
+        let compressed = gzip(&sample).unwrap_or_default();
+        digest_string(&Sha256::digest(&compressed))
+    })
+}
+
+/// Gzips the chunks as they come, deflating several side by side (the chunks are
+/// independent), and hashes the compressed bytes in order.
+fn compress(chunks: mpsc::Receiver<Vec<u8>>) -> std::io::Result<Compressed> {
+    let workers = thread::available_parallelism()
+        .map_or(1, usize::from)
+        .clamp(1, MAX_WORKERS);
+    compress_with(chunks, workers)
+}
+
+fn compress_with(chunks: mpsc::Receiver<Vec<u8>>, workers: usize) -> std::io::Result<Compressed> {
+    let mut out = HashingWriter::default();
+    let mut crc = crc32fast::Hasher::new();
+    let mut size: u64 = 0;
+    out.write_all(&GZIP_HEADER)?;
+    let mut in_flight: VecDeque<thread::JoinHandle<std::io::Result<Vec<u8>>>> = VecDeque::new();
+    let join = |handle: thread::JoinHandle<std::io::Result<Vec<u8>>>| {
+        handle
+            .join()
+            .map_err(|_| std::io::Error::other("a gzip thread panicked"))?
+    };
+    for chunk in chunks {
+        crc.update(&chunk);
+        size += chunk.len() as u64;
+        if in_flight.len() >= workers
+            && let Some(oldest) = in_flight.pop_front()
+        {
+            out.write_all(&join(oldest)?)?;
+        }
+        in_flight.push_back(
+            thread::Builder::new()
+                .name("bundle-deflate".to_owned())
+                .spawn(move || deflate_chunk(&chunk))?,
+        );
+    }
+    while let Some(oldest) = in_flight.pop_front() {
+        out.write_all(&join(oldest)?)?;
+    }
+    finish_gzip(&mut out, crc, size)?;
     Ok((out.data, digest_string(&out.hash.finalize())))
 }
 
@@ -257,6 +366,29 @@ mod tests {
         file.read_to_end(&mut content).unwrap();
         assert_eq!(content, big);
         assert!(entries.next().is_none());
+    }
+
+    #[test]
+    fn the_gzip_stream_is_the_same_whatever_the_thread_count() {
+        let data: Vec<u8> = (0..5 * CHUNK / 2)
+            .map(|i| b"key: value-0123456789abcdef\n"[i % 28] ^ (i / 4096 % 3) as u8)
+            .collect();
+        let run = |workers| {
+            let (tx, rx) = mpsc::sync_channel(8);
+            for chunk in data.chunks(CHUNK) {
+                tx.send(chunk.to_vec()).unwrap();
+            }
+            drop(tx);
+            compress_with(rx, workers).unwrap()
+        };
+        let one = run(1);
+        assert_eq!(one, run(3));
+        assert_eq!(one.0, gzip(&data).unwrap());
+        let mut back = Vec::new();
+        flate2::read::GzDecoder::new(one.0.as_slice())
+            .read_to_end(&mut back)
+            .unwrap();
+        assert_eq!(back, data);
     }
 
     #[test]

@@ -66,7 +66,10 @@ pub fn write(
     for blob in bundle.blobs().into_iter().chain([&bundle.manifest]) {
         let path = blob_path(dir, &blob.digest);
         if !path.exists() {
-            write_atomically(&path, &blob.data)?;
+            let data = blob.data.as_deref().ok_or_else(|| {
+                BundleError::Invalid(format!("blob {} is not in memory", blob.digest))
+            })?;
+            write_atomically(&path, data)?;
             if blob.digest != bundle.manifest.digest {
                 written.push(blob.digest.clone());
             }
@@ -97,7 +100,7 @@ pub fn write(
         index.manifests.push(IndexEntry {
             media_type: bundle.manifest.media_type.to_owned(),
             digest: bundle.digest().to_owned(),
-            size: bundle.manifest.data.len() as u64,
+            size: bundle.manifest.size,
             annotations: [(REF_NAME.to_owned(), tag.clone())].into(),
             other: serde_json::Map::new(),
         });

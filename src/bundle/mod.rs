@@ -6,8 +6,10 @@
 //! `shared/spec/carvel.md`): the tar is byte for byte Go's `archive/tar` encoding of imgpkg's
 //! `filepath.Walk`, with owner-only modes and zero timestamps and owners, so the same tree
 //! always gives the same diff_id as imgpkg. The gzip stream is ours (level 1, like imgpkg's,
-//! but not Go's encoder), so the layer digest is stable for a given packsmith build and changes
-//! only if the compressor library does.
+//! but zlib-rs rather than Go's encoder), so the layer digest is stable for a given packsmith
+//! build and changes only if the compressor library does (it changed once already, from
+//! miniz_oxide to zlib-rs, before 1.0). [`build_with_cache`] skips tar and gzip for a tree
+//! whose files' metadata has not changed since its digests were recorded ([`LayerCache`]).
 //!
 //! ```no_run
 //! # async fn example(registry: &packsmith::registry::Registry) -> Result<(), packsmith::bundle::BundleError> {
@@ -20,6 +22,7 @@
 //! ```
 
 mod build;
+mod cache;
 mod error;
 mod gotar;
 pub mod image;
@@ -29,7 +32,8 @@ mod pull;
 mod push;
 mod target;
 
-pub use build::{BuildOptions, BuildStats, BuiltBundle, build};
+pub use build::{BuildOptions, BuildStats, BuiltBundle, build, build_with_cache};
+pub use cache::LayerCache;
 pub use error::BundleError;
 pub use pull::{Pulled, pull};
 pub use push::{PushEvent, PushOptions, Pushed, digest_tag, push};

@@ -1,13 +1,16 @@
 //! Pulling a bundle into a directory: every digest on the way is checked (manifest against the
 //! reference, config and layer against the manifest, the tar against the config's diff_id),
 //! the layer is unpacked into a fresh directory beside the output and only swapped in once
-//! all of that passed, so a failed pull leaves the previous output untouched.
+//! all of that passed, so a failed pull leaves the previous output untouched. As imgpkg does,
+//! `.imgpkg/images.yml` is then rewritten to the bundle's repository when that repository
+//! holds every image it lists (a relocated bundle).
 
 use std::fs;
 use std::io::{self, Read};
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Component, Path, PathBuf};
 
+use bytes::Bytes;
 use sha2::{Digest as _, Sha256};
 
 use super::error::BundleError;
@@ -15,6 +18,7 @@ use super::image::{self, BundleManifest, digest_string, sha256_digest};
 use super::layout;
 use super::push::{PushOptions, retry};
 use super::target::Location;
+use crate::carvel::ImagesLock;
 use crate::registry::{Reference, Registry};
 
 /// What a pull fetched.
@@ -25,6 +29,9 @@ pub struct Pulled {
     pub files: usize,
     /// Entries that were not written: symlinks and hard links, as imgpkg skips them.
     pub skipped: Vec<String>,
+    /// Whether `.imgpkg/images.yml` was rewritten to name the images in the bundle's own
+    /// repository, where they were relocated with it.
+    pub relocated: bool,
 }
 
 /// Pulls the bundle at `location` into `output`, replacing whatever `output` held.
@@ -49,7 +56,12 @@ pub async fn pull(
                 })?;
                 let config = layout::read_blob(&dir, &parsed.config.digest)?;
                 let layer = layout::read_blob(&dir, &parsed.layer.digest)?;
-                Ok::<_, BundleError>((digest, manifest, config, layer))
+                Ok::<_, BundleError>((
+                    digest,
+                    Bytes::from(manifest),
+                    Bytes::from(config),
+                    Bytes::from(layer),
+                ))
             })
             .await
             .map_err(|e| BundleError::Invalid(format!("reading the OCI layout: {e}")))??
@@ -69,30 +81,39 @@ pub async fn pull(
     check_blob(&parsed.layer, &layer).map_err(content_error)?;
     let diff_id = image::parse_bundle_config(&config).map_err(content_error)?;
 
-    let output = output.to_owned();
+    let out = output.to_owned();
     let reference = image.clone();
     let (files, skipped) =
-        tokio::task::spawn_blocking(move || unpack_into(&layer, &diff_id, &output, &reference))
+        tokio::task::spawn_blocking(move || unpack_into(&layer, &diff_id, &out, &reference))
             .await
             .map_err(|e| BundleError::Invalid(format!("unpacking the bundle: {e}")))??;
+    let relocated = match location {
+        Location::Registry(reference) => localize_images_lock(registry, reference, output).await?,
+        Location::Layout(_) => false,
+    };
     Ok(Pulled {
         image,
         files,
         skipped,
+        relocated,
     })
 }
 
 async fn fetch_from_registry(
     registry: &Registry,
     reference: &Reference,
-) -> Result<(String, Vec<u8>, Vec<u8>, Vec<u8>), BundleError> {
+) -> Result<(String, Bytes, Bytes, Bytes), BundleError> {
     let contacted = registry.contact(reference);
-    let auth = registry.auth(&contacted);
-    let client = registry.client();
+    let client = registry.distribution();
     let options = PushOptions::default();
     let accepted = [image::MANIFEST_MEDIA_TYPE, image::OCI_MANIFEST_MEDIA_TYPE];
-    let (manifest, _) = retry(&options, "GET manifest", &contacted, || {
-        client.pull_manifest_raw(&contacted, &auth, &accepted)
+    let target = contacted
+        .digest()
+        .or(contacted.tag())
+        .unwrap_or("latest")
+        .to_owned();
+    let manifest = retry(&options, "GET manifest", &contacted, || {
+        client.get_manifest(&contacted, &target, &accepted)
     })
     .await?;
     // Computed here rather than trusted from the registry's header.
@@ -110,32 +131,95 @@ async fn fetch_from_registry(
             reference: reference.to_string(),
             reason,
         })?;
+    // Both are checked against the manifest's digests and sizes before anything is unpacked.
     let fetch = |descriptor: image::Descriptor| {
-        let contacted = &contacted;
-        let options = &options;
+        let (contacted, options, client) = (&contacted, &options, &client);
         async move {
-            retry(options, "GET blob", contacted, || async {
-                let mut out = Vec::with_capacity(usize::try_from(descriptor.size).unwrap_or(0));
-                // pull_blob checks the digest of what it streams.
-                client
-                    .pull_blob(
-                        contacted,
-                        &oci_client::manifest::OciDescriptor {
-                            media_type: descriptor.media_type.clone(),
-                            digest: descriptor.digest.clone(),
-                            size: i64::try_from(descriptor.size).unwrap_or(i64::MAX),
-                            ..Default::default()
-                        },
-                        &mut out,
-                    )
-                    .await
-                    .map(|()| out)
+            retry(options, "GET blob", contacted, || {
+                client.get_blob(contacted, &descriptor.digest)
             })
             .await
         }
     };
     let (config, layer) = tokio::try_join!(fetch(parsed.config), fetch(parsed.layer))?;
-    Ok((digest, manifest.to_vec(), config, layer))
+    Ok((digest, manifest, config, layer))
+}
+
+/// imgpkg's pull: when the bundle's own repository holds every image of its ImagesLock (the
+/// bundle was copied there with its images, `imgpkg copy --to-repo`), the pulled
+/// `.imgpkg/images.yml` names them there, so the package deploys from where it was relocated.
+/// Each image is looked up by digest in the bundle's repository; a 404, 401 or 403 for any of
+/// them (imgpkg's "not found") leaves the file as it was pushed. Annotations and order are
+/// kept. Returns whether the file was rewritten.
+async fn localize_images_lock(
+    registry: &Registry,
+    bundle_repository: &Reference,
+    output: &Path,
+) -> Result<bool, BundleError> {
+    let path = output.join(".imgpkg").join("images.yml");
+    let text = match tokio::fs::read_to_string(&path).await {
+        Ok(text) => text,
+        // A bundle without images.yml was not pushed by imgpkg or packsmith; nothing to do.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(BundleError::io("reading", &path)(e)),
+    };
+    let mut lock = ImagesLock::from_yaml(&text)
+        .map_err(|e| BundleError::Invalid(format!("{}: {e}", path.display())))?;
+    let repository = format!(
+        "{}/{}",
+        bundle_repository.registry(),
+        bundle_repository.repository()
+    );
+    let mut relocated = Vec::with_capacity(lock.images.len());
+    for entry in &lock.images {
+        // validate() made sure every image is `repo@sha256:…`.
+        let digest = entry
+            .image
+            .rsplit_once('@')
+            .map(|(_, d)| d)
+            .unwrap_or_default();
+        relocated.push(format!("{repository}@{digest}"));
+    }
+    if relocated
+        .iter()
+        .zip(&lock.images)
+        .all(|(new, old)| *new == old.image)
+    {
+        // Nothing would change (or there are no images): leave the file byte for byte.
+        return Ok(false);
+    }
+
+    let client = registry.distribution();
+    let contacted = registry.contact(bundle_repository);
+    let options = PushOptions::default();
+    let lookups = relocated.iter().map(|image| {
+        let (client, contacted, options) = (&client, &contacted, &options);
+        async move {
+            let digest = image.rsplit_once('@').map(|(_, d)| d).unwrap_or_default();
+            let found = retry(options, "HEAD manifest", contacted, || {
+                client.manifest_digest_at(contacted, digest)
+            })
+            .await;
+            match found {
+                Ok(found) => Ok(found.is_some()),
+                Err(e) if e.is_auth() => Ok(false),
+                Err(e) => Err(e),
+            }
+        }
+    });
+    let found = futures::future::try_join_all(lookups).await?;
+    if !found.iter().all(|f| *f) {
+        return Ok(false);
+    }
+    for (entry, image) in lock.images.iter_mut().zip(relocated) {
+        entry.image = image;
+    }
+    let yaml = crate::carvel::yaml::to_go_yaml("ImagesLock", &lock)
+        .map_err(|e| BundleError::Invalid(format!("{}: {e}", path.display())))?;
+    tokio::fs::write(&path, format!("---\n{yaml}"))
+        .await
+        .map_err(BundleError::io("writing", &path))?;
+    Ok(true)
 }
 
 fn check_blob(descriptor: &image::Descriptor, data: &[u8]) -> Result<(), String> {

@@ -1,14 +1,13 @@
-//! Pushing a built bundle to a registry: blobs first (each HEADed before uploading), then the
-//! manifest under each tag. A tag is written only after every blob it needs is in the
-//! registry, so a failure at any point leaves no tag pointing at an incomplete image, and a
-//! tag that already points at the bundle is not written again.
+//! Pushing a built bundle to a registry: the tags and blobs HEADed side by side, the missing
+//! blobs uploaded (one POST and one PUT each), then the manifest under each tag that does not
+//! already point at it. A tag is written only after every blob it needs is in the registry,
+//! so a failure at any point leaves no tag pointing at an incomplete image; re-pushing an
+//! unchanged bundle (digests from the layer cache) makes HEAD requests only.
 
 use std::future::Future;
 use std::time::Duration;
 
-use oci_client::errors::OciDistributionError;
-
-use super::build::{Blob, BuiltBundle};
+use super::build::BuiltBundle;
 use super::error::BundleError;
 use super::layout;
 use super::target::{Location, is_valid_tag};
@@ -120,9 +119,12 @@ pub async fn push(
             let dir = layout_ref.dir.clone();
             let bundle = bundle.clone();
             let tags = all_tags.clone();
-            tokio::task::spawn_blocking(move || layout::write(&dir, &bundle, &tags))
-                .await
-                .map_err(|e| BundleError::Invalid(format!("writing the OCI layout: {e}")))??
+            tokio::task::spawn_blocking(move || {
+                let bundle = bundle.materialized()?;
+                layout::write(&dir, &bundle, &tags)
+            })
+            .await
+            .map_err(|e| BundleError::Invalid(format!("writing the OCI layout: {e}")))??
         }
         Location::Registry(reference) => {
             push_to_registry(registry, bundle, reference, &all_tags, options).await?
@@ -144,92 +146,97 @@ async fn push_to_registry(
     tags: &[String],
     options: &PushOptions<'_>,
 ) -> Result<(Vec<String>, Vec<String>), BundleError> {
-    let client = registry.client();
+    let client = registry.distribution();
+    let client = &client;
     let repo = Reference::with_digest(
         reference.registry().to_owned(),
         reference.repository().to_owned(),
         bundle.digest().to_owned(),
     );
-    let auth = registry.auth(&repo);
-    client
-        .store_auth_if_needed(repo.resolve_registry(), &auth)
-        .await;
+    let repo = &repo;
+    let blobs = bundle.blobs();
+
+    // Where the tags point and which blobs are there, asked side by side: for a bundle pushed
+    // before, these HEADs are the whole push.
+    let (current, present) = retry(options, "HEAD tags and blobs of", repo, || async {
+        let tag_heads = futures::future::try_join_all(
+            tags.iter().map(|tag| client.manifest_digest_at(repo, tag)),
+        );
+        let blob_heads = futures::future::try_join_all(
+            blobs
+                .iter()
+                .map(|blob| client.blob_exists(repo, &blob.digest)),
+        );
+        tokio::try_join!(tag_heads, blob_heads)
+    })
+    .await?;
 
     // Config and layer are independent: upload them side by side.
-    let [config, layer] = bundle.blobs();
-    let (config_uploaded, layer_uploaded) = tokio::try_join!(
-        ensure_blob(client, &repo, config, options),
-        ensure_blob(client, &repo, layer, options),
-    )?;
-    let uploaded: Vec<String> = [(config, config_uploaded), (layer, layer_uploaded)]
+    let uploads = blobs
+        .iter()
+        .zip(&present)
+        .map(|(blob, present)| async move {
+            if *present {
+                options.emit(PushEvent::BlobExists {
+                    digest: blob.digest.clone(),
+                    size: blob.size,
+                });
+                return Ok::<_, BundleError>(None);
+            }
+            let data = match &blob.data {
+                Some(data) => data.clone(),
+                // Known from the layer cache, but this repository lacks it: archive it again.
+                None => {
+                    let bundle = bundle.clone();
+                    tokio::task::spawn_blocking(move || bundle.layer_data())
+                        .await
+                        .map_err(|e| BundleError::Invalid(format!("archiving the layer: {e}")))??
+                }
+            };
+            options.emit(PushEvent::Uploading {
+                digest: blob.digest.clone(),
+                size: blob.size,
+            });
+            retry(options, "upload blob to", repo, || {
+                client.push_blob(repo, &blob.digest, data.clone())
+            })
+            .await?;
+            options.emit(PushEvent::Uploaded {
+                digest: blob.digest.clone(),
+                size: blob.size,
+            });
+            Ok(Some(blob.digest.clone()))
+        });
+    let uploaded: Vec<String> = futures::future::try_join_all(uploads)
+        .await?
         .into_iter()
-        .filter(|(_, up)| *up)
-        .map(|(b, _)| b.digest.clone())
+        .flatten()
         .collect();
 
-    let content_type: reqwest::header::HeaderValue =
-        bundle.manifest.media_type.parse().map_err(|_| {
-            BundleError::Invalid(format!("bad media type {}", bundle.manifest.media_type))
-        })?;
-    let mut written = Vec::new();
-    for tag in tags {
-        let tagged = Reference::with_tag(
-            reference.registry().to_owned(),
-            reference.repository().to_owned(),
-            tag.clone(),
-        );
-        let current = retry(options, "HEAD", &tagged, || {
-            client.fetch_manifest_digest(&tagged, &auth)
-        })
-        .await;
-        match current {
-            Ok(digest) if digest == bundle.digest() => continue,
-            Ok(_) => {}
-            Err(e) if e.class() == crate::registry::ErrorClass::NotFound => {}
-            Err(e) => return Err(e.into()),
-        }
-        retry(options, "PUT manifest", &tagged, || {
-            client.push_manifest_raw(&tagged, bundle.manifest.data.clone(), content_type.clone())
-        })
-        .await?;
-        options.emit(PushEvent::Tagged { tag: tag.clone() });
-        written.push(tag.clone());
-    }
-    Ok((uploaded, written))
-}
-
-/// Makes sure `blob` is in the repository; true if it had to be uploaded.
-async fn ensure_blob(
-    client: &oci_client::Client,
-    repo: &Reference,
-    blob: &Blob,
-    options: &PushOptions<'_>,
-) -> Result<bool, BundleError> {
-    let size = blob.data.len() as u64;
-    let exists = retry(options, "HEAD blob", repo, || {
-        client.blob_exists(repo, &blob.digest)
-    })
-    .await?;
-    if exists {
-        options.emit(PushEvent::BlobExists {
-            digest: blob.digest.clone(),
-            size,
+    // Every blob is there now, so the tags can be written in any order: side by side.
+    let manifest = bundle.manifest.data.clone().unwrap_or_default();
+    let puts = tags
+        .iter()
+        .zip(current)
+        .filter(|(_, current)| current.as_deref() != Some(bundle.digest()))
+        .map(|(tag, _)| {
+            let manifest = manifest.clone();
+            async move {
+                let tagged = Reference::with_tag(
+                    reference.registry().to_owned(),
+                    reference.repository().to_owned(),
+                    tag.clone(),
+                );
+                retry(options, "PUT manifest", &tagged, || {
+                    client.put_manifest(&tagged, tag, bundle.manifest.media_type, manifest.clone())
+                })
+                .await?;
+                options.emit(PushEvent::Tagged { tag: tag.clone() });
+                Ok::<_, BundleError>(tag.clone())
+            }
         });
-        return Ok(false);
-    }
-    options.emit(PushEvent::Uploading {
-        digest: blob.digest.clone(),
-        size,
-    });
-    retry(options, "upload blob", repo, || {
-        client.push_blob(repo, blob.data.clone(), &blob.digest)
-    })
-    .await?;
-    options.emit(PushEvent::Uploaded {
-        digest: blob.digest.clone(),
-        size,
-    });
-    Ok(true)
+    let written = futures::future::try_join_all(puts).await?;
+    Ok((uploaded, written))
 }
 
 /// Runs `request` until it succeeds, fails for good, or `options.attempts` are used up,
@@ -242,7 +249,7 @@ pub(crate) async fn retry<T, F, Fut>(
 ) -> Result<T, RegistryError>
 where
     F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, OciDistributionError>>,
+    Fut: Future<Output = Result<T, RegistryError>>,
 {
     let mut delay = options.backoff;
     let mut attempt = 1;
@@ -250,7 +257,6 @@ where
         match request().await {
             Ok(value) => return Ok(value),
             Err(err) => {
-                let err = RegistryError::request(operation, reference, &err);
                 if !err.is_retryable() || attempt >= options.attempts.max(1) {
                     return Err(err);
                 }

@@ -13,8 +13,9 @@ use crate::registry::{Registry, RegistryOptions};
 
 #[derive(Args, Debug)]
 pub struct LockArgs {
-    /// Files or directories of manifests to scan (repeatable). An ImagesLock inside them
-    /// (.imgpkg/images.yml) is reused for the references it records, as kbld does.
+    /// Files or directories of manifests to scan (repeatable; - reads standard input). An
+    /// ImagesLock inside them (.imgpkg/images.yml) is reused for the references it records,
+    /// as kbld does, so re-locking an unchanged tree asks no registry anything.
     #[arg(short, long, required = true)]
     file: Vec<PathBuf>,
     /// Where to write the ImagesLock, e.g. DIR/.imgpkg/images.yml. Without it (and without
@@ -25,6 +26,11 @@ pub struct LockArgs {
     /// (FILE, or - for stdout).
     #[arg(long, value_name = "FILE")]
     output: Option<PathBuf>,
+    /// Rewrite the manifest files themselves with references replaced by digests, keeping
+    /// comments, ytt annotations and layout. A file whose text cannot be rewritten exactly
+    /// as kbld would replace its values is refused (use --output for it).
+    #[arg(long)]
+    in_place: bool,
     /// Registry lookups in flight at once.
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
@@ -32,6 +38,12 @@ pub struct LockArgs {
     /// contact no registry.
     #[arg(long)]
     list: bool,
+    /// Lock from the existing lock only, as cargo's --locked: contact no registry, fail if a
+    /// reference is neither in a lock (one in the input, or the --imgpkg-lock-output file)
+    /// nor pinned by digest, and fail rather than change the --imgpkg-lock-output file
+    /// (missing, or with entries no manifest uses). For CI and reproducible releases.
+    #[arg(long, conflicts_with = "list")]
+    locked: bool,
     #[command(flatten)]
     registry: RegistryArgs,
 }
@@ -50,24 +62,38 @@ pub fn run(args: &LockArgs) -> anyhow::Result<ExitCode> {
     let registry = Registry::new(registry_options(args)?)?;
     let options = ResolveOptions {
         concurrency: Some(args.concurrency),
+        offline: args.locked,
         ..ResolveOptions::default()
     };
+    let mut inputs = args.file.clone();
+    if args.locked
+        && let Some(output) = &args.imgpkg_lock_output
+        && output.is_file()
+        && !inside_any(output, &args.file)
+    {
+        inputs.push(output.clone());
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     let locked = runtime.block_on(lock::run(
-        &args.file,
+        &inputs,
         &config,
         &registry,
         &options,
         args.imgpkg_lock_output.as_deref(),
     ))?;
 
+    if args.in_place {
+        for path in lock::rewrite_in_place(&locked.discovery, &locked.resolution, &config.yaml)? {
+            eprintln!("rewrote {}", path.display());
+        }
+    }
     if let Some(output) = &args.output {
         let manifests = lock::render_manifests(&locked.discovery, &locked.resolution, &config.yaml);
         write_output(output, &manifests)?;
-    } else if args.imgpkg_lock_output.is_none() {
+    } else if args.imgpkg_lock_output.is_none() && !args.in_place {
         print!("{}", locked.resolution.lock().to_kbld_yaml()?);
     }
 
@@ -77,8 +103,13 @@ pub fn run(args: &LockArgs) -> anyhow::Result<ExitCode> {
         (Some(path), Some(Written::Unchanged)) => format!(", {} unchanged", path.display()),
         _ => String::new(),
     };
+    let selections = match locked.resolution.selections {
+        0 => String::new(),
+        n => format!(", {n} tag lists or platform manifests read"),
+    };
     eprintln!(
-        "locked {} images ({} looked up: {} manifest requests, {} other requests){destination}",
+        "locked {} images ({} looked up: {} manifest requests, {} other requests{selections})\
+         {destination}",
         locked.resolution.images.len(),
         locked.resolution.contacted,
         requests.manifest_requests(),
@@ -91,6 +122,17 @@ fn registry_options(args: &LockArgs) -> anyhow::Result<RegistryOptions> {
     let mut options = args.registry.options(None)?;
     options.max_concurrency = args.concurrency;
     Ok(options)
+}
+
+/// Whether `path` is one of `inputs` or under one of them (then discovery reads it anyway).
+fn inside_any(path: &Path, inputs: &[PathBuf]) -> bool {
+    let Ok(path) = path.canonicalize() else {
+        return false;
+    };
+    inputs
+        .iter()
+        .filter_map(|input| input.canonicalize().ok())
+        .any(|input| path.starts_with(input))
 }
 
 fn write_output(path: &Path, text: &str) -> anyhow::Result<()> {

@@ -50,7 +50,8 @@ pub fn run(args: &PushArgs) -> anyhow::Result<()> {
     let options = BuildOptions {
         exclude: args.file_exclusion.clone(),
     };
-    let built = bundle::build(&args.file, &options)?;
+    let cache = bundle::LayerCache::user_default();
+    let built = bundle::build_with_cache(&args.file, &options, cache.as_ref())?;
     if verbose {
         let stats = built.stats();
         eprintln!(

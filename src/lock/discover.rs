@@ -6,6 +6,7 @@
 //! `config/conf.go` (which documents are configuration, in which order they apply).
 
 use std::collections::BTreeMap;
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
@@ -13,7 +14,8 @@ use serde_json::Value;
 use crate::carvel::imgpkg::{
     self, ImageRef, ImagesLock, KBLD_ID_ANNOTATION, KBLD_ORIGINS_ANNOTATION,
 };
-use crate::carvel::kbld::{Config, ImageOverride, SearchRule};
+use crate::carvel::kbld::{Config, ImageOverride, PlatformSelection, SearchRule};
+use crate::carvel::selection::VersionSelection;
 
 use super::error::{Location, LockError};
 use super::reference::url_repo;
@@ -76,8 +78,10 @@ pub struct Override {
     pub matcher: ImageMatcher,
     pub new_image: String,
     pub preresolved: bool,
-    pub tag_selection: bool,
-    pub platform_selection: bool,
+    /// `newImage` is a repository; its highest tag these constraints allow is locked.
+    pub tag_selection: Option<VersionSelection>,
+    /// A multi-platform index resolves to this platform's image, not to the index.
+    pub platform_selection: Option<PlatformSelection>,
     /// The entry as an ImagesLock recorded it; reused as is so that re-locking an unchanged
     /// tree reproduces the lock byte for byte (see [`super::resolve`]).
     pub locked: Option<ImageRef>,
@@ -115,8 +119,12 @@ pub struct Discovery {
     pub files: usize,
 }
 
+/// The path that stands for standard input, as in `kbld -f -`.
+pub const STDIN: &str = "-";
+
 /// Reads every `.yaml`/`.yml`/`.json` file under `paths` (files given directly are read
-/// whatever their name) and finds the image references in them.
+/// whatever their name; [`STDIN`] reads standard input) and finds the image references in
+/// them.
 pub fn discover(paths: &[PathBuf], config: &LockConfig) -> Result<Discovery, LockError> {
     let mut files = Vec::new();
     for path in paths {
@@ -182,6 +190,10 @@ fn collect_files(path: &Path, files: &mut Vec<PathBuf>) -> Result<(), LockError>
         path: path.to_owned(),
         cause,
     };
+    if path == Path::new(STDIN) {
+        files.push(path.to_owned());
+        return Ok(());
+    }
     let metadata = std::fs::metadata(path).map_err(read_error)?;
     if !metadata.is_dir() {
         files.push(path.to_owned());
@@ -234,15 +246,26 @@ fn read_limited(path: &Path, limit: u64) -> Result<String, LockError> {
         path: path.to_owned(),
         cause,
     };
-    let size = std::fs::metadata(path).map_err(read_error)?.len();
-    if size > limit {
-        return Err(LockError::TooLarge {
-            path: path.to_owned(),
-            size,
-            limit,
-        });
-    }
-    let bytes = std::fs::read(path).map_err(read_error)?;
+    let bytes = if path == Path::new(STDIN) {
+        // A pipe has no size to check first: read one byte past the limit to detect it.
+        let mut bytes = Vec::new();
+        std::io::stdin()
+            .lock()
+            .take(limit.saturating_add(1))
+            .read_to_end(&mut bytes)
+            .map_err(read_error)?;
+        bytes
+    } else {
+        let size = std::fs::metadata(path).map_err(read_error)?.len();
+        if size > limit {
+            return Err(LockError::TooLarge {
+                path: path.to_owned(),
+                size,
+                limit,
+            });
+        }
+        std::fs::read(path).map_err(read_error)?
+    };
     // The file may have grown between the two calls.
     if bytes.len() as u64 > limit {
         return Err(LockError::TooLarge {
@@ -309,6 +332,15 @@ fn describe(value: &Value) -> &'static str {
     }
 }
 
+/// Whether a document is configuration (a kbld `Config` kind or an ImagesLock), which is
+/// consumed rather than searched.
+pub(super) fn is_configuration(document: &Value) -> bool {
+    let field = |name| document.get(name).and_then(Value::as_str).unwrap_or("");
+    let (api_version, kind) = (field("apiVersion"), field("kind"));
+    Config::is_config_document(api_version, kind)
+        || (api_version == imgpkg::API_VERSION && kind == imgpkg::IMAGES_LOCK_KIND)
+}
+
 fn classify(
     resource: Value,
     location: Location,
@@ -360,8 +392,8 @@ fn classify(
                 matcher: ImageMatcher::Image(id),
                 new_image: entry.image.clone(),
                 preresolved: true,
-                tag_selection: false,
-                platform_selection: false,
+                tag_selection: None,
+                platform_selection: None,
                 locked: Some(entry),
                 defined_in: location.to_string(),
             });
@@ -406,8 +438,8 @@ fn override_of(rule: &ImageOverride, defined_in: &str) -> Override {
             .unwrap_or_else(|| ImageMatcher::Image(String::new())),
         new_image: rule.new_image.clone(),
         preresolved: rule.preresolved,
-        tag_selection: rule.tag_selection.is_some(),
-        platform_selection: rule.platform_selection.is_some(),
+        tag_selection: rule.tag_selection.clone(),
+        platform_selection: rule.platform_selection.clone(),
         locked: None,
         defined_in: defined_in.to_owned(),
     }

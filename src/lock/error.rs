@@ -59,8 +59,8 @@ pub enum LockError {
     #[error("{origin}: {message}")]
     Config { origin: String, message: String },
 
-    /// Something kbld can do that packsmith does not (building images, tag or platform
-    /// selection): an error rather than a silently different lock.
+    /// Something kbld can do that packsmith does not (building images from `sources`): an
+    /// error rather than a silently different lock.
     #[error("{origin}: {message}")]
     Unsupported { origin: String, message: String },
 
@@ -83,6 +83,26 @@ pub enum LockError {
         /// Shared: one lookup can serve several references.
         cause: Arc<RegistryError>,
     },
+
+    /// `--locked`: the reference is in no lock of the input nor pinned by digest, and
+    /// looking it up is not allowed.
+    #[error(
+        "image {reference:?} found in {location} is not in the lock, and --locked forbids \
+         looking it up (lock again without --locked)"
+    )]
+    NotLocked {
+        reference: String,
+        location: Location,
+    },
+
+    /// `--locked`: the lock at `path` is missing or differs from what the input locks to
+    /// (an entry no manifest uses any more, or one a lock elsewhere in the input supplied).
+    #[error(
+        "{}: the lock {}, and --locked forbids changing it (lock again without --locked)",
+        path.display(),
+        if *missing { "does not exist" } else { "would change" }
+    )]
+    LockWouldChange { path: PathBuf, missing: bool },
 
     /// Every failure of a run, so one invocation reports all broken references.
     #[error("{} images could not be locked:\n- {}", .0.len(), join(.0))]

@@ -11,12 +11,12 @@
 //! [`run`] runs the three for the CLI and the controller.
 
 mod discover;
-mod distribution;
 mod error;
 mod output;
 mod reference;
 mod resolve;
 mod rules;
+mod select;
 mod yaml;
 
 #[cfg(test)]
@@ -24,12 +24,12 @@ mod fixtures_test;
 
 use std::path::{Path, PathBuf};
 
+pub use crate::registry::RequestStats;
 pub use discover::{
-    BuildSource, Discovery, ImageMatcher, LockConfig, Manifest, Override, discover,
+    BuildSource, Discovery, ImageMatcher, LockConfig, Manifest, Override, STDIN, discover,
 };
-pub use distribution::RequestStats;
 pub use error::{Location, LockError};
-pub use output::{Written, render_manifests, write_lock};
+pub use output::{Written, check_lock, render_manifests, rewrite_in_place, write_lock};
 pub use reference::url_repo;
 pub use resolve::{Resolution, ResolveOptions, resolve};
 pub use rules::{default_rule, effective_rules};
@@ -46,7 +46,9 @@ pub struct Locked {
     pub written: Option<Written>,
 }
 
-/// Discovers, resolves and (when `output` is given) writes the ImagesLock.
+/// Discovers, resolves and (when `output` is given) writes the ImagesLock. With
+/// [`ResolveOptions::offline`] (`--locked`) no registry is contacted and `output` must
+/// already hold the result: it is checked, never written.
 pub async fn run(
     paths: &[PathBuf],
     config: &LockConfig,
@@ -57,7 +59,13 @@ pub async fn run(
     let discovery = discover(paths, config)?;
     let resolution = resolve(&discovery, registry, options).await?;
     let written = output
-        .map(|path| write_lock(path, &resolution))
+        .map(|path| {
+            if options.offline {
+                check_lock(path, &resolution)
+            } else {
+                write_lock(path, &resolution)
+            }
+        })
         .transpose()?;
     Ok(Locked {
         discovery,

@@ -2,16 +2,16 @@
 //! digests (kbld's default output, a YAML stream).
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::carvel::imgpkg::ImageRef;
 use crate::carvel::yaml::value_to_go_yaml;
 
-use super::discover::Discovery;
-use super::error::LockError;
+use super::discover::{Discovery, STDIN, is_configuration};
+use super::error::{Location, LockError};
 use super::resolve::Resolution;
 use super::rules::visit_images;
-use super::yaml::YamlLimits;
+use super::yaml::{YamlLimits, parse_stream};
 
 /// Whether [`write_lock`] changed the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,6 +26,29 @@ pub enum Written {
 pub fn write_lock(path: &Path, resolution: &Resolution) -> Result<Written, LockError> {
     let text = resolution.lock().to_kbld_yaml()?;
     write_if_changed(path, text.as_bytes())
+}
+
+/// `--locked`: succeeds only if `path` already holds exactly the lock [`write_lock`] would
+/// write.
+pub fn check_lock(path: &Path, resolution: &Resolution) -> Result<Written, LockError> {
+    let text = resolution.lock().to_kbld_yaml()?;
+    match std::fs::read(path) {
+        Ok(existing) if existing == text.as_bytes() => Ok(Written::Unchanged),
+        Ok(_) => Err(LockError::LockWouldChange {
+            path: path.to_owned(),
+            missing: false,
+        }),
+        Err(cause) if cause.kind() == std::io::ErrorKind::NotFound => {
+            Err(LockError::LockWouldChange {
+                path: path.to_owned(),
+                missing: true,
+            })
+        }
+        Err(cause) => Err(LockError::Read {
+            path: path.to_owned(),
+            cause,
+        }),
+    }
 }
 
 fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<Written, LockError> {
@@ -83,6 +106,156 @@ pub fn render_manifests(
     out
 }
 
+/// `--in-place`: rewrites each manifest file under `discovery` with its references replaced
+/// by their digests, keeping everything else of the text (comments, ytt annotations, quoting,
+/// key order). Returns the files that changed.
+///
+/// The replacement is textual, at YAML token boundaries, in the documents that are manifests
+/// (configuration documents keep their `image:` keys). It is then checked: the rewritten file
+/// must parse to exactly what kbld's replacement of the parsed original gives. A file where
+/// the two differ (a reference also written where no search rule looks, a JSON or YAML string
+/// value kbld re-encodes) is refused, naming the file, before any file is written.
+pub fn rewrite_in_place(
+    discovery: &Discovery,
+    resolution: &Resolution,
+    limits: &YamlLimits,
+) -> Result<Vec<PathBuf>, LockError> {
+    let replacements: BTreeMap<&str, &str> = resolution
+        .images
+        .iter()
+        .map(|(id, entry)| (id.as_str(), entry.image.as_str()))
+        .collect();
+    let mut files: Vec<&Path> = discovery
+        .manifests
+        .iter()
+        .map(|m| m.location.path.as_path())
+        .collect();
+    files.dedup();
+    let mut rewritten = Vec::new();
+    for path in files {
+        if path == Path::new(STDIN) {
+            return Err(LockError::Config {
+                origin: "--in-place".to_owned(),
+                message: "standard input cannot be rewritten in place; use --output".to_owned(),
+            });
+        }
+        let read_error = |cause| LockError::Read {
+            path: path.to_owned(),
+            cause,
+        };
+        let text = std::fs::read_to_string(path).map_err(read_error)?;
+        let new_text = replace_in_manifests(&text, &replacements, limits);
+        if new_text == text {
+            continue;
+        }
+        let expected = parse_stream(&text, limits).map(|documents| {
+            documents
+                .into_iter()
+                .map(|mut document| {
+                    if !is_configuration(&document) {
+                        visit_images(&mut document, &discovery.search_rules, limits, &mut |r| {
+                            replacements.get(r).map(|image| (*image).to_owned())
+                        });
+                    }
+                    document
+                })
+                .collect::<Vec<_>>()
+        });
+        let actual = parse_stream(&new_text, limits);
+        if expected.is_err() || expected.ok() != actual.ok() {
+            return Err(LockError::Document {
+                location: Location {
+                    path: path.to_owned(),
+                    document: 0,
+                },
+                message: "cannot be rewritten in place: replacing the references in its text \
+                          does not give what kbld's replacement does (a reference written \
+                          where no search rule looks, or inside a JSON/YAML string value); \
+                          use --output"
+                    .to_owned(),
+            });
+        }
+        rewritten.push((path.to_owned(), new_text));
+    }
+    let mut changed = Vec::new();
+    for (path, text) in rewritten {
+        if write_if_changed(&path, text.as_bytes())? == Written::Changed {
+            changed.push(path);
+        }
+    }
+    Ok(changed)
+}
+
+/// Replaces references in the documents of `text` that are not configuration. Documents are
+/// split at `---` lines; a chunk that does not parse on its own is left alone (the check in
+/// [`rewrite_in_place`] then refuses the file if it needed changes).
+fn replace_in_manifests(
+    text: &str,
+    replacements: &BTreeMap<&str, &str>,
+    limits: &YamlLimits,
+) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chunk = String::new();
+    let flush = |chunk: &mut String, out: &mut String| {
+        let configuration = parse_stream(chunk, limits)
+            .map(|documents| documents.iter().any(is_configuration))
+            .unwrap_or(true);
+        if configuration {
+            out.push_str(chunk);
+        } else {
+            out.push_str(&replace_tokens(chunk, replacements));
+        }
+        chunk.clear();
+    };
+    for line in text.split_inclusive('\n') {
+        if line == "---\n" || line == "---" || line.starts_with("--- ") || line == "---\r\n" {
+            flush(&mut chunk, &mut out);
+            out.push_str(line);
+        } else {
+            chunk.push_str(line);
+        }
+    }
+    flush(&mut chunk, &mut out);
+    out
+}
+
+/// Each reference that stands as a whole YAML token (plain or quoted scalar, flow item)
+/// replaced, outside comments; the longest reference wins where several start at one place.
+fn replace_tokens(text: &str, replacements: &BTreeMap<&str, &str>) -> String {
+    const BEFORE: &[char] = &[' ', '\t', '\n', '"', '\'', '[', ',', '{'];
+    const AFTER: &[char] = &[' ', '\t', '\r', '\n', '"', '\'', ']', ',', '}', '#'];
+    let mut by_length: Vec<(&str, &str)> = replacements.iter().map(|(k, v)| (*k, *v)).collect();
+    by_length.sort_by_key(|(reference, _)| std::cmp::Reverse(reference.len()));
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    let mut previous: Option<char> = None;
+    while let Some(c) = rest.chars().next() {
+        // A comment (ytt's `#@`/`#!` included) is kept as written, to the end of its line.
+        if c == '#' && previous.is_none_or(|p| p.is_whitespace()) {
+            let end = rest.find('\n').unwrap_or(rest.len());
+            out.push_str(&rest[..end]);
+            rest = &rest[end..];
+            previous = Some('#');
+            continue;
+        }
+        if previous.is_none_or(|p| BEFORE.contains(&p))
+            && let Some((reference, image)) = by_length.iter().find(|(reference, _)| {
+                rest.strip_prefix(reference)
+                    .is_some_and(|after| after.chars().next().is_none_or(|a| AFTER.contains(&a)))
+            })
+        {
+            out.push_str(image);
+            rest = &rest[reference.len()..];
+            previous = reference.chars().last();
+            continue;
+        }
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+        previous = Some(c);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,5 +308,105 @@ mod tests {
             .map(|e| e.expect("entry").file_name())
             .collect();
         assert_eq!(leftovers, ["images.yml"]);
+    }
+
+    #[tokio::test]
+    async fn check_lock_accepts_only_the_identical_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join("m.yml"),
+            format!("image: r.io/app@sha256:{}\n", "d".repeat(64)),
+        )
+        .expect("write");
+        let discovery =
+            discover(&[dir.path().to_owned()], &LockConfig::default()).expect("discover");
+        let registry = Registry::new(Default::default()).expect("registry");
+        let resolution = resolve(&discovery, &registry, &ResolveOptions::default())
+            .await
+            .expect("resolve");
+        let lock = dir.path().join("images.yml");
+        assert!(matches!(
+            check_lock(&lock, &resolution),
+            Err(LockError::LockWouldChange { missing: true, .. })
+        ));
+        assert_eq!(
+            write_lock(&lock, &resolution).expect("write"),
+            Written::Changed
+        );
+        assert_eq!(
+            check_lock(&lock, &resolution).expect("same"),
+            Written::Unchanged
+        );
+        let mut text = std::fs::read_to_string(&lock).expect("read");
+        text.push_str("# edited\n");
+        std::fs::write(&lock, text).expect("write");
+        assert!(matches!(
+            check_lock(&lock, &resolution),
+            Err(LockError::LockWouldChange { missing: false, .. })
+        ));
+    }
+
+    #[test]
+    fn tokens_are_replaced_whole_and_outside_comments() {
+        let replacements =
+            BTreeMap::from([("app", "r.io/app@sha256:1"), ("app:2", "r.io/app@sha256:2")]);
+        assert_eq!(
+            replace_tokens(
+                "#@ x = \"app\"\nimage: app # app\nimages: [\"app:2\", 'app']\napp: myapp\nc: app:3\n",
+                &replacements
+            ),
+            "#@ x = \"app\"\nimage: r.io/app@sha256:1 # app\nimages: [\"r.io/app@sha256:2\", \
+             'r.io/app@sha256:1']\napp: myapp\nc: app:3\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn in_place_keeps_the_text_and_refuses_what_it_cannot_check() {
+        let digest = format!("sha256:{}", "e".repeat(64));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let manifest = format!(
+            "#@ load(\"@ytt:data\", \"data\")\n---\n# the app\nkind: Pod\nspec:\n  containers:\n  \
+             - image: \"app\"  #! pinned below\n---\napiVersion: kbld.k14s.io/v1alpha1\nkind: \
+             Config\noverrides:\n- image: app\n  newImage: r.io/app@{digest}\n  preresolved: true\n"
+        );
+        std::fs::write(dir.path().join("m.yml"), &manifest).expect("write");
+        let discover_and_resolve = || async {
+            let discovery =
+                discover(&[dir.path().to_owned()], &LockConfig::default()).expect("discover");
+            let registry = Registry::new(Default::default()).expect("registry");
+            let resolution = resolve(&discovery, &registry, &ResolveOptions::default()).await;
+            (discovery, resolution)
+        };
+        std::fs::write(
+            dir.path().join("pinned.yml"),
+            format!("image: r.io/other@{digest}\n"),
+        )
+        .expect("write");
+        let (discovery, resolution) = discover_and_resolve().await;
+        let resolution = resolution.expect("resolve");
+        let changed =
+            rewrite_in_place(&discovery, &resolution, &YamlLimits::default()).expect("rewrite");
+        assert_eq!(changed, [dir.path().join("m.yml")]);
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("m.yml")).expect("read"),
+            manifest.replacen("\"app\"", &format!("\"r.io/app@{digest}\""), 1)
+        );
+
+        // The same reference also in an annotation no rule searches: refused, nothing written.
+        let annotated = "metadata:\n  annotations:\n    source: r.io/app@sha256:zzz\nimage: r.io/app@sha256:zzz\n";
+        std::fs::write(dir.path().join("m.yml"), annotated).expect("write");
+        let (discovery, _) = discover_and_resolve().await;
+        let mut resolution = resolution.clone();
+        resolution.images.insert(
+            "r.io/app@sha256:zzz".to_owned(),
+            ImageRef::kbld(format!("r.io/app@{digest}"), "r.io/app@sha256:zzz", &[]),
+        );
+        let error = rewrite_in_place(&discovery, &resolution, &YamlLimits::default())
+            .expect_err("the annotation would change too");
+        assert!(error.to_string().contains("m.yml"), "{error}");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("m.yml")).expect("read"),
+            annotated
+        );
     }
 }

@@ -1,7 +1,9 @@
 //! Resolution: each discovered reference to a digest, following kbld's factory
 //! (`pkg/kbld/image/factory.go`): the first matching override applies once; a preresolved
 //! override is taken as given; a digest reference is kept (normalised) without contacting
-//! anyone; anything else is resolved against its registry.
+//! anyone; anything else is resolved against its registry. An override's `tagSelection`
+//! first chooses the tag from the repository's tags list, and its `platformSelection` takes
+//! the platform's image out of an index (see [`super::select`]).
 //!
 //! Deliberate differences from kbld, each for a reason:
 //! - kbld asks the registry twice per tag (to catch registries with unstable digests) and
@@ -18,14 +20,16 @@ use std::time::Duration;
 use futures::stream::{self, StreamExt as _};
 
 use crate::carvel::imgpkg::{self, ImageOrigin, ImageRef, ImagesLock};
-use crate::registry::{Reference, Registry, RegistryError};
+use crate::carvel::kbld::PlatformSelection;
+use crate::carvel::selection::VersionSelection;
+use crate::registry::{ManifestClient, Reference, Registry, RegistryError, RequestStats};
 
 use super::discover::{Discovery, Override};
-use super::distribution::{ManifestClient, RequestStats};
 use super::error::{Location, LockError};
-use super::reference;
+use super::reference::{self, url_repo};
+use super::select;
 
-/// How hard to try.
+/// How hard to try, and whether to try at all.
 #[derive(Debug, Clone)]
 pub struct ResolveOptions {
     /// Further attempts after a retryable failure (connection refused, timeout, 429, 5xx).
@@ -34,6 +38,10 @@ pub struct ResolveOptions {
     pub backoff: Duration,
     /// Lookups in flight at once; `None` takes the registry's setting.
     pub concurrency: Option<usize>,
+    /// `--locked`: resolve from the ImagesLocks in the input, digest references and
+    /// preresolved overrides only. A reference that would need a registry is an error, so
+    /// nothing is ever asked of one.
+    pub offline: bool,
 }
 
 impl Default for ResolveOptions {
@@ -42,6 +50,7 @@ impl Default for ResolveOptions {
             retries: 3,
             backoff: Duration::from_millis(250),
             concurrency: None,
+            offline: false,
         }
     }
 }
@@ -51,10 +60,13 @@ impl Default for ResolveOptions {
 pub struct Resolution {
     /// Per reference as written: the entry of the lock (its `image` is the digest reference).
     pub images: BTreeMap<String, ImageRef>,
-    /// Registry requests made.
+    /// Registry requests made on the digest path.
     pub requests: RequestStats,
     /// Distinct repository:tag pairs that had to be asked for.
     pub contacted: usize,
+    /// Tag lists read for `tagSelection` plus manifests read for `platformSelection`; each
+    /// goes through the shared client, whose requests `requests` does not count.
+    pub selections: usize,
 }
 
 impl Resolution {
@@ -67,15 +79,37 @@ impl Resolution {
     }
 }
 
-/// What one reference needs.
-enum Plan {
-    Done(ImageRef),
-    /// Ask the registry for `key` (repository and tag); record `url` as the origin.
-    Lookup {
-        key: String,
-        url: String,
-        parsed: Reference,
-    },
+#[derive(Clone)]
+struct Lookup {
+    key: String,
+    url: String,
+    parsed: Reference,
+    platform: Option<PlatformSelection>,
+}
+
+impl Lookup {
+    fn new(url: String, parsed: Reference, platform: Option<PlatformSelection>) -> Self {
+        // Only a platform selection looks up a digest reference (to pick from its index),
+        // so the digest, not the tag, says what is asked for.
+        let mut key = match parsed.digest() {
+            Some(digest) => format!("{}@{digest}", reference::repository_name(&parsed)),
+            None => format!(
+                "{}:{}",
+                reference::repository_name(&parsed),
+                reference::tag_of(&parsed)
+            ),
+        };
+        if let Some(platform) = &platform {
+            key.push('#');
+            key.push_str(&format!("{platform:?}"));
+        }
+        Lookup {
+            key,
+            url,
+            parsed,
+            platform,
+        }
+    }
 }
 
 /// Resolves every reference of `discovery`. All failures are reported together.
@@ -86,52 +120,70 @@ pub async fn resolve(
 ) -> Result<Resolution, LockError> {
     let mut errors = Vec::new();
     let mut plans = BTreeMap::new();
-    let mut lookups: BTreeMap<String, Reference> = BTreeMap::new();
     for (id, location) in &discovery.references {
         match plan(id, location, discovery) {
-            Ok(Plan::Lookup { key, url, parsed }) => {
-                lookups.entry(key.clone()).or_insert_with(|| parsed.clone());
-                plans.insert(id.clone(), Plan::Lookup { key, url, parsed });
+            Ok(Pending::Done(entry)) => {
+                plans.insert(id.clone(), Pending::Done(entry));
             }
-            Ok(done) => {
-                plans.insert(id.clone(), done);
+            Ok(_) if options.offline => errors.push(LockError::NotLocked {
+                reference: id.clone(),
+                location: location.clone(),
+            }),
+            Ok(pending) => {
+                plans.insert(id.clone(), pending);
             }
             Err(error) => errors.push(error),
         }
     }
+    // Offline there is nothing left to do that could fail: report now, contact nobody.
+    if options.offline
+        && let Some(error) = LockError::from_many(std::mem::take(&mut errors))
+    {
+        return Err(error);
+    }
 
-    let client = ManifestClient::new(registry)?;
     let concurrency = options
         .concurrency
         .unwrap_or_else(|| registry.concurrency())
         .max(1);
+    let selections = select_tags(
+        &mut plans,
+        discovery,
+        registry,
+        options,
+        concurrency,
+        &mut errors,
+    )
+    .await;
+
+    let mut lookups: BTreeMap<String, Lookup> = BTreeMap::new();
+    for pending in plans.values() {
+        if let Pending::Lookup(lookup) = pending {
+            lookups
+                .entry(lookup.key.clone())
+                .or_insert_with(|| lookup.clone());
+        }
+    }
     let contacted = lookups.len();
-    let digests: BTreeMap<String, Result<String, Arc<RegistryError>>> = stream::iter(lookups)
-        .map(|(key, parsed)| {
-            let client = &client;
-            async move {
-                let digest = with_retries(options, || client.digest(&parsed)).await;
-                (key, digest.map_err(Arc::new))
-            }
-        })
-        .buffer_unordered(concurrency)
-        .collect()
-        .await;
+    let platform_reads = lookups.values().filter(|l| l.platform.is_some()).count();
+    let (digests, requests) = look_up(lookups, registry, options, concurrency).await?;
 
     let mut images = BTreeMap::new();
-    for (id, plan) in plans {
-        match plan {
-            Plan::Done(entry) => {
+    for (id, pending) in plans {
+        match pending {
+            Pending::Done(entry) => {
                 images.insert(id, entry);
             }
-            Plan::Lookup { key, url, parsed } => match &digests[&key] {
+            Pending::Lookup(Lookup {
+                key, url, parsed, ..
+            }) => match &digests[&key] {
                 Ok(digest) => {
                     let origin = ImageOrigin::Resolved {
                         url: url.clone(),
                         tag: reference::tag_of(&parsed).to_owned(),
                     };
                     let image = reference::digest_name(&parsed, digest);
-                    images.insert(id.clone(), ImageRef::kbld(image, id, &[origin]));
+                    images.insert(id.clone(), ImageRef::kbld(image, &id, &[origin]));
                 }
                 Err(cause) => errors.push(LockError::Resolve {
                     location: discovery.references[&id].clone(),
@@ -140,6 +192,8 @@ pub async fn resolve(
                     cause: Arc::clone(cause),
                 }),
             },
+            // Failed selections were reported by `select_tags`.
+            Pending::Select { .. } => {}
         }
     }
     if let Some(error) = LockError::from_many(errors) {
@@ -147,37 +201,154 @@ pub async fn resolve(
     }
     Ok(Resolution {
         images,
-        requests: client.stats(),
+        requests,
         contacted,
+        selections: selections + platform_reads,
     })
 }
 
-fn plan(id: &str, location: &Location, discovery: &Discovery) -> Result<Plan, LockError> {
+type Digests = BTreeMap<String, Result<String, Arc<RegistryError>>>;
+
+/// Asks for every lookup's digest, `concurrency` at a time. With nothing to ask (a re-lock
+/// the lock answers entirely) no HTTP client is built: loading the system's root
+/// certificates alone is a good part of such a run.
+async fn look_up(
+    lookups: BTreeMap<String, Lookup>,
+    registry: &Registry,
+    options: &ResolveOptions,
+    concurrency: usize,
+) -> Result<(Digests, RequestStats), LockError> {
+    if lookups.is_empty() {
+        return Ok((Digests::new(), RequestStats::default()));
+    }
+    let client = ManifestClient::new(registry)?;
+    let digests: Digests = stream::iter(lookups)
+        .map(|(key, lookup)| {
+            let client = &client;
+            async move {
+                let digest = with_retries(options, || async {
+                    match &lookup.platform {
+                        Some(platform) => {
+                            select::platform_digest(registry, &lookup.parsed, platform).await
+                        }
+                        None => client.digest(&lookup.parsed).await,
+                    }
+                })
+                .await;
+                (key, digest.map_err(Arc::new))
+            }
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    Ok((digests, client.stats()))
+}
+
+/// What one reference needs, on its way to an entry.
+enum Pending {
+    Done(ImageRef),
+    /// Ask the registry for `key` (repository, tag and platform); record `url` as the origin.
+    Lookup(Lookup),
+    /// `tagSelection`: choose a tag of `repository` first, then look that up.
+    Select {
+        repository: String,
+        parsed: Reference,
+        selection: VersionSelection,
+        platform: Option<PlatformSelection>,
+    },
+}
+
+/// Chooses the tag of every `tagSelection` override (one tags list per repository and
+/// selection) and turns those plans into lookups of the chosen tag. Returns the number of
+/// tag lists read; failures go to `errors` and leave their plans unresolved.
+async fn select_tags(
+    plans: &mut BTreeMap<String, Pending>,
+    discovery: &Discovery,
+    registry: &Registry,
+    options: &ResolveOptions,
+    concurrency: usize,
+    errors: &mut Vec<LockError>,
+) -> usize {
+    let mut wanted: BTreeMap<String, (Reference, VersionSelection)> = BTreeMap::new();
+    for pending in plans.values() {
+        if let Pending::Select {
+            repository,
+            parsed,
+            selection,
+            ..
+        } = pending
+        {
+            wanted
+                .entry(selection_key(repository, selection))
+                .or_insert_with(|| (parsed.clone(), selection.clone()));
+        }
+    }
+    if wanted.is_empty() {
+        return 0;
+    }
+    let count = wanted.len();
+    let chosen: BTreeMap<String, Result<String, Arc<RegistryError>>> = stream::iter(wanted)
+        .map(|(key, (parsed, selection))| async move {
+            let tag = with_retries(options, || {
+                select::select_tag(registry, &parsed, &selection)
+            })
+            .await;
+            (key, tag.map_err(Arc::new))
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    for (id, pending) in plans.iter_mut() {
+        let Pending::Select {
+            repository,
+            selection,
+            platform,
+            ..
+        } = pending
+        else {
+            continue;
+        };
+        match &chosen[&selection_key(repository, selection)] {
+            Ok(tag) => {
+                let url = format!("{repository}:{tag}");
+                match reference::parse(&url) {
+                    Ok(parsed) => {
+                        *pending = Pending::Lookup(Lookup::new(url, parsed, platform.take()));
+                    }
+                    Err(e) => errors.push(LockError::Reference {
+                        reference: id.clone(),
+                        location: discovery.references[id].clone(),
+                        message: format!("tagSelection chose {url:?}: {e}"),
+                    }),
+                }
+            }
+            Err(cause) => errors.push(LockError::Resolve {
+                reference: id.clone(),
+                url: repository.clone(),
+                location: discovery.references[id].clone(),
+                cause: Arc::clone(cause),
+            }),
+        }
+    }
+    count
+}
+
+fn selection_key(repository: &str, selection: &VersionSelection) -> String {
+    format!("{repository}#{selection:?}")
+}
+
+fn plan(id: &str, location: &Location, discovery: &Discovery) -> Result<Pending, LockError> {
     let reference_error = |message: String| LockError::Reference {
         reference: id.to_owned(),
         location: location.clone(),
         message,
     };
     let applied = discovery.overrides.iter().find(|o| o.matcher.matches(id));
-    let url = match applied {
+    let (url, platform) = match applied {
         Some(Override {
             locked: Some(entry),
             ..
-        }) => return Ok(Plan::Done(entry.clone())),
-        Some(o) if o.tag_selection || o.platform_selection => {
-            return Err(LockError::Unsupported {
-                origin: o.defined_in.clone(),
-                message: format!(
-                    "the override of {id:?} uses {}, which packsmith does not implement; \
-                     name the tag (or the platform's digest) in newImage instead",
-                    if o.tag_selection {
-                        "tagSelection"
-                    } else {
-                        "platformSelection"
-                    }
-                ),
-            });
-        }
+        }) => return Ok(Pending::Done(entry.clone())),
         Some(o) if o.preresolved => {
             if let Some(problem) = imgpkg::digest_reference_problem(&o.new_image) {
                 return Err(reference_error(format!(
@@ -189,10 +360,10 @@ fn plan(id: &str, location: &Location, discovery: &Discovery) -> Result<Plan, Lo
             let origin = ImageOrigin::Preresolved {
                 url: o.new_image.clone(),
             };
-            return Ok(Plan::Done(ImageRef::kbld(&o.new_image, id, &[origin])));
+            return Ok(Pending::Done(ImageRef::kbld(&o.new_image, id, &[origin])));
         }
-        Some(o) => o.new_image.clone(),
-        None => id.to_owned(),
+        Some(o) => (o.new_image.clone(), o.platform_selection.clone()),
+        None => (id.to_owned(), None),
     };
     if let Some(source) = discovery.sources.iter().find(|s| s.matcher.matches(&url)) {
         return Err(LockError::Unsupported {
@@ -203,19 +374,31 @@ fn plan(id: &str, location: &Location, discovery: &Discovery) -> Result<Plan, Lo
         });
     }
     let parsed = reference::parse(&url).map_err(|e| reference_error(e.to_string()))?;
-    if let Some(digest) = parsed.digest() {
-        return Ok(Plan::Done(ImageRef::kbld(
+    if let Some(selection) = applied.and_then(|o| o.tag_selection.clone()) {
+        // kbld appends the chosen tag to newImage, so newImage must name a repository only.
+        if parsed.digest().is_some() || url_repo(&url).is_some_and(|repo| repo != url) {
+            return Err(reference_error(format!(
+                "its override uses tagSelection, so newImage {url:?} must be a repository \
+                 without a tag or digest"
+            )));
+        }
+        return Ok(Pending::Select {
+            repository: url,
+            parsed,
+            selection,
+            platform,
+        });
+    }
+    if let Some(digest) = parsed.digest()
+        && platform.is_none()
+    {
+        return Ok(Pending::Done(ImageRef::kbld(
             reference::digest_name(&parsed, digest),
             id,
             &[],
         )));
     }
-    let key = format!(
-        "{}:{}",
-        reference::repository_name(&parsed),
-        reference::tag_of(&parsed)
-    );
-    Ok(Plan::Lookup { key, url, parsed })
+    Ok(Pending::Lookup(Lookup::new(url, parsed, platform)))
 }
 
 async fn with_retries<F, Fut>(
@@ -278,8 +461,8 @@ mod tests {
             matcher: ImageMatcher::Image(image.to_owned()),
             new_image: new_image.to_owned(),
             preresolved,
-            tag_selection: false,
-            platform_selection: false,
+            tag_selection: None,
+            platform_selection: None,
             locked: None,
             defined_in: "test".to_owned(),
         }
@@ -341,13 +524,66 @@ mod tests {
         }
     }
 
+    /// `--locked`: what the lock or a digest answers is fine; anything else is named, and no
+    /// registry is built a connection to (the default registry has no mirror for `r.io`).
+    #[tokio::test]
+    async fn offline_resolves_from_locks_only() {
+        let mut discovery = discovery_of(
+            &format!(
+                "a:\n  image: pinned@{}\nb:\n  image: locked\nc:\n  image: r.io/new:1\n",
+                digest('a')
+            ),
+            Vec::new(),
+        );
+        let entry = ImageRef::kbld(format!("r.io/locked@{}", digest('b')), "locked", &[]);
+        discovery.overrides.push(Override {
+            locked: Some(entry.clone()),
+            ..override_to("locked", &entry.image, true)
+        });
+        let registry = Registry::new(Default::default()).expect("registry");
+        let offline = ResolveOptions {
+            offline: true,
+            ..ResolveOptions::default()
+        };
+        let error = resolve(&discovery, &registry, &offline)
+            .await
+            .expect_err("r.io/new:1 is in no lock");
+        assert!(
+            matches!(&error, LockError::NotLocked { reference, .. } if reference == "r.io/new:1"),
+            "{error}"
+        );
+        assert!(error.to_string().contains("m.yml (document 1)"), "{error}");
+
+        discovery.references.remove("r.io/new:1");
+        let resolution = resolve(&discovery, &registry, &offline)
+            .await
+            .expect("everything is locked");
+        assert_eq!(resolution.images["locked"], entry);
+        assert_eq!(resolution.requests.total(), 0);
+    }
+
+    #[tokio::test]
+    async fn tag_selection_needs_a_bare_repository() {
+        let mut selecting = override_to("app", "r.io/app:1.0", false);
+        selecting.tag_selection = Some(
+            serde_json::from_str(r#"{"semver": {"constraints": ">=1.0.0"}}"#).expect("selection"),
+        );
+        let discovery = discovery_of("image: app\n", vec![selecting]);
+        let registry = Registry::new(Default::default()).expect("registry");
+        let error = resolve(&discovery, &registry, &ResolveOptions::default())
+            .await
+            .expect_err("newImage has a tag")
+            .to_string();
+        assert!(error.contains("without a tag or digest"), "{error}");
+    }
+
     #[tokio::test]
     async fn retries_stop_and_say_so() {
         let mut calls = 0;
         let options = ResolveOptions {
             retries: 2,
             backoff: Duration::from_millis(1),
-            concurrency: None,
+            ..ResolveOptions::default()
         };
         let error = with_retries(&options, || {
             calls += 1;

@@ -1,13 +1,18 @@
 //! Registry access shared by every stage that talks to an OCI registry (lock, push, pull, sync
-//! of image sources): one `oci_client::Client` per run so connections and bearer tokens are
+//! of image sources): one client per run so connections, challenges and bearer tokens are
 //! reused, credentials from docker config files or dockerconfigjson Secrets, per-host plain
 //! HTTP and CA bundles, and registry mirrors that answer for other hosts.
+//!
+//! Lock, push and pull go through [`DistributionClient`] (one ping per host, one monolithic
+//! upload per blob); other stages use the `oci_client::Client`, built on first use only.
 
 mod auth;
+mod distribution;
 mod error;
 mod mirror;
 mod reference;
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 pub use oci_client::Reference;
@@ -15,6 +20,7 @@ use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientP
 use oci_client::secrets::RegistryAuth;
 
 pub use auth::Credentials;
+pub use distribution::{DistributionClient, ManifestClient, RequestStats};
 pub use error::{ErrorClass, RegistryError, classify};
 pub use mirror::Mirror;
 pub use reference::ReferenceError;
@@ -38,7 +44,10 @@ pub struct RegistryOptions {
 
 /// A configured registry client. Cheap to share by reference across tasks.
 pub struct Registry {
-    client: oci_client::Client,
+    /// Built on first use: building it reads the system's root certificates again, and lock,
+    /// push and pull never need it.
+    client: OnceLock<oci_client::Client>,
+    shared: distribution::Shared,
     options: RegistryOptions,
 }
 
@@ -56,6 +65,29 @@ const DEFAULT_CONCURRENCY: usize = 16;
 
 impl Registry {
     pub fn new(options: RegistryOptions) -> Result<Self, RegistryError> {
+        for pem in &options.ca_pems {
+            // reqwest skips what it cannot parse; a CA bundle without a certificate would then
+            // fail later as an unexplained TLS error against the registry.
+            let parsed = reqwest::Certificate::from_pem_bundle(pem).unwrap_or_default();
+            if parsed.is_empty() {
+                return Err(RegistryError::Config(
+                    "a CA bundle holds no PEM certificate (expected -----BEGIN CERTIFICATE-----)"
+                        .to_owned(),
+                ));
+            }
+        }
+        // Building the distribution client checks the CA bundles the same way oci-client
+        // would (both are reqwest with rustls), so a bad CA is reported here, not on first use.
+        let shared = distribution::Shared::new(&options)?;
+        Ok(Self {
+            client: OnceLock::new(),
+            shared,
+            options,
+        })
+    }
+
+    fn oci_client_config(&self) -> ClientConfig {
+        let options = &self.options;
         let mut insecure: Vec<String> = options.insecure_hosts.clone();
         insecure.extend(
             options
@@ -71,41 +103,41 @@ impl Registry {
         } else {
             ClientProtocol::HttpsExcept(insecure)
         };
-        let mut certs = Vec::new();
-        for pem in &options.ca_pems {
-            // reqwest skips what it cannot parse; a CA bundle without a certificate would then
-            // fail later as an unexplained TLS error against the registry.
-            let parsed = reqwest::Certificate::from_pem_bundle(pem).unwrap_or_default();
-            if parsed.is_empty() {
-                return Err(RegistryError::Config(
-                    "a CA bundle holds no PEM certificate (expected -----BEGIN CERTIFICATE-----)"
-                        .to_owned(),
-                ));
-            }
-            certs.push(Certificate {
-                encoding: CertificateEncoding::Pem,
-                data: pem.clone(),
-            });
-        }
-        // Client::new silently falls back to a default client when the config is unusable (a
-        // bad CA, say); try_from surfaces that instead of talking TLS without the user's CA.
-        let client = oci_client::Client::try_from(ClientConfig {
+        ClientConfig {
             protocol,
-            extra_root_certificates: certs,
+            extra_root_certificates: options
+                .ca_pems
+                .iter()
+                .map(|pem| Certificate {
+                    encoding: CertificateEncoding::Pem,
+                    data: pem.clone(),
+                })
+                .collect(),
             read_timeout: Some(options.read_timeout.unwrap_or(Duration::from_secs(60))),
             connect_timeout: Some(Duration::from_secs(10)),
             max_concurrent_upload: options.concurrency(),
             max_concurrent_download: options.concurrency(),
             user_agent: concat!("packsmith/", env!("CARGO_PKG_VERSION")),
             ..Default::default()
-        })
-        .map_err(|e| RegistryError::Config(format!("building the registry client: {e}")))?;
-        Ok(Self { client, options })
+        }
     }
 
-    /// The shared oci-client.
+    /// The shared oci-client, built on first call.
     pub fn client(&self) -> &oci_client::Client {
-        &self.client
+        self.client.get_or_init(|| {
+            // try_from fails only on what Shared::new already accepted (the same CAs through
+            // the same TLS stack); should it fail anyway, Client::new logs why and falls back
+            // to the system roots, so requests fail with a TLS error rather than go unchecked.
+            oci_client::Client::try_from(self.oci_client_config()).unwrap_or_else(|e| {
+                tracing::error!(error = %e, "building the registry client");
+                oci_client::Client::new(self.oci_client_config())
+            })
+        })
+    }
+
+    /// The distribution client (lock, push, pull), counting requests from zero.
+    pub fn distribution(&self) -> DistributionClient<'_> {
+        DistributionClient::for_registry(self)
     }
 
     pub fn options(&self) -> &RegistryOptions {
