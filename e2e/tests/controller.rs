@@ -39,7 +39,105 @@ pub fn trials() -> Vec<Trial> {
         Trial::test("controller::cache_cap_evicts_idle_work_dirs", || {
             crate::support::block_on(cache_cap_evicts_idle_work_dirs())
         }),
+        Trial::test("controller::auto_bumps_on_a_new_matching_tag", || {
+            crate::support::block_on(auto_bumps_on_a_new_matching_tag())
+        }),
     ]
+}
+
+/// Adds a commit tagged `tag` to `main` of the bed's `<name>.git`.
+fn tag_upstream(name: &str, tag: &str) -> anyhow::Result<()> {
+    commit_upstream(name, "deploy/version.txt", tag)?;
+    let bare = bed().git_dir.join(format!("{name}.git"));
+    git(&bare, &["tag", tag, "main"])?;
+    Ok(())
+}
+
+/// `versionFrom` + a git `refSelection.semver`: a new upstream tag inside the constraints
+/// becomes a new Package version at the next interval; the older version stays published; a
+/// tag outside the constraints changes nothing.
+async fn auto_bumps_on_a_new_matching_tag() -> anyhow::Result<()> {
+    let client = bed().client().await?;
+    let ns = namespace(&client, "ctl-bump").await?;
+    let reg = bed().registry.clone();
+    let repo = format!("ctl-bump-{ns}");
+    make_repo(&repo, &[("deploy/cm.yaml", "kind: ConfigMap\n")], "v1.0.0")?;
+    let controller = Running::start(&ns).await?;
+    apply_yaml(
+        &client,
+        &ns,
+        &format!(
+            r#"apiVersion: packsmith.dev/v1alpha1
+kind: PackageSource
+metadata:
+  name: bump
+spec:
+  package:
+    refName: bump.ctl.example.com
+    versionFrom: {{directory: config/upstream}}
+  contents:
+  - path: config/upstream
+    contents:
+    - path: .
+      git:
+        url: "{git}/{repo}.git"
+        refSelection: {{semver: {{constraints: ">=1.0.0 <2.0.0"}}}}
+  bundle: {{repository: "{reg}/ctl/{ns}/bump", insecure: true}}
+  interval: 2s
+"#,
+            git = bed().git_url
+        ),
+    )
+    .await?;
+    let api: Api<PackageSource> = Api::namespaced(client.clone(), &ns);
+    let version_is = |v: &'static str| {
+        move |o: &PackageSource| {
+            has(o, types::READY, "True", reasons::SUCCEEDED)
+                && o.status
+                    .as_ref()
+                    .and_then(|s| s.package.as_ref())
+                    .map(|p| p.version.as_str())
+                    == Some(v)
+        }
+    };
+    wait_for(
+        &api,
+        "bump",
+        Duration::from_secs(90),
+        "1.0.0",
+        version_is("1.0.0"),
+    )
+    .await?;
+
+    // Outside the constraints first, then inside: only the matching one is released.
+    tag_upstream(&repo, "v2.0.0")?;
+    tag_upstream(&repo, "v1.1.0")?;
+    let bumped = wait_for(
+        &api,
+        "bump",
+        Duration::from_secs(90),
+        "1.1.0",
+        version_is("1.1.0"),
+    )
+    .await?;
+    let packages: Api<Package> = Api::namespaced(client.clone(), &ns);
+    for (name, present) in [
+        ("bump.ctl.example.com.1.0.0", true),
+        ("bump.ctl.example.com.1.1.0", true),
+        ("bump.ctl.example.com.2.0.0", false),
+    ] {
+        anyhow::ensure!(
+            packages.get_opt(name).await?.is_some() == present,
+            "Package {name} present should be {present}"
+        );
+    }
+    let history: Vec<String> = bumped
+        .status
+        .as_ref()
+        .map(|s| s.history.iter().map(|h| h.version.clone()).collect())
+        .unwrap_or_default();
+    anyhow::ensure!(history == ["1.1.0", "1.0.0"], "history {history:?}");
+    controller.stop().await
 }
 
 /// With `--cache-max-size` below what two sources need, reconciling the second evicts the
@@ -964,6 +1062,17 @@ stringData:
             .is_some(),
         "deletionPolicy Orphan deleted the Package"
     );
+
+    // The missing tag appears upstream: the retrying source recovers by itself.
+    tag_upstream(&repo, "v9.9.9")?;
+    wait_for(
+        &api,
+        "badref",
+        Duration::from_secs(120),
+        "Ready once the tag exists",
+        |o| has(o, types::READY, "True", reasons::SUCCEEDED),
+    )
+    .await?;
 
     for name in ["badref", "unauthorized", "nosecret"] {
         api.delete(name, &DeleteParams::default()).await?;
