@@ -42,7 +42,78 @@ pub fn trials() -> Vec<Trial> {
         Trial::test("controller::auto_bumps_on_a_new_matching_tag", || {
             crate::support::block_on(auto_bumps_on_a_new_matching_tag())
         }),
+        Trial::test("controller::checksum_mismatch_stalls_until_fixed", || {
+            crate::support::block_on(checksum_mismatch_stalls_until_fixed())
+        }),
     ]
+}
+
+/// An http content whose sha256 does not match is Stalled/ChecksumMismatch (retrying cannot
+/// help) naming the URL and both digests, nothing is pushed; the corrected spec is Ready.
+async fn checksum_mismatch_stalls_until_fixed() -> anyhow::Result<()> {
+    use sha2::Digest as _;
+    let client = bed().client().await?;
+    let ns = namespace(&client, "ctl-sum").await?;
+    let reg = bed().registry.clone();
+    let body = format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {ns}}}\n");
+    let dir = bed().www_dir.join(&ns);
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("cm.yaml"), &body)?;
+    let actual: String = sha2::Sha256::digest(body.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let wrong = "0".repeat(64);
+    let url = format!("{}/{ns}/cm.yaml", bed().http_url);
+    let source = |sha: &str| {
+        format!(
+            r#"apiVersion: packsmith.dev/v1alpha1
+kind: PackageSource
+metadata:
+  name: sum
+spec:
+  package: {{refName: sum.ctl.example.com, version: 1.0.0}}
+  contents:
+  - path: config
+    contents:
+    - path: .
+      http: {{url: "{url}", sha256: "{sha}"}}
+  bundle: {{repository: "{reg}/ctl/{ns}/sum", insecure: true}}
+"#
+        )
+    };
+    let controller = Running::start(&ns).await?;
+    apply_yaml(&client, &ns, &source(&wrong)).await?;
+    let api: Api<PackageSource> = Api::namespaced(client.clone(), &ns);
+    let stalled = wait_for(
+        &api,
+        "sum",
+        Duration::from_secs(90),
+        "Stalled/ChecksumMismatch",
+        |o| has(o, types::STALLED, "True", reasons::CHECKSUM_MISMATCH),
+    )
+    .await?;
+    let message = condition(&stalled, types::READY)
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    anyhow::ensure!(
+        has(
+            &stalled,
+            types::CONTENT_SYNCED,
+            "False",
+            reasons::CHECKSUM_MISMATCH
+        ) && stalled.status.as_ref().is_some_and(|s| s.bundle.is_none())
+            && message.contains(&url)
+            && message.contains(&actual),
+        "{}",
+        describe(&stalled)
+    );
+    apply_yaml(&client, &ns, &source(&actual)).await?;
+    wait_for(&api, "sum", Duration::from_secs(90), "Ready", |o| {
+        has(o, types::READY, "True", reasons::SUCCEEDED) && condition(o, types::STALLED).is_none()
+    })
+    .await?;
+    controller.stop().await
 }
 
 /// Adds a commit tagged `tag` to `main` of the bed's `<name>.git`.
@@ -737,6 +808,12 @@ spec:
         );
         anyhow::ensure!(count >= 1.0, "no {stage} duration recorded:\n{text}");
     }
+    // At least the tag/blob HEADs and uploads of the pushes above.
+    let requests = metric(
+        &text,
+        "packsmith_registry_requests_total{kind=\"PackageSource\"}",
+    );
+    anyhow::ensure!(requests >= 4.0, "registry requests {requests}:\n{text}");
 
     // Deletion removes what the source published.
     api.delete("demo", &DeleteParams::default()).await?;

@@ -54,6 +54,7 @@ pub struct Metrics {
     stage_duration: HistogramFamily<StageLabels>,
     writes: Family<WriteLabels, Counter>,
     in_flight: Family<KindLabels, Gauge>,
+    registry_requests: Family<KindLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -83,6 +84,7 @@ impl Metrics {
             Family::new_with_constructor(duration_histogram);
         let writes = Family::<WriteLabels, Counter>::default();
         let in_flight = Family::<KindLabels, Gauge>::default();
+        let registry_requests = Family::<KindLabels, Counter>::default();
         registry.register(
             "reconcile_duration_seconds",
             "Duration of one reconcile",
@@ -108,6 +110,11 @@ impl Metrics {
             "Reconciles running now",
             in_flight.clone(),
         );
+        registry.register(
+            "registry_requests",
+            "HTTP requests to OCI registries by the lock, push and pull stages",
+            registry_requests.clone(),
+        );
         Self {
             registry,
             reconcile_duration,
@@ -115,7 +122,16 @@ impl Metrics {
             stage_duration,
             writes,
             in_flight,
+            registry_requests,
         }
+    }
+
+    pub fn registry_requests(&self, kind: &str, n: usize) {
+        self.registry_requests
+            .get_or_create(&KindLabels {
+                kind: kind.to_owned(),
+            })
+            .inc_by(n as u64);
     }
 
     pub fn reconciled(&self, kind: &str, result: &str, reason: &str, took: Duration) {

@@ -396,6 +396,8 @@ async fn produce(
     .await;
     ctx.metrics.stage(KIND, "push", started.elapsed());
     ctx.work_dirs.used(&work);
+    ctx.metrics
+        .registry_requests(KIND, registry.requests_made());
     let released = released.map_err(release_failure)?;
     if let Ok(mut m) = ctx.repository_fingerprints.lock() {
         m.insert(key(obj), fingerprint);

@@ -324,6 +324,8 @@ async fn produce_inner(
     let started = Instant::now();
     let outcome = pipeline::run(&input).await;
     ctx.metrics.stage(KIND, "pipeline", started.elapsed());
+    ctx.metrics
+        .registry_requests(KIND, registry.requests_made());
     ctx.work_dirs.used(&work);
     let outcome = outcome.map_err(|e| (Failure::from(e), None))?;
 

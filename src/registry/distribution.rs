@@ -124,6 +124,8 @@ pub(super) struct Shared {
     plain_http: HashSet<String>,
     challenges: ChallengeCells,
     tokens: TokenCells,
+    /// Requests made by every distribution client of this registry that has been dropped.
+    requests: AtomicUsize,
 }
 
 /// The system's root certificates, read once per process: every client build would otherwise
@@ -144,6 +146,11 @@ fn system_roots() -> &'static [reqwest::Certificate] {
 }
 
 impl Shared {
+    /// Requests made through clients already dropped.
+    pub(super) fn requests(&self) -> usize {
+        self.requests.load(Ordering::Relaxed)
+    }
+
     pub(super) fn new(options: &RegistryOptions) -> Result<Self, RegistryError> {
         // Parse the user's CAs now, so a bad bundle is a configuration error up front.
         for pem in &options.ca_pems {
@@ -175,6 +182,7 @@ impl Shared {
             plain_http,
             challenges: Mutex::default(),
             tokens: Mutex::default(),
+            requests: AtomicUsize::new(0),
         })
     }
 
@@ -216,6 +224,13 @@ fn client_builder(read_timeout: std::time::Duration, pool_size: usize) -> reqwes
 pub struct DistributionClient<'r> {
     registry: &'r Registry,
     counts: RequestCounts,
+}
+
+impl Drop for DistributionClient<'_> {
+    fn drop(&mut self) {
+        let made = self.stats().total();
+        self.shared().requests.fetch_add(made, Ordering::Relaxed);
+    }
 }
 
 /// The name the lock stage knows this client by.

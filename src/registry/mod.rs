@@ -135,6 +135,13 @@ impl Registry {
         })
     }
 
+    /// HTTP requests made through distribution clients of this registry that are done (the
+    /// controller's registry request metric). oci-client's own requests (image and bundle
+    /// sync, tag listing) are not counted.
+    pub fn requests_made(&self) -> usize {
+        self.shared.requests()
+    }
+
     /// The distribution client (lock, push, pull), counting requests from zero.
     pub fn distribution(&self) -> DistributionClient<'_> {
         DistributionClient::for_registry(self)
