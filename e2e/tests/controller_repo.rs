@@ -228,18 +228,30 @@ spec:
     ensure!(in_bundle == expected, "bundle holds {in_bundle:?}");
 
     // The PackageRepository fetches the bundle by digest and says who owns it.
+    // (Compared with the status as it is now: a source that published in-cluster before the
+    // repository was seen, and then moved, may have re-run the repository since.)
     let repos: Api<PackageRepository> = Api::namespaced(client.clone(), &ns);
+    wait_until(
+        "the PackageRepository fetching the bundle on status",
+        || async {
+            let fetched = repos
+                .get("main")
+                .await?
+                .spec
+                .fetch
+                .imgpkg_bundle
+                .map(|b| b.image);
+            let current = api
+                .get("main")
+                .await?
+                .status
+                .and_then(|s| s.bundle)
+                .map(|b| b.image);
+            Ok(fetched.is_some() && fetched == current)
+        },
+    )
+    .await?;
     let pkgr = repos.get("main").await?;
-    let fetched = pkgr
-        .spec
-        .fetch
-        .imgpkg_bundle
-        .as_ref()
-        .map(|b| b.image.clone());
-    ensure!(
-        fetched.as_deref() == Some(bundle.image.as_str()),
-        "{fetched:?}"
-    );
     ensure!(
         pkgr.labels()
             .get("app.kubernetes.io/managed-by")
@@ -263,9 +275,29 @@ spec:
             anyhow::Ok(!packages.list(&lp).await?.items.is_empty())
         }
     };
+    // Recorded on status too: a move removes the Packages before it writes status, and the
+    // status write is what re-runs the repository (which must be done before the steady window).
+    let recorded = |name: &'static str| {
+        let sources = sources.clone();
+        async move {
+            let source = sources.get(name).await?;
+            anyhow::Ok(
+                source
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.package.as_ref())
+                    .is_some_and(|p| p.namespace.is_none() && p.config_map.is_some()),
+            )
+        }
+    };
     wait_until(
         "alpha, bravo released through the repository only",
-        || async { Ok(!in_cluster("alpha").await? && !in_cluster("bravo").await?) },
+        || async {
+            Ok(!in_cluster("alpha").await?
+                && !in_cluster("bravo").await?
+                && recorded("alpha").await?
+                && recorded("bravo").await?)
+        },
     )
     .await?;
     ensure!(
@@ -370,7 +402,7 @@ spec:
             == Some(image.as_str())
     );
     wait_until("delta released through the repository only", || async {
-        Ok(!in_cluster("delta").await?)
+        Ok(!in_cluster("delta").await? && recorded("delta").await?)
     })
     .await?;
     ensure!(
