@@ -147,7 +147,10 @@ pub async fn apply(
         .get_opt(&name)
         .await
         .map_err(kube(format!("reading ConfigMap {namespace}/{name}")))?
-        && existing.labels() != cm.labels()
+        && !cm
+            .labels()
+            .iter()
+            .all(|(k, v)| existing.labels().get(k) == Some(v))
     {
         return Err(PublishError::Invalid(format!(
             "ConfigMap {namespace}/{name} exists and is not this PackageSource's release record \
