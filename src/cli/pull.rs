@@ -37,5 +37,12 @@ pub fn run(args: &PullArgs) -> anyhow::Result<()> {
         args.output.display(),
         pulled.files
     );
+    if pulled.relocated {
+        println!(
+            "Updated {}/.imgpkg/images.yml: its images were relocated with the bundle and are \
+             taken from the bundle's repository",
+            args.output.display()
+        );
+    }
     Ok(())
 }
