@@ -144,6 +144,39 @@ pub async fn namespace(client: &kube::Client, prefix: &str) -> anyhow::Result<St
     Ok(name)
 }
 
+/// The API of `obj`'s kind (found through discovery, namespaced ones in their own namespace
+/// or else `namespace`) and its name.
+pub async fn dynamic_api(
+    client: &kube::Client,
+    namespace: &str,
+    obj: &kube::api::DynamicObject,
+) -> anyhow::Result<(kube::Api<kube::api::DynamicObject>, String)> {
+    use kube::api::{Api, GroupVersionKind};
+    let types = obj
+        .types
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("document without apiVersion/kind"))?;
+    let (group, version) = match types.api_version.split_once('/') {
+        Some((g, v)) => (g.to_owned(), v.to_owned()),
+        None => (String::new(), types.api_version.clone()),
+    };
+    let gvk = GroupVersionKind::gvk(&group, &version, &types.kind);
+    let (ar, caps) = kube::discovery::pinned_kind(client, &gvk).await?;
+    let api = match caps.scope {
+        kube::discovery::Scope::Namespaced => {
+            let ns = obj.metadata.namespace.as_deref().unwrap_or(namespace);
+            Api::namespaced_with(client.clone(), ns, &ar)
+        }
+        kube::discovery::Scope::Cluster => Api::all_with(client.clone(), &ar),
+    };
+    let name = obj
+        .metadata
+        .name
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("{} without metadata.name", types.kind))?;
+    Ok((api, name))
+}
+
 /// Server-side applies every document of a YAML stream (namespaced ones into `namespace`),
 /// resolving kinds through discovery, as `kubectl apply --server-side` would.
 pub async fn apply_yaml(
@@ -151,33 +184,12 @@ pub async fn apply_yaml(
     namespace: &str,
     yaml: &str,
 ) -> anyhow::Result<Vec<kube::api::DynamicObject>> {
-    use kube::api::{Api, DynamicObject, GroupVersionKind, Patch, PatchParams};
+    use kube::api::{DynamicObject, Patch, PatchParams};
     let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(yaml)?;
     let mut applied = Vec::new();
     for doc in docs.into_iter().filter(|d| !d.is_null()) {
         let obj: DynamicObject = serde_json::from_value(doc)?;
-        let types = obj
-            .types
-            .clone()
-            .ok_or_else(|| anyhow::anyhow!("document without apiVersion/kind"))?;
-        let (group, version) = match types.api_version.split_once('/') {
-            Some((g, v)) => (g.to_owned(), v.to_owned()),
-            None => (String::new(), types.api_version.clone()),
-        };
-        let gvk = GroupVersionKind::gvk(&group, &version, &types.kind);
-        let (ar, caps) = kube::discovery::pinned_kind(client, &gvk).await?;
-        let api: Api<DynamicObject> = match caps.scope {
-            kube::discovery::Scope::Namespaced => {
-                let ns = obj.metadata.namespace.as_deref().unwrap_or(namespace);
-                Api::namespaced_with(client.clone(), ns, &ar)
-            }
-            kube::discovery::Scope::Cluster => Api::all_with(client.clone(), &ar),
-        };
-        let name = obj
-            .metadata
-            .name
-            .clone()
-            .ok_or_else(|| anyhow::anyhow!("{} without metadata.name", types.kind))?;
+        let (api, name) = dynamic_api(client, namespace, &obj).await?;
         let pp = PatchParams::apply("packsmith-e2e").force();
         applied.push(api.patch(&name, &pp, &Patch::Apply(&obj)).await?);
     }

@@ -28,7 +28,7 @@ use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{Api, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch};
 use kube::api::{PatchParams, PostParams};
 use libtest_mimic::Trial;
 use packsmith::api::conditions::{reasons, types};
@@ -238,28 +238,16 @@ fn find<'a>(docs: &'a [Value], kind: &str) -> anyhow::Result<&'a Value> {
 async fn dry_run_apply(client: &kube::Client, ns: &str, docs: &[Value]) -> anyhow::Result<()> {
     for doc in docs {
         let obj: DynamicObject = serde_json::from_value(doc.clone())?;
-        let types = obj
+        let (api, name) = crate::support::dynamic_api(client, ns, &obj).await?;
+        let kind = obj
             .types
-            .clone()
-            .ok_or_else(|| anyhow::anyhow!("document without apiVersion/kind"))?;
-        let (group, version) = match types.api_version.split_once('/') {
-            Some((g, v)) => (g.to_owned(), v.to_owned()),
-            None => (String::new(), types.api_version.clone()),
-        };
-        let gvk = GroupVersionKind::gvk(&group, &version, &types.kind);
-        let (ar, caps) = kube::discovery::pinned_kind(client, &gvk).await?;
-        let api: Api<DynamicObject> = match caps.scope {
-            kube::discovery::Scope::Namespaced => {
-                let ns = obj.metadata.namespace.as_deref().unwrap_or(ns);
-                Api::namespaced_with(client.clone(), ns, &ar)
-            }
-            kube::discovery::Scope::Cluster => Api::all_with(client.clone(), &ar),
-        };
-        let name = obj.metadata.name.clone().unwrap_or_default();
+            .as_ref()
+            .map(|t| t.kind.clone())
+            .unwrap_or_default();
         let pp = PatchParams::apply("packsmith-e2e-ship").force().dry_run();
         api.patch(&name, &pp, &Patch::Apply(&obj))
             .await
-            .map_err(|e| anyhow::anyhow!("{} {name}: {e}", types.kind))?;
+            .map_err(|e| anyhow::anyhow!("{kind} {name}: {e}"))?;
     }
     Ok(())
 }
