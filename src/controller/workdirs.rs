@@ -71,6 +71,9 @@ impl WorkDirs {
     /// `<namespace>/.repositories/<name>`), so a restarted controller counts what a persistent
     /// volume kept, including directories of objects deleted while it was down.
     pub fn scan(&self, cache_dir: &Path) {
+        if self.max_bytes.is_none() {
+            return;
+        }
         let Ok(namespaces) = std::fs::read_dir(cache_dir) else {
             return;
         };
@@ -121,6 +124,10 @@ impl WorkDirs {
     /// Records `path`'s size after a reconcile, then evicts least recently used idle
     /// directories while over the cap. Returns the evicted directories.
     pub fn used(&self, path: &Path) -> Vec<PathBuf> {
+        // Without a cap nothing is ever evicted: no need to walk the tree on every reconcile.
+        if self.max_bytes.is_none() {
+            return Vec::new();
+        }
         let size = size_of(path);
         let mut trash = Vec::new();
         let doomed = {
@@ -231,6 +238,17 @@ mod tests {
         for d in [&a, &c] {
             assert!(unbounded.used(d).is_empty());
         }
+    }
+
+    #[test]
+    fn without_a_cap_nothing_is_measured_or_evicted() {
+        let root = tempfile::tempdir().unwrap();
+        let a = dir_of(root.path(), "a", 1_000);
+        let dirs = WorkDirs::new(None);
+        dirs.scan(root.path());
+        assert!(dirs.used(&a).is_empty());
+        assert_eq!(dirs.total(), 0);
+        assert!(a.exists());
     }
 
     #[test]
