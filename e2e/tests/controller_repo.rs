@@ -29,6 +29,9 @@ pub fn trials() -> Vec<Trial> {
 }
 
 const REPO_STATUS_WRITES: &str = "packsmith_api_writes_total{kind=\"PackageRepositorySource\",resource=\"packagerepositorysources/status\"";
+const SOURCE_WRITES: &str = "packsmith_api_writes_total{kind=\"PackageSource\"";
+const SOURCE_SUCCESSES: &str =
+    "packsmith_reconcile_total{kind=\"PackageSource\",result=\"success\"";
 const REPO_PUSHES: &str =
     "packsmith_stage_duration_seconds_count{kind=\"PackageRepositorySource\",stage=\"push\"";
 
@@ -119,11 +122,15 @@ async fn aggregates_selected_sources_into_a_repository() -> anyhow::Result<()> {
 
     // alpha and bravo are released through the repository only; charlie asks to be applied
     // in-cluster as well.
+    // bravo looks again every 2 s: a recorded release must not be rewritten (nor the
+    // repository re-pushed) when nothing upstream changed.
     let mut yaml = String::new();
-    for name in ["alpha", "bravo"] {
-        yaml.push_str(&labelled_source(name, &ns, &reg, "repo: main"));
-        yaml.push_str("---\n");
-    }
+    yaml.push_str(&labelled_source("alpha", &ns, &reg, "repo: main"));
+    yaml.push_str("---\n");
+    yaml.push_str(
+        &labelled_source("bravo", &ns, &reg, "repo: main").replace("interval: 1h", "interval: 2s"),
+    );
+    yaml.push_str("---\n");
     yaml.push_str(&labelled_source_with(
         "charlie",
         &ns,
@@ -358,9 +365,19 @@ spec:
     let before = controller.metrics().await?;
     tokio::time::sleep(Duration::from_secs(7)).await;
     let after = controller.metrics().await?;
-    let (writes, pushes) = (
+    let (writes, pushes, source_writes, source_runs) = (
         metric(&after, REPO_STATUS_WRITES) - metric(&before, REPO_STATUS_WRITES),
         metric(&after, REPO_PUSHES) - metric(&before, REPO_PUSHES),
+        metric(&after, SOURCE_WRITES) - metric(&before, SOURCE_WRITES),
+        metric(&after, SOURCE_SUCCESSES) - metric(&before, SOURCE_SUCCESSES),
+    );
+    ensure!(
+        source_runs >= 1.0,
+        "bravo (interval 2s) did not reconcile in the steady window:\n{after}"
+    );
+    ensure!(
+        source_writes == 0.0,
+        "steady state: the PackageSources wrote {source_writes} times in {source_runs} reconciles:\n{after}"
     );
     ensure!(
         metric(&after, REPO_PUSHES) >= 1.0 && metric(&after, REPO_STATUS_WRITES) >= 1.0,
@@ -369,6 +386,19 @@ spec:
     ensure!(
         writes == 0.0 && pushes == 0.0,
         "steady state wrote {writes} statuses and pushed {pushes} times"
+    );
+    // Moving a release from the cluster into a record keeps it byte-for-byte (its releasedAt
+    // included), so the repository bundle is the one first pushed.
+    let settled = api
+        .get("main")
+        .await?
+        .status
+        .and_then(|s| s.bundle)
+        .map(|b| b.image);
+    ensure!(
+        settled.as_deref() == Some(bundle.image.as_str()),
+        "the repository digest moved from {} to {settled:?} though no package changed",
+        bundle.image
     );
 
     // Labelling the fourth source re-runs the repository through the PackageSource watch,
@@ -405,6 +435,19 @@ spec:
         Ok(!in_cluster("delta").await? && recorded("delta").await?)
     })
     .await?;
+    // delta's Package was in the cluster when the repository took it in; its record is the
+    // same Package, so the repository re-run its move triggers pushes nothing new.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let moved = api
+        .get("main")
+        .await?
+        .status
+        .and_then(|s| s.bundle)
+        .map(|b| b.image);
+    ensure!(
+        moved.as_deref() == Some(image.as_str()),
+        "moving delta's release into a record changed the repository digest: {image} -> {moved:?}"
+    );
     ensure!(
         config_maps
             .get_opt("delta.repo.ctl.example.com.0.1.0")

@@ -126,23 +126,21 @@ async fn classify(client: &Client, action: String, e: kube::Error) -> PublishErr
     PublishError::kube(action, e)
 }
 
-/// Whether the Package for `outcome` already exists in `namespace` and fetches the same
-/// bundle: then nothing needs to be applied.
-pub async fn is_current(
+/// Package `namespace/name`, if it exists.
+pub async fn get(
     client: &Client,
     namespace: &str,
-    outcome: &Outcome,
-) -> Result<bool, PublishError> {
+    name: &str,
+) -> Result<Option<Package>, PublishError> {
     let api: Api<Package> = Api::namespaced(client.clone(), namespace);
-    let name = outcome.package.name_any();
-    match api.get_opt(&name).await {
-        Ok(Some(existing)) => Ok(fetched_image(&existing) == fetched_image(&outcome.package)),
-        Ok(None) => Ok(false),
+    match api.get_opt(name).await {
+        Ok(found) => Ok(found),
         Err(e) => Err(classify(client, format!("reading Package {namespace}/{name}"), e).await),
     }
 }
 
-fn fetched_image(p: &Package) -> Option<&str> {
+/// The bundle a Package fetches.
+pub fn fetched_image(p: &Package) -> Option<&str> {
     p.spec
         .template
         .spec

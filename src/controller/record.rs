@@ -120,13 +120,16 @@ pub fn parse(cm: &ConfigMap) -> Result<Record, BadRecord> {
     Ok(Record { package, metadata })
 }
 
-/// Whether the record for `outcome` exists and fetches the same bundle.
-pub async fn is_current(ctx: &Context, namespace: &str, outcome: &Outcome) -> bool {
+/// The Package recorded in ConfigMap `name`, if there is a readable one.
+pub async fn package(ctx: &Context, namespace: &str, name: &str) -> Option<Package> {
     let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
-    match api.get_opt(&outcome.package.name_any()).await {
-        Ok(Some(cm)) => parse(&cm).is_ok_and(|r| r.package.spec == strip(&outcome.package).spec),
-        _ => false,
-    }
+    let cm = api.get_opt(name).await.ok()??;
+    parse(&cm).ok().map(|r| r.package)
+}
+
+/// Whether `recorded` (as read back) holds exactly `outcome`'s Package.
+pub fn holds(recorded: &Package, outcome: &Outcome) -> bool {
+    recorded.spec == strip(&outcome.package).spec
 }
 
 /// Applies the record, then deletes the source's records beyond the newest `retain` (the

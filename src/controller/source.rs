@@ -26,6 +26,7 @@ use super::status::{self, Failure, Observed, Publication, Retry};
 use crate::api::conditions::{self, reasons, types};
 use crate::api::source::{DeletionPolicy, PackageStatus};
 use crate::api::{FIELD_MANAGER, PackageSource, PackageSourceStatus, REQUESTED_AT_ANNOTATION};
+use crate::carvel::package::Package;
 use crate::carvel::vendir::LockConfig as VendirLock;
 use crate::pipeline::{self, Outcome, PipelineInput, Stage};
 
@@ -327,7 +328,18 @@ async fn produce_inner(
     ctx.metrics
         .registry_requests(KIND, registry.requests_made());
     ctx.work_dirs.used(&work);
-    let outcome = outcome.map_err(|e| (Failure::from(e), None))?;
+    let mut outcome = outcome.map_err(|e| (Failure::from(e), None))?;
+    let last = match last_release(ctx, &namespace, current, &outcome).await {
+        Ok(last) => last,
+        Err(e) => return Err((e.to_failure(), Some(outcome))),
+    };
+    if let Some(last) = &last
+        && publish::fetched_image(last) == publish::fetched_image(&outcome.package)
+    {
+        // The same bundle released again (a re-run, or a move between the cluster and a
+        // repository) keeps the time it was first released: no rewrite, no new repository digest.
+        outcome.package.spec.released_at = last.spec.released_at;
+    }
 
     let selected_by: Vec<String> =
         super::repository::selecting(ctx.repositories.state().iter().map(|r| r.as_ref()), obj)
@@ -336,7 +348,7 @@ async fn produce_inner(
             .collect();
     let started = Instant::now();
     if !spec.publish.enabled.unwrap_or(selected_by.is_empty()) {
-        let recorded = record_outcome(ctx, obj, current, &outcome).await;
+        let recorded = record_outcome(ctx, obj, current, &outcome, last.as_ref()).await;
         ctx.metrics.stage(KIND, "publish", started.elapsed());
         return match recorded {
             Ok(config_map) => Ok(Produced {
@@ -349,7 +361,15 @@ async fn produce_inner(
             Err(e) => Err((e.to_failure(), Some(outcome))),
         };
     }
-    let published = publish_outcome(ctx, obj, current, &outcome, &publish_namespace).await;
+    let published = publish_outcome(
+        ctx,
+        obj,
+        current,
+        &outcome,
+        &publish_namespace,
+        last.as_ref(),
+    )
+    .await;
     ctx.metrics.stage(KIND, "publish", started.elapsed());
     match published {
         Ok(wrote) => Ok(Produced {
@@ -363,14 +383,40 @@ async fn produce_inner(
     }
 }
 
-/// Applies the Package unless status and cluster already hold exactly this one; then prunes
-/// beyond `retain` and what an earlier `publish.namespace` held. Returns whether it wrote.
+/// The Package this source released last, read from where status says it lives (in-cluster
+/// or a release record), when it is `outcome`'s package version.
+async fn last_release(
+    ctx: &Context,
+    namespace: &str,
+    current: &PackageSourceStatus,
+    outcome: &Outcome,
+) -> Result<Option<Package>, PublishError> {
+    let Some(last) = current
+        .package
+        .as_ref()
+        .filter(|p| p.name == status::package_name(outcome))
+    else {
+        return Ok(None);
+    };
+    if let Some(config_map) = &last.config_map {
+        return Ok(record::package(ctx, namespace, config_map).await);
+    }
+    match &last.namespace {
+        Some(ns) => publish::get(&ctx.client, ns, &last.name).await,
+        None => Ok(None),
+    }
+}
+
+/// Applies the Package unless status and cluster already hold exactly this one (`last`, read
+/// from where status says it lives); then prunes beyond `retain` and what an earlier
+/// `publish.namespace` held. Returns whether it wrote.
 async fn publish_outcome(
     ctx: &Context,
     obj: &PackageSource,
     current: &PackageSourceStatus,
     outcome: &Outcome,
     publish_namespace: &str,
+    last: Option<&Package>,
 ) -> Result<bool, PublishError> {
     let namespace = obj.namespace().unwrap_or_default();
     let name = obj.name_any();
@@ -382,7 +428,10 @@ async fn publish_outcome(
     };
     let recorded = current.bundle.as_ref().map(|b| b.image.as_str()) == Some(&outcome.pushed.image)
         && current.package.as_ref() == Some(&expected);
-    if recorded && publish::is_current(&ctx.client, publish_namespace, outcome).await? {
+    if recorded
+        && last
+            .is_some_and(|l| publish::fetched_image(l) == publish::fetched_image(&outcome.package))
+    {
         return Ok(false);
     }
     publish::apply(ctx, publish_namespace, outcome).await?;
@@ -423,6 +472,7 @@ async fn record_outcome(
     obj: &PackageSource,
     current: &PackageSourceStatus,
     outcome: &Outcome,
+    last: Option<&Package>,
 ) -> Result<String, PublishError> {
     let namespace = obj.namespace().unwrap_or_default();
     let name = obj.name_any();
@@ -435,7 +485,7 @@ async fn record_outcome(
     };
     let recorded = current.bundle.as_ref().map(|b| b.image.as_str()) == Some(&outcome.pushed.image)
         && current.package.as_ref() == Some(&expected);
-    if recorded && record::is_current(ctx, &namespace, outcome).await {
+    if recorded && last.is_some_and(|l| record::holds(l, outcome)) {
         return Ok(config_map);
     }
     let deleted = record::apply(ctx, obj, outcome, obj.spec.publish.retain).await?;
