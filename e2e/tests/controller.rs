@@ -687,8 +687,23 @@ spec:
     );
     let rv0 = ready.resource_version();
     let package_rv0 = package.resource_version();
-    tokio::time::sleep(Duration::from_secs(10)).await;
-    let after = controller.metrics().await?;
+    // Three interval reconciles, however long a loaded machine takes for them.
+    let window = Instant::now();
+    let deadline = window + Duration::from_secs(90);
+    let after = loop {
+        let now = controller.metrics().await?;
+        if metric(&now, SUCCESSES) - successes0 >= 3.0 {
+            break now;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {} reconciles in {:?} at a 3s interval",
+            metric(&now, SUCCESSES) - successes0,
+            window.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let window = window.elapsed();
     let steady_reconciles = metric(&after, SUCCESSES) - successes0;
     let steady_writes =
         metric(&after, STATUS_WRITES) - writes0 + metric(&after, PACKAGE_WRITES) - packages0;
@@ -699,13 +714,9 @@ spec:
         )
     };
     eprintln!(
-        "controller steady state: {steady_reconciles} reconciles in 10s, {steady_writes} API \
-         writes, {:.3}s per reconcile",
+        "controller steady state: {steady_reconciles} reconciles in {window:.1?}, {steady_writes} \
+         API writes, {:.3}s per reconcile",
         (took(&after) - took(&before)) / steady_reconciles.max(1.0)
-    );
-    anyhow::ensure!(
-        steady_reconciles >= 2.0,
-        "only {steady_reconciles} reconciles in 10s at a 3s interval"
     );
     anyhow::ensure!(
         steady_writes == 0.0,

@@ -24,7 +24,7 @@ pub fn trials() -> Vec<Trial> {
 }
 
 const LEASE: &str = "packsmith-e2e";
-const LEASE_DURATION: Duration = Duration::from_secs(3);
+const LEASE_DURATION: Duration = Duration::from_secs(6);
 
 async fn elected(ns: &str, identity: &str) -> anyhow::Result<Running> {
     let (ns, identity) = (ns.to_owned(), identity.to_owned());
@@ -34,7 +34,7 @@ async fn elected(ns: &str, identity: &str) -> anyhow::Result<Running> {
             lease_name: LEASE.to_owned(),
             identity,
             lease_duration: LEASE_DURATION,
-            renew_deadline: Duration::from_secs(2),
+            renew_deadline: Duration::from_secs(4),
             retry_period: Duration::from_secs(1),
         });
     })
@@ -86,8 +86,23 @@ async fn one_leader_and_failover() -> anyhow::Result<()> {
     let ready = |o: &PackageSource| has(o, types::READY, "True", reasons::SUCCEEDED);
     wait_for(&api, "ha", Duration::from_secs(60), "Ready", ready).await?;
     // A few intervals: only the holder reconciles.
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let leader = wait_holder(&leases, Duration::from_secs(10)).await?;
+    let leader = wait_holder(&leases, Duration::from_secs(30)).await?;
+    let by_leader = |m: &str| metric(m, SUCCESSES);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (ma, mb) = (
+            a.as_ref().expect("started").metrics().await?,
+            b.as_ref().expect("started").metrics().await?,
+        );
+        if by_leader(&ma) + by_leader(&mb) >= 2.0 {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "fewer than 2 reconciles at a 2s interval in 60s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     anyhow::ensure!(
         leader == "replica-a" || leader == "replica-b",
         "holder {leader}"
@@ -117,7 +132,8 @@ async fn one_leader_and_failover() -> anyhow::Result<()> {
     // Kill the leader: its runtime is dropped, the Lease is not released.
     let killed = Instant::now();
     drop(leading.take());
-    let deadline = killed + LEASE_DURATION + Duration::from_secs(5);
+    // Generous: the point is that a successor takes over at all; the figure is printed.
+    let deadline = killed + LEASE_DURATION + Duration::from_secs(60);
     let successor = loop {
         let h = holder(&leases).await?;
         if let Some(h) = h.filter(|h| *h != leader) {
@@ -132,7 +148,7 @@ async fn one_leader_and_failover() -> anyhow::Result<()> {
     };
     let took = killed.elapsed();
     let before = metric(&survivor.metrics().await?, SUCCESSES);
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(60);
     while metric(&survivor.metrics().await?, SUCCESSES) < before + 1.0 {
         anyhow::ensure!(
             Instant::now() < deadline,
@@ -140,7 +156,7 @@ async fn one_leader_and_failover() -> anyhow::Result<()> {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    wait_for(&api, "ha", Duration::from_secs(5), "still Ready", ready).await?;
+    wait_for(&api, "ha", Duration::from_secs(30), "still Ready", ready).await?;
     eprintln!("controller_leader: {successor} took over {took:?} after {leader} was killed");
 
     // A graceful stop releases the Lease.
@@ -152,7 +168,7 @@ async fn one_leader_and_failover() -> anyhow::Result<()> {
 
     // A leader that finds another holder stops with LeadershipLost (the binary exits 1).
     let c = elected(&ns, "replica-c").await?;
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(60);
     while holder(&leases).await?.as_deref() != Some("replica-c") {
         anyhow::ensure!(Instant::now() < deadline, "replica-c never leads");
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -169,11 +185,11 @@ async fn one_leader_and_failover() -> anyhow::Result<()> {
         )
         .await?;
     let stolen = Instant::now();
-    let result = tokio::time::timeout(Duration::from_secs(10), c.finished()).await;
+    let result = tokio::time::timeout(Duration::from_secs(60), c.finished()).await;
     match result {
         Ok(Err(e)) if format!("{e:#}").contains("lost the leadership") => {}
         Ok(other) => anyhow::bail!("replica-c ended with {other:?}, not LeadershipLost"),
-        Err(_) => anyhow::bail!("replica-c still runs 10s after losing its Lease"),
+        Err(_) => anyhow::bail!("replica-c still runs 60s after losing its Lease"),
     }
     eprintln!(
         "controller_leader: a robbed leader stopped {:?} after the theft",
