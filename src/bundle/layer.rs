@@ -200,12 +200,25 @@ const FINAL_EMPTY_BLOCK: [u8; 2] = [0x03, 0x00];
 /// Chunks deflated at once at most, whatever the machine.
 const MAX_WORKERS: usize = 4;
 
-/// Deflates one chunk of the tar on its own (level 1, like imgpkg), ending in a sync flush so
-/// that chunks concatenate into one valid deflate stream. Each chunk starts with an empty
-/// window, so the output depends on the chunk boundaries (fixed: [`CHUNK`] bytes of tar) and
-/// never on how many chunks were compressed side by side.
+/// Deflates one chunk of the tar on its own, ending in a sync flush so that chunks
+/// concatenate into one valid deflate stream. Each chunk starts with an empty window, so the
+/// output depends on the chunk boundaries (fixed: [`CHUNK`] bytes of tar) and never on how
+/// many chunks were compressed side by side. A chunk level 1 cannot shrink (random or
+/// already-compressed data, and base64: zlib-rs's level 1 uses fixed Huffman codes only, which
+/// give text of a 64-letter alphabet nothing) is written as stored blocks, which costs a copy
+/// instead of a deflate pass several times slower than the upload; see [`is_incompressible`].
 fn deflate_chunk(chunk: &[u8]) -> std::io::Result<Vec<u8>> {
-    let mut deflate = Compress::new(Compression::fast(), false);
+    let level = if is_incompressible(chunk)? {
+        Compression::none()
+    } else {
+        // Level 1, like imgpkg.
+        Compression::fast()
+    };
+    deflate_with(level, chunk)
+}
+
+fn deflate_with(level: Compression, chunk: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut deflate = Compress::new(level, false);
     let mut out = Vec::with_capacity(chunk.len() + chunk.len() / 16 + 64);
     loop {
         if out.len() == out.capacity() {
@@ -220,6 +233,28 @@ fn deflate_chunk(chunk: &[u8]) -> std::io::Result<Vec<u8>> {
             return Ok(out);
         }
     }
+}
+
+/// Bytes deflated at each probe of a chunk, and how many probes, spread evenly over it.
+const PROBE: usize = 16 * 1024;
+const PROBES: usize = 4;
+
+/// Whether level 1 would not shrink `chunk` by a tenth: true when none of [`PROBES`] samples
+/// of it does. A function of the chunk's bytes only, so the layer stays deterministic; the
+/// probes cost about 6% of deflating the chunk. Chunks too small to probe are compressed.
+fn is_incompressible(chunk: &[u8]) -> std::io::Result<bool> {
+    if chunk.len() < PROBE * PROBES {
+        return Ok(false);
+    }
+    let stride = (chunk.len() - PROBE) / (PROBES - 1);
+    for i in 0..PROBES {
+        let sample = &chunk[i * stride..i * stride + PROBE];
+        let deflated = deflate_with(Compression::fast(), sample)?;
+        if deflated.len() * 10 < sample.len() * 9 {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// Gzip as the layer is gzip'd, on one thread: what [`encoder_fingerprint`] measures.
@@ -260,9 +295,22 @@ pub(crate) fn encoder_fingerprint() -> &'static str {
             let line = format!("key{}: value-{:x}\n", state % 97, state >> 40);
             sample.extend_from_slice(line.as_bytes());
         }
+        // And a chunk of noise, which is stored rather than deflated.
+        let noise: Vec<u8> = std::iter::repeat_with(|| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state.to_le_bytes()
+        })
+        .flatten()
+        .take(PROBE * PROBES)
+        .collect();
         // An error would only make every lookup miss.
-        let compressed = gzip(&sample).unwrap_or_default();
-        digest_string(&Sha256::digest(&compressed))
+        let mut hash = Sha256::new();
+        for part in [&sample, &noise] {
+            hash.update(gzip(part).unwrap_or_default());
+        }
+        digest_string(&hash.finalize())
     })
 }
 
@@ -386,6 +434,44 @@ mod tests {
         assert_eq!(one.0, gzip(&data).unwrap());
         let mut back = Vec::new();
         flate2::read::GzDecoder::new(one.0.as_slice())
+            .read_to_end(&mut back)
+            .unwrap();
+        assert_eq!(back, data);
+    }
+
+    #[test]
+    fn incompressible_chunks_are_stored_and_text_is_deflated() {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut letter = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+                [(state % 64) as usize]
+        };
+        // base64 of random bytes: level 1's fixed codes save nothing on it.
+        let base64: Vec<u8> = (0..CHUNK).map(|_| letter()).collect();
+        assert!(is_incompressible(&base64).unwrap());
+        let stored = deflate_chunk(&base64).unwrap();
+        // Stored blocks: the data plus 5 bytes per 64 KiB block and the sync flush.
+        assert!(
+            stored.len() > CHUNK && stored.len() < CHUNK + 1024,
+            "{}",
+            stored.len()
+        );
+
+        let text: Vec<u8> = (0..CHUNK)
+            .map(|i| b"key: value-0123456789abcdef\n"[i % 28])
+            .collect();
+        assert!(!is_incompressible(&text).unwrap());
+        assert!(deflate_chunk(&text).unwrap().len() < CHUNK / 10);
+        // Too small to probe: deflated whatever it holds.
+        assert!(!is_incompressible(&base64[..PROBE]).unwrap());
+
+        let mut data = base64.clone();
+        data.extend_from_slice(&text);
+        let mut back = Vec::new();
+        flate2::read::GzDecoder::new(gzip(&data).unwrap().as_slice())
             .read_to_end(&mut back)
             .unwrap();
         assert_eq!(back, data);

@@ -6,7 +6,8 @@
 //! `shared/spec/carvel.md`): the tar is byte for byte Go's `archive/tar` encoding of imgpkg's
 //! `filepath.Walk`, with owner-only modes and zero timestamps and owners, so the same tree
 //! always gives the same diff_id as imgpkg. The gzip stream is ours (level 1, like imgpkg's,
-//! but zlib-rs rather than Go's encoder), so the layer digest is stable for a given packsmith
+//! but zlib-rs rather than Go's encoder, and stored blocks for 1 MiB pieces level 1 cannot
+//! shrink), so the layer digest is stable for a given packsmith
 //! build and changes only if the compressor library does (it changed once already, from
 //! miniz_oxide to zlib-rs, before 1.0). [`build_with_cache`] skips tar and gzip for a tree
 //! whose files' metadata has not changed since its digests were recorded ([`LayerCache`]).
