@@ -133,10 +133,25 @@ pub fn main() -> ExitCode {
     match run(cli.command) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", report(&err));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and each of its causes once. Most of our errors already end with their cause's
+/// message, so that a status condition (one string) is complete; anyhow's `{:#}` would print
+/// the cause a second time.
+fn report(err: &anyhow::Error) -> String {
+    let mut out = err.to_string();
+    for cause in err.chain().skip(1) {
+        let text = cause.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+    }
+    out
 }
 
 fn run(command: Command) -> anyhow::Result<ExitCode> {
@@ -254,5 +269,30 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("contents x: git {url}: {cause}")]
+    struct Outer {
+        url: &'static str,
+        #[source]
+        cause: std::io::Error,
+    }
+
+    #[test]
+    fn report_prints_each_cause_once() {
+        let inner = std::io::Error::other("connection refused");
+        let err = anyhow::Error::new(Outer {
+            url: "https://example.com/r.git",
+            cause: inner,
+        })
+        .context("syncing vendir.yml");
+        assert_eq!(
+            report(&err),
+            "syncing vendir.yml: contents x: git https://example.com/r.git: connection refused"
+        );
+        // A cause the message does not already end with is still shown.
+        let plain = anyhow::Error::new(std::io::Error::other("disk full")).context("writing");
+        assert_eq!(report(&plain), "writing: disk full");
     }
 }
