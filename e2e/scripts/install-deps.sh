@@ -17,6 +17,9 @@ declare -A pkg=(
   [openssl]=openssl
   [python3]=python3
   [setsid]=util-linux
+  # git over ssh (e2e/tests/git.rs): sshd serves the bed's repos; ssh-keygen makes its keys.
+  [sshd]=openssh-server
+  [ssh-keygen]=openssh-client
 )
 missing=()
 for cmd in "${!pkg[@]}"; do

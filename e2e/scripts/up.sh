@@ -17,16 +17,25 @@
 #   PACKSMITH_E2E_REGISTRY_TLS_CA   PEM of the CA that signed the HTTPS registry's cert
 #   PACKSMITH_E2E_REGISTRY_USER     user of the HTTPS registry (packsmith)
 #   PACKSMITH_E2E_REGISTRY_PASSWORD its password (random hex)
+#   PACKSMITH_E2E_REGISTRY_TOKEN    host:port, plain-HTTP registry with Docker token auth
+#   PACKSMITH_E2E_REGISTRY_TOKEN_USER      the one user its token server grants pull/push to
+#   PACKSMITH_E2E_REGISTRY_TOKEN_PASSWORD  its password (random hex)
+#   PACKSMITH_E2E_TOKEN_REALM       http://127.0.0.1:PORT/token, the token server (realm)
+#   PACKSMITH_E2E_TOKEN_ISSUED_LOG  one JSON line per /token answer {"status","user","scopes"}
 #   PACKSMITH_E2E_HTTP_URL          http://127.0.0.1:PORT/files, serving PACKSMITH_E2E_WWW_DIR
 #   PACKSMITH_E2E_WWW_DIR
 #   PACKSMITH_E2E_GIT_URL           http://127.0.0.1:PORT/git, serving bare repos in ..._GIT_DIR
 #   PACKSMITH_E2E_GIT_DIR             (clone URL of GIT_DIR/demo.git: $PACKSMITH_E2E_GIT_URL/demo.git)
 #   PACKSMITH_E2E_GITHUB_API_URL    http://127.0.0.1:PORT/github/api; releases come from
 #   PACKSMITH_E2E_GITHUB_DIR          GITHUB_DIR/{owner}/{repo}/releases/{tag}.json
+#   PACKSMITH_E2E_SSH_URL           ssh://root@127.0.0.1:PORT/<GIT_DIR>: sshd serving the same bare
+#                                     repos (clone URL of demo.git: $PACKSMITH_E2E_SSH_URL/demo.git)
+#   PACKSMITH_E2E_SSH_KEY           unencrypted ed25519 client key that sshd accepts
+#   PACKSMITH_E2E_SSH_KNOWN_HOSTS   file with sshd's known_hosts line ([127.0.0.1]:PORT ssh-ed25519 ...)
 #   PACKSMITH_E2E_STARTUP_SECONDS   wall time of this script
 # Other paths tests may use: STATE_DIR/auth/token (create it to require auth on the upstream's
 # private routes), STATE_DIR/logs/<component>.log, STATE_DIR/pids/<component>.pid, with components
-# etcd, kube-apiserver, registry-plain, registry-tls, upstream.
+# etcd, kube-apiserver, registry-plain, registry-tls, registry-token, token-server, upstream, sshd.
 #
 # Environment:
 #   KUBECONFIG + PACKSMITH_E2E_USE_KUBECONFIG=1   use that cluster instead of starting one
@@ -244,6 +253,75 @@ start_registry_tls() {
 ready_registry_plain() { registry_ready "$STATE" plain; }
 ready_registry_tls() { registry_ready "$STATE" tls; }
 
+# --- token-auth registry: docker-registry with `auth: token` + e2e/upstream/token_server.py ---
+
+TOKEN_DIR=$STATE/token
+TOKEN_SERVICE=packsmith-e2e-registry
+TOKEN_ISSUER=packsmith-e2e-token-issuer
+
+# The signing certificate is self-signed and is the registry's whole rootcertbundle: tokens carry
+# it as their x5c chain, which the registry verifies against that bundle.
+setup_token_files() {
+  rm -rf "$TOKEN_DIR"
+  mkdir -p "$TOKEN_DIR" "$(registry_dir "$STATE" token)/storage"
+  gen_ca "$TOKEN_DIR/signing.crt" "$TOKEN_DIR/signing.key" packsmith-e2e-token-signer
+  echo packsmith-token >"$TOKEN_DIR/user"
+  openssl rand -hex 16 >"$TOKEN_DIR/password"
+  : >"$TOKEN_DIR/issued.log"
+}
+
+start_token_server() {
+  rm -f "$TOKEN_DIR/port"
+  launch "$STATE" token-server python3 "$E2E_UPSTREAM/token_server.py" --port 0 --port-file "$TOKEN_DIR/port" \
+    --key "$TOKEN_DIR/signing.key" --cert "$TOKEN_DIR/signing.crt" --issuer "$TOKEN_ISSUER" \
+    --service "$TOKEN_SERVICE" --user-file "$TOKEN_DIR/user" --password-file "$TOKEN_DIR/password" \
+    --issued-log "$TOKEN_DIR/issued.log" --log "$STATE/logs/token-server.log"
+}
+ready_token_server() {
+  [[ -s $TOKEN_DIR/port ]] && [[ $(http_code "http://127.0.0.1:$(<"$TOKEN_DIR/port")/healthz") == 200 ]]
+}
+
+# Needs the token server's port (its realm), so it starts once that server is ready.
+start_registry_token() {
+  local rdir
+  if [[ $1 == repick ]]; then TOKEN_REG_PORT=$(free_ports 1); fi
+  rdir=$(registry_dir "$STATE" token)
+  echo "127.0.0.1:$TOKEN_REG_PORT" >"$rdir/addr"
+  cat >"$rdir/config.yml" <<YML
+version: 0.1
+log:
+  level: info
+  formatter: text
+storage:
+  filesystem:
+    rootdirectory: $rdir/storage
+  delete:
+    enabled: true
+  maintenance:
+    uploadpurging:
+      enabled: false
+http:
+  addr: 127.0.0.1:$TOKEN_REG_PORT
+  secret: $(openssl rand -hex 16)
+auth:
+  token:
+    realm: http://127.0.0.1:$(<"$TOKEN_DIR/port")/token
+    service: $TOKEN_SERVICE
+    issuer: $TOKEN_ISSUER
+    rootcertbundle: $TOKEN_DIR/signing.crt
+YML
+  registry_start "$STATE" token
+}
+# Ready when /v2/ challenges for a token and the token server's token is accepted.
+ready_registry_token() {
+  local addr tok
+  addr=$(<"$(registry_dir "$STATE" token)/addr")
+  [[ $(http_code "http://$addr/v2/") == 401 ]] || return 1
+  tok=$(curl -sf --max-time 2 -u "$(<"$TOKEN_DIR/user"):$(<"$TOKEN_DIR/password")" \
+    "http://127.0.0.1:$(<"$TOKEN_DIR/port")/token?service=$TOKEN_SERVICE" | sed -n 's/.*"token":"\([^"]*\)".*/\1/p')
+  [[ -n $tok && $(http_code "http://$addr/v2/" -H "Authorization: Bearer $tok") == 200 ]]
+}
+
 # --- upstream ----------------------------------------------------------------------------------
 
 # The kernel picks its port (it reports it in a file), so it cannot lose a port race.
@@ -256,6 +334,45 @@ ready_upstream() {
   [[ -s $STATE/upstream/port ]] && [[ $(http_code "http://127.0.0.1:$(<"$STATE/upstream/port")/healthz") == 200 ]]
 }
 
+# --- sshd: git over ssh to the same bare repos ------------------------------------------------
+
+# Keys of its own (host and client) in the state dir; root logs in with the client key and runs
+# the bed's git-upload-pack on GIT_DIR, as a git host would.
+SSHD_DIR=$STATE/sshd
+setup_sshd_files() {
+  rm -rf "$SSHD_DIR"
+  mkdir -p "$SSHD_DIR"
+  ssh-keygen -q -t ed25519 -N '' -C packsmith-e2e-host -f "$SSHD_DIR/host_ed25519"
+  ssh-keygen -q -t ed25519 -N '' -C packsmith-e2e-client -f "$SSHD_DIR/client_ed25519"
+  cp "$SSHD_DIR/client_ed25519.pub" "$SSHD_DIR/authorized_keys"
+}
+start_sshd() {
+  if [[ $1 == repick ]]; then SSH_PORT=$(free_ports 1); fi
+  local sshd
+  sshd=$(PATH=$PATH:/usr/sbin:/sbin command -v sshd) || die "no sshd: run e2e/scripts/install-deps.sh"
+  # sshd refuses to start without its privilege separation dir.
+  mkdir -p /run/sshd
+  cat >"$SSHD_DIR/sshd_config" <<CFG
+ListenAddress 127.0.0.1:$SSH_PORT
+HostKey $SSHD_DIR/host_ed25519
+PidFile $SSHD_DIR/sshd.pid
+AuthorizedKeysFile $SSHD_DIR/authorized_keys
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin prohibit-password
+StrictModes no
+UsePAM no
+AcceptEnv GIT_PROTOCOL
+CFG
+  echo "[127.0.0.1]:$SSH_PORT $(cut -d' ' -f1,2 "$SSHD_DIR/host_ed25519.pub")" >"$SSHD_DIR/known_hosts"
+  # -D: stays in the foreground, so launch's pid is sshd's; -e: logs to the log file.
+  launch "$STATE" sshd "$sshd" -D -e -f "$SSHD_DIR/sshd_config"
+}
+ready_sshd() {
+  timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$SSH_PORT && head -c 4 <&3" 2>/dev/null | grep -q '^SSH-'
+}
+
 # --- bring-up: everything at once, then wait in dependency order ---------------------------
 
 { read -r ETCD_PORT; read -r ETCD_PEER_PORT; read -r API_PORT; read -r PLAIN_PORT; read -r TLS_PORT; } < <(free_ports 5)
@@ -266,6 +383,12 @@ if ((!external_cluster)); then
 fi
 setup_tls_registry_files &
 pki_jobs+=($!)
+SSH_PORT=$(free_ports 1)
+setup_sshd_files &
+pki_jobs+=($!)
+setup_token_files &
+pki_jobs+=($!)
+TOKEN_REG_PORT=$(free_ports 1)
 wait_pids "${pki_jobs[@]}"
 
 # The apiserver starts with etcd rather than after it: its own initialisation overlaps etcd's
@@ -277,6 +400,8 @@ fi
 start_registry_plain first
 start_registry_tls first
 start_upstream
+start_sshd first
+start_token_server
 
 if ((!external_cluster)); then
   etcd_port_before=$ETCD_PORT
@@ -289,6 +414,10 @@ fi
 bring_up registry-plain "$SERVICE_TIMEOUT" start_registry_plain ready_registry_plain
 bring_up registry-tls "$SERVICE_TIMEOUT" start_registry_tls ready_registry_tls
 bring_up upstream "$SERVICE_TIMEOUT" start_upstream ready_upstream
+bring_up sshd "$SERVICE_TIMEOUT" start_sshd ready_sshd
+bring_up token-server "$SERVICE_TIMEOUT" start_token_server ready_token_server
+start_registry_token first
+bring_up registry-token "$SERVICE_TIMEOUT" start_registry_token ready_registry_token
 
 if ((external_cluster)); then
   CA_CRT="" CA_KEY=""
@@ -318,12 +447,20 @@ PACKSMITH_E2E_REGISTRY_TLS=$(<"$TLS_DIR/addr")
 PACKSMITH_E2E_REGISTRY_TLS_CA=$TLS_DIR/ca.crt
 PACKSMITH_E2E_REGISTRY_USER=$(<"$TLS_DIR/user")
 PACKSMITH_E2E_REGISTRY_PASSWORD=$(<"$TLS_DIR/password")
+PACKSMITH_E2E_REGISTRY_TOKEN=$(<"$(registry_dir "$STATE" token)/addr")
+PACKSMITH_E2E_REGISTRY_TOKEN_USER=$(<"$TOKEN_DIR/user")
+PACKSMITH_E2E_REGISTRY_TOKEN_PASSWORD=$(<"$TOKEN_DIR/password")
+PACKSMITH_E2E_TOKEN_REALM=http://127.0.0.1:$(<"$TOKEN_DIR/port")/token
+PACKSMITH_E2E_TOKEN_ISSUED_LOG=$TOKEN_DIR/issued.log
 PACKSMITH_E2E_HTTP_URL=http://127.0.0.1:$UP_PORT/files
 PACKSMITH_E2E_WWW_DIR=$STATE/www
 PACKSMITH_E2E_GIT_URL=http://127.0.0.1:$UP_PORT/git
 PACKSMITH_E2E_GIT_DIR=$STATE/git
 PACKSMITH_E2E_GITHUB_API_URL=http://127.0.0.1:$UP_PORT/github/api
 PACKSMITH_E2E_GITHUB_DIR=$STATE/github
+PACKSMITH_E2E_SSH_URL=ssh://root@127.0.0.1:$SSH_PORT$STATE/git
+PACKSMITH_E2E_SSH_KEY=$SSHD_DIR/client_ed25519
+PACKSMITH_E2E_SSH_KNOWN_HOSTS=$SSHD_DIR/known_hosts
 PACKSMITH_E2E_STARTUP_SECONDS=$elapsed
 ENV
 mv "$STATE/env.tmp" "$STATE/env"

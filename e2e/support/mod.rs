@@ -26,6 +26,8 @@ pub struct Bed {
     pub registry_tls_ca: PathBuf,
     pub registry_user: String,
     pub registry_password: String,
+    /// The registry with Docker token auth; `None` for a bed started by an up.sh that had none.
+    pub token: Option<TokenRegistry>,
     /// `http://127.0.0.1:port/files`, serving `www_dir`.
     pub http_url: String,
     pub www_dir: PathBuf,
@@ -35,8 +37,26 @@ pub struct Bed {
     /// Fake GitHub REST API base URL, serving releases from `github_dir`.
     pub github_api_url: String,
     pub github_dir: PathBuf,
+    /// `ssh://root@127.0.0.1:port/<git_dir>`: sshd serving `git_dir` as `<name>.git`; empty
+    /// with the env file of a bed from before sshd was part of it.
+    pub ssh_url: String,
+    /// The client key sshd accepts (unencrypted ed25519) and a known_hosts file naming sshd.
+    pub ssh_key: PathBuf,
+    pub ssh_known_hosts: PathBuf,
     /// `e2e/scripts` of this checkout.
     pub scripts_dir: PathBuf,
+}
+
+/// docker-registry configured with `auth: token`, and the token server that is its realm.
+#[derive(Debug, Clone)]
+pub struct TokenRegistry {
+    /// `127.0.0.1:port`, plain HTTP.
+    pub host: String,
+    /// The only user the token server grants pull and push to.
+    pub user: String,
+    pub password: String,
+    /// One JSON line per answer of the token server: `{"status", "user", "scopes"}`.
+    pub issued_log: PathBuf,
 }
 
 static BED: OnceLock<Bed> = OnceLock::new();
@@ -77,12 +97,25 @@ impl Bed {
             registry_tls_ca: get("REGISTRY_TLS_CA")?.into(),
             registry_user: get("REGISTRY_USER")?,
             registry_password: get("REGISTRY_PASSWORD")?,
+            // Optional, so a bed kept running from before it existed still serves other tests.
+            token: match get("REGISTRY_TOKEN") {
+                Ok(host) => Some(TokenRegistry {
+                    host,
+                    user: get("REGISTRY_TOKEN_USER")?,
+                    password: get("REGISTRY_TOKEN_PASSWORD")?,
+                    issued_log: get("TOKEN_ISSUED_LOG")?.into(),
+                }),
+                Err(_) => None,
+            },
             http_url: get("HTTP_URL")?,
             www_dir: get("WWW_DIR")?.into(),
             git_url: get("GIT_URL")?,
             git_dir: get("GIT_DIR")?.into(),
             github_api_url: get("GITHUB_API_URL")?,
             github_dir: get("GITHUB_DIR")?.into(),
+            ssh_url: get("SSH_URL").unwrap_or_default(),
+            ssh_key: get("SSH_KEY").unwrap_or_default().into(),
+            ssh_known_hosts: get("SSH_KNOWN_HOSTS").unwrap_or_default().into(),
             scripts_dir: Path::new(env!("CARGO_MANIFEST_DIR")).join("e2e/scripts"),
         })
     }

@@ -6,6 +6,10 @@
 //! unless `depth` says otherwise; its tree is written straight from the object database, so
 //! no `.git` ends up in the output. With a cache directory the repository persists, and a
 //! commit it already holds is not fetched again.
+//!
+//! ssh URLs go through [`super::git_ssh`] (russh: no ssh binary either). Submodules are
+//! fetched like their parent, shallow at the recorded commit, and written at their path
+//! (vendir runs `git submodule update --init --recursive`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroU32;
@@ -17,6 +21,7 @@ use gix::bstr::ByteSlice;
 use gix::remote::Direction;
 
 use super::fsutil::{safe_join, symlink_target_inside};
+use super::git_ssh::{self, SshAuth};
 use super::{Context, FetchError, Limits, PathFilter, hex, highest_version, redact_url};
 use crate::carvel::selection::VersionSelection;
 use crate::carvel::vendir::{DirectoryContents, GitSource, LockGit};
@@ -34,6 +39,18 @@ struct Credentials {
     username: String,
     password: String,
 }
+
+/// What the `secretRef` holds. No `Debug`: it holds secrets.
+#[derive(Clone)]
+enum Auth {
+    None,
+    Basic(Credentials),
+    Ssh(SshAuth),
+}
+
+/// Submodules of submodules are followed this deep; git has no bound, but a bound keeps a
+/// malicious chain of repositories from running a sync forever.
+const MAX_SUBMODULE_DEPTH: usize = 8;
 
 pub(crate) async fn fetch(
     ctx: &Context<'_>,
@@ -87,8 +104,12 @@ struct Job {
     want: Want,
     depth: Option<NonZeroU32>,
     skip_submodules: bool,
-    credentials: Option<Credentials>,
+    auth: Auth,
+    /// ssh connections are driven by the runtime while gix blocks on them.
+    runtime: tokio::runtime::Handle,
     repo_dir: PathBuf,
+    /// Where submodule repositories go: the cache, or the scratch dir.
+    repos_root: PathBuf,
     out: PathBuf,
     filter: PathFilter,
     limits: Limits,
@@ -137,53 +158,65 @@ impl Job {
                 ));
             }
         };
-        let credentials = match &source.secret_ref {
-            None => None,
+        let auth = match &source.secret_ref {
+            None => Auth::None,
             Some(secret_ref) => {
                 let secret = ctx.secret(&secret_ref.name)?;
-                for key in secret.data.keys() {
-                    match key.as_str() {
-                        "username" | "password" => {}
-                        "ssh-privatekey" | "ssh-knownhosts" => {
-                            return Err(FetchError::NotSupported(
-                                "git over ssh with a private key (use https with \
-                                 username/password)"
-                                    .to_owned(),
-                            ));
-                        }
-                        other => {
-                            return Err(FetchError::Secret {
-                                name: secret_ref.name.clone(),
-                                problem: format!(
-                                    "unknown key {other:?} (expected username, password, \
-                                     ssh-privatekey, ssh-knownhosts)"
-                                ),
-                            });
-                        }
-                    }
+                let bad = |problem: String| FetchError::Secret {
+                    name: secret_ref.name.clone(),
+                    problem,
+                };
+                if let Some(other) = secret.data.keys().find(|k| {
+                    !matches!(
+                        k.as_str(),
+                        "username" | "password" | "ssh-privatekey" | "ssh-knownhosts"
+                    )
+                }) {
+                    return Err(bad(format!(
+                        "unknown key {other:?} (expected username, password, ssh-privatekey, \
+                         ssh-knownhosts)"
+                    )));
                 }
-                Some(Credentials {
-                    username: secret.get("username").unwrap_or_default(),
-                    password: secret.get("password").unwrap_or_default(),
-                })
+                match secret.get("ssh-privatekey") {
+                    Some(key) => Auth::Ssh(
+                        SshAuth::new(&key, secret.get("ssh-knownhosts"))
+                            .map_err(|e| bad(e.to_string()))?,
+                    ),
+                    None if secret.data.contains_key("ssh-knownhosts") => {
+                        return Err(bad(
+                            "ssh-knownhosts without ssh-privatekey (git over ssh needs the key)"
+                                .to_owned(),
+                        ));
+                    }
+                    None => Auth::Basic(Credentials {
+                        username: secret.get("username").unwrap_or_default(),
+                        password: secret.get("password").unwrap_or_default(),
+                    }),
+                }
             }
         };
+        if git_ssh::Target::parse(&source.url).is_some() && !matches!(auth, Auth::Ssh(_)) {
+            return Err(FetchError::Invalid(format!(
+                "git over ssh ({}) needs a secretRef with ssh-privatekey (and ssh-knownhosts)",
+                redact_url(&source.url)
+            )));
+        }
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|e| FetchError::Git(format!("no async runtime: {e}")))?;
         let scratch = out.parent().unwrap_or(out).to_owned();
-        let repo_dir = match ctx.cache("git") {
-            Some(cache) => cache.join(
-                &hex(&sha2::Digest::finalize(
-                    <sha2::Sha256 as sha2::Digest>::new_with_prefix(source.url.as_bytes()),
-                ))[..32],
-            ),
-            None => scratch.join("repo"),
+        let (repo_dir, repos_root) = match ctx.cache("git") {
+            Some(cache) => (cache.join(url_key(&source.url)), cache),
+            None => (scratch.join("repo"), scratch.join("submodules")),
         };
         Ok(Job {
             url: source.url.clone(),
             want,
             depth: u32::try_from(source.depth).ok().and_then(NonZeroU32::new),
             skip_submodules: source.skip_init_submodules,
-            credentials,
+            auth,
+            runtime,
             repo_dir,
+            repos_root,
             out: out.to_owned(),
             filter: PathFilter::new(
                 &contents.include_paths,
@@ -229,8 +262,32 @@ impl Job {
     }
 
     fn run(self, interrupt: &AtomicBool) -> Result<LockGit, FetchError> {
+        let mut written = Written::default();
+        let lock = self.checkout(interrupt, &mut written, "", 0, &[])?;
+        // Created after every file, so no file is written through a link.
+        for (path, target) in written.links {
+            std::os::unix::fs::symlink(&target, &path).map_err(FetchError::io(&path))?;
+        }
+        Ok(lock)
+    }
+
+    /// Fetches the wanted commit and writes its tree (and its submodules') under `prefix` of
+    /// the output. `held`: the repositories whose locks this thread already holds (a
+    /// repository may list itself as a submodule, at another commit).
+    fn checkout(
+        &self,
+        interrupt: &AtomicBool,
+        written: &mut Written,
+        prefix: &str,
+        level: usize,
+        held: &[&Path],
+    ) -> Result<LockGit, FetchError> {
         let lock = repo_lock(&self.repo_dir);
-        let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _held = if held.contains(&self.repo_dir.as_path()) {
+            None
+        } else {
+            Some(lock.lock().unwrap_or_else(|e| e.into_inner()))
+        };
         let repo = self.open_repo()?;
         let refs = self.list_remote(&repo)?;
         let (commit, fetch_spec) = self.resolve(&refs)?;
@@ -258,19 +315,132 @@ impl Job {
         let tree = commit.tree().map_err(|e| self.err(e))?;
         let mut writer = TreeWriter {
             repo: &repo,
-            job: &self,
-            files: 0,
-            bytes: 0,
-            links: Vec::new(),
+            job: self,
+            written,
+            gitlinks: Vec::new(),
         };
-        writer.write(tree, "")?;
-        for (path, target) in writer.links {
-            std::os::unix::fs::symlink(&target, &path).map_err(FetchError::io(&path))?;
+        writer.write(&tree, prefix)?;
+        let gitlinks = writer.gitlinks;
+        if !gitlinks.is_empty() && !self.skip_submodules {
+            let mut held = held.to_vec();
+            held.push(&self.repo_dir);
+            self.submodules(&tree, gitlinks, interrupt, written, prefix, level, &held)?;
         }
         Ok(LockGit {
             sha: commit.id.to_string(),
             tags: tags_of(&refs, commit.id),
             commit_title: commit_title(&message),
+        })
+    }
+
+    /// Checks out each gitlink of `tree` (whose root is at `prefix`) from the URL `.gitmodules`
+    /// gives it, at the commit the gitlink records.
+    #[expect(clippy::too_many_arguments, reason = "the recursion's state")]
+    fn submodules(
+        &self,
+        tree: &gix::Tree<'_>,
+        gitlinks: Vec<(String, gix::ObjectId)>,
+        interrupt: &AtomicBool,
+        written: &mut Written,
+        prefix: &str,
+        level: usize,
+        held: &[&Path],
+    ) -> Result<(), FetchError> {
+        let at = |rel: &str| {
+            rel.strip_prefix(prefix)
+                .map_or(rel, |r| r.trim_start_matches('/'))
+                .to_owned()
+        };
+        if level >= MAX_SUBMODULE_DEPTH {
+            return Err(FetchError::Invalid(format!(
+                "submodule {:?} is nested more than {MAX_SUBMODULE_DEPTH} levels deep",
+                gitlinks[0].0
+            )));
+        }
+        let modules = tree
+            .lookup_entry_by_path(".gitmodules")
+            .map_err(|e| self.err(e))?
+            .map(|entry| entry.object())
+            .transpose()
+            .map_err(|e| self.err(e))?;
+        let modules = match modules {
+            Some(blob) => gix::submodule::File::from_bytes(&blob.data, None, &Default::default())
+                .map_err(|e| {
+                FetchError::Invalid(format!(".gitmodules of {}: {e}", redact_url(&self.url)))
+            })?,
+            None => {
+                return Err(FetchError::Invalid(format!(
+                    "submodule {:?} has no .gitmodules entry (set skipInitSubmodules: true to \
+                     sync without submodules)",
+                    gitlinks[0].0
+                )));
+            }
+        };
+        for (rel, commit) in gitlinks {
+            let path = at(&rel);
+            let url = modules
+                .name_by_path(path.as_bytes().as_bstr())
+                .and_then(|name| {
+                    modules
+                        .config()
+                        .string_by("submodule", Some(name), "url")
+                        .map(|u| u.to_str_lossy().into_owned())
+                })
+                .filter(|u| !u.is_empty())
+                .ok_or_else(|| {
+                    FetchError::Invalid(format!(
+                        "submodule {rel:?}: no url for path {path:?} in .gitmodules"
+                    ))
+                })?;
+            let url = resolve_submodule_url(&self.url, &url).ok_or_else(|| {
+                FetchError::Invalid(format!(
+                    "submodule {rel:?}: relative url {url:?} climbs above {}",
+                    redact_url(&self.url)
+                ))
+            })?;
+            tracing::info!(path = %rel, url = %redact_url(&url), %commit, "fetching submodule");
+            let child = self.submodule_job(url, commit)?;
+            child
+                .checkout(interrupt, written, &rel, level + 1, held)
+                .map_err(|e| match e {
+                    FetchError::Git(message) => {
+                        FetchError::Git(format!("submodule {rel:?}: {message}"))
+                    }
+                    FetchError::UnknownRef { reference, hint } => FetchError::Git(format!(
+                        "submodule {rel:?}: commit {reference} not found on its remote{hint}"
+                    )),
+                    other => other,
+                })?;
+        }
+        Ok(())
+    }
+
+    fn submodule_job(&self, url: String, commit: gix::ObjectId) -> Result<Job, FetchError> {
+        // A secret is meant for its own host: vendir hands one ssh key to every host, but
+        // sending a password or key to whatever host a .gitmodules names would leak it.
+        let auth = if host_of(&url).is_some() && host_of(&url) == host_of(&self.url) {
+            self.auth.clone()
+        } else {
+            Auth::None
+        };
+        if git_ssh::Target::parse(&url).is_some() && !matches!(auth, Auth::Ssh(_)) {
+            return Err(FetchError::Invalid(format!(
+                "submodule url {} is ssh, on another host than the parent's secretRef is for",
+                redact_url(&url)
+            )));
+        }
+        Ok(Job {
+            repo_dir: self.repos_root.join(url_key(&url)),
+            repos_root: self.repos_root.clone(),
+            url,
+            want: Want::Sha(commit.to_string()),
+            depth: None,
+            skip_submodules: false,
+            auth,
+            runtime: self.runtime.clone(),
+            out: self.out.clone(),
+            filter: self.filter.clone(),
+            limits: self.limits.clone(),
         })
     }
 
@@ -312,7 +482,10 @@ impl Job {
         gix::credentials::helper::Action,
     ) -> gix::Result<Option<gix::credentials::protocol::Outcome>>
     + 'static {
-        let credentials = self.credentials.clone();
+        let credentials = match &self.auth {
+            Auth::Basic(c) => Some(c.clone()),
+            Auth::None | Auth::Ssh(_) => None,
+        };
         // Never fall back to git's configured helpers: they may prompt or run programs.
         move |action| match (action, &credentials) {
             (gix::credentials::helper::Action::Get(context), Some(c)) => {
@@ -343,13 +516,18 @@ impl Job {
                 Direction::Fetch,
             )
             .map_err(|e| self.err(e))?;
-        let connection = remote
-            .connect(Direction::Fetch)
-            .map_err(|e| self.err(e))?
-            .with_credentials(self.credentials());
-        let (ref_map, _) = connection
-            .ref_map(gix::progress::Discard, Default::default())
-            .map_err(|e| self.err(e))?;
+        let ref_map = match self.ssh()? {
+            Some(transport) => remote
+                .to_connection_with_transport(transport)
+                .ref_map(gix::progress::Discard, Default::default()),
+            None => remote
+                .connect(Direction::Fetch)
+                .map_err(|e| self.err(e))?
+                .with_credentials(self.credentials())
+                .ref_map(gix::progress::Discard, Default::default()),
+        }
+        .map_err(|e| self.err(e))?
+        .0;
         use gix::protocol::handshake::Ref;
         Ok(ref_map
             .remote_refs
@@ -464,17 +642,106 @@ impl Job {
             (false, Some(depth)) => gix::remote::fetch::Shallow::DepthAtRemote(depth),
             (false, None) => gix::remote::fetch::Shallow::DepthAtRemote(NonZeroU32::MIN),
         };
-        remote
-            .connect(Direction::Fetch)
-            .map_err(|e| self.err(e))?
-            .with_credentials(self.credentials())
-            .prepare_fetch(gix::progress::Discard, Default::default())
-            .map_err(|e| self.err(e))?
-            .with_shallow(shallow)
-            .receive(gix::progress::Discard, interrupt)
-            .map_err(|e| self.err(e))?;
-        Ok(())
+        match self.ssh()? {
+            Some(transport) => remote
+                .to_connection_with_transport(transport)
+                .prepare_fetch(gix::progress::Discard, Default::default())
+                .map_err(|e| self.err(e))?
+                .with_shallow(shallow)
+                .receive(gix::progress::Discard, interrupt)
+                .map(drop),
+            None => remote
+                .connect(Direction::Fetch)
+                .map_err(|e| self.err(e))?
+                .with_credentials(self.credentials())
+                .prepare_fetch(gix::progress::Discard, Default::default())
+                .map_err(|e| self.err(e))?
+                .with_shallow(shallow)
+                .receive(gix::progress::Discard, interrupt)
+                .map(drop),
+        }
+        .map_err(|e| self.err(e))
     }
+
+    /// The ssh transport for an ssh URL; `None` for the URLs gix connects to itself.
+    fn ssh(
+        &self,
+    ) -> Result<
+        Option<
+            gix_transport::client::git::blocking_io::Connection<
+                git_ssh::ChannelReader,
+                git_ssh::ChannelWriter,
+            >,
+        >,
+        FetchError,
+    > {
+        match &self.auth {
+            Auth::Ssh(auth) if git_ssh::Target::parse(&self.url).is_some() => {
+                git_ssh::connect(&self.runtime, &self.url, auth)
+                    .map(Some)
+                    .map_err(|e| FetchError::Git(e.to_string()))
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
+/// The directory name of a repository in the cache.
+fn url_key(url: &str) -> String {
+    hex(&sha2::Digest::finalize(
+        <sha2::Sha256 as sha2::Digest>::new_with_prefix(url.as_bytes()),
+    ))[..32]
+        .to_owned()
+}
+
+/// The host of a git URL (https, ssh or scp-like), lowercased; `None` for local paths.
+fn host_of(url: &str) -> Option<String> {
+    gix::url::parse(url.as_bytes().as_bstr())
+        .ok()?
+        .host()
+        .map(str::to_ascii_lowercase)
+}
+
+/// A `.gitmodules` URL as git resolves it against the parent's remote URL (git's
+/// `relative_url()`): each leading `../` drops one component of the parent's URL, `./` none;
+/// absolute URLs are kept. `None` when `../` climbs past the parent's host or root.
+/// gix has this logic, but only behind a worktree checkout (`Submodule::resolved_url`).
+fn resolve_submodule_url(parent: &str, url: &str) -> Option<String> {
+    if !(url.starts_with("./") || url.starts_with("../")) {
+        return Some(url.to_owned());
+    }
+    let base = parent.trim_end_matches('/');
+    // `fixed` is never climbed out of: scheme and host, scp-like `host:`, or a path's root.
+    let (fixed, path) = if let Some(i) = base.find("://") {
+        let after = &base[i + 3..];
+        match after.find('/') {
+            Some(j) => (format!("{}/", &base[..i + 3 + j]), &after[j + 1..]),
+            None => (format!("{base}/"), ""),
+        }
+    } else if let Some((host, path)) = base.split_once(':').filter(|(h, _)| !h.contains('/')) {
+        (format!("{host}:"), path)
+    } else if let Some(path) = base.strip_prefix('/') {
+        ("/".to_owned(), path)
+    } else {
+        (String::new(), base)
+    };
+    let mut parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    let mut rest = url;
+    loop {
+        if let Some(r) = rest.strip_prefix("./") {
+            rest = r;
+        } else if let Some(r) = rest.strip_prefix("../") {
+            rest = r;
+            parts.pop()?;
+        } else {
+            break;
+        }
+    }
+    let rest = rest.trim_end_matches('/');
+    if !rest.is_empty() {
+        parts.push(rest);
+    }
+    Some(format!("{fixed}{}", parts.join("/")))
 }
 
 /// The tags of the remote that point at `commit`, sorted.
@@ -498,16 +765,26 @@ fn commit_title(message: &str) -> String {
     }
 }
 
-struct TreeWriter<'a> {
-    repo: &'a gix::Repository,
-    job: &'a Job,
+/// What the trees of one content (the parent's and its submodules') have written so far: the
+/// limits count them all together.
+#[derive(Default)]
+struct Written {
     files: u64,
     bytes: u64,
+    /// Symlinks to create once every file is written.
     links: Vec<(PathBuf, PathBuf)>,
 }
 
+struct TreeWriter<'a> {
+    repo: &'a gix::Repository,
+    job: &'a Job,
+    written: &'a mut Written,
+    /// Submodule entries: their path from the output's root, and the commit they record.
+    gitlinks: Vec<(String, gix::ObjectId)>,
+}
+
 impl TreeWriter<'_> {
-    fn write(&mut self, tree: gix::Tree<'_>, prefix: &str) -> Result<(), FetchError> {
+    fn write(&mut self, tree: &gix::Tree<'_>, prefix: &str) -> Result<(), FetchError> {
         use gix::objs::tree::EntryKind;
         let entries: Vec<_> = tree
             .iter()
@@ -528,24 +805,17 @@ impl TreeWriter<'_> {
                         .find_object(id)
                         .map_err(|e| self.job.err(e))?
                         .into_tree();
-                    self.write(subtree, &rel)?;
+                    self.write(&subtree, &rel)?;
                 }
-                EntryKind::Commit => {
-                    if !self.job.skip_submodules {
-                        return Err(FetchError::NotSupported(format!(
-                            "git submodules ({rel:?}); set skipInitSubmodules: true to sync \
-                             without them"
-                        )));
-                    }
-                }
+                EntryKind::Commit => self.gitlinks.push((rel, id)),
                 EntryKind::Blob | EntryKind::BlobExecutable | EntryKind::Link => {
                     // Files the filter drops are never written (the filter runs again later,
                     // for all sources alike, and then finds nothing to remove).
                     if !self.job.filter.keeps(&rel) {
                         continue;
                     }
-                    self.files += 1;
-                    if self.files > self.job.limits.max_files {
+                    self.written.files += 1;
+                    if self.written.files > self.job.limits.max_files {
                         return Err(FetchError::Invalid(format!(
                             "more than {} files",
                             self.job.limits.max_files
@@ -554,8 +824,8 @@ impl TreeWriter<'_> {
                     let path = safe_join(&self.job.out, &rel)
                         .map_err(|e| FetchError::Invalid(format!("tree entry: {e}")))?;
                     let blob = self.repo.find_object(id).map_err(|e| self.job.err(e))?;
-                    self.bytes += blob.data.len() as u64;
-                    if self.bytes > self.job.limits.max_bytes {
+                    self.written.bytes += blob.data.len() as u64;
+                    if self.written.bytes > self.job.limits.max_bytes {
                         return Err(FetchError::TooLarge {
                             limit: self.job.limits.max_bytes,
                         });
@@ -572,7 +842,7 @@ impl TreeWriter<'_> {
                             )));
                         }
                         // Created after every file, so no file is written through a link.
-                        self.links.push((path, target));
+                        self.written.links.push((path, target));
                     } else {
                         write_file(&path, &blob.data, kind == EntryKind::BlobExecutable)?;
                     }
@@ -604,5 +874,78 @@ mod tests {
         assert_eq!(commit_title("Fix it\n"), "Fix it");
         assert_eq!(commit_title("Fix it\n\nbecause"), "Fix it...");
         assert_eq!(commit_title("  \nTitle\nbody"), "Title...");
+    }
+
+    #[test]
+    fn relative_submodule_urls_resolve_like_git() {
+        let cases = [
+            (
+                "https://h/org/super.git",
+                "../sub.git",
+                Some("https://h/org/sub.git"),
+            ),
+            (
+                "https://h/org/super.git/",
+                "./sub",
+                Some("https://h/org/super.git/sub"),
+            ),
+            (
+                "https://h/org/super.git",
+                "../../x/sub",
+                Some("https://h/x/sub"),
+            ),
+            ("https://h/super.git", "../../sub", None),
+            (
+                "git@h:org/super.git",
+                "../sub.git",
+                Some("git@h:org/sub.git"),
+            ),
+            ("git@h:org/super.git", "../../sub", Some("git@h:sub")),
+            (
+                "ssh://git@h:2222/srv/super.git",
+                "../sub.git",
+                Some("ssh://git@h:2222/srv/sub.git"),
+            ),
+            (
+                "file:///srv/git/super.git",
+                "../sub.git",
+                Some("file:///srv/git/sub.git"),
+            ),
+            ("/srv/git/super", "../sub", Some("/srv/git/sub")),
+            (
+                "https://h/org/super.git",
+                "https://other/sub.git",
+                Some("https://other/sub.git"),
+            ),
+            (
+                "https://h/org/super.git",
+                "git@other:sub.git",
+                Some("git@other:sub.git"),
+            ),
+        ];
+        for (parent, url, want) in cases {
+            assert_eq!(
+                resolve_submodule_url(parent, url).as_deref(),
+                want,
+                "{parent} + {url}"
+            );
+        }
+    }
+
+    #[test]
+    fn credentials_follow_the_host() {
+        assert_eq!(
+            host_of("https://Git.Example.com/a.git").as_deref(),
+            Some("git.example.com")
+        );
+        assert_eq!(
+            host_of("git@git.example.com:a.git").as_deref(),
+            Some("git.example.com")
+        );
+        assert_eq!(
+            host_of("ssh://git@git.example.com:2222/a.git").as_deref(),
+            Some("git.example.com")
+        );
+        assert_eq!(host_of("/srv/git/a.git"), None);
     }
 }

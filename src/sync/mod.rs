@@ -11,6 +11,7 @@ mod archive;
 mod filter;
 mod fsutil;
 mod git;
+mod git_ssh;
 mod github;
 mod helm;
 mod http;
