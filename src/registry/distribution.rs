@@ -109,7 +109,11 @@ enum Challenge {
 }
 
 type ChallengeCells = Mutex<HashMap<String, Arc<OnceCell<Challenge>>>>;
-type TokenCells = Mutex<HashMap<(String, String, Access), Arc<OnceCell<String>>>>;
+/// A token, or the token endpoint's refusal of the credentials: kept for the run, so a wrong
+/// password costs one refused login per repository, not one per image (registries rate-limit
+/// and lock accounts over repeated failures).
+type TokenCells =
+    Mutex<HashMap<(String, String, Access), Arc<OnceCell<Result<String, RegistryError>>>>>;
 
 /// What lives as long as the [`Registry`]: the HTTP clients and what was learned about hosts.
 pub(super) struct Shared {
@@ -674,17 +678,26 @@ impl<'r> DistributionClient<'r> {
                     )
                 };
                 let token = cell
-                    .get_or_try_init(|| {
-                        self.fetch_token(
-                            realm,
-                            service.as_deref(),
-                            &endpoint.repository,
-                            access,
-                            auth,
-                        )
+                    .get_or_try_init(|| async {
+                        match self
+                            .fetch_token(
+                                realm,
+                                service.as_deref(),
+                                &endpoint.repository,
+                                access,
+                                auth,
+                                &endpoint.host,
+                            )
+                            .await
+                        {
+                            Ok(token) => Ok(Ok(token)),
+                            Err(e) if e.class() == ErrorClass::Auth => Ok(Err(e)),
+                            // Transient: the next request may ask again.
+                            Err(e) => Err(e),
+                        }
                     })
                     .await?;
-                Ok(Credential::Bearer(token.clone()))
+                Ok(Credential::Bearer(token.clone()?))
             }
         }
     }
@@ -704,6 +717,7 @@ impl<'r> DistributionClient<'r> {
         repository: &str,
         access: Access,
         auth: &RegistryAuth,
+        registry: &str,
     ) -> Result<String, RegistryError> {
         let scope = format!("repository:{repository}:{}", access.scope_actions());
         let mut query = vec![("scope", scope.as_str())];
@@ -722,7 +736,15 @@ impl<'r> DistributionClient<'r> {
             .map_err(|e| transport_error("GET", realm, &e))?;
         let status = response.status();
         if !status.is_success() {
-            return Err(status_error("GET", realm, status, auth, "(token endpoint)"));
+            // Named after the registry too: credentials are looked up by the registry's host,
+            // not the token server's.
+            return Err(status_error(
+                "GET",
+                realm,
+                status,
+                auth,
+                &format!("(token endpoint of registry {registry})"),
+            ));
         }
         let body = response
             .bytes()

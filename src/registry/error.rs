@@ -3,7 +3,7 @@
 
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum RegistryError {
     #[error("invalid image reference {reference:?}: {reason}")]
     InvalidReference { reference: String, reason: String },
