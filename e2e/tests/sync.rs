@@ -41,6 +41,8 @@ pub fn trials() -> Vec<Trial> {
             "sync::warm_path_leaves_directories_alone",
             warm_path_leaves_directories_alone,
         ),
+        trial("sync::github_release_warm_path", github_release_warm_path),
+        trial("sync::imgpkg_bundle_recursive", imgpkg_bundle_recursive),
     ]
 }
 
@@ -809,10 +811,10 @@ fn bad_inputs_leave_targets_untouched() -> anyhow::Result<()> {
             "secret \"nope\": not found",
         ),
         (
-            "not yet",
-            "imgpkgBundle: {image: \"127.0.0.1:1/x:1\", recursive: true}".to_owned(),
+            "not supported",
+            "imgpkgBundle: {image: \"127.0.0.1:1/x:1\", dangerousSkipTLSVerify: true}".to_owned(),
             Limits::default(),
-            "not supported yet",
+            "dangerousSkipTLSVerify",
         ),
     ];
     let secrets = MemorySecrets::default();
@@ -1440,5 +1442,237 @@ fn warm_path_leaves_directories_alone() -> anyhow::Result<()> {
         "new commit not locked"
     );
     anyhow::ensure!(std::fs::read_to_string(dir.path().join("git/config/a.yaml"))? == "a: 2\n");
+    Ok(())
+}
+
+/// A re-sync of an unchanged githubRelease asks the API once per release (answered by a 304)
+/// and downloads no asset; an asset replaced under the same tag is downloaded again.
+fn github_release_warm_path() -> anyhow::Result<()> {
+    let www = bed().www_dir.join("sync-gh-warm");
+    std::fs::create_dir_all(&www)?;
+    std::fs::write(www.join("app.yaml"), "app: 1\n")?;
+    std::fs::write(www.join("crds.yaml"), "crds: 1\n")?;
+    let asset = |name: &str| {
+        serde_json::json!({"name": name,
+            "browser_download_url": format!("{}/sync-gh-warm/{name}", bed().http_url)})
+    };
+    for (tag, time) in [
+        ("v1.0.0", "2024-01-01T00:00:00Z"),
+        ("v1.1.0", "2024-02-01T00:00:00Z"),
+    ] {
+        write_release(
+            "sync-org/warm",
+            tag,
+            serde_json::json!({"created_at": time, "assets": [asset("app.yaml"), asset("crds.yaml")]}),
+        )?;
+    }
+    let api = &bed().github_api_url;
+    let cfg = config(&format!(
+        "apiVersion: vendir.k14s.io/v1alpha1\nkind: Config\ndirectories:\n- path: tag\n  contents:\n  \
+         - path: .\n    githubRelease: {{slug: sync-org/warm, apiURL: \"{api}\", tag: v1.0.0}}\n\
+         - path: latest\n  contents:\n  \
+         - path: .\n    githubRelease: {{slug: sync-org/warm, apiURL: \"{api}\", latest: true}}\n\
+         - path: selected\n  contents:\n  \
+         - path: .\n    githubRelease:\n      slug: sync-org/warm\n      apiURL: \"{api}\"\n      \
+         assetNames: [app.yaml]\n      tagSelection: {{semver: {{constraints: \">=1.0.0\"}}}}\n"
+    ))?;
+    let dir = tempfile::tempdir()?;
+    let cache = tempfile::tempdir()?;
+    let secrets = MemorySecrets::default();
+    let options = SyncOptions {
+        cache_dir: Some(cache.path().to_owned()),
+        ..SyncOptions::new(&secrets)
+    };
+    let asset_hits = |name: &str| upstream_log_count(&format!("GET /files/sync-gh-warm/{name} "));
+    let api_304 = || {
+        upstream_log_count(
+            "GET /github/api/repos/sync-org/warm/releases/tags/v1.0.0 HTTP/1.1\" 304",
+        )
+    };
+    let first = run_blocking(&cfg, dir.path(), &options)?;
+    let files = tree(dir.path());
+    anyhow::ensure!(
+        keys(&files)
+            == [
+                "latest/app.yaml",
+                "latest/crds.yaml",
+                "selected/app.yaml",
+                "tag/app.yaml",
+                "tag/crds.yaml"
+            ],
+        "{files:?}"
+    );
+    let before = stamps(dir.path())?;
+    let (app, crds, not_modified) = (asset_hits("app.yaml"), asset_hits("crds.yaml"), api_304());
+    anyhow::ensure!(
+        app >= 3 && crds >= 2,
+        "first sync fetched app.yaml {app}, crds.yaml {crds} times"
+    );
+
+    let second = run_blocking(&cfg, dir.path(), &options)?;
+    anyhow::ensure!(second == first, "lock changed: {second:?}");
+    anyhow::ensure!(
+        asset_hits("app.yaml") == app && asset_hits("crds.yaml") == crds,
+        "assets requested again: app.yaml {app} -> {}, crds.yaml {crds} -> {}",
+        asset_hits("app.yaml"),
+        asset_hits("crds.yaml")
+    );
+    anyhow::ensure!(
+        api_304() > not_modified,
+        "the release request was not conditional"
+    );
+    anyhow::ensure!(stamps(dir.path())? == before, "files rewritten");
+
+    // Replaced under the same tags (GitHub gives the new asset another id, size, updated_at
+    // and digest): downloaded again, the untouched asset's directory content unchanged.
+    std::fs::write(www.join("app.yaml"), "app: 2, replaced\n")?;
+    let third = run_blocking(&cfg, dir.path(), &options)?;
+    anyhow::ensure!(third == first, "same releases, same lock: {third:?}");
+    anyhow::ensure!(
+        asset_hits("app.yaml") >= app + 3,
+        "replaced asset not downloaded again: {app} -> {}",
+        asset_hits("app.yaml")
+    );
+    for rel in ["tag/app.yaml", "latest/app.yaml", "selected/app.yaml"] {
+        let content = std::fs::read_to_string(dir.path().join(rel))?;
+        anyhow::ensure!(content == "app: 2, replaced\n", "{rel}: {content:?}");
+    }
+    Ok(())
+}
+
+/// Pushes a bundle of `files` (relative path, content) to the bed's plain registry; returns
+/// its `REPO@DIGEST`.
+fn push_bundle(
+    runtime: &tokio::runtime::Runtime,
+    registry: &packsmith::registry::Registry,
+    repo_tag: &str,
+    files: &[(&str, &str)],
+) -> anyhow::Result<String> {
+    let src = tempfile::tempdir()?;
+    for (rel, content) in files {
+        let path = src.path().join(rel);
+        std::fs::create_dir_all(path.parent().expect("parent"))?;
+        std::fs::write(path, content)?;
+    }
+    let target = format!("{}/{repo_tag}", bed().registry);
+    let tag = repo_tag
+        .rsplit_once(':')
+        .map(|(_, t)| t)
+        .unwrap_or("latest");
+    runtime.block_on(async {
+        let built = packsmith::bundle::build(
+            &[src.path().to_owned()],
+            &packsmith::bundle::BuildOptions::default(),
+        )?;
+        let pushed = packsmith::bundle::push(
+            registry,
+            &built,
+            &packsmith::bundle::Location::parse(&target)?,
+            &[tag.to_owned()],
+            &packsmith::bundle::PushOptions::default(),
+        )
+        .await?;
+        anyhow::Ok(pushed.image)
+    })
+}
+
+/// `imgpkgBundle.recursive`: bundles listed in the bundle's images.yml (and theirs) land in
+/// `.imgpkg/bundles/sha256-<hex>/`, plain images listed beside them do not; without it only
+/// the top bundle is written.
+fn imgpkg_bundle_recursive() -> anyhow::Result<()> {
+    use crate::support::images::{ImageKind, Registry, push_image};
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let registry = plain_registry()?;
+    let host = &bed().registry;
+    let plain_digest = runtime.block_on(push_image(
+        &Registry::plain(bed()),
+        "sync-nested/plain",
+        "1.0",
+        ImageKind::Oci,
+        "nested",
+    ))?;
+    let plain = format!("{host}/sync-nested/plain@{plain_digest}");
+    let images = |refs: &[&str]| {
+        let mut yaml =
+            "apiVersion: imgpkg.carvel.dev/v1alpha1\nkind: ImagesLock\nimages:\n".to_owned();
+        for r in refs {
+            yaml.push_str(&format!("- image: {r}\n"));
+        }
+        yaml
+    };
+    let leaf = push_bundle(
+        &runtime,
+        &registry,
+        "sync-nested/leaf:1.0.0",
+        &[
+            (".imgpkg/images.yml", &images(&[&plain])),
+            ("config/leaf.yaml", "leaf: 1\n"),
+        ],
+    )?;
+    let middle = push_bundle(
+        &runtime,
+        &registry,
+        "sync-nested/middle:1.0.0",
+        &[
+            (".imgpkg/images.yml", &images(&[&leaf, &plain])),
+            ("config/middle.yaml", "middle: 1\n"),
+        ],
+    )?;
+    let top = push_bundle(
+        &runtime,
+        &registry,
+        "sync-nested/top:1.0.0",
+        &[
+            (".imgpkg/images.yml", &images(&[&middle, &plain])),
+            ("config/top.yaml", "top: 1\n"),
+        ],
+    )?;
+    let dir_of = |image: &str| {
+        format!(
+            "b/.imgpkg/bundles/sha256-{}",
+            image
+                .rsplit_once("@sha256:")
+                .map(|(_, h)| h)
+                .unwrap_or_default()
+        )
+    };
+    let secrets = MemorySecrets::default();
+    let options = SyncOptions {
+        registry: Some(&registry),
+        ..SyncOptions::new(&secrets)
+    };
+    for recursive in [true, false] {
+        let cfg = config(&format!(
+            "apiVersion: vendir.k14s.io/v1alpha1\nkind: Config\ndirectories:\n- path: v\n  contents:\n  \
+             - path: b\n    imgpkgBundle: {{image: \"{host}/sync-nested/top:1.0.0\", recursive: {recursive}}}\n"
+        ))?;
+        let dir = tempfile::tempdir()?;
+        let lock = run_blocking(&cfg, dir.path(), &options)
+            .map_err(|e| anyhow::anyhow!("recursive {recursive}: {e}"))?;
+        let bundle = lock.directories[0].contents[0]
+            .imgpkg_bundle
+            .clone()
+            .expect("bundle lock");
+        anyhow::ensure!(bundle.image == top, "{bundle:?} vs {top}");
+        let files = tree(&dir.path().join("v"));
+        let mut want = vec![
+            "b/.imgpkg/images.yml".to_owned(),
+            "b/config/top.yaml".to_owned(),
+        ];
+        if recursive {
+            for (image, file) in [(&middle, "config/middle.yaml"), (&leaf, "config/leaf.yaml")] {
+                want.push(format!("{}/.imgpkg/images.yml", dir_of(image)));
+                want.push(format!("{}/{file}", dir_of(image)));
+            }
+        }
+        want.sort();
+        anyhow::ensure!(keys(&files) == want, "recursive {recursive}: {files:?}");
+        if recursive {
+            anyhow::ensure!(files[&format!("{}/config/leaf.yaml", dir_of(&leaf))] == "leaf: 1\n");
+        }
+    }
     Ok(())
 }

@@ -473,9 +473,49 @@ class Handler(BaseHTTPRequestHandler):
             release.setdefault("draft", False)
             release.setdefault("prerelease", False)
             release.setdefault("assets", [])
+            for asset in release["assets"]:
+                if isinstance(asset, dict):
+                    self.describe_asset(asset)
             releases.append(release)
         releases.sort(key=lambda r: (release_time(r), r["id"]), reverse=True)
         return releases
+
+    def describe_asset(self, asset):
+        # GitHub gives every asset an id, size and updated_at (and a digest), which change when
+        # the asset is replaced under the same tag; filled in from the served file.
+        url = urllib.parse.urlsplit(asset.get("browser_download_url") or "")
+        name = asset.get("name") or ""
+        asset.setdefault("id", int(hashlib.sha256(url.path.encode()).hexdigest()[:7], 16))
+        if not url.path.startswith("/files/"):
+            return
+        parts = [p for p in urllib.parse.unquote(url.path[len("/files/") :]).split("/") if p not in ("", ".")]
+        if not parts or ".." in parts:
+            return
+        try:
+            with open(os.path.join(self.server.www, *parts), "rb") as f:
+                st = os.fstat(f.fileno())
+                digest = self.file_etag(f, st)
+        except OSError:
+            return
+        asset.setdefault("name", name or parts[-1])
+        asset.setdefault("size", st.st_size)
+        asset.setdefault("updated_at", datetime.datetime.fromtimestamp(st.st_mtime, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
+        # The ETag is a prefix of the content's sha256; GitHub's digest is the full one.
+        asset.setdefault("digest", "sha256:" + self.content_sha256(os.path.join(self.server.www, *parts), digest))
+
+    def content_sha256(self, path, etag):
+        key = ("sha256", path, etag)
+        with self.server.etags_lock:
+            known = self.server.etags.get(key)
+        if known is None:
+            h = hashlib.sha256()
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(CHUNK * 16), b""):
+                    h.update(block)
+            known = h.hexdigest()
+            with self.server.etags_lock:
+                self.server.etags[key] = known
+        return known
 
     def release_page(self, owner, repo, releases, query):
         params = urllib.parse.parse_qs(query)

@@ -2,12 +2,13 @@
 //! GitHub Enterprise / test server via `apiURL`), checksums verified.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
 
 use super::http::{Auth, check_sha256, place};
-use super::{Context, FetchError, Glob, highest_version, redact_url};
+use super::{Context, FetchError, Glob, hex, highest_version, redact_url};
 use crate::carvel::vendir::{GithubReleaseSource, LockGithubRelease};
 
 const DEFAULT_API: &str = "https://api.github.com";
@@ -34,15 +35,39 @@ struct Asset {
     url: String,
     #[serde(default)]
     browser_download_url: String,
+    #[serde(default)]
+    id: u64,
+    #[serde(default)]
+    size: u64,
+    #[serde(default)]
+    updated_at: String,
+    /// `sha256:<hex>`, given by GitHub for assets uploaded since mid 2025.
+    #[serde(default)]
+    digest: Option<String>,
 }
 
-pub(crate) async fn fetch(
+/// A release as the sync resolved it, with what is needed to download its assets.
+struct Resolved {
+    release: Release,
+    releases: String,
+    auth: Auth,
+    api: String,
+}
+
+/// The last answer to a release request, kept to make the next one conditional.
+#[derive(Serialize, Deserialize)]
+struct CachedAnswer {
+    etag: String,
+    body: String,
+}
+
+/// Finds the release `source` names (the locked URL first, as `--locked` asks), with one
+/// conditional API request when a single release is named.
+async fn resolve(
     ctx: &Context<'_>,
     source: &GithubReleaseSource,
     locked_url: Option<String>,
-    out: &Path,
-    scratch: &Path,
-) -> Result<LockGithubRelease, FetchError> {
+) -> Result<Resolved, FetchError> {
     let api = if source.api_url.is_empty() {
         DEFAULT_API
     } else {
@@ -72,11 +97,11 @@ pub(crate) async fn fetch(
     let release: Release = if let Some(url) =
         locked_url.or_else(|| (!source.url.is_empty()).then(|| source.url.clone()))
     {
-        get_json(ctx, &url, &auth).await?
+        get_release(ctx, &url, &auth).await?
     } else if !source.tag.is_empty() {
-        get_json(ctx, &format!("{releases}/tags/{}", source.tag), &auth).await?
+        get_release(ctx, &format!("{releases}/tags/{}", source.tag), &auth).await?
     } else if source.latest {
-        get_json(ctx, &format!("{releases}/latest"), &auth).await?
+        get_release(ctx, &format!("{releases}/latest"), &auth).await?
     } else if let Some(selection) = &source.tag_selection {
         let all = list_releases(ctx, &releases, &auth).await?;
         let tag = highest_version(
@@ -91,13 +116,93 @@ pub(crate) async fn fetch(
             "githubRelease needs one of tag, latest, tagSelection or url".to_owned(),
         ));
     };
+    Ok(Resolved {
+        release,
+        releases,
+        auth,
+        api: api.to_owned(),
+    })
+}
 
+/// The assets of `release` that `source` selects.
+fn wanted<'a>(source: &GithubReleaseSource, release: &'a Release) -> Vec<&'a Asset> {
     let patterns: Vec<Glob> = source.asset_names.iter().map(|n| Glob::new(n)).collect();
-    let wanted: Vec<&Asset> = release
+    release
         .assets
         .iter()
         .filter(|a| patterns.is_empty() || patterns.iter().any(|p| p.matches(&a.name)))
-        .collect();
+        .collect()
+}
+
+/// The lock entry for `release` (its API URL and tag).
+fn lock_of(resolved: &Resolved) -> LockGithubRelease {
+    let release = &resolved.release;
+    let url = if release.url.is_empty() {
+        format!("{}/{}", resolved.releases, release.id)
+    } else {
+        release.url.clone()
+    };
+    LockGithubRelease {
+        url,
+        tag: release.tag_name.clone(),
+    }
+}
+
+/// What the warm path compares: the lock entry, the checksums in the notes, and per selected
+/// asset what changes when it is replaced under the same tag (id, size, updated_at, digest).
+/// `None` when an asset has neither a digest nor an id and update time, since then a
+/// replacement could not be told apart.
+fn identity(source: &GithubReleaseSource, resolved: &Resolved) -> Option<String> {
+    let lock = lock_of(resolved);
+    let mut assets = Vec::new();
+    for asset in wanted(source, &resolved.release) {
+        let known = asset.digest.as_deref().is_some_and(|d| !d.is_empty())
+            || (asset.id != 0 && !asset.updated_at.is_empty());
+        if !known {
+            return None;
+        }
+        assets.push(serde_json::json!([
+            asset.name,
+            asset.id,
+            asset.size,
+            asset.updated_at,
+            asset.digest,
+        ]));
+    }
+    let notes = notes_checksums(resolved.release.body.as_deref().unwrap_or_default());
+    let summary = serde_json::json!({
+        "url": lock.url,
+        "tag": lock.tag,
+        "notes": notes,
+        "assets": assets,
+    });
+    let bytes = serde_json::to_vec(&summary).ok()?;
+    Some(format!("github:{}", hex(&sha2::Sha256::digest(&bytes))))
+}
+
+/// The identity [`fetch`] would record, found with one (conditional) API request and no
+/// asset download.
+pub(crate) async fn probe(
+    ctx: &Context<'_>,
+    source: &GithubReleaseSource,
+    locked_url: Option<String>,
+) -> Result<Option<String>, FetchError> {
+    let resolved = resolve(ctx, source, locked_url).await?;
+    Ok(identity(source, &resolved))
+}
+
+/// The `githubRelease` source; returns the lock entry and the identity the warm path records.
+pub(crate) async fn fetch(
+    ctx: &Context<'_>,
+    source: &GithubReleaseSource,
+    locked_url: Option<String>,
+    out: &Path,
+    scratch: &Path,
+) -> Result<(LockGithubRelease, Option<String>), FetchError> {
+    let resolved = resolve(ctx, source, locked_url).await?;
+    let (release, auth, api) = (&resolved.release, &resolved.auth, resolved.api.as_str());
+
+    let wanted = wanted(source, release);
     let mut checksums = source.checksums.clone();
     if checksums.is_empty() && !source.disable_auto_checksum_validation {
         checksums = notes_checksums(release.body.as_deref().unwrap_or_default());
@@ -164,34 +269,76 @@ pub(crate) async fn fetch(
         )
         .await?;
     }
-    let url = if release.url.is_empty() {
-        format!("{releases}/{}", release.id)
-    } else {
-        release.url
-    };
-    Ok(LockGithubRelease {
-        url,
-        tag: release.tag_name,
-    })
+    Ok((lock_of(&resolved), identity(source, &resolved)))
 }
 
-async fn get_json<T: serde::de::DeserializeOwned>(
-    ctx: &Context<'_>,
-    url: &str,
-    auth: &Auth,
-) -> Result<T, FetchError> {
-    let request = ctx
+/// One release from the API. With a cache, the request carries the ETag of the last answer
+/// and a 304 (which GitHub does not count against the rate limit) reuses that answer.
+async fn get_release(ctx: &Context<'_>, url: &str, auth: &Auth) -> Result<Release, FetchError> {
+    let entry = ctx.cache("github").map(|c| cache_entry(&c, url));
+    let cached: Option<CachedAnswer> = entry
+        .as_ref()
+        .and_then(|p| std::fs::read(p).ok())
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let mut request = ctx
         .http
         .request(url, auth)
         .header(reqwest::header::ACCEPT, "application/vnd.github+json");
+    if let Some(cached) = &cached {
+        request = request.header(reqwest::header::IF_NONE_MATCH, &cached.etag);
+    }
     let response = ctx.http.send(url, request).await?;
+    let unexpected = |e: serde_json::Error| {
+        FetchError::Invalid(format!("unexpected answer from {}: {e}", redact_url(url)))
+    };
+    if response.status() == reqwest::StatusCode::NOT_MODIFIED {
+        let Some(cached) = cached else {
+            return Err(FetchError::Status {
+                status: 304,
+                url: redact_url(url),
+            });
+        };
+        return serde_json::from_str(&cached.body).map_err(unexpected);
+    }
+    let etag = response
+        .headers()
+        .get(reqwest::header::ETAG)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let bytes = response
         .bytes()
         .await
         .map_err(|e| super::http::request_error(url, e))?;
-    serde_json::from_slice(&bytes).map_err(|e| {
-        FetchError::Invalid(format!("unexpected answer from {}: {e}", redact_url(url)))
-    })
+    let release = serde_json::from_slice(&bytes).map_err(unexpected)?;
+    if let (Some(path), Some(etag), Ok(body)) = (entry, etag, String::from_utf8(bytes.to_vec())) {
+        store_answer(&path, &CachedAnswer { etag, body });
+    }
+    Ok(release)
+}
+
+fn cache_entry(cache: &Path, url: &str) -> PathBuf {
+    cache.join(format!(
+        "{}.json",
+        hex(&sha2::Sha256::digest(url.as_bytes()))
+    ))
+}
+
+/// Best effort: a failed write costs a full answer next time, never this sync.
+fn store_answer(path: &Path, answer: &CachedAnswer) {
+    let write = || -> std::io::Result<()> {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+        std::fs::write(
+            &tmp,
+            serde_json::to_vec(answer).map_err(std::io::Error::other)?,
+        )?;
+        std::fs::rename(&tmp, path)
+    };
+    if let Err(error) = write() {
+        tracing::debug!(path = %path.display(), %error, "could not cache a release answer");
+    }
 }
 
 /// Every release, following the `Link: rel="next"` pages.
@@ -270,6 +417,58 @@ mod tests {
         let parsed = notes_checksums(&notes);
         assert_eq!(parsed.len(), 2);
         assert_eq!(parsed["cmctl.tgz"], sum);
+    }
+
+    #[test]
+    fn identity_changes_when_an_asset_is_replaced_under_the_same_tag() {
+        let resolved = |assets: serde_json::Value| Resolved {
+            release: serde_json::from_value(serde_json::json!({
+                "url": "http://h/repos/o/r/releases/1", "id": 1, "tag_name": "v1",
+                "assets": assets,
+            }))
+            .unwrap(),
+            releases: "http://h/repos/o/r/releases".to_owned(),
+            auth: Auth::None,
+            api: "http://h".to_owned(),
+        };
+        let asset = |name: &str, id: u64, updated: &str| serde_json::json!({"name": name, "id": id, "size": 3, "updated_at": updated});
+        let source = GithubReleaseSource {
+            asset_names: vec!["*.yaml".to_owned()],
+            ..Default::default()
+        };
+        let before = identity(
+            &source,
+            &resolved(serde_json::json!([
+                asset("a.yaml", 1, "t1"),
+                asset("b.tgz", 2, "t1")
+            ])),
+        )
+        .unwrap();
+        // An asset the source does not select may change freely.
+        let other = identity(
+            &source,
+            &resolved(serde_json::json!([
+                asset("a.yaml", 1, "t1"),
+                asset("b.tgz", 3, "t2")
+            ])),
+        );
+        assert_eq!(other.as_deref(), Some(before.as_str()));
+        let replaced = identity(
+            &source,
+            &resolved(serde_json::json!([
+                asset("a.yaml", 4, "t2"),
+                asset("b.tgz", 2, "t1")
+            ])),
+        );
+        assert!(replaced.is_some_and(|r| r != before));
+        // Without an id and update time (or a digest) a replacement could not be noticed.
+        let unknown = identity(&source, &resolved(serde_json::json!([{"name": "a.yaml"}])));
+        assert_eq!(unknown, None);
+        let digest = identity(
+            &source,
+            &resolved(serde_json::json!([{"name": "a.yaml", "digest": "sha256:00"}])),
+        );
+        assert!(digest.is_some());
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //!   whiteouts applied, as `imgpkg pull -i` (which vendir runs) does; only regular files and
 //!   directories are written, links and devices are skipped, as imgpkg skips them.
 //! - `imgpkgBundle`: [`crate::bundle::pull`], which verifies every digest and refuses unsafe
-//!   paths; the bundle's `.imgpkg/` is kept, as vendir keeps it.
+//!   paths; the bundle's `.imgpkg/` is kept, as vendir keeps it. With `recursive`, the
+//!   bundles its images.yml lists are pulled into `.imgpkg/bundles/sha256-<hex>/`, as
+//!   `imgpkg pull --recursive` lays them out.
 //!
 //! Both lock `REPO@DIGEST` and the tag. A `secretRef` is a `kubernetes.io/dockerconfigjson`
 //! Secret, or `username`/`password` (or `token`) for the image's registry; it is merged over
@@ -210,6 +212,8 @@ pub(crate) struct Manifest {
     #[serde(default)]
     manifests: Vec<serde_json::Value>,
     #[serde(default)]
+    config: Option<Descriptor>,
+    #[serde(default)]
     pub layers: Vec<Descriptor>,
 }
 
@@ -222,10 +226,30 @@ pub(crate) struct Descriptor {
     pub size: i64,
 }
 
+impl Manifest {
+    fn is_index(&self) -> bool {
+        !self.manifests.is_empty() || matches!(self.media_type.as_str(), OCI_INDEX | DOCKER_LIST)
+    }
+}
+
 /// Fetches and parses an image manifest; returns its digest (computed, and checked against
 /// the reference's own) and the manifest. Indexes are refused: which platform's content
 /// belongs in a package cannot be guessed.
 pub(crate) async fn pull_manifest(
+    registry: &Registry,
+    reference: &Reference,
+) -> Result<(String, Manifest), FetchError> {
+    let (digest, manifest) = pull_any_manifest(registry, reference).await?;
+    if manifest.is_index() {
+        return Err(FetchError::Invalid(format!(
+            "{reference} is a multi-platform index; name one platform's image by digest"
+        )));
+    }
+    Ok((digest, manifest))
+}
+
+/// [`pull_manifest`], indexes included.
+async fn pull_any_manifest(
     registry: &Registry,
     reference: &Reference,
 ) -> Result<(String, Manifest), FetchError> {
@@ -253,13 +277,6 @@ pub(crate) async fn pull_manifest(
     let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| {
         FetchError::Invalid(format!("{reference}: the manifest is not valid JSON: {e}"))
     })?;
-    if !manifest.manifests.is_empty()
-        || matches!(manifest.media_type.as_str(), OCI_INDEX | DOCKER_LIST)
-    {
-        return Err(FetchError::Invalid(format!(
-            "{reference} is a multi-platform index; name one platform's image by digest"
-        )));
-    }
     Ok((digest, manifest))
 }
 
@@ -456,11 +473,6 @@ pub(crate) async fn fetch_bundle(
     out: &Path,
 ) -> Result<(LockImgpkgBundle, String), FetchError> {
     refuse_skip_tls(source.dangerous_skip_tls_verify)?;
-    if source.recursive {
-        return Err(FetchError::NotSupported(
-            "imgpkgBundle.recursive (pulling nested bundles)".to_owned(),
-        ));
-    }
     let probe = parse(locked.map_or(source.image.as_str(), |l| l.image.as_str()))?;
     let registry = registry_for(ctx, source.secret_ref.as_ref(), &probe)?;
     let locked = locked_pair(
@@ -485,6 +497,9 @@ pub(crate) async fn fetch_bundle(
     if !pulled.skipped.is_empty() {
         tracing::info!(bundle = %pulled.image, skipped = ?pulled.skipped, "links in the bundle were not written, as imgpkg skips them");
     }
+    if source.recursive {
+        pull_nested_bundles(&registry, out, &ctx.options.limits).await?;
+    }
     Ok((
         LockImgpkgBundle {
             image: pulled.image,
@@ -492,6 +507,115 @@ pub(crate) async fn fetch_bundle(
         },
         digest,
     ))
+}
+
+/// How deep bundles may nest below the one synced; deeper chains are refused rather than
+/// followed without end.
+const MAX_NESTING: usize = 8;
+
+/// Pulls every bundle that `root`'s `.imgpkg/images.yml` (and theirs, transitively) lists
+/// into `root/.imgpkg/bundles/sha256-<hex>/`, as `imgpkg pull --recursive` lays them out: all
+/// side by side below the top bundle, each once. Images whose config lacks the bundle label
+/// are left out, as imgpkg leaves them. Each nested pull checks the bundle against the digest
+/// its parent lists.
+async fn pull_nested_bundles(
+    registry: &Registry,
+    root: &Path,
+    limits: &Limits,
+) -> Result<(), FetchError> {
+    let bundles = root.join(".imgpkg").join("bundles");
+    let mut seen = std::collections::HashSet::new();
+    let mut queue = std::collections::VecDeque::from([(root.to_owned(), 0usize)]);
+    while let Some((dir, depth)) = queue.pop_front() {
+        for image in listed_images(&dir)? {
+            let reference = parse(&image)?;
+            let Some(digest) = reference.digest().map(str::to_owned) else {
+                return Err(FetchError::Invalid(format!(
+                    "{image} in the .imgpkg/images.yml of a bundle is not a digest reference"
+                )));
+            };
+            if !seen.insert(digest.clone()) || !is_bundle(registry, &reference, limits).await? {
+                continue;
+            }
+            if depth >= MAX_NESTING {
+                return Err(FetchError::Invalid(format!(
+                    "bundles nest more than {MAX_NESTING} deep (at {image})"
+                )));
+            }
+            let hex = digest.trim_start_matches("sha256:");
+            let target = safe_join(&bundles, &format!("sha256-{hex}"))
+                .map_err(|e| FetchError::Invalid(format!("nested bundle {image}: {e}")))?;
+            std::fs::create_dir_all(&bundles).map_err(FetchError::io(&bundles))?;
+            let pulled = bundle::pull(registry, &Location::Registry(reference), &target)
+                .await
+                .map_err(bundle_error)?;
+            tracing::info!(bundle = %pulled.image, "pulled a nested bundle");
+            queue.push_back((target, depth + 1));
+        }
+    }
+    Ok(())
+}
+
+/// The images a pulled bundle's `.imgpkg/images.yml` lists (none when it has no such file).
+fn listed_images(bundle_dir: &Path) -> Result<Vec<String>, FetchError> {
+    let path = bundle_dir.join(".imgpkg").join("images.yml");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(FetchError::io(&path)(e)),
+    };
+    let lock = crate::carvel::ImagesLock::from_yaml(&text)
+        .map_err(|e| FetchError::Invalid(format!("{}: {e}", path.display())))?;
+    Ok(lock.images.into_iter().map(|i| i.image).collect())
+}
+
+/// Whether the image at `reference` is an imgpkg bundle: a single image (not an index) whose
+/// config carries the bundle label.
+async fn is_bundle(
+    registry: &Registry,
+    reference: &Reference,
+    limits: &Limits,
+) -> Result<bool, FetchError> {
+    /// Far above any real image config; a registry sending more is not answering honestly.
+    const MAX_CONFIG_BYTES: u64 = 4 << 20;
+    #[derive(Deserialize)]
+    struct Config {
+        #[serde(default)]
+        config: Labels,
+    }
+    #[derive(Default, Deserialize)]
+    struct Labels {
+        #[serde(rename = "Labels", default)]
+        labels: Option<std::collections::BTreeMap<String, String>>,
+    }
+    let (_, manifest) = pull_any_manifest(registry, reference).await?;
+    // A multi-platform image is never a bundle, nor is an artifact without a config.
+    if manifest.is_index() {
+        return Ok(false);
+    }
+    let Some(config) = manifest.config else {
+        return Ok(false);
+    };
+    let scratch = tempfile::tempdir().map_err(FetchError::io(Path::new("temporary directory")))?;
+    let path = scratch.path().join("config");
+    pull_blob_to_file(
+        registry,
+        reference,
+        &config,
+        &path,
+        MAX_CONFIG_BYTES.min(limits.max_bytes),
+    )
+    .await?;
+    let bytes = std::fs::read(&path).map_err(FetchError::io(&path))?;
+    let parsed: Config = match serde_json::from_slice(&bytes) {
+        Ok(parsed) => parsed,
+        // Not an image config (some other artifact): not a bundle either.
+        Err(_) => return Ok(false),
+    };
+    Ok(parsed
+        .config
+        .labels
+        .is_some_and(|l| l.contains_key(bundle::image::BUNDLE_LABEL)))
 }
 
 fn bundle_error(error: BundleError) -> FetchError {

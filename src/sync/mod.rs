@@ -769,7 +769,10 @@ async fn fetch_contents(
         lock.http = Some(LockEmpty {});
     } else if let Some(source) = &contents.github_release {
         let locked_url = locked.and_then(|l| l.github_release.as_ref().map(|g| g.url.clone()));
-        lock.github_release = Some(github::fetch(ctx, source, locked_url, &out, scratch).await?);
+        let (release, release_identity) =
+            github::fetch(ctx, source, locked_url, &out, scratch).await?;
+        identity = release_identity;
+        lock.github_release = Some(release);
     } else if let Some(source) = &contents.helm_chart {
         let locked_version = locked
             .map(|l| {
@@ -869,6 +872,10 @@ async fn probe_contents(
     if let Some(source) = &contents.http {
         return http::probe(ctx, source).await;
     }
+    if let Some(source) = &contents.github_release {
+        let locked_url = locked.and_then(|l| l.github_release.as_ref().map(|g| g.url.clone()));
+        return github::probe(ctx, source, locked_url).await;
+    }
     if let Some(source) = &contents.helm_chart {
         let locked_version = locked.and_then(|l| l.helm_chart.as_ref().map(|h| h.version.clone()));
         std::fs::create_dir_all(scratch).map_err(FetchError::io(scratch))?;
@@ -908,7 +915,7 @@ async fn probe_contents(
     if contents.manual.is_some() {
         return Ok(Some("manual".to_owned()));
     }
-    // githubRelease (its assets may be replaced under the same tag) and local directories.
+    // Local directories: their files are not watched.
     Ok(None)
 }
 
