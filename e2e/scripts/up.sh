@@ -189,7 +189,7 @@ ready_apiserver() { [[ $(kcurl /readyz) == ok ]] && kcurl /api/v1/namespaces/def
 
 # --- registries --------------------------------------------------------------------------------
 
-configure_registry() { # plain|tls PORT
+configure_registry() { # plain|tls|token PORT
   local kind=$1 port=$2 rdir
   rdir=$(registry_dir "$STATE" "$kind")
   mkdir -p "$rdir/storage"
@@ -222,6 +222,15 @@ auth:
   htpasswd:
     realm: packsmith-e2e
     path: $rdir/htpasswd
+YML
+    elif [[ $kind == token ]]; then
+      cat <<YML
+auth:
+  token:
+    realm: http://127.0.0.1:$(<"$TOKEN_DIR/port")/token
+    service: $TOKEN_SERVICE
+    issuer: $TOKEN_ISSUER
+    rootcertbundle: $TOKEN_DIR/signing.crt
 YML
     fi
   } >"$rdir/config.yml"
@@ -283,33 +292,8 @@ ready_token_server() {
 
 # Needs the token server's port (its realm), so it starts once that server is ready.
 start_registry_token() {
-  local rdir
   if [[ $1 == repick ]]; then TOKEN_REG_PORT=$(free_ports 1); fi
-  rdir=$(registry_dir "$STATE" token)
-  echo "127.0.0.1:$TOKEN_REG_PORT" >"$rdir/addr"
-  cat >"$rdir/config.yml" <<YML
-version: 0.1
-log:
-  level: info
-  formatter: text
-storage:
-  filesystem:
-    rootdirectory: $rdir/storage
-  delete:
-    enabled: true
-  maintenance:
-    uploadpurging:
-      enabled: false
-http:
-  addr: 127.0.0.1:$TOKEN_REG_PORT
-  secret: $(openssl rand -hex 16)
-auth:
-  token:
-    realm: http://127.0.0.1:$(<"$TOKEN_DIR/port")/token
-    service: $TOKEN_SERVICE
-    issuer: $TOKEN_ISSUER
-    rootcertbundle: $TOKEN_DIR/signing.crt
-YML
+  configure_registry token "$TOKEN_REG_PORT"
   registry_start "$STATE" token
 }
 # Ready when /v2/ challenges for a token and the token server's token is accepted.

@@ -66,6 +66,16 @@ spec:
     )
 }
 
+/// The repository bundle `main`'s status records now.
+async fn bundle_image(api: &Api<PackageRepositorySource>) -> anyhow::Result<Option<String>> {
+    Ok(api
+        .get("main")
+        .await?
+        .status
+        .and_then(|s| s.bundle)
+        .map(|b| b.image))
+}
+
 fn ready(obj: &PackageRepositorySource) -> Option<(String, String, String)> {
     obj.status.as_ref().and_then(|s| {
         s.conditions
@@ -248,12 +258,7 @@ spec:
                 .fetch
                 .imgpkg_bundle
                 .map(|b| b.image);
-            let current = api
-                .get("main")
-                .await?
-                .status
-                .and_then(|s| s.bundle)
-                .map(|b| b.image);
+            let current = bundle_image(&api).await?;
             Ok(fetched.is_some() && fetched == current)
         },
     )
@@ -389,12 +394,7 @@ spec:
     );
     // Moving a release from the cluster into a record keeps it byte-for-byte (its releasedAt
     // included), so the repository bundle is the one first pushed.
-    let settled = api
-        .get("main")
-        .await?
-        .status
-        .and_then(|s| s.bundle)
-        .map(|b| b.image);
+    let settled = bundle_image(&api).await?;
     ensure!(
         settled.as_deref() == Some(bundle.image.as_str()),
         "the repository digest moved from {} to {settled:?} though no package changed",
@@ -438,12 +438,7 @@ spec:
     // delta's Package was in the cluster when the repository took it in; its record is the
     // same Package, so the repository re-run its move triggers pushes nothing new.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let moved = api
-        .get("main")
-        .await?
-        .status
-        .and_then(|s| s.bundle)
-        .map(|b| b.image);
+    let moved = bundle_image(&api).await?;
     ensure!(
         moved.as_deref() == Some(image.as_str()),
         "moving delta's release into a record changed the repository digest: {image} -> {moved:?}"
