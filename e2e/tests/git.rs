@@ -425,5 +425,24 @@ fn sync_with_submodules() -> anyhow::Result<()> {
         synced.keys().map(String::as_str).collect::<Vec<_>>() == [".gitmodules", "README.md"],
         "skipInitSubmodules: {synced:?}"
     );
+
+    // From a local path the relative submodule URL is a local path too: refused, as git
+    // refuses file submodules (protocol.file.allow=user), and nothing is written.
+    let local = bed().git_dir.join("e2e-super.git");
+    let local = format!(
+        "apiVersion: vendir.k14s.io/v1alpha1\nkind: Config\ndirectories:\n- path: vendor\n  \
+         contents:\n  - path: app\n    git: {{url: \"{}\", ref: v1.0.0}}\n",
+        local.display()
+    );
+    let root = tempfile::tempdir()?;
+    let err = match sync_blocking(&local, root.path(), &secrets) {
+        Ok(lock) => anyhow::bail!("a local submodule was fetched: {lock:?}"),
+        Err(e) => format!("{e:#}"),
+    };
+    anyhow::ensure!(err.contains("local path"), "{err}");
+    anyhow::ensure!(
+        !root.path().join("vendor").exists(),
+        "a refused sync wrote vendor/"
+    );
     Ok(())
 }

@@ -416,6 +416,15 @@ impl Job {
     }
 
     fn submodule_job(&self, url: String, commit: gix::ObjectId) -> Result<Job, FetchError> {
+        // As git since 2.38.1 (protocol.file.allow=user): an upstream's .gitmodules must not
+        // make the controller read local repositories, such as another namespace's cached
+        // clones under the same cache directory.
+        if is_local(&url) {
+            return Err(FetchError::Invalid(format!(
+                "submodule url {} is a local path or file:// URL; refused as git refuses it                  (serve the submodule over https or ssh)",
+                redact_url(&url)
+            )));
+        }
         // A secret is meant for its own host: vendir hands one ssh key to every host, but
         // sending a password or key to whatever host a .gitmodules names would leak it.
         let auth = if host_of(&url).is_some() && host_of(&url) == host_of(&self.url) {
@@ -702,6 +711,11 @@ fn host_of(url: &str) -> Option<String> {
         .map(str::to_ascii_lowercase)
 }
 
+/// A local path or `file://` URL (also what an unparsable URL is treated as: refused).
+fn is_local(url: &str) -> bool {
+    gix::url::parse(url.as_bytes().as_bstr()).map_or(true, |u| u.scheme == gix::url::Scheme::File)
+}
+
 /// A `.gitmodules` URL as git resolves it against the parent's remote URL (git's
 /// `relative_url()`): each leading `../` drops one component of the parent's URL, `./` none;
 /// absolute URLs are kept. `None` when `../` climbs past the parent's host or root.
@@ -947,5 +961,24 @@ mod tests {
             Some("git.example.com")
         );
         assert_eq!(host_of("/srv/git/a.git"), None);
+    }
+
+    #[test]
+    fn local_submodule_urls_are_refused() {
+        for local in [
+            "/srv/cache/other-namespace/repo",
+            "file:///srv/git/a.git",
+            "../../cache/a",
+        ] {
+            assert!(is_local(local), "{local}");
+        }
+        for remote in [
+            "https://git.example.com/a.git",
+            "http://127.0.0.1:8080/git/a.git",
+            "git@git.example.com:a.git",
+            "ssh://git@git.example.com:2222/a.git",
+        ] {
+            assert!(!is_local(remote), "{remote}");
+        }
     }
 }
