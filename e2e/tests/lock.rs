@@ -808,21 +808,27 @@ async fn locked_contacts_no_registry(bed: &Bed) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `-f -` reads manifests from standard input, as `kbld -f -`.
-fn manifests_from_stdin() -> anyhow::Result<()> {
+/// `packsmith lock FLAGS -f -` with `input` on standard input.
+fn lock_stdin(flags: &[&str], input: &[u8]) -> anyhow::Result<std::process::Output> {
     use std::io::Write as _;
     let mut child = Command::new(env!("CARGO_BIN_EXE_packsmith"))
-        .args(["lock", "--list", "-f", "-"])
+        .arg("lock")
+        .args(flags)
+        .args(["-f", "-"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()?;
-    child
-        .stdin
-        .take()
-        .context("stdin")?
-        .write_all(b"image: b:2\n---\nkind: List\nitems:\n- image: a:1\n")?;
-    let out = child.wait_with_output()?;
+    child.stdin.take().context("stdin")?.write_all(input)?;
+    Ok(child.wait_with_output()?)
+}
+
+/// `-f -` reads manifests from standard input, as `kbld -f -`.
+fn manifests_from_stdin() -> anyhow::Result<()> {
+    let out = lock_stdin(
+        &["--list"],
+        b"image: b:2\n---\nkind: List\nitems:\n- image: a:1\n",
+    )?;
     ensure!(
         out.status.success(),
         "{}",
@@ -831,18 +837,10 @@ fn manifests_from_stdin() -> anyhow::Result<()> {
     assert_eq!(String::from_utf8(out.stdout)?, "a:1\nb:2\n");
 
     // Standard input has no file to rewrite.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_packsmith"))
-        .args(["lock", "--in-place", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()?;
-    child
-        .stdin
-        .take()
-        .context("stdin")?
-        .write_all(format!("image: r.io/a@sha256:{}\n", "f".repeat(64)).as_bytes())?;
-    let out = child.wait_with_output()?;
+    let out = lock_stdin(
+        &["--in-place"],
+        format!("image: r.io/a@sha256:{}\n", "f".repeat(64)).as_bytes(),
+    )?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     ensure!(!out.status.success(), "{stderr}");
     ensure!(stderr.contains("cannot be rewritten in place"), "{stderr}");

@@ -249,6 +249,13 @@ struct Endpoint<'r> {
     auth: RegistryAuth,
 }
 
+impl Endpoint<'_> {
+    /// `<base>/v2/<repository>/<path>`: the distribution API's URL for this repository.
+    fn url(&self, path: &str) -> String {
+        format!("{}/v2/{}/{path}", self.base, self.repository)
+    }
+}
+
 enum Credential {
     None,
     Basic(String, String),
@@ -358,10 +365,7 @@ impl<'r> DistributionClient<'r> {
         digest: &str,
     ) -> Result<bool, RegistryError> {
         let endpoint = self.endpoint(repository)?;
-        let url = format!(
-            "{}/v2/{}/blobs/{digest}",
-            endpoint.base, endpoint.repository
-        );
+        let url = endpoint.url(&format!("blobs/{digest}"));
         let (response, _) = self
             .send(
                 &endpoint,
@@ -388,10 +392,7 @@ impl<'r> DistributionClient<'r> {
         data: Bytes,
     ) -> Result<(), RegistryError> {
         let endpoint = self.endpoint(repository)?;
-        let url = format!(
-            "{}/v2/{}/blobs/uploads/",
-            endpoint.base, endpoint.repository
-        );
+        let url = endpoint.url("blobs/uploads/");
         let (response, credential) = self
             .send(
                 &endpoint,
@@ -526,10 +527,7 @@ impl<'r> DistributionClient<'r> {
         digest: &str,
     ) -> Result<Bytes, RegistryError> {
         let endpoint = self.endpoint(repository)?;
-        let url = format!(
-            "{}/v2/{}/blobs/{digest}",
-            endpoint.base, endpoint.repository
-        );
+        let url = endpoint.url(&format!("blobs/{digest}"));
         let (response, _) = self
             .send(
                 &endpoint,
@@ -859,10 +857,7 @@ impl<'r> DistributionClient<'r> {
 }
 
 fn manifest_url(endpoint: &Endpoint<'_>, target: &str) -> String {
-    format!(
-        "{}/v2/{}/manifests/{target}",
-        endpoint.base, endpoint.repository
-    )
+    endpoint.url(&format!("manifests/{target}"))
 }
 
 fn with(request: reqwest::RequestBuilder, credential: &Credential) -> reqwest::RequestBuilder {
