@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Benchmark of bundle push/pull: packsmith against crane (go-containerregistry, the library
-# imgpkg is built on; imgpkg itself cannot be installed here, see shared/spec/testbed.md).
+# imgpkg is built on; imgpkg itself cannot be installed on the bed).
 #
 # Cases: one 1 MiB file, one 50 MiB file, 5,000 small files. For each: a fresh push (a new
 # repository, nothing there yet), a re-push of the unchanged bundle, and a pull. crane gets the

@@ -172,7 +172,7 @@ pub fn trials() -> Vec<Trial> {
 
 fn fixture_bundle(package: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/fixtures/tce")
+        .join("testdata/tce")
         .join(package)
         .join("bundle")
 }

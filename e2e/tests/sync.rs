@@ -279,7 +279,7 @@ fn git_refs_semver_and_locked() -> anyhow::Result<()> {
 }
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/tce")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/tce")
 }
 
 /// The four TCE packages' vendir.yml, with their upstreams rebuilt locally from the fixture's

@@ -1,4 +1,4 @@
-//! The four TCE packages of `../shared/fixtures/tce`, released from scratch with
+//! The four TCE packages of `testdata/tce`, released from scratch with
 //! `packsmith release` and checked against what TCE published, then gathered into one
 //! repository with `packsmith repo release`.
 //!
@@ -99,7 +99,7 @@ pub fn trials() -> Vec<Trial> {
 }
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/tce")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/tce")
 }
 
 /// A suffix no other run of this test uses (git repositories cannot be pushed twice).

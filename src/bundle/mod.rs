@@ -2,8 +2,8 @@
 //! pull one back into a directory.
 //!
 //! A bundle is an image with one gzip'd tar layer of the directory and the config label
-//! `dev.carvel.imgpkg.bundle`, compatible with what `imgpkg push` produces (see
-//! `shared/spec/carvel.md`): the tar is byte for byte Go's `archive/tar` encoding of imgpkg's
+//! `dev.carvel.imgpkg.bundle`, compatible with what `imgpkg push` produces (imgpkg's
+//! `pkg/imgpkg/image/tar_image.go` and `pkg/imgpkg/bundle/`): the tar is byte for byte Go's `archive/tar` encoding of imgpkg's
 //! `filepath.Walk`, with owner-only modes and zero timestamps and owners, so the same tree
 //! always gives the same diff_id as imgpkg. The gzip stream is ours (level 1, like imgpkg's,
 //! but zlib-rs rather than Go's encoder, and stored blocks for 1 MiB pieces level 1 cannot

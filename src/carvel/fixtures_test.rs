@@ -10,7 +10,7 @@ use serde_json::Value;
 use super::{imgpkg, kbld, package, vendir, yaml};
 
 fn fixtures_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/tce")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/tce")
 }
 
 /// The YAML files of the fixtures, skipping `config/` (upstream manifests and ytt overlays,

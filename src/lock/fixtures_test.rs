@@ -19,7 +19,7 @@ pub(crate) const PACKAGES: &[&str] = &[
 
 fn bundle(package: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/fixtures/tce")
+        .join("testdata/tce")
         .join(package)
         .join("bundle")
 }

@@ -641,7 +641,7 @@ retries: 1
     /// package.yaml) is what packsmith derives: property names, types, defaults, nullability.
     #[test]
     fn matches_the_tce_fixtures() {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/tce");
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/tce");
         let mut checked = 0;
         for (name, version) in [
             ("contour", "1.22.3"),
