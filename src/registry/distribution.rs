@@ -215,6 +215,10 @@ impl Shared {
     }
 }
 
+#[expect(
+    clippy::disallowed_methods,
+    reason = "the registry client: every registry request goes through these two pools"
+)]
 fn client_builder(read_timeout: std::time::Duration, pool_size: usize) -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .user_agent(concat!("packsmith/", env!("CARGO_PKG_VERSION")))

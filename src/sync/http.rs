@@ -38,6 +38,10 @@ pub(crate) struct Downloaded {
 }
 
 impl Client {
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "the upstream download client, built once per sync"
+    )]
     pub(crate) fn new(limits: &Limits) -> Result<Client, FetchError> {
         let inner = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::limited(limits.max_redirects))
