@@ -103,6 +103,8 @@ pub struct PipelineInput<'a> {
     pub labels: BTreeMap<String, String>,
     pub namespace: Option<String>,
     pub on_stage: Option<StageTimer<'a>>,
+    /// What the sync may trust: the controller's strict default, or the CLI's.
+    pub sync_policy: sync::Policy,
 }
 
 impl PipelineInput<'_> {
@@ -136,6 +138,7 @@ pub async fn run(input: &PipelineInput<'_>) -> Result<Outcome, PipelineError> {
     options.cache_dir = input.cache_dir.clone();
     options.previous = input.previous;
     options.registry = Some(input.registry);
+    options.policy = input.sync_policy;
     let started = std::time::Instant::now();
     let contents = sync::sync(&config, input.root, &options).await;
     input.timed(Stage::Sync, started);

@@ -242,6 +242,107 @@ fn comparators(token: &str) -> Result<Vec<Comparator>, String> {
     })
 }
 
+/// A tag or version as vendir, kbld and kapp-controller read candidates: strict semver, one
+/// leading `v` allowed (`v1.2.3` is 1.2.3). Anything else is not a version and is skipped.
+pub fn parse_version(text: &str) -> Option<semver::Version> {
+    semver::Version::parse(text)
+        .ok()
+        .or_else(|| semver::Version::parse(text.strip_prefix('v')?).ok())
+}
+
+/// Which prerelease versions are candidates at all.
+#[derive(Debug, Clone, Copy)]
+pub enum Prereleases<'a> {
+    /// None (vendir's default: `semver.prereleases` absent).
+    Excluded,
+    /// Those carrying one of these identifiers (`prereleases.identifiers`), or every one when
+    /// the list is empty.
+    Allowed(&'a [String]),
+}
+
+impl Prereleases<'_> {
+    fn admit(self, version: &semver::Version) -> bool {
+        if version.pre.is_empty() {
+            return true;
+        }
+        match self {
+            Prereleases::Excluded => false,
+            Prereleases::Allowed([]) => true,
+            Prereleases::Allowed(identifiers) => version
+                .pre
+                .split('.')
+                .any(|part| identifiers.iter().any(|i| i == part)),
+        }
+    }
+}
+
+/// The one "highest version" rule every selection in packsmith uses (git tags, registry tags,
+/// GitHub releases, `versionFrom`):
+///
+/// - a candidate that [`parse_version`] rejects is skipped;
+/// - prereleases are admitted as `prereleases` says;
+/// - `range` (when given) must match, ignoring build metadata, as blang/semver does;
+/// - the highest by semver precedence wins (build metadata does not count). Candidates of equal
+///   precedence (`1.0.0+a`, `1.0.0+b`, `v1.0.0`) are ordered by semver's total order and then by
+///   their text, so the answer never depends on the order the candidates came in.
+///
+/// Returns the candidate as written, with its parsed version.
+pub fn highest<'t>(
+    candidates: impl IntoIterator<Item = &'t str>,
+    range: Option<&VersionRange>,
+    prereleases: Prereleases<'_>,
+) -> Option<(&'t str, semver::Version)> {
+    candidates
+        .into_iter()
+        .filter_map(|text| Some((text, parse_version(text)?)))
+        .filter(|(_, version)| prereleases.admit(version))
+        .filter(|(_, version)| range.is_none_or(|r| r.matches(version)))
+        .max_by(|(a_text, a), (b_text, b)| {
+            a.cmp_precedence(b)
+                .then_with(|| a.cmp(b))
+                .then_with(|| a_text.cmp(b_text))
+        })
+}
+
+/// Why a [`VersionSelection`] chose nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SelectionError {
+    #[error("a version selection needs `semver.constraints`")]
+    MissingSemver,
+    #[error(transparent)]
+    Range(#[from] RangeError),
+    #[error("no version among {candidates} candidates satisfies {constraints:?}")]
+    NoMatch {
+        constraints: String,
+        candidates: usize,
+    },
+}
+
+impl VersionSelection {
+    /// vendir's `HighestConstrainedVersion`: the highest candidate `semver.constraints` allows,
+    /// prereleases only when `semver.prereleases` is present (see [`highest`]).
+    pub fn highest<'t>(
+        &self,
+        candidates: impl IntoIterator<Item = &'t str>,
+    ) -> Result<&'t str, SelectionError> {
+        let semver = self.semver.as_ref().ok_or(SelectionError::MissingSemver)?;
+        let range = VersionRange::parse(&semver.constraints)?;
+        let prereleases = match &semver.prereleases {
+            None => Prereleases::Excluded,
+            Some(p) => Prereleases::Allowed(&p.identifiers),
+        };
+        let mut count = 0;
+        let counted = candidates.into_iter().inspect(|_| count += 1);
+        match highest(counted, Some(&range), prereleases) {
+            Some((text, _)) => Ok(text),
+            None => Err(SelectionError::NoMatch {
+                constraints: semver.constraints.clone(),
+                candidates: count,
+            }),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,5 +386,64 @@ mod tests {
             let error = VersionRange::parse(text).expect_err(text).to_string();
             assert!(error.contains(hint), "{text:?}: {error}");
         }
+    }
+
+    fn selection(constraints: &str, pre: Option<&[&str]>) -> VersionSelection {
+        VersionSelection {
+            semver: Some(VersionSelectionSemver {
+                constraints: constraints.to_owned(),
+                prereleases: pre.map(|ids| VersionSelectionSemverPrereleases {
+                    identifiers: ids.iter().map(|s| (*s).to_owned()).collect(),
+                }),
+            }),
+        }
+    }
+
+    #[test]
+    fn highest_follows_vendir_on_prereleases_and_prefixes() {
+        let tags = [
+            "v0.1.0",
+            "v0.2.0-pre.20",
+            "v0.2.0+build.1",
+            "v0.2.1",
+            "latest",
+            "0.3.0-rc.1",
+        ];
+        assert_eq!(selection(">=0.1.0", None).highest(tags), Ok("v0.2.1"));
+        assert_eq!(
+            selection(">=0.1.0", Some(&[])).highest(tags),
+            Ok("0.3.0-rc.1")
+        );
+        assert_eq!(
+            selection(">=0.1.0", Some(&["pre"])).highest(tags),
+            Ok("v0.2.1")
+        );
+        assert_eq!(
+            selection(">=1.0.0", None).highest(tags),
+            Err(SelectionError::NoMatch {
+                constraints: ">=1.0.0".to_owned(),
+                candidates: 6
+            })
+        );
+        assert_eq!(
+            VersionSelection::default().highest(tags),
+            Err(SelectionError::MissingSemver)
+        );
+    }
+
+    #[test]
+    fn equal_precedence_never_depends_on_input_order() {
+        let forward = ["1.0.0+b", "v1.0.0", "1.0.0+a", "1.0.0"];
+        let mut backward = forward;
+        backward.reverse();
+        let a = highest(forward, None, Prereleases::Excluded).map(|(t, _)| t);
+        let b = highest(backward, None, Prereleases::Excluded).map(|(t, _)| t);
+        assert_eq!(a, b);
+        assert_eq!(a, Some("1.0.0+b"));
+        // Build metadata never beats a higher patch.
+        assert_eq!(
+            highest(["1.0.1", "1.0.0+zzz"], None, Prereleases::Excluded).map(|(t, _)| t),
+            Some("1.0.1")
+        );
     }
 }

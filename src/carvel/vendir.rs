@@ -103,18 +103,24 @@ pub struct DirectoryContents {
 
     /// Doublestar globs of files to keep (all when empty).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256), inner(length(max = 1024)))]
     pub include_paths: Vec<String>,
     /// Doublestar globs of files to drop.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256), inner(length(max = 1024)))]
     pub exclude_paths: Vec<String>,
     /// Files kept from the existing directory instead of the source.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256), inner(length(max = 1024)))]
     pub ignore_paths: Vec<String>,
     /// Files always kept; unset means [`DEFAULT_LEGAL_PATHS`], empty means none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256), inner(length(max = 1024)))]
     pub legal_paths: Option<Vec<String>>,
     /// Sub-directory of the source that becomes the root (after filtering).
     #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = 1024))]
+    #[x_kube(validation = Rule::new(r"!self.startsWith('/') && !self.matches('(^|/)\\.\\.(/|$)')").message("newRootPath must be relative and stay inside the fetched contents (no '..')"))]
     pub new_root_path: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub permissions: Option<u32>,
@@ -250,6 +256,7 @@ pub struct GithubReleaseSource {
     pub disable_auto_checksum_validation: bool,
     /// Globs of asset names to download (all when empty).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256), inner(length(max = 1024)))]
     pub asset_names: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unpack_archive: Option<UnpackArchive>,
@@ -477,12 +484,28 @@ impl DirectoryContents {
 
 fn disallowed_path_problem(field: &str, path: &str) -> Result<(), String> {
     if matches!(path, "/" | "." | ".." | "") {
-        Err(format!(
+        return Err(format!(
             "{field} {path:?} is not allowed (not '/', '.', '..' or empty)"
-        ))
-    } else {
-        Ok(())
+        ));
     }
+    // vendir joins these onto its working directory and deletes what is there before moving
+    // the new contents in: an absolute path or a `..` would aim that at anything on the disk.
+    if path.starts_with('/') {
+        return Err(format!(
+            "{field} {path:?} is absolute; paths are relative to the directory being synced"
+        ));
+    }
+    if path.split('/').any(|part| part == "..") {
+        return Err(format!(
+            "{field} {path:?} contains '..'; paths must stay inside the directory being synced"
+        ));
+    }
+    if path.contains(['\0', '\\']) {
+        return Err(format!(
+            "{field} {path:?} contains a NUL or backslash; use '/'-separated names"
+        ));
+    }
+    Ok(())
 }
 
 /// `filepath.Join` for the relative, slash-separated paths vendir configs use.
@@ -662,6 +685,32 @@ mod tests {
                 ..Default::default()
             }),
             ..Default::default()
+        }
+    }
+
+    #[test]
+    fn paths_stay_inside_the_synced_directory() {
+        for bad in [
+            "/etc",
+            "/",
+            "..",
+            "../x",
+            "a/../../x",
+            "a/..",
+            "a\\b",
+            "a\0b",
+        ] {
+            let error = git_contents(bad).validate().expect_err(bad);
+            assert!(error.contains(&format!("{bad:?}")), "{bad}: {error}");
+            let directory = Directory {
+                path: bad.to_owned(),
+                contents: vec![git_contents(".")],
+                ..Default::default()
+            };
+            directory.validate().expect_err(bad);
+        }
+        for good in ["config/upstream", "a..b", "..hidden", "x/.y"] {
+            assert_eq!(git_contents(good).validate(), Ok(()), "{good}");
         }
     }
 

@@ -38,6 +38,10 @@ pub struct ReleaseArgs {
     /// Where to write packages/<refName>/{metadata,<version>}.yml [default: DIR/carvel-artifacts].
     #[arg(long)]
     output_dir: Option<PathBuf>,
+    /// git over ssh with no ssh-knownhosts in its Secret: accept any host key, as vendir does
+    /// (StrictHostKeyChecking=no). Without this flag such a source is refused.
+    #[arg(long)]
+    allow_unknown_ssh_hosts: bool,
     #[command(flatten)]
     registry: RegistryArgs,
 }
@@ -85,6 +89,7 @@ pub fn run(args: &ReleaseArgs) -> anyhow::Result<()> {
         labels: Default::default(),
         namespace: None,
         on_stage: None,
+        sync_policy: crate::sync::Policy::cli(args.allow_unknown_ssh_hosts),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

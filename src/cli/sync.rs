@@ -42,6 +42,10 @@ pub struct SyncArgs {
     /// Contents fetched at the same time.
     #[arg(long, default_value_t = 4)]
     concurrency: usize,
+    /// git over ssh with no ssh-knownhosts in its Secret: accept any host key, as vendir does
+    /// (StrictHostKeyChecking=no). Without this flag such a source is refused.
+    #[arg(long)]
+    allow_unknown_ssh_hosts: bool,
     /// For image, imgpkgBundle and oci:// helmChart sources (their secretRef adds credentials).
     #[command(flatten)]
     registry: RegistryArgs,
@@ -98,6 +102,7 @@ pub fn run(args: &SyncArgs) -> anyhow::Result<()> {
     options.locked = previous.as_ref().filter(|_| args.locked);
     options.previous = previous.as_ref();
     options.concurrency = args.concurrency;
+    options.policy = crate::sync::Policy::cli(args.allow_unknown_ssh_hosts);
     options.github_token = std::env::var("VENDIR_GITHUB_API_TOKEN")
         .ok()
         .filter(|t| !t.is_empty());

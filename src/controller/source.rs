@@ -321,6 +321,7 @@ async fn produce_inner(
         labels: labels(&namespace, &name),
         namespace: Some(publish_namespace.clone()),
         on_stage: Some(&on_stage),
+        sync_policy: crate::sync::Policy::default(),
     };
     let started = Instant::now();
     let outcome = pipeline::run(&input).await;

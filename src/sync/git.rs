@@ -22,7 +22,9 @@ use gix::remote::Direction;
 
 use super::fsutil::{safe_join, symlink_target_inside};
 use super::git_ssh::{self, SshAuth};
-use super::{Context, FetchError, Limits, PathFilter, hex, highest_version, redact_url};
+use super::{
+    Context, FetchError, FilterError, Limits, PathFilter, hex, highest_version, redact_url,
+};
 use crate::carvel::selection::VersionSelection;
 use crate::carvel::vendir::{DirectoryContents, GitSource, LockGit};
 
@@ -195,6 +197,24 @@ impl Job {
                 }
             }
         };
+        let policy = ctx.options.policy;
+        if !policy.allow_local_git && is_local(&source.url) {
+            return Err(FetchError::Invalid(format!(
+                "git url {} is a local path or file:// URL; the controller fetches only remote \
+                 repositories (serve it over https or ssh)",
+                redact_url(&source.url)
+            )));
+        }
+        if let Auth::Ssh(ssh) = &auth
+            && !ssh.verifies_host()
+            && !policy.allow_unknown_ssh_hosts
+        {
+            return Err(FetchError::Invalid(
+                "git over ssh needs ssh-knownhosts in the secretRef, so that the server's host \
+                 key is checked (add the line `ssh-keyscan HOST` prints)"
+                    .to_owned(),
+            ));
+        }
         if git_ssh::Target::parse(&source.url).is_some() && !matches!(auth, Auth::Ssh(_)) {
             return Err(FetchError::Invalid(format!(
                 "git over ssh ({}) needs a secretRef with ssh-privatekey (and ssh-knownhosts)",
@@ -222,7 +242,8 @@ impl Job {
                 &contents.include_paths,
                 &contents.exclude_paths,
                 &contents.legal_paths_with_defaults(),
-            ),
+            )
+            .map_err(FilterError::from)?,
             limits: ctx.options.limits.clone(),
         })
     }
@@ -421,7 +442,8 @@ impl Job {
         // clones under the same cache directory.
         if is_local(&url) {
             return Err(FetchError::Invalid(format!(
-                "submodule url {} is a local path or file:// URL; refused as git refuses it                  (serve the submodule over https or ssh)",
+                "submodule url {} is a local path or file:// URL; refused as git refuses it \
+                 (serve the submodule over https or ssh)",
                 redact_url(&url)
             )));
         }
@@ -882,6 +904,42 @@ fn write_file(path: &Path, data: &[u8], executable: bool) -> Result<(), FetchErr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Syncs one git content with `policy`; the error text, if any.
+    fn sync_with(url: &str, policy: crate::sync::Policy) -> Option<String> {
+        let yaml = format!(
+            "apiVersion: vendir.k14s.io/v1alpha1\nkind: Config\ndirectories:\n- path: out\n  \
+             contents:\n  - path: .\n    git:\n      url: {url}\n      ref: v1\n"
+        );
+        let config = crate::carvel::vendir::Config::from_yaml(&yaml).expect("config");
+        let root = tempfile::tempdir().expect("tempdir");
+        let secrets = crate::sync::MemorySecrets::default();
+        let mut options = crate::sync::SyncOptions::new(&secrets);
+        options.policy = policy;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime
+            .block_on(crate::sync::sync(&config, root.path(), &options))
+            .err()
+            .map(|e| e.to_string())
+    }
+
+    #[test]
+    fn local_urls_are_refused_unless_the_cli_allows_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for url in [
+            format!("file://{}", dir.path().display()),
+            dir.path().display().to_string(),
+        ] {
+            let strict = sync_with(&url, crate::sync::Policy::default()).expect("refused");
+            assert!(strict.contains("local path or file:// URL"), "{strict}");
+            // The CLI tries it (and fails only because there is no repository there).
+            let cli = sync_with(&url, crate::sync::Policy::cli(false)).unwrap_or_default();
+            assert!(!cli.contains("local path or file:// URL"), "{cli}");
+        }
+    }
 
     #[test]
     fn commit_titles_match_vendir() {

@@ -88,6 +88,11 @@ pub(crate) struct SshAuth {
 impl SshAuth {
     /// Parses the key once, so a bad Secret fails before anything connects. The key's text
     /// never reaches an error: russh's key errors name the problem, not the content.
+    /// Whether the server's host key will be checked against `ssh-knownhosts`.
+    pub(crate) fn verifies_host(&self) -> bool {
+        self.known_hosts.is_some()
+    }
+
     pub(crate) fn new(private_key: &str, known_hosts: Option<String>) -> Result<SshAuth, SshError> {
         let key = match russh::keys::decode_secret_key(private_key, None) {
             Ok(key) if key.is_encrypted() => return Err(SshError::EncryptedKey),

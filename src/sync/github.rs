@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
 use super::http::{Auth, check_sha256, place};
-use super::{Context, FetchError, Glob, hex, highest_version, redact_url};
+use super::{Context, FetchError, FilterError, Glob, hex, highest_version, redact_url};
 use crate::carvel::vendir::{GithubReleaseSource, LockGithubRelease};
 
 const DEFAULT_API: &str = "https://api.github.com";
@@ -125,13 +125,16 @@ async fn resolve(
 }
 
 /// The assets of `release` that `source` selects.
-fn wanted<'a>(source: &GithubReleaseSource, release: &'a Release) -> Vec<&'a Asset> {
-    let patterns: Vec<Glob> = source.asset_names.iter().map(|n| Glob::new(n)).collect();
-    release
+fn wanted<'a>(
+    source: &GithubReleaseSource,
+    release: &'a Release,
+) -> Result<Vec<&'a Asset>, FetchError> {
+    let patterns = Glob::compile_all(&source.asset_names).map_err(FilterError::from)?;
+    Ok(release
         .assets
         .iter()
         .filter(|a| patterns.is_empty() || patterns.iter().any(|p| p.matches(&a.name)))
-        .collect()
+        .collect())
 }
 
 /// The lock entry for `release` (its API URL and tag).
@@ -155,7 +158,7 @@ fn lock_of(resolved: &Resolved) -> LockGithubRelease {
 fn identity(source: &GithubReleaseSource, resolved: &Resolved) -> Option<String> {
     let lock = lock_of(resolved);
     let mut assets = Vec::new();
-    for asset in wanted(source, &resolved.release) {
+    for asset in wanted(source, &resolved.release).ok()? {
         let known = asset.digest.as_deref().is_some_and(|d| !d.is_empty())
             || (asset.id != 0 && !asset.updated_at.is_empty());
         if !known {
@@ -202,7 +205,7 @@ pub(crate) async fn fetch(
     let resolved = resolve(ctx, source, locked_url).await?;
     let (release, auth, api) = (&resolved.release, &resolved.auth, resolved.api.as_str());
 
-    let wanted = wanted(source, release);
+    let wanted = wanted(source, release)?;
     let mut checksums = source.checksums.clone();
     if checksums.is_empty() && !source.disable_auto_checksum_validation {
         checksums = notes_checksums(release.body.as_deref().unwrap_or_default());

@@ -60,6 +60,30 @@ impl Default for Limits {
     }
 }
 
+/// What a sync may trust beyond its upstreams' own answers. The default is the strict policy
+/// the controller runs with; the CLI loosens it where vendir is looser and its user owns the
+/// machine.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// git URLs that are local paths or `file://`. vendir accepts them; in the controller they
+    /// would read what other objects cached on the same volume, so there they are refused
+    /// (as submodule URLs always are).
+    pub allow_local_git: bool,
+    /// git over ssh with no `ssh-knownhosts` in the Secret, accepting whatever host key the
+    /// server shows (vendir's `StrictHostKeyChecking=no`). Off, such a source is refused.
+    pub allow_unknown_ssh_hosts: bool,
+}
+
+impl Policy {
+    /// The CLI's: local repositories are the user's own; unknown ssh hosts only when asked.
+    pub fn cli(allow_unknown_ssh_hosts: bool) -> Self {
+        Policy {
+            allow_local_git: true,
+            allow_unknown_ssh_hosts,
+        }
+    }
+}
+
 /// Secret data, never printed: `Debug` shows the keys only.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Secret {
@@ -125,6 +149,7 @@ pub struct SyncOptions<'a> {
     /// Registry access for `image`, `imgpkgBundle` and `oci://` `helmChart` sources (mirrors,
     /// CAs, default credentials); a content's `secretRef` adds to its credentials.
     pub registry: Option<&'a Registry>,
+    pub policy: Policy,
 }
 
 impl<'a> SyncOptions<'a> {
@@ -138,6 +163,7 @@ impl<'a> SyncOptions<'a> {
             concurrency: 4,
             github_token: None,
             registry: None,
+            policy: Policy::default(),
         }
     }
 }
@@ -934,6 +960,7 @@ fn post_process(
             &contents.exclude_paths,
             &contents.legal_paths_with_defaults(),
         )
+        .map_err(FilterError::from)?
         .apply(out)?;
         if !contents.new_root_path.is_empty() {
             filter::apply_new_root(out, &contents.new_root_path, &scratch.join("new-root"))?;
