@@ -49,6 +49,16 @@ pub fn git(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
 /// Creates `<git_dir>/<name>.git` with one commit holding `files`, tagged `tag`; returns the
 /// commit sha. Later sync tests build their upstreams with this.
 pub fn make_repo(name: &str, files: &[(&str, &str)], tag: &str) -> anyhow::Result<String> {
+    make_repo_with_links(name, files, &[], tag)
+}
+
+/// [`make_repo`] with symlinks too: `(path, target)`, committed as git stores them.
+pub fn make_repo_with_links(
+    name: &str,
+    files: &[(&str, &str)],
+    links: &[(&str, &str)],
+    tag: &str,
+) -> anyhow::Result<String> {
     let bare = bed().git_dir.join(format!("{name}.git"));
     let work = tempfile::tempdir()?;
     git(work.path(), &["init", "-q", "."])?;
@@ -56,6 +66,11 @@ pub fn make_repo(name: &str, files: &[(&str, &str)], tag: &str) -> anyhow::Resul
         let p = work.path().join(path);
         std::fs::create_dir_all(p.parent().expect("file has a parent"))?;
         std::fs::write(p, content)?;
+    }
+    for (path, target) in links {
+        let p = work.path().join(path);
+        std::fs::create_dir_all(p.parent().expect("link has a parent"))?;
+        std::os::unix::fs::symlink(target, p)?;
     }
     git(work.path(), &["add", "-A"])?;
     git(

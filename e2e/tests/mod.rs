@@ -8,6 +8,7 @@ pub mod controller_repo;
 pub mod controller_secrets;
 pub mod crds;
 pub mod git;
+pub mod hostile;
 pub mod lock;
 pub mod registry;
 pub mod release;
@@ -29,6 +30,7 @@ pub fn trials() -> (Vec<Trial>, Vec<Trial>) {
     parallel.extend(controller_secrets::trials());
     parallel.extend(crds::trials());
     parallel.extend(git::trials());
+    parallel.extend(hostile::trials());
     parallel.extend(lock::trials());
     parallel.extend(registry::trials());
     parallel.extend(release::trials());

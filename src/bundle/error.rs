@@ -52,6 +52,17 @@ pub enum BundleError {
     /// What was fetched is not what its digest promises, or not an imgpkg bundle.
     #[error("{reference}: {reason}")]
     Content { reference: String, reason: String },
+    /// A bundle that passed every digest check but would cost more than a limit allows.
+    #[error(
+        "{reference}: the layer holds more {what} than the limit of {limit}; raise {flag} if \
+         the bundle is trusted"
+    )]
+    Limit {
+        reference: String,
+        what: &'static str,
+        limit: u64,
+        flag: &'static str,
+    },
 
     /// A pulled layer holds an entry that would land outside the output directory.
     #[error("{reference}: refusing unsafe path {path:?} in the bundle layer: {reason}")]

@@ -36,6 +36,7 @@ mod target;
 pub use build::{BuildOptions, BuildStats, BuiltBundle, build, build_with_cache};
 pub use cache::LayerCache;
 pub use error::BundleError;
-pub use pull::{Pulled, pull};
+pub(crate) use pull::CappedReader;
+pub use pull::{PullLimits, Pulled, pull, pull_with};
 pub use push::{PushEvent, PushOptions, Pushed, digest_tag, push};
 pub use target::{LAYOUT_PREFIX, LayoutRef, Location};

@@ -22,6 +22,48 @@ use super::target::Location;
 use crate::carvel::ImagesLock;
 use crate::registry::{Reference, Registry};
 
+/// Caps on what one pull may cost, checked before and while the layer streams in, so a
+/// bundle with honest digests but a hostile layer (a gzip bomb, 300,000 empty directories)
+/// stops at the cap with an error that names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PullLimits {
+    /// Bytes of file content written (and, a little above it, of the compressed layer and
+    /// of the tar stream, headers included).
+    pub max_bytes: u64,
+    /// Regular files written.
+    pub max_files: u64,
+    /// Directories created, explicit or implied by a file's path.
+    pub max_dirs: u64,
+}
+
+impl Default for PullLimits {
+    /// Far above any real package (the TCE packages are under 2 MiB and 30 files).
+    fn default() -> Self {
+        PullLimits {
+            max_bytes: 1 << 30,
+            max_files: 100_000,
+            max_dirs: 100_000,
+        }
+    }
+}
+
+impl PullLimits {
+    /// The tar stream: content plus a header block per entry, generously.
+    pub(crate) fn stream_bytes(&self) -> u64 {
+        self.max_bytes
+            .saturating_add((self.max_files + self.max_dirs).saturating_mul(2048))
+            .saturating_add(1 << 20)
+    }
+
+    /// The compressed layer: gzip can grow incompressible data by a hair.
+    fn layer_bytes(&self) -> u64 {
+        self.stream_bytes().saturating_add(self.stream_bytes() / 64)
+    }
+}
+
+/// Deepest path accepted in a layer (components).
+const MAX_DEPTH: usize = 256;
+
 /// What a pull fetched.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pulled {
@@ -35,18 +77,32 @@ pub struct Pulled {
     pub relocated: bool,
 }
 
-/// Pulls the bundle at `location` into `output`, replacing whatever `output` held.
+/// Pulls the bundle at `location` into `output`, replacing whatever `output` held, within
+/// the default [`PullLimits`].
 pub async fn pull(
     registry: &Registry,
     location: &Location,
     output: &Path,
 ) -> Result<Pulled, BundleError> {
+    pull_with(registry, location, output, &PullLimits::default()).await
+}
+
+/// [`pull`] within `limits`.
+pub async fn pull_with(
+    registry: &Registry,
+    location: &Location,
+    output: &Path,
+    limits: &PullLimits,
+) -> Result<Pulled, BundleError> {
+    refuse_unsafe_output(output)?;
     let name = location.repository();
     let (digest, manifest_bytes, config, layer) = match location {
-        Location::Registry(reference) => fetch_from_registry(registry, reference).await?,
+        Location::Registry(reference) => fetch_from_registry(registry, reference, limits).await?,
         Location::Layout(l) => {
             let (dir, tag, digest) = (l.dir.clone(), l.tag.clone(), l.digest.clone());
+            let limits = *limits;
             tokio::task::spawn_blocking(move || {
+                let limits = &limits;
                 let digest = layout::resolve(&dir, tag.as_deref(), digest.as_deref())?;
                 let manifest = layout::read_blob(&dir, &digest)?;
                 let parsed = image::parse_bundle_manifest(&manifest).map_err(|reason| {
@@ -54,6 +110,10 @@ pub async fn pull(
                         reference: format!("oci-layout:{}@{digest}", dir.display()),
                         reason,
                     }
+                })?;
+                check_sizes(&parsed, limits).map_err(|reason| BundleError::Content {
+                    reference: format!("oci-layout:{}@{digest}", dir.display()),
+                    reason,
                 })?;
                 let config = layout::read_blob(&dir, &parsed.config.digest)?;
                 let layer = layout::read_blob(&dir, &parsed.layer.digest)?;
@@ -84,8 +144,16 @@ pub async fn pull(
     let out = output.to_owned();
     let reference = image.clone();
     let layer_descriptor = parsed.layer;
+    let limits_copy = *limits;
     let (files, skipped) = tokio::task::spawn_blocking(move || {
-        unpack_into(&layer, &layer_descriptor, &diff_id, &out, &reference)
+        unpack_into(
+            &layer,
+            &layer_descriptor,
+            &diff_id,
+            &out,
+            &reference,
+            &limits_copy,
+        )
     })
     .await
     .map_err(|e| BundleError::Invalid(format!("unpacking the bundle: {e}")))??;
@@ -101,9 +169,83 @@ pub async fn pull(
     })
 }
 
+/// Refuses outputs whose replacement would destroy what the user did not ask to replace: the
+/// root, the home directory, and the working directory or any of its ancestors (`pull -o .`
+/// used to empty the current directory).
+fn refuse_unsafe_output(output: &Path) -> Result<(), BundleError> {
+    let absolute = std::path::absolute(output)
+        .map_err(BundleError::io("resolving the output directory", output))?;
+    // Symlinks resolved where the path exists; `..` resolved lexically where it does not.
+    let resolved = fs::canonicalize(&absolute).unwrap_or_else(|_| lexical_clean(&absolute));
+    let refuse = |what: &str| {
+        Err(BundleError::Invalid(format!(
+            "refusing to pull into {}: it is {what}, and pulling replaces everything in the \
+             output directory; pull into a new or dedicated directory",
+            output.display()
+        )))
+    };
+    if resolved.parent().is_none() {
+        return refuse("the root directory");
+    }
+    if let Ok(cwd) = std::env::current_dir().and_then(fs::canonicalize)
+        && cwd.starts_with(&resolved)
+    {
+        return refuse(if cwd == resolved {
+            "the working directory"
+        } else {
+            "an ancestor of the working directory"
+        });
+    }
+    if let Some(home) = std::env::var_os("HOME").filter(|h| !h.is_empty())
+        && fs::canonicalize(&home).is_ok_and(|home| home == resolved)
+    {
+        return refuse("the home directory");
+    }
+    Ok(())
+}
+
+/// `a/./b/../c` as `a/c`, without touching the file system.
+fn lexical_clean(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// Refuses a manifest whose blobs are larger than the limits allow, before fetching them.
+fn check_sizes(parsed: &BundleManifest, limits: &PullLimits) -> Result<(), String> {
+    if parsed.config.size > MAX_CONFIG_BYTES {
+        return Err(format!(
+            "the config blob is {} bytes, more than the {MAX_CONFIG_BYTES} a bundle config can \
+             need",
+            parsed.config.size
+        ));
+    }
+    if parsed.layer.size > limits.layer_bytes() {
+        return Err(format!(
+            "the layer is {} bytes, more than the limit of {} (--max-bytes {})",
+            parsed.layer.size,
+            limits.layer_bytes(),
+            limits.max_bytes
+        ));
+    }
+    Ok(())
+}
+
+/// A bundle config is a few hundred bytes of JSON.
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
 async fn fetch_from_registry(
     registry: &Registry,
     reference: &Reference,
+    limits: &PullLimits,
 ) -> Result<(String, Bytes, Bytes, Bytes), BundleError> {
     let contacted = registry.contact(reference);
     let client = registry.distribution();
@@ -133,12 +275,17 @@ async fn fetch_from_registry(
             reference: reference.to_string(),
             reason,
         })?;
-    // Both are checked against the manifest's digests and sizes before anything is unpacked.
+    check_sizes(&parsed, limits).map_err(|reason| BundleError::Content {
+        reference: reference.to_string(),
+        reason,
+    })?;
+    // Both are checked against the manifest's digests and sizes before anything is unpacked;
+    // neither is read past the size the manifest declares.
     let fetch = |descriptor: image::Descriptor| {
         let (contacted, options, client) = (&contacted, &options, &client);
         async move {
             retry(options, "GET blob", contacted, || {
-                client.get_blob(contacted, &descriptor.digest)
+                client.get_blob(contacted, &descriptor.digest, descriptor.size)
             })
             .await
         }
@@ -250,21 +397,44 @@ fn unpack_into(
     diff_id: &str,
     output: &Path,
     reference: &str,
+    limits: &PullLimits,
 ) -> Result<(usize, Vec<String>), BundleError> {
     check_blob(descriptor, layer).map_err(|reason| content(reference, reason))?;
-    let (staging, result) = unpack_staged(layer, diff_id, output, reference)?;
-
-    match fs::remove_dir_all(output) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(BundleError::io("removing the old", output)(e)),
-    }
-    let staged = staging.keep();
-    fs::rename(&staged, output).map_err(|e| {
-        let _ = fs::remove_dir_all(&staged);
-        BundleError::io("moving the pulled bundle to", output)(e)
-    })?;
+    let (staging, result) = unpack_staged(layer, diff_id, output, reference, limits)?;
+    swap_in(staging, output)?;
     Ok(result)
+}
+
+/// Puts `staging` where `output` is by renames only: the old output is moved aside, the new
+/// one moved in, and the old one removed last. If the second rename fails, the old output is
+/// moved back, so a failed pull never leaves less than there was.
+fn swap_in(staging: tempfile::TempDir, output: &Path) -> Result<(), BundleError> {
+    let parent = staging.path().parent().unwrap_or(Path::new(".")).to_owned();
+    let aside = match fs::symlink_metadata(output) {
+        Ok(_) => {
+            let aside = tempfile::Builder::new()
+                .prefix(".packsmith-pull-old-")
+                .tempdir_in(&parent)
+                .map_err(BundleError::io("creating a directory in", &parent))?;
+            let target = aside.path().join("old");
+            fs::rename(output, &target).map_err(BundleError::io("moving aside", output))?;
+            Some((aside, target))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(BundleError::io("reading", output)(e)),
+    };
+    if let Err(e) = fs::rename(staging.path(), output) {
+        if let Some((_, old)) = &aside {
+            // Best effort: the error below is what the user needs either way.
+            let _ = fs::rename(old, output);
+        }
+        return Err(BundleError::io("moving the pulled bundle to", output)(e));
+    }
+    // The staging directory is now the output: forget it rather than delete it.
+    let _ = staging.keep();
+    // `aside` (the old output) is removed when it drops.
+    drop(aside);
+    Ok(())
 }
 
 /// Unpacks the layer into a fresh directory beside `output` and checks the tar's diff_id;
@@ -274,11 +444,15 @@ fn unpack_staged(
     diff_id: &str,
     output: &Path,
     reference: &str,
+    limits: &PullLimits,
 ) -> Result<(tempfile::TempDir, (usize, Vec<String>)), BundleError> {
-    let parent = match output.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-        _ => PathBuf::from("."),
-    };
+    // Beside the output, on the same file system, so the swap is a rename. Resolved to an
+    // absolute path first: the parent of `out` is "" and of `.` is nothing.
+    let absolute = std::path::absolute(output)
+        .map_err(BundleError::io("resolving the output directory", output))?;
+    let parent = lexical_clean(&absolute)
+        .parent()
+        .map_or_else(|| PathBuf::from("/"), Path::to_owned);
     fs::create_dir_all(&parent).map_err(BundleError::io("creating", &parent))?;
     let staging = tempfile::Builder::new()
         .prefix(".packsmith-pull-")
@@ -288,17 +462,16 @@ fn unpack_staged(
     // The bufread decoder inflates straight from the slice, without read::GzDecoder's copy
     // through an internal buffer.
     let mut reader = HashingReader {
-        inner: flate2::bufread::GzDecoder::new(layer),
+        inner: CappedReader::new(
+            flate2::bufread::GzDecoder::new(layer),
+            limits.stream_bytes(),
+        ),
         hash: Sha256::new(),
     };
-    let result = unpack(&mut reader, staging.path(), reference)?;
-    // Drain what the tar reader left (end-of-archive padding) so the hash covers the stream.
-    io::copy(&mut reader, &mut io::sink()).map_err(|e| {
-        content(
-            reference,
-            format!("the layer is not a valid gzip stream: {e}"),
-        )
-    })?;
+    let result = unpack(&mut reader, staging.path(), reference, limits)?;
+    // Drain what the tar reader left (end-of-archive padding) so the hash covers the stream;
+    // the reader's own cap stops a bomb hidden after the end of the archive.
+    io::copy(&mut reader, &mut io::sink()).map_err(|e| stream_error(reference, limits, e))?;
     let actual = digest_string(&reader.hash.finalize());
     if actual != diff_id {
         return Err(content(
@@ -307,6 +480,32 @@ fn unpack_staged(
         ));
     }
     Ok((staging, result))
+}
+
+/// A read error of the inflated layer: the stream cap, or a broken gzip stream.
+fn stream_error(reference: &str, limits: &PullLimits, e: io::Error) -> BundleError {
+    if e.kind() == io::ErrorKind::FileTooLarge {
+        limit_error(
+            reference,
+            "bytes in the layer's tar stream",
+            limits.stream_bytes(),
+            "--max-bytes",
+        )
+    } else {
+        content(
+            reference,
+            format!("the layer is not a valid gzip stream: {e}"),
+        )
+    }
+}
+
+fn limit_error(reference: &str, what: &'static str, limit: u64, flag: &'static str) -> BundleError {
+    BundleError::Limit {
+        reference: reference.to_owned(),
+        what,
+        limit,
+        flag,
+    }
 }
 
 fn content(reference: &str, reason: String) -> BundleError {
@@ -320,9 +519,11 @@ fn unpack(
     reader: &mut impl Read,
     root: &Path,
     reference: &str,
+    limits: &PullLimits,
 ) -> Result<(usize, Vec<String>), BundleError> {
     let mut archive = tar::Archive::new(reader);
     let mut files = 0;
+    let mut bytes: u64 = 0;
     let mut skipped = Vec::new();
     // Directories this pull created under `root`: `root` is fresh and links are never written,
     // so they stay directories, and a file's parent needs no mkdir + stat when it is known
@@ -333,9 +534,9 @@ fn unpack(
     let mut buffer = vec![0u8; COPY_BUFFER];
     let entries = archive
         .entries()
-        .map_err(|e| content(reference, format!("reading the layer: {e}")))?;
+        .map_err(|e| stream_error(reference, limits, e))?;
     for entry in entries {
-        let mut entry = entry.map_err(|e| content(reference, format!("reading the layer: {e}")))?;
+        let mut entry = entry.map_err(|e| stream_error(reference, limits, e))?;
         let raw = entry.path_bytes().into_owned();
         let name = String::from_utf8_lossy(&raw).into_owned();
         let relative = safe_relative_path(&raw).map_err(|reason| BundleError::UnsafePath {
@@ -343,6 +544,13 @@ fn unpack(
             path: name.clone(),
             reason,
         })?;
+        if relative.components().count() > MAX_DEPTH {
+            return Err(BundleError::UnsafePath {
+                reference: reference.to_owned(),
+                path: name,
+                reason: "deeper than 256 directories",
+            });
+        }
         let target = root.join(&relative);
         // imgpkg keeps the owner's bits and gives group and others the same; the umask
         // (applied by the kernel to these creation modes) then has the last word.
@@ -354,12 +562,20 @@ fn unpack(
             if relative.as_os_str().is_empty() {
                 continue;
             }
+            remember_dirs(&mut created, &relative);
+            if created.len() as u64 > limits.max_dirs {
+                return Err(limit_error(
+                    reference,
+                    "directories",
+                    limits.max_dirs,
+                    "--max-dirs",
+                ));
+            }
             fs::DirBuilder::new()
                 .recursive(true)
                 .mode(mode | 0o700)
                 .create(&target)
                 .map_err(io_err)?;
-            remember_dirs(&mut created, &relative);
         } else if entry_type.is_file() {
             if relative.as_os_str().is_empty() {
                 return Err(BundleError::UnsafePath {
@@ -368,16 +584,43 @@ fn unpack(
                     reason: "a file cannot be the bundle's root",
                 });
             }
+            files += 1;
+            if files as u64 > limits.max_files {
+                return Err(limit_error(
+                    reference,
+                    "files",
+                    limits.max_files,
+                    "--max-files",
+                ));
+            }
+            let size = entry.header().size().unwrap_or(u64::MAX);
+            bytes = bytes.saturating_add(size);
+            if bytes > limits.max_bytes {
+                return Err(limit_error(
+                    reference,
+                    "bytes of files",
+                    limits.max_bytes,
+                    "--max-bytes",
+                ));
+            }
             if let Some(parent) = relative.parent()
                 && !parent.as_os_str().is_empty()
                 && !created.contains(parent)
             {
+                remember_dirs(&mut created, parent);
+                if created.len() as u64 > limits.max_dirs {
+                    return Err(limit_error(
+                        reference,
+                        "directories",
+                        limits.max_dirs,
+                        "--max-dirs",
+                    ));
+                }
                 fs::DirBuilder::new()
                     .recursive(true)
                     .mode(0o777)
                     .create(root.join(parent))
                     .map_err(io_err)?;
-                remember_dirs(&mut created, parent);
             }
             let mut file = fs::OpenOptions::new()
                 .write(true)
@@ -386,8 +629,14 @@ fn unpack(
                 .mode(mode)
                 .open(&target)
                 .map_err(io_err)?;
-            copy(&mut entry, &mut file, &mut buffer).map_err(io_err)?;
-            files += 1;
+            // The header's size was counted; the tar reader never yields more than it.
+            copy(&mut entry, &mut file, &mut buffer).map_err(|e| {
+                if e.kind() == io::ErrorKind::FileTooLarge {
+                    stream_error(reference, limits, e)
+                } else {
+                    io_err(e)
+                }
+            })?;
         } else if entry_type.is_symlink() || entry_type.is_hard_link() {
             skipped.push(name);
         } else if entry_type.is_pax_global_extensions() {
@@ -451,8 +700,43 @@ fn safe_relative_path(raw: &[u8]) -> Result<PathBuf, &'static str> {
     Ok(out)
 }
 
-struct HashingReader<R> {
+/// An inflated stream cut off past `limit` bytes (an [`io::ErrorKind::FileTooLarge`]
+/// error), so that no compression ratio can make a small blob cost unbounded CPU or disk —
+/// not even with data after the end of the archive, or with a stream of metadata entries
+/// that write nothing. Every unpacker reads through one.
+pub(crate) struct CappedReader<R> {
     inner: R,
+    read: u64,
+    limit: u64,
+}
+
+impl<R> CappedReader<R> {
+    pub(crate) fn new(inner: R, limit: u64) -> Self {
+        CappedReader {
+            inner,
+            read: 0,
+            limit,
+        }
+    }
+}
+
+impl<R: Read> Read for CappedReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read += n as u64;
+        if self.read > self.limit {
+            return Err(io::Error::new(
+                io::ErrorKind::FileTooLarge,
+                format!("the inflated stream passed {} bytes", self.limit),
+            ));
+        }
+        Ok(n)
+    }
+}
+
+/// The inflated layer, hashed for the diff_id.
+struct HashingReader<R> {
+    inner: CappedReader<R>,
     hash: Sha256,
 }
 
@@ -518,7 +802,8 @@ mod tests {
         // A well-formed layer with a valid diff_id, but not the blob the manifest names.
         let (gz, diff_id) = layer(&[("cfg/a.yml", tar::EntryType::Regular, b"a: 1\n")]);
         let named = descriptor(b"the blob that was pushed");
-        let err = unpack_into(&gz, &named, &diff_id, &out, "r").unwrap_err();
+        let err =
+            unpack_into(&gz, &named, &diff_id, &out, "r", &PullLimits::default()).unwrap_err();
         assert!(err.to_string().contains(&named.digest), "{err}");
         assert_eq!(fs::read_to_string(out.join("previous")).unwrap(), "kept");
         assert!(!out.join("cfg").exists());
@@ -528,7 +813,8 @@ mod tests {
         // Right digest, wrong size: refused too.
         let mut sized = descriptor(&gz);
         sized.size += 1;
-        let err = unpack_into(&gz, &sized, &diff_id, &out, "r").unwrap_err();
+        let err =
+            unpack_into(&gz, &sized, &diff_id, &out, "r", &PullLimits::default()).unwrap_err();
         assert!(err.to_string().contains("the manifest says"), "{err}");
         assert!(!out.join("cfg").exists());
     }
@@ -544,7 +830,15 @@ mod tests {
             ("a/d/three.yml", tar::EntryType::Regular, b"3"),
             ("a/b/c/four.yml", tar::EntryType::Regular, b"4"),
         ]);
-        let (files, _) = unpack_into(&gz, &descriptor(&gz), &diff_id, &out, "r").unwrap();
+        let (files, _) = unpack_into(
+            &gz,
+            &descriptor(&gz),
+            &diff_id,
+            &out,
+            "r",
+            &PullLimits::default(),
+        )
+        .unwrap();
         assert_eq!(files, 4);
         for (path, data) in [
             ("a/b/c/one.yml", "1"),
@@ -565,6 +859,7 @@ mod tests {
             &diff_id,
             &dir.path().join("out2"),
             "r",
+            &PullLimits::default(),
         )
         .unwrap_err();
         assert!(matches!(err, BundleError::Io { .. }), "{err}");
@@ -580,7 +875,15 @@ mod tests {
             .map(|i| (i % 251) as u8)
             .collect();
         let (gz, diff_id) = layer(&[("big.bin", tar::EntryType::Regular, &data)]);
-        unpack_into(&gz, &descriptor(&gz), &diff_id, &out, "r").unwrap();
+        unpack_into(
+            &gz,
+            &descriptor(&gz),
+            &diff_id,
+            &out,
+            "r",
+            &PullLimits::default(),
+        )
+        .unwrap();
         assert_eq!(fs::read(out.join("big.bin")).unwrap(), data);
     }
 
@@ -594,7 +897,15 @@ mod tests {
             ("ok.yml", tar::EntryType::Regular, b"x"),
             ("../escape", tar::EntryType::Regular, b"pwned"),
         ]);
-        let err = unpack_into(&gz, &descriptor(&gz), &diff_id, &out, "r").unwrap_err();
+        let err = unpack_into(
+            &gz,
+            &descriptor(&gz),
+            &diff_id,
+            &out,
+            "r",
+            &PullLimits::default(),
+        )
+        .unwrap_err();
         assert!(
             matches!(&err, BundleError::UnsafePath { path, .. } if path == "../escape"),
             "{err}"
@@ -615,15 +926,243 @@ mod tests {
             ("link", tar::EntryType::Symlink, b""),
             ("cfg/a.yml", tar::EntryType::Regular, b"a: 1\n"),
         ]);
-        let (files, skipped) = unpack_into(&gz, &descriptor(&gz), &diff_id, &out, "r").unwrap();
+        let (files, skipped) = unpack_into(
+            &gz,
+            &descriptor(&gz),
+            &diff_id,
+            &out,
+            "r",
+            &PullLimits::default(),
+        )
+        .unwrap();
         assert_eq!((files, skipped), (1, vec!["link".to_owned()]));
         assert!(fs::symlink_metadata(out.join("link")).is_err());
         assert_eq!(fs::read_to_string(out.join("cfg/a.yml")).unwrap(), "a: 1\n");
 
         let wrong = sha256_digest(b"something else");
-        let err =
-            unpack_into(&gz, &descriptor(&gz), &wrong, &dir.path().join("out2"), "r").unwrap_err();
+        let err = unpack_into(
+            &gz,
+            &descriptor(&gz),
+            &wrong,
+            &dir.path().join("out2"),
+            "r",
+            &PullLimits::default(),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("the config says"), "{err}");
         assert!(!dir.path().join("out2").exists());
+    }
+
+    fn small(max_bytes: u64, max_files: u64, max_dirs: u64) -> PullLimits {
+        PullLimits {
+            max_bytes,
+            max_files,
+            max_dirs,
+        }
+    }
+
+    /// gzip of `tar` followed by `trailing` bytes inside the same stream (what a bomb hides
+    /// after the end of the archive); the diff_id is honest.
+    fn gz_with_trailing(tar: &[u8], trailing: usize) -> (Vec<u8>, String) {
+        let mut stream = tar.to_vec();
+        stream.resize(tar.len() + trailing, 0);
+        let diff_id = sha256_digest(&stream);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        io::Write::write_all(&mut gz, &stream).unwrap();
+        (gz.finish().unwrap(), diff_id)
+    }
+
+    #[test]
+    fn a_gzip_bomb_stops_at_the_cap_and_keeps_the_old_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        fs::create_dir(&out).unwrap();
+        fs::write(out.join("previous"), "kept").unwrap();
+        // 8 MiB of zeros in a file: a few KiB compressed, honest digests.
+        let zeros = vec![0u8; 8 << 20];
+        let (gz, diff_id) = layer(&[("bomb", tar::EntryType::Regular, &zeros)]);
+        assert!(gz.len() < 1 << 20, "the bomb is small: {} bytes", gz.len());
+        let err = unpack_into(
+            &gz,
+            &descriptor(&gz),
+            &diff_id,
+            &out,
+            "r",
+            &small(1 << 20, 10, 10),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                BundleError::Limit {
+                    what: "bytes of files",
+                    flag: "--max-bytes",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(fs::read_to_string(out.join("previous")).unwrap(), "kept");
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no staging left"
+        );
+
+        // The same zeros after the end of a valid archive: nothing is written, but inflating
+        // them is paid for only up to the stream cap.
+        let (tar_gz, _) = layer(&[("a", tar::EntryType::Regular, b"a")]);
+        let tar = {
+            let mut d = flate2::read::GzDecoder::new(&tar_gz[..]);
+            let mut v = Vec::new();
+            io::Read::read_to_end(&mut d, &mut v).unwrap();
+            v
+        };
+        let (gz, diff_id) = gz_with_trailing(&tar, 8 << 20);
+        let err = unpack_into(
+            &gz,
+            &descriptor(&gz),
+            &diff_id,
+            &out,
+            "r",
+            &small(1 << 10, 10, 10),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                BundleError::Limit {
+                    what: "bytes in the layer's tar stream",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(fs::read_to_string(out.join("previous")).unwrap(), "kept");
+    }
+
+    #[test]
+    fn directories_and_files_are_capped_explicit_or_implied() {
+        let dir = tempfile::tempdir().unwrap();
+        let names: Vec<String> = (0..300).map(|i| format!("d{i}/")).collect();
+        let entries: Vec<(&str, tar::EntryType, &[u8])> = names
+            .iter()
+            .map(|n| (n.as_str(), tar::EntryType::Directory, &b""[..]))
+            .collect();
+        let (gz, diff_id) = layer(&entries);
+        let out = dir.path().join("dirs");
+        let err = unpack_into(
+            &gz,
+            &descriptor(&gz),
+            &diff_id,
+            &out,
+            "r",
+            &small(1 << 20, 10, 100),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                BundleError::Limit {
+                    what: "directories",
+                    limit: 100,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(!out.exists());
+
+        // Directories implied by file paths count too.
+        let (gz, diff_id) = layer(&[("a/b/c/d/e/f", tar::EntryType::Regular, b"x")]);
+        let err = unpack_into(
+            &gz,
+            &descriptor(&gz),
+            &diff_id,
+            &out,
+            "r",
+            &small(1 << 20, 10, 3),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                BundleError::Limit {
+                    what: "directories",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+
+        let (gz, diff_id) = layer(&[
+            ("1", tar::EntryType::Regular, b"x"),
+            ("2", tar::EntryType::Regular, b"x"),
+            ("3", tar::EntryType::Regular, b"x"),
+        ]);
+        let err = unpack_into(
+            &gz,
+            &descriptor(&gz),
+            &diff_id,
+            &out,
+            "r",
+            &small(1 << 20, 2, 10),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&err, BundleError::Limit { what: "files", .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn outputs_that_hold_the_user_s_files_are_refused() {
+        let cwd = std::env::current_dir().unwrap();
+        let mut refused = vec![
+            PathBuf::from("."),
+            PathBuf::from(".."),
+            PathBuf::from("/"),
+            PathBuf::from("./"),
+            cwd.clone(),
+            cwd.join("sub/../"),
+        ];
+        if let Some(parent) = cwd.parent() {
+            refused.push(parent.to_owned());
+        }
+        if let Some(home) = std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+            refused.push(PathBuf::from(home));
+        }
+        for output in refused {
+            let err = refuse_unsafe_output(&output).unwrap_err();
+            assert!(
+                err.to_string().contains("refusing to pull into"),
+                "{output:?}: {err}"
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        refuse_unsafe_output(&dir.path().join("new")).unwrap();
+        refuse_unsafe_output(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn a_relative_output_is_swapped_in_beside_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        fs::create_dir(&out).unwrap();
+        fs::write(out.join("previous"), "replaced").unwrap();
+        let (gz, diff_id) = layer(&[("cfg/a.yml", tar::EntryType::Regular, b"a: 1\n")]);
+        unpack_into(
+            &gz,
+            &descriptor(&gz),
+            &diff_id,
+            &out,
+            "r",
+            &PullLimits::default(),
+        )
+        .unwrap();
+        assert!(!out.join("previous").exists());
+        assert_eq!(fs::read_to_string(out.join("cfg/a.yml")).unwrap(), "a: 1\n");
+        // Only the output is left: the old tree and the staging directory are gone.
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 }

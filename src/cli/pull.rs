@@ -6,16 +6,26 @@ use anyhow::Context as _;
 use clap::Args;
 
 use super::registry::{RegistryArgs, registry_host};
-use crate::bundle::{self, Location};
+use crate::bundle::{self, Location, PullLimits};
 
 #[derive(Args, Debug)]
 pub struct PullArgs {
     /// Bundle to pull: REPO:TAG, REPO@sha256:…, or oci-layout:DIR[:TAG|@sha256:…].
     #[arg(short, long, value_name = "REF")]
     bundle: String,
-    /// Directory to write; whatever it held is replaced once the pull has been verified.
+    /// Directory to write; whatever it held is replaced once the pull has been verified. The
+    /// working directory, its ancestors, the home directory and / are refused.
     #[arg(short, long, value_name = "DIR")]
     output: PathBuf,
+    /// Most bytes of file content the bundle may unpack to.
+    #[arg(long, default_value_t = PullLimits::default().max_bytes)]
+    max_bytes: u64,
+    /// Most files the bundle may unpack to.
+    #[arg(long, default_value_t = PullLimits::default().max_files)]
+    max_files: u64,
+    /// Most directories the bundle may unpack to.
+    #[arg(long, default_value_t = PullLimits::default().max_dirs)]
+    max_dirs: u64,
     #[command(flatten)]
     registry: RegistryArgs,
 }
@@ -27,7 +37,17 @@ pub fn run(args: &PullArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let pulled = runtime.block_on(bundle::pull(&registry, &location, &args.output))?;
+    let limits = PullLimits {
+        max_bytes: args.max_bytes,
+        max_files: args.max_files,
+        max_dirs: args.max_dirs,
+    };
+    let pulled = runtime.block_on(bundle::pull_with(
+        &registry,
+        &location,
+        &args.output,
+        &limits,
+    ))?;
     for skipped in &pulled.skipped {
         eprintln!("packsmith: skipped link {skipped:?} (bundles carry only regular files)");
     }

@@ -36,6 +36,9 @@ pub struct SyncArgs {
     /// Most files one content may unpack to.
     #[arg(long, default_value_t = Limits::default().max_files)]
     max_files: u64,
+    /// Most directories one content may unpack to.
+    #[arg(long, default_value_t = Limits::default().max_dirs)]
+    max_dirs: u64,
     /// Seconds allowed for fetching one content.
     #[arg(long, default_value_t = Limits::default().source_timeout.as_secs())]
     timeout: u64,
@@ -109,6 +112,7 @@ pub fn run(args: &SyncArgs) -> anyhow::Result<()> {
     options.limits = Limits {
         max_bytes: args.max_bytes,
         max_files: args.max_files,
+        max_dirs: args.max_dirs,
         source_timeout: Duration::from_secs(args.timeout),
         ..Limits::default()
     };

@@ -215,6 +215,47 @@ impl Shared {
     }
 }
 
+/// The largest manifest or index read: distribution's own limit for manifests it accepts.
+const MAX_MANIFEST_BYTES: u64 = 4 << 20;
+/// A token response is a few KiB; anything near this is not one.
+const MAX_TOKEN_BYTES: u64 = 1 << 20;
+/// An error body is read only for its codes.
+const MAX_ERROR_BYTES: u64 = 64 << 10;
+
+/// The body of `response`, refused once it passes `limit` bytes (by its Content-Length up
+/// front, or while it streams in when the length is absent or lies).
+async fn read_capped(
+    mut response: reqwest::Response,
+    limit: u64,
+    what: &'static str,
+    url: &str,
+) -> Result<Bytes, RegistryError> {
+    let too_large = || RegistryError::TooLarge {
+        what,
+        url: url.to_owned(),
+        limit,
+    };
+    if response.content_length().is_some_and(|len| len > limit) {
+        return Err(too_large());
+    }
+    let mut body = Vec::with_capacity(
+        response
+            .content_length()
+            .map_or(0, |len| usize::try_from(len).unwrap_or(0)),
+    );
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| transport_error("GET", url, &e))?
+    {
+        if body.len() as u64 + chunk.len() as u64 > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(body))
+}
+
 #[expect(
     clippy::disallowed_methods,
     reason = "the registry client: every registry request goes through these two pools"
@@ -452,7 +493,11 @@ impl<'r> DistributionClient<'r> {
         if status.is_success() {
             Ok(())
         } else {
-            let detail = error_codes(&response.bytes().await.unwrap_or_default());
+            let detail = error_codes(
+                &read_capped(response, MAX_ERROR_BYTES, "error", &url)
+                    .await
+                    .unwrap_or_default(),
+            );
             Err(status_error("PUT", &url, status, &endpoint.auth, &detail))
         }
     }
@@ -485,7 +530,11 @@ impl<'r> DistributionClient<'r> {
         if status.is_success() {
             Ok(())
         } else {
-            let detail = error_codes(&response.bytes().await.unwrap_or_default());
+            let detail = error_codes(
+                &read_capped(response, MAX_ERROR_BYTES, "error", &url)
+                    .await
+                    .unwrap_or_default(),
+            );
             Err(status_error("PUT", &url, status, &endpoint.auth, &detail))
         }
     }
@@ -518,17 +567,17 @@ impl<'r> DistributionClient<'r> {
         if !status.is_success() {
             return Err(status_error("GET", &url, status, &endpoint.auth, ""));
         }
-        response
-            .bytes()
-            .await
-            .map_err(|e| transport_error("GET", &url, &e))
+        read_capped(response, MAX_MANIFEST_BYTES, "manifest", &url).await
     }
 
-    /// The blob `digest` of `repository`. The caller checks it against the digest.
+    /// The blob `digest` of `repository`, read into memory up to `size` bytes (the size its
+    /// manifest declares): a registry that sends more is refused before it costs more. The
+    /// caller checks the bytes against the digest.
     pub async fn get_blob(
         &self,
         repository: &Reference,
         digest: &str,
+        size: u64,
     ) -> Result<Bytes, RegistryError> {
         let endpoint = self.endpoint(repository)?;
         let url = endpoint.url(&format!("blobs/{digest}"));
@@ -546,10 +595,7 @@ impl<'r> DistributionClient<'r> {
         if !status.is_success() {
             return Err(status_error("GET", &url, status, &endpoint.auth, ""));
         }
-        response
-            .bytes()
-            .await
-            .map_err(|e| transport_error("GET", &url, &e))
+        read_capped(response, size, "blob", &url).await
     }
 
     /// Sends the request `build` makes with the right credentials, fetching one more token
@@ -748,10 +794,7 @@ impl<'r> DistributionClient<'r> {
                 &format!("(token endpoint of registry {registry})"),
             ));
         }
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| transport_error("GET", realm, &e))?;
+        let body = read_capped(response, MAX_TOKEN_BYTES, "token response", realm).await?;
         #[derive(serde::Deserialize)]
         struct TokenResponse {
             #[serde(default)]
@@ -806,10 +849,7 @@ impl<'r> DistributionClient<'r> {
             ));
         }
         let header_digest = content_digest(response.headers());
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| transport_error("GET", url, &e))?;
+        let body = read_capped(response, MAX_MANIFEST_BYTES, "manifest", url).await?;
         Ok(header_digest.unwrap_or_else(|| {
             let hex: String = Sha256::digest(&body)
                 .iter()
@@ -833,7 +873,7 @@ impl<'r> DistributionClient<'r> {
             .send()
             .await
         {
-            Ok(response) => match response.bytes().await {
+            Ok(response) => match read_capped(response, MAX_ERROR_BYTES, "error", url).await {
                 Ok(body) => error_codes(&body),
                 Err(_) => String::new(),
             },

@@ -11,6 +11,14 @@ pub enum RegistryError {
     Credentials { source_name: String, reason: String },
     #[error("registry client configuration: {0}")]
     Config(String),
+    /// A registry answer larger than packsmith reads: a manifest, token or error body past its
+    /// cap, or a blob past the size its manifest declares.
+    #[error("{what} from {url} is larger than {limit} bytes; refused")]
+    TooLarge {
+        what: &'static str,
+        url: String,
+        limit: u64,
+    },
     /// A request to `reference` failed; `class` says whether retrying can help.
     #[error("{operation} {reference}: {message}")]
     Request {
@@ -52,7 +60,9 @@ impl RegistryError {
     pub fn class(&self) -> ErrorClass {
         match self {
             Self::Request { class, .. } => *class,
-            Self::InvalidReference { .. } | Self::Config(_) => ErrorClass::Permanent,
+            Self::InvalidReference { .. } | Self::Config(_) | Self::TooLarge { .. } => {
+                ErrorClass::Permanent
+            }
             Self::Credentials { .. } => ErrorClass::Auth,
         }
     }

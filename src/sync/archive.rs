@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use super::Limits;
 use super::fsutil::{safe_join, symlink_target_inside, validate_symlinks};
+use crate::bundle::CappedReader;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -97,9 +98,44 @@ struct Budget<'a> {
     limits: &'a Limits,
     files: u64,
     bytes: u64,
+    /// Every directory created under the destination, explicit or implied by a path.
+    dirs: std::collections::HashSet<PathBuf>,
 }
 
-impl Budget<'_> {
+impl<'a> Budget<'a> {
+    fn new(limits: &'a Limits) -> Self {
+        Budget {
+            limits,
+            files: 0,
+            bytes: 0,
+            dirs: std::collections::HashSet::new(),
+        }
+    }
+
+    /// Creates `dir` (below `dest`) and its parents, counting each new one against the cap.
+    fn make_dir(&mut self, dest: &Path, dir: &Path) -> Result<(), ArchiveError> {
+        let mut added = false;
+        for ancestor in dir.ancestors() {
+            if ancestor == dest || !ancestor.starts_with(dest) {
+                break;
+            }
+            if !self.dirs.insert(ancestor.to_owned()) {
+                break;
+            }
+            added = true;
+        }
+        if self.dirs.len() as u64 > self.limits.max_dirs {
+            return Err(ArchiveError::TooLarge {
+                what: "directories",
+                limit: self.limits.max_dirs,
+            });
+        }
+        if added {
+            fs::create_dir_all(dir).map_err(io_err(dir))?;
+        }
+        Ok(())
+    }
+
     fn add_file(&mut self) -> Result<(), ArchiveError> {
         self.files += 1;
         if self.files > self.limits.max_files {
@@ -114,17 +150,20 @@ impl Budget<'_> {
     /// Copies `reader` to `path`, stopping at the byte cap.
     fn write(
         &mut self,
+        dest: &Path,
         reader: &mut impl Read,
         path: &Path,
         mode: u32,
     ) -> Result<(), ArchiveError> {
         if let Some(parent) = path.parent() {
-            fs::create_dir_all(parent).map_err(io_err(parent))?;
+            self.make_dir(dest, parent)?;
         }
         let mut out = open_new(path, mode)?;
         let mut buf = vec![0u8; 64 * 1024];
         loop {
-            let n = reader.read(&mut buf).map_err(io_err(path))?;
+            let n = reader
+                .read(&mut buf)
+                .map_err(|e| self.read_error(path, e))?;
             if n == 0 {
                 break;
             }
@@ -138,6 +177,24 @@ impl Budget<'_> {
             out.write_all(&buf[..n]).map_err(io_err(path))?;
         }
         Ok(())
+    }
+}
+
+impl Budget<'_> {
+    /// The inflated stream's cap: file content plus a header per entry, generously.
+    fn stream_limit(&self) -> u64 {
+        self.limits.pull().stream_bytes()
+    }
+
+    fn read_error(&self, path: &Path, e: io::Error) -> ArchiveError {
+        if e.kind() == io::ErrorKind::FileTooLarge {
+            ArchiveError::TooLarge {
+                what: "bytes of archive stream",
+                limit: self.stream_limit(),
+            }
+        } else {
+            io_err(path)(e)
+        }
     }
 }
 
@@ -170,18 +227,15 @@ pub fn unpack(
     dest: &Path,
     limits: &Limits,
 ) -> Result<(), ArchiveError> {
-    let mut budget = Budget {
-        limits,
-        files: 0,
-        bytes: 0,
-    };
+    let mut budget = Budget::new(limits);
+    let cap = budget.stream_limit();
     let mut links = Vec::new();
     match kind {
         Kind::Zip => unzip(archive, dest, &mut budget, &mut links)?,
         Kind::Tgz => {
             let file = File::open(archive).map_err(io_err(archive))?;
             untar(
-                flate2::read::GzDecoder::new(file),
+                CappedReader::new(flate2::read::GzDecoder::new(file), cap),
                 kind,
                 dest,
                 &mut budget,
@@ -190,7 +244,13 @@ pub fn unpack(
         }
         Kind::Tar => {
             let file = File::open(archive).map_err(io_err(archive))?;
-            untar(file, kind, dest, &mut budget, &mut links)?;
+            untar(
+                CappedReader::new(file, cap),
+                kind,
+                dest,
+                &mut budget,
+                &mut links,
+            )?;
         }
         Kind::Plain => unreachable_plain()?,
     }
@@ -239,7 +299,17 @@ fn untar(
     budget: &mut Budget<'_>,
     links: &mut Vec<(PathBuf, PathBuf)>,
 ) -> Result<(), ArchiveError> {
-    let corrupt = |source| ArchiveError::Corrupt { kind, source };
+    let stream_limit = budget.stream_limit();
+    let corrupt = |source: io::Error| {
+        if source.kind() == io::ErrorKind::FileTooLarge {
+            ArchiveError::TooLarge {
+                what: "bytes of archive stream",
+                limit: stream_limit,
+            }
+        } else {
+            ArchiveError::Corrupt { kind, source }
+        }
+    };
     let mut archive = tar::Archive::new(reader);
     for entry in archive.entries().map_err(corrupt)? {
         let mut entry = entry.map_err(corrupt)?;
@@ -252,11 +322,11 @@ fn untar(
         let path = entry_path(dest, &name)?;
         use tar::EntryType as T;
         match kind_byte {
-            T::Directory => fs::create_dir_all(&path).map_err(io_err(&path))?,
+            T::Directory => budget.make_dir(dest, &path)?,
             T::Regular | T::Continuous | T::GNUSparse => {
                 budget.add_file()?;
                 let mode = file_mode(entry.header().mode().unwrap_or(0o644));
-                budget.write(&mut entry, &path, mode)?;
+                budget.write(dest, &mut entry, &path, mode)?;
             }
             T::Symlink => {
                 budget.add_file()?;
@@ -295,7 +365,7 @@ fn untar(
                     });
                 }
                 let mut from = File::open(&source).map_err(io_err(&source))?;
-                budget.write(&mut from, &path, file_mode(meta_mode(&meta)))?;
+                budget.write(dest, &mut from, &path, file_mode(meta_mode(&meta)))?;
             }
             // Metadata entries carry no file of their own.
             T::XGlobalHeader | T::XHeader | T::GNULongName | T::GNULongLink => {}
@@ -332,7 +402,7 @@ fn unzip(
         let name = entry.name().map_err(corrupt)?.into_owned();
         if entry.is_dir() {
             let path = entry_path(dest, &name)?;
-            fs::create_dir_all(&path).map_err(io_err(&path))?;
+            budget.make_dir(dest, &path)?;
             continue;
         }
         let path = entry_path(dest, &name)?;
@@ -348,7 +418,7 @@ fn unzip(
             check_link(dest, &name, &path, &target)?;
             links.push((path, target));
         } else {
-            budget.write(&mut entry, &path, file_mode(mode))?;
+            budget.write(dest, &mut entry, &path, file_mode(mode))?;
         }
     }
     Ok(())
@@ -477,6 +547,57 @@ pub(crate) mod tests {
         };
         let (_dir, result) = unpack_bytes(&tar, &few);
         assert!(result.expect_err("files").to_string().contains("1 files"));
+    }
+
+    #[test]
+    fn caps_directories_and_the_inflated_stream() {
+        let names: Vec<String> = (0..300).map(|i| format!("d{i}/")).collect();
+        let entries: Vec<(&str, T, &[u8], &str)> = names
+            .iter()
+            .map(|n| (n.as_str(), T::Directory, &b""[..], ""))
+            .collect();
+        let tar = raw_tar(&entries);
+        let few = Limits {
+            max_dirs: 100,
+            ..Limits::default()
+        };
+        let (dir, result) = unpack_bytes(&tar, &few);
+        let err = result.expect_err("dirs").to_string();
+        assert!(err.contains("100 directories"), "{err}");
+        let made = fs::read_dir(dir.path().join("out")).expect("out").count();
+        assert!(made <= 100, "{made} directories were created");
+
+        // Implied by a file's path, too.
+        let deep = raw_tar(&[("a/b/c/d/e/f", T::Regular, b"x", "")]);
+        let (_dir, result) = unpack_bytes(
+            &deep,
+            &Limits {
+                max_dirs: 3,
+                ..Limits::default()
+            },
+        );
+        assert!(
+            result
+                .expect_err("implied")
+                .to_string()
+                .contains("3 directories")
+        );
+
+        // Metadata entries write nothing, but reading them is paid for: the stream is capped.
+        let pax = vec![b'x'; 64 << 10];
+        let headers: Vec<(&str, T, &[u8], &str)> = (0..40)
+            .map(|_| ("h", T::XGlobalHeader, &pax[..], ""))
+            .collect();
+        let tar = raw_tar(&headers);
+        let tiny = Limits {
+            max_bytes: 1,
+            max_files: 1,
+            max_dirs: 1,
+            ..Limits::default()
+        };
+        let (_dir, result) = unpack_bytes(&tar, &tiny);
+        let err = result.expect_err("stream").to_string();
+        assert!(err.contains("archive stream"), "{err}");
     }
 
     #[test]

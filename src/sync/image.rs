@@ -486,9 +486,15 @@ pub(crate) async fn fetch_bundle(
         locked,
     )
     .await?;
-    let pulled = bundle::pull(&registry, &Location::Registry(reference.clone()), out)
-        .await
-        .map_err(bundle_error)?;
+    let limits = &ctx.options.limits;
+    let pulled = bundle::pull_with(
+        &registry,
+        &Location::Registry(reference.clone()),
+        out,
+        &limits.pull(),
+    )
+    .await
+    .map_err(bundle_error)?;
     let digest = pulled
         .image
         .rsplit_once('@')
@@ -498,7 +504,7 @@ pub(crate) async fn fetch_bundle(
         tracing::info!(bundle = %pulled.image, skipped = ?pulled.skipped, "links in the bundle were not written, as imgpkg skips them");
     }
     if source.recursive {
-        pull_nested_bundles(&registry, out, &ctx.options.limits).await?;
+        pull_nested_bundles(&registry, out, limits).await?;
     }
     Ok((
         LockImgpkgBundle {
@@ -546,9 +552,22 @@ async fn pull_nested_bundles(
             let target = safe_join(&bundles, &format!("sha256-{hex}"))
                 .map_err(|e| FetchError::Invalid(format!("nested bundle {image}: {e}")))?;
             std::fs::create_dir_all(&bundles).map_err(FetchError::io(&bundles))?;
-            let pulled = bundle::pull(registry, &Location::Registry(reference), &target)
-                .await
-                .map_err(bundle_error)?;
+            // The content's caps hold for the whole tree, not for each bundle in it.
+            let (files, bytes) =
+                crate::sync::fsutil::tree_size(root).map_err(FetchError::io(root))?;
+            let remaining = bundle::PullLimits {
+                max_bytes: limits.max_bytes.saturating_sub(bytes),
+                max_files: limits.max_files.saturating_sub(files),
+                max_dirs: limits.max_dirs,
+            };
+            let pulled = bundle::pull_with(
+                registry,
+                &Location::Registry(reference),
+                &target,
+                &remaining,
+            )
+            .await
+            .map_err(bundle_error)?;
             tracing::info!(bundle = %pulled.image, "pulled a nested bundle");
             queue.push_back((target, depth + 1));
         }
@@ -647,7 +666,7 @@ fn apply_layers(
     out: &Path,
     limits: &Limits,
 ) -> Result<(), FetchError> {
-    let mut budget = (0u64, 0u64);
+    let mut budget = LayerBudget::default();
     for (index, blob) in blobs.iter().enumerate() {
         let layer_dir = scratch.join(format!("layer-{index}.d"));
         std::fs::create_dir_all(&layer_dir).map_err(FetchError::io(&layer_dir))?;
@@ -657,11 +676,12 @@ fn apply_layers(
             let mut f = std::fs::File::open(blob).map_err(FetchError::io(blob))?;
             f.read_exact(&mut head).is_ok() && head == [0x1f, 0x8b]
         };
-        let reader: Box<dyn Read> = if gzip {
+        let inner: Box<dyn Read> = if gzip {
             Box::new(flate2::read::GzDecoder::new(file))
         } else {
             Box::new(file)
         };
+        let reader = bundle::CappedReader::new(inner, limits.pull().stream_bytes());
         extract_layer(reader, &layer_dir, limits, &mut budget)
             .map_err(|why| FetchError::Invalid(format!("layer {index}: {why}")))?;
         merge(&layer_dir, out).map_err(FetchError::io(out))?;
@@ -669,12 +689,64 @@ fn apply_layers(
     Ok(())
 }
 
+/// What the layers of one image have written so far, against the content's [`Limits`].
+#[derive(Default)]
+struct LayerBudget {
+    files: u64,
+    bytes: u64,
+    dirs: u64,
+}
+
+impl LayerBudget {
+    fn add_dirs(&mut self, n: u64, limits: &Limits) -> Result<(), String> {
+        self.dirs += n;
+        if self.dirs > limits.max_dirs {
+            return Err(format!(
+                "more than {} directories (the limit; raise --max-dirs if the image is trusted)",
+                limits.max_dirs
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Creates `dir` and its missing parents below `dest`, counting each one it creates.
+fn make_dirs(
+    dest: &Path,
+    dir: &Path,
+    limits: &Limits,
+    budget: &mut LayerBudget,
+) -> Result<(), String> {
+    let missing = dir
+        .ancestors()
+        .take_while(|a| *a != dest && a.starts_with(dest))
+        .take_while(|a| a.symlink_metadata().is_err())
+        .count() as u64;
+    if missing == 0 {
+        return Ok(());
+    }
+    budget.add_dirs(missing, limits)?;
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))
+}
+
+fn stream_error(e: &io::Error, limits: &Limits) -> String {
+    if e.kind() == io::ErrorKind::FileTooLarge {
+        format!(
+            "the layer inflates beyond {} bytes (the limit; raise --max-bytes if the image is \
+             trusted)",
+            limits.pull().stream_bytes()
+        )
+    } else {
+        format!("corrupt tar: {e}")
+    }
+}
+
 /// Regular files and directories of one layer tar; links, devices and FIFOs are skipped.
 fn extract_layer(
     reader: impl Read,
     dest: &Path,
     limits: &Limits,
-    (files, bytes): &mut (u64, u64),
+    budget: &mut LayerBudget,
 ) -> Result<(), String> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut archive = tar::Archive::new(reader);
@@ -682,7 +754,7 @@ fn extract_layer(
         .entries()
         .map_err(|e| format!("not a tar archive: {e}"))?;
     for entry in entries {
-        let mut entry = entry.map_err(|e| format!("corrupt tar: {e}"))?;
+        let mut entry = entry.map_err(|e| stream_error(&e, limits))?;
         let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
         let kind = entry.header().entry_type();
         if name.split('/').all(|p| p.is_empty() || p == ".") {
@@ -693,19 +765,18 @@ fn extract_layer(
             if path.symlink_metadata().is_ok_and(|m| !m.is_dir()) {
                 remove_any(&path).map_err(|e| e.to_string())?;
             }
-            std::fs::create_dir_all(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            make_dirs(dest, &path, limits, budget)?;
         } else if kind.is_file() || kind == tar::EntryType::Continuous {
-            *files += 1;
-            *bytes = bytes.saturating_add(entry.size());
-            if *files > limits.max_files {
+            budget.files += 1;
+            budget.bytes = budget.bytes.saturating_add(entry.size());
+            if budget.files > limits.max_files {
                 return Err(format!("more than {} files", limits.max_files));
             }
-            if *bytes > limits.max_bytes {
+            if budget.bytes > limits.max_bytes {
                 return Err(format!("expands beyond {} bytes", limits.max_bytes));
             }
             if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent)
-                    .map_err(|e| format!("{}: {e}", parent.display()))?;
+                make_dirs(dest, parent, limits, budget)?;
             }
             remove_any(&path).map_err(|e| format!("{}: {e}", path.display()))?;
             let mode = if entry.header().mode().unwrap_or(0o644) & 0o111 != 0 {
@@ -721,8 +792,13 @@ fn extract_layer(
                 .map_err(|e| format!("{}: {e}", path.display()))?;
             // `take` keeps a lying header from writing more than it declared.
             let size = entry.size();
-            io::copy(&mut (&mut entry).take(size), &mut file)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
+            io::copy(&mut (&mut entry).take(size), &mut file).map_err(|e| {
+                if e.kind() == io::ErrorKind::FileTooLarge {
+                    stream_error(&e, limits)
+                } else {
+                    format!("{}: {e}", path.display())
+                }
+            })?;
         }
         // Links, devices, FIFOs and metadata entries are not written (imgpkg skips them).
     }
@@ -833,8 +909,13 @@ mod tests {
         let mut data = raw.as_bytes().to_vec();
         data.extend_from_slice(&[b'x'; 512]);
         data.extend_from_slice(&[0; 1024]);
-        let err =
-            extract_layer(&data[..], dir.path(), &Limits::default(), &mut (0, 0)).unwrap_err();
+        let err = extract_layer(
+            &data[..],
+            dir.path(),
+            &Limits::default(),
+            &mut LayerBudget::default(),
+        )
+        .unwrap_err();
         assert!(err.contains("'..'"), "{err}");
         assert!(!dir.path().parent().unwrap().join("escape").exists());
 
@@ -851,7 +932,7 @@ mod tests {
             &builder.into_inner().unwrap()[..],
             &out,
             &Limits::default(),
-            &mut (0, 0),
+            &mut LayerBudget::default(),
         )
         .unwrap();
         assert!(
@@ -876,5 +957,29 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn layers_cap_directories_across_the_image() {
+        let mut builder = tar::Builder::new(Vec::new());
+        for i in 0..300 {
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(tar::EntryType::Directory);
+            header.set_size(0);
+            header.set_mode(0o755);
+            builder
+                .append_data(&mut header, format!("d{i}/"), &[][..])
+                .unwrap();
+        }
+        let data = builder.into_inner().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let limits = Limits {
+            max_dirs: 100,
+            ..Limits::default()
+        };
+        let err =
+            extract_layer(&data[..], dir.path(), &limits, &mut LayerBudget::default()).unwrap_err();
+        assert!(err.contains("more than 100 directories"), "{err}");
+        assert!(std::fs::read_dir(dir.path()).unwrap().count() <= 100);
     }
 }

@@ -43,6 +43,9 @@ pub struct Limits {
     pub max_bytes: u64,
     /// Files one content may expand to.
     pub max_files: u64,
+    /// Directories one content may expand to (empty ones count: an archive of 300,000 empty
+    /// directories costs inodes, not bytes).
+    pub max_dirs: u64,
     /// Wall-clock time for fetching one content.
     pub source_timeout: Duration,
     /// HTTP redirects followed per request.
@@ -54,6 +57,7 @@ impl Default for Limits {
         Limits {
             max_bytes: 512 * 1024 * 1024,
             max_files: 100_000,
+            max_dirs: 100_000,
             source_timeout: Duration::from_secs(300),
             max_redirects: 10,
         }
@@ -80,6 +84,17 @@ impl Policy {
         Policy {
             allow_local_git: true,
             allow_unknown_ssh_hosts,
+        }
+    }
+}
+
+impl Limits {
+    /// The same caps for a bundle pull (the `imgpkgBundle` source).
+    pub fn pull(&self) -> crate::bundle::PullLimits {
+        crate::bundle::PullLimits {
+            max_bytes: self.max_bytes,
+            max_files: self.max_files,
+            max_dirs: self.max_dirs,
         }
     }
 }

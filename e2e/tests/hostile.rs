@@ -1,0 +1,283 @@
+//! Hostile inputs against the real bed: each case asserts the refusal and its reason, and that
+//! every file outside the target survives as it was.
+//!
+//! - a git repository whose chained symlinks (each one lexically inside the checkout) make a
+//!   `newRootPath` resolve into the directory being synced, next to the checkout;
+//! - a pathological `includePaths` pattern (the old matcher overflowed its stack on it);
+//! - an absolute `contents[].path` in a vendir.yml;
+//! - `packsmith pull -o .` and `-o ..` from a directory full of files;
+//! - bundles with honest digests whose layer is a gzip bomb, or 300 empty directories.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use anyhow::{Context as _, ensure};
+use libtest_mimic::Trial;
+
+use crate::support::bed;
+use crate::tests::git::{make_repo, make_repo_with_links};
+
+pub fn trials() -> Vec<Trial> {
+    vec![
+        trial(
+            "sync_new_root_through_chained_symlinks_is_refused",
+            new_root_symlinks,
+        ),
+        trial("sync_pathological_pattern_is_refused", pathological_pattern),
+        trial(
+            "sync_absolute_contents_path_is_refused",
+            absolute_contents_path,
+        ),
+        trial(
+            "pull_refuses_the_working_directory",
+            pull_into_working_directory,
+        ),
+        trial("pull_stops_a_gzip_bomb_at_max_bytes", pull_gzip_bomb),
+        trial("pull_caps_directories", pull_many_directories),
+    ]
+}
+
+fn trial(name: &str, body: fn() -> anyhow::Result<()>) -> Trial {
+    Trial::test(format!("hostile::{name}"), move || {
+        body().map_err(|e| format!("{e:#}").into())
+    })
+}
+
+fn packsmith(dir: &Path, args: &[&str]) -> anyhow::Result<Output> {
+    Command::new(env!("CARGO_BIN_EXE_packsmith"))
+        .current_dir(dir)
+        .args(args)
+        .env("DOCKER_CONFIG", "/nonexistent")
+        .output()
+        .context("running packsmith")
+}
+
+/// Every entry under `root` (relative path → file content, or `/` for a directory), links
+/// not followed.
+fn snapshot(root: &Path) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for entry in walkdir::WalkDir::new(root).min_depth(1) {
+        let entry = entry?;
+        let rel = entry
+            .path()
+            .strip_prefix(root)?
+            .to_string_lossy()
+            .into_owned();
+        let value = if entry.file_type().is_dir() {
+            "/".to_owned()
+        } else if entry.file_type().is_symlink() {
+            format!("-> {}", std::fs::read_link(entry.path())?.display())
+        } else {
+            std::fs::read_to_string(entry.path())?
+        };
+        out.insert(rel, value);
+    }
+    Ok(out)
+}
+
+/// Runs `packsmith sync` on `vendir` in a fresh directory that also holds `victim/secret`;
+/// returns the directory and the command's output.
+fn sync(vendir: &str) -> anyhow::Result<(tempfile::TempDir, Output)> {
+    let work = tempfile::tempdir()?;
+    std::fs::create_dir_all(work.path().join("victim"))?;
+    std::fs::write(work.path().join("victim/secret"), "another tenant's\n")?;
+    std::fs::write(work.path().join("vendir.yml"), vendir)?;
+    let out = packsmith(work.path(), &["sync"])?;
+    Ok((work, out))
+}
+
+fn ensure_refused(out: &Output, needle: &str) -> anyhow::Result<()> {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(!out.status.success(), "succeeded; stderr: {stderr}");
+    ensure!(stderr.contains(needle), "expected {needle:?} in: {stderr}");
+    Ok(())
+}
+
+fn ensure_victim_intact(work: &Path) -> anyhow::Result<()> {
+    let secret = std::fs::read_to_string(work.join("victim/secret"))
+        .context("victim/secret next to the synced directory is gone")?;
+    ensure!(
+        secret == "another tenant's\n",
+        "victim/secret changed: {secret:?}"
+    );
+    Ok(())
+}
+
+fn git_vendir(repo: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: vendir.k14s.io/v1alpha1\nkind: Config\ndirectories:\n- path: synced\n  \
+         contents:\n  - path: .\n    git:\n      url: {}/{repo}.git\n      ref: v1.0.0\n{extra}",
+        bed().git_url
+    )
+}
+
+/// Each link is lexically inside the checkout; together they climb out of it. The checkout is
+/// `<work>/.packsmith-sync-*/0-0/out`, so `l1` resolves to `<work>`, and `l1/victim` is the
+/// victim. Before the fix, the new root was renamed into the bundle from there.
+fn new_root_symlinks() -> anyhow::Result<()> {
+    make_repo_with_links(
+        "e2e-hostile-links",
+        &[("README.md", "hi\n")],
+        &[("d/e/f/l2", "../../.."), ("l1", "d/e/f/l2/../../..")],
+        "v1.0.0",
+    )?;
+    let (work, out) = sync(&git_vendir(
+        "e2e-hostile-links",
+        "    newRootPath: l1/victim\n",
+    ))?;
+    ensure_refused(&out, "passes through the symlink \"l1\"")?;
+    ensure_victim_intact(work.path())?;
+    ensure!(!work.path().join("synced").exists(), "a target was written");
+    Ok(())
+}
+
+fn pathological_pattern() -> anyhow::Result<()> {
+    make_repo(
+        "e2e-hostile-pattern",
+        &[("config/a.yaml", "a: 1\n")],
+        "v1.0.0",
+    )?;
+    // Nested 200 deep: a stack overflow (the process aborted) for the old matcher.
+    let nested = format!("{}a{}", "{a,".repeat(200), "}".repeat(200));
+    let (work, out) = sync(&git_vendir(
+        "e2e-hostile-pattern",
+        &format!("    includePaths:\n    - '{nested}'\n"),
+    ))?;
+    ensure_refused(&out, "nests `{…}` deeper than 16 levels")?;
+    ensure_victim_intact(work.path())?;
+
+    // 2^40 expansions for the old matcher; matched at once now (and it keeps nothing).
+    let (work, out) = sync(&git_vendir(
+        "e2e-hostile-pattern",
+        &format!("    includePaths:\n    - '{}'\n", "{a,b}".repeat(40)),
+    ))?;
+    ensure_refused(&out, "no file left after includePaths")?;
+    ensure_victim_intact(work.path())?;
+    Ok(())
+}
+
+fn absolute_contents_path() -> anyhow::Result<()> {
+    let (work, _) = sync("")?;
+    let victim = work.path().join("victim");
+    let vendir = format!(
+        "apiVersion: vendir.k14s.io/v1alpha1\nkind: Config\ndirectories:\n- path: synced\n  \
+         contents:\n  - path: {}\n    inline:\n      paths:\n        a.txt: a\n",
+        victim.display()
+    );
+    std::fs::write(work.path().join("vendir.yml"), vendir)?;
+    let out = packsmith(work.path(), &["sync"])?;
+    ensure_refused(&out, "is absolute")?;
+    ensure_victim_intact(work.path())?;
+    Ok(())
+}
+
+/// Pushes `tree` to the plain registry as `e2e-hostile/<name>:1`; returns the reference.
+fn push(tree: &Path, name: &str) -> anyhow::Result<String> {
+    std::fs::create_dir_all(tree.join(".imgpkg"))?;
+    std::fs::write(
+        tree.join(".imgpkg/images.yml"),
+        "---\napiVersion: imgpkg.carvel.dev/v1alpha1\nkind: ImagesLock\n",
+    )?;
+    let reference = format!("{}/e2e-hostile/{name}:1", bed().registry);
+    let dir = tree.to_string_lossy().into_owned();
+    let out = packsmith(
+        tree,
+        &[
+            "push",
+            "-b",
+            &reference,
+            "-f",
+            &dir,
+            "--registry-insecure-host",
+            &bed().registry,
+        ],
+    )?;
+    ensure!(
+        out.status.success(),
+        "push failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(reference)
+}
+
+fn pull(cwd: &Path, reference: &str, output: &str, extra: &[&str]) -> anyhow::Result<Output> {
+    let mut args = vec![
+        "pull",
+        "-b",
+        reference,
+        "-o",
+        output,
+        "--registry-insecure-host",
+        &bed().registry,
+    ];
+    args.extend(extra);
+    packsmith(cwd, &args)
+}
+
+fn pull_into_working_directory() -> anyhow::Result<()> {
+    let tree = tempfile::tempdir()?;
+    std::fs::create_dir_all(tree.path().join("config"))?;
+    std::fs::write(tree.path().join("config/a.yml"), "a: 1\n")?;
+    let reference = push(tree.path(), "small")?;
+
+    let home = tempfile::tempdir()?;
+    let cwd = home.path().join("project");
+    std::fs::create_dir_all(cwd.join("src"))?;
+    std::fs::write(cwd.join("Makefile"), "all:\n")?;
+    std::fs::write(cwd.join("src/main.rs"), "fn main() {}\n")?;
+    let before = snapshot(home.path())?;
+    for output in [".", "..", "./", &cwd.to_string_lossy()] {
+        let out = pull(&cwd, &reference, output, &[])?;
+        ensure_refused(&out, "refusing to pull into")?;
+        ensure!(
+            snapshot(home.path())? == before,
+            "-o {output} changed files"
+        );
+    }
+    // A new directory is fine, and leaves its siblings alone.
+    let out = pull(&cwd, &reference, "pulled", &[])?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(cwd.join("pulled/config/a.yml").is_file());
+    ensure!(std::fs::read_to_string(cwd.join("Makefile"))? == "all:\n");
+    Ok(())
+}
+
+/// Pulls `reference` over an output holding `keep`, expecting a refusal naming `flag`; the
+/// output and the directory around it must be as they were.
+fn ensure_pull_capped(reference: &str, extra: &[&str], flag: &str) -> anyhow::Result<()> {
+    let work = tempfile::tempdir()?;
+    std::fs::create_dir_all(work.path().join("out"))?;
+    std::fs::write(work.path().join("out/keep"), "mine\n")?;
+    let before = snapshot(work.path())?;
+    let out = pull(work.path(), reference, "out", extra)?;
+    ensure_refused(&out, flag)?;
+    ensure!(
+        snapshot(work.path())? == before,
+        "a refused pull left changes (staging, partial output)"
+    );
+    Ok(())
+}
+
+fn pull_gzip_bomb() -> anyhow::Result<()> {
+    let tree = tempfile::tempdir()?;
+    std::fs::create_dir_all(tree.path().join("config"))?;
+    // 16 MiB of zeros: tens of KiB in the layer, honest digests.
+    std::fs::write(tree.path().join("config/zeros"), vec![0u8; 16 << 20])?;
+    let reference = push(tree.path(), "bomb")?;
+    ensure_pull_capped(&reference, &["--max-bytes", "1048576"], "--max-bytes")
+}
+
+fn pull_many_directories() -> anyhow::Result<()> {
+    let tree = tempfile::tempdir()?;
+    for i in 0..300 {
+        std::fs::create_dir_all(tree.path().join(format!("config/d{i}")))?;
+    }
+    std::fs::write(tree.path().join("config/a.yml"), "a: 1\n")?;
+    let reference = push(tree.path(), "dirs")?;
+    ensure_pull_capped(&reference, &["--max-dirs", "100"], "--max-dirs")
+}
