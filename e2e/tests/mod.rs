@@ -16,6 +16,7 @@ pub mod repo;
 pub mod ship;
 pub mod sync;
 pub mod tce;
+pub mod tenancy;
 pub mod token_auth;
 
 use libtest_mimic::Trial;
@@ -38,6 +39,7 @@ pub fn trials() -> (Vec<Trial>, Vec<Trial>) {
     parallel.extend(ship::trials());
     parallel.extend(sync::trials());
     parallel.extend(tce::trials());
+    parallel.extend(tenancy::trials());
     parallel.extend(token_auth::trials());
     let mut serial = registry::serial_trials();
     serial.extend(sync::serial_trials());

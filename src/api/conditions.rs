@@ -44,6 +44,15 @@ pub mod reasons {
     /// The Carvel packaging API (kapp-controller) is not installed in the cluster.
     pub const PACKAGING_API_MISSING: &str = "PackagingAPIMissing";
     pub const DEPENDENCY_NOT_READY: &str = "DependencyNotReady";
+    /// A Package, PackageMetadata, PackageRepository or release record this object would
+    /// write belongs to another source (or to no packsmith source); it was left untouched.
+    pub const OWNERSHIP_CONFLICT: &str = "OwnershipConflict";
+    /// `publish.namespace` (or the PackageRepository's namespace) is another namespace that
+    /// the operator has not listed in `--allowed-publish-namespaces`.
+    pub const PUBLISH_NAMESPACE_NOT_ALLOWED: &str = "PublishNamespaceNotAllowed";
+    /// An `inline.pathsFrom.secretRef` names a Secret without the opt-in label
+    /// `packsmith.dev/inline-allowed: "true"`.
+    pub const INLINE_SECRET_NOT_ALLOWED: &str = "InlineSecretNotAllowed";
 }
 
 pub const TRUE: &str = "True";
@@ -196,5 +205,30 @@ mod tests {
         assert!(!remove(&mut c, types::STALLED));
         assert!(get(&c, types::STALLED).is_none());
         assert_eq!(c.len(), 1);
+    }
+
+    /// docs/troubleshooting.md has one row per reason a condition can carry, and no row for a
+    /// reason that no longer exists.
+    #[test]
+    fn troubleshooting_covers_every_reason() {
+        let docs = include_str!("../../docs/troubleshooting.md");
+        let documented: std::collections::BTreeSet<&str> = docs
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `"))
+            .filter_map(|l| l.split_once('`').map(|(reason, _)| reason))
+            .collect();
+        let source = include_str!("conditions.rs");
+        let module = &source[source.find("pub mod reasons").expect("reasons module")..];
+        let module = &module[..module.find("\n}").expect("end of module")];
+        let mut defined: std::collections::BTreeSet<&str> = module
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("pub const "))
+            .filter_map(|l| l.split('"').nth(1))
+            .collect();
+        defined.insert(crate::controller::status::REASON_TIMEOUT);
+        assert_eq!(
+            documented, defined,
+            "docs/troubleshooting.md's reason rows and api::conditions::reasons differ"
+        );
     }
 }

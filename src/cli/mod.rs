@@ -98,6 +98,17 @@ struct ControllerArgs {
     /// Name of the Lease.
     #[arg(long, default_value = crate::controller::leader::DEFAULT_LEASE_NAME)]
     leader_election_id: String,
+    /// Namespaces other than their own that PackageSources may publish Packages into and
+    /// PackageRepositorySources may create a PackageRepository in (comma-separated; e.g.
+    /// kapp-controller's global packaging namespace). None by default: every object
+    /// publishes into its own namespace only.
+    #[arg(
+        long,
+        env = "PACKSMITH_ALLOWED_PUBLISH_NAMESPACES",
+        value_delimiter = ',',
+        value_name = "NS,…"
+    )]
+    allowed_publish_namespaces: Vec<String>,
     /// How long the Lease is valid after a renewal (whole seconds).
     #[arg(long, default_value = "35s", value_parser = duration)]
     leader_election_lease_duration: std::time::Duration,
@@ -191,6 +202,7 @@ fn controller(args: ControllerArgs) -> anyhow::Result<()> {
         metrics_addr: args.metrics_addr,
         health_addr: args.health_addr,
         credentials,
+        allowed_publish_namespaces: args.allowed_publish_namespaces,
         handle_signals: true,
         leader_election: args
             .leader_elect

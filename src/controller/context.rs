@@ -18,6 +18,9 @@ use crate::registry::Credentials;
 /// Labels on everything a PackageSource publishes.
 pub const LABEL_SOURCE_NAME: &str = "packsmith.dev/source-name";
 pub const LABEL_SOURCE_NAMESPACE: &str = "packsmith.dev/source-namespace";
+/// Labels on the PackageRepository a PackageRepositorySource creates.
+pub const LABEL_REPOSITORY_SOURCE_NAME: &str = "packsmith.dev/repository-source-name";
+pub const LABEL_REPOSITORY_SOURCE_NAMESPACE: &str = "packsmith.dev/repository-source-namespace";
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "packsmith";
 /// Finalizer that lets deletion remove what a PackageSource published.
@@ -33,6 +36,24 @@ pub struct Settings {
     /// The controller's own registry credentials (its docker config); a PackageSource's
     /// `bundle.secretRef` entries win over these for the same host.
     pub credentials: Credentials,
+    /// Namespaces other than their own that objects may publish into.
+    pub allowed_publish_namespaces: Vec<String>,
+}
+
+impl Settings {
+    /// Refuses publishing from `own` into `target` unless it is the same namespace or the
+    /// operator listed `target` (one tenant must not write into another's namespace).
+    pub fn check_publish_namespace(&self, own: &str, target: &str) -> Result<(), String> {
+        if own == target || self.allowed_publish_namespaces.iter().any(|n| n == target) {
+            return Ok(());
+        }
+        Err(format!(
+            "publishing into namespace {target:?} (not the object's own, {own:?}) is not \
+             allowed: the operator must list it in the controller's \
+             --allowed-publish-namespaces (chart value allowedPublishNamespaces), or publish \
+             into {own:?}"
+        ))
+    }
 }
 
 /// Shared by every reconcile.
@@ -63,5 +84,32 @@ impl std::fmt::Debug for Context {
         f.debug_struct("Context")
             .field("settings", &self.settings)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_listed_namespaces_besides_the_own_one() {
+        let settings = Settings {
+            cache_dir: PathBuf::new(),
+            credentials: Credentials::default(),
+            allowed_publish_namespaces: vec!["kapp-controller-packaging-global".to_owned()],
+        };
+        assert!(settings.check_publish_namespace("team-a", "team-a").is_ok());
+        assert!(
+            settings
+                .check_publish_namespace("team-a", "kapp-controller-packaging-global")
+                .is_ok()
+        );
+        let refused = settings
+            .check_publish_namespace("team-b", "team-a")
+            .expect_err("another tenant's namespace");
+        assert!(
+            refused.contains("--allowed-publish-namespaces"),
+            "{refused}"
+        );
     }
 }

@@ -23,6 +23,7 @@ pub mod context;
 pub mod health;
 pub mod leader;
 pub mod metrics;
+pub mod ownership;
 pub mod publish;
 pub mod record;
 pub mod repository;
@@ -80,6 +81,9 @@ pub struct Options {
     pub handle_signals: bool,
     /// Reconcile only while holding this Lease (`--leader-elect`); always when `None`.
     pub leader_election: Option<leader::LeaderElection>,
+    /// Namespaces other than its own that a source may publish Packages or a
+    /// PackageRepository into (`--allowed-publish-namespaces`); none by default.
+    pub allowed_publish_namespaces: Vec<String>,
 }
 
 impl Default for Options {
@@ -94,6 +98,7 @@ impl Default for Options {
             credentials: Credentials::default(),
             handle_signals: true,
             leader_election: None,
+            allowed_publish_namespaces: Vec::new(),
         }
     }
 }
@@ -376,6 +381,7 @@ impl Controller {
         let ctx = Arc::new(Context {
             client: client.clone(),
             settings: Settings {
+                allowed_publish_namespaces: options.allowed_publish_namespaces.clone(),
                 cache_dir: options.cache_dir.clone(),
                 credentials: options.credentials.clone(),
             },

@@ -1,16 +1,19 @@
 //! Package and PackageMetadata in the cluster: server-side apply of what the pipeline
 //! rendered, retention of the newest `publish.retain` versions, and removal on deletion.
 //!
-//! Everything published carries the source's labels, so retention and deletion find exactly
-//! what one PackageSource published (and nothing another source or a person applied).
+//! Everything published carries the source's labels (to find it) and its owner annotation (to
+//! prove it, see [`super::ownership`]): every write and delete first checks that the object is
+//! this source's, so one source — in another namespace or the same one — can never replace or
+//! remove what another published.
 
 use std::cmp::Reverse;
 use std::collections::BTreeMap;
 
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
-use kube::{Client, ResourceExt};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::{Client, Resource as _, ResourceExt};
 
 use super::context::{Context, KIND, LABEL_SOURCE_NAME, LABEL_SOURCE_NAMESPACE};
+use super::ownership::{self, Claim, Holder, Owner};
 use super::status::{Failure, Retry};
 use crate::api::FIELD_MANAGER;
 use crate::api::conditions::reasons;
@@ -33,6 +36,16 @@ pub enum PublishError {
     /// What was rendered cannot be written as it is (a name taken by another object).
     #[error("{0}")]
     Invalid(String),
+    /// The target namespace is another tenant's and not listed by the operator.
+    #[error("{0}")]
+    NamespaceNotAllowed(String),
+    /// The object exists and belongs to someone else; it was left untouched.
+    #[error(
+        "{object} belongs to {holder}; it was left untouched. Give this source another \
+         package.refName or publish.namespace, or delete that object if it is stale \
+         (checked again at every interval)"
+    )]
+    Conflict { object: String, holder: Holder },
     #[error("{action}: {}", super::api_message(source))]
     Kube {
         action: String,
@@ -57,6 +70,23 @@ impl PublishError {
                 reason: reasons::PUBLISH_FAILED,
                 message: format!("{message} (retrying with backoff)"),
                 retry: Retry::Backoff,
+                earlier_stages_ran: true,
+            },
+            PublishError::NamespaceNotAllowed(message) => Failure {
+                stage: Some(Stage::Render),
+                reason: reasons::PUBLISH_NAMESPACE_NOT_ALLOWED,
+                message: message.clone(),
+                // Fixed by the spec or by the operator's flag (a restart, which retries
+                // every Stalled object).
+                retry: Retry::Never,
+                earlier_stages_ran: true,
+            },
+            PublishError::Conflict { .. } => Failure {
+                stage: Some(Stage::Render),
+                reason: reasons::OWNERSHIP_CONFLICT,
+                message: self.to_string(),
+                // The owner may go away without a change to this object.
+                retry: Retry::Interval,
                 earlier_stages_ran: true,
             },
             PublishError::ApiMissing => Failure {
@@ -149,34 +179,145 @@ pub fn fetched_image(p: &Package) -> Option<&str> {
         .find_map(|f| f.imgpkg_bundle.as_ref().map(|b| b.image.as_str()))
 }
 
-/// Applies the Package and PackageMetadata (server-side apply, field manager `packsmith`).
-pub async fn apply(ctx: &Context, namespace: &str, outcome: &Outcome) -> Result<(), PublishError> {
+/// Applies the Package and PackageMetadata as `owner`'s (server-side apply, field manager
+/// `packsmith`). Both are checked before either is written: an object of someone else's is a
+/// [`PublishError::Conflict`] and nothing is written. A new object is created (which fails if
+/// another source created it in the meantime); an existing one is applied with its
+/// resourceVersion as a precondition, so it cannot have changed hands since it was read.
+pub async fn apply(
+    ctx: &Context,
+    namespace: &str,
+    outcome: &Outcome,
+    owner: &Owner,
+) -> Result<(), PublishError> {
     let client = &ctx.client;
-    let pp = PatchParams::apply(FIELD_MANAGER).force();
     let metadata_api: Api<PackageMetadata> = Api::namespaced(client.clone(), namespace);
-    let name = outcome.metadata.name_any();
-    if let Err(e) = metadata_api
-        .patch(&name, &pp, &Patch::Apply(&outcome.metadata))
-        .await
-    {
-        return Err(classify(
+    let package_api: Api<Package> = Api::namespaced(client.clone(), namespace);
+    let metadata_name = outcome.metadata.name_any();
+    let package_name = outcome.package.name_any();
+    let existing_metadata = read(client, &metadata_api, namespace, &metadata_name).await?;
+    let existing_package = read(client, &package_api, namespace, &package_name).await?;
+    let metadata_claim = checked_claim(existing_metadata.as_ref(), owner, namespace)?;
+    let package_claim = checked_claim(existing_package.as_ref(), owner, namespace)?;
+
+    let mut metadata = outcome.metadata.clone();
+    owned(&mut metadata.metadata, owner);
+    write(
+        ctx,
+        &metadata_api,
+        namespace,
+        metadata,
+        metadata_claim,
+        existing_metadata,
+    )
+    .await?;
+    let mut package = outcome.package.clone();
+    owned(&mut package.metadata, owner);
+    write(
+        ctx,
+        &package_api,
+        namespace,
+        package,
+        package_claim,
+        existing_package,
+    )
+    .await
+}
+
+/// The object `name`, if it exists.
+pub(super) async fn read<K>(
+    client: &Client,
+    api: &Api<K>,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<K>, PublishError>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.get_opt(name).await {
+        Ok(found) => Ok(found),
+        Err(e) => Err(classify(
             client,
-            format!("applying PackageMetadata {namespace}/{name}"),
+            format!("reading {} {namespace}/{name}", K::kind(&())),
             e,
         )
-        .await);
+        .await),
     }
-    ctx.metrics.wrote(KIND, "packagemetadatas", "apply");
-    let package_api: Api<Package> = Api::namespaced(client.clone(), namespace);
-    let name = outcome.package.name_any();
-    if let Err(e) = package_api
-        .patch(&name, &pp, &Patch::Apply(&outcome.package))
-        .await
-    {
-        return Err(classify(client, format!("applying Package {namespace}/{name}"), e).await);
+}
+
+/// [`ownership::claim`], with a conflict as the error that names the holder.
+pub(super) fn checked_claim<K: kube::Resource<DynamicType = ()>>(
+    existing: Option<&K>,
+    owner: &Owner,
+    namespace: &str,
+) -> Result<Claim, PublishError> {
+    match ownership::claim(existing.map(|k| k.meta()), owner) {
+        Claim::Conflict(holder) => Err(PublishError::Conflict {
+            object: format!(
+                "{} {namespace}/{}",
+                K::kind(&()),
+                existing
+                    .map(|k| k.meta().name.clone().unwrap_or_default())
+                    .unwrap_or_default()
+            ),
+            holder,
+        }),
+        claim => Ok(claim),
     }
-    ctx.metrics.wrote(KIND, "packages", "apply");
-    Ok(())
+}
+
+/// Marks `meta` as `owner`'s.
+pub(super) fn owned(meta: &mut kube::api::ObjectMeta, owner: &Owner) {
+    meta.annotations
+        .get_or_insert_with(BTreeMap::new)
+        .extend(owner.annotations());
+}
+
+pub(super) async fn write<K>(
+    ctx: &Context,
+    api: &Api<K>,
+    namespace: &str,
+    mut object: K,
+    claim: Claim,
+    existing: Option<K>,
+) -> Result<(), PublishError>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let name = object.meta().name.clone().unwrap_or_default();
+    let what = format!("{} {namespace}/{name}", K::kind(&()));
+    let result = match claim {
+        Claim::Free => api
+            .create(&PostParams::default(), &object)
+            .await
+            .map(|_| "create"),
+        _ => {
+            object.meta_mut().resource_version =
+                existing.and_then(|e| e.meta().resource_version.clone());
+            api.patch(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&object),
+            )
+            .await
+            .map(|_| "apply")
+        }
+    };
+    match result {
+        Ok(verb) => {
+            ctx.metrics.wrote(KIND, &K::plural(&()), verb);
+            Ok(())
+        }
+        // Created or changed by someone else since it was read: decided again next time.
+        Err(kube::Error::Api(s)) if s.code == 409 => Err(PublishError::Invalid(format!(
+            "{what} changed while it was being published (another writer); retrying"
+        ))),
+        Err(e) => Err(classify(&ctx.client, format!("applying {what}"), e).await),
+    }
 }
 
 /// Deletes the Packages `source` published in `namespace` beyond the newest `retain`
@@ -185,19 +326,23 @@ pub async fn apply(ctx: &Context, namespace: &str, outcome: &Outcome) -> Result<
 pub async fn prune(
     ctx: &Context,
     namespace: &str,
-    source: (&str, &str),
+    owner: &Owner,
     keep: &str,
     retain: u32,
 ) -> Result<Vec<String>, PublishError> {
     let api: Api<Package> = Api::namespaced(ctx.client.clone(), namespace);
-    let (source_ns, source_name) = source;
     let list = api
-        .list(&ListParams::default().labels(&selector(source_ns, source_name)))
+        .list(&ListParams::default().labels(&selector(&owner.namespace, &owner.name)))
         .await
         .map_err(|e| PublishError::kube(format!("listing Packages in {namespace}"), e))?;
-    let doomed = beyond_retention(&list.items, keep, retain);
-    for name in &doomed {
-        delete(ctx, &api, namespace, name).await?;
+    let ours: Vec<Package> = list
+        .items
+        .into_iter()
+        .filter(|p| ownership::is_ours(p.meta(), owner))
+        .collect();
+    let doomed = beyond_retention(&ours, keep, retain);
+    for package in ours.iter().filter(|p| doomed.contains(&p.name_any())) {
+        delete(ctx, &api, namespace, package).await?;
     }
     Ok(doomed)
 }
@@ -219,21 +364,35 @@ pub fn beyond_retention(packages: &[Package], keep: &str, retain: u32) -> Vec<St
         .collect()
 }
 
-async fn delete<K>(
+/// Deletes `object` as it was read: the uid and resourceVersion are preconditions, so an
+/// object that was replaced or changed hands since is not deleted.
+pub(super) async fn delete<K>(
     ctx: &Context,
     api: &Api<K>,
     namespace: &str,
-    name: &str,
+    object: &K,
 ) -> Result<(), PublishError>
 where
     K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
-    match api.delete(name, &DeleteParams::default()).await {
+    let name = object.meta().name.clone().unwrap_or_default();
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: object.meta().uid.clone(),
+            resource_version: object.meta().resource_version.clone(),
+        }),
+        ..DeleteParams::default()
+    };
+    match api.delete(&name, &params).await {
         Ok(_) => {
             ctx.metrics.wrote(KIND, &K::plural(&()), "delete");
             Ok(())
         }
         Err(e) if is_not_found(&e) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Err(PublishError::Invalid(format!(
+            "{} {namespace}/{name} changed while it was being deleted; retrying",
+            K::kind(&())
+        ))),
         Err(e) => Err(PublishError::kube(
             format!("deleting {} {namespace}/{name}", K::kind(&())),
             e,
@@ -247,10 +406,9 @@ where
 pub async fn remove_all(
     ctx: &Context,
     namespaces: &[String],
-    source: (&str, &str),
+    owner: &Owner,
 ) -> Result<usize, PublishError> {
-    let (source_ns, source_name) = source;
-    let lp = ListParams::default().labels(&selector(source_ns, source_name));
+    let lp = ListParams::default().labels(&selector(&owner.namespace, &owner.name));
     let mut removed = 0;
     for namespace in namespaces {
         let packages: Api<Package> = Api::namespaced(ctx.client.clone(), namespace);
@@ -263,8 +421,8 @@ pub async fn remove_all(
                 }
             }
         };
-        for p in &ours {
-            delete(ctx, &packages, namespace, &p.name_any()).await?;
+        for p in ours.iter().filter(|p| ownership::is_ours(p.meta(), owner)) {
+            delete(ctx, &packages, namespace, p).await?;
             removed += 1;
         }
         let metadata: Api<PackageMetadata> = Api::namespaced(ctx.client.clone(), namespace);
@@ -285,8 +443,8 @@ pub async fn remove_all(
             .collect();
         for m in &our_metadata.items {
             let name = m.name_any();
-            if !still_used.contains_key(name.as_str()) {
-                delete(ctx, &metadata, namespace, &name).await?;
+            if !still_used.contains_key(name.as_str()) && ownership::is_ours(m.meta(), owner) {
+                delete(ctx, &metadata, namespace, m).await?;
                 removed += 1;
             }
         }

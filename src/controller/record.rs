@@ -10,12 +10,13 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams};
 use kube::{Resource, ResourceExt};
 
-use super::context::{Context, KIND};
-use super::publish::{PublishError, selector};
-use crate::api::{FIELD_MANAGER, PackageSource};
+use super::context::Context;
+use super::ownership::{self, Owner};
+use super::publish::{self, PublishError, selector};
+use crate::api::PackageSource;
 use crate::carvel::{Package, PackageMetadata};
 use crate::pipeline::Outcome;
 
@@ -143,61 +144,49 @@ pub async fn apply(
 ) -> Result<Vec<String>, PublishError> {
     let namespace = source.namespace().unwrap_or_default();
     let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &namespace);
-    let cm = desired(source, outcome)?;
+    let owner = Owner::of(source);
+    let mut cm = desired(source, outcome)?;
+    publish::owned(&mut cm.metadata, &owner);
     let name = cm.name_any();
-    let kube = |action: String| move |e| PublishError::Kube { action, source: e };
-    if let Some(existing) = api
-        .get_opt(&name)
-        .await
-        .map_err(kube(format!("reading ConfigMap {namespace}/{name}")))?
-        && !cm
-            .labels()
-            .iter()
-            .all(|(k, v)| existing.labels().get(k) == Some(v))
-    {
-        return Err(PublishError::Invalid(format!(
-            "ConfigMap {namespace}/{name} exists and is not this PackageSource's release record \
-             (labels {:?}); rename or delete it",
-            existing.labels()
-        )));
-    }
-    api.patch(
-        &name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&cm),
-    )
-    .await
-    .map_err(kube(format!("applying ConfigMap {namespace}/{name}")))?;
-    ctx.metrics.wrote(KIND, "configmaps", "apply");
+    let existing = publish::read(&ctx.client, &api, &namespace, &name).await?;
+    let claim = publish::checked_claim(existing.as_ref(), &owner, &namespace)?;
+    publish::write(ctx, &api, &namespace, cm, claim, existing).await?;
 
-    let all = list(ctx, &namespace, &source.name_any()).await?;
+    let all = list(ctx, &namespace, &owner).await?;
     let doomed = beyond_retention(&all, &name, retain);
-    for doomed_name in &doomed {
-        delete(ctx, &api, &namespace, doomed_name).await?;
+    for cm in all.iter().filter(|cm| doomed.contains(&cm.name_any())) {
+        publish::delete(ctx, &api, &namespace, cm).await?;
     }
     Ok(doomed)
 }
 
-async fn list(ctx: &Context, namespace: &str, name: &str) -> Result<Vec<ConfigMap>, PublishError> {
+/// The release records `owner` owns (labels find them, the owner annotation proves them).
+async fn list(
+    ctx: &Context,
+    namespace: &str,
+    owner: &Owner,
+) -> Result<Vec<ConfigMap>, PublishError> {
     let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
+    let name = &owner.name;
     api.list(&ListParams::default().labels(&records_of(namespace, name)))
         .await
-        .map(|l| l.items)
+        .map(|l| {
+            l.items
+                .into_iter()
+                .filter(|cm| ownership::is_ours(cm.meta(), owner))
+                .collect()
+        })
         .map_err(|e| PublishError::Kube {
             action: format!("listing the release ConfigMaps of {namespace}/{name}"),
             source: e,
         })
 }
 
-/// Every release `name` in `namespace` recorded, newest first; a record that does not parse
+/// Every release `owner` recorded, newest first; a record that does not parse
 /// is an error naming it (someone edited it), not skipped.
-pub async fn read_all(
-    ctx: &Context,
-    namespace: &str,
-    name: &str,
-) -> Result<Vec<Record>, PublishError> {
+pub async fn read_all(ctx: &Context, owner: &Owner) -> Result<Vec<Record>, PublishError> {
     let mut records = Vec::new();
-    for cm in list(ctx, namespace, name).await? {
+    for cm in list(ctx, &owner.namespace, owner).await? {
         records.push(parse(&cm).map_err(|e| PublishError::Invalid(e.to_string()))?);
     }
     records.sort_by_key(|r| {
@@ -226,32 +215,14 @@ fn beyond_retention(records: &[ConfigMap], keep: &str, retain: u32) -> Vec<Strin
     super::publish::beyond_retention(&packages, keep, retain)
 }
 
-async fn delete(
-    ctx: &Context,
-    api: &Api<ConfigMap>,
-    namespace: &str,
-    name: &str,
-) -> Result<(), PublishError> {
-    match api.delete(name, &DeleteParams::default()).await {
-        Ok(_) => {
-            ctx.metrics.wrote(KIND, "configmaps", "delete");
-            Ok(())
-        }
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(PublishError::Kube {
-            action: format!("deleting ConfigMap {namespace}/{name}"),
-            source: e,
-        }),
-    }
-}
-
 /// Deletes every release record of `name` in `namespace` (it now publishes in-cluster, or it
 /// is being deleted). Returns how many.
-pub async fn remove_all(ctx: &Context, namespace: &str, name: &str) -> Result<usize, PublishError> {
+pub async fn remove_all(ctx: &Context, owner: &Owner) -> Result<usize, PublishError> {
+    let namespace = &owner.namespace;
     let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
-    let all = list(ctx, namespace, name).await?;
+    let all = list(ctx, namespace, owner).await?;
     for cm in &all {
-        delete(ctx, &api, namespace, &cm.name_any()).await?;
+        publish::delete(ctx, &api, namespace, cm).await?;
     }
     Ok(all.len())
 }

@@ -26,6 +26,7 @@ use kube::runtime::finalizer::{Event, finalizer};
 use kube::{Resource, ResourceExt};
 
 use super::context::{Context, FINALIZER, LABEL_MANAGED_BY, MANAGED_BY};
+use super::ownership::{self, Claim, Owner};
 use super::publish::selector as published_by;
 use super::record;
 use super::repository_status::{self as rstatus, Observed, Published};
@@ -44,8 +45,7 @@ use crate::publish::repository::{self as repo, ReleaseOptions, RepositoryError};
 /// `kind` label value of the metrics.
 pub const KIND: &str = "PackageRepositorySource";
 /// Labels on the PackageRepository a PackageRepositorySource applies.
-pub const LABEL_REPOSITORY_SOURCE_NAME: &str = "packsmith.dev/repository-source-name";
-pub const LABEL_REPOSITORY_SOURCE_NAMESPACE: &str = "packsmith.dev/repository-source-namespace";
+pub use super::context::{LABEL_REPOSITORY_SOURCE_NAME, LABEL_REPOSITORY_SOURCE_NAMESPACE};
 /// Tag pushed when `bundle.tags` is unset (`{{version}}` in tags also becomes this).
 pub const DEFAULT_TAG: &str = "latest";
 /// API group of kapp-controller's PackageRepository.
@@ -134,16 +134,17 @@ async fn cleanup(obj: &PackageRepositorySource, ctx: &Context) -> Result<Action,
         let api: Api<PackageRepository> = Api::namespaced(ctx.client.clone(), &pkgr_namespace);
         let kube = |action: String| move |source| ReconcileError::Kube { action, source };
         match api.get_opt(&pkgr_name).await {
-            Ok(Some(existing))
-                if existing.labels().get(LABEL_REPOSITORY_SOURCE_NAME) == Some(&name)
-                    && existing.labels().get(LABEL_REPOSITORY_SOURCE_NAMESPACE)
-                        == Some(&namespace) =>
-            {
-                api.delete(&pkgr_name, &DeleteParams::default())
-                    .await
-                    .map_err(kube(format!(
-                        "deleting PackageRepository {pkgr_namespace}/{pkgr_name}"
-                    )))?;
+            Ok(Some(existing)) if ownership::is_ours(existing.meta(), &Owner::of(obj)) => {
+                let params = DeleteParams {
+                    preconditions: Some(kube::api::Preconditions {
+                        uid: existing.meta().uid.clone(),
+                        resource_version: existing.meta().resource_version.clone(),
+                    }),
+                    ..DeleteParams::default()
+                };
+                api.delete(&pkgr_name, &params).await.map_err(kube(format!(
+                    "deleting PackageRepository {pkgr_namespace}/{pkgr_name}"
+                )))?;
                 ctx.metrics.wrote(KIND, "packagerepositories", "delete");
                 tracing::info!(packagerepositorysource = %key(obj), packagerepository = %format!("{pkgr_namespace}/{pkgr_name}"), "deleted the PackageRepository");
             }
@@ -520,7 +521,7 @@ async fn collect(ctx: &Context, namespace: &str, query: &str) -> Result<Collecte
         };
         if published.namespace.is_none() {
             // Recorded, not applied in-cluster: the ConfigMaps hold every retained release.
-            let records = record::read_all(ctx, namespace, &name)
+            let records = record::read_all(ctx, &Owner::of(&source))
                 .await
                 .map_err(|e| Failure {
                     stage: None,
@@ -557,7 +558,14 @@ async fn collect(ctx: &Context, namespace: &str, query: &str) -> Result<Collecte
             .list(&ListParams::default().labels(&published_by(namespace, &name)))
             .await
         {
-            Ok(l) => l.items,
+            // Labels find them; only the owner annotation proves they are this source's.
+            Ok(l) => {
+                let owner = Owner::of(&source);
+                l.items
+                    .into_iter()
+                    .filter(|p| ownership::is_ours(kube::Resource::meta(p), &owner))
+                    .collect::<Vec<_>>()
+            }
             Err(e) if is_not_found(&e) => return Err(api_missing("data.packaging.carvel.dev")),
             Err(e) => {
                 return Err(api_failure(
@@ -684,6 +692,18 @@ async fn ensure_package_repository(
     namespace: &str,
     image: &str,
 ) -> Result<(), Failure> {
+    if let Err(message) = ctx
+        .settings
+        .check_publish_namespace(&obj.namespace().unwrap_or_default(), namespace)
+    {
+        return Err(Failure {
+            stage: None,
+            reason: reasons::PUBLISH_NAMESPACE_NOT_ALLOWED,
+            message,
+            retry: Retry::Never,
+            earlier_stages_ran: false,
+        });
+    }
     let api: Api<PackageRepository> = Api::namespaced(ctx.client.clone(), namespace);
     let desired = desired_package_repository(obj, name, namespace, image);
     let action = format!("applying PackageRepository {namespace}/{name}");
@@ -692,25 +712,55 @@ async fn ensure_package_repository(
         Err(e) if is_not_found(&e) => return Err(missing_or(ctx, action, e).await),
         Err(e) => return Err(api_failure(action, &e)),
     };
-    if let Some(existing) = existing {
+    let owner = Owner::of(obj);
+    let claim = ownership::claim(existing.as_ref().map(|e| e.meta()), &owner);
+    if let Claim::Conflict(holder) = claim {
+        return Err(Failure {
+            stage: None,
+            reason: reasons::OWNERSHIP_CONFLICT,
+            message: format!(
+                "PackageRepository {namespace}/{name} belongs to {holder}; it was left \
+                 untouched. Set packageRepository.name, or delete that object if it is stale \
+                 (checked again at every interval)"
+            ),
+            retry: Retry::Interval,
+            earlier_stages_ran: false,
+        });
+    }
+    if let Some(existing) = &existing {
         let labels_ok = desired
             .labels()
             .iter()
             .all(|(k, v)| existing.labels().get(k) == Some(v));
-        if labels_ok && existing.spec.fetch == desired.spec.fetch {
+        if claim == Claim::Ours && labels_ok && existing.spec.fetch == desired.spec.fetch {
             return Ok(());
         }
     }
-    match api
-        .patch(
-            name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&desired),
-        )
-        .await
-    {
-        Ok(_) => {
-            ctx.metrics.wrote(KIND, "packagerepositories", "apply");
+    let mut desired = desired;
+    desired
+        .metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .extend(owner.annotations());
+    let result = match &existing {
+        None => api
+            .create(&kube::api::PostParams::default(), &desired)
+            .await
+            .map(|_| "create"),
+        Some(existing) => {
+            desired.metadata.resource_version = existing.meta().resource_version.clone();
+            api.patch(
+                name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&desired),
+            )
+            .await
+            .map(|_| "apply")
+        }
+    };
+    match result {
+        Ok(verb) => {
+            ctx.metrics.wrote(KIND, "packagerepositories", verb);
             Ok(())
         }
         Err(e) if is_not_found(&e) => Err(missing_or(ctx, action, e).await),

@@ -24,6 +24,10 @@ use crate::sync::{self, MemorySecrets};
 /// The Secret type `spec.bundle.secretRef` must have, and its key.
 pub const DOCKER_CONFIG_JSON_TYPE: &str = "kubernetes.io/dockerconfigjson";
 pub const DOCKER_CONFIG_JSON_KEY: &str = ".dockerconfigjson";
+/// The label a Secret must carry for `inline.pathsFrom.secretRef` to copy it into a bundle.
+/// Without it, the right to create a PackageSource would be the right to publish every
+/// Secret of the namespace to a registry.
+pub const INLINE_ALLOWED_LABEL: &str = "packsmith.dev/inline-allowed";
 /// Default key of `spec.bundle.caSecretRef`.
 pub const DEFAULT_CA_KEY: &str = "ca.crt";
 
@@ -157,6 +161,41 @@ pub fn referencing<'a>(
         .collect()
 }
 
+/// The Secrets `inline.pathsFrom` copies into the bundle.
+pub fn inline_secrets(spec: &PackageSourceSpec) -> BTreeSet<&str> {
+    spec.contents
+        .iter()
+        .flat_map(|d| &d.contents)
+        .filter_map(|c| c.inline.as_ref())
+        .flat_map(|i| &i.paths_from)
+        .filter_map(|from| from.secret_ref.as_ref())
+        .map(|r| r.name.as_str())
+        .collect()
+}
+
+/// Refuses a Secret bound for a bundle that does not carry [`INLINE_ALLOWED_LABEL`].
+fn check_inline_allowed(secret: &Secret, namespace: &str, r: &ContentRef) -> Result<(), Failure> {
+    if secret
+        .labels()
+        .get(INLINE_ALLOWED_LABEL)
+        .map(String::as_str)
+        == Some("true")
+    {
+        return Ok(());
+    }
+    Err(Failure::before_pipeline(
+        Stage::Sync,
+        reasons::INLINE_SECRET_NOT_ALLOWED,
+        format!(
+            "Secret {namespace}/{} is copied into the bundle by inline.pathsFrom but lacks the \
+             label {INLINE_ALLOWED_LABEL}: \"true\"; label it if its contents may be published \
+             (kubectl label secret {} {INLINE_ALLOWED_LABEL}=true -n {namespace})",
+            r.name, r.name
+        ),
+        Retry::Never,
+    ))
+}
+
 /// Reads every referenced Secret and ConfigMap from `namespace`. A missing one is a failure
 /// of the sync stage, retried with backoff: it may be created after the PackageSource.
 pub async fn load_content_secrets(
@@ -167,10 +206,14 @@ pub async fn load_content_secrets(
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
     let mut out = MemorySecrets::default();
+    let inline = inline_secrets(spec);
     for r in content_refs(spec) {
         match r.kind {
             RefKind::Secret => {
                 let secret = get(&secrets, namespace, &r, Stage::Sync).await?;
+                if inline.contains(r.name.as_str()) {
+                    check_inline_allowed(&secret, namespace, &r)?;
+                }
                 out.secrets.insert(r.name.clone(), to_sync_secret(&secret));
             }
             RefKind::ConfigMap => {
@@ -519,5 +562,42 @@ contents:
             err.message
         );
         assert!(err.message.contains("requestedAt"));
+    }
+
+    #[test]
+    fn inline_secrets_need_the_opt_in_label() {
+        let spec: PackageSourceSpec = crate::carvel::yaml::from_str(
+            "spec",
+            r#"
+package: {refName: a.example.com, version: 1.0.0}
+contents:
+- path: config
+  contents:
+  - path: creds
+    git: {url: "https://example.com/r.git", ref: v1, secretRef: {name: git-creds}}
+  - path: values
+    inline: {pathsFrom: [{secretRef: {name: values}}, {configMapRef: {name: cm}}]}
+bundle: {repository: registry.example.com/a}
+"#,
+        )
+        .expect("spec");
+        assert_eq!(inline_secrets(&spec), BTreeSet::from(["values"]));
+        let r = ContentRef {
+            kind: RefKind::Secret,
+            name: "values".to_owned(),
+            field: "f".to_owned(),
+        };
+        let mut secret = Secret::default();
+        let refused = check_inline_allowed(&secret, "team-a", &r).expect_err("no label");
+        assert_eq!(refused.reason, reasons::INLINE_SECRET_NOT_ALLOWED);
+        assert!(refused.is_stalled());
+        assert!(
+            refused.message.contains(INLINE_ALLOWED_LABEL),
+            "{}",
+            refused.message
+        );
+        secret.metadata.labels =
+            Some([(INLINE_ALLOWED_LABEL.to_owned(), "true".to_owned())].into());
+        assert!(check_inline_allowed(&secret, "team-a", &r).is_ok());
     }
 }

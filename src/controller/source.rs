@@ -17,6 +17,7 @@ use super::context::{
     Context, FINALIZER, KIND, LABEL_MANAGED_BY, LABEL_SOURCE_NAME, LABEL_SOURCE_NAMESPACE,
     MANAGED_BY,
 };
+use super::ownership::{self, Claim, Owner};
 use super::publish::{self, PublishError};
 use super::record;
 use super::schedule;
@@ -419,8 +420,9 @@ async fn publish_outcome(
     publish_namespace: &str,
     last: Option<&Package>,
 ) -> Result<bool, PublishError> {
-    let namespace = obj.namespace().unwrap_or_default();
-    let name = obj.name_any();
+    ctx.settings
+        .check_publish_namespace(&obj.namespace().unwrap_or_default(), publish_namespace)
+        .map_err(PublishError::NamespaceNotAllowed)?;
     let expected = PackageStatus {
         name: status::package_name(outcome),
         version: outcome.version.clone(),
@@ -429,17 +431,22 @@ async fn publish_outcome(
     };
     let recorded = current.bundle.as_ref().map(|b| b.image.as_str()) == Some(&outcome.pushed.image)
         && current.package.as_ref() == Some(&expected);
+    // Skipped only when the Package there is still this source's own and fetches this bundle:
+    // status alone is not proof (another source may have replaced it).
     if recorded
-        && last
-            .is_some_and(|l| publish::fetched_image(l) == publish::fetched_image(&outcome.package))
+        && last.is_some_and(|l| {
+            publish::fetched_image(l) == publish::fetched_image(&outcome.package)
+                && ownership::claim(Some(l.meta()), &Owner::of(obj)) == Claim::Ours
+        })
     {
         return Ok(false);
     }
-    publish::apply(ctx, publish_namespace, outcome).await?;
+    let owner = Owner::of(obj);
+    publish::apply(ctx, publish_namespace, outcome, &owner).await?;
     let deleted = publish::prune(
         ctx,
         publish_namespace,
-        (&namespace, &name),
+        &owner,
         &expected.name,
         obj.spec.publish.retain,
     )
@@ -453,14 +460,14 @@ async fn publish_outcome(
         .and_then(|p| p.namespace.as_deref())
         .filter(|old| *old != publish_namespace)
     {
-        publish::remove_all(ctx, &[old.to_owned()], (&namespace, &name)).await?;
+        publish::remove_all(ctx, &[old.to_owned()], &owner).await?;
     }
     if current
         .package
         .as_ref()
         .is_some_and(|p| p.config_map.is_some())
     {
-        record::remove_all(ctx, &namespace, &name).await?;
+        record::remove_all(ctx, &Owner::of(obj)).await?;
     }
     Ok(true)
 }
@@ -475,8 +482,6 @@ async fn record_outcome(
     outcome: &Outcome,
     last: Option<&Package>,
 ) -> Result<String, PublishError> {
-    let namespace = obj.namespace().unwrap_or_default();
-    let name = obj.name_any();
     let config_map = status::package_name(outcome);
     let expected = PackageStatus {
         name: config_map.clone(),
@@ -498,7 +503,7 @@ async fn record_outcome(
         .as_ref()
         .and_then(|p| p.namespace.as_deref())
     {
-        let removed = publish::remove_all(ctx, &[old.to_owned()], (&namespace, &name)).await?;
+        let removed = publish::remove_all(ctx, &[old.to_owned()], &Owner::of(obj)).await?;
         tracing::info!(packagesource = %key(obj), namespace = old, removed, "removed the in-cluster Packages: now released through a repository");
     }
     Ok(config_map)
@@ -674,7 +679,7 @@ async fn cleanup(obj: &PackageSource, ctx: &Context) -> Result<Action, Reconcile
     let name = obj.name_any();
     // Release records are internal: they go whatever the deletion policy (and with the
     // owner by garbage collection, where a cluster runs it).
-    record::remove_all(ctx, &namespace, &name)
+    record::remove_all(ctx, &Owner::of(obj))
         .await
         .map_err(ReconcileError::Cleanup)?;
     if obj.spec.publish.deletion_policy == DeletionPolicy::Delete {
@@ -694,7 +699,7 @@ async fn cleanup(obj: &PackageSource, ctx: &Context) -> Result<Action, Reconcile
         {
             namespaces.push(ns);
         }
-        let removed = publish::remove_all(ctx, &namespaces, (&namespace, &name))
+        let removed = publish::remove_all(ctx, &namespaces, &Owner::of(obj))
             .await
             .map_err(ReconcileError::Cleanup)?;
         tracing::info!(packagesource = %key(obj), removed, "removed what the PackageSource published");

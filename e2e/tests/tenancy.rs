@@ -1,0 +1,257 @@
+//! Two tenants on one cluster: what one team's sources can and cannot do to another's.
+//!
+//! Each tenant namespace gets its own in-process controller (scoped to it, so parallel trials
+//! never reconcile each other's objects); the ownership rules are per object, so they hold
+//! the same for one shared controller.
+//!
+//! - B's source naming A's `refName.version` with `publish.namespace: A` is refused
+//!   (`PublishNamespaceNotAllowed`) until the operator lists A; then it is an
+//!   `OwnershipConflict` naming A's source, A's Package keeps A's bundle and A stays Ready;
+//!   deleting B's source leaves A's Package in place;
+//! - a second source in A with the same `refName.version` conflicts the same way;
+//! - a Package an earlier release labelled as a source's (no owner annotation) is adopted;
+//! - `inline.pathsFrom.secretRef` needs the Secret's opt-in label.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{Context as _, ensure};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Resource as _, ResourceExt};
+use libtest_mimic::Trial;
+use packsmith::api::PackageSource;
+use packsmith::api::conditions::{reasons, types};
+use packsmith::carvel::Package;
+
+use super::controller::{Running, describe, fetched_image, has, wait_for};
+use crate::support::{self, apply_yaml, bed, namespace};
+
+const OWNER: &str = "packsmith.dev/owner";
+const WAIT: Duration = Duration::from_secs(60);
+
+pub fn trials() -> Vec<Trial> {
+    vec![
+        Trial::test(
+            "tenancy::another_namespace_cannot_take_or_remove_a_package",
+            || support::block_on(cross_namespace()),
+        ),
+        Trial::test(
+            "tenancy::labels_only_packages_are_adopted_and_inline_secrets_opt_in",
+            || support::block_on(adoption_and_inline_secrets()),
+        ),
+    ]
+}
+
+/// A PackageSource of inline content publishing `ref_name` 1.0.0; `extra` is appended to spec.
+fn source(name: &str, ns: &str, ref_name: &str, extra: &str) -> String {
+    format!(
+        r#"apiVersion: packsmith.dev/v1alpha1
+kind: PackageSource
+metadata:
+  name: {name}
+  namespace: {ns}
+spec:
+  package: {{refName: {ref_name}, version: 1.0.0}}
+  contents:
+  - path: config/app
+    contents:
+    - path: .
+      inline:
+        paths:
+          app.yaml: "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}}}\n"
+  bundle: {{repository: "{reg}/tenancy/{ns}/{name}", insecure: true}}
+  interval: 2s
+{extra}"#,
+        reg = bed().registry
+    )
+}
+
+fn ready(o: &PackageSource) -> bool {
+    has(o, types::READY, "True", reasons::SUCCEEDED)
+}
+
+async fn cross_namespace() -> anyhow::Result<()> {
+    let client = bed().client().await?;
+    let team_a = namespace(&client, "tenant-a").await?;
+    let team_b = namespace(&client, "tenant-b").await?;
+    let ref_name = "shared.tenancy.example.com";
+    let package_name = format!("{ref_name}.1.0.0");
+    let _a = Running::start(&team_a).await?;
+    let mut b = Running::start(&team_b).await?;
+    let sources_a: Api<PackageSource> = Api::namespaced(client.clone(), &team_a);
+    let sources_b: Api<PackageSource> = Api::namespaced(client.clone(), &team_b);
+    let packages_a: Api<Package> = Api::namespaced(client.clone(), &team_a);
+
+    apply_yaml(&client, &team_a, &source("app", &team_a, ref_name, "")).await?;
+    let a = wait_for(&sources_a, "app", WAIT, "Ready", ready).await?;
+    let a_bundle = super::controller::bundle_image(&a);
+    let package = packages_a.get(&package_name).await?;
+    ensure!(
+        package
+            .annotations()
+            .get(OWNER)
+            .is_some_and(|o| o.starts_with(&format!("PackageSource/{team_a}/app/"))),
+        "A's Package carries A's owner annotation: {:?}",
+        package.annotations()
+    );
+
+    // B aims at A's namespace: refused until the operator lists it.
+    let into_a = format!("  publish: {{namespace: {team_a}}}\n");
+    apply_yaml(&client, &team_b, &source("app", &team_b, ref_name, &into_a)).await?;
+    let refused = wait_for(&sources_b, "app", WAIT, "refused", |o| {
+        has(
+            o,
+            types::READY,
+            "False",
+            reasons::PUBLISH_NAMESPACE_NOT_ALLOWED,
+        ) && has(
+            o,
+            types::STALLED,
+            "True",
+            reasons::PUBLISH_NAMESPACE_NOT_ALLOWED,
+        )
+    })
+    .await?;
+    ensure!(
+        describe(&refused).contains("--allowed-publish-namespaces"),
+        "the message names the flag: {}",
+        describe(&refused)
+    );
+
+    // Listed: now it is A's Package that stops B, by name, and nothing of A's changes.
+    drop(b);
+    let allowed = team_a.clone();
+    b = Running::start_with(&team_b, move |o| {
+        o.allowed_publish_namespaces = vec![allowed];
+    })
+    .await?;
+    let conflict = wait_for(&sources_b, "app", WAIT, "OwnershipConflict", |o| {
+        has(o, types::READY, "False", reasons::OWNERSHIP_CONFLICT)
+    })
+    .await?;
+    ensure!(
+        describe(&conflict).contains(&format!("PackageSource {team_a}/app")),
+        "the conflict names the owner: {}",
+        describe(&conflict)
+    );
+    ensure!(
+        !has(
+            &conflict,
+            types::STALLED,
+            "True",
+            reasons::OWNERSHIP_CONFLICT
+        ),
+        "an ownership conflict is retried, not Stalled"
+    );
+    let package = packages_a.get(&package_name).await?;
+    ensure!(
+        fetched_image(&package).as_deref() == Some(a_bundle.as_str()),
+        "A's Package now fetches {:?}, not A's bundle {a_bundle}",
+        fetched_image(&package)
+    );
+    ensure!(ready(&sources_a.get("app").await?), "A stays Ready");
+
+    // B goes away: its finalizer must not take A's Package with it.
+    sources_b.delete("app", &DeleteParams::default()).await?;
+    let deadline = std::time::Instant::now() + WAIT;
+    while sources_b.get_opt("app").await?.is_some() {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "B's source was not deleted"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    drop(b);
+    let package = packages_a
+        .get_opt(&package_name)
+        .await?
+        .context("deleting B's source deleted A's Package")?;
+    ensure!(fetched_image(&package).as_deref() == Some(a_bundle.as_str()));
+
+    // Same namespace, same refName.version, another source: the same rule.
+    apply_yaml(&client, &team_a, &source("copycat", &team_a, ref_name, "")).await?;
+    wait_for(&sources_a, "copycat", WAIT, "OwnershipConflict", |o| {
+        has(o, types::READY, "False", reasons::OWNERSHIP_CONFLICT)
+    })
+    .await?;
+    let package = packages_a.get(&package_name).await?;
+    ensure!(fetched_image(&package).as_deref() == Some(a_bundle.as_str()));
+    ensure!(ready(&sources_a.get("app").await?), "A stays Ready");
+    Ok(())
+}
+
+async fn adoption_and_inline_secrets() -> anyhow::Result<()> {
+    let client = bed().client().await?;
+    let ns = namespace(&client, "tenant-adopt").await?;
+    let _controller = Running::start(&ns).await?;
+    let sources: Api<PackageSource> = Api::namespaced(client.clone(), &ns);
+    let packages: Api<Package> = Api::namespaced(client.clone(), &ns);
+
+    // What an earlier packsmith left: labels naming the source, no owner annotation.
+    let ref_name = "legacy.tenancy.example.com";
+    let mut legacy = Package::new(ref_name, "1.0.0", Default::default());
+    legacy.meta_mut().namespace = Some(ns.clone());
+    legacy.meta_mut().labels = Some(BTreeMap::from([
+        ("packsmith.dev/source-name".to_owned(), "legacy".to_owned()),
+        ("packsmith.dev/source-namespace".to_owned(), ns.clone()),
+    ]));
+    packages.create(&PostParams::default(), &legacy).await?;
+    apply_yaml(&client, &ns, &source("legacy", &ns, ref_name, "")).await?;
+    let obj = wait_for(&sources, "legacy", WAIT, "Ready", ready).await?;
+    let adopted = packages.get(&format!("{ref_name}.1.0.0")).await?;
+    ensure!(
+        adopted
+            .annotations()
+            .get(OWNER)
+            .is_some_and(|o| o.contains("/legacy/")),
+        "the labelled Package was adopted: {:?}",
+        adopted.annotations()
+    );
+    ensure!(
+        fetched_image(&adopted).as_deref() == Some(super::controller::bundle_image(&obj).as_str())
+    );
+
+    // A Secret copied into a bundle needs its owner's consent.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "values", "namespace": ns},
+        "stringData": {"values.yaml": "password: hunter2\n"}
+    }))?;
+    secrets.create(&PostParams::default(), &secret).await?;
+    let inline = "  contents:\n  - path: config/values\n    contents:\n    - path: .\n      \
+                  inline: {pathsFrom: [{secretRef: {name: values}}]}\n";
+    let yaml = source("inline", &ns, "inline.tenancy.example.com", "").replace(
+        "  contents:\n  - path: config/app",
+        &format!("{inline}  - path: config/app"),
+    );
+    apply_yaml(&client, &ns, &yaml).await?;
+    let refused = wait_for(&sources, "inline", WAIT, "refused", |o| {
+        has(o, types::READY, "False", reasons::INLINE_SECRET_NOT_ALLOWED)
+            && has(
+                o,
+                types::STALLED,
+                "True",
+                reasons::INLINE_SECRET_NOT_ALLOWED,
+            )
+    })
+    .await?;
+    ensure!(
+        describe(&refused).contains("packsmith.dev/inline-allowed"),
+        "the message names the label: {}",
+        describe(&refused)
+    );
+    // Labelling the Secret is the fix, and un-stalls the source by itself.
+    secrets
+        .patch(
+            "values",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({
+                "metadata": {"labels": {"packsmith.dev/inline-allowed": "true"}}
+            })),
+        )
+        .await?;
+    wait_for(&sources, "inline", WAIT, "Ready", ready).await?;
+    Ok(())
+}

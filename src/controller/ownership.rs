@@ -1,0 +1,245 @@
+//! Who owns a published object, decided before every write and delete.
+//!
+//! Labels are set by whoever writes an object, so they prove nothing: a PackageSource in
+//! another namespace could label a Package as someone else's. Ownership is the annotation
+//! [`OWNER_ANNOTATION`], `KIND/NAMESPACE/NAME/UID` of the source that created the object. The
+//! UID makes it unforgeable in practice (a tenant cannot learn another object's UID without
+//! reading it) and tells a recreated source with the same name from the one that wrote.
+//!
+//! An object written by a packsmith release that only labelled it is adopted when its labels
+//! name exactly this source and it carries no owner annotation; anything else is a conflict,
+//! and the object is left untouched.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use kube::api::ObjectMeta;
+use kube::{Resource, ResourceExt};
+
+use super::context::{
+    LABEL_REPOSITORY_SOURCE_NAME, LABEL_REPOSITORY_SOURCE_NAMESPACE, LABEL_SOURCE_NAME,
+    LABEL_SOURCE_NAMESPACE,
+};
+
+/// The annotation that records the owning source on everything packsmith publishes.
+pub const OWNER_ANNOTATION: &str = "packsmith.dev/owner";
+
+/// A source that publishes: `PackageSource` or `PackageRepositorySource`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+}
+
+impl Owner {
+    pub fn new(kind: &str, namespace: &str, name: &str, uid: &str) -> Self {
+        Owner {
+            kind: kind.to_owned(),
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            uid: uid.to_owned(),
+        }
+    }
+
+    /// `obj` itself, as the owner of what it publishes.
+    pub fn of<K: Resource<DynamicType = ()>>(obj: &K) -> Self {
+        Owner::new(
+            &K::kind(&()),
+            &obj.namespace().unwrap_or_default(),
+            &obj.name_any(),
+            &obj.uid().unwrap_or_default(),
+        )
+    }
+
+    /// The annotation's value.
+    pub fn annotation(&self) -> String {
+        format!(
+            "{}/{}/{}/{}",
+            self.kind, self.namespace, self.name, self.uid
+        )
+    }
+
+    /// Parses an annotation value; `None` when it is not one.
+    pub fn parse(value: &str) -> Option<Owner> {
+        let mut parts = value.splitn(4, '/');
+        let (kind, namespace, name, uid) =
+            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        [kind, namespace, name, uid]
+            .iter()
+            .all(|p| !p.is_empty())
+            .then(|| Owner::new(kind, namespace, name, uid))
+    }
+
+    /// The annotations to put on a published object.
+    pub fn annotations(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([(OWNER_ANNOTATION.to_owned(), self.annotation())])
+    }
+}
+
+impl fmt::Display for Owner {
+    /// `PackageSource team-a/cert-manager`, for messages (the UID is noise to a person).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+    }
+}
+
+/// What `me` may do with an object that may already exist.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// Nothing there: create it.
+    Free,
+    /// Ours (the annotation names this very source).
+    Ours,
+    /// Written by an earlier release with labels only, naming this source: take it over.
+    Adopt,
+    /// Someone else's: leave it alone and say whose.
+    Conflict(Holder),
+}
+
+/// Who holds an object we may not touch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Holder {
+    /// Another packsmith source (or an earlier one of the same name, deleted and recreated:
+    /// a new UID is a new owner).
+    Source(Owner),
+    /// An object packsmith did not create (no owner annotation, labels not ours).
+    Unowned,
+}
+
+impl fmt::Display for Holder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Holder::Source(owner) => write!(f, "{owner}"),
+            Holder::Unowned => f.write_str("an object packsmith did not create"),
+        }
+    }
+}
+
+/// Decides what `me` may do with the object whose metadata is `existing`.
+pub fn claim(existing: Option<&ObjectMeta>, me: &Owner) -> Claim {
+    let Some(meta) = existing else {
+        return Claim::Free;
+    };
+    if let Some(value) = meta
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(OWNER_ANNOTATION))
+    {
+        return match Owner::parse(value) {
+            Some(owner) if owner == *me => Claim::Ours,
+            Some(owner) => Claim::Conflict(Holder::Source(owner)),
+            None => Claim::Conflict(Holder::Unowned),
+        };
+    }
+    let labels = meta.labels.as_ref();
+    let label = |key: &str| labels.and_then(|l| l.get(key)).map(String::as_str);
+    // The labels earlier releases put on what each kind publishes.
+    let (name_key, namespace_key) = if me.kind == "PackageRepositorySource" {
+        (
+            LABEL_REPOSITORY_SOURCE_NAME,
+            LABEL_REPOSITORY_SOURCE_NAMESPACE,
+        )
+    } else {
+        (LABEL_SOURCE_NAME, LABEL_SOURCE_NAMESPACE)
+    };
+    if label(name_key) == Some(me.name.as_str())
+        && label(namespace_key) == Some(me.namespace.as_str())
+    {
+        Claim::Adopt
+    } else {
+        Claim::Conflict(Holder::Unowned)
+    }
+}
+
+/// Whether the object is `me`'s (owned, or adoptable): the only objects it may read as its
+/// own, prune or delete.
+pub fn is_ours(meta: &ObjectMeta, me: &Owner) -> bool {
+    matches!(claim(Some(meta), me), Claim::Ours | Claim::Adopt)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn me() -> Owner {
+        Owner::new("PackageSource", "team-a", "cert-manager", "uid-a")
+    }
+
+    fn meta(annotation: Option<&str>, labels: &[(&str, &str)]) -> ObjectMeta {
+        ObjectMeta {
+            annotations: annotation
+                .map(|a| BTreeMap::from([(OWNER_ANNOTATION.to_owned(), a.to_owned())])),
+            labels: Some(
+                labels
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+            ),
+            ..ObjectMeta::default()
+        }
+    }
+
+    #[test]
+    fn the_annotation_decides_and_labels_prove_nothing() {
+        let ours_labels = [
+            (LABEL_SOURCE_NAME, "cert-manager"),
+            (LABEL_SOURCE_NAMESPACE, "team-a"),
+        ];
+        assert_eq!(claim(None, &me()), Claim::Free);
+        assert_eq!(
+            claim(Some(&meta(Some(&me().annotation()), &[])), &me()),
+            Claim::Ours
+        );
+        // Upgrade from a release that only labelled: adopted.
+        assert_eq!(claim(Some(&meta(None, &ours_labels)), &me()), Claim::Adopt);
+        // Another tenant's object that copies our labels is still theirs.
+        let theirs = Owner::new("PackageSource", "team-b", "cert-manager", "uid-b");
+        assert_eq!(
+            claim(Some(&meta(Some(&theirs.annotation()), &ours_labels)), &me()),
+            Claim::Conflict(Holder::Source(theirs.clone()))
+        );
+        // Same name, recreated: a new owner.
+        let old = Owner::new("PackageSource", "team-a", "cert-manager", "uid-old");
+        assert!(matches!(
+            claim(Some(&meta(Some(&old.annotation()), &[])), &me()),
+            Claim::Conflict(_)
+        ));
+        // A person's object, or labels naming another source.
+        assert_eq!(
+            claim(Some(&meta(None, &[])), &me()),
+            Claim::Conflict(Holder::Unowned)
+        );
+        assert_eq!(
+            claim(
+                Some(&meta(
+                    None,
+                    &[
+                        (LABEL_SOURCE_NAME, "cert-manager"),
+                        (LABEL_SOURCE_NAMESPACE, "team-b")
+                    ]
+                )),
+                &me()
+            ),
+            Claim::Conflict(Holder::Unowned)
+        );
+        assert_eq!(
+            claim(Some(&meta(Some("garbage"), &ours_labels)), &me()),
+            Claim::Conflict(Holder::Unowned)
+        );
+        assert!(is_ours(&meta(None, &ours_labels), &me()));
+        assert!(!is_ours(
+            &meta(Some(&theirs.annotation()), &ours_labels),
+            &me()
+        ));
+        assert_eq!(theirs.to_string(), "PackageSource team-b/cert-manager");
+    }
+
+    #[test]
+    fn annotations_round_trip() {
+        assert_eq!(Owner::parse(&me().annotation()), Some(me()));
+        assert_eq!(Owner::parse("a/b/c"), None);
+        assert_eq!(Owner::parse("a//c/d"), None);
+    }
+}
