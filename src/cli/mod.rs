@@ -88,6 +88,11 @@ struct ControllerArgs {
     /// bundle.secretRef wins for the same host.
     #[arg(long, value_name = "FILE")]
     registry_config: Option<PathBuf>,
+    /// Namespaces whose objects may use the --registry-config credentials (comma-separated)
+    /// [default: the controller's own namespace, $POD_NAMESPACE]. Objects in other namespaces
+    /// use only their own bundle.secretRef.
+    #[arg(long, value_delimiter = ',', value_name = "NS,…")]
+    registry_config_namespaces: Option<Vec<String>>,
     /// Reconcile only while holding a coordination.k8s.io Lease, so several replicas can run;
     /// a replica that loses the Lease exits non-zero.
     #[arg(long)]
@@ -203,6 +208,13 @@ fn controller(args: ControllerArgs) -> anyhow::Result<()> {
         health_addr: args.health_addr,
         credentials,
         allowed_publish_namespaces: args.allowed_publish_namespaces,
+        credentials_namespaces: args.registry_config_namespaces.unwrap_or_else(|| {
+            std::env::var("POD_NAMESPACE")
+                .ok()
+                .filter(|n| !n.is_empty())
+                .into_iter()
+                .collect()
+        }),
         handle_signals: true,
         leader_election: args
             .leader_elect

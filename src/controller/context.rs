@@ -38,9 +38,23 @@ pub struct Settings {
     pub credentials: Credentials,
     /// Namespaces other than their own that objects may publish into.
     pub allowed_publish_namespaces: Vec<String>,
+    /// Namespaces whose objects may use `credentials`; objects elsewhere get only the
+    /// credentials of their own Secrets.
+    pub credentials_namespaces: Vec<String>,
 }
 
 impl Settings {
+    /// The controller's own registry credentials, for objects of `namespace` only when the
+    /// operator listed it: otherwise any tenant could push with them (or send them to a
+    /// registry of its choosing) just by naming a host.
+    pub fn credentials_for(&self, namespace: &str) -> Credentials {
+        if self.credentials_namespaces.iter().any(|n| n == namespace) {
+            self.credentials.clone()
+        } else {
+            Credentials::default()
+        }
+    }
+
     /// Refuses publishing from `own` into `target` unless it is the same namespace or the
     /// operator listed `target` (one tenant must not write into another's namespace).
     pub fn check_publish_namespace(&self, own: &str, target: &str) -> Result<(), String> {
@@ -97,6 +111,7 @@ mod tests {
             cache_dir: PathBuf::new(),
             credentials: Credentials::default(),
             allowed_publish_namespaces: vec!["kapp-controller-packaging-global".to_owned()],
+            credentials_namespaces: Vec::new(),
         };
         assert!(settings.check_publish_namespace("team-a", "team-a").is_ok());
         assert!(
@@ -111,5 +126,22 @@ mod tests {
             refused.contains("--allowed-publish-namespaces"),
             "{refused}"
         );
+    }
+
+    #[test]
+    fn controller_credentials_only_for_listed_namespaces() {
+        let credentials = Credentials::from_docker_config_json(
+            br#"{"auths": {"registry.example.com": {"auth": "dTpw"}}}"#,
+            "test",
+        )
+        .expect("config");
+        let settings = Settings {
+            cache_dir: PathBuf::new(),
+            credentials,
+            allowed_publish_namespaces: Vec::new(),
+            credentials_namespaces: vec!["packsmith-system".to_owned()],
+        };
+        assert!(!settings.credentials_for("packsmith-system").is_empty());
+        assert!(settings.credentials_for("team-a").is_empty());
     }
 }

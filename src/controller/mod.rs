@@ -84,6 +84,8 @@ pub struct Options {
     /// Namespaces other than its own that a source may publish Packages or a
     /// PackageRepository into (`--allowed-publish-namespaces`); none by default.
     pub allowed_publish_namespaces: Vec<String>,
+    /// Namespaces whose objects may use `credentials` (`--registry-config-namespaces`).
+    pub credentials_namespaces: Vec<String>,
 }
 
 impl Default for Options {
@@ -99,6 +101,7 @@ impl Default for Options {
             handle_signals: true,
             leader_election: None,
             allowed_publish_namespaces: Vec::new(),
+            credentials_namespaces: Vec::new(),
         }
     }
 }
@@ -382,6 +385,7 @@ impl Controller {
             client: client.clone(),
             settings: Settings {
                 allowed_publish_namespaces: options.allowed_publish_namespaces.clone(),
+                credentials_namespaces: options.credentials_namespaces.clone(),
                 cache_dir: options.cache_dir.clone(),
                 credentials: options.credentials.clone(),
             },

@@ -372,7 +372,7 @@ async fn produce(
         &namespace,
         &obj.spec.bundle,
         &[],
-        &ctx.settings.credentials,
+        &ctx.settings.credentials_for(&namespace),
     )
     .await?;
     let tags = obj.spec.bundle.tags_for(DEFAULT_TAG);

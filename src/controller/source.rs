@@ -289,9 +289,14 @@ async fn produce_inner(
     let secrets = secrets::load_content_secrets(&ctx.client, &namespace, spec)
         .await
         .map_err(no_outcome)?;
-    let registry = secrets::registry(&ctx.client, &namespace, spec, &ctx.settings.credentials)
-        .await
-        .map_err(no_outcome)?;
+    let registry = secrets::registry(
+        &ctx.client,
+        &namespace,
+        spec,
+        &ctx.settings.credentials_for(&namespace),
+    )
+    .await
+    .map_err(no_outcome)?;
     let work = work_dir(&ctx.settings.cache_dir, &namespace, &name);
     let _in_use = ctx.work_dirs.use_dir(&work);
     prepare_root(&work, spec, new_generation).map_err(no_outcome)?;

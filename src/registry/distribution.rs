@@ -475,6 +475,13 @@ impl<'r> DistributionClient<'r> {
         } else {
             format!("{}{location}", endpoint.base)
         };
+        // An upload handed to another origin (storage behind the registry) gets no
+        // Authorization: the registry's credentials are for the registry.
+        let credential = if same_origin(&upload, &endpoint.base) {
+            credential
+        } else {
+            Credential::None
+        };
         let length = data.len();
         let response = with(
             endpoint
@@ -775,6 +782,19 @@ impl<'r> DistributionClient<'r> {
         let http = self.shared().http(realm.starts_with("http://"))?;
         let mut request = http.get(realm).query(&query);
         if let RegistryAuth::Basic(user, password) = auth {
+            // A password goes to a token realm over HTTPS only (the realm may well be another
+            // host: Docker Hub's is auth.docker.io), or over plain HTTP to a loopback realm.
+            if !may_carry_credentials(realm) {
+                return Err(request_error(
+                    "GET",
+                    realm,
+                    ErrorClass::Auth,
+                    format!(
+                        "registry {registry} sends its token requests to {realm} over plain \
+                         HTTP; packsmith sends credentials only over HTTPS (or to loopback)"
+                    ),
+                ));
+            }
             request = request.basic_auth(user, Some(password));
         }
         self.counts.tokens.fetch_add(1, Ordering::Relaxed);
@@ -902,6 +922,37 @@ impl<'r> DistributionClient<'r> {
 
 fn manifest_url(endpoint: &Endpoint<'_>, target: &str) -> String {
     endpoint.url(&format!("manifests/{target}"))
+}
+
+/// Whether `a` and `b` have the same scheme, host and port.
+fn same_origin(a: &str, b: &str) -> bool {
+    match (reqwest::Url::parse(a), reqwest::Url::parse(b)) {
+        (Ok(a), Ok(b)) => {
+            a.scheme() == b.scheme()
+                && a.host_str() == b.host_str()
+                && a.port_or_known_default() == b.port_or_known_default()
+        }
+        _ => false,
+    }
+}
+
+/// Whether credentials may be sent to `url`: HTTPS, or plain HTTP to a loopback host (the
+/// local-registry convention of imgpkg, crane and kind).
+fn may_carry_credentials(url: &str) -> bool {
+    let Ok(url) = reqwest::Url::parse(url) else {
+        return false;
+    };
+    match url.scheme() {
+        "https" => true,
+        "http" => url.host_str().is_some_and(|host| {
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            host == "localhost"
+                || host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }),
+        _ => false,
+    }
 }
 
 fn with(request: reqwest::RequestBuilder, credential: &Credential) -> reqwest::RequestBuilder {
@@ -1109,5 +1160,27 @@ mod tests {
             "sha256:short".parse().expect("header"),
         );
         assert!(content_digest(&headers).is_none());
+    }
+
+    #[test]
+    fn credentials_stay_with_their_origin_and_off_plain_http() {
+        assert!(same_origin(
+            "https://r.io/v2/x/blobs/uploads/1",
+            "https://r.io"
+        ));
+        assert!(same_origin("https://r.io:443/a", "https://r.io/b"));
+        assert!(!same_origin(
+            "https://storage.example.com/u",
+            "https://r.io"
+        ));
+        assert!(!same_origin("http://r.io/u", "https://r.io"));
+        assert!(!same_origin("https://r.io:5000/u", "https://r.io"));
+        assert!(may_carry_credentials("https://auth.docker.io/token"));
+        assert!(may_carry_credentials("http://127.0.0.1:5001/token"));
+        assert!(may_carry_credentials("http://localhost/token"));
+        assert!(may_carry_credentials("http://[::1]:80/token"));
+        assert!(!may_carry_credentials("http://auth.example.com/token"));
+        assert!(!may_carry_credentials("http://10.0.0.1/token"));
+        assert!(!may_carry_credentials("ftp://127.0.0.1/token"));
     }
 }
