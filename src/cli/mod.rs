@@ -93,6 +93,10 @@ struct ControllerArgs {
     /// use only their own bundle.secretRef.
     #[arg(long, value_delimiter = ',', value_name = "NS,…")]
     registry_config_namespaces: Option<Vec<String>>,
+    /// The shortest spec.interval honoured: shorter ones are reconciled this often
+    /// (kapp-controller's floor is 30s too).
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    min_interval: std::time::Duration,
     /// Reconcile only while holding a coordination.k8s.io Lease, so several replicas can run;
     /// a replica that loses the Lease exits non-zero.
     #[arg(long)]
@@ -208,6 +212,7 @@ fn controller(args: ControllerArgs) -> anyhow::Result<()> {
         health_addr: args.health_addr,
         credentials,
         allowed_publish_namespaces: args.allowed_publish_namespaces,
+        min_interval: args.min_interval,
         credentials_namespaces: args.registry_config_namespaces.unwrap_or_else(|| {
             std::env::var("POD_NAMESPACE")
                 .ok()

@@ -41,9 +41,17 @@ pub struct Settings {
     /// Namespaces whose objects may use `credentials`; objects elsewhere get only the
     /// credentials of their own Secrets.
     pub credentials_namespaces: Vec<String>,
+    /// The shortest `spec.interval` honoured (`--min-interval`): a tenant cannot make the
+    /// shared controller re-fetch its upstreams every second.
+    pub min_interval: std::time::Duration,
 }
 
 impl Settings {
+    /// The interval an object is reconciled at: its own, but never below `min_interval`.
+    pub fn interval(&self, spec_interval: std::time::Duration) -> std::time::Duration {
+        spec_interval.max(self.min_interval)
+    }
+
     /// The controller's own registry credentials, for objects of `namespace` only when the
     /// operator listed it: otherwise any tenant could push with them (or send them to a
     /// registry of its choosing) just by naming a host.
@@ -112,6 +120,7 @@ mod tests {
             credentials: Credentials::default(),
             allowed_publish_namespaces: vec!["kapp-controller-packaging-global".to_owned()],
             credentials_namespaces: Vec::new(),
+            min_interval: std::time::Duration::ZERO,
         };
         assert!(settings.check_publish_namespace("team-a", "team-a").is_ok());
         assert!(
@@ -140,8 +149,23 @@ mod tests {
             credentials,
             allowed_publish_namespaces: Vec::new(),
             credentials_namespaces: vec!["packsmith-system".to_owned()],
+            min_interval: std::time::Duration::ZERO,
         };
         assert!(!settings.credentials_for("packsmith-system").is_empty());
         assert!(settings.credentials_for("team-a").is_empty());
+    }
+
+    #[test]
+    fn intervals_below_the_floor_are_raised() {
+        let settings = Settings {
+            cache_dir: PathBuf::new(),
+            credentials: Credentials::default(),
+            allowed_publish_namespaces: Vec::new(),
+            credentials_namespaces: Vec::new(),
+            min_interval: std::time::Duration::from_secs(30),
+        };
+        let s = std::time::Duration::from_secs;
+        assert_eq!(settings.interval(s(1)), s(30));
+        assert_eq!(settings.interval(s(3600)), s(3600));
     }
 }

@@ -86,6 +86,8 @@ pub struct Options {
     pub allowed_publish_namespaces: Vec<String>,
     /// Namespaces whose objects may use `credentials` (`--registry-config-namespaces`).
     pub credentials_namespaces: Vec<String>,
+    /// The shortest interval honoured (`--min-interval`); none in an embedding.
+    pub min_interval: std::time::Duration,
 }
 
 impl Default for Options {
@@ -102,6 +104,7 @@ impl Default for Options {
             leader_election: None,
             allowed_publish_namespaces: Vec::new(),
             credentials_namespaces: Vec::new(),
+            min_interval: std::time::Duration::ZERO,
         }
     }
 }
@@ -386,6 +389,7 @@ impl Controller {
             settings: Settings {
                 allowed_publish_namespaces: options.allowed_publish_namespaces.clone(),
                 credentials_namespaces: options.credentials_namespaces.clone(),
+                min_interval: options.min_interval,
                 cache_dir: options.cache_dir.clone(),
                 credentials: options.credentials.clone(),
             },

@@ -220,7 +220,8 @@ async fn apply(obj: &PackageRepositorySource, ctx: &Context) -> Result<Action, R
         current = begun;
     }
 
-    let interval = schedule::parse_duration("interval", &obj.spec.interval);
+    let interval =
+        schedule::parse_duration("interval", &obj.spec.interval).map(|i| ctx.settings.interval(i));
     let result = match &interval {
         Err(e) => Err(Failure {
             stage: None,

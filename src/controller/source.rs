@@ -199,7 +199,9 @@ async fn apply(
     let wrote = write_status(ctx, api, obj, &current, &desired).await?;
     emit_events(ctx, obj, &current, &desired, outcome_action).await;
 
-    let interval = schedule::interval(&obj.spec).ok();
+    let interval = schedule::interval(&obj.spec)
+        .ok()
+        .map(|i| ctx.settings.interval(i));
     if matches!(&result, Err((f, _)) if f.retry == Retry::Never) {
         ctx.stalls.record(&key, stall);
     } else {
