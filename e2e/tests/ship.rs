@@ -411,6 +411,27 @@ async fn chart_and_kustomize_apply_server_side() -> anyhow::Result<()> {
         "{monitor:#}"
     );
 
+    // The NetworkPolicy (the bed has no network plugin to enforce it: the API server's
+    // validation is what is checked here).
+    let fenced = docs(&helm_template(
+        &tools,
+        &ns,
+        &[
+            "networkPolicy.enabled=true",
+            "networkPolicy.egress.apiServerCIDRs={127.0.0.1/32}",
+        ],
+        false,
+    )?)?;
+    dry_run_apply(&client, &ns, &fenced).await?;
+    let policy = find(&fenced, "NetworkPolicy")?;
+    let egress = policy["spec"]["egress"].as_array().cloned().unwrap_or_default();
+    anyhow::ensure!(
+        egress.iter().any(|rule| rule["to"][0]["ipBlock"]["except"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|c| c == "169.254.0.0/16"))),
+        "egress to cloud metadata is excepted: {policy:#}"
+    );
+
     // kustomize: its own namespace (created for real: a dry-run Namespace leaves nothing for the
     // namespaced objects to land in), everything else dry run.
     let kustomized = docs(&run(Command::new(&tools.kubectl)
