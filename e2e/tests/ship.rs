@@ -424,7 +424,10 @@ async fn chart_and_kustomize_apply_server_side() -> anyhow::Result<()> {
     )?)?;
     dry_run_apply(&client, &ns, &fenced).await?;
     let policy = find(&fenced, "NetworkPolicy")?;
-    let egress = policy["spec"]["egress"].as_array().cloned().unwrap_or_default();
+    let egress = policy["spec"]["egress"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     anyhow::ensure!(
         egress.iter().any(|rule| rule["to"][0]["ipBlock"]["except"]
             .as_array()

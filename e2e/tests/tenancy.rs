@@ -10,7 +10,9 @@
 //!   deleting B's source leaves A's Package in place;
 //! - a second source in A with the same `refName.version` conflicts the same way;
 //! - a Package an earlier release labelled as a source's (no owner annotation) is adopted;
-//! - `inline.pathsFrom.secretRef` needs the Secret's opt-in label.
+//! - `inline.pathsFrom.secretRef` needs the Secret's opt-in label;
+//! - a published Package that is deleted or edited, or its PackageMetadata deleted, is
+//!   restored within seconds (the controller watches them), though the interval is an hour.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -40,6 +42,9 @@ pub fn trials() -> Vec<Trial> {
             "tenancy::labels_only_packages_are_adopted_and_inline_secrets_opt_in",
             || support::block_on(adoption_and_inline_secrets()),
         ),
+        Trial::test("tenancy::deleted_or_edited_packages_are_restored", || {
+            support::block_on(drift())
+        }),
     ]
 }
 
@@ -253,5 +258,84 @@ async fn adoption_and_inline_secrets() -> anyhow::Result<()> {
         )
         .await?;
     wait_for(&sources, "inline", WAIT, "Ready", ready).await?;
+    Ok(())
+}
+
+/// Polls until `check` holds on Package `name` (absent counts as not holding).
+async fn wait_package(
+    api: &Api<Package>,
+    name: &str,
+    what: &str,
+    check: impl Fn(&Package) -> bool,
+) -> anyhow::Result<Package> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(p) = api.get_opt(name).await?
+            && check(&p)
+        {
+            return Ok(p);
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "Package {name}: not {what} within 20s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn drift() -> anyhow::Result<()> {
+    let client = bed().client().await?;
+    let ns = namespace(&client, "tenant-drift").await?;
+    let _controller = Running::start(&ns).await?;
+    let sources: Api<PackageSource> = Api::namespaced(client.clone(), &ns);
+    let packages: Api<Package> = Api::namespaced(client.clone(), &ns);
+    let metadata: Api<packsmith::carvel::PackageMetadata> = Api::namespaced(client.clone(), &ns);
+    let ref_name = "drift.tenancy.example.com";
+    let name = format!("{ref_name}.1.0.0");
+    // An hour between reconciles: only the watch can bring anything back in time.
+    let yaml = source("drift", &ns, ref_name, "").replace("interval: 2s", "interval: 1h");
+    apply_yaml(&client, &ns, &yaml).await?;
+    let obj = wait_for(&sources, "drift", WAIT, "Ready", ready).await?;
+    let bundle = super::controller::bundle_image(&obj);
+    let original = packages.get(&name).await?;
+
+    packages.delete(&name, &DeleteParams::default()).await?;
+    wait_package(&packages, &name, "restored after deletion", |p| {
+        p.uid() != original.uid() && fetched_image(p).as_deref() == Some(bundle.as_str())
+    })
+    .await?;
+
+    // Pointing the Package at another bundle is a change to a field packsmith applies.
+    let mut tampered = packages.get(&name).await?;
+    for fetch in &mut tampered.spec.template.spec.fetch {
+        if let Some(b) = fetch.imgpkg_bundle.as_mut() {
+            b.image = format!(
+                "{}/attacker/bundle@sha256:{}",
+                bed().registry,
+                "0".repeat(64)
+            );
+        }
+    }
+    packages
+        .replace(&name, &PostParams::default(), &tampered)
+        .await?;
+    wait_package(&packages, &name, "restored after an edit", |p| {
+        fetched_image(p).as_deref() == Some(bundle.as_str())
+    })
+    .await?;
+
+    metadata.delete(ref_name, &DeleteParams::default()).await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while metadata.get_opt(ref_name).await?.is_none() {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "PackageMetadata {ref_name} was not restored within 20s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    ensure!(
+        ready(&sources.get("drift").await?),
+        "the source stays Ready"
+    );
     Ok(())
 }

@@ -432,6 +432,22 @@ impl Controller {
                     )
                 },
             )
+            // What sources published: deleted or edited (a new generation), the owner runs
+            // again and restores it. kapp-controller's own changes (status, Packages it
+            // creates from a PackageRepository, which carry no owner) map to nothing.
+            .watches_stream(
+                drift_triggers::<crate::carvel::Package>(&client, options.namespace.as_deref()),
+                |package: PartialObjectMeta<crate::carvel::Package>| drifted_owner(&package),
+            )
+            .watches_stream(
+                drift_triggers::<crate::carvel::PackageMetadata>(
+                    &client,
+                    options.namespace.as_deref(),
+                ),
+                |metadata: PartialObjectMeta<crate::carvel::PackageMetadata>| {
+                    drifted_owner(&metadata)
+                },
+            )
             .watches_stream(
                 selection_triggers,
                 move |repository: PackageRepositorySource| {
@@ -575,6 +591,58 @@ async fn terminated() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+/// Metadata of `K` objects packsmith publishes, yielded when one is deleted or its generation
+/// (its spec) changes. When the cluster has no packaging API the watch backs off and retries,
+/// and starts delivering once kapp-controller is installed.
+fn drift_triggers<K>(
+    client: &Client,
+    namespace: Option<&str>,
+) -> impl futures::Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    <K as Resource>::DynamicType: Default + Clone + Eq + std::hash::Hash + Send + Sync,
+{
+    use std::collections::HashMap;
+    let api: Api<PartialObjectMeta<K>> = match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let config = watcher::Config::default().labels(&format!(
+        "{}={}",
+        context::LABEL_MANAGED_BY,
+        context::MANAGED_BY
+    ));
+    let mut generations: HashMap<String, Option<i64>> = HashMap::new();
+    watcher(api, config)
+        .default_backoff()
+        .filter_map(move |event| {
+            let out = match event {
+                Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
+                    let uid = o.metadata.uid.clone().unwrap_or_default();
+                    let generation = o.metadata.generation;
+                    (generations.insert(uid, generation) != Some(generation)).then_some(Ok(o))
+                }
+                Ok(watcher::Event::Delete(o)) => {
+                    generations.remove(&o.metadata.uid.clone().unwrap_or_default());
+                    Some(Ok(o))
+                }
+                Ok(watcher::Event::Init | watcher::Event::InitDone) => None,
+                Err(e) => Some(Err(e)),
+            };
+            std::future::ready(out)
+        })
+}
+
+fn drifted_owner<K>(object: &PartialObjectMeta<K>) -> Option<reflector::ObjectRef<PackageSource>> {
+    let (namespace, name) = ownership::owning_source(&object.metadata)?;
+    Some(reflector::ObjectRef::new(&name).within(&namespace))
 }
 
 fn api(client: &Client, namespace: Option<&str>) -> Api<PackageSource> {

@@ -153,6 +153,25 @@ pub fn claim(existing: Option<&ObjectMeta>, me: &Owner) -> Claim {
     }
 }
 
+/// The PackageSource that owns the object with `meta`, by its owner annotation (or, for an
+/// object of an earlier release, its labels): whose reconcile restores it when it drifts.
+pub fn owning_source(meta: &ObjectMeta) -> Option<(String, String)> {
+    if let Some(value) = meta
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(OWNER_ANNOTATION))
+    {
+        return Owner::parse(value)
+            .filter(|o| o.kind == "PackageSource")
+            .map(|o| (o.namespace, o.name));
+    }
+    let labels = meta.labels.as_ref()?;
+    Some((
+        labels.get(LABEL_SOURCE_NAMESPACE)?.clone(),
+        labels.get(LABEL_SOURCE_NAME)?.clone(),
+    ))
+}
+
 /// Whether the object is `me`'s (owned, or adoptable): the only objects it may read as its
 /// own, prune or delete.
 pub fn is_ours(meta: &ObjectMeta, me: &Owner) -> bool {

@@ -169,6 +169,44 @@ pub async fn get(
     }
 }
 
+/// Whether the PackageMetadata `desired` names exists in `namespace`, belongs to `owner` and
+/// has the spec it would be written with.
+pub async fn metadata_in_place(
+    ctx: &Context,
+    namespace: &str,
+    desired: &PackageMetadata,
+    owner: &Owner,
+) -> Result<bool, PublishError> {
+    let api: Api<PackageMetadata> = Api::namespaced(ctx.client.clone(), namespace);
+    let found = read(&ctx.client, &api, namespace, &desired.name_any()).await?;
+    Ok(found.is_some_and(|m| {
+        holds_applied(&m.spec, &desired.spec)
+            && ownership::claim(Some(m.meta()), owner) == Claim::Ours
+    }))
+}
+
+/// Whether `actual` holds every field of `desired` with the same value: what server-side
+/// apply of `desired` would leave unchanged. Fields someone else set beside ours are not
+/// drift (applying would not remove them, so counting them would rewrite forever).
+pub fn holds_applied<T: serde::Serialize>(actual: &T, desired: &T) -> bool {
+    fn subset(desired: &serde_json::Value, actual: &serde_json::Value) -> bool {
+        use serde_json::Value;
+        match (desired, actual) {
+            (Value::Object(d), Value::Object(a)) => d
+                .iter()
+                .all(|(k, v)| a.get(k).is_some_and(|actual| subset(v, actual))),
+            (Value::Array(d), Value::Array(a)) => {
+                d.len() == a.len() && d.iter().zip(a).all(|(d, a)| subset(d, a))
+            }
+            (d, a) => d == a,
+        }
+    }
+    match (serde_json::to_value(desired), serde_json::to_value(actual)) {
+        (Ok(d), Ok(a)) => subset(&d, &a),
+        _ => false,
+    }
+}
+
 /// The bundle a Package fetches.
 pub fn fetched_image(p: &Package) -> Option<&str> {
     p.spec
@@ -502,5 +540,21 @@ mod tests {
         .to_failure();
         assert_eq!(rejected.reason, reasons::INVALID_SPEC);
         assert!(rejected.is_stalled());
+    }
+
+    #[test]
+    fn drift_is_a_change_to_a_field_packsmith_applies() {
+        let desired = package("1.0.0", 10);
+        let mut actual = desired.clone();
+        assert!(holds_applied(&actual.spec, &desired.spec));
+        // A field someone else set beside ours: applying would not remove it.
+        actual.spec.release_notes = "added by a person".to_owned();
+        assert!(holds_applied(&actual.spec, &desired.spec));
+        // One of ours, changed or removed: drift.
+        actual.spec.released_at = None;
+        assert!(!holds_applied(&actual.spec, &desired.spec));
+        let mut edited = desired.clone();
+        edited.spec.version = "6.6.6".to_owned();
+        assert!(!holds_applied(&edited.spec, &desired.spec));
     }
 }

@@ -407,13 +407,25 @@ async fn last_release(
     else {
         return Ok(None);
     };
-    if let Some(config_map) = &last.config_map {
-        return Ok(record::package(ctx, namespace, config_map).await);
+    // Where status says, then the other place: the status this reconcile sees may predate a
+    // move the previous one made (a reflector cache lags the write), and losing the release
+    // time would rewrite the record and change the repository's digest.
+    let recorded = || record::package(ctx, namespace, &last.name);
+    if last.config_map.is_some()
+        && let Some(found) = recorded().await
+    {
+        return Ok(Some(found));
     }
-    match &last.namespace {
-        Some(ns) => publish::get(&ctx.client, ns, &last.name).await,
-        None => Ok(None),
+    if let Some(ns) = &last.namespace
+        && let Some(found) = publish::get(&ctx.client, ns, &last.name).await?
+    {
+        return Ok(Some(found));
     }
+    Ok(if last.config_map.is_none() {
+        recorded().await
+    } else {
+        None
+    })
 }
 
 /// Applies the Package unless status and cluster already hold exactly this one (`last`, read
@@ -438,17 +450,19 @@ async fn publish_outcome(
     };
     let recorded = current.bundle.as_ref().map(|b| b.image.as_str()) == Some(&outcome.pushed.image)
         && current.package.as_ref() == Some(&expected);
-    // Skipped only when the Package there is still this source's own and fetches this bundle:
-    // status alone is not proof (another source may have replaced it).
+    // Skipped only when the Package there is still this source's own and exactly what it
+    // would write, and its PackageMetadata is there and its own: status alone is not proof
+    // (a person may have deleted or edited them, another source may have replaced them).
+    let owner = Owner::of(obj);
     if recorded
         && last.is_some_and(|l| {
-            publish::fetched_image(l) == publish::fetched_image(&outcome.package)
-                && ownership::claim(Some(l.meta()), &Owner::of(obj)) == Claim::Ours
+            publish::holds_applied(&l.spec, &outcome.package.spec)
+                && ownership::claim(Some(l.meta()), &owner) == Claim::Ours
         })
+        && publish::metadata_in_place(ctx, publish_namespace, &outcome.metadata, &owner).await?
     {
         return Ok(false);
     }
-    let owner = Owner::of(obj);
     publish::apply(ctx, publish_namespace, outcome, &owner).await?;
     let deleted = publish::prune(
         ctx,

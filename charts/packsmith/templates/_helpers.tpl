@@ -83,12 +83,12 @@ is one the controller's code issues (README §Controller); nothing else.
 - apiGroups: [""]
   resources: [configmaps]
   verbs: [get, list, watch, create, patch, delete]
-# What it publishes, by server-side apply (a patch that creates the object the first time, so
-# the apiserver also asks for create); old versions beyond publish.retain and everything a
+# What it publishes: created, then server-side applied (ownership checked before each write),
+# watched so a deleted or edited one is restored; old versions beyond publish.retain and everything a
 # deleted source published are deleted.
 - apiGroups: [data.packaging.carvel.dev]
   resources: [packages, packagemetadatas]
-  verbs: [get, list, create, patch, delete]
+  verbs: [get, list, watch, create, patch, delete]
 # The PackageRepository of a PackageRepositorySource, deleted with it (finalizer).
 - apiGroups: [packaging.carvel.dev]
   resources: [packagerepositories]
