@@ -233,7 +233,7 @@ async fn lock_images(
             .map_err(|e| {
                 PipelineError::new(Stage::Lock, reasons::LOCK_FAILED, e.to_string(), false)
             })?;
-        std::fs::write(&lock_path, empty).map_err(|e| {
+        crate::lock::write_atomically(&lock_path, empty.as_bytes()).map_err(|e| {
             PipelineError::new(
                 Stage::Lock,
                 reasons::LOCK_FAILED,

@@ -131,14 +131,38 @@ fn write(dir: &Path, names: &Names) -> anyhow::Result<Vec<PathBuf>> {
     let mut written = Vec::new();
     for (rel, content) in files {
         let path = dir.join(rel);
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)
-                .with_context(|| format!("creating {}", parent.display()))?;
+        if let Err(e) = create_new(&path, content.as_bytes()) {
+            // Only what this run created goes; nothing that existed before was touched.
+            for path in &written {
+                let _ = std::fs::remove_file(path);
+            }
+            return Err(e);
         }
-        std::fs::write(&path, content).with_context(|| format!("writing {}", path.display()))?;
         written.push(path);
     }
     Ok(written)
+}
+
+/// Creates `path` with `content`, refusing to replace a file that appeared since the check
+/// (O_EXCL: a file or symlink planted there is never written through).
+fn create_new(path: &Path, content: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .with_context(|| format!("creating {} (refusing to overwrite it)", path.display()))?;
+    let result = file.write_all(content).and_then(|()| file.sync_all());
+    if let Err(e) = result {
+        drop(file);
+        let _ = std::fs::remove_file(path);
+        return Err(e).with_context(|| format!("writing {}", path.display()));
+    }
+    Ok(())
 }
 
 const PACKAGESOURCE: &str = r#"# PackageSource for __NAME__. packsmith syncs the upstream below, locks every image it
@@ -302,6 +326,47 @@ mod tests {
         assert_eq!(
             std::fs::read_to_string(dir.join("serviceaccount.yaml")).unwrap(),
             "edited"
+        );
+    }
+}
+
+#[cfg(test)]
+mod write_tests {
+    use super::*;
+
+    /// A dangling symlink planted where init writes (`exists()` is false for it) is neither
+    /// followed nor replaced, and what this run already wrote is taken back.
+    #[test]
+    fn a_planted_symlink_is_not_written_through_and_nothing_is_left_half_done() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("pkg");
+        std::fs::create_dir_all(dir.join("config")).unwrap();
+        let outside = root.path().join("outside.yaml");
+        std::os::unix::fs::symlink(&outside, dir.join("config/values.yaml")).unwrap();
+        let names = names(&InitArgs {
+            name: "foobar".into(),
+            dir: None,
+            ref_name: None,
+            namespace: "default".into(),
+        })
+        .unwrap();
+        let err = write(&dir, &names).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("refusing to overwrite"),
+            "{err:#}"
+        );
+        assert!(!outside.exists(), "written through the symlink");
+        let mut left: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["config"]);
+        assert!(
+            std::fs::symlink_metadata(dir.join("config/values.yaml"))
+                .unwrap()
+                .file_type()
+                .is_symlink()
         );
     }
 }

@@ -140,5 +140,6 @@ fn write_output(path: &Path, text: &str) -> anyhow::Result<()> {
         print!("{text}");
         return Ok(());
     }
-    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+    crate::lock::write_atomically(path, text.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
 }

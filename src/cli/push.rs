@@ -95,7 +95,7 @@ pub fn run(args: &PushArgs) -> anyhow::Result<()> {
 
     if let Some(path) = &args.lock_output {
         let lock = BundleLock::new(&pushed.image, tag.unwrap_or_default());
-        std::fs::write(path, lock.to_yaml()?)
+        crate::lock::write_atomically(path, lock.to_yaml()?.as_bytes())
             .with_context(|| format!("writing {}", path.display()))?;
     }
     if verbose {

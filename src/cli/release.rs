@@ -103,7 +103,7 @@ pub fn run(args: &ReleaseArgs) -> anyhow::Result<()> {
         )
     })?;
 
-    std::fs::write(&previous_path, outcome.contents.to_yaml()?)
+    crate::lock::write_atomically(&previous_path, outcome.contents.to_yaml()?.as_bytes())
         .with_context(|| format!("writing {}", previous_path.display()))?;
     let written = write_package_files(&output_dir, &outcome.package, &outcome.metadata)?;
     println!("Pushed '{}'", outcome.pushed.image);

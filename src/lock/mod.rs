@@ -29,7 +29,10 @@ pub use discover::{
     BuildSource, Discovery, ImageMatcher, LockConfig, Manifest, Override, STDIN, discover,
 };
 pub use error::{Location, LockError};
-pub use output::{Written, check_lock, render_manifests, rewrite_in_place, write_lock};
+pub use output::{
+    Staged, Written, check_lock, render_manifests, rewrite_in_place, stage, write_atomically,
+    write_lock,
+};
 pub use reference::url_repo;
 pub use resolve::{Resolution, ResolveOptions, resolve};
 pub use rules::{default_rule, effective_rules};

@@ -52,30 +52,78 @@ pub fn check_lock(path: &Path, resolution: &Resolution) -> Result<Written, LockE
 }
 
 fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<Written, LockError> {
-    let write_error = |cause| LockError::Write {
-        path: path.to_owned(),
-        cause,
-    };
     if std::fs::read(path).is_ok_and(|existing| existing == bytes) {
         return Ok(Written::Unchanged);
     }
-    let parent = match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent,
-        _ => Path::new("."),
-    };
-    std::fs::create_dir_all(parent).map_err(write_error)?;
-    // A sibling, so the rename stays on one filesystem and readers never see half a file.
-    let file_name = path.file_name().map_or_else(
-        || "images.yml".into(),
-        |name| name.to_string_lossy().into_owned(),
-    );
-    let temporary = parent.join(format!(".{file_name}.{}.tmp", std::process::id()));
-    let result = std::fs::write(&temporary, bytes).and_then(|()| std::fs::rename(&temporary, path));
-    if result.is_err() {
-        let _ = std::fs::remove_file(&temporary);
-    }
-    result.map_err(write_error)?;
+    write_atomically(path, bytes).map_err(|cause| LockError::Write {
+        path: path.to_owned(),
+        cause,
+    })?;
     Ok(Written::Changed)
+}
+
+/// A file's new content, written and synced beside it, not yet in place.
+pub struct Staged {
+    temporary: tempfile::NamedTempFile,
+    target: PathBuf,
+}
+
+/// Writes `bytes` to a new file beside `path` (same filesystem, so the rename that puts it in
+/// place is atomic) with the permissions of the file it will replace, and syncs it. When
+/// `path` is a symlink, the file it points to is the one replaced and the link stays, as an
+/// editor would do it.
+pub fn stage(path: &Path, bytes: &[u8]) -> std::io::Result<Staged> {
+    use std::io::Write as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    let target = match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_symlink() => std::fs::canonicalize(path)?,
+        _ => path.to_owned(),
+    };
+    let parent = match target.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent)?;
+    let name = target
+        .file_name()
+        .map_or_else(|| "file".into(), |n| n.to_string_lossy().into_owned());
+    // A new file's mode is 0666 less the umask, as `std::fs::write` would give it.
+    let permissions = std::fs::metadata(&target)
+        .map(|m| m.permissions())
+        .unwrap_or_else(|_| std::fs::Permissions::from_mode(0o666));
+    let mut temporary = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".tmp")
+        .permissions(permissions)
+        .tempfile_in(&parent)?;
+    temporary.write_all(bytes)?;
+    temporary.as_file().sync_all()?;
+    Ok(Staged { temporary, target })
+}
+
+impl Staged {
+    /// Renames the new content over the old file, then syncs the directory so the rename
+    /// survives a crash.
+    pub fn commit(self) -> std::io::Result<()> {
+        let target = self.target;
+        self.temporary.persist(&target).map_err(|e| e.error)?;
+        if let Some(parent) = target.parent()
+            && let Ok(dir) = std::fs::File::open(if parent.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                parent
+            })
+        {
+            let _ = dir.sync_all();
+        }
+        Ok(())
+    }
+}
+
+/// Replaces `path` with `bytes` by a rename: readers, and a failure midway, see the old file
+/// or the new one, never half of one.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    stage(path, bytes)?.commit()
 }
 
 /// Every manifest with its image references replaced by their locked digests, as one YAML
@@ -177,11 +225,23 @@ pub fn rewrite_in_place(
         }
         rewritten.push((path.to_owned(), new_text));
     }
-    let mut changed = Vec::new();
+    // Every new file is written and synced before the first is renamed into place, so a full
+    // disk or a refused write leaves every manifest as it was.
+    let mut staged = Vec::new();
     for (path, text) in rewritten {
-        if write_if_changed(&path, text.as_bytes())? == Written::Changed {
-            changed.push(path);
-        }
+        let file = stage(&path, text.as_bytes()).map_err(|cause| LockError::Write {
+            path: path.clone(),
+            cause,
+        })?;
+        staged.push((path, file));
+    }
+    let mut changed = Vec::new();
+    for (path, file) in staged {
+        file.commit().map_err(|cause| LockError::Write {
+            path: path.clone(),
+            cause,
+        })?;
+        changed.push(path);
     }
     Ok(changed)
 }
@@ -254,6 +314,60 @@ fn replace_tokens(text: &str, replacements: &BTreeMap<&str, &str>) -> String {
         previous = Some(c);
     }
     out
+}
+
+#[cfg(test)]
+mod atomic_tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    #[test]
+    fn a_replaced_file_keeps_its_mode_and_its_symlink_and_leaves_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("run.sh");
+        std::fs::write(&script, "old").unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o750)).unwrap();
+        write_atomically(&script, b"new").unwrap();
+        assert_eq!(std::fs::read_to_string(&script).unwrap(), "new");
+        let mode = std::fs::metadata(&script).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o750);
+
+        let link = dir.path().join("link.yml");
+        std::os::unix::fs::symlink("run.sh", &link).unwrap();
+        write_atomically(&link, b"through").unwrap();
+        assert!(
+            std::fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert_eq!(std::fs::read_to_string(&script).unwrap(), "through");
+
+        // The old fixed temporary name, planted as a symlink, is never written through.
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "safe").unwrap();
+        let lock = dir.path().join("images.yml");
+        std::os::unix::fs::symlink(
+            &victim,
+            dir.path()
+                .join(format!(".images.yml.{}.tmp", std::process::id())),
+        )
+        .unwrap();
+        write_atomically(&lock, b"lock").unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "safe");
+
+        // Staged but never committed: the old content stays, no temporary is left.
+        let staged = stage(&lock, b"abandoned").unwrap();
+        drop(staged);
+        assert_eq!(std::fs::read_to_string(&lock).unwrap(), "lock");
+        let mut names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        // run.sh, link.yml, victim, images.yml and the planted link: nothing else.
+        assert_eq!(names.len(), 5, "{names:?}");
+    }
 }
 
 #[cfg(test)]
