@@ -130,7 +130,7 @@ pub fn run(args: &SyncArgs) -> anyhow::Result<()> {
     let yaml = lock.to_yaml()?;
     // vendir writes the lock only when it changed, which keeps mtimes and diffs quiet.
     if std::fs::read_to_string(&lock_path).ok().as_deref() != Some(yaml.as_str()) {
-        std::fs::write(&lock_path, yaml)
+        crate::lock::write_atomically(&lock_path, yaml.as_bytes())
             .with_context(|| format!("writing {}", lock_path.display()))?;
         eprintln!("wrote {}", lock_path.display());
     }
