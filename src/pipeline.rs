@@ -432,19 +432,13 @@ pub fn version(spec: &PackageSourceSpec, contents: &VendirLock) -> Result<String
                 false,
             )
         })?;
-    let mut best: Option<semver::Version> = None;
-    for candidate in &candidates {
-        let Ok(v) = semver::Version::parse(candidate.strip_prefix('v').unwrap_or(candidate)) else {
-            continue;
-        };
-        if range.as_ref().is_some_and(|r| !r.matches(&v)) {
-            continue;
-        }
-        if best.as_ref().is_none_or(|b| v > *b) {
-            best = Some(v);
-        }
-    }
-    best.map(|v| v.to_string()).ok_or_else(|| {
+    // The content's own selection already chose what was fetched: its prereleases count.
+    let best = crate::carvel::selection::highest(
+        candidates.iter().map(String::as_str),
+        range.as_ref(),
+        crate::carvel::selection::Prereleases::Allowed(&[]),
+    );
+    best.map(|(_, v)| v.to_string()).ok_or_else(|| {
         PipelineError::new(
             Stage::Sync,
             reasons::NO_MATCHING_VERSION,

@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 
-use crate::carvel::selection::{VersionRange, VersionSelection};
+use crate::carvel::selection::VersionSelection;
 use crate::carvel::vendir::{
     Config, Directory, DirectoryContents, LockConfig, LockDirectory, LockDirectoryContents,
     LockEmpty,
@@ -287,54 +287,25 @@ pub fn redact_url(url: &str) -> String {
 }
 
 /// The highest version among `candidates` selected by `selection`, as vendir's
-/// `HighestConstrainedVersion` (tags may carry a leading `v`).
+/// `HighestConstrainedVersion` (tags may carry a leading `v`): the one rule of
+/// [`VersionSelection::highest`].
 pub fn highest_version<'t>(
     candidates: impl IntoIterator<Item = &'t str>,
     selection: &VersionSelection,
 ) -> Result<String, FetchError> {
-    let semver = selection.semver.as_ref().ok_or_else(|| {
-        FetchError::Invalid("a version selection needs `semver.constraints`".to_owned())
-    })?;
-    let range =
-        VersionRange::parse(&semver.constraints).map_err(|e| FetchError::Invalid(e.to_string()))?;
-    let mut count = 0;
-    let mut best: Option<(semver::Version, &str)> = None;
-    for original in candidates {
-        count += 1;
-        let Ok(version) = semver::Version::parse(original).or_else(|e| {
-            original
-                .strip_prefix('v')
-                .map_or(Err(e), semver::Version::parse)
-        }) else {
-            continue;
-        };
-        if !version.pre.is_empty() {
-            let Some(pre) = &semver.prereleases else {
-                continue;
-            };
-            if !pre.identifiers.is_empty()
-                && !version
-                    .pre
-                    .split('.')
-                    .any(|p| pre.identifiers.iter().any(|i| i == p))
-            {
-                continue;
-            }
-        }
-        if !range.matches(&version) {
-            continue;
-        }
-        if best
-            .as_ref()
-            .is_none_or(|(b, _)| version.cmp_precedence(b).is_gt())
-        {
-            best = Some((version, original));
-        }
-    }
-    best.map(|(_, original)| original.to_owned())
-        .ok_or(FetchError::NoMatchingVersion {
-            constraints: semver.constraints.clone(),
-            candidates: count,
+    use crate::carvel::selection::SelectionError;
+    selection
+        .highest(candidates)
+        .map(str::to_owned)
+        .map_err(|e| match e {
+            SelectionError::NoMatch {
+                constraints,
+                candidates,
+            } => FetchError::NoMatchingVersion {
+                constraints,
+                candidates,
+            },
+            other => FetchError::Invalid(other.to_string()),
         })
 }
 
