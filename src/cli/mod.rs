@@ -35,7 +35,7 @@ enum LogFormat {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run the operator: reconcile PackageSource objects (PackageRepositorySource: not yet).
+    /// Run the operator: reconcile PackageSource and PackageRepositorySource objects.
     Controller(ControllerArgs),
     /// Scaffold a new package: PackageSource, installer RBAC, PackageInstall, values.
     Init(init::InitArgs),
