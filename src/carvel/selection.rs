@@ -343,6 +343,19 @@ impl VersionSelection {
     }
 }
 
+/// `{semver: {constraints, prereleases: {identifiers}}}` for tests.
+#[cfg(test)]
+pub(crate) fn test_selection(constraints: &str, pre: Option<&[&str]>) -> VersionSelection {
+    VersionSelection {
+        semver: Some(VersionSelectionSemver {
+            constraints: constraints.to_owned(),
+            prereleases: pre.map(|ids| VersionSelectionSemverPrereleases {
+                identifiers: ids.iter().map(|s| (*s).to_owned()).collect(),
+            }),
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -388,16 +401,7 @@ mod tests {
         }
     }
 
-    fn selection(constraints: &str, pre: Option<&[&str]>) -> VersionSelection {
-        VersionSelection {
-            semver: Some(VersionSelectionSemver {
-                constraints: constraints.to_owned(),
-                prereleases: pre.map(|ids| VersionSelectionSemverPrereleases {
-                    identifiers: ids.iter().map(|s| (*s).to_owned()).collect(),
-                }),
-            }),
-        }
-    }
+    use super::test_selection as selection;
 
     #[test]
     fn highest_follows_vendir_on_prereleases_and_prefixes() {

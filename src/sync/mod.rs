@@ -1045,18 +1045,7 @@ fn inline_identity(files: &[(String, Vec<u8>)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::carvel::selection::{VersionSelectionSemver, VersionSelectionSemverPrereleases};
-
-    fn selection(constraints: &str, pre: Option<&[&str]>) -> VersionSelection {
-        VersionSelection {
-            semver: Some(VersionSelectionSemver {
-                constraints: constraints.to_owned(),
-                prereleases: pre.map(|ids| VersionSelectionSemverPrereleases {
-                    identifiers: ids.iter().map(|s| (*s).to_owned()).collect(),
-                }),
-            }),
-        }
-    }
+    use crate::carvel::selection::test_selection as selection;
 
     #[test]
     fn highest_version_follows_vendir() {
