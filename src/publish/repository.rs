@@ -67,6 +67,21 @@ pub fn write_package_files(
     package: &Package,
     metadata: &PackageMetadata,
 ) -> Result<[PathBuf; 2], RepositoryError> {
+    // Both become path components: from a release record or another source's Package (hostile
+    // input) they must not climb out of `packages/` or name a directory.
+    for (what, value) in [
+        ("refName", package.spec.ref_name.as_str()),
+        ("version", package.spec.version.as_str()),
+    ] {
+        if value.is_empty() || value == "." || value == ".." || value.contains(['/', '\\', '\0']) {
+            return Err(RepositoryError::Invalid {
+                path: root.join("packages"),
+                reason: format!(
+                    "the Package's {what} {value:?} cannot be a file name; refusing to write it"
+                ),
+            });
+        }
+    }
     let dir = root.join("packages").join(&package.spec.ref_name);
     std::fs::create_dir_all(&dir).map_err(|source| RepositoryError::Io {
         path: dir.clone(),
@@ -580,5 +595,23 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, RepositoryError::InvalidName { .. }), "{err}");
+    }
+
+    #[test]
+    fn ref_names_and_versions_never_leave_packages() {
+        let tmp = tempfile::tempdir().unwrap();
+        for (ref_name, version) in [
+            ("../../etc", "1.0.0"),
+            ("a.example.com", "../../../x"),
+            ("a.example.com", ".."),
+            ("a/b.example.com", "1.0.0"),
+            ("", "1.0.0"),
+        ] {
+            let p = Package::new(ref_name, version, Default::default());
+            let m = PackageMetadata::new(ref_name, Default::default());
+            let err = write_package_files(tmp.path(), &p, &m).unwrap_err();
+            assert!(err.to_string().contains("cannot be a file name"), "{err}");
+        }
+        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
     }
 }
