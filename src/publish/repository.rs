@@ -99,9 +99,13 @@ pub fn write_package_files(
         (&metadata_path, metadata_yaml),
         (&package_path, package_yaml),
     ] {
-        std::fs::write(path, text).map_err(|source| RepositoryError::Io {
-            path: path.clone(),
-            source,
+        // By rename, as every file the CLI replaces: `packsmith release` writes these into
+        // the user's tree.
+        crate::lock::write_atomically(path, text.as_bytes()).map_err(|source| {
+            RepositoryError::Io {
+                path: path.clone(),
+                source,
+            }
         })?;
     }
     Ok([metadata_path, package_path])
