@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail, ensure};
 use libtest_mimic::Trial;
-use oci_client::secrets::RegistryAuth;
 use pretty_assertions::assert_eq;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -233,12 +232,11 @@ async fn round_trip(registry: Registry, host: String, name: &str) -> anyhow::Res
         );
     }
 
-    // Another client's view of what was pushed.
-    let client = registry.client();
+    // What the registry holds, read back by digest.
     let by_digest = format!("{repo}@{digest}").parse()?;
-    let auth = registry.auth(&by_digest);
-    let (manifest, _) = client
-        .pull_manifest_raw(&by_digest, &auth, MANIFEST_MEDIA_TYPES)
+    let manifest = registry
+        .distribution()
+        .get_manifest(&by_digest, &digest, MANIFEST_MEDIA_TYPES)
         .await?;
     assert_eq!(images::sha256_digest(&manifest), digest);
     let manifest: serde_json::Value = serde_json::from_slice(&manifest)?;
@@ -253,7 +251,7 @@ async fn round_trip(registry: Registry, host: String, name: &str) -> anyhow::Res
     );
     let digest_tagged = format!("{repo}:{}", bundle::digest_tag(&digest)).parse()?;
     assert_eq!(
-        client.fetch_manifest_digest(&digest_tagged, &auth).await?,
+        registry.distribution().digest(&digest_tagged).await?,
         digest
     );
     Ok(())
@@ -523,13 +521,8 @@ async fn bad_inputs(bed: &Bed) -> anyhow::Result<()> {
 
 async fn expect_no_tag(registry: &Registry, repo: &str, tag: &str) -> anyhow::Result<()> {
     let reference = format!("{repo}:{tag}").parse()?;
-    let auth = registry.auth(&reference);
-    match registry
-        .client()
-        .fetch_manifest_digest(&reference, &auth)
-        .await
-    {
-        Err(e) if packsmith::registry::classify(&e) == ErrorClass::NotFound => Ok(()),
+    match registry.distribution().digest(&reference).await {
+        Err(e) if e.class() == ErrorClass::NotFound => Ok(()),
         other => bail!("{repo}:{tag} should not exist, HEAD gave {other:?}"),
     }
 }
@@ -662,10 +655,7 @@ async fn registry_down(bed: &Bed) -> anyhow::Result<()> {
     // And the same push works once the registry is back.
     let pushed = bundle::push(&registry, &built, &location, &["v1".into()], &options).await?;
     let reference = format!("{repo}:v1").parse()?;
-    let digest = registry
-        .client()
-        .fetch_manifest_digest(&reference, &RegistryAuth::Anonymous)
-        .await?;
+    let digest = registry.distribution().digest(&reference).await?;
     assert_eq!(pushed.image, format!("{repo}@{digest}"));
     Ok(())
 }

@@ -3,7 +3,6 @@
 //! makes before trusting what a registry returned.
 
 use serde::Deserialize;
-use sha2::{Digest as _, Sha256};
 
 /// The config label that makes an image an imgpkg bundle.
 pub const BUNDLE_LABEL: &str = "dev.carvel.imgpkg.bundle";
@@ -14,20 +13,7 @@ pub const LAYER_MEDIA_TYPE: &str = "application/vnd.docker.image.rootfs.diff.tar
 /// What an OCI-manifest bundle (pushed by other tools) says instead; accepted on pull.
 pub const OCI_MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
 
-/// `sha256:<hex>` of `data`.
-pub fn sha256_digest(data: &[u8]) -> String {
-    digest_string(&Sha256::digest(data))
-}
-
-pub(crate) fn digest_string(hash: &[u8]) -> String {
-    use std::fmt::Write as _;
-    let mut out = String::with_capacity(7 + 2 * hash.len());
-    out.push_str("sha256:");
-    for byte in hash {
-        let _ = write!(out, "{byte:02x}");
-    }
-    out
-}
+pub use crate::registry::{digest_string, sha256_digest};
 
 /// The image config: compact JSON in go-containerregistry's field order, zero timestamps.
 pub fn config_json(diff_id: &str) -> Vec<u8> {

@@ -46,7 +46,7 @@ fn tag_and_digest_suffix(rest: &str) -> bool {
 /// Parses a reference as go-containerregistry does (default registry, `library/`, `latest`).
 pub fn parse(url: &str) -> Result<Reference, RegistryError> {
     let reference = registry::parse_reference(url)?;
-    // The docker grammar oci-client follows takes an upper-case first segment for a registry
+    // The docker grammar oci-spec follows takes an upper-case first segment for a registry
     // and lets it through; go-containerregistry allows `[a-z0-9_.-/]` only, so kbld fails.
     if let Some(bad) = reference
         .repository()

@@ -7,19 +7,57 @@
 //!   the selection, as go-containerregistry's `platform.Satisfies`. A single-platform image
 //!   is its own answer, as `remote.Image` with a platform gives it.
 //!
-//! Both go through the shared oci-client, so they cost what it costs (a `/v2/` ping and
-//! possibly a token per call); they are rare next to plain tags, which stay on the
-//! one-request path.
+//! Both go through the registry's one client, sharing its ping and tokens with the plain
+//! tags around them.
 
-use oci_client::manifest::{OciManifest, Platform};
+use serde::Deserialize;
 
 use crate::carvel::kbld::PlatformSelection;
 use crate::carvel::selection::VersionSelection;
 use crate::registry::{ErrorClass, Reference, Registry, RegistryError};
 
-/// Pages of the tags list asked for at most; a registry that keeps answering stops here.
-const MAX_TAG_PAGES: usize = 100;
-const TAG_PAGE: usize = 1000;
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+const MANIFEST_TYPES: [&str; 4] = [
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    OCI_INDEX,
+    DOCKER_LIST,
+];
+
+/// What platform selection reads of a manifest: an index's children and their platforms.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Manifest {
+    #[serde(default)]
+    media_type: String,
+    #[serde(default)]
+    manifests: Vec<Child>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Child {
+    digest: String,
+    #[serde(default)]
+    platform: Option<Platform>,
+}
+
+/// The image-spec platform object.
+#[derive(Debug, Default, Deserialize)]
+struct Platform {
+    #[serde(default)]
+    architecture: String,
+    #[serde(default)]
+    os: String,
+    #[serde(rename = "os.version", default)]
+    os_version: Option<String>,
+    #[serde(rename = "os.features", default)]
+    os_features: Option<Vec<String>>,
+    #[serde(default)]
+    variant: Option<String>,
+    #[serde(default)]
+    features: Option<Vec<String>>,
+}
 
 /// The highest tag of `repository` that `selection` allows.
 pub async fn select_tag(
@@ -28,25 +66,7 @@ pub async fn select_tag(
     selection: &VersionSelection,
 ) -> Result<String, RegistryError> {
     let contacted = registry.contact(repository);
-    let auth = registry.auth(&contacted);
-    let mut tags: Vec<String> = Vec::new();
-    for _ in 0..MAX_TAG_PAGES {
-        let page = registry
-            .client()
-            .list_tags(
-                &contacted,
-                &auth,
-                Some(TAG_PAGE),
-                tags.last().map(String::as_str),
-            )
-            .await
-            .map_err(|e| RegistryError::request("list tags", &contacted, &e))?;
-        let done = page.tags.len() < TAG_PAGE || page.tags.last() == tags.last();
-        tags.extend(page.tags);
-        if done {
-            break;
-        }
-    }
+    let tags = registry.distribution().list_tags(&contacted).await?;
     crate::sync::highest_version(tags.iter().map(String::as_str), selection).map_err(|e| {
         RegistryError::Request {
             operation: "select a tag of",
@@ -64,15 +84,32 @@ pub async fn platform_digest(
     selection: &PlatformSelection,
 ) -> Result<String, RegistryError> {
     let contacted = registry.contact(reference);
-    let auth = registry.auth(&contacted);
-    let (manifest, digest) = registry
-        .client()
-        .pull_manifest(&contacted, &auth)
-        .await
-        .map_err(|e| RegistryError::request("GET manifest", &contacted, &e))?;
-    let OciManifest::ImageIndex(index) = manifest else {
-        return Ok(digest);
+    let target = contacted.digest().or(contacted.tag()).unwrap_or("latest");
+    let bytes = registry
+        .distribution()
+        .get_manifest(&contacted, target, &MANIFEST_TYPES)
+        .await?;
+    let digest = crate::registry::sha256_digest(&bytes);
+    let not_what_was_asked = |message: String| RegistryError::Request {
+        operation: "select a platform of",
+        reference: contacted.whole(),
+        class: ErrorClass::Permanent,
+        message,
     };
+    if let Some(wanted) = contacted.digest()
+        && wanted != digest
+    {
+        return Err(not_what_was_asked(format!(
+            "the registry returned a manifest with digest {digest}"
+        )));
+    }
+    let index: Manifest = serde_json::from_slice(&bytes)
+        .map_err(|e| not_what_was_asked(format!("the manifest is not valid JSON: {e}")))?;
+    let is_index =
+        !index.manifests.is_empty() || matches!(index.media_type.as_str(), OCI_INDEX | DOCKER_LIST);
+    if !is_index {
+        return Ok(digest);
+    }
     index
         .manifests
         .iter()
@@ -110,8 +147,8 @@ fn satisfies(platform: &Platform, selection: &PlatformSelection) -> bool {
             .iter()
             .all(|w| have.is_some_and(|have| have.contains(w)))
     };
-    same(&selection.architecture, &platform.architecture.to_string())
-        && same(&selection.os, &platform.os.to_string())
+    same(&selection.architecture, &platform.architecture)
+        && same(&selection.os, &platform.os)
         && same(
             &selection.os_version,
             platform.os_version.as_deref().unwrap_or(""),

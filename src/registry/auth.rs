@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
-use oci_client::secrets::RegistryAuth;
 use serde::Deserialize;
 
 use super::RegistryError;
@@ -24,6 +23,27 @@ enum Credential {
     },
     /// An OAuth2 refresh token (`identitytoken`) or a registry token used as a bearer token.
     Bearer(String),
+}
+
+/// What is sent to one registry host.
+#[derive(Clone, PartialEq, Eq)]
+pub enum RegistryAuth {
+    Anonymous,
+    /// Username and password: sent as basic credentials, or exchanged for a token.
+    Basic(String, String),
+    /// Sent as is as a bearer token.
+    Bearer(String),
+}
+
+impl std::fmt::Debug for RegistryAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Which kind, never the secret.
+        f.write_str(match self {
+            RegistryAuth::Anonymous => "Anonymous",
+            RegistryAuth::Basic(..) => "Basic",
+            RegistryAuth::Bearer(_) => "Bearer",
+        })
+    }
 }
 
 impl std::fmt::Debug for Credentials {

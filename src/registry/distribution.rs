@@ -1,9 +1,10 @@
-//! The OCI distribution API at the fewest requests: what lock, push and pull ask of a registry.
+//! The OCI distribution API at the fewest requests: everything packsmith asks of a registry
+//! (lock, push, pull, image and bundle sources, tag listing, platform selection).
 //!
-//! oci-client pings `/v2/` before almost every request to a registry that needs no token (it
-//! caches tokens, not the absence of one), uploads blobs in 4 MiB PATCH chunks, and builds its
-//! own HTTP client, loading the system's root certificates again. This client instead keeps,
-//! for the life of its [`Registry`]:
+//! General-purpose clients ping `/v2/` before almost every request to a registry that needs no
+//! token (they cache tokens, not the absence of one), upload blobs in 4 MiB PATCH chunks, and
+//! build their own HTTP client, loading the system's root certificates again. This client
+//! instead keeps, for the life of its [`Registry`]:
 //!
 //! - one `/v2/` ping per host, shared by all concurrent requests, to learn its challenge;
 //! - one bearer token per (host, repository, access), shared likewise; basic credentials sent
@@ -16,7 +17,9 @@
 //! Manifest digests are one `HEAD …/manifests/<ref>` accepting Docker v2, OCI manifest, Docker
 //! manifest list and OCI index (so a multi-platform tag yields the index digest, as kbld's);
 //! a GET only when a registry answers HEAD without `Docker-Content-Digest`, or to read the
-//! error code after a 404. Blobs are uploaded as one POST and one monolithic PUT.
+//! error code after a 404. Blobs are uploaded as one POST and one monolithic PUT, and
+//! downloaded either into memory (configs, up to the size the manifest declares) or streamed
+//! to a file with their digest checked on the way (layers), never held whole in memory.
 //!
 //! TLS, plain-HTTP hosts, CAs, credentials and mirrors come from [`Registry`]'s options.
 
@@ -25,13 +28,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
-use oci_client::secrets::RegistryAuth;
 use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, LOCATION, WWW_AUTHENTICATE};
 use sha2::{Digest as _, Sha256};
 use tokio::sync::OnceCell;
 
-use super::{ErrorClass, Reference, Registry, RegistryError, RegistryOptions};
+use super::{ErrorClass, Reference, Registry, RegistryAuth, RegistryError, RegistryOptions};
 
 const MANIFEST_MEDIA_TYPES: &str = "application/vnd.docker.distribution.manifest.v2+json, \
      application/vnd.docker.distribution.manifest.list.v2+json, \
@@ -47,6 +49,7 @@ pub struct RequestCounts {
     pub manifest_puts: AtomicUsize,
     pub blob_heads: AtomicUsize,
     pub blob_gets: AtomicUsize,
+    pub tag_lists: AtomicUsize,
     /// Upload sessions started (each is a POST and a PUT).
     pub blob_uploads: AtomicUsize,
 }
@@ -61,6 +64,7 @@ pub struct RequestStats {
     pub manifest_puts: usize,
     pub blob_heads: usize,
     pub blob_gets: usize,
+    pub tag_lists: usize,
     pub blob_uploads: usize,
 }
 
@@ -73,6 +77,7 @@ impl RequestStats {
             + self.manifest_puts
             + self.blob_heads
             + self.blob_gets
+            + self.tag_lists
             + 2 * self.blob_uploads
     }
 
@@ -128,8 +133,9 @@ pub(super) struct Shared {
     plain_http: HashSet<String>,
     challenges: ChallengeCells,
     tokens: TokenCells,
-    /// Requests made by every distribution client of this registry that has been dropped.
-    requests: AtomicUsize,
+    /// Requests made by every distribution client of this registry (and of the registries
+    /// derived from it with other credentials) that has been dropped.
+    requests: Arc<AtomicUsize>,
 }
 
 /// The system's root certificates, read once per process: every client build would otherwise
@@ -186,8 +192,36 @@ impl Shared {
             plain_http,
             challenges: Mutex::default(),
             tokens: Mutex::default(),
-            requests: AtomicUsize::new(0),
+            requests: Arc::default(),
         })
+    }
+
+    /// The same connections and request count, none of the tokens or challenges: for a
+    /// registry with other credentials, whose tokens must never serve this one's requests.
+    pub(super) fn sibling(&self, options: &RegistryOptions) -> Self {
+        let mut plain_http: HashSet<String> = options.insecure_hosts.iter().cloned().collect();
+        plain_http.extend(
+            options
+                .mirrors
+                .iter()
+                .filter(|m| m.insecure)
+                .map(|m| m.host().to_owned()),
+        );
+        let tls = OnceLock::new();
+        if let Some(built) = self.tls.get() {
+            let _ = tls.set(built.clone());
+        }
+        Shared {
+            plain: self.plain.clone(),
+            tls,
+            ca_pems: self.ca_pems.clone(),
+            read_timeout: self.read_timeout,
+            pool_size: self.pool_size,
+            plain_http,
+            challenges: Mutex::default(),
+            tokens: Mutex::default(),
+            requests: Arc::clone(&self.requests),
+        }
     }
 
     /// The client for `host`'s scheme.
@@ -219,6 +253,12 @@ impl Shared {
 const MAX_MANIFEST_BYTES: u64 = 4 << 20;
 /// A token response is a few KiB; anything near this is not one.
 const MAX_TOKEN_BYTES: u64 = 1 << 20;
+/// A page of at most [`TAG_PAGE`] tag names is tens of KiB.
+const MAX_TAGS_PAGE_BYTES: u64 = 4 << 20;
+/// Tags asked for per page (the `n` of the distribution spec)...
+const TAG_PAGE: usize = 1000;
+/// ...and pages at most: a registry that keeps answering cannot keep a stage busy.
+const MAX_TAG_PAGES: usize = 100;
 /// An error body is read only for its codes.
 const MAX_ERROR_BYTES: u64 = 64 << 10;
 
@@ -335,6 +375,7 @@ impl<'r> DistributionClient<'r> {
             manifest_puts: load(&c.manifest_puts),
             blob_heads: load(&c.blob_heads),
             blob_gets: load(&c.blob_gets),
+            tag_lists: load(&c.tag_lists),
             blob_uploads: load(&c.blob_uploads),
         }
     }
@@ -605,6 +646,145 @@ impl<'r> DistributionClient<'r> {
         read_capped(response, size, "blob", &url).await
     }
 
+    /// Every tag of `repository` (as contacted), in the registry's order, paged with `n` and
+    /// `last` as the distribution spec says.
+    pub async fn list_tags(&self, repository: &Reference) -> Result<Vec<String>, RegistryError> {
+        #[derive(serde::Deserialize)]
+        struct Page {
+            #[serde(default)]
+            tags: Option<Vec<String>>,
+        }
+        let endpoint = self.endpoint(repository)?;
+        let url = endpoint.url("tags/list");
+        let mut tags: Vec<String> = Vec::new();
+        for _ in 0..MAX_TAG_PAGES {
+            let last = tags.last().cloned();
+            let (response, _) = self
+                .send(
+                    &endpoint,
+                    Access::Pull,
+                    "GET",
+                    &url,
+                    &self.counts.tag_lists,
+                    |http| {
+                        let request = http.get(&url).query(&[("n", TAG_PAGE.to_string())]);
+                        match &last {
+                            Some(last) => request.query(&[("last", last)]),
+                            None => request,
+                        }
+                    },
+                )
+                .await?;
+            let status = response.status();
+            if !status.is_success() {
+                let detail = error_codes(
+                    &read_capped(response, MAX_ERROR_BYTES, "error", &url)
+                        .await
+                        .unwrap_or_default(),
+                );
+                return Err(status_error("GET", &url, status, &endpoint.auth, &detail));
+            }
+            let body = read_capped(response, MAX_TAGS_PAGE_BYTES, "tag list", &url).await?;
+            let page: Page = serde_json::from_slice(&body).map_err(|e| {
+                request_error(
+                    "GET",
+                    &url,
+                    ErrorClass::Permanent,
+                    format!("the tag list is not valid JSON: {e}"),
+                )
+            })?;
+            let page = page.tags.unwrap_or_default();
+            // A short page is the last; so is one that ends where the previous did (a
+            // registry that ignores `last`).
+            let done = page.len() < TAG_PAGE || page.last() == tags.last();
+            tags.extend(page);
+            if done {
+                break;
+            }
+        }
+        Ok(tags)
+    }
+
+    /// Streams the blob `digest` of `repository` (as contacted) into `file`, refusing more
+    /// than `size` bytes (the size its manifest declares) and checking size and digest as it
+    /// goes: memory holds one chunk, whatever the blob's size. Only sha256 digests are
+    /// accepted, as by go-containerregistry.
+    pub async fn blob_to_file(
+        &self,
+        repository: &Reference,
+        digest: &str,
+        size: u64,
+        file: &mut tokio::fs::File,
+    ) -> Result<(), RegistryError> {
+        use tokio::io::AsyncWriteExt as _;
+        let endpoint = self.endpoint(repository)?;
+        // The digest comes from a manifest, so from the registry: checked before it becomes
+        // part of a URL.
+        if !super::is_sha256_digest(digest) {
+            return Err(RegistryError::InvalidReference {
+                reference: digest.to_owned(),
+                reason: "a blob digest must be sha256: and 64 lowercase hex digits".to_owned(),
+            });
+        }
+        let url = endpoint.url(&format!("blobs/{digest}"));
+        let (mut response, _) = self
+            .send(
+                &endpoint,
+                Access::Pull,
+                "GET",
+                &url,
+                &self.counts.blob_gets,
+                |http| http.get(&url),
+            )
+            .await?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(status_error("GET", &url, status, &endpoint.auth, ""));
+        }
+        let too_large = || RegistryError::TooLarge {
+            what: "blob",
+            url: url.clone(),
+            limit: size,
+        };
+        if response.content_length().is_some_and(|len| len > size) {
+            return Err(too_large());
+        }
+        let write_error = |e: std::io::Error| RegistryError::Write {
+            what: "blob",
+            url: url.clone(),
+            message: e.to_string(),
+        };
+        let mut hash = Sha256::new();
+        let mut received: u64 = 0;
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| transport_error("GET", &url, &e))?
+        {
+            received += chunk.len() as u64;
+            if received > size {
+                return Err(too_large());
+            }
+            hash.update(&chunk);
+            file.write_all(&chunk).await.map_err(write_error)?;
+        }
+        file.flush().await.map_err(write_error)?;
+        let actual = super::digest_string(&hash.finalize());
+        if received != size || actual != digest {
+            // Retryable: a connection cut short or a registry serving the wrong bytes once.
+            return Err(request_error(
+                "GET",
+                &url,
+                ErrorClass::Retryable,
+                format!(
+                    "the blob is {received} bytes with digest {actual}, its manifest \
+                     says {size} bytes with {digest}"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Sends the request `build` makes with the right credentials, fetching one more token
     /// once if a bearer token was refused (it can expire during a long run). Returns the
     /// response, whatever its status, and the credential it was sent with.
@@ -870,13 +1050,7 @@ impl<'r> DistributionClient<'r> {
         }
         let header_digest = content_digest(response.headers());
         let body = read_capped(response, MAX_MANIFEST_BYTES, "manifest", url).await?;
-        Ok(header_digest.unwrap_or_else(|| {
-            let hex: String = Sha256::digest(&body)
-                .iter()
-                .map(|byte| format!("{byte:02x}"))
-                .collect();
-            format!("sha256:{hex}")
-        }))
+        Ok(header_digest.unwrap_or_else(|| super::sha256_digest(&body)))
     }
 
     /// HEAD answers carry no body; the error code tells a missing tag from a missing

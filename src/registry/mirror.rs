@@ -2,7 +2,7 @@
 //! same repository paths (containerd's and Docker's mirror semantics), optionally under a
 //! path prefix so one registry can mirror several hosts.
 
-use oci_client::Reference;
+use oci_spec::distribution::Reference;
 
 /// `from` (a registry host as written in references, e.g. `quay.io`) is answered by `to`
 /// (`host[:port]` optionally followed by `/prefix`).

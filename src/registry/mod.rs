@@ -3,25 +3,24 @@
 //! reused, credentials from docker config files or dockerconfigjson Secrets, per-host plain
 //! HTTP and CA bundles, and registry mirrors that answer for other hosts.
 //!
-//! Lock, push and pull go through [`DistributionClient`] (one ping per host, one monolithic
-//! upload per blob); other stages use the `oci_client::Client`, built on first use only.
+//! Every request goes through [`DistributionClient`] (one ping per host, shared tokens, one
+//! monolithic upload per blob), so [`Registry::requests_made`] counts them all.
 
 mod auth;
+mod digest;
 mod distribution;
 mod error;
 mod mirror;
 mod reference;
 
-use std::sync::OnceLock;
 use std::time::Duration;
 
-pub use oci_client::Reference;
-use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
-use oci_client::secrets::RegistryAuth;
+pub use oci_spec::distribution::Reference;
 
-pub use auth::Credentials;
+pub use auth::{Credentials, RegistryAuth};
+pub use digest::{digest_string, is_sha256_digest, sha256_digest};
 pub use distribution::{DistributionClient, ManifestClient, RequestStats};
-pub use error::{ErrorClass, RegistryError, classify};
+pub use error::{ErrorClass, RegistryError};
 pub use mirror::Mirror;
 pub use reference::ReferenceError;
 
@@ -44,9 +43,6 @@ pub struct RegistryOptions {
 
 /// A configured registry client. Cheap to share by reference across tasks.
 pub struct Registry {
-    /// Built on first use: building it reads the system's root certificates again, and lock,
-    /// push and pull never need it.
-    client: OnceLock<oci_client::Client>,
     shared: distribution::Shared,
     options: RegistryOptions,
 }
@@ -76,68 +72,26 @@ impl Registry {
                 ));
             }
         }
-        // Building the distribution client checks the CA bundles the same way oci-client
-        // would (both are reqwest with rustls), so a bad CA is reported here, not on first use.
+        // Building the client checks the CA bundles, so a bad CA is reported here, not on
+        // first use.
         let shared = distribution::Shared::new(&options)?;
-        Ok(Self {
-            client: OnceLock::new(),
-            shared,
-            options,
-        })
+        Ok(Self { shared, options })
     }
 
-    fn oci_client_config(&self) -> ClientConfig {
-        let options = &self.options;
-        let mut insecure: Vec<String> = options.insecure_hosts.clone();
-        insecure.extend(
-            options
-                .mirrors
-                .iter()
-                .filter(|m| m.insecure)
-                .map(|m| m.host().to_owned()),
-        );
-        insecure.sort();
-        insecure.dedup();
-        let protocol = if insecure.is_empty() {
-            ClientProtocol::Https
-        } else {
-            ClientProtocol::HttpsExcept(insecure)
-        };
-        ClientConfig {
-            protocol,
-            extra_root_certificates: options
-                .ca_pems
-                .iter()
-                .map(|pem| Certificate {
-                    encoding: CertificateEncoding::Pem,
-                    data: pem.clone(),
-                })
-                .collect(),
-            read_timeout: Some(options.read_timeout.unwrap_or(Duration::from_secs(60))),
-            connect_timeout: Some(Duration::from_secs(10)),
-            max_concurrent_upload: options.concurrency(),
-            max_concurrent_download: options.concurrency(),
-            user_agent: concat!("packsmith/", env!("CARGO_PKG_VERSION")),
-            ..Default::default()
+    /// This registry with `credentials` over its own (a Secret named on one object): the same
+    /// connections and request metric, but tokens of its own, so what one object's
+    /// credentials obtained never serves another's requests.
+    pub fn with_credentials(&self, credentials: Credentials) -> Registry {
+        let mut options = self.options.clone();
+        options.credentials.merge(credentials);
+        Registry {
+            shared: self.shared.sibling(&options),
+            options,
         }
     }
 
-    /// The shared oci-client, built on first call.
-    pub fn client(&self) -> &oci_client::Client {
-        self.client.get_or_init(|| {
-            // try_from fails only on what Shared::new already accepted (the same CAs through
-            // the same TLS stack); should it fail anyway, Client::new logs why and falls back
-            // to the system roots, so requests fail with a TLS error rather than go unchecked.
-            oci_client::Client::try_from(self.oci_client_config()).unwrap_or_else(|e| {
-                tracing::error!(error = %e, "building the registry client");
-                oci_client::Client::new(self.oci_client_config())
-            })
-        })
-    }
-
     /// HTTP requests made through distribution clients of this registry that are done (the
-    /// controller's registry request metric). oci-client's own requests (image and bundle
-    /// sync, tag listing) are not counted.
+    /// controller's registry request metric).
     pub fn requests_made(&self) -> usize {
         self.shared.requests()
     }

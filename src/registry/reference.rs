@@ -1,7 +1,7 @@
 //! Image references parsed by hand, following the distribution reference grammar
 //! (`distribution/reference/regexp.go`) and oci-spec's normalisation.
 //!
-//! `oci_client::Reference: FromStr` compiles oci-spec's reference regular expression the first
+//! `oci_spec::distribution::Reference: FromStr` compiles oci-spec's reference regular expression the first
 //! time it runs, about 30 ms of CPU — more than a whole re-push of an unchanged bundle spends
 //! on the network. Every CLI process parses at least one reference, so the grammar is checked
 //! here directly and the `Reference` built with its plain constructors. The unit tests compare
@@ -18,7 +18,7 @@
 //! algorithm  := [A-Za-z][A-Za-z0-9]* ( [-_+.] [A-Za-z][A-Za-z0-9]* )*
 //! ```
 
-use oci_client::Reference;
+use oci_spec::distribution::Reference;
 
 /// Longest repository oci-spec accepts (distribution's `NameTotalLengthMax`).
 const NAME_TOTAL_LENGTH_MAX: usize = 255;

@@ -16,11 +16,8 @@
 use std::io::{self, Read};
 use std::ops::Deref;
 use std::path::Path;
-use std::pin::Pin;
-use std::task::{Context as TaskContext, Poll};
 
 use serde::Deserialize;
-use tokio::io::AsyncWrite;
 
 use super::fsutil::{remove_any, safe_join};
 use super::{Context, FetchError, Limits, highest_version};
@@ -29,7 +26,7 @@ use crate::carvel::common::LocalRef;
 use crate::carvel::selection::VersionSelection;
 use crate::carvel::vendir::{ImageSource, ImgpkgBundleSource, LockImage, LockImgpkgBundle};
 use crate::registry::{
-    Credentials, ErrorClass, Reference, Registry, RegistryError, RegistryOptions, parse_reference,
+    Credentials, ErrorClass, Reference, Registry, RegistryError, parse_reference,
 };
 
 const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
@@ -118,11 +115,9 @@ pub(crate) fn registry_for<'a>(
             }
         }
     };
-    let mut options: RegistryOptions = shared.options().clone();
-    options.credentials.merge(credentials);
-    Registry::new(options)
-        .map(|r| RegistryHandle::Owned(Box::new(r)))
-        .map_err(registry_error)
+    Ok(RegistryHandle::Owned(Box::new(
+        shared.with_credentials(credentials),
+    )))
 }
 
 /// Registry failures as the sync's errors, keeping their meaning for the status conditions:
@@ -150,41 +145,17 @@ pub(crate) fn registry_error(error: RegistryError) -> FetchError {
     }
 }
 
-fn oci_error(
-    operation: &'static str,
-    reference: &Reference,
-    error: &oci_client::errors::OciDistributionError,
-) -> FetchError {
-    registry_error(RegistryError::request(operation, reference, error))
-}
-
 /// Every tag of `repo`'s repository.
 pub(crate) async fn list_tags(
     registry: &Registry,
     repo: &Reference,
 ) -> Result<Vec<String>, FetchError> {
     let contacted = registry.contact(repo);
-    let auth = registry.auth(&contacted);
-    let mut tags: Vec<String> = Vec::new();
-    // Paged with `last`, bounded: a registry that keeps answering cannot keep the sync busy.
-    for _ in 0..100 {
-        let page = registry
-            .client()
-            .list_tags(
-                &contacted,
-                &auth,
-                Some(1000),
-                tags.last().map(String::as_str),
-            )
-            .await
-            .map_err(|e| oci_error("list tags", repo, &e))?;
-        let done = page.tags.len() < 1000 || page.tags.last() == tags.last();
-        tags.extend(page.tags);
-        if done {
-            break;
-        }
-    }
-    Ok(tags)
+    registry
+        .distribution()
+        .list_tags(&contacted)
+        .await
+        .map_err(registry_error)
 }
 
 /// The digest `reference` resolves to: its own when it has one, else a manifest HEAD.
@@ -195,13 +166,11 @@ pub(crate) async fn head_digest(
     if let Some(digest) = reference.digest() {
         return Ok(digest.to_owned());
     }
-    let contacted = registry.contact(reference);
-    let auth = registry.auth(&contacted);
     registry
-        .client()
-        .fetch_manifest_digest(&contacted, &auth)
+        .distribution()
+        .digest(reference)
         .await
-        .map_err(|e| oci_error("HEAD manifest", reference, &e))
+        .map_err(registry_error)
 }
 
 #[derive(Debug, Deserialize)]
@@ -254,16 +223,16 @@ async fn pull_any_manifest(
     reference: &Reference,
 ) -> Result<(String, Manifest), FetchError> {
     let contacted = registry.contact(reference);
-    let auth = registry.auth(&contacted);
-    let (bytes, _) = registry
-        .client()
-        .pull_manifest_raw(
+    let target = contacted.digest().or(contacted.tag()).unwrap_or("latest");
+    let bytes = registry
+        .distribution()
+        .get_manifest(
             &contacted,
-            &auth,
+            target,
             &[DOCKER_MANIFEST, OCI_MANIFEST, OCI_INDEX, DOCKER_LIST],
         )
         .await
-        .map_err(|e| oci_error("GET manifest", reference, &e))?;
+        .map_err(registry_error)?;
     let digest = bundle::image::sha256_digest(&bytes);
     if let Some(wanted) = reference.digest()
         && wanted != digest
@@ -280,7 +249,8 @@ async fn pull_any_manifest(
     Ok((digest, manifest))
 }
 
-/// Streams one blob into `dest`, stopping at `max_bytes`; oci-client checks the digest.
+/// Streams one blob into `dest`, refusing it when its manifest declares more than
+/// `max_bytes`; the registry client stops at the declared size and checks the digest.
 pub(crate) async fn pull_blob_to_file(
     registry: &Registry,
     reference: &Reference,
@@ -288,70 +258,24 @@ pub(crate) async fn pull_blob_to_file(
     dest: &Path,
     max_bytes: u64,
 ) -> Result<(), FetchError> {
-    if u64::try_from(descriptor.size).unwrap_or(u64::MAX) > max_bytes {
+    let size = u64::try_from(descriptor.size).map_err(|_| {
+        FetchError::Invalid(format!(
+            "{reference}: blob {} has a negative size",
+            descriptor.digest
+        ))
+    })?;
+    if size > max_bytes {
         return Err(FetchError::TooLarge { limit: max_bytes });
     }
     let contacted = registry.contact(reference);
-    let file = tokio::fs::File::create(dest)
+    let mut file = tokio::fs::File::create(dest)
         .await
         .map_err(FetchError::io(dest))?;
-    let mut capped = Capped {
-        inner: file,
-        written: 0,
-        cap: max_bytes,
-    };
-    let layer = oci_client::manifest::OciDescriptor {
-        media_type: descriptor.media_type.clone(),
-        digest: descriptor.digest.clone(),
-        size: descriptor.size,
-        ..Default::default()
-    };
-    // Make sure the client holds a token for this repository before streaming.
-    let auth = registry.auth(&contacted);
     registry
-        .client()
-        .store_auth_if_needed(contacted.resolve_registry(), &auth)
-        .await;
-    let result = registry
-        .client()
-        .pull_blob(&contacted, &layer, &mut capped)
-        .await;
-    if capped.written > capped.cap {
-        return Err(FetchError::TooLarge { limit: max_bytes });
-    }
-    result.map_err(|e| oci_error("GET blob", reference, &e))
-}
-
-/// A file writer that refuses to grow beyond `cap` bytes (a registry may send more than the
-/// descriptor says).
-struct Capped {
-    inner: tokio::fs::File,
-    written: u64,
-    cap: u64,
-}
-
-impl AsyncWrite for Capped {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        if self.written + buf.len() as u64 > self.cap {
-            self.written += buf.len() as u64;
-            return Poll::Ready(Err(io::Error::other("blob exceeds the size limit")));
-        }
-        let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = &poll {
-            self.written += *n as u64;
-        }
-        poll
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
+        .distribution()
+        .blob_to_file(&contacted, &descriptor.digest, size, &mut file)
+        .await
+        .map_err(registry_error)
 }
 
 /// The reference to fetch and the tag to lock: the locked `REPO@DIGEST`, the highest tag
