@@ -6,7 +6,9 @@
 //! - a pathological `includePaths` pattern (the old matcher overflowed its stack on it);
 //! - an absolute `contents[].path` in a vendir.yml;
 //! - `packsmith pull -o .` and `-o ..` from a directory full of files;
-//! - bundles with honest digests whose layer is a gzip bomb, or 300 empty directories.
+//! - bundles with honest digests whose layer is a gzip bomb, or 300 empty directories;
+//! - a lying registry (served by this file): a blob that never ends, a blob with other bytes
+//!   than its digest, a manifest of 8 MiB.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -35,6 +37,11 @@ pub fn trials() -> Vec<Trial> {
         ),
         trial("pull_stops_a_gzip_bomb_at_max_bytes", pull_gzip_bomb),
         trial("pull_caps_directories", pull_many_directories),
+        trial("pull_streams_the_layer_to_disk", pull_streams_the_layer),
+        trial(
+            "lying_registry_answers_stop_at_their_caps",
+            lying_registry_answers,
+        ),
     ]
 }
 
@@ -280,4 +287,213 @@ fn pull_many_directories() -> anyhow::Result<()> {
     std::fs::write(tree.path().join("config/a.yml"), "a: 1\n")?;
     let reference = push(tree.path(), "dirs")?;
     ensure_pull_capped(&reference, &["--max-dirs", "100"], "--max-dirs")
+}
+
+/// A layer is streamed to disk, never held whole in memory: the pull of a 64 MiB layer that
+/// does not compress peaks well under 64 MiB (measured by the kernel, through Python's
+/// `getrusage` of its only child, as the test process runs many).
+fn pull_streams_the_layer() -> anyhow::Result<()> {
+    const SIZE: usize = 64 << 20;
+    let tree = tempfile::tempdir()?;
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let noise: Vec<u8> = (0..SIZE / 8)
+        .flat_map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state.to_le_bytes()
+        })
+        .collect();
+    std::fs::write(tree.path().join("noise.bin"), &noise)?;
+    let reference = push(tree.path(), "large")?;
+
+    let work = tempfile::tempdir()?;
+    let measure = "import resource, subprocess, sys\n\
+                   done = subprocess.run(sys.argv[1:])\n\
+                   print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n\
+                   sys.exit(done.returncode)";
+    let out = Command::new("python3")
+        .args(["-c", measure, env!("CARGO_BIN_EXE_packsmith")])
+        .args(["pull", "-b", &reference, "-o", "out"])
+        .args(["--registry-insecure-host", &bed().registry])
+        .current_dir(work.path())
+        .env("DOCKER_CONFIG", "/nonexistent")
+        .output()
+        .context("running packsmith pull under python3")?;
+    ensure!(
+        out.status.success(),
+        "pull failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The last line: packsmith's own report comes before it.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let peak_kib: u64 = stdout
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .trim()
+        .parse()
+        .with_context(|| format!("no peak in {stdout:?}"))?;
+    ensure!(
+        std::fs::read(work.path().join("out/noise.bin"))? == noise,
+        "the pulled file differs"
+    );
+    ensure!(
+        peak_kib < (SIZE as u64 / 1024) * 5 / 8,
+        "the pull of a {} MiB layer peaked at {} MiB: the layer was held in memory",
+        SIZE >> 20,
+        peak_kib >> 10
+    );
+    Ok(())
+}
+
+/// A registry that lies, on 127.0.0.1: `/v2/` is honest; `REPO/manifests/1` is a bundle
+/// manifest (or, for `huge`, 8 MiB of JSON that never closes) whose layer descriptor is
+/// honest about [`DECLARED_LAYER`]; the layer's blob is then served as an endless stream
+/// without a length (`endless`) or as other bytes of the declared length (`liar`).
+/// Returns `host:port`.
+fn lying_registry() -> anyhow::Result<String> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let address = listener.local_addr()?.to_string();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                // The client hanging up mid-stream is the expected end of most answers.
+                let _ = answer(stream);
+            });
+        }
+    });
+    Ok(address)
+}
+
+const DECLARED_LAYER: &[u8] = b"the layer the manifest describes";
+const CONFIG: &[u8] = br#"{"rootfs":{"type":"layers","diff_ids":[]}}"#;
+
+fn digest(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    let hash = sha2::Sha256::digest(bytes);
+    let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+fn answer(stream: std::net::TcpStream) -> std::io::Result<()> {
+    use std::io::{BufRead as _, Write as _};
+    let mut reader = std::io::BufReader::new(stream.try_clone()?);
+    let mut request = String::new();
+    reader.read_line(&mut request)?;
+    loop {
+        let mut header = String::new();
+        if reader.read_line(&mut header)? <= 2 {
+            break;
+        }
+    }
+    let path = request
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("/")
+        .split('?')
+        .next()
+        .unwrap_or("/")
+        .to_owned();
+    let mut out = std::io::BufWriter::new(stream);
+    let mut reply = |status: &str, body: &[u8]| -> std::io::Result<()> {
+        write!(
+            out,
+            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n",
+            body.len()
+        )?;
+        out.write_all(body)?;
+        out.flush()
+    };
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "config": {
+            "mediaType": "application/vnd.docker.container.image.v1+json",
+            "size": CONFIG.len(),
+            "digest": digest(CONFIG),
+        },
+        "layers": [{
+            "mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+            "size": DECLARED_LAYER.len(),
+            "digest": digest(DECLARED_LAYER),
+        }],
+    })
+    .to_string();
+    let layer = format!("/blobs/{}", digest(DECLARED_LAYER));
+    let config = format!("/blobs/{}", digest(CONFIG));
+    match path.as_str() {
+        "/v2/" => reply("200 OK", b"{}"),
+        "/v2/endless/manifests/1" | "/v2/liar/manifests/1" => reply("200 OK", manifest.as_bytes()),
+        p if p.ends_with(&config) => reply("200 OK", CONFIG),
+        p if p == format!("/v2/liar{layer}") => reply("200 OK", &vec![b'x'; DECLARED_LAYER.len()]),
+        p if p == format!("/v2/endless{layer}") || p == "/v2/huge/manifests/1" => {
+            // No length: the body ends when the connection does, which the client must not
+            // wait for. 1 GiB at most, so a broken client cannot fill the bed's disk either.
+            write!(
+                out,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.docker.distribution.\
+                 manifest.v2+json\r\nConnection: close\r\n\r\n{{\"a\":\""
+            )?;
+            let chunk = vec![b'a'; 64 << 10];
+            for _ in 0..(1 << 14) {
+                out.write_all(&chunk)?;
+            }
+            out.flush()
+        }
+        _ => reply("404 Not Found", br#"{"errors":[{"code":"NAME_UNKNOWN"}]}"#),
+    }
+}
+
+/// Every lie ends as a refusal that says what was wrong, the output as it was, no scratch
+/// file left behind, and no more memory than a chunk: the pull of an endless blob is refused
+/// at the size its manifest declared, not at the end of the stream.
+fn lying_registry_answers() -> anyhow::Result<()> {
+    let registry = lying_registry()?;
+    for (repo, needle) in [
+        ("endless", "larger than 32 bytes"),
+        ("liar", "digest"),
+        ("huge", "larger than 4194304 bytes"),
+    ] {
+        let work = tempfile::tempdir()?;
+        std::fs::create_dir_all(work.path().join("out"))?;
+        std::fs::write(work.path().join("out/keep"), "mine\n")?;
+        let before = snapshot(work.path())?;
+        let reference = format!("{registry}/{repo}:1");
+        let out = packsmith(
+            work.path(),
+            &[
+                "pull",
+                "-b",
+                &reference,
+                "-o",
+                "out",
+                "--registry-insecure-host",
+                &registry,
+            ],
+        )?;
+        ensure_refused(&out, needle).with_context(|| format!("pull of {repo}"))?;
+        ensure!(
+            snapshot(work.path())? == before,
+            "the pull of {repo} changed the working directory"
+        );
+
+        // The image source streams layers to disk the same way.
+        let vendir = format!(
+            "apiVersion: vendir.k14s.io/v1alpha1\nkind: Config\ndirectories:\n- path: synced\n  \
+             contents:\n  - path: .\n    image:\n      url: {reference}\n"
+        );
+        std::fs::write(work.path().join("vendir.yml"), &vendir)?;
+        let out = packsmith(
+            work.path(),
+            &["sync", "--registry-insecure-host", &registry],
+        )?;
+        ensure_refused(&out, needle).with_context(|| format!("image sync of {repo}"))?;
+        ensure!(
+            !work.path().join("synced").exists(),
+            "the sync of {repo} left a directory"
+        );
+    }
+    Ok(())
 }

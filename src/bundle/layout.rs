@@ -175,6 +175,19 @@ pub fn read_blob(dir: &Path, digest: &str) -> Result<Vec<u8>, BundleError> {
     Ok(data)
 }
 
+/// The blob `digest` of the layout, opened for streaming: the caller checks its digest as it
+/// reads (a layer is not read into memory).
+pub fn open_blob(dir: &Path, digest: &str) -> Result<fs::File, BundleError> {
+    if !is_sha256_digest(digest) {
+        return Err(BundleError::Content {
+            reference: format!("oci-layout:{}", dir.display()),
+            reason: format!("{digest:?} is not a sha256 digest"),
+        });
+    }
+    let path = blob_path(dir, digest);
+    fs::File::open(&path).map_err(BundleError::io("reading", &path))
+}
+
 fn blob_path(dir: &Path, digest: &str) -> PathBuf {
     dir.join("blobs/sha256")
         .join(digest.strip_prefix("sha256:").unwrap_or(digest))

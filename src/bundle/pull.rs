@@ -96,8 +96,13 @@ pub async fn pull_with(
 ) -> Result<Pulled, BundleError> {
     refuse_unsafe_output(output)?;
     let name = location.repository();
+    // The layer goes to disk beside the output (where it is unpacked too), never whole into
+    // memory: the caps bound it, not the process's memory.
+    let parent = staging_parent(output)?;
     let (digest, manifest_bytes, config, layer) = match location {
-        Location::Registry(reference) => fetch_from_registry(registry, reference, limits).await?,
+        Location::Registry(reference) => {
+            fetch_from_registry(registry, reference, limits, &parent).await?
+        }
         Location::Layout(l) => {
             let (dir, tag, digest) = (l.dir.clone(), l.tag.clone(), l.digest.clone());
             let limits = *limits;
@@ -116,12 +121,15 @@ pub async fn pull_with(
                     reason,
                 })?;
                 let config = layout::read_blob(&dir, &parsed.config.digest)?;
-                let layer = layout::read_blob(&dir, &parsed.layer.digest)?;
+                let layer = layout::open_blob(&dir, &parsed.layer.digest)?;
                 Ok::<_, BundleError>((
                     digest,
                     Bytes::from(manifest),
                     Bytes::from(config),
-                    Bytes::from(layer),
+                    Layer {
+                        file: layer,
+                        checked: false,
+                    },
                 ))
             })
             .await
@@ -147,7 +155,7 @@ pub async fn pull_with(
     let limits_copy = *limits;
     let (files, skipped) = tokio::task::spawn_blocking(move || {
         unpack_into(
-            &layer,
+            layer,
             &layer_descriptor,
             &diff_id,
             &out,
@@ -242,11 +250,18 @@ fn check_sizes(parsed: &BundleManifest, limits: &PullLimits) -> Result<(), Strin
 /// A bundle config is a few hundred bytes of JSON.
 const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
+/// The layer blob on disk, and whether its digest and size were checked on the way there.
+struct Layer {
+    file: fs::File,
+    checked: bool,
+}
+
 async fn fetch_from_registry(
     registry: &Registry,
     reference: &Reference,
     limits: &PullLimits,
-) -> Result<(String, Bytes, Bytes, Bytes), BundleError> {
+    scratch: &Path,
+) -> Result<(String, Bytes, Bytes, Layer), BundleError> {
     let contacted = registry.contact(reference);
     let client = registry.distribution();
     let options = PushOptions::default();
@@ -280,17 +295,58 @@ async fn fetch_from_registry(
         reason,
     })?;
     // Both are checked against the manifest's digests and sizes before anything is unpacked;
-    // neither is read past the size the manifest declares.
-    let fetch = |descriptor: image::Descriptor| {
-        let (contacted, options, client) = (&contacted, &options, &client);
-        async move {
-            retry(options, "GET blob", contacted, || {
-                client.get_blob(contacted, &descriptor.digest, descriptor.size)
-            })
-            .await
-        }
+    // neither is read past the size the manifest declares. The config is small (capped
+    // above); the layer streams to an unlinked-on-drop file.
+    let config = async {
+        retry(&options, "GET blob", &contacted, || {
+            client.get_blob(&contacted, &parsed.config.digest, parsed.config.size)
+        })
+        .await
+        .map_err(BundleError::from)
     };
-    let (config, layer) = tokio::try_join!(fetch(parsed.config), fetch(parsed.layer))?;
+    let layer = async {
+        let named = tempfile::Builder::new()
+            .prefix(".packsmith-layer-")
+            .tempfile_in(scratch)
+            .map_err(BundleError::io("creating a file in", scratch))?;
+        retry(&options, "GET blob", &contacted, || async {
+            let mut file = tokio::fs::File::from_std(named.reopen().map_err(|e| {
+                crate::registry::RegistryError::Write {
+                    what: "blob",
+                    url: named.path().display().to_string(),
+                    message: e.to_string(),
+                }
+            })?);
+            // A retry starts the file over.
+            file.set_len(0)
+                .await
+                .map_err(|e| crate::registry::RegistryError::Write {
+                    what: "blob",
+                    url: named.path().display().to_string(),
+                    message: e.to_string(),
+                })?;
+            client
+                .blob_to_file(
+                    &contacted,
+                    &parsed.layer.digest,
+                    parsed.layer.size,
+                    &mut file,
+                )
+                .await
+        })
+        .await?;
+        let file = named
+            .reopen()
+            .map_err(BundleError::io("reading", named.path()))?;
+        // Unlinked now: the open handle keeps the bytes until the unpack is done, and nothing
+        // is left behind whatever happens next.
+        drop(named);
+        Ok::<_, BundleError>(Layer {
+            file,
+            checked: true,
+        })
+    };
+    let (config, layer) = tokio::try_join!(config, layer)?;
     Ok((digest, manifest, config, layer))
 }
 
@@ -387,22 +443,84 @@ fn check_blob(descriptor: &image::Descriptor, data: &[u8]) -> Result<(), String>
     Ok(())
 }
 
-/// Verifies the layer's digest and size against the manifest, unpacks it into a sibling of
-/// `output`, checks the tar against the config's diff_id, then swaps it in. The blob is checked
-/// before a byte of it is inflated: a registry serving something else under that digest (a
-/// gzip bomb, say) costs one hash, never a full disk.
+/// Verifies the layer's digest and size against the manifest (unless that was done while it
+/// downloaded), unpacks it into a sibling of `output`, checks the tar against the config's
+/// diff_id, then swaps it in. The blob is checked before a byte of it is inflated: a registry
+/// serving something else under that digest (a gzip bomb, say) costs one hash, never a full
+/// disk.
 fn unpack_into(
-    layer: &[u8],
+    mut layer: Layer,
     descriptor: &image::Descriptor,
     diff_id: &str,
     output: &Path,
     reference: &str,
     limits: &PullLimits,
 ) -> Result<(usize, Vec<String>), BundleError> {
-    check_blob(descriptor, layer).map_err(|reason| content(reference, reason))?;
-    let (staging, result) = unpack_staged(layer, diff_id, output, reference, limits)?;
+    if !layer.checked {
+        check_blob_file(descriptor, &mut layer.file, reference)?;
+    }
+    let reader = io::BufReader::with_capacity(COPY_BUFFER, layer.file);
+    let (staging, result) = unpack_staged(reader, diff_id, output, reference, limits)?;
     swap_in(staging, output)?;
     Ok(result)
+}
+
+/// [`check_blob`] for a blob on disk, read once, and rewound for the unpack.
+fn check_blob_file(
+    descriptor: &image::Descriptor,
+    file: &mut fs::File,
+    reference: &str,
+) -> Result<(), BundleError> {
+    use std::io::Seek as _;
+    let mut hash = Sha256::new();
+    let mut buffer = vec![0u8; COPY_BUFFER];
+    let mut size: u64 = 0;
+    loop {
+        let n = match file.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(content(reference, format!("reading the layer: {e}"))),
+        };
+        size += n as u64;
+        if size > descriptor.size {
+            break;
+        }
+        hash.update(&buffer[..n]);
+    }
+    let actual = digest_string(&hash.finalize());
+    if size != descriptor.size {
+        return Err(content(
+            reference,
+            format!(
+                "blob {} is {}{size} bytes, the manifest says {}",
+                descriptor.digest,
+                if size > descriptor.size { "over " } else { "" },
+                descriptor.size
+            ),
+        ));
+    }
+    if actual != descriptor.digest {
+        return Err(content(
+            reference,
+            format!("blob {} has digest {actual}", descriptor.digest),
+        ));
+    }
+    file.rewind()
+        .map_err(|e| content(reference, format!("reading the layer: {e}")))
+}
+
+/// The directory pulls stage in: the output's parent, on the same file system so the swap
+/// is a rename. Resolved to an absolute path first: the parent of `out` is "" and of `.` is
+/// nothing.
+fn staging_parent(output: &Path) -> Result<PathBuf, BundleError> {
+    let absolute = std::path::absolute(output)
+        .map_err(BundleError::io("resolving the output directory", output))?;
+    let parent = lexical_clean(&absolute)
+        .parent()
+        .map_or_else(|| PathBuf::from("/"), Path::to_owned);
+    fs::create_dir_all(&parent).map_err(BundleError::io("creating", &parent))?;
+    Ok(parent)
 }
 
 /// Puts `staging` where `output` is by renames only: the old output is moved aside, the new
@@ -440,27 +558,20 @@ fn swap_in(staging: tempfile::TempDir, output: &Path) -> Result<(), BundleError>
 /// Unpacks the layer into a fresh directory beside `output` and checks the tar's diff_id;
 /// returns the directory, still to be swapped in.
 fn unpack_staged(
-    layer: &[u8],
+    layer: impl io::BufRead,
     diff_id: &str,
     output: &Path,
     reference: &str,
     limits: &PullLimits,
 ) -> Result<(tempfile::TempDir, (usize, Vec<String>)), BundleError> {
-    // Beside the output, on the same file system, so the swap is a rename. Resolved to an
-    // absolute path first: the parent of `out` is "" and of `.` is nothing.
-    let absolute = std::path::absolute(output)
-        .map_err(BundleError::io("resolving the output directory", output))?;
-    let parent = lexical_clean(&absolute)
-        .parent()
-        .map_or_else(|| PathBuf::from("/"), Path::to_owned);
-    fs::create_dir_all(&parent).map_err(BundleError::io("creating", &parent))?;
+    let parent = staging_parent(output)?;
     let staging = tempfile::Builder::new()
         .prefix(".packsmith-pull-")
         .tempdir_in(&parent)
         .map_err(BundleError::io("creating a directory in", &parent))?;
 
-    // The bufread decoder inflates straight from the slice, without read::GzDecoder's copy
-    // through an internal buffer.
+    // The bufread decoder inflates straight from the reader's buffer, without
+    // read::GzDecoder's copy through an internal buffer of its own.
     let mut reader = HashingReader {
         inner: CappedReader::new(
             flate2::bufread::GzDecoder::new(layer),
@@ -751,6 +862,27 @@ impl<R: Read> Read for HashingReader<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The production unpack, from the layer in a file as a pull from an OCI layout leaves
+    /// it: not yet checked against its descriptor.
+    fn unpack_into(
+        gz: &[u8],
+        descriptor: &image::Descriptor,
+        diff_id: &str,
+        out: &Path,
+        reference: &str,
+        limits: &PullLimits,
+    ) -> Result<(usize, Vec<String>), BundleError> {
+        use std::io::Seek as _;
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(gz).unwrap();
+        file.rewind().unwrap();
+        let layer = Layer {
+            file,
+            checked: false,
+        };
+        super::unpack_into(layer, descriptor, diff_id, out, reference, limits)
+    }
 
     #[test]
     fn unsafe_names_are_refused() {
