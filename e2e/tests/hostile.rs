@@ -350,7 +350,9 @@ fn pull_streams_the_layer() -> anyhow::Result<()> {
 /// A registry that lies, on 127.0.0.1: `/v2/` is honest; `REPO/manifests/1` is a bundle
 /// manifest (or, for `huge`, 8 MiB of JSON that never closes) whose layer descriptor is
 /// honest about [`DECLARED_LAYER`]; the layer's blob is then served as an endless stream
-/// without a length (`endless`) or as other bytes of the declared length (`liar`).
+/// without a length (`endless`) or as other bytes of the declared length (`liar`). `longname`
+/// is honest: its layer is a 4 KiB gzip of a tar whose one member has a 4 MiB GNU long name,
+/// which a tar reader would buffer whole.
 /// Returns `host:port`.
 fn lying_registry() -> anyhow::Result<String> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
@@ -367,7 +369,25 @@ fn lying_registry() -> anyhow::Result<String> {
 }
 
 const DECLARED_LAYER: &[u8] = b"the layer the manifest describes";
-const CONFIG: &[u8] = br#"{"rootfs":{"type":"layers","diff_ids":[]}}"#;
+
+fn long_name_layer() -> &'static [u8] {
+    static LAYER: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    LAYER.get_or_init(|| {
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(1);
+        header.set_mode(0o644);
+        header.set_entry_type(tar::EntryType::Regular);
+        let name = format!("{}/f", "d".repeat(4 << 20));
+        tar.append_data(&mut header, name, &b"x"[..])
+            .expect("a tar in memory");
+        let tar = tar.into_inner().expect("a tar in memory");
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        std::io::Write::write_all(&mut gz, &tar).expect("gzip in memory");
+        gz.finish().expect("gzip in memory")
+    })
+}
+const CONFIG: &[u8] = br#"{"config":{"Labels":{"dev.carvel.imgpkg.bundle":"true"}},"rootfs":{"type":"layers","diff_ids":["sha256:0000000000000000000000000000000000000000000000000000000000000000"]}}"#;
 
 fn digest(bytes: &[u8]) -> String {
     use sha2::Digest as _;
@@ -406,6 +426,12 @@ fn answer(stream: std::net::TcpStream) -> std::io::Result<()> {
         out.write_all(body)?;
         out.flush()
     };
+    let repo = path.split('/').nth(2).unwrap_or_default();
+    let layer_bytes = if repo == "longname" {
+        long_name_layer()
+    } else {
+        DECLARED_LAYER
+    };
     let manifest = serde_json::json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
@@ -416,16 +442,19 @@ fn answer(stream: std::net::TcpStream) -> std::io::Result<()> {
         },
         "layers": [{
             "mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
-            "size": DECLARED_LAYER.len(),
-            "digest": digest(DECLARED_LAYER),
+            "size": layer_bytes.len(),
+            "digest": digest(layer_bytes),
         }],
     })
     .to_string();
-    let layer = format!("/blobs/{}", digest(DECLARED_LAYER));
+    let layer = format!("/blobs/{}", digest(layer_bytes));
     let config = format!("/blobs/{}", digest(CONFIG));
     match path.as_str() {
         "/v2/" => reply("200 OK", b"{}"),
-        "/v2/endless/manifests/1" | "/v2/liar/manifests/1" => reply("200 OK", manifest.as_bytes()),
+        "/v2/endless/manifests/1" | "/v2/liar/manifests/1" | "/v2/longname/manifests/1" => {
+            reply("200 OK", manifest.as_bytes())
+        }
+        p if p == format!("/v2/longname{layer}") => reply("200 OK", layer_bytes),
         p if p.ends_with(&config) => reply("200 OK", CONFIG),
         p if p == format!("/v2/liar{layer}") => reply("200 OK", &vec![b'x'; DECLARED_LAYER.len()]),
         p if p == format!("/v2/endless{layer}") || p == "/v2/huge/manifests/1" => {
@@ -455,6 +484,10 @@ fn lying_registry_answers() -> anyhow::Result<()> {
         ("endless", "larger than 32 bytes"),
         ("liar", "digest"),
         ("huge", "larger than 4194304 bytes"),
+        (
+            "longname",
+            "headers (PAX records, GNU long name or link) take more than 1048576",
+        ),
     ] {
         let work = tempfile::tempdir()?;
         std::fs::create_dir_all(work.path().join("out"))?;

@@ -32,11 +32,12 @@ mod layout;
 mod pull;
 mod push;
 mod target;
+mod untar;
 
 pub use build::{BuildOptions, BuildStats, BuiltBundle, build, build_with_cache};
 pub use cache::LayerCache;
 pub use error::BundleError;
-pub(crate) use pull::CappedReader;
 pub use pull::{PullLimits, Pulled, pull, pull_with};
 pub use push::{PushEvent, PushOptions, Pushed, digest_tag, push};
 pub use target::{LAYOUT_PREFIX, LayoutRef, Location};
+pub(crate) use untar::{CappedReader, entries as tar_entries, headers_too_large};

@@ -19,6 +19,7 @@ use super::image::{self, BundleManifest, digest_string, sha256_digest};
 use super::layout;
 use super::push::{PushOptions, retry};
 use super::target::Location;
+use super::untar::CappedReader;
 use crate::carvel::ImagesLock;
 use crate::registry::{Reference, Registry};
 
@@ -579,7 +580,8 @@ fn unpack_staged(
         ),
         hash: Sha256::new(),
     };
-    let result = unpack(&mut reader, staging.path(), reference, limits)?;
+    let meter = reader.inner.header_meter();
+    let result = unpack(&mut reader, &meter, staging.path(), reference, limits)?;
     // Drain what the tar reader left (end-of-archive padding) so the hash covers the stream;
     // the reader's own cap stops a bomb hidden after the end of the archive.
     io::copy(&mut reader, &mut io::sink()).map_err(|e| stream_error(reference, limits, e))?;
@@ -593,9 +595,12 @@ fn unpack_staged(
     Ok((staging, result))
 }
 
-/// A read error of the inflated layer: the stream cap, or a broken gzip stream.
+/// A read error of the inflated layer: the stream cap, headers past their cap, or a broken
+/// gzip stream.
 fn stream_error(reference: &str, limits: &PullLimits, e: io::Error) -> BundleError {
-    if e.kind() == io::ErrorKind::FileTooLarge {
+    if super::headers_too_large(&e) {
+        content(reference, e.to_string())
+    } else if e.kind() == io::ErrorKind::FileTooLarge {
         limit_error(
             reference,
             "bytes in the layer's tar stream",
@@ -628,6 +633,7 @@ fn content(reference: &str, reason: String) -> BundleError {
 
 fn unpack(
     reader: &mut impl Read,
+    meter: &super::untar::HeaderMeter,
     root: &Path,
     reference: &str,
     limits: &PullLimits,
@@ -643,9 +649,8 @@ fn unpack(
     // std's io::copy moves 8 KiB per read and write; a large file goes through in far fewer
     // syscalls and inflate calls with a bigger buffer, allocated once for the whole layer.
     let mut buffer = vec![0u8; COPY_BUFFER];
-    let entries = archive
-        .entries()
-        .map_err(|e| stream_error(reference, limits, e))?;
+    let entries =
+        super::tar_entries(&mut archive, meter).map_err(|e| stream_error(reference, limits, e))?;
     for entry in entries {
         let mut entry = entry.map_err(|e| stream_error(reference, limits, e))?;
         let raw = entry.path_bytes().into_owned();
@@ -809,40 +814,6 @@ fn safe_relative_path(raw: &[u8]) -> Result<PathBuf, &'static str> {
         }
     }
     Ok(out)
-}
-
-/// An inflated stream cut off past `limit` bytes (an [`io::ErrorKind::FileTooLarge`]
-/// error), so that no compression ratio can make a small blob cost unbounded CPU or disk —
-/// not even with data after the end of the archive, or with a stream of metadata entries
-/// that write nothing. Every unpacker reads through one.
-pub(crate) struct CappedReader<R> {
-    inner: R,
-    read: u64,
-    limit: u64,
-}
-
-impl<R> CappedReader<R> {
-    pub(crate) fn new(inner: R, limit: u64) -> Self {
-        CappedReader {
-            inner,
-            read: 0,
-            limit,
-        }
-    }
-}
-
-impl<R: Read> Read for CappedReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.read += n as u64;
-        if self.read > self.limit {
-            return Err(io::Error::new(
-                io::ErrorKind::FileTooLarge,
-                format!("the inflated stream passed {} bytes", self.limit),
-            ));
-        }
-        Ok(n)
-    }
 }
 
 /// The inflated layer, hashed for the diff_id.

@@ -32,6 +32,9 @@ pub enum ArchiveError {
          is expected)"
     )]
     TooLarge { what: &'static str, limit: u64 },
+    /// Not a setting: no real archive comes near the cap.
+    #[error("archive refused: {0}")]
+    HeadersTooLarge(io::Error),
     #[error("archive entry {name:?} has an unsupported type ({kind})")]
     Unsupported { name: String, kind: String },
     #[error("corrupt {kind:?} archive: {source}")]
@@ -293,7 +296,7 @@ fn check_link(dest: &Path, name: &str, path: &Path, target: &Path) -> Result<(),
 }
 
 fn untar(
-    reader: impl Read,
+    reader: CappedReader<impl Read>,
     kind: Kind,
     dest: &Path,
     budget: &mut Budget<'_>,
@@ -301,7 +304,9 @@ fn untar(
 ) -> Result<(), ArchiveError> {
     let stream_limit = budget.stream_limit();
     let corrupt = |source: io::Error| {
-        if source.kind() == io::ErrorKind::FileTooLarge {
+        if crate::bundle::headers_too_large(&source) {
+            ArchiveError::HeadersTooLarge(source)
+        } else if source.kind() == io::ErrorKind::FileTooLarge {
             ArchiveError::TooLarge {
                 what: "bytes of archive stream",
                 limit: stream_limit,
@@ -310,8 +315,9 @@ fn untar(
             ArchiveError::Corrupt { kind, source }
         }
     };
+    let meter = reader.header_meter();
     let mut archive = tar::Archive::new(reader);
-    for entry in archive.entries().map_err(corrupt)? {
+    for entry in crate::bundle::tar_entries(&mut archive, &meter).map_err(corrupt)? {
         let mut entry = entry.map_err(corrupt)?;
         let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
         let kind_byte = entry.header().entry_type();

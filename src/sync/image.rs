@@ -654,7 +654,9 @@ fn make_dirs(
 }
 
 fn stream_error(e: &io::Error, limits: &Limits) -> String {
-    if e.kind() == io::ErrorKind::FileTooLarge {
+    if bundle::headers_too_large(e) {
+        e.to_string()
+    } else if e.kind() == io::ErrorKind::FileTooLarge {
         format!(
             "the layer inflates beyond {} bytes (the limit; raise --max-bytes if the image is \
              trusted)",
@@ -667,16 +669,16 @@ fn stream_error(e: &io::Error, limits: &Limits) -> String {
 
 /// Regular files and directories of one layer tar; links, devices and FIFOs are skipped.
 fn extract_layer(
-    reader: impl Read,
+    reader: bundle::CappedReader<impl Read>,
     dest: &Path,
     limits: &Limits,
     budget: &mut LayerBudget,
 ) -> Result<(), String> {
     use std::os::unix::fs::OpenOptionsExt;
+    let meter = reader.header_meter();
     let mut archive = tar::Archive::new(reader);
-    let entries = archive
-        .entries()
-        .map_err(|e| format!("not a tar archive: {e}"))?;
+    let entries =
+        bundle::tar_entries(&mut archive, &meter).map_err(|e| format!("not a tar archive: {e}"))?;
     for entry in entries {
         let mut entry = entry.map_err(|e| stream_error(&e, limits))?;
         let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
@@ -770,6 +772,10 @@ fn merge(src: &Path, dst: &Path) -> io::Result<()> {
 mod tests {
     use super::*;
 
+    fn capped(tar: &[u8]) -> bundle::CappedReader<&[u8]> {
+        bundle::CappedReader::new(tar, u64::MAX)
+    }
+
     fn tar(entries: &[(&str, &[u8])]) -> Vec<u8> {
         let mut builder = tar::Builder::new(Vec::new());
         for (name, data) in entries {
@@ -834,7 +840,7 @@ mod tests {
         data.extend_from_slice(&[b'x'; 512]);
         data.extend_from_slice(&[0; 1024]);
         let err = extract_layer(
-            &data[..],
+            capped(&data),
             dir.path(),
             &Limits::default(),
             &mut LayerBudget::default(),
@@ -853,7 +859,7 @@ mod tests {
         let out = dir.path().join("links");
         std::fs::create_dir(&out).unwrap();
         extract_layer(
-            &builder.into_inner().unwrap()[..],
+            capped(&builder.into_inner().unwrap()),
             &out,
             &Limits::default(),
             &mut LayerBudget::default(),
@@ -901,8 +907,13 @@ mod tests {
             max_dirs: 100,
             ..Limits::default()
         };
-        let err =
-            extract_layer(&data[..], dir.path(), &limits, &mut LayerBudget::default()).unwrap_err();
+        let err = extract_layer(
+            capped(&data),
+            dir.path(),
+            &limits,
+            &mut LayerBudget::default(),
+        )
+        .unwrap_err();
         assert!(err.contains("more than 100 directories"), "{err}");
         assert!(std::fs::read_dir(dir.path()).unwrap().count() <= 100);
     }
