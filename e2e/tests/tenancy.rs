@@ -12,21 +12,23 @@
 //! - a Package an earlier release labelled as a source's (no owner annotation) is adopted;
 //! - `inline.pathsFrom.secretRef` needs the Secret's opt-in label;
 //! - a published Package that is deleted or edited, or its PackageMetadata deleted, is
-//!   restored within seconds (the controller watches them), though the interval is an hour.
+//!   restored within seconds (the controller watches them), though the interval is an hour;
+//! - so is a PackageRepositorySource's PackageRepository, and a release record (the ConfigMap
+//!   a source selected by a repository records its release in).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Resource as _, ResourceExt};
 use libtest_mimic::Trial;
-use packsmith::api::PackageSource;
 use packsmith::api::conditions::{reasons, types};
-use packsmith::carvel::Package;
+use packsmith::api::{PackageRepositorySource, PackageSource};
+use packsmith::carvel::{Package, PackageRepository};
 
-use super::controller::{Running, describe, fetched_image, has, wait_for};
+use super::controller::{Running, describe, fetched_image, has, metric, wait_for};
 use crate::support::{self, apply_yaml, bed, namespace};
 
 const OWNER: &str = "packsmith.dev/owner";
@@ -45,6 +47,14 @@ pub fn trials() -> Vec<Trial> {
         Trial::test("tenancy::deleted_or_edited_packages_are_restored", || {
             support::block_on(drift())
         }),
+        Trial::test(
+            "tenancy::deleted_or_edited_package_repositories_are_restored",
+            || support::block_on(repository_drift()),
+        ),
+        Trial::test(
+            "tenancy::deleted_or_edited_release_records_are_restored",
+            || support::block_on(record_drift()),
+        ),
     ]
 }
 
@@ -337,5 +347,270 @@ async fn drift() -> anyhow::Result<()> {
         ready(&sources.get("drift").await?),
         "the source stays Ready"
     );
+    Ok(())
+}
+
+/// A source labelled `repo: main` (so the repository below selects it: its release is
+/// recorded in a ConfigMap, not applied) and a PackageRepositorySource `main` selecting it,
+/// both looking again only every hour.
+fn selected_source_and_repository(ns: &str, ref_name: &str) -> String {
+    let source = source("app", ns, ref_name, "")
+        .replace("interval: 2s", "interval: 1h")
+        .replace(
+            &format!("  namespace: {ns}\n"),
+            &format!("  namespace: {ns}\n  labels: {{repo: main}}\n"),
+        );
+    format!(
+        r#"{source}---
+apiVersion: packsmith.dev/v1alpha1
+kind: PackageRepositorySource
+metadata:
+  name: main
+  namespace: {ns}
+spec:
+  selector:
+    matchLabels: {{repo: main}}
+  bundle: {{repository: "{reg}/tenancy/{ns}/repository", insecure: true}}
+  interval: 1h
+"#,
+        reg = bed().registry
+    )
+}
+
+fn repository_ready(o: &PackageRepositorySource) -> bool {
+    o.status.as_ref().is_some_and(|s| {
+        s.conditions.iter().any(|c| {
+            c.type_ == types::READY && c.status == "True" && c.reason == reasons::SUCCEEDED
+        }) && s.package_count == 1
+    })
+}
+
+fn repository_image(o: &PackageRepositorySource) -> Option<String> {
+    o.status
+        .as_ref()
+        .and_then(|s| s.bundle.as_ref())
+        .map(|b| b.image.clone())
+}
+
+/// Polls until `check` holds on `name` (absent counts as not holding), 20 s at most: the
+/// interval is an hour, so only a watch brings it back in time.
+async fn restored<K>(
+    api: &Api<K>,
+    name: &str,
+    what: &str,
+    check: impl Fn(&K) -> bool,
+) -> anyhow::Result<K>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let found = api.get_opt(name).await?;
+        if let Some(found) = &found
+            && check(found)
+        {
+            return Ok(found.clone());
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "{name}: not {what} within 20s; now: {found:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The controller's own writes cause watch events too: after the last restore, they must die
+/// down (at most the one reconcile that finds everything in place), not loop.
+async fn settles(controller: &Running, kind: &str, resource: &str) -> anyhow::Result<()> {
+    let writes = format!("packsmith_api_writes_total{{kind=\"{kind}\",resource=\"{resource}\"");
+    let runs = format!("packsmith_reconcile_total{{kind=\"{kind}\"");
+    let before = controller.metrics().await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = controller.metrics().await?;
+    let (wrote, ran) = (
+        metric(&after, &writes) - metric(&before, &writes),
+        metric(&after, &runs) - metric(&before, &runs),
+    );
+    ensure!(
+        wrote == 0.0 && ran <= 2.0,
+        "{kind}: {wrote} writes of {resource} and {ran} reconciles in 3s after the restore:\n{after}"
+    );
+    Ok(())
+}
+
+async fn repository_drift() -> anyhow::Result<()> {
+    let client = bed().client().await?;
+    let ns = namespace(&client, "tenant-drift-pkgr").await?;
+    let controller = Running::start(&ns).await?;
+    let sources: Api<PackageRepositorySource> = Api::namespaced(client.clone(), &ns);
+    let repos: Api<PackageRepository> = Api::namespaced(client.clone(), &ns);
+    let yaml = selected_source_and_repository(&ns, "pkgr.drift.tenancy.example.com");
+    apply_yaml(&client, &ns, &yaml).await?;
+
+    // Ready, and the PackageRepository fetches the bundle on status (a source that moved
+    // from the cluster into a record may re-run the repository once more: wait for both).
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let (image, original) = loop {
+        let obj = sources.get("main").await?;
+        let image = repository_image(&obj);
+        if repository_ready(&obj)
+            && let Some(pkgr) = repos.get_opt("main").await?
+            && pkgr.spec.fetch.imgpkg_bundle.as_ref().map(|b| &b.image) == image.as_ref()
+            && let Some(image) = image
+        {
+            break (image, pkgr);
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "PackageRepositorySource main: not Ready with its PackageRepository within 120s: {}",
+            serde_json::to_string_pretty(&obj.status).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let fetches_image = |r: &PackageRepository| {
+        r.spec
+            .fetch
+            .imgpkg_bundle
+            .as_ref()
+            .map(|b| b.image.as_str())
+            == Some(image.as_str())
+    };
+
+    repos.delete("main", &DeleteParams::default()).await?;
+    let recreated = restored(&repos, "main", "restored after deletion", |r| {
+        r.uid() != original.uid() && fetches_image(r)
+    })
+    .await?;
+    ensure!(
+        recreated
+            .annotations()
+            .get(OWNER)
+            .is_some_and(|o| o.starts_with(&format!("PackageRepositorySource/{ns}/main/"))),
+        "the restored PackageRepository carries its owner: {:?}",
+        recreated.annotations()
+    );
+
+    // Pointing it at another bundle is a change to a field packsmith applies.
+    let mut tampered = repos.get("main").await?;
+    if let Some(b) = tampered.spec.fetch.imgpkg_bundle.as_mut() {
+        b.image = format!(
+            "{}/attacker/repository@sha256:{}",
+            bed().registry,
+            "0".repeat(64)
+        );
+    }
+    repos
+        .replace("main", &PostParams::default(), &tampered)
+        .await?;
+    restored(&repos, "main", "restored after an edit", fetches_image).await?;
+    settles(
+        &controller,
+        "PackageRepositorySource",
+        "packagerepositories",
+    )
+    .await?;
+
+    let obj = sources.get("main").await?;
+    ensure!(
+        repository_ready(&obj) && repository_image(&obj).as_deref() == Some(image.as_str()),
+        "the repository stays Ready on the same bundle: {}",
+        serde_json::to_string_pretty(&obj.status).unwrap_or_default()
+    );
+    Ok(())
+}
+
+async fn record_drift() -> anyhow::Result<()> {
+    let client = bed().client().await?;
+    let ns = namespace(&client, "tenant-drift-record").await?;
+    let controller = Running::start(&ns).await?;
+    let sources: Api<PackageSource> = Api::namespaced(client.clone(), &ns);
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let ref_name = "record.drift.tenancy.example.com";
+    let record = format!("{ref_name}.1.0.0");
+    apply_yaml(&client, &ns, &selected_source_and_repository(&ns, ref_name)).await?;
+    let obj = wait_for(&sources, "app", Duration::from_secs(120), "recorded", |o| {
+        ready(o)
+            && o.status
+                .as_ref()
+                .and_then(|s| s.package.as_ref())
+                .is_some_and(|p| p.config_map.as_deref() == Some(record.as_str()))
+    })
+    .await?;
+    let bundle = super::controller::bundle_image(&obj);
+    let original = config_maps.get(&record).await?;
+    // The record as it should be: this source's, holding a Package that fetches its bundle.
+    let holds_release = |cm: &ConfigMap| {
+        cm.annotations()
+            .get(OWNER)
+            .is_some_and(|o| o.starts_with(&format!("PackageSource/{ns}/app/")))
+            && cm
+                .data
+                .as_ref()
+                .and_then(|d| d.get("package.yml"))
+                .and_then(|y| Package::from_yaml(y).ok())
+                .is_some_and(|p| fetched_image(&p).as_deref() == Some(bundle.as_str()))
+            && cm
+                .data
+                .as_ref()
+                .is_some_and(|d| d.contains_key("metadata.yml"))
+    };
+    ensure!(holds_release(&original), "the record: {original:?}");
+
+    config_maps
+        .delete(&record, &DeleteParams::default())
+        .await?;
+    restored(&config_maps, &record, "restored after deletion", |cm| {
+        cm.uid() != original.uid() && holds_release(cm)
+    })
+    .await?;
+
+    // The recorded Package pointed at another bundle, and its metadata emptied.
+    let mut tampered = config_maps.get(&record).await?;
+    let data = tampered.data.get_or_insert_with(Default::default);
+    let package = data.get("package.yml").cloned().unwrap_or_default();
+    data.insert(
+        "package.yml".to_owned(),
+        package.replace(
+            &bundle,
+            &format!(
+                "{}/attacker/bundle@sha256:{}",
+                bed().registry,
+                "0".repeat(64)
+            ),
+        ),
+    );
+    data.insert("metadata.yml".to_owned(), String::new());
+    config_maps
+        .replace(&record, &PostParams::default(), &tampered)
+        .await?;
+    restored(&config_maps, &record, "restored after an edit", |cm| {
+        holds_release(cm)
+            && cm
+                .data
+                .as_ref()
+                .and_then(|d| d.get("metadata.yml"))
+                .is_some_and(|m| !m.is_empty())
+    })
+    .await?;
+
+    // Only the metadata edited: the Package alone is not the whole record.
+    let mut tampered = config_maps.get(&record).await?;
+    let written = tampered.data.clone().unwrap_or_default();
+    tampered
+        .data
+        .get_or_insert_with(Default::default)
+        .insert("metadata.yml".to_owned(), String::new());
+    config_maps
+        .replace(&record, &PostParams::default(), &tampered)
+        .await?;
+    restored(
+        &config_maps,
+        &record,
+        "restored after a metadata edit",
+        |cm| cm.data.as_ref() == Some(&written),
+    )
+    .await?;
+    settles(&controller, "PackageSource", "configmaps").await?;
+    ensure!(ready(&sources.get("app").await?), "the source stays Ready");
     Ok(())
 }

@@ -7,7 +7,9 @@
 //! failure). Each reconcile runs [`crate::pipeline::run`] (see [`source`]). A second
 //! Controller in the same process reconciles PackageRepositorySources ([`repository`]),
 //! sharing the context, metrics and shutdown, and re-runs one whenever a PackageSource its
-//! selector matches changes. Probes and
+//! selector matches changes. What they publish (Packages, PackageMetadata, release records,
+//! PackageRepositories) is watched as metadata only: one deleted or edited makes its owner
+//! reconcile at once, whatever the interval. Probes and
 //! Prometheus metrics are served on their own ports ([`health`], [`metrics`]).
 //!
 //! ```no_run
@@ -448,6 +450,11 @@ impl Controller {
                     drifted_owner(&metadata)
                 },
             )
+            // Release records: deleted or edited, the owner records the release again.
+            .watches_stream(
+                record_triggers(&client, options.namespace.as_deref()),
+                |config_map: PartialObjectMeta<ConfigMap>| drifted_owner(&config_map),
+            )
             .watches_stream(
                 selection_triggers,
                 move |repository: PackageRepositorySource| {
@@ -493,6 +500,17 @@ impl Controller {
                 move |source: PackageSource| {
                     let state = mapper_store.state();
                     repository::selecting(state.iter().map(|r| r.as_ref()), &source)
+                },
+            )
+            // Its PackageRepository deleted or edited (a new generation): the owner applies it
+            // again. kapp-controller's status writes and finalizers leave the generation alone.
+            .watches_stream(
+                drift_triggers::<crate::carvel::PackageRepository>(
+                    &client,
+                    options.namespace.as_deref(),
+                ),
+                |repository: PartialObjectMeta<crate::carvel::PackageRepository>| {
+                    drifted_repository_owner(&repository)
                 },
             )
             .with_config(
@@ -609,39 +627,136 @@ where
         + 'static,
     <K as Resource>::DynamicType: Default + Clone + Eq + std::hash::Hash + Send + Sync,
 {
-    use std::collections::HashMap;
-    let api: Api<PartialObjectMeta<K>> = match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
-    let config = watcher::Config::default().labels(&format!(
-        "{}={}",
-        context::LABEL_MANAGED_BY,
-        context::MANAGED_BY
-    ));
-    let mut generations: HashMap<String, Option<i64>> = HashMap::new();
-    watcher(api, config)
+    drift_watch(
+        client,
+        namespace,
+        format!("{}={}", context::LABEL_MANAGED_BY, context::MANAGED_BY),
+        |meta| meta.generation.map(|g| g.to_string()),
+    )
+}
+
+/// Metadata of the release records sources wrote, yielded when one is deleted or changes in
+/// any way (a ConfigMap has no generation: every write is a new resourceVersion). The
+/// controller's own writes come through too; the reconcile they cause finds the record in
+/// place and writes nothing, so they cannot loop.
+fn record_triggers(
+    client: &Client,
+    namespace: Option<&str>,
+) -> impl futures::Stream<Item = Result<PartialObjectMeta<ConfigMap>, watcher::Error>> + Send + 'static
+{
+    drift_watch(
+        client,
+        namespace,
+        format!(
+            "{}={},{}=true",
+            context::LABEL_MANAGED_BY,
+            context::MANAGED_BY,
+            record::LABEL_RELEASE
+        ),
+        |meta| meta.resource_version.clone(),
+    )
+}
+
+/// A metadata-only watch of the `K` objects `selector` matches, through [`Drift`].
+fn drift_watch<K>(
+    client: &Client,
+    namespace: Option<&str>,
+    selector: String,
+    version: fn(&kube::api::ObjectMeta) -> Option<String>,
+) -> impl futures::Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    <K as Resource>::DynamicType: Default + Clone + Eq + std::hash::Hash + Send + Sync,
+{
+    let api: Api<PartialObjectMeta<K>> = scoped(client, namespace);
+    let mut drift = Drift::new(version);
+    watcher(api, watcher::Config::default().labels(&selector))
         .default_backoff()
-        .filter_map(move |event| {
-            let out = match event {
-                Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
-                    let uid = o.metadata.uid.clone().unwrap_or_default();
-                    let generation = o.metadata.generation;
-                    (generations.insert(uid, generation) != Some(generation)).then_some(Ok(o))
-                }
-                Ok(watcher::Event::Delete(o)) => {
-                    generations.remove(&o.metadata.uid.clone().unwrap_or_default());
-                    Some(Ok(o))
-                }
-                Ok(watcher::Event::Init | watcher::Event::InitDone) => None,
-                Err(e) => Some(Err(e)),
+        .flat_map(move |event| {
+            let out: Vec<_> = match event {
+                Ok(event) => drift.on(event).into_iter().map(Ok).collect(),
+                Err(e) => vec![Err(e)],
             };
-            std::future::ready(out)
+            futures::stream::iter(out)
         })
+}
+
+/// Turns watch events into the objects that drifted: deleted, or with a new `version`.
+/// Re-list replays of unchanged objects are dropped. An object that a re-list no longer
+/// shows (deleted while the watch was down, e.g. after the API server restarted) counts as
+/// deleted: a watch that only forwarded Delete events would miss it until the interval.
+struct Drift<K> {
+    version: fn(&kube::api::ObjectMeta) -> Option<String>,
+    /// By UID: the last version seen, and the metadata to map the object to its owner once
+    /// it is gone.
+    known: std::collections::HashMap<String, (Option<String>, PartialObjectMeta<K>)>,
+    /// UIDs seen since the re-list in progress began.
+    relisted: Option<std::collections::HashSet<String>>,
+}
+
+impl<K: Clone> Drift<K> {
+    fn new(version: fn(&kube::api::ObjectMeta) -> Option<String>) -> Self {
+        Drift {
+            version,
+            known: Default::default(),
+            relisted: None,
+        }
+    }
+
+    fn on(&mut self, event: watcher::Event<PartialObjectMeta<K>>) -> Vec<PartialObjectMeta<K>> {
+        let uid = |o: &PartialObjectMeta<K>| o.metadata.uid.clone().unwrap_or_default();
+        match event {
+            watcher::Event::Init => {
+                self.relisted = Some(Default::default());
+                Vec::new()
+            }
+            watcher::Event::InitApply(o) | watcher::Event::Apply(o) => {
+                if let Some(seen) = self.relisted.as_mut() {
+                    seen.insert(uid(&o));
+                }
+                let version = (self.version)(&o.metadata);
+                let mut kept = o.clone();
+                // Only the owner annotation and labels are needed later.
+                kept.metadata.managed_fields = None;
+                match self.known.insert(uid(&o), (version.clone(), kept)) {
+                    Some((before, _)) if before == version => Vec::new(),
+                    _ => vec![o],
+                }
+            }
+            watcher::Event::InitDone => {
+                let seen = self.relisted.take().unwrap_or_default();
+                let gone: Vec<String> = self
+                    .known
+                    .keys()
+                    .filter(|uid| !seen.contains(*uid))
+                    .cloned()
+                    .collect();
+                gone.iter()
+                    .filter_map(|uid| self.known.remove(uid).map(|(_, o)| o))
+                    .collect()
+            }
+            watcher::Event::Delete(o) => {
+                self.known.remove(&uid(&o));
+                vec![o]
+            }
+        }
+    }
 }
 
 fn drifted_owner<K>(object: &PartialObjectMeta<K>) -> Option<reflector::ObjectRef<PackageSource>> {
     let (namespace, name) = ownership::owning_source(&object.metadata)?;
+    Some(reflector::ObjectRef::new(&name).within(&namespace))
+}
+
+fn drifted_repository_owner(
+    object: &PartialObjectMeta<crate::carvel::PackageRepository>,
+) -> Option<reflector::ObjectRef<PackageRepositorySource>> {
+    let (namespace, name) = ownership::owning_repository_source(&object.metadata)?;
     Some(reflector::ObjectRef::new(&name).within(&namespace))
 }
 
@@ -750,6 +865,53 @@ mod tests {
             api_message(&err(409, "conflict", "Conflict")),
             "conflict (409 Conflict)"
         );
+    }
+
+    fn object(uid: &str, version: &str) -> PartialObjectMeta<ConfigMap> {
+        PartialObjectMeta {
+            types: None,
+            metadata: kube::api::ObjectMeta {
+                name: Some(format!("cm-{uid}")),
+                uid: Some(uid.to_owned()),
+                resource_version: Some(version.to_owned()),
+                ..Default::default()
+            },
+            _phantom: Default::default(),
+        }
+    }
+
+    #[test]
+    fn drift_is_a_new_version_or_a_disappearance_never_a_replay() {
+        use watcher::Event;
+        let mut drift = Drift::new(|m| m.resource_version.clone());
+        let mut names = |event| {
+            drift
+                .on(event)
+                .into_iter()
+                .map(|o| o.name_any())
+                .collect::<Vec<_>>()
+        };
+        // The first list: everything is new.
+        assert!(names(Event::Init).is_empty());
+        assert_eq!(names(Event::InitApply(object("a", "1"))), ["cm-a"]);
+        assert_eq!(names(Event::InitApply(object("b", "1"))), ["cm-b"]);
+        assert!(names(Event::InitDone).is_empty());
+        // An event that changes nothing we compare (a replay) is dropped; a new version and
+        // a deletion are drift.
+        assert!(names(Event::Apply(object("a", "1"))).is_empty());
+        assert_eq!(names(Event::Apply(object("a", "2"))), ["cm-a"]);
+        assert_eq!(names(Event::Delete(object("b", "3"))), ["cm-b"]);
+        assert_eq!(names(Event::Apply(object("c", "4"))), ["cm-c"]);
+        // A re-list after the watch was down: a is unchanged, c went away unseen, d is new.
+        assert!(names(Event::Init).is_empty());
+        assert!(names(Event::InitApply(object("a", "2"))).is_empty());
+        assert_eq!(names(Event::InitApply(object("d", "5"))), ["cm-d"]);
+        assert_eq!(names(Event::InitDone), ["cm-c"]);
+        // Gone is gone: the next re-list does not report c again.
+        assert!(names(Event::Init).is_empty());
+        assert!(names(Event::InitApply(object("a", "2"))).is_empty());
+        assert!(names(Event::InitApply(object("d", "5"))).is_empty());
+        assert!(names(Event::InitDone).is_empty());
     }
 
     #[test]

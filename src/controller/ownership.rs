@@ -156,19 +156,46 @@ pub fn claim(existing: Option<&ObjectMeta>, me: &Owner) -> Claim {
 /// The PackageSource that owns the object with `meta`, by its owner annotation (or, for an
 /// object of an earlier release, its labels): whose reconcile restores it when it drifts.
 pub fn owning_source(meta: &ObjectMeta) -> Option<(String, String)> {
+    owning(
+        meta,
+        "PackageSource",
+        LABEL_SOURCE_NAMESPACE,
+        LABEL_SOURCE_NAME,
+    )
+}
+
+/// The PackageRepositorySource that owns the PackageRepository with `meta`, as
+/// [`owning_source`] decides it for a PackageSource.
+pub fn owning_repository_source(meta: &ObjectMeta) -> Option<(String, String)> {
+    owning(
+        meta,
+        "PackageRepositorySource",
+        LABEL_REPOSITORY_SOURCE_NAMESPACE,
+        LABEL_REPOSITORY_SOURCE_NAME,
+    )
+}
+
+/// `(namespace, name)` of the `kind` object that owns `meta`. The annotation wins: an object
+/// annotated as another kind's is not this kind's, whatever its labels say.
+fn owning(
+    meta: &ObjectMeta,
+    kind: &str,
+    namespace_label: &str,
+    name_label: &str,
+) -> Option<(String, String)> {
     if let Some(value) = meta
         .annotations
         .as_ref()
         .and_then(|a| a.get(OWNER_ANNOTATION))
     {
         return Owner::parse(value)
-            .filter(|o| o.kind == "PackageSource")
+            .filter(|o| o.kind == kind)
             .map(|o| (o.namespace, o.name));
     }
     let labels = meta.labels.as_ref()?;
     Some((
-        labels.get(LABEL_SOURCE_NAMESPACE)?.clone(),
-        labels.get(LABEL_SOURCE_NAME)?.clone(),
+        labels.get(namespace_label)?.clone(),
+        labels.get(name_label)?.clone(),
     ))
 }
 
@@ -253,6 +280,39 @@ mod tests {
             &me()
         ));
         assert_eq!(theirs.to_string(), "PackageSource team-b/cert-manager");
+    }
+
+    #[test]
+    fn drift_maps_to_the_owner_of_the_right_kind() {
+        let repository = Owner::new("PackageRepositorySource", "team-a", "main", "uid-r");
+        let pkgr = meta(Some(&repository.annotation()), &[]);
+        assert_eq!(
+            owning_repository_source(&pkgr),
+            Some(("team-a".to_owned(), "main".to_owned()))
+        );
+        assert_eq!(owning_source(&pkgr), None);
+        assert_eq!(
+            owning_source(&meta(Some(&me().annotation()), &[])),
+            Some(("team-a".to_owned(), "cert-manager".to_owned()))
+        );
+        assert_eq!(
+            owning_repository_source(&meta(Some(&me().annotation()), &[])),
+            None
+        );
+        // An earlier release's PackageRepository: labels only.
+        let labelled = meta(
+            None,
+            &[
+                (LABEL_REPOSITORY_SOURCE_NAME, "main"),
+                (LABEL_REPOSITORY_SOURCE_NAMESPACE, "team-a"),
+            ],
+        );
+        assert_eq!(
+            owning_repository_source(&labelled),
+            Some(("team-a".to_owned(), "main".to_owned()))
+        );
+        assert_eq!(owning_source(&labelled), None);
+        assert_eq!(owning_repository_source(&meta(Some("garbage"), &[])), None);
     }
 
     #[test]

@@ -121,16 +121,46 @@ pub fn parse(cm: &ConfigMap) -> Result<Record, BadRecord> {
     Ok(Record { package, metadata })
 }
 
-/// The Package recorded in ConfigMap `name`, if there is a readable one.
+/// The Package recorded in ConfigMap `name`, if there is a readable one. Only its own key is
+/// read: a record whose metadata was edited still gives its release time, so restoring the
+/// record does not change the Package (nor the repository's digest).
 pub async fn package(ctx: &Context, namespace: &str, name: &str) -> Option<Package> {
     let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
     let cm = api.get_opt(name).await.ok()??;
-    parse(&cm).ok().map(|r| r.package)
+    Package::from_yaml(cm.data.as_ref()?.get(PACKAGE_KEY)?).ok()
 }
 
-/// Whether `recorded` (as read back) holds exactly `outcome`'s Package.
-pub fn holds(recorded: &Package, outcome: &Outcome) -> bool {
-    recorded.spec == strip(&outcome.package).spec
+/// Whether `existing` is `owner`'s record and holds what applying `desired` would write: the
+/// labels it is found by and, byte for byte, every data key packsmith writes. Keys and labels
+/// others add beside them are not drift (applying would not remove them).
+pub fn in_place(existing: &ConfigMap, desired: &ConfigMap, owner: &Owner) -> bool {
+    let subset = |desired: Option<&BTreeMap<String, String>>,
+                  actual: Option<&BTreeMap<String, String>>| {
+        desired
+            .into_iter()
+            .flatten()
+            .all(|(k, v)| actual.and_then(|a| a.get(k)) == Some(v))
+    };
+    ownership::claim(Some(existing.meta()), owner) == ownership::Claim::Ours
+        && subset(
+            desired.metadata.labels.as_ref(),
+            existing.metadata.labels.as_ref(),
+        )
+        && subset(desired.data.as_ref(), existing.data.as_ref())
+}
+
+/// Whether the record of `outcome` is in the cluster as [`apply`] would leave it: status alone
+/// is not proof (a person may have deleted or edited it since).
+pub async fn is_in_place(
+    ctx: &Context,
+    source: &PackageSource,
+    outcome: &Outcome,
+) -> Result<bool, PublishError> {
+    let namespace = source.namespace().unwrap_or_default();
+    let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &namespace);
+    let desired = desired(source, outcome)?;
+    let existing = publish::read(&ctx.client, &api, &namespace, &desired.name_any()).await?;
+    Ok(existing.is_some_and(|e| in_place(&e, &desired, &Owner::of(source))))
 }
 
 /// Applies the record, then deletes the source's records beyond the newest `retain` (the
@@ -268,6 +298,57 @@ mod tests {
             records_of("ns", "demo"),
             "packsmith.dev/source-name=demo,packsmith.dev/source-namespace=ns,packsmith.dev/release=true"
         );
+    }
+
+    #[test]
+    fn a_record_is_in_place_only_when_ours_and_as_written() {
+        let owner = Owner::new("PackageSource", "ns", "demo", "uid-demo");
+        let mut desired = record("1.0.0", 10);
+        desired.metadata.labels = Some(BTreeMap::from([(
+            LABEL_RELEASE.to_owned(),
+            "true".to_owned(),
+        )]));
+        let written = || {
+            let mut cm = desired.clone();
+            cm.metadata.annotations = Some(owner.annotations());
+            cm
+        };
+        assert!(in_place(&written(), &desired, &owner));
+
+        // Additions beside packsmith's are not drift.
+        let mut added = written();
+        added
+            .data
+            .get_or_insert_with(Default::default)
+            .insert("notes".to_owned(), "x".to_owned());
+        added
+            .metadata
+            .labels
+            .get_or_insert_with(Default::default)
+            .insert("team".to_owned(), "a".to_owned());
+        assert!(in_place(&added, &desired, &owner));
+
+        // A key edited (another release time is another record) or removed.
+        let mut edited = written();
+        edited.data = record("1.0.0", 11).data;
+        assert!(!in_place(&edited, &desired, &owner));
+        let mut removed = written();
+        removed
+            .data
+            .get_or_insert_with(Default::default)
+            .remove(METADATA_KEY);
+        assert!(!in_place(&removed, &desired, &owner));
+        let mut emptied = written();
+        emptied.data = None;
+        assert!(!in_place(&emptied, &desired, &owner));
+
+        // The label it is found by removed, or not ours.
+        let mut unlabelled = written();
+        unlabelled.metadata.labels = None;
+        assert!(!in_place(&unlabelled, &desired, &owner));
+        let recreated = Owner::new("PackageSource", "ns", "demo", "uid-new");
+        assert!(!in_place(&written(), &desired, &recreated));
+        assert!(!in_place(&desired, &desired, &owner));
     }
 
     #[test]

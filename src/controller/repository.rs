@@ -11,7 +11,10 @@
 //!
 //! A reconcile whose package set (names and every field of every Package) equals what this
 //! process last pushed for the object, and whose status already records it, writes and pushes
-//! nothing; it only checks that the PackageRepository still fetches the recorded bundle.
+//! nothing; it only checks that the PackageRepository is still there, its own, and holds what
+//! packsmith applies (fetching the recorded bundle), and applies it again when not. A deleted
+//! or edited PackageRepository makes its owner reconcile at once (the controller watches
+//! them, see [`super`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -685,7 +688,21 @@ pub fn desired_package_repository(
     r
 }
 
-/// Applies the PackageRepository unless it already fetches `image` with our labels.
+/// Whether `existing` is `owner`'s and holds what applying `desired` would write: its labels
+/// and every spec field packsmith sets. Status (kapp-controller's) and fields others add
+/// beside packsmith's are not compared: applying would not change them, so counting them
+/// would re-apply at every reconcile.
+pub fn in_place(existing: &PackageRepository, desired: &PackageRepository, owner: &Owner) -> bool {
+    ownership::claim(Some(existing.meta()), owner) == Claim::Ours
+        && desired
+            .labels()
+            .iter()
+            .all(|(k, v)| existing.labels().get(k) == Some(v))
+        && super::publish::holds_applied(&existing.spec, &desired.spec)
+}
+
+/// Applies the PackageRepository unless it is there, ours, and holds what we apply: status
+/// alone is not proof (a person may have deleted or edited it since).
 async fn ensure_package_repository(
     ctx: &Context,
     obj: &PackageRepositorySource,
@@ -728,14 +745,11 @@ async fn ensure_package_repository(
             earlier_stages_ran: false,
         });
     }
-    if let Some(existing) = &existing {
-        let labels_ok = desired
-            .labels()
-            .iter()
-            .all(|(k, v)| existing.labels().get(k) == Some(v));
-        if claim == Claim::Ours && labels_ok && existing.spec.fetch == desired.spec.fetch {
-            return Ok(());
-        }
+    if existing
+        .as_ref()
+        .is_some_and(|existing| in_place(existing, &desired, &owner))
+    {
+        return Ok(());
     }
     let mut desired = desired;
     desired
@@ -1026,6 +1040,50 @@ mod tests {
             work_dir(Path::new("/c"), "ns", "main"),
             Path::new("/c/ns/.repositories/main")
         );
+    }
+
+    #[test]
+    fn a_package_repository_is_in_place_only_when_ours_and_as_applied() {
+        let obj = repository_source("main", "ns", serde_json::json!({}));
+        let owner = Owner::new(KIND, "ns", "main", "uid-main");
+        let image = "r.io/repo@sha256:00";
+        let desired = desired_package_repository(&obj, "main", "ns", image);
+        let applied = || {
+            let mut r = desired.clone();
+            r.metadata
+                .annotations
+                .get_or_insert_with(Default::default)
+                .extend(owner.annotations());
+            r
+        };
+        assert!(in_place(&applied(), &desired, &owner));
+
+        // kapp-controller's status and another manager's extra field are not drift.
+        let mut reconciled = applied();
+        reconciled.status = Some(Default::default());
+        reconciled.spec.sync_period = Some("5m".to_owned());
+        reconciled
+            .labels_mut()
+            .insert("team".to_owned(), "a".to_owned());
+        assert!(in_place(&reconciled, &desired, &owner));
+
+        // Pointed at another bundle, or at two sources.
+        let mut moved = applied();
+        if let Some(b) = moved.spec.fetch.imgpkg_bundle.as_mut() {
+            b.image = "r.io/attacker@sha256:11".to_owned();
+        }
+        assert!(!in_place(&moved, &desired, &owner));
+        let mut unfetched = applied();
+        unfetched.spec.fetch.imgpkg_bundle = None;
+        assert!(!in_place(&unfetched, &desired, &owner));
+
+        // A label it is found by removed, or not ours (someone else's, or no annotation).
+        let mut unlabelled = applied();
+        unlabelled.labels_mut().remove(LABEL_REPOSITORY_SOURCE_NAME);
+        assert!(!in_place(&unlabelled, &desired, &owner));
+        let other = Owner::new(KIND, "ns", "main", "uid-recreated");
+        assert!(!in_place(&applied(), &desired, &other));
+        assert!(!in_place(&desired, &desired, &owner));
     }
 
     #[test]

@@ -357,7 +357,7 @@ async fn produce_inner(
             .collect();
     let started = Instant::now();
     if !spec.publish.enabled.unwrap_or(selected_by.is_empty()) {
-        let recorded = record_outcome(ctx, obj, current, &outcome, last.as_ref()).await;
+        let recorded = record_outcome(ctx, obj, current, &outcome).await;
         ctx.metrics.stage(KIND, "publish", started.elapsed());
         return match recorded {
             Ok(config_map) => Ok(Produced {
@@ -501,7 +501,6 @@ async fn record_outcome(
     obj: &PackageSource,
     current: &PackageSourceStatus,
     outcome: &Outcome,
-    last: Option<&Package>,
 ) -> Result<String, PublishError> {
     let config_map = status::package_name(outcome);
     let expected = PackageStatus {
@@ -512,7 +511,9 @@ async fn record_outcome(
     };
     let recorded = current.bundle.as_ref().map(|b| b.image.as_str()) == Some(&outcome.pushed.image)
         && current.package.as_ref() == Some(&expected);
-    if recorded && last.is_some_and(|l| record::holds(l, outcome)) {
+    // Skipped only when the record is there, this source's own and holding exactly what it
+    // would write (a person may have deleted or edited it; the watch brings us here at once).
+    if recorded && record::is_in_place(ctx, obj, outcome).await? {
         return Ok(config_map);
     }
     let deleted = record::apply(ctx, obj, outcome, obj.spec.publish.retain).await?;

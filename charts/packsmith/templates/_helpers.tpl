@@ -79,7 +79,8 @@ is one the controller's code issues (README §Controller); nothing else.
   verbs: [get, list, watch]
 # ConfigMaps as above, plus the release records of sources that a PackageRepositorySource
 # publishes (the rendered Package in a ConfigMap named like it): applied, listed for
-# publish.retain, deleted with the source.
+# publish.retain, watched (metadata only) so a deleted or edited one is restored, deleted with
+# the source.
 - apiGroups: [""]
   resources: [configmaps]
   verbs: [get, list, watch, create, patch, delete]
@@ -89,10 +90,12 @@ is one the controller's code issues (README §Controller); nothing else.
 - apiGroups: [data.packaging.carvel.dev]
   resources: [packages, packagemetadatas]
   verbs: [get, list, watch, create, patch, delete]
-# The PackageRepository of a PackageRepositorySource, deleted with it (finalizer).
+# The PackageRepository of a PackageRepositorySource: created, then server-side applied
+# (ownership checked first), watched (metadata only) so a deleted or edited one is restored,
+# deleted with its source (finalizer).
 - apiGroups: [packaging.carvel.dev]
   resources: [packagerepositories]
-  verbs: [get, create, patch, delete]
+  verbs: [get, list, watch, create, patch, delete]
 # Normal Published / Warning <reason> events on the reconciled objects.
 - apiGroups: [events.k8s.io]
   resources: [events]
