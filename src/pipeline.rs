@@ -105,6 +105,8 @@ pub struct PipelineInput<'a> {
     pub on_stage: Option<StageTimer<'a>>,
     /// What the sync may trust: the controller's strict default, or the CLI's.
     pub sync_policy: sync::Policy,
+    /// Addresses upstreams may not be reached at (the registry's own is in its options).
+    pub egress: crate::registry::Egress,
 }
 
 impl PipelineInput<'_> {
@@ -139,6 +141,7 @@ pub async fn run(input: &PipelineInput<'_>) -> Result<Outcome, PipelineError> {
     options.previous = input.previous;
     options.registry = Some(input.registry);
     options.policy = input.sync_policy;
+    options.egress = input.egress.clone();
     let started = std::time::Instant::now();
     let contents = sync::sync(&config, input.root, &options).await;
     input.timed(Stage::Sync, started);
@@ -383,6 +386,7 @@ fn classify_sync(e: &sync::SyncError) -> (&'static str, bool) {
             ),
             F::NotSupported(_) | F::Invalid(_) | F::Locked(_) => (reasons::INVALID_SPEC, false),
             F::TooLarge { .. } | F::Archive(_) | F::Filter(_) => (reasons::FETCH_FAILED, false),
+            F::Denied(_) => (reasons::UPSTREAM_DENIED, false),
         },
     }
 }

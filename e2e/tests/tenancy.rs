@@ -14,7 +14,10 @@
 //! - a published Package that is deleted or edited, or its PackageMetadata deleted, is
 //!   restored within seconds (the controller watches them), though the interval is an hour;
 //! - so is a PackageRepositorySource's PackageRepository, and a release record (the ConfigMap
-//!   a source selected by a repository records its release in).
+//!   a source selected by a repository records its release in);
+//! - under `--deny-local-upstreams`, upstreams at loopback are refused (`UpstreamDenied`),
+//!   by address literal and by a name that resolves there, for git, HTTP and the bundle's
+//!   registry; a policy that does not match changes nothing.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -55,6 +58,9 @@ pub fn trials() -> Vec<Trial> {
             "tenancy::deleted_or_edited_release_records_are_restored",
             || support::block_on(record_drift()),
         ),
+        Trial::test("tenancy::upstreams_at_denied_addresses_are_refused", || {
+            support::block_on(egress())
+        }),
     ]
 }
 
@@ -612,5 +618,107 @@ async fn record_drift() -> anyhow::Result<()> {
     .await?;
     settles(&controller, "PackageSource", "configmaps").await?;
     ensure!(ready(&sources.get("app").await?), "the source stays Ready");
+    Ok(())
+}
+
+/// A PackageSource whose one content is `content` (YAML under `contents[0].contents[0]`).
+fn upstream_source(name: &str, ns: &str, content: &str) -> String {
+    format!(
+        r#"apiVersion: packsmith.dev/v1alpha1
+kind: PackageSource
+metadata:
+  name: {name}
+  namespace: {ns}
+spec:
+  package: {{refName: {name}.egress.example.com, version: 1.0.0}}
+  contents:
+  - path: config
+    contents:
+    - path: .
+      {content}
+  bundle: {{repository: "{reg}/tenancy/{ns}/{name}", insecure: true}}
+  interval: 1h
+"#,
+        reg = bed().registry
+    )
+}
+
+async fn egress() -> anyhow::Result<()> {
+    use packsmith::registry::Egress;
+    let client = bed().client().await?;
+    let ns = namespace(&client, "egress").await?;
+    let sources: Api<PackageSource> = Api::namespaced(client.clone(), &ns);
+    let running = Running::start_with(&ns, |o| {
+        o.egress = Egress {
+            deny_local: true,
+            deny: Vec::new(),
+        };
+    })
+    .await?;
+
+    // The bed's port on a name that resolves to loopback: the resolver must refuse it.
+    let port = bed()
+        .http_url
+        .rsplit(':')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let cases = [
+        (
+            "git-literal",
+            format!("git: {{url: \"{}/absent.git\", ref: v1}}", bed().git_url),
+            "127.0.0.1 resolves to 127.0.0.1 (loopback)",
+        ),
+        (
+            "http-name",
+            format!("http: {{url: \"http://localhost:{port}/absent.yaml\"}}"),
+            "localhost resolves to",
+        ),
+    ];
+    for (name, content, _) in &cases {
+        apply_yaml(&client, &ns, &upstream_source(name, &ns, content)).await?;
+    }
+    for (name, _, needle) in &cases {
+        let refused = wait_for(&sources, name, WAIT, "UpstreamDenied", |o| {
+            has(o, types::READY, "False", reasons::UPSTREAM_DENIED)
+                && has(o, types::STALLED, "True", reasons::UPSTREAM_DENIED)
+        })
+        .await?;
+        let message = describe(&refused);
+        ensure!(
+            message.contains(needle) && message.contains("--deny-local-upstreams"),
+            "{name}: the message names the address and the flag: {message}"
+        );
+    }
+    // Content with no upstream still cannot reach the bundle's registry on loopback.
+    let inline = "inline: {paths: {a.yaml: \"a: 1\\n\"}}";
+    apply_yaml(&client, &ns, &upstream_source("inline", &ns, inline)).await?;
+    let refused = wait_for(&sources, "inline", WAIT, "PushFailed", |o| {
+        has(o, types::READY, "False", reasons::PUSH_FAILED)
+    })
+    .await?;
+    ensure!(
+        describe(&refused).contains("--deny-local-upstreams"),
+        "the push names the flag: {}",
+        describe(&refused)
+    );
+    drop(running);
+
+    // A policy that matches nothing here (TEST-NET-1) is active, and changes nothing.
+    let _running = Running::start_with(&ns, |o| {
+        o.egress = Egress {
+            deny_local: false,
+            deny: Egress::parse_cidrs(&["192.0.2.0/24".to_owned()]).unwrap_or_default(),
+        };
+    })
+    .await?;
+    sources
+        .patch(
+            "inline",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"interval": "2s"}})),
+        )
+        .await?;
+    wait_for(&sources, "inline", WAIT, "Ready", ready).await?;
     Ok(())
 }

@@ -53,6 +53,9 @@ pub mod reasons {
     /// An `inline.pathsFrom.secretRef` names a Secret without the opt-in label
     /// `packsmith.dev/inline-allowed: "true"`.
     pub const INLINE_SECRET_NOT_ALLOWED: &str = "InlineSecretNotAllowed";
+    /// An upstream's address is one the operator's egress policy refuses
+    /// (`--deny-local-upstreams`, `--deny-upstream-cidrs`).
+    pub const UPSTREAM_DENIED: &str = "UpstreamDenied";
 }
 
 pub const TRUE: &str = "True";

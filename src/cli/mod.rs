@@ -118,6 +118,20 @@ struct ControllerArgs {
         value_name = "NS,…"
     )]
     allowed_publish_namespaces: Vec<String>,
+    /// Refuse upstreams (git, HTTP, Helm, GitHub, registries, the bundle's registry) at
+    /// loopback, link-local (cloud metadata) and unspecified addresses, checked on the
+    /// address connected to, after DNS. For clusters without NetworkPolicy.
+    #[arg(long, env = "PACKSMITH_DENY_LOCAL_UPSTREAMS")]
+    deny_local_upstreams: bool,
+    /// Refuse upstreams in these ranges too (comma-separated CIDRs: the cluster's pod,
+    /// service and node ranges), checked the same way.
+    #[arg(
+        long,
+        env = "PACKSMITH_DENY_UPSTREAM_CIDRS",
+        value_delimiter = ',',
+        value_name = "CIDR,…"
+    )]
+    deny_upstream_cidrs: Vec<String>,
     /// How long the Lease is valid after a renewal (whole seconds).
     #[arg(long, default_value = "35s", value_parser = duration)]
     leader_election_lease_duration: std::time::Duration,
@@ -213,6 +227,11 @@ fn controller(args: ControllerArgs) -> anyhow::Result<()> {
         credentials,
         allowed_publish_namespaces: args.allowed_publish_namespaces,
         min_interval: args.min_interval,
+        egress: crate::registry::Egress {
+            deny_local: args.deny_local_upstreams,
+            deny: crate::registry::Egress::parse_cidrs(&args.deny_upstream_cidrs)
+                .map_err(|e| anyhow::anyhow!("--deny-upstream-cidrs: {e}"))?,
+        },
         credentials_namespaces: args.registry_config_namespaces.unwrap_or_else(|| {
             std::env::var("POD_NAMESPACE")
                 .ok()

@@ -76,6 +76,8 @@ pub fn run(args: &ReleaseArgs) -> anyhow::Result<()> {
     let exclude = excluded(&args.dir, spec, &output_dir)?;
     let secrets = MemorySecrets::default();
     let input = PipelineInput {
+        // The CLI's user chose these upstreams, on their own machine.
+        egress: crate::registry::Egress::default(),
         spec,
         root: &args.dir,
         exclude,

@@ -44,6 +44,8 @@ pub struct Settings {
     /// The shortest `spec.interval` honoured (`--min-interval`): a tenant cannot make the
     /// shared controller re-fetch its upstreams every second.
     pub min_interval: std::time::Duration,
+    /// Addresses upstreams (and bundle registries) may not be reached at.
+    pub egress: crate::registry::Egress,
 }
 
 impl Settings {
@@ -121,6 +123,7 @@ mod tests {
             allowed_publish_namespaces: vec!["kapp-controller-packaging-global".to_owned()],
             credentials_namespaces: Vec::new(),
             min_interval: std::time::Duration::ZERO,
+            egress: crate::registry::Egress::default(),
         };
         assert!(settings.check_publish_namespace("team-a", "team-a").is_ok());
         assert!(
@@ -150,6 +153,7 @@ mod tests {
             allowed_publish_namespaces: Vec::new(),
             credentials_namespaces: vec!["packsmith-system".to_owned()],
             min_interval: std::time::Duration::ZERO,
+            egress: crate::registry::Egress::default(),
         };
         assert!(!settings.credentials_for("packsmith-system").is_empty());
         assert!(settings.credentials_for("team-a").is_empty());
@@ -163,6 +167,7 @@ mod tests {
             allowed_publish_namespaces: Vec::new(),
             credentials_namespaces: Vec::new(),
             min_interval: std::time::Duration::from_secs(30),
+            egress: crate::registry::Egress::default(),
         };
         let s = std::time::Duration::from_secs;
         assert_eq!(settings.interval(s(1)), s(30));

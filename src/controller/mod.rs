@@ -37,6 +37,7 @@ pub mod stalls;
 pub mod status;
 pub mod workdirs;
 
+use crate::registry::Egress;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -90,6 +91,9 @@ pub struct Options {
     pub credentials_namespaces: Vec<String>,
     /// The shortest interval honoured (`--min-interval`); none in an embedding.
     pub min_interval: std::time::Duration,
+    /// Addresses upstreams may not be reached at (`--deny-local-upstreams`,
+    /// `--deny-upstream-cidrs`); nothing is denied by default.
+    pub egress: Egress,
 }
 
 impl Default for Options {
@@ -107,6 +111,7 @@ impl Default for Options {
             allowed_publish_namespaces: Vec::new(),
             credentials_namespaces: Vec::new(),
             min_interval: std::time::Duration::ZERO,
+            egress: Egress::default(),
         }
     }
 }
@@ -394,6 +399,7 @@ impl Controller {
                 min_interval: options.min_interval,
                 cache_dir: options.cache_dir.clone(),
                 credentials: options.credentials.clone(),
+                egress: options.egress.clone(),
             },
             recorder,
             metrics,

@@ -377,6 +377,7 @@ async fn produce(
         &obj.spec.bundle,
         &[],
         &ctx.settings.credentials_for(&namespace),
+        &ctx.settings.egress,
     )
     .await?;
     let tags = obj.spec.bundle.tags_for(DEFAULT_TAG);

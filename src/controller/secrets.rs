@@ -6,6 +6,7 @@
 //! References never leave the namespace: a PackageSource cannot read another tenant's
 //! credentials through the controller.
 
+use crate::registry::Egress;
 use std::collections::BTreeSet;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
@@ -280,6 +281,7 @@ pub async fn registry(
     namespace: &str,
     spec: &PackageSourceSpec,
     defaults: &Credentials,
+    egress: &Egress,
 ) -> Result<Registry, Failure> {
     bundle_registry(
         client,
@@ -287,6 +289,7 @@ pub async fn registry(
         &spec.bundle,
         &spec.images.mirrors,
         defaults,
+        egress,
     )
     .await
 }
@@ -300,6 +303,7 @@ pub async fn bundle_registry(
     bundle: &BundleTarget,
     mirrors: &[RegistryMirror],
     defaults: &Credentials,
+    egress: &Egress,
 ) -> Result<Registry, Failure> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let mut credentials = defaults.clone();
@@ -338,7 +342,8 @@ pub async fn bundle_registry(
             })?;
         ca_pems.push(pem);
     }
-    let options = target_registry_options(bundle, mirrors, credentials, ca_pems);
+    let mut options = target_registry_options(bundle, mirrors, credentials, ca_pems);
+    options.egress = egress.clone();
     Registry::new(options).map_err(|e| {
         stalled(
             reasons::INVALID_SPEC,

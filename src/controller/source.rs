@@ -296,6 +296,7 @@ async fn produce_inner(
         &namespace,
         spec,
         &ctx.settings.credentials_for(&namespace),
+        &ctx.settings.egress,
     )
     .await
     .map_err(no_outcome)?;
@@ -330,6 +331,7 @@ async fn produce_inner(
         namespace: Some(publish_namespace.clone()),
         on_stage: Some(&on_stage),
         sync_policy: crate::sync::Policy::default(),
+        egress: ctx.settings.egress.clone(),
     };
     let started = Instant::now();
     let outcome = pipeline::run(&input).await;

@@ -33,6 +33,7 @@ use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, LOCATION, WWW_AUTHENTICAT
 use sha2::{Digest as _, Sha256};
 use tokio::sync::OnceCell;
 
+use super::egress::{Denied, Egress};
 use super::{ErrorClass, Reference, Registry, RegistryAuth, RegistryError, RegistryOptions};
 
 const MANIFEST_MEDIA_TYPES: &str = "application/vnd.docker.distribution.manifest.v2+json, \
@@ -130,6 +131,7 @@ pub(super) struct Shared {
     ca_pems: Vec<Vec<u8>>,
     read_timeout: std::time::Duration,
     pool_size: usize,
+    egress: Egress,
     plain_http: HashSet<String>,
     challenges: ChallengeCells,
     tokens: TokenCells,
@@ -171,7 +173,7 @@ impl Shared {
             .read_timeout
             .unwrap_or(std::time::Duration::from_secs(60));
         let pool_size = options.concurrency();
-        let plain = client_builder(read_timeout, pool_size)
+        let plain = client_builder(read_timeout, pool_size, &options.egress)
             .tls_certs_only(Vec::new())
             .build()
             .map_err(|e| RegistryError::Config(format!("building the HTTP client: {e}")))?;
@@ -189,6 +191,7 @@ impl Shared {
             ca_pems: options.ca_pems.clone(),
             read_timeout,
             pool_size,
+            egress: options.egress.clone(),
             plain_http,
             challenges: Mutex::default(),
             tokens: Mutex::default(),
@@ -217,11 +220,24 @@ impl Shared {
             ca_pems: self.ca_pems.clone(),
             read_timeout: self.read_timeout,
             pool_size: self.pool_size,
+            // The same clients, so the same resolver: the policy is the process's.
+            egress: self.egress.clone(),
             plain_http,
             challenges: Mutex::default(),
             tokens: Mutex::default(),
             requests: Arc::clone(&self.requests),
         }
+    }
+
+    /// Refuses `url` when its host is an address the egress policy denies (names are
+    /// checked by the clients' resolver, on what they resolve to).
+    fn reachable(&self, url: &str) -> Result<(), RegistryError> {
+        let Ok(parsed) = reqwest::Url::parse(url) else {
+            return Ok(());
+        };
+        self.egress
+            .check_url(&parsed)
+            .map_err(RegistryError::Denied)
     }
 
     /// The client for `host`'s scheme.
@@ -237,7 +253,7 @@ impl Shared {
                         reqwest::Certificate::from_pem_bundle(pem).map_err(|e| e.to_string())?,
                     );
                 }
-                client_builder(self.read_timeout, self.pool_size)
+                client_builder(self.read_timeout, self.pool_size, &self.egress)
                     // The system's roots plus the user's, verified by webpki as the platform
                     // verifier does on Linux, without reading the system store again.
                     .tls_certs_only(roots)
@@ -300,12 +316,23 @@ async fn read_capped(
     clippy::disallowed_methods,
     reason = "the registry client: every registry request goes through these two pools"
 )]
-fn client_builder(read_timeout: std::time::Duration, pool_size: usize) -> reqwest::ClientBuilder {
-    reqwest::Client::builder()
+fn client_builder(
+    read_timeout: std::time::Duration,
+    pool_size: usize,
+    egress: &Egress,
+) -> reqwest::ClientBuilder {
+    let builder = reqwest::Client::builder()
         .user_agent(concat!("packsmith/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(std::time::Duration::from_secs(10))
         .read_timeout(read_timeout)
-        .pool_max_idle_per_host(pool_size)
+        .pool_max_idle_per_host(pool_size);
+    if egress.is_active() {
+        builder
+            .dns_resolver(egress.resolver())
+            .redirect(egress.redirect_policy(10))
+    } else {
+        builder
+    }
 }
 
 /// A view of the registry's distribution client that counts its own requests (one per stage
@@ -516,6 +543,7 @@ impl<'r> DistributionClient<'r> {
         } else {
             format!("{}{location}", endpoint.base)
         };
+        self.shared().reachable(&upload)?;
         // An upload handed to another origin (storage behind the registry) gets no
         // Authorization: the registry's credentials are for the registry.
         let credential = if same_origin(&upload, &endpoint.base) {
@@ -797,6 +825,7 @@ impl<'r> DistributionClient<'r> {
         counter: &AtomicUsize,
         build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
     ) -> Result<(reqwest::Response, Credential), RegistryError> {
+        self.shared().reachable(url)?;
         let challenge = self.challenge(endpoint).await?;
         let mut refreshed = false;
         loop {
@@ -846,6 +875,7 @@ impl<'r> DistributionClient<'r> {
 
     async fn ping(&self, endpoint: &Endpoint<'_>) -> Result<Challenge, RegistryError> {
         let url = format!("{}/v2/", endpoint.base);
+        self.shared().reachable(&url)?;
         self.counts.pings.fetch_add(1, Ordering::Relaxed);
         let response = endpoint
             .http
@@ -959,6 +989,7 @@ impl<'r> DistributionClient<'r> {
         if let Some(service) = service {
             query.push(("service", service));
         }
+        self.shared().reachable(realm)?;
         let http = self.shared().http(realm.starts_with("http://"))?;
         let mut request = http.get(realm).query(&query);
         if let RegistryAuth::Basic(user, password) = auth {
@@ -1215,6 +1246,10 @@ fn status_error(
 }
 
 fn transport_error(operation: &'static str, url: &str, error: &reqwest::Error) -> RegistryError {
+    if let Some(denied) = denied(error) {
+        // The egress policy: retrying reaches the same address.
+        return RegistryError::Denied(denied);
+    }
     // reqwest keeps the useful part ("Connection refused") in the source chain.
     let mut message = error.to_string();
     let mut source = std::error::Error::source(error);
@@ -1233,6 +1268,19 @@ fn transport_error(operation: &'static str, url: &str, error: &reqwest::Error) -
         ErrorClass::Permanent
     };
     request_error(operation, url, class, message)
+}
+
+/// The egress policy's refusal of the connection, when that is what failed (it is in the
+/// source chain, from the resolver or the redirect policy).
+pub(super) fn denied(error: &reqwest::Error) -> Option<Denied> {
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if let Some(denied) = cause.downcast_ref::<Denied>() {
+            return Some(denied.clone());
+        }
+        source = cause.source();
+    }
+    None
 }
 
 /// Parses `WWW-Authenticate: Bearer realm="…",service="…"` or `Basic realm="…"`.

@@ -24,6 +24,10 @@ pub enum RegistryError {
         url: String,
         message: String,
     },
+    /// The operator's egress policy refused the address (`--deny-local-upstreams`,
+    /// `--deny-upstream-cidrs`).
+    #[error(transparent)]
+    Denied(#[from] super::EgressDenied),
     /// A request to `reference` failed; `class` says whether retrying can help.
     #[error("{operation} {reference}: {message}")]
     Request {
@@ -51,9 +55,10 @@ impl RegistryError {
     pub fn class(&self) -> ErrorClass {
         match self {
             Self::Request { class, .. } => *class,
-            Self::InvalidReference { .. } | Self::Config(_) | Self::TooLarge { .. } => {
-                ErrorClass::Permanent
-            }
+            Self::InvalidReference { .. }
+            | Self::Config(_)
+            | Self::TooLarge { .. }
+            | Self::Denied(_) => ErrorClass::Permanent,
             Self::Credentials { .. } => ErrorClass::Auth,
             // Our own disk: nothing the user changes fixes it, and space may come back.
             Self::Write { .. } => ErrorClass::Retryable,

@@ -9,6 +9,7 @@
 mod auth;
 mod digest;
 mod distribution;
+mod egress;
 mod error;
 mod mirror;
 mod reference;
@@ -19,6 +20,13 @@ pub use oci_spec::distribution::Reference;
 
 pub use auth::{Credentials, RegistryAuth};
 pub use digest::{digest_string, is_sha256_digest, sha256_digest};
+pub use egress::{Denied as EgressDenied, Egress};
+
+/// The egress policy's refusal behind a failed request of any HTTP client, if that is what
+/// failed.
+pub fn egress_denied(error: &reqwest::Error) -> Option<EgressDenied> {
+    distribution::denied(error)
+}
 pub use distribution::{DistributionClient, ManifestClient, RequestStats};
 pub use error::{ErrorClass, RegistryError};
 pub use mirror::Mirror;
@@ -39,6 +47,8 @@ pub struct RegistryOptions {
     pub max_concurrency: usize,
     /// Per-request read timeout; `None` means 60 s.
     pub read_timeout: Option<Duration>,
+    /// Addresses registries may not be reached at (the controller's opt-in egress policy).
+    pub egress: Egress,
 }
 
 /// A configured registry client. Cheap to share by reference across tasks.

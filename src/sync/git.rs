@@ -27,6 +27,7 @@ use super::{
 };
 use crate::carvel::selection::VersionSelection;
 use crate::carvel::vendir::{DirectoryContents, GitSource, LockGit};
+use crate::registry::Egress;
 
 /// What to check out.
 #[derive(Debug, Clone)]
@@ -115,6 +116,7 @@ struct Job {
     out: PathBuf,
     filter: PathFilter,
     limits: Limits,
+    egress: Egress,
 }
 
 /// One lock per cached repository, so two contents from the same URL do not fetch into it at
@@ -245,6 +247,7 @@ impl Job {
             )
             .map_err(FilterError::from)?,
             limits: ctx.options.limits.clone(),
+            egress: ctx.options.egress.clone(),
         })
     }
 
@@ -472,6 +475,7 @@ impl Job {
             out: self.out.clone(),
             filter: self.filter.clone(),
             limits: self.limits.clone(),
+            egress: self.egress.clone(),
         })
     }
 
@@ -551,10 +555,8 @@ impl Job {
             Some(transport) => remote
                 .to_connection_with_transport(transport)
                 .ref_map(gix::progress::Discard, Default::default()),
-            None => remote
-                .connect(Direction::Fetch)
-                .map_err(|e| self.err(e))?
-                .with_credentials(self.credentials())
+            None => self
+                .connect(&remote)?
                 .ref_map(gix::progress::Discard, Default::default()),
         }
         .map_err(|e| self.err(e))?
@@ -681,10 +683,8 @@ impl Job {
                 .with_shallow(shallow)
                 .receive(gix::progress::Discard, interrupt)
                 .map(drop),
-            None => remote
-                .connect(Direction::Fetch)
-                .map_err(|e| self.err(e))?
-                .with_credentials(self.credentials())
+            None => self
+                .connect(&remote)?
                 .prepare_fetch(gix::progress::Discard, Default::default())
                 .map_err(|e| self.err(e))?
                 .with_shallow(shallow)
@@ -692,6 +692,48 @@ impl Job {
                 .map(drop),
         }
         .map_err(|e| self.err(e))
+    }
+
+    /// A connection for the URLs gix connects to itself (http, https, git), with this job's
+    /// credentials. Under an egress policy the URL's address literal is checked, names are
+    /// resolved through the policy, and redirects are not followed: git's redirect policy
+    /// replaces any the client has, so a hop to an address literal could not be checked.
+    fn connect<'remote, 'repo>(
+        &self,
+        remote: &'remote gix::Remote<'repo>,
+    ) -> Result<
+        gix::remote::Connection<
+            'remote,
+            'static,
+            'repo,
+            Box<dyn gix_transport::client::blocking_io::Transport + Send>,
+        >,
+        FetchError,
+    > {
+        let connection = remote
+            .connect(Direction::Fetch)
+            .map_err(|e| self.err(e))?
+            .with_credentials(self.credentials());
+        if !self.egress.is_active() {
+            return Ok(connection);
+        }
+        if let Ok(url) = reqwest::Url::parse(&self.url) {
+            self.egress.check_url(&url)?;
+        }
+        use gix_transport::client::blocking_io::http;
+        let resolver = self.egress.resolver();
+        let backend = http::reqwest::Options {
+            configure_client: Some(Box::new(move |builder| {
+                Ok(builder.dns_resolver(resolver.clone()))
+            })),
+            configure_request: None,
+        };
+        let options = http::Options {
+            follow_redirects: http::options::FollowRedirects::None,
+            backend: Some(Arc::new(Mutex::new(backend))),
+            ..Default::default()
+        };
+        Ok(connection.with_transport_options(Box::new(options)))
     }
 
     /// The ssh transport for an ssh URL; `None` for the URLs gix connects to itself.
@@ -708,9 +750,12 @@ impl Job {
     > {
         match &self.auth {
             Auth::Ssh(auth) if git_ssh::Target::parse(&self.url).is_some() => {
-                git_ssh::connect(&self.runtime, &self.url, auth)
+                git_ssh::connect(&self.runtime, &self.url, auth, &self.egress)
                     .map(Some)
-                    .map_err(|e| FetchError::Git(e.to_string()))
+                    .map_err(|e| match e.denied() {
+                        Some(denied) => FetchError::Denied(denied),
+                        None => FetchError::Git(e.to_string()),
+                    })
             }
             _ => Ok(None),
         }

@@ -16,6 +16,8 @@ use gix_transport::Protocol;
 use gix_transport::client::git::ConnectMode;
 use gix_transport::client::git::blocking_io::Connection;
 use russh::keys::known_hosts::check_known_hosts_path;
+
+use crate::registry::{Egress, EgressDenied};
 use russh::keys::{HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
 use russh::{ChannelMsg, ChannelReadHalf, ChannelWriteHalf, client};
 
@@ -76,6 +78,19 @@ pub(crate) enum SshError {
     ExecRefused { endpoint: String },
     #[error("ssh: {0}")]
     Protocol(#[from] russh::Error),
+}
+
+impl SshError {
+    /// The egress policy's refusal, when that is why the connection failed.
+    pub(crate) fn denied(&self) -> Option<EgressDenied> {
+        match self {
+            SshError::Connect { source, .. } => source
+                .get_ref()
+                .and_then(|e| e.downcast_ref::<EgressDenied>())
+                .cloned(),
+            _ => None,
+        }
+    }
 }
 
 /// The credentials of a `secretRef` with `ssh-privatekey`. No `Debug`: it holds the key.
@@ -155,11 +170,14 @@ pub(crate) fn connect(
     runtime: &tokio::runtime::Handle,
     url: &str,
     auth: &SshAuth,
+    egress: &Egress,
 ) -> Result<Connection<ChannelReader, ChannelWriter>, SshError> {
     let target = Target::parse(url).ok_or_else(|| SshError::NotSsh(url.to_owned()))?;
     let endpoint = target.endpoint();
     let (session, channel) = runtime
-        .block_on(async { tokio::time::timeout(CONNECT_TIMEOUT, open(&target, auth)).await })
+        .block_on(async {
+            tokio::time::timeout(CONNECT_TIMEOUT, open(&target, auth, egress)).await
+        })
         .map_err(|_| SshError::ConnectTimeout {
             endpoint: endpoint.clone(),
         })??;
@@ -193,6 +211,7 @@ pub(crate) fn connect(
 async fn open(
     target: &Target,
     auth: &SshAuth,
+    egress: &Egress,
 ) -> Result<(client::Handle<HostKeyCheck>, russh::Channel<client::Msg>), SshError> {
     let endpoint = target.endpoint();
     let config = Arc::new(client::Config {
@@ -219,12 +238,21 @@ async fn open(
         endpoint: endpoint.clone(),
         known_hosts: known_hosts.as_deref().map(Path::to_owned),
     };
-    let socket = tokio::net::TcpStream::connect((target.host.as_str(), target.port))
-        .await
-        .map_err(|source| SshError::Connect {
-            endpoint: endpoint.clone(),
-            source,
-        })?;
+    let connect_error = |source| SshError::Connect {
+        endpoint: endpoint.clone(),
+        source,
+    };
+    let socket = if egress.is_active() {
+        // Resolved once, checked, and dialled at exactly the addresses that passed.
+        let addresses = egress
+            .resolve(&target.host, target.port)
+            .await
+            .map_err(connect_error)?;
+        tokio::net::TcpStream::connect(&addresses[..]).await
+    } else {
+        tokio::net::TcpStream::connect((target.host.as_str(), target.port)).await
+    }
+    .map_err(connect_error)?;
     let mut session = client::connect_stream(config, socket, handler).await?;
     drop(known_hosts);
 

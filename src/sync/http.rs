@@ -10,6 +10,7 @@ use tokio::io::AsyncWriteExt;
 use super::archive::{self, Kind};
 use super::{Context, FetchError, Limits, hex, redact_url};
 use crate::carvel::vendir::HttpSource;
+use crate::registry::Egress;
 
 /// Credentials for one request.
 #[derive(Clone, Default)]
@@ -27,6 +28,7 @@ pub(crate) enum Auth {
 pub(crate) struct Client {
     inner: reqwest::Client,
     max_bytes: u64,
+    egress: Egress,
 }
 
 /// A downloaded body on disk.
@@ -42,19 +44,25 @@ impl Client {
         clippy::disallowed_methods,
         reason = "the upstream download client, built once per sync"
     )]
-    pub(crate) fn new(limits: &Limits) -> Result<Client, FetchError> {
-        let inner = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::limited(limits.max_redirects))
+    pub(crate) fn new(limits: &Limits, egress: &Egress) -> Result<Client, FetchError> {
+        let builder = reqwest::Client::builder()
             .connect_timeout(std::time::Duration::from_secs(30))
-            .user_agent(concat!("packsmith/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| FetchError::Request {
-                url: String::new(),
-                cause: e.to_string(),
-            })?;
+            .user_agent(concat!("packsmith/", env!("CARGO_PKG_VERSION")));
+        let builder = if egress.is_active() {
+            builder
+                .dns_resolver(egress.resolver())
+                .redirect(egress.redirect_policy(limits.max_redirects))
+        } else {
+            builder.redirect(reqwest::redirect::Policy::limited(limits.max_redirects))
+        };
+        let inner = builder.build().map_err(|e| FetchError::Request {
+            url: String::new(),
+            cause: e.to_string(),
+        })?;
         Ok(Client {
             inner,
             max_bytes: limits.max_bytes,
+            egress: egress.clone(),
         })
     }
 
@@ -73,6 +81,10 @@ impl Client {
         url: &str,
         request: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, FetchError> {
+        // An address literal is dialled without the resolver, so it is checked here.
+        if let Ok(parsed) = reqwest::Url::parse(url) {
+            self.egress.check_url(&parsed)?;
+        }
         let response = request.send().await.map_err(|e| request_error(url, e))?;
         let status = response.status();
         if status.is_success() || status == reqwest::StatusCode::NOT_MODIFIED {
@@ -186,6 +198,9 @@ fn cache_entry(cache: &Path, url: &str) -> (PathBuf, PathBuf) {
 }
 
 pub(crate) fn request_error(url: &str, error: reqwest::Error) -> FetchError {
+    if let Some(denied) = crate::registry::egress_denied(&error) {
+        return FetchError::Denied(denied);
+    }
     // reqwest's messages embed the URL, which may carry credentials.
     let cause = error.without_url();
     let mut text = cause.to_string();

@@ -128,6 +128,9 @@ pub(crate) fn registry_error(error: RegistryError) -> FetchError {
         RegistryError::InvalidReference { reference, .. } => reference.clone(),
         _ => String::new(),
     };
+    if let RegistryError::Denied(denied) = error {
+        return FetchError::Denied(denied);
+    }
     match error.class() {
         ErrorClass::Auth => FetchError::Unauthorized {
             status: 401,

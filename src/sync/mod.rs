@@ -165,6 +165,9 @@ pub struct SyncOptions<'a> {
     /// CAs, default credentials); a content's `secretRef` adds to its credentials.
     pub registry: Option<&'a Registry>,
     pub policy: Policy,
+    /// Addresses upstreams may not be reached at (the controller's opt-in egress policy; the
+    /// registry's own is in its options).
+    pub egress: crate::registry::Egress,
 }
 
 impl<'a> SyncOptions<'a> {
@@ -179,6 +182,7 @@ impl<'a> SyncOptions<'a> {
             github_token: None,
             registry: None,
             policy: Policy::default(),
+            egress: crate::registry::Egress::default(),
         }
     }
 }
@@ -213,6 +217,9 @@ pub enum SyncError {
 pub enum FetchError {
     #[error("{0} is not supported yet")]
     NotSupported(String),
+    /// The controller's egress policy refused the upstream's address.
+    #[error(transparent)]
+    Denied(#[from] crate::registry::EgressDenied),
     #[error("{0}")]
     Invalid(String),
     #[error("HTTP {status} from {url}")]
@@ -352,12 +359,14 @@ async fn sync_in(
     options: &SyncOptions<'_>,
     work: &Path,
 ) -> Result<LockConfig, SyncError> {
-    let http = http::Client::new(&options.limits).map_err(|cause| SyncError::Contents {
-        directory: String::new(),
-        contents: String::new(),
-        kind: "http",
-        upstream: String::new(),
-        cause: Box::new(cause),
+    let http = http::Client::new(&options.limits, &options.egress).map_err(|cause| {
+        SyncError::Contents {
+            directory: String::new(),
+            contents: String::new(),
+            kind: "http",
+            upstream: String::new(),
+            cause: Box::new(cause),
+        }
     })?;
     let ctx = Context {
         root,
