@@ -40,4 +40,6 @@ pub use error::BundleError;
 pub use pull::{PullLimits, Pulled, pull, pull_with};
 pub use push::{PushEvent, PushOptions, Pushed, digest_tag, push};
 pub use target::{LAYOUT_PREFIX, LayoutRef, Location};
+#[cfg(test)]
+pub(crate) use untar::testing as untar_testing;
 pub(crate) use untar::{CappedReader, entries as tar_entries, headers_too_large};

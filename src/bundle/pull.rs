@@ -1268,4 +1268,31 @@ mod tests {
         // Only the output is left: the old tree and the staging directory are gone.
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// Whatever the names, links and kinds of a layer's members, a pull writes only
+        /// inside its output, and never panics.
+        #[test]
+        fn a_pull_never_reaches_outside_its_output(
+            members in super::super::untar::testing::members()
+        ) {
+            use super::super::untar::testing::{Sandbox, raw_tar};
+            let tar = raw_tar(&members);
+            let diff_id = sha256_digest(&tar);
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            io::Write::write_all(&mut gz, &tar).unwrap();
+            let gz = gz.finish().unwrap();
+            let sandbox = Sandbox::new();
+            let _ = unpack_into(
+                &gz,
+                &descriptor(&gz),
+                &diff_id,
+                &sandbox.target(),
+                "r",
+                &PullLimits::default(),
+            );
+            sandbox.check();
+        }
+    }
 }

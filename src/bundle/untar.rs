@@ -254,3 +254,188 @@ mod tests {
         assert_eq!(read(&tar, true).unwrap()[0].1, 3 << 20);
     }
 }
+
+/// What the unpackers' property tests share: hostile tar entries, and the containment check.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::collections::BTreeMap;
+    use std::path::Path;
+
+    use proptest::prelude::*;
+
+    /// One tar member as a hostile archive could write it: any name, any link target.
+    #[derive(Debug, Clone)]
+    pub(crate) struct Member {
+        pub name: String,
+        pub kind: tar::EntryType,
+        pub link: String,
+        pub data: Vec<u8>,
+    }
+
+    /// Names and link targets built from the pieces that escape: `..`, `.`, empty pieces,
+    /// repeated names (a link then a file through it), and plain ones. Relative and at most
+    /// [`MAX_PIECES`] deep, so that even an unpacker that followed them blindly stays inside
+    /// the [`Sandbox`] (the target sits deeper than that): a regression fails the property
+    /// instead of writing, or deleting, outside the test's directory. Absolute names have
+    /// their own example-based tests.
+    fn path() -> impl Strategy<Value = String> {
+        let piece = prop_oneof![
+            Just("..".to_owned()),
+            Just(".".to_owned()),
+            Just("".to_owned()),
+            Just("a".to_owned()),
+            Just("b".to_owned()),
+            Just("victim".to_owned()),
+        ];
+        prop::collection::vec(piece, 1..=MAX_PIECES).prop_map(|pieces| pieces.join("/"))
+    }
+
+    pub(crate) fn members() -> impl Strategy<Value = Vec<Member>> {
+        let kind = prop_oneof![
+            Just(tar::EntryType::Regular),
+            Just(tar::EntryType::Directory),
+            Just(tar::EntryType::Symlink),
+            Just(tar::EntryType::Link),
+        ];
+        let member = (
+            path(),
+            kind,
+            path(),
+            prop::collection::vec(any::<u8>(), 0..16),
+        )
+            .prop_map(|(name, kind, link, data)| Member {
+                name,
+                kind,
+                link,
+                data: if kind == tar::EntryType::Regular {
+                    data
+                } else {
+                    Vec::new()
+                },
+            });
+        prop::collection::vec(member, 1..8)
+    }
+
+    /// The raw tar: names and link targets written into the header as they are, as a hostile
+    /// archive would (the tar crate's builder refuses `..`).
+    pub(crate) fn raw_tar(members: &[Member]) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        for member in members {
+            let mut header = tar::Header::new_gnu();
+            let name = member.name.as_bytes();
+            header.as_old_mut().name[..name.len()].copy_from_slice(name);
+            let link = member.link.as_bytes();
+            if matches!(member.kind, tar::EntryType::Symlink | tar::EntryType::Link) {
+                header.as_old_mut().linkname[..link.len()].copy_from_slice(link);
+            }
+            header.set_entry_type(member.kind);
+            header.set_mode(0o644);
+            header.set_size(member.data.len() as u64);
+            header.set_cksum();
+            builder
+                .append(&header, member.data.as_slice())
+                .expect("a tar in memory");
+        }
+        builder.into_inner().expect("a tar in memory")
+    }
+
+    /// Every entry under `root`, links not followed: path → what it is.
+    pub(crate) fn tree(root: &Path) -> BTreeMap<String, String> {
+        walkdir::WalkDir::new(root)
+            .min_depth(1)
+            .into_iter()
+            .filter_map(Result::ok)
+            .map(|e| {
+                let path = e.path().strip_prefix(root).unwrap_or(e.path());
+                let kind = if e.file_type().is_symlink() {
+                    format!(
+                        "-> {}",
+                        std::fs::read_link(e.path())
+                            .map(|t| t.display().to_string())
+                            .unwrap_or_default()
+                    )
+                } else if e.file_type().is_dir() {
+                    "dir".to_owned()
+                } else {
+                    std::fs::read(e.path())
+                        .map(|d| format!("{} bytes", d.len()))
+                        .unwrap_or_default()
+                };
+                (path.display().to_string(), kind)
+            })
+            .collect()
+    }
+
+    const SECRET: &str = "another tenant's\n";
+    const MAX_PIECES: usize = 4;
+    /// Where the target sits under the sandbox's root: deeper than any chain of generated
+    /// names and links climbs (8 members of 4 pieces each).
+    const NEST: &str =
+        "n/n/n/n/n/n/n/n/n/n/n/n/n/n/n/n/n/n/n/n/n/n/n/n/n/n/n/n/n/n/n/n/n/n/n/n/n/n/n/n";
+
+    /// A sandbox: `<root>/n/…/n/victim/secret` beside `<root>/n/…/n/target`. After an unpack into
+    /// `target`, everything outside it must be as it was; every symlink inside it must
+    /// resolve inside it.
+    pub(crate) struct Sandbox {
+        pub root: tempfile::TempDir,
+    }
+
+    impl Sandbox {
+        pub(crate) fn new() -> Self {
+            let root = tempfile::tempdir().expect("a temporary directory");
+            let nest = root.path().join(NEST);
+            std::fs::create_dir_all(nest.join("victim")).expect("mkdir");
+            std::fs::write(nest.join("victim/secret"), SECRET).expect("write");
+            std::fs::create_dir(nest.join("target")).expect("mkdir");
+            Sandbox { root }
+        }
+
+        pub(crate) fn target(&self) -> std::path::PathBuf {
+            self.root.path().join(NEST).join("target")
+        }
+
+        /// Panics (failing the property) if anything outside `target` changed or a link
+        /// inside it leads out.
+        pub(crate) fn check(&self) {
+            let inside = format!("{NEST}/target/");
+            let outside: BTreeMap<String, String> = tree(self.root.path())
+                .into_iter()
+                .filter(|(path, _)| !path.starts_with(&inside))
+                .collect();
+            let mut expected: BTreeMap<String, String> = BTreeMap::new();
+            let mut dir = String::new();
+            for part in NEST.split('/') {
+                dir = if dir.is_empty() {
+                    part.to_owned()
+                } else {
+                    format!("{dir}/{part}")
+                };
+                expected.insert(dir.clone(), "dir".to_owned());
+            }
+            expected.insert(format!("{NEST}/target"), "dir".to_owned());
+            expected.insert(format!("{NEST}/victim"), "dir".to_owned());
+            expected.insert(
+                format!("{NEST}/victim/secret"),
+                format!("{} bytes", SECRET.len()),
+            );
+            assert_eq!(outside, expected, "something outside the target changed");
+            let target = self.target();
+            let canonical_target = target.canonicalize().expect("the target exists");
+            for entry in walkdir::WalkDir::new(&target)
+                .into_iter()
+                .filter_map(Result::ok)
+            {
+                if entry.file_type().is_symlink()
+                    && let Ok(resolved) = entry.path().canonicalize()
+                {
+                    assert!(
+                        resolved.starts_with(&canonical_target),
+                        "{} leads out of the target to {}",
+                        entry.path().display(),
+                        resolved.display()
+                    );
+                }
+            }
+        }
+    }
+}

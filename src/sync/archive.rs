@@ -676,4 +676,21 @@ pub(crate) mod tests {
             assert!(outside.is_empty(), "{entries:?} wrote {outside:?}");
         }
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// Whatever the names, links and kinds of an archive's members, it unpacks only
+        /// inside its directory (links resolve inside it), and never panics.
+        #[test]
+        fn an_archive_never_reaches_outside_its_directory(
+            members in crate::bundle::untar_testing::members()
+        ) {
+            use crate::bundle::untar_testing::{Sandbox, raw_tar};
+            let sandbox = Sandbox::new();
+            let file = tempfile::NamedTempFile::new().unwrap();
+            std::fs::write(file.path(), raw_tar(&members)).unwrap();
+            let _ = unpack(file.path(), Kind::Tar, &sandbox.target(), &Limits::default());
+            sandbox.check();
+        }
+    }
 }

@@ -920,4 +920,24 @@ mod tests {
         assert!(err.contains("more than 100 directories"), "{err}");
         assert!(std::fs::read_dir(dir.path()).unwrap().count() <= 100);
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// Whatever the names, links and kinds of a layer's members, an image layer is
+        /// extracted only inside its directory, and never panics.
+        #[test]
+        fn a_layer_never_reaches_outside_its_directory(
+            members in crate::bundle::untar_testing::members()
+        ) {
+            use crate::bundle::untar_testing::{Sandbox, raw_tar};
+            let sandbox = Sandbox::new();
+            let _ = extract_layer(
+                capped(&raw_tar(&members)),
+                &sandbox.target(),
+                &Limits::default(),
+                &mut LayerBudget::default(),
+            );
+            sandbox.check();
+        }
+    }
 }
