@@ -48,7 +48,7 @@ pub struct LockArgs {
     registry: RegistryArgs,
 }
 
-pub fn run(args: &LockArgs) -> anyhow::Result<ExitCode> {
+pub fn run(args: &LockArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result<ExitCode> {
     let config = LockConfig::default();
     if args.list {
         let discovery = lock::discover(&args.file, &config)?;
@@ -73,10 +73,6 @@ pub fn run(args: &LockArgs) -> anyhow::Result<ExitCode> {
     {
         inputs.push(output.clone());
     }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
     let locked = runtime.block_on(lock::run(
         &inputs,
         &config,

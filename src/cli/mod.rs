@@ -189,6 +189,13 @@ fn report(err: &anyhow::Error) -> String {
 }
 
 fn run(command: Command) -> anyhow::Result<ExitCode> {
+    // One runtime for the process, built only by the commands that do I/O through it.
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| anyhow::anyhow!("starting the async runtime: {e}"))
+    };
     match command {
         Command::Init(args) => init::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Crds(args) => crds(&args).map(|()| ExitCode::SUCCESS),
@@ -196,17 +203,19 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             println!("packsmith {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)
         }
-        Command::Controller(args) => controller(args).map(|()| ExitCode::SUCCESS),
-        Command::Sync(args) => sync::run(&args).map(|()| ExitCode::SUCCESS),
-        Command::Lock(args) => lock::run(&args),
-        Command::Push(args) => push::run(&args).map(|()| ExitCode::SUCCESS),
-        Command::Pull(args) => pull::run(&args).map(|()| ExitCode::SUCCESS),
-        Command::Release(args) => release::run(&args).map(|()| ExitCode::SUCCESS),
-        Command::Repo(RepoCommand::Release(args)) => repo::run(&args).map(|()| ExitCode::SUCCESS),
+        Command::Controller(args) => controller(args, &runtime()?).map(|()| ExitCode::SUCCESS),
+        Command::Sync(args) => sync::run(&args, &runtime()?).map(|()| ExitCode::SUCCESS),
+        Command::Lock(args) => lock::run(&args, &runtime()?),
+        Command::Push(args) => push::run(&args, &runtime()?).map(|()| ExitCode::SUCCESS),
+        Command::Pull(args) => pull::run(&args, &runtime()?).map(|()| ExitCode::SUCCESS),
+        Command::Release(args) => release::run(&args, &runtime()?).map(|()| ExitCode::SUCCESS),
+        Command::Repo(RepoCommand::Release(args)) => {
+            repo::run(&args, &runtime()?).map(|()| ExitCode::SUCCESS)
+        }
     }
 }
 
-fn controller(args: ControllerArgs) -> anyhow::Result<()> {
+fn controller(args: ControllerArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     use crate::registry::Credentials;
     use anyhow::Context as _;
     let credentials = match &args.registry_config {
@@ -254,9 +263,6 @@ fn controller(args: ControllerArgs) -> anyhow::Result<()> {
     if let Some(election) = &options.leader_election {
         election.validate()?;
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
     runtime.block_on(async move {
         let config = match &args.kubeconfig {
             Some(path) => {

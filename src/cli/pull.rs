@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context as _;
 use clap::Args;
 
 use super::registry::{RegistryArgs, registry_host};
@@ -30,13 +29,9 @@ pub struct PullArgs {
     registry: RegistryArgs,
 }
 
-pub fn run(args: &PullArgs) -> anyhow::Result<()> {
+pub fn run(args: &PullArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     let location = Location::parse(&args.bundle)?;
     let registry = args.registry.registry(registry_host(&location))?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
     let limits = PullLimits {
         max_bytes: args.max_bytes,
         max_files: args.max_files,

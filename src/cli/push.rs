@@ -33,7 +33,7 @@ pub struct PushArgs {
     registry: RegistryArgs,
 }
 
-pub fn run(args: &PushArgs) -> anyhow::Result<()> {
+pub fn run(args: &PushArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     let location = Location::parse(&args.bundle)?;
     if location.digest().is_some() {
         anyhow::bail!(
@@ -81,10 +81,6 @@ pub fn run(args: &PushArgs) -> anyhow::Result<()> {
         progress: verbose.then_some(&progress as &(dyn Fn(&PushEvent) + Send + Sync)),
         ..PushOptions::default()
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
     let pushed = runtime.block_on(bundle::push(
         &registry,
         &built,

@@ -46,7 +46,7 @@ pub struct ReleaseArgs {
     registry: RegistryArgs,
 }
 
-pub fn run(args: &ReleaseArgs) -> anyhow::Result<()> {
+pub fn run(args: &ReleaseArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     let source_path = args.dir.join("packagesource.yaml");
     let text = std::fs::read_to_string(&source_path).with_context(|| {
         format!(
@@ -93,9 +93,6 @@ pub fn run(args: &ReleaseArgs) -> anyhow::Result<()> {
         on_stage: None,
         sync_policy: crate::sync::Policy::cli(args.allow_unknown_ssh_hosts),
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
     let outcome = runtime.block_on(pipeline::run(&input)).map_err(|e| {
         anyhow::anyhow!(
             "{} stage failed ({}): {}",

@@ -39,7 +39,7 @@ pub struct RepoReleaseArgs {
     registry: RegistryArgs,
 }
 
-pub fn run(args: &RepoReleaseArgs) -> anyhow::Result<()> {
+pub fn run(args: &RepoReleaseArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     let location = Location::parse(&args.bundle)?;
     // kapp-controller fetches a PackageRepository from a registry; a bundle in a local OCI
     // layout could never be installed from, and a digest cannot be pushed to.
@@ -79,10 +79,6 @@ pub fn run(args: &RepoReleaseArgs) -> anyhow::Result<()> {
             ..PushOptions::default()
         },
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
     let released = runtime.block_on(repository::release(
         &registry,
         &args.packages,

@@ -54,7 +54,7 @@ pub struct SyncArgs {
     registry: RegistryArgs,
 }
 
-pub fn run(args: &SyncArgs) -> anyhow::Result<()> {
+pub fn run(args: &SyncArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     let root = args.chdir.clone().unwrap_or_else(|| PathBuf::from("."));
     let mut config = None;
     let mut secrets = MemorySecrets::default();
@@ -117,10 +117,6 @@ pub fn run(args: &SyncArgs) -> anyhow::Result<()> {
         ..Limits::default()
     };
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
     let lock = runtime.block_on(crate::sync::sync(&config, &root, &options))?;
     for directory in &lock.directories {
         for contents in &directory.contents {
