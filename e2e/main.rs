@@ -4,6 +4,11 @@
 //! The bed comes from `PACKSMITH_E2E_ENV` (an env file written by `make e2e-up`) or is started
 //! here with `e2e/scripts/up.sh` and stopped at the end. `PACKSMITH_E2E=0` is the only way to
 //! skip; a bed that fails to start fails the run with the component's name and log.
+
+#![allow(
+    unreachable_pub,
+    reason = "a test binary has no API: `pub` marks what its modules share"
+)]
 // The suite drives real processes (git, ssh-keygen, the packsmith binary, the bed's scripts)
 // and builds its own clients to check what packsmith wrote: clippy.toml's run-time rules do
 // not apply to it.

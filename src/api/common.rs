@@ -1,5 +1,11 @@
 //! Types shared by packsmith's kinds.
 
+#![expect(
+    unreachable_pub,
+    reason = "kube's KubeSchema/CustomResource derives copy these `pub` items into private \
+              scopes, where the lint fires on them; the items are the public API"
+)]
+
 use kube::KubeSchema;
 use serde::{Deserialize, Serialize};
 

@@ -1,5 +1,11 @@
 //! `PackageRepositorySource`: a Carvel package repository aggregated from PackageSources.
 
+#![expect(
+    unreachable_pub,
+    reason = "kube's KubeSchema/CustomResource derives copy these `pub` items into private \
+              scopes, where the lint fires on them; the items are the public API"
+)]
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};

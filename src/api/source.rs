@@ -1,5 +1,11 @@
 //! `PackageSource`: one Carvel package, from upstream contents to a published Package.
 
+#![expect(
+    unreachable_pub,
+    reason = "kube's KubeSchema/CustomResource derives copy these `pub` items into private \
+              scopes, where the lint fires on them; the items are the public API"
+)]
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};

@@ -11,14 +11,14 @@ const NAME_SIZE: usize = 100;
 const PREFIX_SIZE: usize = 155;
 
 /// Typeflag of a regular file.
-pub const TYPE_REG: u8 = b'0';
+pub(super) const TYPE_REG: u8 = b'0';
 /// Typeflag of a directory.
-pub const TYPE_DIR: u8 = b'5';
+pub(super) const TYPE_DIR: u8 = b'5';
 const TYPE_PAX: u8 = b'x';
 
 /// The header block(s) of one entry: a PAX extended header (with its data) when the entry needs
 /// one, then the entry's own header. File data and its padding are the caller's.
-pub fn header(name: &str, typeflag: u8, mode: u32, size: u64) -> Vec<u8> {
+pub(super) fn header(name: &str, typeflag: u8, mode: u32, size: u64) -> Vec<u8> {
     let size_fits = fits_in_octal(12, size);
     let ustar_split = if name.len() <= NAME_SIZE && name.is_ascii() {
         Some(("", name))
@@ -46,10 +46,10 @@ pub fn header(name: &str, typeflag: u8, mode: u32, size: u64) -> Vec<u8> {
 }
 
 /// The two zero blocks that end an archive (Go pads to nothing more).
-pub const END_OF_ARCHIVE: [u8; 2 * BLOCK] = [0; 2 * BLOCK];
+pub(super) const END_OF_ARCHIVE: [u8; 2 * BLOCK] = [0; 2 * BLOCK];
 
 /// Zero bytes that pad `size` bytes of file data to a whole block.
-pub fn padding(size: u64) -> &'static [u8] {
+pub(super) fn padding(size: u64) -> &'static [u8] {
     const ZEROS: [u8; BLOCK] = [0; BLOCK];
     let rem = (size % BLOCK as u64) as usize;
     if rem == 0 { &[] } else { &ZEROS[..BLOCK - rem] }

@@ -23,7 +23,7 @@ const CHUNK: usize = 1 << 20;
 
 /// A finished layer.
 #[derive(Debug)]
-pub struct Layer {
+pub(super) struct Layer {
     /// The gzip'd tar.
     pub data: Vec<u8>,
     /// `sha256:` of `data`.
@@ -35,7 +35,7 @@ pub struct Layer {
 }
 
 /// Writes tar entries, Go's encoding, into the hashing + compressing pipeline.
-pub struct LayerWriter {
+pub(super) struct LayerWriter {
     buffer: Vec<u8>,
     tar_hash: Sha256,
     tar_size: u64,
@@ -45,7 +45,7 @@ pub struct LayerWriter {
 }
 
 impl LayerWriter {
-    pub fn new() -> Self {
+    pub(super) fn new() -> Self {
         // Two chunks in flight keep the compressor fed without holding much memory.
         let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(2);
         let compressor = thread::Builder::new()
@@ -62,13 +62,13 @@ impl LayerWriter {
         }
     }
 
-    pub fn append_dir(&mut self, name: &str) -> std::io::Result<()> {
+    pub(super) fn append_dir(&mut self, name: &str) -> std::io::Result<()> {
         self.write(&gotar::header(name, gotar::TYPE_DIR, 0o700, 0))
     }
 
     /// Appends a regular file of `size` bytes read from `reader`; fails with
     /// [`BundleError::Changed`] if the file does not hold exactly `size` bytes any more.
-    pub fn append_file(
+    pub(super) fn append_file(
         &mut self,
         name: &str,
         mode: u32,
@@ -120,7 +120,7 @@ impl LayerWriter {
         self.write(gotar::padding(size)).map_err(write_err)
     }
 
-    pub fn finish(mut self) -> std::io::Result<Layer> {
+    pub(super) fn finish(mut self) -> std::io::Result<Layer> {
         self.write(&gotar::END_OF_ARCHIVE)?;
         self.flush_chunk()?;
         let diff_id = digest_string(&std::mem::take(&mut self.tar_hash).finalize());

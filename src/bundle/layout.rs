@@ -51,7 +51,7 @@ impl IndexEntry {
 
 /// Writes `bundle` into the layout at `dir` (created if needed) and points `tags` at it.
 /// Returns the digests of blobs written and the tags that changed.
-pub fn write(
+pub(super) fn write(
     dir: &Path,
     bundle: &BuiltBundle,
     tags: &[String],
@@ -116,7 +116,11 @@ pub fn write(
 }
 
 /// Finds the manifest a tag or digest names. `None` for the tag means the only manifest.
-pub fn resolve(dir: &Path, tag: Option<&str>, digest: Option<&str>) -> Result<String, BundleError> {
+pub(super) fn resolve(
+    dir: &Path,
+    tag: Option<&str>,
+    digest: Option<&str>,
+) -> Result<String, BundleError> {
     let not_found = |reason: String| BundleError::Content {
         reference: format!("oci-layout:{}", dir.display()),
         reason,
@@ -156,7 +160,7 @@ pub fn resolve(dir: &Path, tag: Option<&str>, digest: Option<&str>) -> Result<St
 }
 
 /// Reads a blob and checks it is what its digest says.
-pub fn read_blob(dir: &Path, digest: &str) -> Result<Vec<u8>, BundleError> {
+pub(super) fn read_blob(dir: &Path, digest: &str) -> Result<Vec<u8>, BundleError> {
     if !is_sha256_digest(digest) {
         return Err(BundleError::Content {
             reference: format!("oci-layout:{}", dir.display()),
@@ -177,7 +181,7 @@ pub fn read_blob(dir: &Path, digest: &str) -> Result<Vec<u8>, BundleError> {
 
 /// The blob `digest` of the layout, opened for streaming: the caller checks its digest as it
 /// reads (a layer is not read into memory).
-pub fn open_blob(dir: &Path, digest: &str) -> Result<fs::File, BundleError> {
+pub(super) fn open_blob(dir: &Path, digest: &str) -> Result<fs::File, BundleError> {
     if !is_sha256_digest(digest) {
         return Err(BundleError::Content {
             reference: format!("oci-layout:{}", dir.display()),

@@ -6,7 +6,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 
 #[derive(Args, Debug)]
-pub struct InitArgs {
+pub(super) struct InitArgs {
     /// Package name: a DNS label like `foobar`, or a full refName like
     /// `foobar.packages.example.com` (at least three labels).
     pub name: String,
@@ -73,7 +73,7 @@ fn is_dns_label(s: &str) -> bool {
 }
 
 /// kapp-controller's rule for Package refNames and PackageMetadata names.
-pub fn is_ref_name(s: &str) -> bool {
+pub(super) fn is_ref_name(s: &str) -> bool {
     s.len() <= 253 && s.split('.').count() >= 3 && s.split('.').all(is_dns_label)
 }
 
@@ -93,7 +93,7 @@ fn files(n: &Names) -> Vec<(&'static str, String)> {
     ]
 }
 
-pub fn run(args: &InitArgs) -> anyhow::Result<()> {
+pub(super) fn run(args: &InitArgs) -> anyhow::Result<()> {
     let names = names(args)?;
     let dir = args
         .dir

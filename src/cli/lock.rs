@@ -12,7 +12,7 @@ use crate::lock::{self, LockConfig, ResolveOptions, Written};
 use crate::registry::{Registry, RegistryOptions};
 
 #[derive(Args, Debug)]
-pub struct LockArgs {
+pub(super) struct LockArgs {
     /// Files or directories of manifests to scan (repeatable; - reads standard input). An
     /// ImagesLock inside them (.imgpkg/images.yml) is reused for the references it records,
     /// as kbld does, so re-locking an unchanged tree asks no registry anything.
@@ -48,7 +48,7 @@ pub struct LockArgs {
     registry: RegistryArgs,
 }
 
-pub fn run(args: &LockArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result<ExitCode> {
+pub(super) fn run(args: &LockArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result<ExitCode> {
     let config = LockConfig::default();
     if args.list {
         let discovery = lock::discover(&args.file, &config)?;

@@ -8,7 +8,7 @@ use super::registry::{RegistryArgs, registry_host};
 use crate::bundle::{self, Location, PullLimits};
 
 #[derive(Args, Debug)]
-pub struct PullArgs {
+pub(super) struct PullArgs {
     /// Bundle to pull: REPO:TAG, REPO@sha256:…, or oci-layout:DIR[:TAG|@sha256:…].
     #[arg(short, long, value_name = "REF")]
     bundle: String,
@@ -29,7 +29,7 @@ pub struct PullArgs {
     registry: RegistryArgs,
 }
 
-pub fn run(args: &PullArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
+pub(super) fn run(args: &PullArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     let location = Location::parse(&args.bundle)?;
     let registry = args.registry.registry(registry_host(&location))?;
     let limits = PullLimits {

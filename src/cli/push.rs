@@ -13,7 +13,7 @@ use crate::carvel::BundleLock;
 use super::registry::{RegistryArgs, registry_host};
 
 #[derive(Args, Debug)]
-pub struct PushArgs {
+pub(super) struct PushArgs {
     /// Where to push: REPO:TAG, or oci-layout:DIR[:TAG] for an OCI image layout on disk.
     #[arg(short, long, value_name = "REF")]
     bundle: String,
@@ -33,7 +33,7 @@ pub struct PushArgs {
     registry: RegistryArgs,
 }
 
-pub fn run(args: &PushArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
+pub(super) fn run(args: &PushArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     let location = Location::parse(&args.bundle)?;
     if location.digest().is_some() {
         anyhow::bail!(

@@ -11,7 +11,7 @@ use crate::registry::{Credentials, Mirror, Registry, RegistryOptions};
 
 /// How to reach registries: the flags every registry-facing command shares.
 #[derive(Args, Debug)]
-pub struct RegistryArgs {
+pub(super) struct RegistryArgs {
     /// Resolve FROM's repositories through the registry TO (repeatable), e.g.
     /// quay.io=127.0.0.1:5000; what is recorded keeps FROM's names.
     #[arg(long, value_name = "FROM=TO")]
@@ -45,12 +45,12 @@ pub struct RegistryArgs {
 
 impl RegistryArgs {
     /// A registry client; `host` is the bundle's registry, which the username/password apply to.
-    pub fn registry(&self, host: Option<&str>) -> anyhow::Result<Registry> {
+    pub(super) fn registry(&self, host: Option<&str>) -> anyhow::Result<Registry> {
         Ok(Registry::new(self.options(host)?)?)
     }
 
     /// The options behind [`RegistryArgs::registry`], for commands that add their own.
-    pub fn options(&self, host: Option<&str>) -> anyhow::Result<RegistryOptions> {
+    pub(super) fn options(&self, host: Option<&str>) -> anyhow::Result<RegistryOptions> {
         let ca_pems = self
             .registry_ca_cert_path
             .iter()
@@ -85,7 +85,7 @@ impl RegistryArgs {
 }
 
 /// The registry host of `location`, if it is in a registry.
-pub fn registry_host(location: &Location) -> Option<&str> {
+pub(super) fn registry_host(location: &Location) -> Option<&str> {
     match location {
         Location::Registry(r) => Some(r.registry()),
         Location::Layout(_) => None,

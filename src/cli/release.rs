@@ -25,7 +25,7 @@ const SOURCE_FILES: &[&str] = &[
 ];
 
 #[derive(Args, Debug)]
-pub struct ReleaseArgs {
+pub(super) struct ReleaseArgs {
     /// Package directory holding packagesource.yaml (and config/).
     #[arg(default_value = ".")]
     dir: PathBuf,
@@ -46,7 +46,7 @@ pub struct ReleaseArgs {
     registry: RegistryArgs,
 }
 
-pub fn run(args: &ReleaseArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
+pub(super) fn run(args: &ReleaseArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     let source_path = args.dir.join("packagesource.yaml");
     let text = std::fs::read_to_string(&source_path).with_context(|| {
         format!(

@@ -13,7 +13,7 @@ use crate::carvel::BundleLock;
 use crate::publish::repository::{self, ReleaseOptions};
 
 #[derive(Args, Debug)]
-pub struct RepoReleaseArgs {
+pub(super) struct RepoReleaseArgs {
     /// Directory holding packages/<refName>/{metadata,<version>}.yml (what `packsmith release`
     /// writes under carvel-artifacts/; several releases may share one directory).
     #[arg(long, value_name = "DIR")]
@@ -39,7 +39,7 @@ pub struct RepoReleaseArgs {
     registry: RegistryArgs,
 }
 
-pub fn run(args: &RepoReleaseArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
+pub(super) fn run(args: &RepoReleaseArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     let location = Location::parse(&args.bundle)?;
     // kapp-controller fetches a PackageRepository from a registry; a bundle in a local OCI
     // layout could never be installed from, and a digest cannot be pushed to.

@@ -13,7 +13,7 @@ use crate::carvel::vendir::{Config, LockConfig};
 use crate::sync::{Limits, MemorySecrets, Secret, SyncOptions};
 
 #[derive(Args, Debug)]
-pub struct SyncArgs {
+pub(super) struct SyncArgs {
     /// Work in this directory (paths in vendir.yml are relative to it).
     #[arg(long)]
     chdir: Option<PathBuf>,
@@ -54,7 +54,7 @@ pub struct SyncArgs {
     registry: RegistryArgs,
 }
 
-pub fn run(args: &SyncArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
+pub(super) fn run(args: &SyncArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     let root = args.chdir.clone().unwrap_or_else(|| PathBuf::from("."));
     let mut config = None;
     let mut secrets = MemorySecrets::default();

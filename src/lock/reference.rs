@@ -44,7 +44,7 @@ fn tag_and_digest_suffix(rest: &str) -> bool {
 }
 
 /// Parses a reference as go-containerregistry does (default registry, `library/`, `latest`).
-pub fn parse(url: &str) -> Result<Reference, RegistryError> {
+pub(super) fn parse(url: &str) -> Result<Reference, RegistryError> {
     let reference = registry::parse_reference(url)?;
     // The docker grammar oci-spec follows takes an upper-case first segment for a registry
     // and lets it through; go-containerregistry allows `[a-z0-9_.-/]` only, so kbld fails.
@@ -76,7 +76,7 @@ pub fn parse(url: &str) -> Result<Reference, RegistryError> {
 
 /// go-containerregistry's `Repository.Name()`: what kbld writes before `@sha256:…`. Docker
 /// Hub is `index.docker.io`, its official images are under `library/`.
-pub fn repository_name(reference: &Reference) -> String {
+pub(super) fn repository_name(reference: &Reference) -> String {
     let registry = match reference.registry() {
         "docker.io" => "index.docker.io",
         other => other,
@@ -85,12 +85,12 @@ pub fn repository_name(reference: &Reference) -> String {
 }
 
 /// `repository@digest` in go-containerregistry's naming.
-pub fn digest_name(reference: &Reference, digest: &str) -> String {
+pub(super) fn digest_name(reference: &Reference, digest: &str) -> String {
     format!("{}@{digest}", repository_name(reference))
 }
 
 /// The tag kbld records in a `resolved` origin (`latest` when none was written).
-pub fn tag_of(reference: &Reference) -> &str {
+pub(super) fn tag_of(reference: &Reference) -> &str {
     reference.tag().unwrap_or("latest")
 }
 

@@ -37,7 +37,7 @@ pub fn effective_rules<'a>(
 }
 
 /// kbld's `SearchRulesWithoutDefaults`: `keys` of every config, then `searchRules`.
-pub fn rules_without_defaults<'a>(
+pub(super) fn rules_without_defaults<'a>(
     configs: impl IntoIterator<Item = &'a Config> + Clone,
 ) -> Vec<SearchRule> {
     let mut rules = Vec::new();
@@ -101,7 +101,7 @@ fn strategy(rule: &SearchRule) -> Strategy<'_> {
 /// Calls `visit` with every image reference of `document` under `rules`. When `visit`
 /// returns a replacement the value is rewritten in place (a JSON/YAML string value holding
 /// it is re-encoded, as kbld does); discovery returns `None` and the document stays as read.
-pub fn visit_images(
+pub(super) fn visit_images(
     document: &mut Value,
     rules: &[SearchRule],
     limits: &YamlLimits,

@@ -60,7 +60,7 @@ struct Platform {
 }
 
 /// The highest tag of `repository` that `selection` allows.
-pub async fn select_tag(
+pub(super) async fn select_tag(
     registry: &Registry,
     repository: &Reference,
     selection: &VersionSelection,
@@ -78,7 +78,7 @@ pub async fn select_tag(
 }
 
 /// The digest of `reference` for `selection`'s platform.
-pub async fn platform_digest(
+pub(super) async fn platform_digest(
     registry: &Registry,
     reference: &Reference,
     selection: &PlatformSelection,
@@ -162,7 +162,7 @@ fn satisfies(platform: &Platform, selection: &PlatformSelection) -> bool {
 }
 
 /// `os/architecture[/variant]`, as the platform is usually written.
-pub fn describe(selection: &PlatformSelection) -> String {
+pub(super) fn describe(selection: &PlatformSelection) -> String {
     let mut text = format!(
         "{}/{}",
         none_if_empty(&selection.os),

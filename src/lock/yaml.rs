@@ -15,7 +15,7 @@ use serde_saphyr::{Budget, DuplicateKeyPolicy, NonFiniteFloatPolicy, Options};
 
 /// A parse failure with the position serde-saphyr reported.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct YamlFailure {
+pub(super) struct YamlFailure {
     pub line: Option<u64>,
     pub column: Option<u64>,
     pub message: String,
@@ -63,7 +63,7 @@ fn options(limits: &YamlLimits) -> Options {
 }
 
 /// Every document of a YAML stream, empty ones dropped (as kbld drops them).
-pub fn parse_stream(text: &str, limits: &YamlLimits) -> Result<Vec<Value>, YamlFailure> {
+pub(super) fn parse_stream(text: &str, limits: &YamlLimits) -> Result<Vec<Value>, YamlFailure> {
     let documents: Vec<Node> = serde_saphyr::from_multiple_with_options(text, options(limits))
         .map_err(|error| {
             let location = error.location();

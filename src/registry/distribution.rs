@@ -42,7 +42,7 @@ const MANIFEST_MEDIA_TYPES: &str = "application/vnd.docker.distribution.manifest
 
 /// Requests made, by kind, for reporting and for the benchmark's requests-per-reference.
 #[derive(Debug, Default)]
-pub struct RequestCounts {
+pub(super) struct RequestCounts {
     pub pings: AtomicUsize,
     pub tokens: AtomicUsize,
     pub manifest_heads: AtomicUsize,
@@ -89,7 +89,7 @@ impl RequestStats {
 
 /// What a request needs the right to do; bearer tokens are scoped by it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Access {
+pub(super) enum Access {
     Pull,
     Push,
 }

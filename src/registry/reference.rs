@@ -45,7 +45,7 @@ pub enum ReferenceError {
 /// `library/` for official images, tag `latest` when neither tag nor digest is given), except
 /// that tags are ASCII as distribution's grammar says (oci-spec's `\w` also admits any Unicode
 /// letter, which no registry accepts).
-pub fn parse(s: &str) -> Result<Reference, ReferenceError> {
+pub(super) fn parse(s: &str) -> Result<Reference, ReferenceError> {
     if s.is_empty() {
         return Err(ReferenceError::Empty);
     }

@@ -59,7 +59,7 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ArchiveError + '_ {
 }
 
 /// Sniffs the archive type from the first bytes (and, for gzip, the tar magic inside).
-pub fn detect(path: &Path) -> Result<Kind, ArchiveError> {
+pub(super) fn detect(path: &Path) -> Result<Kind, ArchiveError> {
     let mut file = File::open(path).map_err(io_err(path))?;
     let mut head = [0u8; 512];
     let n = read_up_to(&mut file, &mut head).map_err(io_err(path))?;
@@ -224,7 +224,7 @@ fn file_mode(archive_mode: u32) -> u32 {
 }
 
 /// Unpacks `archive` into the (existing, empty) directory `dest`.
-pub fn unpack(
+pub(super) fn unpack(
     archive: &Path,
     kind: Kind,
     dest: &Path,

@@ -14,10 +14,10 @@ use std::path::{Path, PathBuf};
 
 /// Longest pattern accepted, in bytes. Matching costs O(pattern × path), so this bounds the
 /// cost of one match; vendir configs in the wild stay far below it.
-pub const MAX_PATTERN_LEN: usize = 1024;
+pub(super) const MAX_PATTERN_LEN: usize = 1024;
 /// Most patterns in one of `includePaths`, `excludePaths`, `legalPaths`, `ignorePaths` or
 /// `assetNames`.
-pub const MAX_PATTERNS: usize = 256;
+pub(super) const MAX_PATTERNS: usize = 256;
 /// Deepest `{…}` nesting accepted inside one pattern.
 const MAX_BRACE_DEPTH: usize = 16;
 
@@ -498,7 +498,7 @@ impl PathFilter {
 }
 
 /// Removes empty directories below `dir`; returns whether `dir` holds any file.
-pub fn prune_empty_dirs(dir: &Path) -> Result<bool, FilterError> {
+pub(super) fn prune_empty_dirs(dir: &Path) -> Result<bool, FilterError> {
     let mut has_files = false;
     for entry in fs::read_dir(dir).map_err(|e| FilterError::io(dir, e))? {
         let entry = entry.map_err(|e| FilterError::io(dir, e))?;
@@ -557,7 +557,11 @@ impl FilterError {
 }
 
 /// Makes `new_root` (relative to `root`) the new `root`, as vendir's `newRootPath`.
-pub fn apply_new_root(root: &Path, new_root: &str, scratch: &Path) -> Result<(), FilterError> {
+pub(super) fn apply_new_root(
+    root: &Path,
+    new_root: &str,
+    scratch: &Path,
+) -> Result<(), FilterError> {
     let Some(components) = clean(new_root).filter(|c| !c.is_empty()) else {
         return Err(FilterError::BadNewRoot(new_root.to_owned()));
     };
@@ -609,7 +613,7 @@ fn no_new_root(source: &Path, root: &Path, new_root: &str) -> FilterError {
 
 /// vendir's `ignorePaths`: files of the existing contents directory matching `patterns` are
 /// copied over the freshly fetched contents, so they survive the sync.
-pub fn copy_ignored(
+pub(super) fn copy_ignored(
     existing: &Path,
     staged: &Path,
     patterns: &[String],
@@ -861,7 +865,7 @@ mod tests {
     /// The matcher before it was compiled to automata: brace expansion and backtracking.
     /// Exponential on hostile patterns, but the reference for the semantics on small ones.
     mod reference {
-        pub fn matches(pattern: &str, path: &str) -> bool {
+        pub(super) fn matches(pattern: &str, path: &str) -> bool {
             let Some(pattern) = super::clean(pattern) else {
                 return false;
             };

@@ -7,7 +7,7 @@ use std::path::{Component, Path, PathBuf};
 /// `root/rel` for an untrusted, `/`-separated `rel`: refuses absolute paths, `..`, empty
 /// names, and any existing symlink among the parents (writing through one could land outside
 /// `root`).
-pub fn safe_join(root: &Path, rel: &str) -> io::Result<PathBuf> {
+pub(super) fn safe_join(root: &Path, rel: &str) -> io::Result<PathBuf> {
     let invalid =
         |why: &str| io::Error::new(io::ErrorKind::InvalidInput, format!("{rel:?}: {why}"));
     if rel.starts_with('/') || rel.starts_with('\\') {
@@ -44,7 +44,7 @@ pub fn safe_join(root: &Path, rel: &str) -> io::Result<PathBuf> {
 /// Whether a symlink at `link` (inside `root`) with target `target` resolves inside `root`,
 /// judged lexically from the link's directory. Only sound when no other symlink is followed on
 /// the way, which is why [`validate_symlinks`] re-checks the real paths after extraction.
-pub fn symlink_target_inside(root: &Path, link: &Path, target: &Path) -> bool {
+pub(super) fn symlink_target_inside(root: &Path, link: &Path, target: &Path) -> bool {
     if target.is_absolute() {
         return false;
     }
@@ -76,7 +76,7 @@ pub fn symlink_target_inside(root: &Path, link: &Path, target: &Path) -> bool {
 /// Refuses any symlink under `root` whose real target lies outside `root` (vendir's
 /// `ValidateSymlinks`). Dangling links are refused too: what they would point at cannot be
 /// checked, and a later writer could create it.
-pub fn validate_symlinks(root: &Path) -> io::Result<()> {
+pub(super) fn validate_symlinks(root: &Path) -> io::Result<()> {
     let real_root = fs::canonicalize(root)?;
     let mut stack = vec![root.to_owned()];
     while let Some(dir) = stack.pop() {
@@ -109,7 +109,7 @@ pub fn validate_symlinks(root: &Path) -> io::Result<()> {
 }
 
 /// Copies a directory tree (files, directories, symlinks as symlinks).
-pub fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
+pub(super) fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
     fs::create_dir_all(to)?;
     for entry in fs::read_dir(from)? {
         let entry = entry?;
@@ -127,7 +127,7 @@ pub fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
 }
 
 /// Removes a file or a directory tree; absent is fine.
-pub fn remove_any(path: &Path) -> io::Result<()> {
+pub(super) fn remove_any(path: &Path) -> io::Result<()> {
     match fs::symlink_metadata(path) {
         Ok(meta) if meta.is_dir() => fs::remove_dir_all(path),
         Ok(_) => fs::remove_file(path),
@@ -137,7 +137,7 @@ pub fn remove_any(path: &Path) -> io::Result<()> {
 }
 
 /// Moves `from` to `to` (same file system), replacing whatever is at `to`.
-pub fn replace(from: &Path, to: &Path) -> io::Result<()> {
+pub(super) fn replace(from: &Path, to: &Path) -> io::Result<()> {
     remove_any(to)?;
     if let Some(parent) = to.parent() {
         fs::create_dir_all(parent)?;
@@ -146,7 +146,7 @@ pub fn replace(from: &Path, to: &Path) -> io::Result<()> {
 }
 
 /// Counts regular files and their bytes below `root` (for limits on non-archive sources).
-pub fn tree_size(root: &Path) -> io::Result<(u64, u64)> {
+pub(super) fn tree_size(root: &Path) -> io::Result<(u64, u64)> {
     let (mut files, mut bytes) = (0, 0);
     let mut stack = vec![root.to_owned()];
     while let Some(dir) = stack.pop() {
