@@ -107,6 +107,9 @@ pub struct PipelineInput<'a> {
     pub sync_policy: sync::Policy,
     /// Addresses upstreams may not be reached at (the registry's own is in its options).
     pub egress: crate::registry::Egress,
+    /// Bytes the synced tree and `cache_dir` together may take (the controller's
+    /// `--max-object-disk`); `None`: no budget (the CLI, whose user owns the disk).
+    pub disk_budget: Option<u64>,
 }
 
 impl PipelineInput<'_> {
@@ -142,13 +145,27 @@ pub async fn run(input: &PipelineInput<'_>) -> Result<Outcome, PipelineError> {
     options.registry = Some(input.registry);
     options.policy = input.sync_policy;
     options.egress = input.egress.clone();
+    // No one content may download or expand past the whole budget: the budget is paid as the
+    // bytes arrive, not measured after the disk is full.
+    let clamp = input
+        .disk_budget
+        .filter(|budget| *budget < options.limits.max_bytes);
+    if let Some(clamp) = clamp {
+        options.limits.max_bytes = clamp;
+    }
     let started = std::time::Instant::now();
     let contents = sync::sync(&config, input.root, &options).await;
     input.timed(Stage::Sync, started);
-    let contents = contents.map_err(|e| {
-        let (reason, retryable) = classify_sync(&e);
-        PipelineError::new(Stage::Sync, reason, e.to_string(), retryable)
+    let contents = contents.map_err(|e| match clamp {
+        Some(budget) if outgrew(&e, budget) => over_budget(&e.to_string(), budget),
+        _ => {
+            let (reason, retryable) = classify_sync(&e);
+            PipelineError::new(Stage::Sync, reason, e.to_string(), retryable)
+        }
     })?;
+    if let Some(budget) = input.disk_budget {
+        check_disk_budget(input, budget)?;
+    }
 
     let version = version(spec, &contents)?;
 
@@ -364,6 +381,75 @@ fn lock_is_auth(e: &lock::LockError) -> bool {
     }
 }
 
+/// Bytes of the files under `dir`, not following links (0 when it does not exist). Apparent
+/// sizes: every unpacker writes the bytes it counts, so a tree has no holes to hide in.
+pub fn disk_usage(dir: &Path) -> u64 {
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// The per-object disk budget, once the contents are on disk: the synced tree plus the
+/// caches that make the next sync cheap (git objects, downloads). Each content was already
+/// stopped at the budget while it arrived; this catches several that fit alone.
+fn check_disk_budget(input: &PipelineInput<'_>, budget: u64) -> Result<(), PipelineError> {
+    let used = disk_usage(input.root) + input.cache_dir.as_deref().map_or(0, disk_usage);
+    if used <= budget {
+        return Ok(());
+    }
+    Err(over_budget(
+        &format!("the synced contents and their caches take {}", size(used)),
+        budget,
+    ))
+}
+
+fn over_budget(what: &str, budget: u64) -> PipelineError {
+    PipelineError::new(
+        Stage::Sync,
+        reasons::DISK_BUDGET_EXCEEDED,
+        format!(
+            "{what}: over the per-object disk budget of {} (--max-object-disk); narrow the \
+             contents (includePaths, newRootPath) or ask the operator for a larger budget",
+            size(budget)
+        ),
+        false,
+    )
+}
+
+/// Whether a sync failed because one content outgrew `clamp`, the per-content byte cap the
+/// disk budget set (a cap on files or directories is not the budget's).
+fn outgrew(e: &sync::SyncError, clamp: u64) -> bool {
+    let sync::SyncError::Contents { cause, .. } = e else {
+        return false;
+    };
+    match cause.as_ref() {
+        sync::FetchError::TooLarge { limit } => *limit == clamp,
+        sync::FetchError::Archive(sync::ArchiveError::TooLarge { what, limit }) => {
+            *limit == clamp && what.starts_with("bytes")
+        }
+        _ => false,
+    }
+}
+
+/// `bytes` for a person: whole bytes below 1 KiB, else binary units with one decimal.
+fn size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
 /// The condition reason for a sync failure, and whether retrying later can help.
 fn classify_sync(e: &sync::SyncError) -> (&'static str, bool) {
     use sync::FetchError as F;
@@ -529,6 +615,125 @@ mod tests {
                 ..Default::default()
             }],
         }])
+    }
+
+    /// Two inline files of 600 bytes, in one content or in two.
+    fn inline_spec(split: bool) -> PackageSourceSpec {
+        let body = "x".repeat(600);
+        let content = |path: &str, files: &[&str]| {
+            let paths: String = files
+                .iter()
+                .map(|f| format!("        {f}: {body}\n"))
+                .collect();
+            format!("  - path: {path}\n    inline:\n      paths:\n{paths}")
+        };
+        let contents = if split {
+            content("a", &["a.txt"]) + &content("b", &["b.txt"])
+        } else {
+            content(".", &["a.txt", "b.txt"])
+        };
+        let yaml = format!(
+            "package: {{refName: a.b.c, version: 1.0.0}}\ncontents:\n- path: config\n  contents:\n{contents}bundle:\n  repository: 127.0.0.1:1/a\n"
+        );
+        crate::carvel::yaml::from_str("spec", &yaml).unwrap()
+    }
+
+    async fn run_with_budget(split: bool, budget: Option<u64>) -> Result<Outcome, PipelineError> {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = inline_spec(split);
+        let registry = Registry::new(crate::registry::RegistryOptions::default()).unwrap();
+        let secrets = sync::MemorySecrets::default();
+        let input = PipelineInput {
+            spec: &spec,
+            root: &dir.path().join("bundle"),
+            exclude: Vec::new(),
+            registry: &registry,
+            secrets: &secrets,
+            cache_dir: Some(dir.path().join("cache")),
+            previous: None,
+            tags_override: None,
+            repository_override: None,
+            now: jiff::Timestamp::UNIX_EPOCH,
+            labels: BTreeMap::new(),
+            namespace: None,
+            on_stage: None,
+            sync_policy: sync::Policy::default(),
+            egress: crate::registry::Egress::default(),
+            disk_budget: budget,
+        };
+        run(&input).await
+    }
+
+    #[tokio::test]
+    async fn contents_over_the_disk_budget_stop_before_the_lock() {
+        // Each content fits alone: the tree is measured once they are all on disk.
+        let err = run_with_budget(true, Some(1000)).await.unwrap_err();
+        assert_eq!(
+            (err.stage, err.reason, err.retryable),
+            (Stage::Sync, reasons::DISK_BUDGET_EXCEEDED, false)
+        );
+        assert!(
+            err.message
+                .contains(" KiB: over the per-object disk budget of 1000 B")
+                && err.message.contains("--max-object-disk"),
+            "{}",
+            err.message
+        );
+        // One content over the whole budget is stopped while it is written.
+        let err = run_with_budget(false, Some(1000)).await.unwrap_err();
+        assert_eq!(err.reason, reasons::DISK_BUDGET_EXCEEDED, "{err}");
+        assert!(
+            err.message.contains("limit of 1000 bytes"),
+            "{}",
+            err.message
+        );
+        // Within the budget (or without one) the same specs get past the sync: they fail
+        // only where a registry is needed, and this one is unreachable.
+        for (split, budget) in [(true, Some(1_000_000)), (false, None)] {
+            let err = run_with_budget(split, budget).await.unwrap_err();
+            assert_ne!(err.stage, Stage::Sync, "{err}");
+        }
+    }
+
+    #[test]
+    fn a_content_stopped_at_the_clamped_cap_is_over_the_budget() {
+        let contents = |cause: sync::FetchError| sync::SyncError::Contents {
+            directory: "config".into(),
+            contents: ".".into(),
+            kind: "http",
+            upstream: "https://example.com/a.tgz".into(),
+            cause: Box::new(cause),
+        };
+        assert!(outgrew(
+            &contents(sync::FetchError::TooLarge { limit: 4096 }),
+            4096
+        ));
+        assert!(outgrew(
+            &contents(sync::FetchError::Archive(sync::ArchiveError::TooLarge {
+                what: "bytes",
+                limit: 4096
+            })),
+            4096
+        ));
+        // Another cap (files, or a smaller one of the content's own) is not the budget's.
+        assert!(!outgrew(
+            &contents(sync::FetchError::TooLarge { limit: 1024 }),
+            4096
+        ));
+        assert!(!outgrew(
+            &contents(sync::FetchError::Archive(sync::ArchiveError::TooLarge {
+                what: "files",
+                limit: 4096
+            })),
+            4096
+        ));
+    }
+
+    #[test]
+    fn sizes_read_as_a_person_would_write_them() {
+        assert_eq!(size(999), "999 B");
+        assert_eq!(size(1200), "1.2 KiB");
+        assert_eq!(size(4 * 1024 * 1024 * 1024), "4.0 GiB");
     }
 
     #[test]

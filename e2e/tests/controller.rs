@@ -45,7 +45,105 @@ pub fn trials() -> Vec<Trial> {
         Trial::test("controller::checksum_mismatch_stalls_until_fixed", || {
             crate::support::block_on(checksum_mismatch_stalls_until_fixed())
         }),
+        Trial::test(
+            "controller::disk_budget_stalls_only_the_object_over_it",
+            || crate::support::block_on(disk_budget_stalls_only_the_object_over_it()),
+        ),
     ]
+}
+
+/// `--max-object-disk` 100 KiB: two 30 KiB downloads fit alone but not together with their
+/// cached copies (Stalled/DiskBudgetExceeded after the sync, nothing pushed, the work
+/// directory removed); one 150 KiB download is stopped at the budget while it arrives; a
+/// small source beside them stays Ready; the spec narrowed to one download is Ready again.
+async fn disk_budget_stalls_only_the_object_over_it() -> anyhow::Result<()> {
+    const BUDGET: u64 = 100 * 1024;
+    let client = bed().client().await?;
+    let ns = namespace(&client, "ctl-disk").await?;
+    let reg = bed().registry.clone();
+    let dir = bed().www_dir.join(&ns);
+    std::fs::create_dir_all(&dir)?;
+    for (name, kib) in [("a", 30), ("b", 30), ("huge", 150)] {
+        let line = format!("# {name} {}\n", "x".repeat(60));
+        std::fs::write(
+            dir.join(format!("{name}.yaml")),
+            line.repeat(kib * 1024 / line.len()),
+        )?;
+    }
+    let http = |name: &str| {
+        format!(
+            "    - path: {name}.yaml\n      http: {{url: \"{}/{ns}/{name}.yaml\"}}\n",
+            bed().http_url
+        )
+    };
+    let source = |name: &str, files: &[&str]| {
+        format!(
+            r#"apiVersion: packsmith.dev/v1alpha1
+kind: PackageSource
+metadata:
+  name: {name}
+spec:
+  package: {{refName: {name}.ctl.example.com, version: 1.0.0}}
+  contents:
+  - path: config
+    contents:
+{}  bundle: {{repository: "{reg}/ctl/{ns}/{name}", insecure: true}}
+"#,
+            files.iter().map(|f| http(f)).collect::<String>()
+        )
+    };
+    let controller = Running::start_with(&ns, |o| o.max_object_disk = Some(BUDGET)).await?;
+    let work = |name: &str| controller.cache_dir().join(&ns).join(name);
+    let api: Api<PackageSource> = Api::namespaced(client.clone(), &ns);
+    let ready = |o: &PackageSource| has(o, types::READY, "True", reasons::SUCCEEDED);
+    let over = |o: &PackageSource| has(o, types::STALLED, "True", reasons::DISK_BUDGET_EXCEEDED);
+
+    let small = inline_source(
+        "small",
+        &ns,
+        &format!("{reg}/ctl/{ns}/small"),
+        "    insecure: true\n",
+    );
+    apply_yaml(&client, &ns, &small).await?;
+    apply_yaml(&client, &ns, &source("big", &["a", "b"])).await?;
+    apply_yaml(&client, &ns, &source("huge", &["huge"])).await?;
+    for name in ["big", "huge"] {
+        let stalled = wait_for(
+            &api,
+            name,
+            Duration::from_secs(90),
+            "DiskBudgetExceeded",
+            over,
+        )
+        .await?;
+        let message = condition(&stalled, types::READY)
+            .map(|c| c.message.clone())
+            .unwrap_or_default();
+        anyhow::ensure!(
+            message.contains("--max-object-disk")
+                && message.contains("100.0 KiB")
+                && stalled.status.as_ref().is_some_and(|s| s.bundle.is_none()),
+            "{name}: {}",
+            describe(&stalled)
+        );
+        anyhow::ensure!(
+            !work(name).exists(),
+            "{name}: the work directory over its budget was kept"
+        );
+    }
+    wait_for(&api, "small", Duration::from_secs(90), "Ready", ready).await?;
+    anyhow::ensure!(
+        work("small").is_dir(),
+        "the small source lost its work directory"
+    );
+
+    // A narrower spec is a new generation: synced cold, within the budget, Ready.
+    apply_yaml(&client, &ns, &source("big", &["a"])).await?;
+    wait_for(&api, "big", Duration::from_secs(90), "Ready", |o| {
+        ready(o) && condition(o, types::STALLED).is_none()
+    })
+    .await?;
+    controller.stop().await
 }
 
 /// An http content whose sha256 does not match is Stalled/ChecksumMismatch (retrying cannot

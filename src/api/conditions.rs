@@ -56,6 +56,9 @@ pub mod reasons {
     /// An upstream's address is one the operator's egress policy refuses
     /// (`--deny-local-upstreams`, `--deny-upstream-cidrs`).
     pub const UPSTREAM_DENIED: &str = "UpstreamDenied";
+    /// The object's work directory (synced tree and caches) outgrew the operator's
+    /// per-object disk budget (`--max-object-disk`); it was removed.
+    pub const DISK_BUDGET_EXCEEDED: &str = "DiskBudgetExceeded";
 }
 
 pub const TRUE: &str = "True";

@@ -80,6 +80,10 @@ struct ControllerArgs {
     /// [default: no cap].
     #[arg(long, env = "PACKSMITH_CACHE_MAX_SIZE", value_parser = byte_size)]
     cache_max_size: Option<u64>,
+    /// Bytes one PackageSource's work directory (synced tree and caches) may take; an object
+    /// over it is Stalled with DiskBudgetExceeded and its directory removed (e.g. 4Gi, 500MB).
+    #[arg(long, env = "PACKSMITH_MAX_OBJECT_DISK", default_value = "4Gi", value_parser = byte_size)]
+    max_object_disk: u64,
     /// kubeconfig to use [default: $KUBECONFIG, ~/.kube/config, else the in-cluster config].
     #[arg(long, value_name = "FILE")]
     kubeconfig: Option<PathBuf>,
@@ -231,6 +235,7 @@ fn controller(args: ControllerArgs, runtime: &tokio::runtime::Runtime) -> anyhow
         concurrency: args.concurrent,
         cache_dir: args.cache_dir,
         cache_max_size: args.cache_max_size,
+        max_object_disk: Some(args.max_object_disk),
         metrics_addr: args.metrics_addr,
         health_addr: args.health_addr,
         credentials,

@@ -78,6 +78,7 @@ pub(super) fn run(args: &ReleaseArgs, runtime: &tokio::runtime::Runtime) -> anyh
     let input = PipelineInput {
         // The CLI's user chose these upstreams, on their own machine.
         egress: crate::registry::Egress::default(),
+        disk_budget: None,
         spec,
         root: &args.dir,
         exclude,

@@ -46,6 +46,8 @@ pub struct Settings {
     pub min_interval: std::time::Duration,
     /// Addresses upstreams (and bundle registries) may not be reached at.
     pub egress: crate::registry::Egress,
+    /// Bytes one PackageSource's work directory may take (`--max-object-disk`).
+    pub max_object_disk: Option<u64>,
 }
 
 impl Settings {
@@ -124,6 +126,7 @@ mod tests {
             credentials_namespaces: Vec::new(),
             min_interval: std::time::Duration::ZERO,
             egress: crate::registry::Egress::default(),
+            max_object_disk: None,
         };
         assert!(settings.check_publish_namespace("team-a", "team-a").is_ok());
         assert!(
@@ -154,6 +157,7 @@ mod tests {
             credentials_namespaces: vec!["packsmith-system".to_owned()],
             min_interval: std::time::Duration::ZERO,
             egress: crate::registry::Egress::default(),
+            max_object_disk: None,
         };
         assert!(!settings.credentials_for("packsmith-system").is_empty());
         assert!(settings.credentials_for("team-a").is_empty());
@@ -168,6 +172,7 @@ mod tests {
             credentials_namespaces: Vec::new(),
             min_interval: std::time::Duration::from_secs(30),
             egress: crate::registry::Egress::default(),
+            max_object_disk: None,
         };
         let s = std::time::Duration::from_secs;
         assert_eq!(settings.interval(s(1)), s(30));

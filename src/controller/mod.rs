@@ -63,6 +63,10 @@ use metrics::Metrics;
 /// Default work directory root (`--cache-dir`, `$PACKSMITH_CACHE_DIR`).
 pub const DEFAULT_CACHE_DIR: &str = "/tmp/packsmith";
 
+/// Default per-object disk budget (`--max-object-disk`): far above any real package (the
+/// largest fixture is a few MiB), far below a volume that many tenants share.
+pub const DEFAULT_MAX_OBJECT_DISK: u64 = 4 * 1024 * 1024 * 1024;
+
 /// How to run the controller.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -94,6 +98,9 @@ pub struct Options {
     /// Addresses upstreams may not be reached at (`--deny-local-upstreams`,
     /// `--deny-upstream-cidrs`); nothing is denied by default.
     pub egress: Egress,
+    /// Bytes one PackageSource's synced tree and caches may take (`--max-object-disk`);
+    /// `None`: no budget.
+    pub max_object_disk: Option<u64>,
 }
 
 impl Default for Options {
@@ -112,6 +119,7 @@ impl Default for Options {
             credentials_namespaces: Vec::new(),
             min_interval: std::time::Duration::ZERO,
             egress: Egress::default(),
+            max_object_disk: Some(DEFAULT_MAX_OBJECT_DISK),
         }
     }
 }
@@ -400,6 +408,7 @@ impl Controller {
                 cache_dir: options.cache_dir.clone(),
                 credentials: options.credentials.clone(),
                 egress: options.egress.clone(),
+                max_object_disk: options.max_object_disk,
             },
             recorder,
             metrics,

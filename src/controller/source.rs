@@ -332,13 +332,20 @@ async fn produce_inner(
         on_stage: Some(&on_stage),
         sync_policy: crate::sync::Policy::default(),
         egress: ctx.settings.egress.clone(),
+        disk_budget: ctx.settings.max_object_disk,
     };
     let started = Instant::now();
     let outcome = pipeline::run(&input).await;
     ctx.metrics.stage(KIND, "pipeline", started.elapsed());
     ctx.metrics
         .registry_requests(KIND, registry.requests_made());
-    ctx.work_dirs.used(&work);
+    if matches!(&outcome, Err(e) if e.reason == reasons::DISK_BUDGET_EXCEEDED) {
+        // Stalled until a person acts, so nothing would ever reclaim the space: a stalled
+        // object keeps no bytes, and its next try syncs cold.
+        ctx.work_dirs.discard(&work);
+    } else {
+        ctx.work_dirs.used(&work);
+    }
     let mut outcome = outcome.map_err(|e| (Failure::from(e), None))?;
     let last = match last_release(ctx, &namespace, current, &outcome).await {
         Ok(last) => last,

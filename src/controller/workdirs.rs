@@ -48,16 +48,7 @@ fn evicting_name(dir: &Path) -> PathBuf {
     dir.with_file_name(format!(".evicting-{name}-{:x}", fastrand::u64(..)))
 }
 
-/// Bytes of the files under `dir` (0 when it does not exist).
-pub fn size_of(dir: &Path) -> u64 {
-    walkdir::WalkDir::new(dir)
-        .into_iter()
-        .filter_map(Result::ok)
-        .filter_map(|e| e.metadata().ok())
-        .filter(|m| m.is_file())
-        .map(|m| m.len())
-        .sum()
-}
+use crate::pipeline::disk_usage;
 
 impl WorkDirs {
     pub fn new(max_bytes: Option<u64>) -> Self {
@@ -105,7 +96,7 @@ impl WorkDirs {
             let used = std::fs::metadata(&path)
                 .and_then(|m| m.modified())
                 .unwrap_or(SystemTime::UNIX_EPOCH);
-            let size = size_of(&path);
+            let size = disk_usage(&path);
             s.known.entry(path).or_insert((size, used));
         }
     }
@@ -128,7 +119,7 @@ impl WorkDirs {
         if self.max_bytes.is_none() {
             return Vec::new();
         }
-        let size = size_of(path);
+        let size = disk_usage(path);
         let mut trash = Vec::new();
         let doomed = {
             let Ok(mut s) = self.state.lock() else {
@@ -162,6 +153,24 @@ impl WorkDirs {
             );
         }
         doomed
+    }
+
+    /// Removes `path` now, busy or not (its reconcile found it over the per-object disk
+    /// budget), and forgets it.
+    pub fn discard(&self, path: &Path) {
+        let aside = evicting_name(path);
+        match std::fs::rename(path, &aside) {
+            Ok(()) => {
+                if let Err(e) = std::fs::remove_dir_all(&aside) {
+                    tracing::warn!(path = %aside.display(), error = %e, "removing a work directory over its budget");
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "removing a work directory over its budget");
+            }
+        }
+        self.forget(path);
     }
 
     /// Forgets `path` (its object was deleted and its directory removed).
