@@ -229,12 +229,7 @@ async fn lock_images(
         )
         .await
         .map_err(|e| {
-            let retryable = e.is_retryable();
-            let reason = if lock_is_auth(&e) {
-                reasons::AUTHENTICATION_FAILED
-            } else {
-                reasons::LOCK_FAILED
-            };
+            let (reason, retryable) = classify_lock(&e);
             PipelineError::new(Stage::Lock, reason, e.to_string(), retryable)
         })?;
         let mut images: Vec<String> = locked
@@ -312,6 +307,8 @@ async fn push_bundle(
     .map_err(|e| {
         let reason = if e.is_auth() {
             reasons::AUTHENTICATION_FAILED
+        } else if e.is_denied() {
+            reasons::UPSTREAM_DENIED
         } else {
             reasons::PUSH_FAILED
         };
@@ -448,6 +445,18 @@ fn size(bytes: u64) -> String {
         unit += 1;
     }
     format!("{value:.1} {}", UNITS[unit])
+}
+
+/// The condition reason for a lock failure, and whether retrying later can help. A registry
+/// the egress policy refuses is the sync's `UpstreamDenied`: the same flag, the same fix.
+fn classify_lock(e: &lock::LockError) -> (&'static str, bool) {
+    if lock_is_auth(e) {
+        (reasons::AUTHENTICATION_FAILED, e.is_retryable())
+    } else if e.is_denied() {
+        (reasons::UPSTREAM_DENIED, false)
+    } else {
+        (reasons::LOCK_FAILED, e.is_retryable())
+    }
 }
 
 /// The condition reason for a sync failure, and whether retrying later can help.
@@ -727,6 +736,29 @@ mod tests {
             })),
             4096
         ));
+    }
+
+    #[test]
+    fn a_registry_the_egress_policy_refuses_is_upstream_denied_in_every_stage() {
+        let denied = || {
+            crate::registry::RegistryError::Denied(crate::registry::EgressDenied {
+                host: "registry.internal".into(),
+                address: std::net::Ipv4Addr::LOCALHOST.into(),
+                why: "loopback".into(),
+                flag: "--deny-local-upstreams",
+            })
+        };
+        let lock_error = lock::LockError::Registry(denied());
+        assert_eq!(
+            classify_lock(&lock_error),
+            (reasons::UPSTREAM_DENIED, false)
+        );
+        let many = lock::LockError::Many(vec![
+            lock::LockError::Registry(denied()),
+            lock::LockError::Registry(denied()),
+        ]);
+        assert_eq!(classify_lock(&many).0, reasons::UPSTREAM_DENIED);
+        assert!(bundle::BundleError::Registry(denied()).is_denied());
     }
 
     #[test]

@@ -690,11 +690,13 @@ async fn egress() -> anyhow::Result<()> {
             "{name}: the message names the address and the flag: {message}"
         );
     }
-    // Content with no upstream still cannot reach the bundle's registry on loopback.
+    // Content with no upstream still cannot reach the bundle's registry on loopback: the
+    // push stage says so with the same reason, Stalled (no retry reaches it either).
     let inline = "inline: {paths: {a.yaml: \"a: 1\\n\"}}";
     apply_yaml(&client, &ns, &upstream_source("inline", &ns, inline)).await?;
-    let refused = wait_for(&sources, "inline", WAIT, "PushFailed", |o| {
-        has(o, types::READY, "False", reasons::PUSH_FAILED)
+    let refused = wait_for(&sources, "inline", WAIT, "UpstreamDenied on push", |o| {
+        has(o, types::BUNDLE_PUSHED, "False", reasons::UPSTREAM_DENIED)
+            && has(o, types::STALLED, "True", reasons::UPSTREAM_DENIED)
     })
     .await?;
     ensure!(

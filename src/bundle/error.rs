@@ -95,4 +95,9 @@ impl BundleError {
     pub fn is_auth(&self) -> bool {
         matches!(self, BundleError::Registry(e) if e.is_auth())
     }
+
+    /// Whether the operator's egress policy refused the registry's address.
+    pub fn is_denied(&self) -> bool {
+        matches!(self, BundleError::Registry(e) if e.is_denied())
+    }
 }

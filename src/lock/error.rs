@@ -152,6 +152,16 @@ impl LockError {
             _ => false,
         }
     }
+
+    /// Whether the operator's egress policy refused a registry's address: no retry helps.
+    pub fn is_denied(&self) -> bool {
+        match self {
+            LockError::Resolve { cause, .. } => cause.is_denied(),
+            LockError::Registry(cause) => cause.is_denied(),
+            LockError::Many(errors) => errors.iter().any(LockError::is_denied),
+            _ => false,
+        }
+    }
 }
 
 fn line_suffix(line: Option<u64>, column: Option<u64>) -> String {

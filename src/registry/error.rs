@@ -72,4 +72,9 @@ impl RegistryError {
     pub fn is_auth(&self) -> bool {
         self.class() == ErrorClass::Auth
     }
+
+    /// Whether the operator's egress policy refused the registry's address.
+    pub fn is_denied(&self) -> bool {
+        matches!(self, Self::Denied(_))
+    }
 }
