@@ -365,8 +365,25 @@ spec:
     ensure!(message.contains("repo in (nowhere)"), "{message}");
     ensure!(repos.get_opt("empty").await?.is_none());
 
-    // Steady state over several 2 s intervals: no push, no status write.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Steady state over several 2 s intervals: no push, no status write. The window opens
+    // once 3 s pass without a write, so a last write of the moves above that a loaded
+    // machine delays is not taken for churn; churn never lets it open.
+    let writes_so_far = |text: &str| {
+        metric(text, REPO_STATUS_WRITES) + metric(text, REPO_PUSHES) + metric(text, SOURCE_WRITES)
+    };
+    let quiet_deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let first = writes_so_far(&controller.metrics().await?);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        if writes_so_far(&controller.metrics().await?) == first {
+            break;
+        }
+        ensure!(
+            Instant::now() < quiet_deadline,
+            "the controller kept writing for 60 s after every source was Ready:\n{}",
+            controller.metrics().await?
+        );
+    }
     let before = controller.metrics().await?;
     tokio::time::sleep(Duration::from_secs(7)).await;
     let after = controller.metrics().await?;
