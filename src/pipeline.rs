@@ -501,22 +501,31 @@ pub fn version(spec: &PackageSourceSpec, contents: &VendirLock) -> Result<String
         ));
     };
     let entry = version_entry(from, contents)?;
-    let candidates: Vec<String> = if let Some(git) = &entry.git {
-        git.tags.clone()
-    } else if let Some(release) = &entry.github_release {
-        vec![release.tag.clone()]
-    } else if let Some(chart) = &entry.helm_chart {
-        vec![chart.version.clone()]
-    } else {
-        return Err(PipelineError::new(
-            Stage::Sync,
-            reasons::INVALID_SPEC,
-            format!(
-                "versionFrom {}: only git, githubRelease and helmChart contents carry a version",
-                from.directory
-            ),
-            false,
-        ));
+    use vendir::Locked;
+    let candidates: Vec<String> = match entry.locked() {
+        Some(Locked::Git(git)) => git.tags.clone(),
+        Some(Locked::GithubRelease(release)) => vec![release.tag.clone()],
+        Some(Locked::HelmChart(chart)) => vec![chart.version.clone()],
+        Some(
+            Locked::Hg(_)
+            | Locked::Http
+            | Locked::Image(_)
+            | Locked::Manual
+            | Locked::Directory
+            | Locked::Inline
+            | Locked::ImgpkgBundle(_),
+        )
+        | None => {
+            return Err(PipelineError::new(
+                Stage::Sync,
+                reasons::INVALID_SPEC,
+                format!(
+                    "versionFrom {}: only git, githubRelease and helmChart contents carry a version",
+                    from.directory
+                ),
+                false,
+            ));
+        }
     };
     let range = from
         .constraints
@@ -586,13 +595,16 @@ fn version_entry<'l>(
 
 fn helm_chart_path(spec: &PackageSourceSpec) -> Option<String> {
     spec.contents.iter().find_map(|d| {
-        d.contents.iter().find(|c| c.helm_chart.is_some()).map(|c| {
-            if c.path == "." {
-                d.path.clone()
-            } else {
-                format!("{}/{}", d.path, c.path)
-            }
-        })
+        d.contents
+            .iter()
+            .find(|c| matches!(c.source(), Ok(vendir::Source::HelmChart(_))))
+            .map(|c| {
+                if c.path == "." {
+                    d.path.clone()
+                } else {
+                    format!("{}/{}", d.path, c.path)
+                }
+            })
     })
 }
 

@@ -6,8 +6,9 @@
 //! [`Directory`], [`DirectoryContents`] and every source type also describe
 //! `PackageSource.spec.contents` (and the lock types `PackageSource.status.contents`), so they
 //! derive `JsonSchema` and must stay *structural* (see [`super::schema`]): one optional field
-//! per source rather than an enum ("exactly one of" is checked by
-//! [`DirectoryContents::validate`], as vendir does), every optional field skipped when unset.
+//! per source rather than an enum, every optional field skipped when unset. Code reads a
+//! content's source through the [`Source`] view ([`DirectoryContents::source`], which checks
+//! "exactly one of" as vendir does) and matches it exhaustively.
 
 #![expect(
     unreachable_pub,
@@ -434,42 +435,85 @@ impl Directory {
     }
 }
 
+/// The one source of a content, as a value to match on. The wire format keeps one optional
+/// field per source (vendir's, and a structural schema); code goes through
+/// [`DirectoryContents::source`], so a new kind is a compile error wherever a content is
+/// handled rather than a silently skipped `if let`.
+#[derive(Debug, Clone, Copy)]
+pub enum Source<'a> {
+    Git(&'a GitSource),
+    Hg(&'a HgSource),
+    Http(&'a HttpSource),
+    Image(&'a ImageSource),
+    GithubRelease(&'a GithubReleaseSource),
+    HelmChart(&'a HelmChartSource),
+    Manual(&'a ManualSource),
+    Directory(&'a DirectorySource),
+    Inline(&'a InlineSource),
+    ImgpkgBundle(&'a ImgpkgBundleSource),
+}
+
+impl Source<'_> {
+    /// The field name in vendir.yml (`git`, `imgpkgBundle`, …).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Source::Git(_) => "git",
+            Source::Hg(_) => "hg",
+            Source::Http(_) => "http",
+            Source::Image(_) => "image",
+            Source::GithubRelease(_) => "githubRelease",
+            Source::HelmChart(_) => "helmChart",
+            Source::Manual(_) => "manual",
+            Source::Directory(_) => "directory",
+            Source::Inline(_) => "inline",
+            Source::ImgpkgBundle(_) => "imgpkgBundle",
+        }
+    }
+}
+
+/// A content that does not set exactly one source.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SourceError {
+    #[error(
+        "no source set; set exactly one of git, hg, http, image, imgpkgBundle, githubRelease, \
+         helmChart, manual, directory, inline"
+    )]
+    None,
+    #[error("several sources set ({}); set exactly one", .0.join(", "))]
+    Several(Vec<&'static str>),
+}
+
 impl DirectoryContents {
-    /// The names of the sources set, in vendir's order.
-    pub fn source_names(&self) -> Vec<&'static str> {
-        [
-            ("git", self.git.is_some()),
-            ("hg", self.hg.is_some()),
-            ("http", self.http.is_some()),
-            ("image", self.image.is_some()),
-            ("githubRelease", self.github_release.is_some()),
-            ("helmChart", self.helm_chart.is_some()),
-            ("manual", self.manual.is_some()),
-            ("directory", self.directory.is_some()),
-            ("inline", self.inline.is_some()),
-            ("imgpkgBundle", self.imgpkg_bundle.is_some()),
+    /// The content's source: exactly one must be set, as vendir requires.
+    pub fn source(&self) -> Result<Source<'_>, SourceError> {
+        // vendir's order, which error messages keep.
+        let set: Vec<Source<'_>> = [
+            self.git.as_ref().map(Source::Git),
+            self.hg.as_ref().map(Source::Hg),
+            self.http.as_ref().map(Source::Http),
+            self.image.as_ref().map(Source::Image),
+            self.github_release.as_ref().map(Source::GithubRelease),
+            self.helm_chart.as_ref().map(Source::HelmChart),
+            self.manual.as_ref().map(Source::Manual),
+            self.directory.as_ref().map(Source::Directory),
+            self.inline.as_ref().map(Source::Inline),
+            self.imgpkg_bundle.as_ref().map(Source::ImgpkgBundle),
         ]
         .into_iter()
-        .filter_map(|(name, set)| set.then_some(name))
-        .collect()
+        .flatten()
+        .collect();
+        match set.as_slice() {
+            [] => Err(SourceError::None),
+            [one] => Ok(*one),
+            several => Err(SourceError::Several(
+                several.iter().map(Source::kind).collect(),
+            )),
+        }
     }
 
     /// Exactly one source, and a usable path.
     pub fn validate(&self) -> Result<(), String> {
-        match self.source_names().as_slice() {
-            [] => {
-                return Err("no source set; set exactly one of git, hg, http, image, \
-                            imgpkgBundle, githubRelease, helmChart, manual, directory, inline"
-                    .to_owned());
-            }
-            [_] => {}
-            several => {
-                return Err(format!(
-                    "several sources set ({}); set exactly one",
-                    several.join(", ")
-                ));
-            }
-        }
+        self.source().map_err(|e| e.to_string())?;
         if self.path != ENTIRE_DIR_PATH {
             disallowed_path_problem("path", &self.path)?;
         }
@@ -571,6 +615,47 @@ pub struct LockDirectoryContents {
     pub directory: Option<LockEmpty>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inline: Option<LockEmpty>,
+}
+
+/// What a lock entry records, as a value to match on (the lock side of [`Source`]).
+#[derive(Debug, Clone, Copy)]
+pub enum Locked<'a> {
+    Git(&'a LockGit),
+    Hg(&'a LockHg),
+    Http,
+    Image(&'a LockImage),
+    GithubRelease(&'a LockGithubRelease),
+    HelmChart(&'a LockHelmChart),
+    Manual,
+    Directory,
+    Inline,
+    ImgpkgBundle(&'a LockImgpkgBundle),
+}
+
+impl LockDirectoryContents {
+    /// The one source this entry records; `None` when it records none or several (a lock
+    /// written by hand or by another tool), which callers treat as nothing known.
+    pub fn locked(&self) -> Option<Locked<'_>> {
+        let set: Vec<Locked<'_>> = [
+            self.git.as_ref().map(Locked::Git),
+            self.hg.as_ref().map(Locked::Hg),
+            self.http.as_ref().map(|_| Locked::Http),
+            self.image.as_ref().map(Locked::Image),
+            self.github_release.as_ref().map(Locked::GithubRelease),
+            self.helm_chart.as_ref().map(Locked::HelmChart),
+            self.manual.as_ref().map(|_| Locked::Manual),
+            self.directory.as_ref().map(|_| Locked::Directory),
+            self.inline.as_ref().map(|_| Locked::Inline),
+            self.imgpkg_bundle.as_ref().map(Locked::ImgpkgBundle),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        match set.as_slice() {
+            [one] => Some(*one),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -734,6 +819,69 @@ mod tests {
         .validate()
         .expect_err("no source");
         assert!(error.contains("exactly one of git"), "{error}");
+    }
+
+    #[test]
+    fn each_source_field_is_its_own_variant() {
+        let one = |set: fn(&mut DirectoryContents)| {
+            let mut contents = DirectoryContents::default();
+            set(&mut contents);
+            contents.source().map(|s| s.kind())
+        };
+        let kinds = [
+            one(|c| c.git = Some(GitSource::default())),
+            one(|c| c.hg = Some(HgSource::default())),
+            one(|c| c.http = Some(HttpSource::default())),
+            one(|c| c.image = Some(ImageSource::default())),
+            one(|c| c.github_release = Some(GithubReleaseSource::default())),
+            one(|c| c.helm_chart = Some(HelmChartSource::default())),
+            one(|c| c.manual = Some(ManualSource {})),
+            one(|c| c.directory = Some(DirectorySource::default())),
+            one(|c| c.inline = Some(InlineSource::default())),
+            one(|c| c.imgpkg_bundle = Some(ImgpkgBundleSource::default())),
+        ];
+        assert_eq!(
+            kinds,
+            [
+                "git",
+                "hg",
+                "http",
+                "image",
+                "githubRelease",
+                "helmChart",
+                "manual",
+                "directory",
+                "inline",
+                "imgpkgBundle"
+            ]
+            .map(Ok)
+        );
+        assert_eq!(
+            DirectoryContents::default().source().map(|s| s.kind()),
+            Err(SourceError::None)
+        );
+        let mut two = git_contents(".");
+        two.inline = Some(InlineSource::default());
+        assert_eq!(
+            two.source().map(|s| s.kind()),
+            Err(SourceError::Several(vec!["git", "inline"]))
+        );
+    }
+
+    #[test]
+    fn a_lock_entry_records_one_source_or_nothing_known() {
+        let entry = LockDirectoryContents {
+            path: ".".into(),
+            helm_chart: Some(LockHelmChart::default()),
+            ..Default::default()
+        };
+        assert!(matches!(entry.locked(), Some(Locked::HelmChart(_))));
+        let two = LockDirectoryContents {
+            http: Some(LockEmpty {}),
+            ..entry.clone()
+        };
+        assert!(two.locked().is_none());
+        assert!(LockDirectoryContents::default().locked().is_none());
     }
 
     #[test]

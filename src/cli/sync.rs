@@ -140,12 +140,24 @@ fn needs_registry(config: &Config) -> bool {
         .iter()
         .flat_map(|d| &d.contents)
         .any(|c| {
-            c.image.is_some()
-                || c.imgpkg_bundle.is_some()
-                || c.helm_chart
+            use crate::carvel::vendir::Source;
+            match c.source() {
+                Ok(Source::Image(_) | Source::ImgpkgBundle(_)) => true,
+                Ok(Source::HelmChart(h)) => h
+                    .repository
                     .as_ref()
-                    .and_then(|h| h.repository.as_ref())
-                    .is_some_and(|r| r.url.starts_with("oci://"))
+                    .is_some_and(|r| r.url.starts_with("oci://")),
+                Ok(
+                    Source::Git(_)
+                    | Source::Hg(_)
+                    | Source::Http(_)
+                    | Source::GithubRelease(_)
+                    | Source::Manual(_)
+                    | Source::Directory(_)
+                    | Source::Inline(_),
+                )
+                | Err(_) => false,
+            }
         })
 }
 

@@ -63,57 +63,68 @@ pub fn content_refs(spec: &PackageSourceSpec) -> Vec<ContentRef> {
                     });
                 }
             };
-            if let Some(git) = &c.git {
-                if let Some(r) = &git.secret_ref {
-                    secret(&r.name, at("git.secretRef"));
-                }
-                if let Some(r) = git
-                    .verification
-                    .as_ref()
-                    .and_then(|v| v.public_keys_secret_ref.as_ref())
-                {
-                    secret(&r.name, at("git.verification.publicKeysSecretRef"));
-                }
-            }
-            if let Some(r) = c.http.as_ref().and_then(|s| s.secret_ref.as_ref()) {
-                secret(&r.name, at("http.secretRef"));
-            }
-            if let Some(r) = c.image.as_ref().and_then(|s| s.secret_ref.as_ref()) {
-                secret(&r.name, at("image.secretRef"));
-            }
-            if let Some(r) = c.imgpkg_bundle.as_ref().and_then(|s| s.secret_ref.as_ref()) {
-                secret(&r.name, at("imgpkgBundle.secretRef"));
-            }
-            if let Some(r) = c
-                .github_release
-                .as_ref()
-                .and_then(|s| s.secret_ref.as_ref())
-            {
-                secret(&r.name, at("githubRelease.secretRef"));
-            }
-            if let Some(r) = c
-                .helm_chart
-                .as_ref()
-                .and_then(|s| s.repository.as_ref())
-                .and_then(|r| r.secret_ref.as_ref())
-            {
-                secret(&r.name, at("helmChart.repository.secretRef"));
-            }
-            if let Some(inline) = &c.inline {
-                for (i, from) in inline.paths_from.iter().enumerate() {
-                    if let Some(r) = &from.secret_ref {
-                        secret(&r.name, at(&format!("inline.pathsFrom[{i}].secretRef")));
+            use crate::carvel::vendir::Source;
+            match c.source() {
+                Ok(Source::Git(git)) => {
+                    if let Some(r) = &git.secret_ref {
+                        secret(&r.name, at("git.secretRef"));
+                    }
+                    if let Some(r) = git
+                        .verification
+                        .as_ref()
+                        .and_then(|v| v.public_keys_secret_ref.as_ref())
+                    {
+                        secret(&r.name, at("git.verification.publicKeysSecretRef"));
                     }
                 }
-                for (i, from) in inline.paths_from.iter().enumerate() {
-                    if let Some(r) = from.config_map_ref.as_ref().filter(|r| !r.name.is_empty()) {
-                        refs.insert(ContentRef {
-                            kind: RefKind::ConfigMap,
-                            name: r.name.clone(),
-                            field: at(&format!("inline.pathsFrom[{i}].configMapRef")),
-                        });
+                Ok(Source::Http(http)) => {
+                    if let Some(r) = &http.secret_ref {
+                        secret(&r.name, at("http.secretRef"));
                     }
                 }
+                Ok(Source::Image(image)) => {
+                    if let Some(r) = &image.secret_ref {
+                        secret(&r.name, at("image.secretRef"));
+                    }
+                }
+                Ok(Source::ImgpkgBundle(bundle)) => {
+                    if let Some(r) = &bundle.secret_ref {
+                        secret(&r.name, at("imgpkgBundle.secretRef"));
+                    }
+                }
+                Ok(Source::GithubRelease(release)) => {
+                    if let Some(r) = &release.secret_ref {
+                        secret(&r.name, at("githubRelease.secretRef"));
+                    }
+                }
+                Ok(Source::HelmChart(chart)) => {
+                    if let Some(r) = chart
+                        .repository
+                        .as_ref()
+                        .and_then(|r| r.secret_ref.as_ref())
+                    {
+                        secret(&r.name, at("helmChart.repository.secretRef"));
+                    }
+                }
+                Ok(Source::Inline(inline)) => {
+                    for (i, from) in inline.paths_from.iter().enumerate() {
+                        if let Some(r) = &from.secret_ref {
+                            secret(&r.name, at(&format!("inline.pathsFrom[{i}].secretRef")));
+                        }
+                    }
+                    for (i, from) in inline.paths_from.iter().enumerate() {
+                        if let Some(r) = from.config_map_ref.as_ref().filter(|r| !r.name.is_empty())
+                        {
+                            refs.insert(ContentRef {
+                                kind: RefKind::ConfigMap,
+                                name: r.name.clone(),
+                                field: at(&format!("inline.pathsFrom[{i}].configMapRef")),
+                            });
+                        }
+                    }
+                }
+                // No credentials (hg is refused at sync); an invalid content fails validation.
+                Ok(Source::Hg(_) | Source::Manual(_) | Source::Directory(_)) | Err(_) => {}
             }
         }
     }

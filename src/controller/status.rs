@@ -524,41 +524,22 @@ pub fn describe_contents(lock: &LockConfig) -> String {
 }
 
 fn describe_content(c: &LockDirectoryContents) -> String {
-    if let Some(git) = &c.git {
-        let sha: String = git.sha.chars().take(12).collect();
-        return if git.tags.is_empty() {
-            format!("git {sha}")
-        } else {
-            format!("git {sha} ({})", git.tags.join(", "))
-        };
+    use crate::carvel::vendir::Locked;
+    let short = |sha: &str| sha.chars().take(12).collect::<String>();
+    match c.locked() {
+        Some(Locked::Git(git)) if git.tags.is_empty() => format!("git {}", short(&git.sha)),
+        Some(Locked::Git(git)) => format!("git {} ({})", short(&git.sha), git.tags.join(", ")),
+        Some(Locked::GithubRelease(release)) => format!("githubRelease {}", release.tag),
+        Some(Locked::HelmChart(chart)) => format!("helmChart {}", chart.version),
+        Some(Locked::Image(image)) => format!("image {}", image.url),
+        Some(Locked::ImgpkgBundle(bundle)) => format!("imgpkgBundle {}", bundle.image),
+        Some(Locked::Hg(hg)) => format!("hg {}", short(&hg.sha)),
+        Some(Locked::Http) => "http".to_owned(),
+        Some(Locked::Inline) => "inline".to_owned(),
+        Some(Locked::Directory) => "directory".to_owned(),
+        Some(Locked::Manual) => "manual".to_owned(),
+        None => "content".to_owned(),
     }
-    if let Some(release) = &c.github_release {
-        return format!("githubRelease {}", release.tag);
-    }
-    if let Some(chart) = &c.helm_chart {
-        return format!("helmChart {}", chart.version);
-    }
-    if let Some(image) = &c.image {
-        return format!("image {}", image.url);
-    }
-    if let Some(bundle) = &c.imgpkg_bundle {
-        return format!("imgpkgBundle {}", bundle.image);
-    }
-    if let Some(hg) = &c.hg {
-        return format!("hg {}", hg.sha.chars().take(12).collect::<String>());
-    }
-    let kind = if c.http.is_some() {
-        "http"
-    } else if c.inline.is_some() {
-        "inline"
-    } else if c.directory.is_some() {
-        "directory"
-    } else if c.manual.is_some() {
-        "manual"
-    } else {
-        "content"
-    };
-    kind.to_owned()
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@ use futures::StreamExt;
 use crate::carvel::selection::VersionSelection;
 use crate::carvel::vendir::{
     Config, Directory, DirectoryContents, LockConfig, LockDirectory, LockDirectoryContents,
-    LockEmpty,
+    LockEmpty, Source,
 };
 use crate::registry::Registry;
 
@@ -616,46 +616,31 @@ fn io_error<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) ->
 
 /// What a content's source is, for messages: its type and upstream without credentials.
 fn describe(contents: &DirectoryContents) -> (&'static str, String) {
-    if let Some(git) = &contents.git {
-        let reference = if git.git_ref.is_empty() {
-            "ref=semver".to_owned()
-        } else {
-            git.git_ref.clone()
-        };
-        return ("git", format!("{}@{reference}", redact_url(&git.url)));
-    }
-    if let Some(h) = &contents.http {
-        return ("http", redact_url(&h.url));
-    }
-    if let Some(g) = &contents.github_release {
-        return ("githubRelease", g.slug.clone());
-    }
-    if let Some(h) = &contents.helm_chart {
-        let repo = h.repository.as_ref().map(|r| redact_url(&r.url));
-        return (
-            "helmChart",
-            format!("{}@{}", repo.unwrap_or_default(), h.name),
-        );
-    }
-    if let Some(i) = &contents.image {
-        return ("image", i.url.clone());
-    }
-    if let Some(b) = &contents.imgpkg_bundle {
-        return ("imgpkgBundle", b.image.clone());
-    }
-    if let Some(d) = &contents.directory {
-        return ("directory", d.path.clone());
-    }
-    if contents.inline.is_some() {
-        return ("inline", String::new());
-    }
-    if contents.manual.is_some() {
-        return ("manual", String::new());
-    }
-    if let Some(h) = &contents.hg {
-        return ("hg", redact_url(&h.url));
-    }
-    ("unknown", String::new())
+    let Ok(source) = contents.source() else {
+        return ("unknown", String::new());
+    };
+    let upstream = match source {
+        Source::Git(git) => {
+            let reference = if git.git_ref.is_empty() {
+                "ref=semver"
+            } else {
+                &git.git_ref
+            };
+            format!("{}@{reference}", redact_url(&git.url))
+        }
+        Source::Http(h) => redact_url(&h.url),
+        Source::GithubRelease(g) => g.slug.clone(),
+        Source::HelmChart(h) => {
+            let repo = h.repository.as_ref().map(|r| redact_url(&r.url));
+            format!("{}@{}", repo.unwrap_or_default(), h.name)
+        }
+        Source::Image(i) => i.url.clone(),
+        Source::ImgpkgBundle(b) => b.image.clone(),
+        Source::Directory(d) => d.path.clone(),
+        Source::Hg(h) => redact_url(&h.url),
+        Source::Inline(_) | Source::Manual(_) => String::new(),
+    };
+    (source.kind(), upstream)
 }
 
 /// The config digest vendir records for `lazy` contents: sha256 of the contents' YAML.
@@ -773,83 +758,96 @@ async fn fetch_contents(
     let not_kind = |kind: &str| FetchError::Locked(format!("the lock entry is not a {kind} entry"));
     let mut filtered = true;
     let mut identity = None;
-    if let Some(source) = &contents.git {
-        let locked_sha = locked
-            .map(|l| {
-                l.git
-                    .as_ref()
-                    .map(|g| g.sha.clone())
-                    .ok_or_else(|| not_kind("git"))
-            })
-            .transpose()?;
-        let git = git::fetch(ctx, source, locked_sha, contents, &out).await?;
-        identity = Some(git::identity(&git));
-        lock.git = Some(git);
-    } else if let Some(source) = &contents.http {
-        identity = Some(http::fetch(ctx, source, &out, scratch).await?);
-        lock.http = Some(LockEmpty {});
-    } else if let Some(source) = &contents.github_release {
-        let locked_url = locked.and_then(|l| l.github_release.as_ref().map(|g| g.url.clone()));
-        let (release, release_identity) =
-            github::fetch(ctx, source, locked_url, &out, scratch).await?;
-        identity = release_identity;
-        lock.github_release = Some(release);
-    } else if let Some(source) = &contents.helm_chart {
-        let locked_version = locked
-            .map(|l| {
-                l.helm_chart
-                    .as_ref()
-                    .map(|h| h.version.clone())
-                    .ok_or_else(|| not_kind("helmChart"))
-            })
-            .transpose()?;
-        let fetched = helm::fetch(ctx, source, locked_version, &out, scratch).await?;
-        identity = Some(fetched.identity);
-        lock.helm_chart = Some(fetched.lock);
-    } else if let Some(source) = &contents.image {
-        let locked = locked
-            .map(|l| l.image.as_ref().ok_or_else(|| not_kind("image")))
-            .transpose()?;
-        let (image, digest) = image::fetch_image(ctx, source, locked, &out, scratch).await?;
-        identity = Some(digest);
-        lock.image = Some(image);
-    } else if let Some(source) = &contents.imgpkg_bundle {
-        let locked = locked
-            .map(|l| {
-                l.imgpkg_bundle
-                    .as_ref()
-                    .ok_or_else(|| not_kind("imgpkgBundle"))
-            })
-            .transpose()?;
-        let (bundle, digest) = image::fetch_bundle(ctx, source, locked, &out).await?;
-        identity = Some(digest);
-        lock.imgpkg_bundle = Some(bundle);
-    } else if let Some(source) = &contents.inline {
-        let files = inline_files(ctx, source)?;
-        write_inline(&files, &out)?;
-        identity = Some(inline_identity(&files));
-        lock.inline = Some(LockEmpty {});
-    } else if let Some(source) = &contents.directory {
-        let from = ctx.root.join(&source.path);
-        if !from.is_dir() {
-            return Err(FetchError::Invalid(format!(
-                "directory {:?} does not exist",
-                source.path
-            )));
+    let source = contents
+        .source()
+        .map_err(|e| FetchError::Invalid(e.to_string()))?;
+    match source {
+        Source::Git(source) => {
+            let locked_sha = locked
+                .map(|l| {
+                    l.git
+                        .as_ref()
+                        .map(|g| g.sha.clone())
+                        .ok_or_else(|| not_kind("git"))
+                })
+                .transpose()?;
+            let git = git::fetch(ctx, source, locked_sha, contents, &out).await?;
+            identity = Some(git::identity(&git));
+            lock.git = Some(git);
         }
-        fsutil::copy_tree(&from, &out).map_err(FetchError::io(&from))?;
-        lock.directory = Some(LockEmpty {});
-    } else if contents.manual.is_some() {
-        // Hand-managed: keep what is there, untouched by filters (as vendir does).
-        if existing.is_dir() {
-            fsutil::copy_tree(&existing, &out).map_err(FetchError::io(&existing))?;
+        Source::Http(source) => {
+            identity = Some(http::fetch(ctx, source, &out, scratch).await?);
+            lock.http = Some(LockEmpty {});
         }
-        lock.manual = Some(LockEmpty {});
-        identity = Some("manual".to_owned());
-        filtered = false;
-    } else {
-        let (kind, _) = describe(contents);
-        return Err(FetchError::NotSupported(format!("the {kind} source")));
+        Source::GithubRelease(source) => {
+            let locked_url = locked.and_then(|l| l.github_release.as_ref().map(|g| g.url.clone()));
+            let (release, release_identity) =
+                github::fetch(ctx, source, locked_url, &out, scratch).await?;
+            identity = release_identity;
+            lock.github_release = Some(release);
+        }
+        Source::HelmChart(source) => {
+            let locked_version = locked
+                .map(|l| {
+                    l.helm_chart
+                        .as_ref()
+                        .map(|h| h.version.clone())
+                        .ok_or_else(|| not_kind("helmChart"))
+                })
+                .transpose()?;
+            let fetched = helm::fetch(ctx, source, locked_version, &out, scratch).await?;
+            identity = Some(fetched.identity);
+            lock.helm_chart = Some(fetched.lock);
+        }
+        Source::Image(source) => {
+            let locked = locked
+                .map(|l| l.image.as_ref().ok_or_else(|| not_kind("image")))
+                .transpose()?;
+            let (image, digest) = image::fetch_image(ctx, source, locked, &out, scratch).await?;
+            identity = Some(digest);
+            lock.image = Some(image);
+        }
+        Source::ImgpkgBundle(source) => {
+            let locked = locked
+                .map(|l| {
+                    l.imgpkg_bundle
+                        .as_ref()
+                        .ok_or_else(|| not_kind("imgpkgBundle"))
+                })
+                .transpose()?;
+            let (bundle, digest) = image::fetch_bundle(ctx, source, locked, &out).await?;
+            identity = Some(digest);
+            lock.imgpkg_bundle = Some(bundle);
+        }
+        Source::Inline(source) => {
+            let files = inline_files(ctx, source)?;
+            write_inline(&files, &out)?;
+            identity = Some(inline_identity(&files));
+            lock.inline = Some(LockEmpty {});
+        }
+        Source::Directory(source) => {
+            let from = ctx.root.join(&source.path);
+            if !from.is_dir() {
+                return Err(FetchError::Invalid(format!(
+                    "directory {:?} does not exist",
+                    source.path
+                )));
+            }
+            fsutil::copy_tree(&from, &out).map_err(FetchError::io(&from))?;
+            lock.directory = Some(LockEmpty {});
+        }
+        Source::Manual(_) => {
+            // Hand-managed: keep what is there, untouched by filters (as vendir does).
+            if existing.is_dir() {
+                fsutil::copy_tree(&existing, &out).map_err(FetchError::io(&existing))?;
+            }
+            lock.manual = Some(LockEmpty {});
+            identity = Some("manual".to_owned());
+            filtered = false;
+        }
+        Source::Hg(_) => {
+            return Err(FetchError::NotSupported("the hg source".to_owned()));
+        }
     }
     if contents.lazy {
         identity = Some(lazy_identity(&digest));
@@ -884,60 +882,60 @@ async fn probe_contents(
     let pair = |url: Option<&String>, tag: Option<&String>| {
         url.map(|u| (u.clone(), tag.cloned().unwrap_or_default()))
     };
-    if let Some(source) = &contents.git {
-        let locked_sha = locked.and_then(|l| l.git.as_ref().map(|g| g.sha.clone()));
-        return git::probe(ctx, source, locked_sha, contents, scratch)
+    let source = contents
+        .source()
+        .map_err(|e| FetchError::Invalid(e.to_string()))?;
+    match source {
+        Source::Git(source) => {
+            let locked_sha = locked.and_then(|l| l.git.as_ref().map(|g| g.sha.clone()));
+            git::probe(ctx, source, locked_sha, contents, scratch)
+                .await
+                .map(Some)
+        }
+        Source::Http(source) => http::probe(ctx, source).await,
+        Source::GithubRelease(source) => {
+            let locked_url = locked.and_then(|l| l.github_release.as_ref().map(|g| g.url.clone()));
+            github::probe(ctx, source, locked_url).await
+        }
+        Source::HelmChart(source) => {
+            let locked_version =
+                locked.and_then(|l| l.helm_chart.as_ref().map(|h| h.version.clone()));
+            std::fs::create_dir_all(scratch).map_err(FetchError::io(scratch))?;
+            helm::probe(ctx, source, locked_version, scratch)
+                .await
+                .map(Some)
+        }
+        Source::Image(source) => {
+            let locked = locked.and_then(|l| l.image.as_ref());
+            let locked = pair(locked.map(|l| &l.url), locked.map(|l| &l.tag));
+            image::probe(
+                ctx,
+                &source.url,
+                source.tag_selection.as_ref(),
+                source.secret_ref.as_ref(),
+                locked,
+            )
             .await
-            .map(Some);
-    }
-    if let Some(source) = &contents.http {
-        return http::probe(ctx, source).await;
-    }
-    if let Some(source) = &contents.github_release {
-        let locked_url = locked.and_then(|l| l.github_release.as_ref().map(|g| g.url.clone()));
-        return github::probe(ctx, source, locked_url).await;
-    }
-    if let Some(source) = &contents.helm_chart {
-        let locked_version = locked.and_then(|l| l.helm_chart.as_ref().map(|h| h.version.clone()));
-        std::fs::create_dir_all(scratch).map_err(FetchError::io(scratch))?;
-        return helm::probe(ctx, source, locked_version, scratch)
+            .map(Some)
+        }
+        Source::ImgpkgBundle(source) => {
+            let locked = locked.and_then(|l| l.imgpkg_bundle.as_ref());
+            let locked = pair(locked.map(|l| &l.image), locked.map(|l| &l.tag));
+            image::probe(
+                ctx,
+                &source.image,
+                source.tag_selection.as_ref(),
+                source.secret_ref.as_ref(),
+                locked,
+            )
             .await
-            .map(Some);
+            .map(Some)
+        }
+        Source::Inline(source) => Ok(Some(inline_identity(&inline_files(ctx, source)?))),
+        Source::Manual(_) => Ok(Some("manual".to_owned())),
+        // Local directories: their files are not watched. hg: refused by the fetch.
+        Source::Directory(_) | Source::Hg(_) => Ok(None),
     }
-    if let Some(source) = &contents.image {
-        let locked = locked.and_then(|l| l.image.as_ref());
-        let locked = pair(locked.map(|l| &l.url), locked.map(|l| &l.tag));
-        return image::probe(
-            ctx,
-            &source.url,
-            source.tag_selection.as_ref(),
-            source.secret_ref.as_ref(),
-            locked,
-        )
-        .await
-        .map(Some);
-    }
-    if let Some(source) = &contents.imgpkg_bundle {
-        let locked = locked.and_then(|l| l.imgpkg_bundle.as_ref());
-        let locked = pair(locked.map(|l| &l.image), locked.map(|l| &l.tag));
-        return image::probe(
-            ctx,
-            &source.image,
-            source.tag_selection.as_ref(),
-            source.secret_ref.as_ref(),
-            locked,
-        )
-        .await
-        .map(Some);
-    }
-    if let Some(source) = &contents.inline {
-        return Ok(Some(inline_identity(&inline_files(ctx, source)?)));
-    }
-    if contents.manual.is_some() {
-        return Ok(Some("manual".to_owned()));
-    }
-    // Local directories: their files are not watched.
-    Ok(None)
 }
 
 /// Filters, new root, ignored files, limits and permissions, on the fetched tree `out`.
