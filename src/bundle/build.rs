@@ -1,9 +1,8 @@
 //! From input paths to a complete bundle image (layer, config, manifest), as `imgpkg push`
 //! would build it: the same walk, the same checks of `.imgpkg/`, the same tar.
 
-use std::collections::HashSet;
 use std::fs;
-use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -13,9 +12,8 @@ use super::cache::{self, CachedLayer, LayerCache};
 use super::error::BundleError;
 use super::image::{self, Descriptor};
 use super::layer::{Layer, LayerWriter};
+use super::tree::{self, Entry};
 use crate::carvel::{Bundle, ImagesLock};
-
-const IMGPKG_DIR: &str = ".imgpkg";
 
 /// What to leave out of the bundle.
 #[derive(Debug, Clone)]
@@ -183,11 +181,14 @@ pub fn build_with_cache(
         return Err(BundleError::Invalid("no input paths given".to_owned()));
     }
     let started = std::time::SystemTime::now();
-    let walker = walk(inputs, options)?;
-    let imgpkg = checked_imgpkg_dir(&walker.imgpkg_dirs)?;
-    let images_lock = read_metadata(&imgpkg)?;
-    let mut stats = walker.stats;
-    let entries = walker.entries;
+    let tree = tree::walk(inputs, &options.exclude)?;
+    let images_lock = read_metadata(&tree.imgpkg_dir()?)?;
+    let mut stats = BuildStats {
+        files: tree.files,
+        dirs: tree.dirs,
+        tar_size: 0,
+    };
+    let entries = tree.entries;
 
     let fingerprint = cache.map(|c| (c, c.fingerprint(&entries)));
     let cached = fingerprint.as_ref().and_then(|(c, key)| c.get(key));
@@ -246,33 +247,6 @@ pub fn build_with_cache(
     })
 }
 
-/// Lists what the layer holds, in imgpkg's order, checking names and file types.
-pub(crate) fn walk<'a>(
-    inputs: &[PathBuf],
-    options: &'a BuildOptions,
-) -> Result<Walker<'a>, BundleError> {
-    let mut walker = Walker {
-        options,
-        entries: Vec::new(),
-        imgpkg_dirs: Vec::new(),
-        seen: (inputs.len() > 1).then(HashSet::new),
-        stats: BuildStats::default(),
-    };
-    for input in inputs {
-        walker.add_input(input)?;
-    }
-    Ok(walker)
-}
-
-/// One tar entry to write, in walk order.
-pub(crate) struct Entry {
-    /// The name in the tar.
-    pub name: String,
-    pub path: PathBuf,
-    /// `None` for a directory.
-    pub file: Option<fs::Metadata>,
-}
-
 /// Writes the entries as the layer, reading each file as it goes.
 fn archive(entries: &[Entry]) -> Result<Layer, BundleError> {
     let mut writer = LayerWriter::new();
@@ -293,158 +267,6 @@ fn archive(entries: &[Entry]) -> Result<Layer, BundleError> {
     }
     let first = entries.first().map(|e| e.path.clone()).unwrap_or_default();
     writer.finish().map_err(BundleError::io("archiving", first))
-}
-
-pub(crate) struct Walker<'a> {
-    options: &'a BuildOptions,
-    pub entries: Vec<Entry>,
-    /// Every `.imgpkg` met, with whether it sits directly in an input directory.
-    imgpkg_dirs: Vec<(PathBuf, bool)>,
-    /// Paths already archived, when several inputs could collide.
-    seen: Option<HashSet<String>>,
-    stats: BuildStats,
-}
-
-impl Walker<'_> {
-    fn add_input(&mut self, input: &Path) -> Result<(), BundleError> {
-        // Like imgpkg (os.Stat), an input given on the command line may itself be a symlink.
-        let meta = fs::metadata(input).map_err(BundleError::io("reading input", input))?;
-        if meta.is_dir() {
-            self.push_dir(".", input);
-            self.walk_dir(input, "")
-        } else if meta.is_file() {
-            let name = utf8_name(input, input.file_name())?;
-            if name == IMGPKG_DIR {
-                self.imgpkg_dirs.push((input.to_owned(), false));
-            }
-            self.add_file(input, name, meta)
-        } else {
-            Err(not_regular(input, &meta))
-        }
-    }
-
-    fn walk_dir(&mut self, dir: &Path, rel: &str) -> Result<(), BundleError> {
-        let mut names = fs::read_dir(dir)
-            .and_then(|entries| {
-                entries
-                    .map(|e| e.map(|e| e.file_name()))
-                    .collect::<Result<Vec<_>, _>>()
-            })
-            .map_err(BundleError::io("listing", dir))?;
-        // filepath.Walk's order: names sorted bytewise within each directory, depth first.
-        names.sort_by(|a, b| a.as_encoded_bytes().cmp(b.as_encoded_bytes()));
-        for name in names {
-            let path = dir.join(&name);
-            let name = utf8_name(&path, Some(&name))?;
-            let child = if rel.is_empty() {
-                name.to_owned()
-            } else {
-                format!("{rel}/{name}")
-            };
-            if self.options.exclude.contains(&child) {
-                continue;
-            }
-            if name == IMGPKG_DIR {
-                self.imgpkg_dirs.push((path.clone(), rel.is_empty()));
-            }
-            let meta = fs::symlink_metadata(&path).map_err(BundleError::io("reading", &path))?;
-            if meta.is_dir() {
-                self.check_unique(&child, &path)?;
-                self.push_dir(&child, &path);
-                self.walk_dir(&path, &child)?;
-            } else if meta.is_file() {
-                self.add_file(&path, &child, meta)?;
-            } else {
-                return Err(not_regular(&path, &meta));
-            }
-        }
-        Ok(())
-    }
-
-    fn push_dir(&mut self, name: &str, path: &Path) {
-        self.entries.push(Entry {
-            name: name.to_owned(),
-            path: path.to_owned(),
-            file: None,
-        });
-        self.stats.dirs += 1;
-    }
-
-    fn add_file(&mut self, path: &Path, name: &str, meta: fs::Metadata) -> Result<(), BundleError> {
-        self.check_unique(name, path)?;
-        self.entries.push(Entry {
-            name: name.to_owned(),
-            path: path.to_owned(),
-            file: Some(meta),
-        });
-        self.stats.files += 1;
-        Ok(())
-    }
-
-    fn check_unique(&mut self, name: &str, path: &Path) -> Result<(), BundleError> {
-        match &mut self.seen {
-            Some(seen) if seen.contains(name) => Err(BundleError::Invalid(format!(
-                "{} would be archived as {name:?}, which another input already provides",
-                path.display()
-            ))),
-            Some(seen) => {
-                seen.insert(name.to_owned());
-                Ok(())
-            }
-            None => Ok(()),
-        }
-    }
-}
-
-fn utf8_name<'a>(path: &Path, name: Option<&'a std::ffi::OsStr>) -> Result<&'a str, BundleError> {
-    name.and_then(|n| n.to_str()).ok_or_else(|| {
-        BundleError::Invalid(format!(
-            "{}: file names in a bundle must be valid UTF-8",
-            path.display()
-        ))
-    })
-}
-
-fn not_regular(path: &Path, meta: &fs::Metadata) -> BundleError {
-    let t = meta.file_type();
-    let kind = if t.is_symlink() {
-        "symbolic link"
-    } else if t.is_fifo() {
-        "named pipe"
-    } else if t.is_socket() {
-        "socket"
-    } else if t.is_block_device() || t.is_char_device() {
-        "device"
-    } else {
-        "special file"
-    };
-    BundleError::NotRegular {
-        path: path.to_owned(),
-        kind,
-    }
-}
-
-/// imgpkg's `validateImgpkgDirs`: exactly one `.imgpkg`, directly inside an input directory.
-fn checked_imgpkg_dir(found: &[(PathBuf, bool)]) -> Result<PathBuf, BundleError> {
-    match found {
-        [] => Err(BundleError::Invalid(
-            "the input is missing .imgpkg/images.yml (write it with `packsmith lock`, or an \
-             empty ImagesLock if the bundle references no images)"
-                .to_owned(),
-        )),
-        [(dir, true)] => Ok(dir.clone()),
-        [(dir, false)] => Err(BundleError::Invalid(format!(
-            "{} must be a direct child of an input directory",
-            dir.display()
-        ))),
-        many => Err(BundleError::Invalid(format!(
-            "only one .imgpkg directory may be provided, found {}",
-            many.iter()
-                .map(|(d, _)| d.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))),
-    }
 }
 
 /// Parses `.imgpkg/images.yml` (required) and `.imgpkg/bundle.yml` (optional) so a bundle

@@ -22,9 +22,9 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use super::build::Entry;
 use super::image::is_sha256_digest;
 use super::layer;
+use super::tree::Entry;
 
 /// The tar encoding's version; bump it when `gotar` or the walk changes what a tree gives.
 const TAR_FORMAT: &str = "packsmith-bundle-tar-1";
@@ -74,7 +74,7 @@ impl LayerCache {
         &self.dir
     }
 
-    pub(crate) fn fingerprint(&self, entries: &[Entry]) -> String {
+    pub(super) fn fingerprint(&self, entries: &[Entry]) -> String {
         let mut hash = Sha256::new();
         hash.update(TAR_FORMAT.as_bytes());
         hash.update([0]);
@@ -277,7 +277,7 @@ mod tests {
     }
 
     fn collect(inputs: &[PathBuf]) -> Vec<Entry> {
-        crate::bundle::build::walk(inputs, &BuildOptions::default())
+        crate::bundle::tree::walk(inputs, &BuildOptions::default().exclude)
             .unwrap()
             .entries
     }

@@ -32,6 +32,7 @@ mod layout;
 mod pull;
 mod push;
 mod target;
+mod tree;
 mod untar;
 
 pub use build::{BuildOptions, BuildStats, BuiltBundle, build, build_with_cache};
