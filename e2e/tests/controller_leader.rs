@@ -11,7 +11,7 @@ use kube::api::{Api, Patch, PatchParams};
 use libtest_mimic::Trial;
 use packsmith::api::PackageSource;
 use packsmith::api::conditions::{reasons, types};
-use packsmith::controller::leader::LeaderElection;
+use packsmith::controller::LeaderElection;
 
 use crate::support::{apply_yaml, bed, namespace};
 use crate::tests::controller::{Running, SUCCESSES, has, inline_source, metric, wait_for};

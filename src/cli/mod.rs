@@ -109,7 +109,7 @@ struct ControllerArgs {
     #[arg(long, env = "POD_NAMESPACE")]
     leader_election_namespace: Option<String>,
     /// Name of the Lease.
-    #[arg(long, default_value = crate::controller::leader::DEFAULT_LEASE_NAME)]
+    #[arg(long, default_value = crate::controller::DEFAULT_LEASE_NAME)]
     leader_election_id: String,
     /// Namespaces other than their own that PackageSources may publish Packages into and
     /// PackageRepositorySources may create a PackageRepository in (comma-separated; e.g.
@@ -148,7 +148,7 @@ struct ControllerArgs {
 }
 
 fn duration(value: &str) -> Result<std::time::Duration, String> {
-    crate::controller::schedule::parse_duration("duration", value).map_err(|e| e.to_string())
+    crate::controller::parse_duration("duration", value).map_err(|e| e.to_string())
 }
 
 #[derive(Subcommand, Debug)]
@@ -256,10 +256,10 @@ fn controller(args: ControllerArgs, runtime: &tokio::runtime::Runtime) -> anyhow
         handle_signals: true,
         leader_election: args
             .leader_elect
-            .then(|| crate::controller::leader::LeaderElection {
+            .then(|| crate::controller::LeaderElection {
                 namespace: args.leader_election_namespace,
                 lease_name: args.leader_election_id,
-                identity: crate::controller::leader::default_identity(),
+                identity: crate::controller::default_identity(),
                 lease_duration: args.leader_election_lease_duration,
                 renew_deadline: args.leader_election_renew_deadline,
                 retry_period: args.leader_election_retry_period,

@@ -15,22 +15,14 @@ use super::workdirs::WorkDirs;
 use crate::api::PackageRepositorySource;
 use crate::registry::Credentials;
 
-/// Labels on everything a PackageSource publishes.
-pub const LABEL_SOURCE_NAME: &str = "packsmith.dev/source-name";
-pub const LABEL_SOURCE_NAMESPACE: &str = "packsmith.dev/source-namespace";
-/// Labels on the PackageRepository a PackageRepositorySource creates.
-pub const LABEL_REPOSITORY_SOURCE_NAME: &str = "packsmith.dev/repository-source-name";
-pub const LABEL_REPOSITORY_SOURCE_NAMESPACE: &str = "packsmith.dev/repository-source-namespace";
-pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
-pub const MANAGED_BY: &str = "packsmith";
 /// Finalizer that lets deletion remove what a PackageSource published.
 pub const FINALIZER: &str = "packsmith.dev/finalizer";
 /// `kind` label value of the metrics.
-pub const KIND: &str = "PackageSource";
+pub(super) const KIND: &str = "PackageSource";
 
 /// Settings of one controller process.
 #[derive(Debug, Clone)]
-pub struct Settings {
+pub(super) struct Settings {
     /// Work directories live in `<cache_dir>/<namespace>/<name>`.
     pub cache_dir: PathBuf,
     /// The controller's own registry credentials (its docker config); a PackageSource's
@@ -52,14 +44,14 @@ pub struct Settings {
 
 impl Settings {
     /// The interval an object is reconciled at: its own, but never below `min_interval`.
-    pub fn interval(&self, spec_interval: std::time::Duration) -> std::time::Duration {
+    pub(super) fn interval(&self, spec_interval: std::time::Duration) -> std::time::Duration {
         spec_interval.max(self.min_interval)
     }
 
     /// The controller's own registry credentials, for objects of `namespace` only when the
     /// operator listed it: otherwise any tenant could push with them (or send them to a
     /// registry of its choosing) just by naming a host.
-    pub fn credentials_for(&self, namespace: &str) -> Credentials {
+    pub(super) fn credentials_for(&self, namespace: &str) -> Credentials {
         if self.credentials_namespaces.iter().any(|n| n == namespace) {
             self.credentials.clone()
         } else {
@@ -69,7 +61,7 @@ impl Settings {
 
     /// Refuses publishing from `own` into `target` unless it is the same namespace or the
     /// operator listed `target` (one tenant must not write into another's namespace).
-    pub fn check_publish_namespace(&self, own: &str, target: &str) -> Result<(), String> {
+    pub(super) fn check_publish_namespace(&self, own: &str, target: &str) -> Result<(), String> {
         if own == target || self.allowed_publish_namespaces.iter().any(|n| n == target) {
             return Ok(());
         }
@@ -83,7 +75,7 @@ impl Settings {
 }
 
 /// Shared by every reconcile.
-pub struct Context {
+pub(super) struct Context {
     pub client: Client,
     pub settings: Settings,
     pub recorder: Recorder,

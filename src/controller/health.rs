@@ -15,23 +15,23 @@ use super::metrics::Metrics;
 
 /// Which endpoints a listener serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Endpoints {
+pub(super) struct Endpoints {
     pub probes: bool,
     pub metrics: bool,
 }
 
 /// Shared state the endpoints report.
 #[derive(Debug, Default)]
-pub struct Probes {
+pub(super) struct Probes {
     ready: AtomicBool,
 }
 
 impl Probes {
-    pub fn set_ready(&self, ready: bool) {
+    pub(super) fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::SeqCst);
     }
 
-    pub fn is_ready(&self) -> bool {
+    pub(super) fn is_ready(&self) -> bool {
         self.ready.load(Ordering::SeqCst)
     }
 }
@@ -40,7 +40,7 @@ const MAX_REQUEST_HEAD: usize = 8 * 1024;
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves `listener` until the task is dropped or aborted.
-pub async fn serve(
+pub(super) async fn serve(
     listener: TcpListener,
     endpoints: Endpoints,
     probes: Arc<Probes>,
@@ -141,7 +141,7 @@ fn respond(
 }
 
 /// Binds `addr` (`host:port`; port 0 picks a free one).
-pub async fn bind(addr: &str) -> std::io::Result<(TcpListener, SocketAddr)> {
+pub(super) async fn bind(addr: &str) -> std::io::Result<(TcpListener, SocketAddr)> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     Ok((listener, local))

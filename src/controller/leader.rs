@@ -18,9 +18,9 @@ use kube_lease_manager::{LeaseCreateMode, LeaseManager, LeaseParams};
 /// Default Lease name (`--leader-election-id`).
 pub const DEFAULT_LEASE_NAME: &str = "packsmith-controller";
 /// Flux's defaults.
-pub const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(35);
-pub const DEFAULT_RENEW_DEADLINE: Duration = Duration::from_secs(30);
-pub const DEFAULT_RETRY_PERIOD: Duration = Duration::from_secs(5);
+pub(super) const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(35);
+pub(super) const DEFAULT_RENEW_DEADLINE: Duration = Duration::from_secs(30);
+pub(super) const DEFAULT_RETRY_PERIOD: Duration = Duration::from_secs(5);
 
 /// How to elect a leader.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,7 +108,7 @@ impl LeaderElection {
 }
 
 /// One replica's candidacy.
-pub struct Elector {
+pub(super) struct Elector {
     manager: LeaseManager,
     config: LeaderElection,
     namespace: String,
@@ -116,7 +116,7 @@ pub struct Elector {
 
 impl Elector {
     /// Creates the Lease if it does not exist yet; does not take it.
-    pub async fn new(client: Client, config: LeaderElection) -> Result<Self, LeaderError> {
+    pub(super) async fn new(client: Client, config: LeaderElection) -> Result<Self, LeaderError> {
         config.validate()?;
         let namespace = config
             .namespace
@@ -148,16 +148,16 @@ impl Elector {
     }
 
     /// `namespace/name` of the Lease.
-    pub fn lease(&self) -> String {
+    pub(super) fn lease(&self) -> String {
         format!("{}/{}", self.namespace, self.config.lease_name)
     }
 
-    pub fn identity(&self) -> &str {
+    pub(super) fn identity(&self) -> &str {
         &self.config.identity
     }
 
     /// Waits until this replica holds the Lease. API errors are logged and retried.
-    pub async fn acquire(&self) {
+    pub(super) async fn acquire(&self) {
         loop {
             match self.manager.changed().await {
                 Ok(true) => return,
@@ -172,7 +172,7 @@ impl Elector {
 
     /// Keeps renewing the Lease; returns why leadership was lost: another holder, or no
     /// successful renewal within the renew deadline.
-    pub async fn hold(&self) -> String {
+    pub(super) async fn hold(&self) -> String {
         let mut failing_since: Option<Instant> = None;
         loop {
             let step = if failing_since.is_some() {
@@ -209,7 +209,7 @@ impl Elector {
     }
 
     /// Gives the Lease up (graceful shutdown), so a follower takes over at once.
-    pub async fn release(&self) {
+    pub(super) async fn release(&self) {
         if let Err(e) = self.manager.release().await {
             tracing::warn!(lease = %self.lease(), error = %e, "releasing the lease");
         }

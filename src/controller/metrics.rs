@@ -20,25 +20,25 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct KindLabels {
+pub(super) struct KindLabels {
     pub kind: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ResultLabels {
+pub(super) struct ResultLabels {
     pub kind: String,
     pub result: String,
     pub reason: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct StageLabels {
+pub(super) struct StageLabels {
     pub kind: String,
     pub stage: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct WriteLabels {
+pub(super) struct WriteLabels {
     pub kind: String,
     pub resource: String,
     pub verb: String,
@@ -47,7 +47,7 @@ pub struct WriteLabels {
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// The controller's metrics and the registry that renders them.
-pub struct Metrics {
+pub(super) struct Metrics {
     registry: Registry,
     reconcile_duration: HistogramFamily<KindLabels>,
     reconciles: Family<ResultLabels, Counter>,
@@ -75,7 +75,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn new() -> Self {
+    pub(super) fn new() -> Self {
         let mut registry = Registry::with_prefix("packsmith");
         let reconcile_duration: HistogramFamily<KindLabels> =
             Family::new_with_constructor(duration_histogram);
@@ -126,7 +126,7 @@ impl Metrics {
         }
     }
 
-    pub fn registry_requests(&self, kind: &str, n: usize) {
+    pub(super) fn registry_requests(&self, kind: &str, n: usize) {
         self.registry_requests
             .get_or_create(&KindLabels {
                 kind: kind.to_owned(),
@@ -134,7 +134,7 @@ impl Metrics {
             .inc_by(n as u64);
     }
 
-    pub fn reconciled(&self, kind: &str, result: &str, reason: &str, took: Duration) {
+    pub(super) fn reconciled(&self, kind: &str, result: &str, reason: &str, took: Duration) {
         self.reconcile_duration
             .get_or_create(&KindLabels {
                 kind: kind.to_owned(),
@@ -149,7 +149,7 @@ impl Metrics {
             .inc();
     }
 
-    pub fn stage(&self, kind: &str, stage: &str, took: Duration) {
+    pub(super) fn stage(&self, kind: &str, stage: &str, took: Duration) {
         self.stage_duration
             .get_or_create(&StageLabels {
                 kind: kind.to_owned(),
@@ -158,7 +158,7 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
-    pub fn wrote(&self, kind: &str, resource: &str, verb: &str) {
+    pub(super) fn wrote(&self, kind: &str, resource: &str, verb: &str) {
         self.writes
             .get_or_create(&WriteLabels {
                 kind: kind.to_owned(),
@@ -169,7 +169,7 @@ impl Metrics {
     }
 
     /// Marks one reconcile of `kind` as running until the guard is dropped.
-    pub fn in_flight(&self, kind: &str) -> InFlight {
+    pub(super) fn in_flight(&self, kind: &str) -> InFlight {
         let gauge = self
             .in_flight
             .get_or_create(&KindLabels {
@@ -181,7 +181,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of every metric.
-    pub fn render(&self) -> String {
+    pub(super) fn render(&self) -> String {
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();
@@ -191,7 +191,7 @@ impl Metrics {
 }
 
 /// Decrements the in-flight gauge when dropped.
-pub struct InFlight(Gauge);
+pub(super) struct InFlight(Gauge);
 
 impl Drop for InFlight {
     fn drop(&mut self) {

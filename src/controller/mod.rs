@@ -21,21 +21,20 @@
 //! # }
 //! ```
 
-pub mod context;
-pub mod health;
-pub mod leader;
-pub mod metrics;
-pub mod ownership;
-pub mod publish;
-pub mod record;
-pub mod repository;
-pub mod repository_status;
-pub mod schedule;
-pub mod secrets;
-pub mod source;
-pub mod stalls;
-pub mod status;
-pub mod workdirs;
+mod context;
+mod health;
+mod inputs;
+mod labels;
+mod leader;
+mod metrics;
+mod ownership;
+mod reconcile;
+mod repository_source;
+mod schedule;
+mod source;
+mod stalls;
+mod triggers;
+mod workdirs;
 
 use crate::registry::Egress;
 use std::future::Future;
@@ -45,20 +44,24 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use kube::api::{Api, ListParams};
+use kube::api::ListParams;
 use kube::core::PartialObjectMeta;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{
     Controller as KubeController, Predicate, WatchStreamExt, predicates, reflector, watcher,
 };
-use kube::{Client, Resource, ResourceExt};
+use kube::{Client, ResourceExt};
 use tokio::net::TcpListener;
 
-use crate::api::{PackageRepositorySource, PackageSource, REQUESTED_AT_ANNOTATION};
+use crate::api::{PackageRepositorySource, PackageSource};
 use crate::registry::Credentials;
-pub use context::{Context, FINALIZER, Settings};
+pub use context::FINALIZER;
+use context::{Context, Settings};
 use health::{Endpoints, Probes};
+pub use leader::{DEFAULT_LEASE_NAME, LeaderElection, default_identity};
 use metrics::Metrics;
+pub use schedule::parse_duration;
+use triggers::*;
 
 /// Default work directory root (`--cache-dir`, `$PACKSMITH_CACHE_DIR`).
 pub const DEFAULT_CACHE_DIR: &str = "/tmp/packsmith";
@@ -87,7 +90,7 @@ pub struct Options {
     /// Stop on SIGTERM / Ctrl-C (off for a controller embedded in tests).
     pub handle_signals: bool,
     /// Reconcile only while holding this Lease (`--leader-elect`); always when `None`.
-    pub leader_election: Option<leader::LeaderElection>,
+    pub leader_election: Option<LeaderElection>,
     /// Namespaces other than its own that a source may publish Packages or a
     /// PackageRepository into (`--allowed-publish-namespaces`); none by default.
     pub allowed_publish_namespaces: Vec<String>,
@@ -430,9 +433,9 @@ impl Controller {
         let mut controller = KubeController::for_stream(triggers, reader)
             .watches_stream(secret_triggers, move |secret: PartialObjectMeta<Secret>| {
                 let state = secret_store.state();
-                secrets::referencing(
+                inputs::referencing(
                     state.iter().map(|s| s.as_ref()),
-                    secrets::RefKind::Secret,
+                    inputs::RefKind::Secret,
                     secret.namespace().as_deref(),
                     &secret.name_any(),
                 )
@@ -441,9 +444,9 @@ impl Controller {
                 config_map_triggers,
                 move |config_map: PartialObjectMeta<ConfigMap>| {
                     let state = config_map_store.state();
-                    secrets::referencing(
+                    inputs::referencing(
                         state.iter().map(|s| s.as_ref()),
-                        secrets::RefKind::ConfigMap,
+                        inputs::RefKind::ConfigMap,
                         config_map.namespace().as_deref(),
                         &config_map.name_any(),
                     )
@@ -475,7 +478,7 @@ impl Controller {
                 move |repository: PackageRepositorySource| {
                     let repositories = selection_store.state();
                     let sources = selection_sources.state();
-                    repository::placement_changed(
+                    labels::placement_changed(
                         repositories.iter().map(|r| r.as_ref()),
                         sources
                             .iter()
@@ -514,7 +517,7 @@ impl Controller {
                 watcher::Config::default(),
                 move |source: PackageSource| {
                     let state = mapper_store.state();
-                    repository::selecting(state.iter().map(|r| r.as_ref()), &source)
+                    labels::selecting(state.iter().map(|r| r.as_ref()), &source)
                 },
             )
             // Its PackageRepository deleted or edited (a new generation): the owner applies it
@@ -555,7 +558,11 @@ impl Controller {
             });
         let repositories = repositories
             .graceful_shutdown_on(shutdown)
-            .run(repository::reconcile, repository::error_policy, ctx)
+            .run(
+                repository_source::reconcile,
+                repository_source::error_policy,
+                ctx,
+            )
             .for_each(|result| async move {
                 match result {
                     Ok((obj, action)) => {
@@ -626,200 +633,6 @@ async fn terminated() {
     }
 }
 
-/// Metadata of `K` objects packsmith publishes, yielded when one is deleted or its generation
-/// (its spec) changes. When the cluster has no packaging API the watch backs off and retries,
-/// and starts delivering once kapp-controller is installed.
-fn drift_triggers<K>(
-    client: &Client,
-    namespace: Option<&str>,
-) -> impl futures::Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-    <K as Resource>::DynamicType: Default + Clone + Eq + std::hash::Hash + Send + Sync,
-{
-    drift_watch(
-        client,
-        namespace,
-        format!("{}={}", context::LABEL_MANAGED_BY, context::MANAGED_BY),
-        |meta| meta.generation.map(|g| g.to_string()),
-    )
-}
-
-/// Metadata of the release records sources wrote, yielded when one is deleted or changes in
-/// any way (a ConfigMap has no generation: every write is a new resourceVersion). The
-/// controller's own writes come through too; the reconcile they cause finds the record in
-/// place and writes nothing, so they cannot loop.
-fn record_triggers(
-    client: &Client,
-    namespace: Option<&str>,
-) -> impl futures::Stream<Item = Result<PartialObjectMeta<ConfigMap>, watcher::Error>> + Send + 'static
-{
-    drift_watch(
-        client,
-        namespace,
-        format!(
-            "{}={},{}=true",
-            context::LABEL_MANAGED_BY,
-            context::MANAGED_BY,
-            record::LABEL_RELEASE
-        ),
-        |meta| meta.resource_version.clone(),
-    )
-}
-
-/// A metadata-only watch of the `K` objects `selector` matches, through [`Drift`].
-fn drift_watch<K>(
-    client: &Client,
-    namespace: Option<&str>,
-    selector: String,
-    version: fn(&kube::api::ObjectMeta) -> Option<String>,
-) -> impl futures::Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-    <K as Resource>::DynamicType: Default + Clone + Eq + std::hash::Hash + Send + Sync,
-{
-    let api: Api<PartialObjectMeta<K>> = scoped(client, namespace);
-    let mut drift = Drift::new(version);
-    watcher(api, watcher::Config::default().labels(&selector))
-        .default_backoff()
-        .flat_map(move |event| {
-            let out: Vec<_> = match event {
-                Ok(event) => drift.on(event).into_iter().map(Ok).collect(),
-                Err(e) => vec![Err(e)],
-            };
-            futures::stream::iter(out)
-        })
-}
-
-/// Turns watch events into the objects that drifted: deleted, or with a new `version`.
-/// Re-list replays of unchanged objects are dropped. An object that a re-list no longer
-/// shows (deleted while the watch was down, e.g. after the API server restarted) counts as
-/// deleted: a watch that only forwarded Delete events would miss it until the interval.
-struct Drift<K> {
-    version: fn(&kube::api::ObjectMeta) -> Option<String>,
-    /// By UID: the last version seen, and the metadata to map the object to its owner once
-    /// it is gone.
-    known: std::collections::HashMap<String, (Option<String>, PartialObjectMeta<K>)>,
-    /// UIDs seen since the re-list in progress began.
-    relisted: Option<std::collections::HashSet<String>>,
-}
-
-impl<K: Clone> Drift<K> {
-    fn new(version: fn(&kube::api::ObjectMeta) -> Option<String>) -> Self {
-        Drift {
-            version,
-            known: Default::default(),
-            relisted: None,
-        }
-    }
-
-    fn on(&mut self, event: watcher::Event<PartialObjectMeta<K>>) -> Vec<PartialObjectMeta<K>> {
-        let uid = |o: &PartialObjectMeta<K>| o.metadata.uid.clone().unwrap_or_default();
-        match event {
-            watcher::Event::Init => {
-                self.relisted = Some(Default::default());
-                Vec::new()
-            }
-            watcher::Event::InitApply(o) | watcher::Event::Apply(o) => {
-                if let Some(seen) = self.relisted.as_mut() {
-                    seen.insert(uid(&o));
-                }
-                let version = (self.version)(&o.metadata);
-                let mut kept = o.clone();
-                // Only the owner annotation and labels are needed later.
-                kept.metadata.managed_fields = None;
-                match self.known.insert(uid(&o), (version.clone(), kept)) {
-                    Some((before, _)) if before == version => Vec::new(),
-                    _ => vec![o],
-                }
-            }
-            watcher::Event::InitDone => {
-                let seen = self.relisted.take().unwrap_or_default();
-                let gone: Vec<String> = self
-                    .known
-                    .keys()
-                    .filter(|uid| !seen.contains(*uid))
-                    .cloned()
-                    .collect();
-                gone.iter()
-                    .filter_map(|uid| self.known.remove(uid).map(|(_, o)| o))
-                    .collect()
-            }
-            watcher::Event::Delete(o) => {
-                self.known.remove(&uid(&o));
-                vec![o]
-            }
-        }
-    }
-}
-
-fn drifted_owner<K>(object: &PartialObjectMeta<K>) -> Option<reflector::ObjectRef<PackageSource>> {
-    let (namespace, name) = ownership::owning_source(&object.metadata)?;
-    Some(reflector::ObjectRef::new(&name).within(&namespace))
-}
-
-fn drifted_repository_owner(
-    object: &PartialObjectMeta<crate::carvel::PackageRepository>,
-) -> Option<reflector::ObjectRef<PackageRepositorySource>> {
-    let (namespace, name) = ownership::owning_repository_source(&object.metadata)?;
-    Some(reflector::ObjectRef::new(&name).within(&namespace))
-}
-
-fn api(client: &Client, namespace: Option<&str>) -> Api<PackageSource> {
-    scoped(client, namespace)
-}
-
-fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
-    <K as Resource>::DynamicType: Default,
-{
-    match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    }
-}
-
-/// Watch filter of PackageRepositorySources: the `requestedAt` annotation.
-fn repo_requested_at(obj: &PackageRepositorySource) -> Option<u64> {
-    obj.annotations()
-        .get(REQUESTED_AT_ANNOTATION)
-        .map(|v| hash(&("requestedAt", v)))
-}
-
-/// Watch filter: the `requestedAt` annotation (an on-demand reconcile).
-fn requested_at(obj: &PackageSource) -> Option<u64> {
-    obj.annotations()
-        .get(REQUESTED_AT_ANNOTATION)
-        .map(|v| hash(&("requestedAt", v)))
-}
-
-/// Watch filter: deletion started, and whether our finalizer is present (the finalizer helper
-/// adds it and expects the resulting event to start the real reconcile).
-fn lifecycle<K: kube::Resource>(obj: &K) -> Option<u64> {
-    Some(hash(&(
-        obj.meta().deletion_timestamp.is_some(),
-        obj.finalizers().iter().any(|f| f == FINALIZER),
-    )))
-}
-
-fn hash<T: std::hash::Hash>(t: &T) -> u64 {
-    use std::hash::Hasher;
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    t.hash(&mut h);
-    h.finish()
-}
-
 /// A Kubernetes API error as a person reads it: the server's message and code, without the
 /// client's debug dump; a 403 says where to grant the permission.
 pub fn api_message(e: &kube::Error) -> String {
@@ -837,6 +650,7 @@ pub fn api_message(e: &kube::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::REQUESTED_AT_ANNOTATION;
     use kube::runtime::Predicate;
 
     fn source(generation: i64, requested: Option<&str>, finalized: bool) -> PackageSource {

@@ -16,17 +16,17 @@ use std::fmt;
 use kube::api::ObjectMeta;
 use kube::{Resource, ResourceExt};
 
-use super::context::{
+use super::labels::{
     LABEL_REPOSITORY_SOURCE_NAME, LABEL_REPOSITORY_SOURCE_NAMESPACE, LABEL_SOURCE_NAME,
     LABEL_SOURCE_NAMESPACE,
 };
 
 /// The annotation that records the owning source on everything packsmith publishes.
-pub const OWNER_ANNOTATION: &str = "packsmith.dev/owner";
+pub(super) const OWNER_ANNOTATION: &str = "packsmith.dev/owner";
 
 /// A source that publishes: `PackageSource` or `PackageRepositorySource`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Owner {
+pub(super) struct Owner {
     pub kind: String,
     pub namespace: String,
     pub name: String,
@@ -34,7 +34,7 @@ pub struct Owner {
 }
 
 impl Owner {
-    pub fn new(kind: &str, namespace: &str, name: &str, uid: &str) -> Self {
+    pub(super) fn new(kind: &str, namespace: &str, name: &str, uid: &str) -> Self {
         Owner {
             kind: kind.to_owned(),
             namespace: namespace.to_owned(),
@@ -44,7 +44,7 @@ impl Owner {
     }
 
     /// `obj` itself, as the owner of what it publishes.
-    pub fn of<K: Resource<DynamicType = ()>>(obj: &K) -> Self {
+    pub(super) fn of<K: Resource<DynamicType = ()>>(obj: &K) -> Self {
         Owner::new(
             &K::kind(&()),
             &obj.namespace().unwrap_or_default(),
@@ -54,7 +54,7 @@ impl Owner {
     }
 
     /// The annotation's value.
-    pub fn annotation(&self) -> String {
+    pub(super) fn annotation(&self) -> String {
         format!(
             "{}/{}/{}/{}",
             self.kind, self.namespace, self.name, self.uid
@@ -62,7 +62,7 @@ impl Owner {
     }
 
     /// Parses an annotation value; `None` when it is not one.
-    pub fn parse(value: &str) -> Option<Owner> {
+    pub(super) fn parse(value: &str) -> Option<Owner> {
         let mut parts = value.splitn(4, '/');
         let (kind, namespace, name, uid) =
             (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
@@ -73,7 +73,7 @@ impl Owner {
     }
 
     /// The annotations to put on a published object.
-    pub fn annotations(&self) -> BTreeMap<String, String> {
+    pub(super) fn annotations(&self) -> BTreeMap<String, String> {
         BTreeMap::from([(OWNER_ANNOTATION.to_owned(), self.annotation())])
     }
 }
@@ -87,7 +87,7 @@ impl fmt::Display for Owner {
 
 /// What `me` may do with an object that may already exist.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Claim {
+pub(super) enum Claim {
     /// Nothing there: create it.
     Free,
     /// Ours (the annotation names this very source).
@@ -100,7 +100,7 @@ pub enum Claim {
 
 /// Who holds an object we may not touch.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Holder {
+pub(super) enum Holder {
     /// Another packsmith source (or an earlier one of the same name, deleted and recreated:
     /// a new UID is a new owner).
     Source(Owner),
@@ -118,7 +118,7 @@ impl fmt::Display for Holder {
 }
 
 /// Decides what `me` may do with the object whose metadata is `existing`.
-pub fn claim(existing: Option<&ObjectMeta>, me: &Owner) -> Claim {
+pub(super) fn claim(existing: Option<&ObjectMeta>, me: &Owner) -> Claim {
     let Some(meta) = existing else {
         return Claim::Free;
     };
@@ -155,7 +155,7 @@ pub fn claim(existing: Option<&ObjectMeta>, me: &Owner) -> Claim {
 
 /// The PackageSource that owns the object with `meta`, by its owner annotation (or, for an
 /// object of an earlier release, its labels): whose reconcile restores it when it drifts.
-pub fn owning_source(meta: &ObjectMeta) -> Option<(String, String)> {
+pub(super) fn owning_source(meta: &ObjectMeta) -> Option<(String, String)> {
     owning(
         meta,
         "PackageSource",
@@ -166,7 +166,7 @@ pub fn owning_source(meta: &ObjectMeta) -> Option<(String, String)> {
 
 /// The PackageRepositorySource that owns the PackageRepository with `meta`, as
 /// [`owning_source`] decides it for a PackageSource.
-pub fn owning_repository_source(meta: &ObjectMeta) -> Option<(String, String)> {
+pub(super) fn owning_repository_source(meta: &ObjectMeta) -> Option<(String, String)> {
     owning(
         meta,
         "PackageRepositorySource",
@@ -201,8 +201,30 @@ fn owning(
 
 /// Whether the object is `me`'s (owned, or adoptable): the only objects it may read as its
 /// own, prune or delete.
-pub fn is_ours(meta: &ObjectMeta, me: &Owner) -> bool {
+pub(super) fn is_ours(meta: &ObjectMeta, me: &Owner) -> bool {
     matches!(claim(Some(meta), me), Claim::Ours | Claim::Adopt)
+}
+
+/// Whether `actual` holds every field of `desired` with the same value: what server-side
+/// apply of `desired` would leave unchanged. Fields someone else set beside ours are not
+/// drift (applying would not remove them, so counting them would rewrite forever).
+pub(super) fn holds_applied<T: serde::Serialize>(actual: &T, desired: &T) -> bool {
+    fn subset(desired: &serde_json::Value, actual: &serde_json::Value) -> bool {
+        use serde_json::Value;
+        match (desired, actual) {
+            (Value::Object(d), Value::Object(a)) => d
+                .iter()
+                .all(|(k, v)| a.get(k).is_some_and(|actual| subset(v, actual))),
+            (Value::Array(d), Value::Array(a)) => {
+                d.len() == a.len() && d.iter().zip(a).all(|(d, a)| subset(d, a))
+            }
+            (d, a) => d == a,
+        }
+    }
+    match (serde_json::to_value(desired), serde_json::to_value(actual)) {
+        (Ok(d), Ok(a)) => subset(&d, &a),
+        _ => false,
+    }
 }
 
 #[cfg(test)]

@@ -9,13 +9,13 @@ use std::time::Duration;
 use crate::api::PackageSourceSpec;
 
 /// First retry after a failure.
-pub const BACKOFF_BASE: Duration = Duration::from_millis(750);
+pub(super) const BACKOFF_BASE: Duration = Duration::from_millis(750);
 /// Longest wait between retries.
-pub const BACKOFF_MAX: Duration = Duration::from_secs(15 * 60);
+pub(super) const BACKOFF_MAX: Duration = Duration::from_secs(15 * 60);
 /// Fraction of the interval a requeue may move either way.
-pub const JITTER: f64 = 0.05;
+pub(super) const JITTER: f64 = 0.05;
 /// Upper bound of the default timeout (the interval otherwise).
-pub const MAX_DEFAULT_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+pub(super) const MAX_DEFAULT_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 
 /// A duration string the CRD's pattern let through but that is still unusable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -74,12 +74,12 @@ pub fn parse_duration(field: &'static str, value: &str) -> Result<Duration, Dura
 }
 
 /// `spec.interval`.
-pub fn interval(spec: &PackageSourceSpec) -> Result<Duration, DurationError> {
+pub(super) fn interval(spec: &PackageSourceSpec) -> Result<Duration, DurationError> {
     parse_duration("interval", &spec.interval)
 }
 
 /// `spec.timeout`, else the interval capped at ten minutes.
-pub fn timeout(spec: &PackageSourceSpec) -> Result<Duration, DurationError> {
+pub(super) fn timeout(spec: &PackageSourceSpec) -> Result<Duration, DurationError> {
     match &spec.timeout {
         Some(t) => parse_duration("timeout", t),
         None => Ok(interval(spec)?.min(MAX_DEFAULT_TIMEOUT)),
@@ -87,18 +87,18 @@ pub fn timeout(spec: &PackageSourceSpec) -> Result<Duration, DurationError> {
 }
 
 /// `d` moved by up to ±5%; `unit` is a uniform sample of [0, 1).
-pub fn jitter_with(d: Duration, unit: f64) -> Duration {
+pub(super) fn jitter_with(d: Duration, unit: f64) -> Duration {
     let factor = 1.0 + (unit.clamp(0.0, 1.0) * 2.0 - 1.0) * JITTER;
     d.mul_f64(factor)
 }
 
 /// `d` moved by a random amount of up to ±5%, so objects created together spread out.
-pub fn jitter(d: Duration) -> Duration {
+pub(super) fn jitter(d: Duration) -> Duration {
     jitter_with(d, fastrand::f64())
 }
 
 /// The wait before retry number `failures` (1 = first failure): 750 ms, 1.5 s, 3 s, … 15 min.
-pub fn backoff_delay(failures: u32) -> Duration {
+pub(super) fn backoff_delay(failures: u32) -> Duration {
     let exponent = failures.saturating_sub(1).min(20);
     BACKOFF_BASE
         .saturating_mul(1u32 << exponent)
@@ -107,13 +107,13 @@ pub fn backoff_delay(failures: u32) -> Duration {
 
 /// Consecutive failures per object, for [`backoff_delay`].
 #[derive(Debug, Default)]
-pub struct Backoffs {
+pub(super) struct Backoffs {
     failures: Mutex<HashMap<String, u32>>,
 }
 
 impl Backoffs {
     /// Records one more failure of `key` and returns how long to wait before retrying.
-    pub fn next(&self, key: &str) -> Duration {
+    pub(super) fn next(&self, key: &str) -> Duration {
         let mut map = self
             .failures
             .lock()
@@ -124,15 +124,16 @@ impl Backoffs {
     }
 
     /// Forgets `key`'s failures (after a success, or when the object is gone).
-    pub fn reset(&self, key: &str) {
+    pub(super) fn reset(&self, key: &str) {
         self.failures
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(key);
     }
 
+    #[cfg(test)]
     /// Consecutive failures recorded for `key`.
-    pub fn failures(&self, key: &str) -> u32 {
+    pub(super) fn failures(&self, key: &str) -> u32 {
         self.failures
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

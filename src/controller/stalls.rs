@@ -16,11 +16,11 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
 
-use super::secrets::RefKind;
+use super::inputs::RefKind;
 
 /// What a Stalled reconcile saw: the same again means the same failure.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Mark {
+pub(super) struct Mark {
     pub generation: Option<i64>,
     pub requested_at: Option<String>,
     /// [`Inputs::fingerprint`] of the referenced Secrets and ConfigMaps.
@@ -29,25 +29,25 @@ pub struct Mark {
 
 /// Marks by `namespace/name`, per controller process.
 #[derive(Debug, Default)]
-pub struct Stalls(Mutex<HashMap<String, Mark>>);
+pub(super) struct Stalls(Mutex<HashMap<String, Mark>>);
 
 impl Stalls {
     /// Whether `key` stalled on exactly `mark`: nothing a person changed since, so running it
     /// again would fail the same way.
-    pub fn unchanged(&self, key: &str, mark: &Mark) -> bool {
+    pub(super) fn unchanged(&self, key: &str, mark: &Mark) -> bool {
         self.0
             .lock()
             .map(|m| m.get(key) == Some(mark))
             .unwrap_or(false)
     }
 
-    pub fn record(&self, key: &str, mark: Mark) {
+    pub(super) fn record(&self, key: &str, mark: Mark) {
         if let Ok(mut m) = self.0.lock() {
             m.insert(key.to_owned(), mark);
         }
     }
 
-    pub fn clear(&self, key: &str) {
+    pub(super) fn clear(&self, key: &str) {
         if let Ok(mut m) = self.0.lock() {
             m.remove(key);
         }
@@ -58,7 +58,7 @@ impl Stalls {
 /// resourceVersion only: never data, annotations or managed fields), so a reconcile learns
 /// whether a referenced object changed without an API call.
 #[derive(Clone)]
-pub struct Inputs {
+pub(super) struct Inputs {
     pub secrets: Store<PartialObjectMeta<Secret>>,
     pub config_maps: Store<PartialObjectMeta<ConfigMap>>,
 }
@@ -71,7 +71,7 @@ impl std::fmt::Debug for Inputs {
 
 impl Inputs {
     /// A hash of the resourceVersion (or absence) of each `(kind, name)` in `namespace`.
-    pub fn fingerprint<'a>(
+    pub(super) fn fingerprint<'a>(
         &self,
         namespace: &str,
         refs: impl IntoIterator<Item = (RefKind, &'a str)>,
@@ -98,7 +98,7 @@ impl Inputs {
 }
 
 /// What the store keeps of a watched Secret or ConfigMap.
-pub fn strip<K: kube::Resource>(obj: &mut K) {
+pub(super) fn strip<K: kube::Resource>(obj: &mut K) {
     let meta = obj.meta_mut();
     meta.annotations = None;
     meta.labels = None;

@@ -11,7 +11,7 @@ use std::time::SystemTime;
 
 /// Per-process bookkeeping of the work directories under one cache directory.
 #[derive(Debug)]
-pub struct WorkDirs {
+pub(super) struct WorkDirs {
     /// Bytes allowed in total; `None`: no cap.
     max_bytes: Option<u64>,
     state: Mutex<State>,
@@ -26,7 +26,7 @@ struct State {
 }
 
 /// Marks a work directory busy until dropped.
-pub struct InUse<'a> {
+pub(super) struct InUse<'a> {
     dirs: &'a WorkDirs,
     path: PathBuf,
 }
@@ -51,7 +51,7 @@ fn evicting_name(dir: &Path) -> PathBuf {
 use crate::pipeline::disk_usage;
 
 impl WorkDirs {
-    pub fn new(max_bytes: Option<u64>) -> Self {
+    pub(super) fn new(max_bytes: Option<u64>) -> Self {
         Self {
             max_bytes,
             state: Mutex::default(),
@@ -61,7 +61,7 @@ impl WorkDirs {
     /// Registers the directories already under `cache_dir` (`<namespace>/<name>` and
     /// `<namespace>/.repositories/<name>`), so a restarted controller counts what a persistent
     /// volume kept, including directories of objects deleted while it was down.
-    pub fn scan(&self, cache_dir: &Path) {
+    pub(super) fn scan(&self, cache_dir: &Path) {
         if self.max_bytes.is_none() {
             return;
         }
@@ -102,7 +102,7 @@ impl WorkDirs {
     }
 
     /// Marks `path` in use for the lifetime of the guard.
-    pub fn use_dir(&self, path: &Path) -> InUse<'_> {
+    pub(super) fn use_dir(&self, path: &Path) -> InUse<'_> {
         if let Ok(mut s) = self.state.lock() {
             s.busy.insert(path.to_owned());
         }
@@ -114,7 +114,7 @@ impl WorkDirs {
 
     /// Records `path`'s size after a reconcile, then evicts least recently used idle
     /// directories while over the cap. Returns the evicted directories.
-    pub fn used(&self, path: &Path) -> Vec<PathBuf> {
+    pub(super) fn used(&self, path: &Path) -> Vec<PathBuf> {
         // Without a cap nothing is ever evicted: no need to walk the tree on every reconcile.
         if self.max_bytes.is_none() {
             return Vec::new();
@@ -157,7 +157,7 @@ impl WorkDirs {
 
     /// Removes `path` now, busy or not (its reconcile found it over the per-object disk
     /// budget), and forgets it.
-    pub fn discard(&self, path: &Path) {
+    pub(super) fn discard(&self, path: &Path) {
         let aside = evicting_name(path);
         match std::fs::rename(path, &aside) {
             Ok(()) => {
@@ -174,14 +174,15 @@ impl WorkDirs {
     }
 
     /// Forgets `path` (its object was deleted and its directory removed).
-    pub fn forget(&self, path: &Path) {
+    pub(super) fn forget(&self, path: &Path) {
         if let Ok(mut s) = self.state.lock() {
             s.known.remove(path);
         }
     }
 
+    #[cfg(test)]
     /// Total bytes known.
-    pub fn total(&self) -> u64 {
+    pub(super) fn total(&self) -> u64 {
         self.state
             .lock()
             .map(|s| s.known.values().map(|(size, _)| size).sum())

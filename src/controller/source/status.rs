@@ -12,80 +12,14 @@ use crate::api::source::{
     BundleStatus, ImagesStatus, PackageSourceStatus, PackageStatus, PublishedVersion,
 };
 use crate::carvel::vendir::{LockConfig, LockDirectoryContents};
+use crate::controller::reconcile::{Failure, Retry, mark_reconciling, short_digest, truncate};
 use crate::pipeline::{Outcome, PipelineError, Stage};
 
-/// Reason for a reconcile that ran longer than `spec.timeout`.
-pub const REASON_TIMEOUT: &str = "ReconcileTimeout";
-
 /// Stages in pipeline order, with their condition types.
-pub const STAGES: [Stage; 4] = [Stage::Sync, Stage::Lock, Stage::Push, Stage::Render];
+pub(super) const STAGES: [Stage; 4] = [Stage::Sync, Stage::Lock, Stage::Push, Stage::Render];
 
 /// Condition messages are capped so one noisy upstream error cannot bloat the object.
 const MAX_MESSAGE: usize = 2048;
-
-/// What to do after a failure.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Retry {
-    /// Retry with the object's exponential backoff.
-    Backoff,
-    /// Retry at the next interval (a dependency outside our control, e.g. kapp-controller).
-    Interval,
-    /// Stalled: wait for a new generation or a `requestedAt` annotation.
-    Never,
-}
-
-/// Why a reconcile did not reach Ready.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{reason}: {message}")]
-pub struct Failure {
-    /// The stage that failed; `None` for a failure of the whole reconcile (a timeout).
-    pub stage: Option<Stage>,
-    /// A condition reason from [`reasons`] (or [`REASON_TIMEOUT`]).
-    pub reason: &'static str,
-    /// What went wrong and what to do, for a person.
-    pub message: String,
-    pub retry: Retry,
-    /// Whether every stage before `stage` ran and succeeded in this reconcile (false when the
-    /// controller failed while preparing the pipeline's inputs).
-    pub earlier_stages_ran: bool,
-}
-
-impl Failure {
-    /// A failure found before the pipeline ran (loading Secrets, building the registry).
-    pub fn before_pipeline(
-        stage: Stage,
-        reason: &'static str,
-        message: impl Into<String>,
-        retry: Retry,
-    ) -> Self {
-        Self {
-            stage: Some(stage),
-            reason,
-            message: message.into(),
-            retry,
-            earlier_stages_ran: false,
-        }
-    }
-
-    /// The reconcile ran out of time.
-    pub fn timeout(after: std::time::Duration) -> Self {
-        Self {
-            stage: None,
-            reason: REASON_TIMEOUT,
-            message: format!(
-                "the reconcile did not finish within {}s (spec.timeout); it is retried with \
-                 backoff — raise spec.timeout if the upstreams or registries are slow",
-                after.as_secs()
-            ),
-            retry: Retry::Backoff,
-            earlier_stages_ran: false,
-        }
-    }
-
-    pub fn is_stalled(&self) -> bool {
-        self.retry == Retry::Never
-    }
-}
 
 impl From<PipelineError> for Failure {
     fn from(e: PipelineError) -> Self {
@@ -105,7 +39,7 @@ impl From<PipelineError> for Failure {
 
 /// Facts about the object this reconcile handles.
 #[derive(Debug, Clone, Copy)]
-pub struct Observed<'a> {
+pub(super) struct Observed<'a> {
     pub generation: Option<i64>,
     /// Value of the `packsmith.dev/requestedAt` annotation.
     pub requested_at: Option<&'a str>,
@@ -116,7 +50,7 @@ pub struct Observed<'a> {
 
 /// Where the Package went, when it was published.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Publication<'a> {
+pub(super) enum Publication<'a> {
     /// Applied in this namespace.
     Applied { namespace: &'a str },
     /// Not applied in-cluster; recorded in this ConfigMap (in the source's namespace) for
@@ -142,67 +76,28 @@ impl Publication<'_> {
     }
 }
 
-/// `now` at second precision, as the API server stores `metav1.Time`: comparing a status we
-/// computed with the one read back then never differs by nanoseconds.
-pub fn truncate(now: Timestamp) -> Timestamp {
-    Timestamp::from_second(now.as_second()).unwrap_or(now)
-}
-
 /// Whether this generation has not been reconciled yet.
-pub fn is_new_generation(current: &PackageSourceStatus, generation: Option<i64>) -> bool {
+pub(super) fn is_new_generation(current: &PackageSourceStatus, generation: Option<i64>) -> bool {
     current.observed_generation != generation || current.observed_generation.is_none()
 }
 
+#[cfg(test)]
 /// Whether the `requestedAt` annotation asks for a reconcile not yet handled.
-pub fn is_new_request(current: &PackageSourceStatus, requested_at: Option<&str>) -> bool {
+pub(super) fn is_new_request(current: &PackageSourceStatus, requested_at: Option<&str>) -> bool {
     requested_at.is_some() && current.last_handled_reconcile_at.as_deref() != requested_at
 }
 
 /// The status written when work on a new generation starts: `Reconciling=True`, and
 /// `Ready=False/Progressing` when the object has never been reconciled. Everything else, in
 /// particular `observedGeneration`, stays until the reconcile ends.
-pub fn begin(current: &PackageSourceStatus, o: &Observed<'_>) -> PackageSourceStatus {
+pub(super) fn begin(current: &PackageSourceStatus, o: &Observed<'_>) -> PackageSourceStatus {
     let mut status = current.clone();
     mark_reconciling(&mut status.conditions, o.generation, o.now);
     status
 }
 
-/// `Reconciling=True` for `generation`, and `Ready=False/Progressing` when there is no Ready
-/// yet (a first reconcile): shared by both kinds, so they read the same in `kubectl get`.
-pub fn mark_reconciling(
-    conditions_: &mut Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
-    generation: Option<i64>,
-    now: Timestamp,
-) {
-    let message = match generation {
-        Some(g) => format!("reconciling generation {g}"),
-        None => "reconciling".to_owned(),
-    };
-    let now = truncate(now);
-    conditions::set(
-        conditions_,
-        types::RECONCILING,
-        true,
-        reasons::PROGRESSING,
-        message.clone(),
-        generation,
-        now,
-    );
-    if conditions::get(conditions_, types::READY).is_none() {
-        conditions::set(
-            conditions_,
-            types::READY,
-            false,
-            reasons::PROGRESSING,
-            message,
-            generation,
-            now,
-        );
-    }
-}
-
 /// The status after a reconcile that pushed and (unless disabled) published `outcome`.
-pub fn succeeded(
+pub(super) fn succeeded(
     current: &PackageSourceStatus,
     o: &Observed<'_>,
     outcome: &Outcome,
@@ -309,7 +204,7 @@ pub fn succeeded(
 
 /// The status after a failed reconcile. `pushed` is the pipeline's outcome when the bundle was
 /// pushed but publishing it failed: the artifact is then recorded even though Ready is False.
-pub fn failed(
+pub(super) fn failed(
     current: &PackageSourceStatus,
     o: &Observed<'_>,
     failure: &Failure,
@@ -437,7 +332,7 @@ fn record_publication(
 /// `history` with (version, image) as its newest entry: unchanged when it already is, else the
 /// entry is put first (replacing an older entry of the same version, whose Package it
 /// overwrote) and the list cut to `retain`.
-pub fn history(
+pub(super) fn history(
     history: &[PublishedVersion],
     version: &str,
     image: &str,
@@ -467,21 +362,13 @@ pub fn history(
 }
 
 /// metadata.name of the Package.
-pub fn package_name(outcome: &Outcome) -> String {
+pub(super) fn package_name(outcome: &Outcome) -> String {
     outcome
         .package
         .metadata
         .name
         .clone()
         .unwrap_or_else(|| format!("{}.{}", outcome.package.spec.ref_name, outcome.version))
-}
-
-/// The first 12 hex digits of the digest of `repo@sha256:<hex>`.
-pub fn short_digest(image: &str) -> String {
-    image
-        .rsplit_once("@sha256:")
-        .map(|(_, hex)| hex.chars().take(12).collect())
-        .unwrap_or_default()
 }
 
 fn truncate_message(message: &str) -> String {
@@ -505,7 +392,7 @@ fn describe_images(images: &[String]) -> String {
 
 /// One line naming what each content fetched, e.g.
 /// `config/upstream: git 1a2b3c4d5e6f (v1.2.3)`.
-pub fn describe_contents(lock: &LockConfig) -> String {
+pub(super) fn describe_contents(lock: &LockConfig) -> String {
     let mut parts = Vec::new();
     for dir in &lock.directories {
         for content in &dir.contents {
@@ -796,7 +683,7 @@ mod tests {
             &Failure::timeout(std::time::Duration::from_secs(60)),
             None,
         );
-        assert_eq!(cond(&timeout, types::READY).reason, REASON_TIMEOUT);
+        assert_eq!(cond(&timeout, types::READY).reason, reasons::TIMEOUT);
         assert_eq!(
             cond(&timeout, types::BUNDLE_PUSHED).reason,
             reasons::REFERENCE_NOT_FOUND

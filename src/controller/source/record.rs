@@ -13,27 +13,26 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use kube::api::{Api, ListParams};
 use kube::{Resource, ResourceExt};
 
-use super::context::Context;
-use super::ownership::{self, Owner};
-use super::publish::{self, PublishError, selector};
+use super::publish::{self, PublishError};
 use crate::api::PackageSource;
 use crate::carvel::{Package, PackageMetadata};
+use crate::controller::context::Context;
+use crate::controller::labels::{self, LABEL_RELEASE, selector};
+use crate::controller::ownership::{self, Owner};
 use crate::pipeline::Outcome;
 
 /// Keys of a release ConfigMap.
-pub const PACKAGE_KEY: &str = "package.yml";
-pub const METADATA_KEY: &str = "metadata.yml";
-/// Marks a ConfigMap as a release record (next to the source labels).
-pub const LABEL_RELEASE: &str = "packsmith.dev/release";
+pub(crate) const PACKAGE_KEY: &str = "package.yml";
+pub(crate) const METADATA_KEY: &str = "metadata.yml";
 
 /// The label selector of the release records of `name` in `namespace`.
-pub fn records_of(namespace: &str, name: &str) -> String {
+pub(crate) fn records_of(namespace: &str, name: &str) -> String {
     format!("{},{LABEL_RELEASE}=true", selector(namespace, name))
 }
 
 /// One recorded release, read back.
 #[derive(Debug, Clone)]
-pub struct Record {
+pub(crate) struct Record {
     pub package: Package,
     pub metadata: PackageMetadata,
 }
@@ -41,17 +40,19 @@ pub struct Record {
 /// Why a ConfigMap is not a usable record.
 #[derive(Debug, thiserror::Error)]
 #[error("ConfigMap {namespace}/{name}: {reason}")]
-pub struct BadRecord {
+pub(crate) struct BadRecord {
     pub namespace: String,
     pub name: String,
     pub reason: String,
 }
 
 /// The ConfigMap recording `outcome` for `source`.
-pub fn desired(source: &PackageSource, outcome: &Outcome) -> Result<ConfigMap, PublishError> {
+pub(crate) fn desired(
+    source: &PackageSource,
+    outcome: &Outcome,
+) -> Result<ConfigMap, PublishError> {
     let invalid = |e: crate::carvel::Error| PublishError::Invalid(e.to_string());
-    let mut labels =
-        super::source::labels(&source.namespace().unwrap_or_default(), &source.name_any());
+    let mut labels = labels::labels(&source.namespace().unwrap_or_default(), &source.name_any());
     labels.insert(LABEL_RELEASE.to_owned(), "true".to_owned());
     let owner = source.controller_owner_ref(&()).map(|mut o| {
         // Blocking the owner's deletion would need the finalizers permission; GC is enough.
@@ -104,7 +105,7 @@ fn strip_metadata(m: &PackageMetadata) -> PackageMetadata {
 }
 
 /// Reads a record back.
-pub fn parse(cm: &ConfigMap) -> Result<Record, BadRecord> {
+pub(crate) fn parse(cm: &ConfigMap) -> Result<Record, BadRecord> {
     let bad = |reason: String| BadRecord {
         namespace: cm.namespace().unwrap_or_default(),
         name: cm.name_any(),
@@ -124,7 +125,7 @@ pub fn parse(cm: &ConfigMap) -> Result<Record, BadRecord> {
 /// The Package recorded in ConfigMap `name`, if there is a readable one. Only its own key is
 /// read: a record whose metadata was edited still gives its release time, so restoring the
 /// record does not change the Package (nor the repository's digest).
-pub async fn package(ctx: &Context, namespace: &str, name: &str) -> Option<Package> {
+pub(crate) async fn package(ctx: &Context, namespace: &str, name: &str) -> Option<Package> {
     let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
     let cm = api.get_opt(name).await.ok()??;
     Package::from_yaml(cm.data.as_ref()?.get(PACKAGE_KEY)?).ok()
@@ -133,7 +134,7 @@ pub async fn package(ctx: &Context, namespace: &str, name: &str) -> Option<Packa
 /// Whether `existing` is `owner`'s record and holds what applying `desired` would write: the
 /// labels it is found by and, byte for byte, every data key packsmith writes. Keys and labels
 /// others add beside them are not drift (applying would not remove them).
-pub fn in_place(existing: &ConfigMap, desired: &ConfigMap, owner: &Owner) -> bool {
+pub(crate) fn in_place(existing: &ConfigMap, desired: &ConfigMap, owner: &Owner) -> bool {
     let subset = |desired: Option<&BTreeMap<String, String>>,
                   actual: Option<&BTreeMap<String, String>>| {
         desired
@@ -151,7 +152,7 @@ pub fn in_place(existing: &ConfigMap, desired: &ConfigMap, owner: &Owner) -> boo
 
 /// Whether the record of `outcome` is in the cluster as [`apply`] would leave it: status alone
 /// is not proof (a person may have deleted or edited it since).
-pub async fn is_in_place(
+pub(crate) async fn is_in_place(
     ctx: &Context,
     source: &PackageSource,
     outcome: &Outcome,
@@ -166,7 +167,7 @@ pub async fn is_in_place(
 /// Applies the record, then deletes the source's records beyond the newest `retain` (the
 /// current one always stays). Refuses to take over a ConfigMap that is not a record of this
 /// source.
-pub async fn apply(
+pub(crate) async fn apply(
     ctx: &Context,
     source: &PackageSource,
     outcome: &Outcome,
@@ -214,7 +215,7 @@ async fn list(
 
 /// Every release `owner` recorded, newest first; a record that does not parse
 /// is an error naming it (someone edited it), not skipped.
-pub async fn read_all(ctx: &Context, owner: &Owner) -> Result<Vec<Record>, PublishError> {
+pub(crate) async fn read_all(ctx: &Context, owner: &Owner) -> Result<Vec<Record>, PublishError> {
     let mut records = Vec::new();
     for cm in list(ctx, &owner.namespace, owner).await? {
         records.push(parse(&cm).map_err(|e| PublishError::Invalid(e.to_string()))?);
@@ -242,12 +243,12 @@ fn beyond_retention(records: &[ConfigMap], keep: &str, retain: u32) -> Vec<Strin
             p
         })
         .collect();
-    super::publish::beyond_retention(&packages, keep, retain)
+    publish::beyond_retention(&packages, keep, retain)
 }
 
 /// Deletes every release record of `name` in `namespace` (it now publishes in-cluster, or it
 /// is being deleted). Returns how many.
-pub async fn remove_all(ctx: &Context, owner: &Owner) -> Result<usize, PublishError> {
+pub(crate) async fn remove_all(ctx: &Context, owner: &Owner) -> Result<usize, PublishError> {
     let namespace = &owner.namespace;
     let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
     let all = list(ctx, namespace, owner).await?;

@@ -2,91 +2,17 @@
 //! and as an in-memory match, for the watch mapper) and the desired status from what a
 //! reconcile found. Nothing here talks to the API server.
 
-use std::collections::BTreeMap;
-
 use jiff::Timestamp;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
-use super::status::{Failure, Retry, short_digest, truncate};
 use crate::api::conditions::{self, reasons, types};
 use crate::api::repository_source::PackageRepositorySourceStatus;
 use crate::api::source::BundleStatus;
-
-/// A selector the API server would refuse (an unknown operator, `In` without values).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("spec.selector: {0}")]
-pub struct SelectorError(pub String);
-
-/// `spec.selector` as a `labelSelector` query string (`k=v,k in (a,b),!k`); empty selects
-/// everything, as in Kubernetes.
-pub fn selector_string(selector: &LabelSelector) -> Result<String, SelectorError> {
-    let mut parts = Vec::new();
-    for (k, v) in selector.match_labels.iter().flatten() {
-        parts.push(format!("{k}={v}"));
-    }
-    for e in selector.match_expressions.iter().flatten() {
-        let values = e.values.clone().unwrap_or_default();
-        let need_values = |op: &str| {
-            if values.is_empty() {
-                Err(SelectorError(format!(
-                    "matchExpressions {} {op} needs at least one value",
-                    e.key
-                )))
-            } else {
-                Ok(values.join(","))
-            }
-        };
-        parts.push(match e.operator.as_str() {
-            "In" => format!("{} in ({})", e.key, need_values("In")?),
-            "NotIn" => format!("{} notin ({})", e.key, need_values("NotIn")?),
-            "Exists" => e.key.clone(),
-            "DoesNotExist" => format!("!{}", e.key),
-            other => {
-                return Err(SelectorError(format!(
-                    "matchExpressions operator {other:?} on {}: use In, NotIn, Exists or \
-                     DoesNotExist",
-                    e.key
-                )));
-            }
-        });
-    }
-    Ok(parts.join(","))
-}
-
-/// Whether `labels` match `selector` (same semantics as the API server's list filter; an
-/// invalid selector matches nothing).
-pub fn selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
-    let labels_ok = selector
-        .match_labels
-        .iter()
-        .flatten()
-        .all(|(k, v)| labels.get(k) == Some(v));
-    let expressions_ok = selector.match_expressions.iter().flatten().all(|e| {
-        let values = e.values.as_deref().unwrap_or_default();
-        let value = labels.get(&e.key);
-        match e.operator.as_str() {
-            "In" => value.is_some_and(|v| values.contains(v)),
-            "NotIn" => value.is_none_or(|v| !values.contains(v)),
-            "Exists" => value.is_some(),
-            "DoesNotExist" => value.is_none(),
-            _ => false,
-        }
-    });
-    labels_ok && expressions_ok
-}
-
-/// How a selector reads in messages.
-pub fn describe_selector(query: &str) -> String {
-    if query.is_empty() {
-        "the empty selector (all PackageSources)".to_owned()
-    } else {
-        format!("selector {query:?}")
-    }
-}
+use crate::controller::labels::describe_selector;
+use crate::controller::reconcile::{Failure, Retry, mark_reconciling, short_digest, truncate};
 
 /// What a reconcile observed about the object.
 #[derive(Debug, Clone, Copy)]
-pub struct Observed<'a> {
+pub(super) struct Observed<'a> {
     pub generation: Option<i64>,
     pub requested_at: Option<&'a str>,
     pub now: Timestamp,
@@ -94,7 +20,7 @@ pub struct Observed<'a> {
 
 /// A published repository.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Published {
+pub(super) struct Published {
     /// `refName.version`, sorted.
     pub packages: Vec<String>,
     /// `repository@sha256:…` of the repository bundle.
@@ -108,13 +34,16 @@ pub struct Published {
 }
 
 /// Whether this generation has not been reconciled yet.
-pub fn is_new_generation(current: &PackageRepositorySourceStatus, generation: Option<i64>) -> bool {
+pub(super) fn is_new_generation(
+    current: &PackageRepositorySourceStatus,
+    generation: Option<i64>,
+) -> bool {
     current.observed_generation != generation || current.observed_generation.is_none()
 }
 
 /// Whether `current` already records exactly `packages` published in a Ready repository for
 /// this generation: then nothing is written or pushed.
-pub fn is_current(
+pub(super) fn is_current(
     current: &PackageRepositorySourceStatus,
     o: &Observed<'_>,
     packages: &[String],
@@ -128,12 +57,12 @@ pub fn is_current(
 }
 
 /// `Reconciling=True` while a new generation is worked on.
-pub fn begin(
+pub(super) fn begin(
     current: &PackageRepositorySourceStatus,
     o: &Observed<'_>,
 ) -> PackageRepositorySourceStatus {
     let mut status = current.clone();
-    super::status::mark_reconciling(&mut status.conditions, o.generation, o.now);
+    mark_reconciling(&mut status.conditions, o.generation, o.now);
     status
 }
 
@@ -146,7 +75,7 @@ fn finish(status: &mut PackageRepositorySourceStatus, o: &Observed<'_>) {
 }
 
 /// The status after a successful publication.
-pub fn succeeded(
+pub(super) fn succeeded(
     current: &PackageRepositorySourceStatus,
     o: &Observed<'_>,
     p: &Published,
@@ -195,7 +124,7 @@ pub fn succeeded(
 }
 
 /// The status after a failure; what was published before stays on status.
-pub fn failed(
+pub(super) fn failed(
     current: &PackageRepositorySourceStatus,
     o: &Observed<'_>,
     f: &Failure,
@@ -239,7 +168,7 @@ pub fn failed(
 
 /// Nothing to publish: the selector matched no PackageSource, or none of them is Ready yet.
 /// Retried at the interval and whenever a selected PackageSource changes.
-pub fn nothing_selected(query: &str, selected: &[String], not_ready: &[String]) -> Failure {
+pub(super) fn nothing_selected(query: &str, selected: &[String], not_ready: &[String]) -> Failure {
     let message = if selected.is_empty() {
         format!(
             "{} matched no PackageSource in this namespace: label the PackageSources to \
@@ -267,83 +196,6 @@ pub fn nothing_selected(query: &str, selected: &[String], not_ready: &[String]) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
-
-    fn sel(labels: &[(&str, &str)], exprs: &[(&str, &str, &[&str])]) -> LabelSelector {
-        LabelSelector {
-            match_labels: (!labels.is_empty()).then(|| {
-                labels
-                    .iter()
-                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                    .collect()
-            }),
-            match_expressions: (!exprs.is_empty()).then(|| {
-                exprs
-                    .iter()
-                    .map(|(k, op, vs)| LabelSelectorRequirement {
-                        key: (*k).to_owned(),
-                        operator: (*op).to_owned(),
-                        values: (!vs.is_empty())
-                            .then(|| vs.iter().map(|v| (*v).to_owned()).collect()),
-                    })
-                    .collect()
-            }),
-        }
-    }
-
-    fn labels(l: &[(&str, &str)]) -> BTreeMap<String, String> {
-        l.iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
-
-    #[test]
-    fn selectors_become_queries_and_match_like_the_api_server() {
-        assert_eq!(selector_string(&LabelSelector::default()).unwrap(), "");
-        let s = sel(
-            &[("repo", "main")],
-            &[
-                ("tier", "In", &["a", "b"]),
-                ("skip", "DoesNotExist", &[]),
-                ("team", "Exists", &[]),
-                ("env", "NotIn", &["dev"]),
-            ],
-        );
-        assert_eq!(
-            selector_string(&s).unwrap(),
-            "repo=main,tier in (a,b),!skip,team,env notin (dev)"
-        );
-        assert!(selector_matches(
-            &s,
-            &labels(&[("repo", "main"), ("tier", "a"), ("team", "x")])
-        ));
-        assert!(!selector_matches(
-            &s,
-            &labels(&[("repo", "main"), ("tier", "c"), ("team", "x")])
-        ));
-        assert!(!selector_matches(
-            &s,
-            &labels(&[
-                ("repo", "main"),
-                ("tier", "a"),
-                ("team", "x"),
-                ("skip", "1")
-            ])
-        ));
-        assert!(!selector_matches(
-            &s,
-            &labels(&[
-                ("repo", "main"),
-                ("tier", "a"),
-                ("team", "x"),
-                ("env", "dev")
-            ])
-        ));
-        assert!(selector_matches(&LabelSelector::default(), &labels(&[])));
-        assert!(selector_string(&sel(&[], &[("k", "In", &[])])).is_err());
-        assert!(selector_string(&sel(&[], &[("k", "Gt", &["1"])])).is_err());
-    }
-
     fn t(s: i64) -> Timestamp {
         Timestamp::from_second(s).unwrap()
     }

@@ -2,7 +2,7 @@
 //! rendered, retention of the newest `publish.retain` versions, and removal on deletion.
 //!
 //! Everything published carries the source's labels (to find it) and its owner annotation (to
-//! prove it, see [`super::ownership`]): every write and delete first checks that the object is
+//! prove it, see [`crate::controller::ownership`]): every write and delete first checks that the object is
 //! this source's, so one source — in another namespace or the same one — can never replace or
 //! remove what another published.
 
@@ -12,20 +12,21 @@ use std::collections::BTreeMap;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::{Client, Resource as _, ResourceExt};
 
-use super::context::{Context, KIND, LABEL_SOURCE_NAME, LABEL_SOURCE_NAMESPACE};
-use super::ownership::{self, Claim, Holder, Owner};
-use super::status::{Failure, Retry};
 use crate::api::FIELD_MANAGER;
 use crate::api::conditions::reasons;
 use crate::carvel::{Package, PackageMetadata};
+use crate::controller::context::{Context, KIND};
+use crate::controller::labels::selector;
+use crate::controller::ownership::{self, Claim, Holder, Owner};
+use crate::controller::reconcile::{Failure, Retry};
 use crate::pipeline::{Outcome, Stage};
 
 /// API version of kapp-controller's Package and PackageMetadata.
-pub const PACKAGING_API: &str = "data.packaging.carvel.dev/v1alpha1";
+pub(super) const PACKAGING_API: &str = "data.packaging.carvel.dev/v1alpha1";
 
 /// Why publishing failed.
 #[derive(Debug, thiserror::Error)]
-pub enum PublishError {
+pub(crate) enum PublishError {
     /// The cluster does not serve data.packaging.carvel.dev.
     #[error(
         "the cluster does not serve {PACKAGING_API} (Package, PackageMetadata): kapp-controller \
@@ -46,7 +47,7 @@ pub enum PublishError {
          (checked again at every interval)"
     )]
     Conflict { object: String, holder: Holder },
-    #[error("{action}: {}", super::api_message(source))]
+    #[error("{action}: {}", crate::controller::api_message(source))]
     Kube {
         action: String,
         #[source]
@@ -63,7 +64,7 @@ impl PublishError {
     }
 
     /// The condition failure this becomes (on PackagePublished).
-    pub fn to_failure(&self) -> Failure {
+    pub(crate) fn to_failure(&self) -> Failure {
         match self {
             PublishError::Invalid(message) => Failure {
                 stage: Some(Stage::Render),
@@ -123,11 +124,6 @@ impl PublishError {
     }
 }
 
-/// The label selector of what `name` in `namespace` published.
-pub fn selector(namespace: &str, name: &str) -> String {
-    format!("{LABEL_SOURCE_NAME}={name},{LABEL_SOURCE_NAMESPACE}={namespace}")
-}
-
 fn is_not_found(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 404)
 }
@@ -157,7 +153,7 @@ async fn classify(client: &Client, action: String, e: kube::Error) -> PublishErr
 }
 
 /// Package `namespace/name`, if it exists.
-pub async fn get(
+pub(super) async fn get(
     client: &Client,
     namespace: &str,
     name: &str,
@@ -171,7 +167,7 @@ pub async fn get(
 
 /// Whether the PackageMetadata `desired` names exists in `namespace`, belongs to `owner` and
 /// has the spec it would be written with.
-pub async fn metadata_in_place(
+pub(super) async fn metadata_in_place(
     ctx: &Context,
     namespace: &str,
     desired: &PackageMetadata,
@@ -180,35 +176,13 @@ pub async fn metadata_in_place(
     let api: Api<PackageMetadata> = Api::namespaced(ctx.client.clone(), namespace);
     let found = read(&ctx.client, &api, namespace, &desired.name_any()).await?;
     Ok(found.is_some_and(|m| {
-        holds_applied(&m.spec, &desired.spec)
+        ownership::holds_applied(&m.spec, &desired.spec)
             && ownership::claim(Some(m.meta()), owner) == Claim::Ours
     }))
 }
 
-/// Whether `actual` holds every field of `desired` with the same value: what server-side
-/// apply of `desired` would leave unchanged. Fields someone else set beside ours are not
-/// drift (applying would not remove them, so counting them would rewrite forever).
-pub fn holds_applied<T: serde::Serialize>(actual: &T, desired: &T) -> bool {
-    fn subset(desired: &serde_json::Value, actual: &serde_json::Value) -> bool {
-        use serde_json::Value;
-        match (desired, actual) {
-            (Value::Object(d), Value::Object(a)) => d
-                .iter()
-                .all(|(k, v)| a.get(k).is_some_and(|actual| subset(v, actual))),
-            (Value::Array(d), Value::Array(a)) => {
-                d.len() == a.len() && d.iter().zip(a).all(|(d, a)| subset(d, a))
-            }
-            (d, a) => d == a,
-        }
-    }
-    match (serde_json::to_value(desired), serde_json::to_value(actual)) {
-        (Ok(d), Ok(a)) => subset(&d, &a),
-        _ => false,
-    }
-}
-
 /// The bundle a Package fetches.
-pub fn fetched_image(p: &Package) -> Option<&str> {
+pub(super) fn fetched_image(p: &Package) -> Option<&str> {
     p.spec
         .template
         .spec
@@ -222,7 +196,7 @@ pub fn fetched_image(p: &Package) -> Option<&str> {
 /// [`PublishError::Conflict`] and nothing is written. A new object is created (which fails if
 /// another source created it in the meantime); an existing one is applied with its
 /// resourceVersion as a precondition, so it cannot have changed hands since it was read.
-pub async fn apply(
+pub(super) async fn apply(
     ctx: &Context,
     namespace: &str,
     outcome: &Outcome,
@@ -361,7 +335,7 @@ where
 /// Deletes the Packages `source` published in `namespace` beyond the newest `retain`
 /// (by release time, then version); `keep` (the current Package) always stays. Returns the
 /// names deleted.
-pub async fn prune(
+pub(super) async fn prune(
     ctx: &Context,
     namespace: &str,
     owner: &Owner,
@@ -386,7 +360,7 @@ pub async fn prune(
 }
 
 /// Names of the Packages to delete so that `keep` plus the newest others make `retain`.
-pub fn beyond_retention(packages: &[Package], keep: &str, retain: u32) -> Vec<String> {
+pub(super) fn beyond_retention(packages: &[Package], keep: &str, retain: u32) -> Vec<String> {
     let mut others: Vec<&Package> = packages.iter().filter(|p| p.name_any() != keep).collect();
     others.sort_by_key(|p| {
         Reverse((
@@ -441,7 +415,7 @@ where
 /// Removes every Package `source` published in each of `namespaces`, and its
 /// PackageMetadata unless another Package still names it. A cluster without the packaging
 /// API has nothing to remove.
-pub async fn remove_all(
+pub(super) async fn remove_all(
     ctx: &Context,
     namespaces: &[String],
     owner: &Owner,
@@ -494,6 +468,7 @@ pub async fn remove_all(
 mod tests {
     use super::*;
     use crate::carvel::Rfc3339Time;
+    use crate::controller::ownership::holds_applied;
 
     fn package(version: &str, released: i64) -> Package {
         let mut p = Package::new("demo.example.com", version, Default::default());

@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, ResourceExt};
 
-use super::status::{Failure, Retry};
+use super::reconcile::{Failure, Retry};
 use crate::api::common::BundleTarget;
 use crate::api::conditions::reasons;
 use crate::api::source::RegistryMirror;
@@ -23,25 +23,25 @@ use crate::registry::{Credentials, Registry, RegistryOptions};
 use crate::sync::{self, MemorySecrets};
 
 /// The Secret type `spec.bundle.secretRef` must have, and its key.
-pub const DOCKER_CONFIG_JSON_TYPE: &str = "kubernetes.io/dockerconfigjson";
-pub const DOCKER_CONFIG_JSON_KEY: &str = ".dockerconfigjson";
+pub(super) const DOCKER_CONFIG_JSON_TYPE: &str = "kubernetes.io/dockerconfigjson";
+pub(super) const DOCKER_CONFIG_JSON_KEY: &str = ".dockerconfigjson";
 /// The label a Secret must carry for `inline.pathsFrom.secretRef` to copy it into a bundle.
 /// Without it, the right to create a PackageSource would be the right to publish every
 /// Secret of the namespace to a registry.
-pub const INLINE_ALLOWED_LABEL: &str = "packsmith.dev/inline-allowed";
+pub(super) const INLINE_ALLOWED_LABEL: &str = "packsmith.dev/inline-allowed";
 /// Default key of `spec.bundle.caSecretRef`.
-pub const DEFAULT_CA_KEY: &str = "ca.crt";
+pub(super) const DEFAULT_CA_KEY: &str = "ca.crt";
 
 /// What kind of object a content references.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum RefKind {
+pub(super) enum RefKind {
     Secret,
     ConfigMap,
 }
 
 /// One object a content references, with where (for messages).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct ContentRef {
+pub(super) struct ContentRef {
     pub kind: RefKind,
     pub name: String,
     /// e.g. `contents[config/upstream].contents[.].git.secretRef`.
@@ -49,7 +49,7 @@ pub struct ContentRef {
 }
 
 /// Every Secret and ConfigMap `spec.contents` references, sorted, each once.
-pub fn content_refs(spec: &PackageSourceSpec) -> Vec<ContentRef> {
+pub(super) fn content_refs(spec: &PackageSourceSpec) -> Vec<ContentRef> {
     let mut refs = BTreeSet::new();
     for dir in &spec.contents {
         for c in &dir.contents {
@@ -137,7 +137,7 @@ pub fn content_refs(spec: &PackageSourceSpec) -> Vec<ContentRef> {
 
 /// Every Secret and ConfigMap `spec` names in its own namespace: `bundle.secretRef`,
 /// `bundle.caSecretRef` and [`content_refs`].
-pub fn referenced(spec: &PackageSourceSpec) -> Vec<(RefKind, String)> {
+pub(super) fn referenced(spec: &PackageSourceSpec) -> Vec<(RefKind, String)> {
     let bundle = [
         spec.bundle.secret_ref.as_ref().map(|r| &r.name),
         spec.bundle.ca_secret_ref.as_ref().map(|r| &r.name),
@@ -151,7 +151,7 @@ pub fn referenced(spec: &PackageSourceSpec) -> Vec<(RefKind, String)> {
 }
 
 /// Whether `spec` names the `kind` object `name` of its own namespace.
-pub fn references(spec: &PackageSourceSpec, kind: RefKind, name: &str) -> bool {
+pub(super) fn references(spec: &PackageSourceSpec, kind: RefKind, name: &str) -> bool {
     referenced(spec)
         .iter()
         .any(|(k, n)| *k == kind && n == name)
@@ -159,7 +159,7 @@ pub fn references(spec: &PackageSourceSpec, kind: RefKind, name: &str) -> bool {
 
 /// The PackageSources among `sources` (a reflector store: no API call) that reference the
 /// `kind` object `namespace`/`name`; a Secret or ConfigMap watch maps its events through this.
-pub fn referencing<'a>(
+pub(super) fn referencing<'a>(
     sources: impl IntoIterator<Item = &'a PackageSource>,
     kind: RefKind,
     namespace: Option<&str>,
@@ -174,7 +174,7 @@ pub fn referencing<'a>(
 }
 
 /// The Secrets `inline.pathsFrom` copies into the bundle.
-pub fn inline_secrets(spec: &PackageSourceSpec) -> BTreeSet<&str> {
+pub(super) fn inline_secrets(spec: &PackageSourceSpec) -> BTreeSet<&str> {
     spec.contents
         .iter()
         .flat_map(|d| &d.contents)
@@ -210,7 +210,7 @@ fn check_inline_allowed(secret: &Secret, namespace: &str, r: &ContentRef) -> Res
 
 /// Reads every referenced Secret and ConfigMap from `namespace`. A missing one is a failure
 /// of the sync stage, retried with backoff: it may be created after the PackageSource.
-pub async fn load_content_secrets(
+pub(super) async fn load_content_secrets(
     client: &Client,
     namespace: &str,
     spec: &PackageSourceSpec,
@@ -287,7 +287,7 @@ fn to_sync_secret(secret: &Secret) -> sync::Secret {
 /// The registry client for this PackageSource: `defaults` (the controller's docker config)
 /// with the bundle Secret's entries over them, the CA Secret, `bundle.insecure` and the
 /// image mirrors.
-pub async fn registry(
+pub(super) async fn registry(
     client: &Client,
     namespace: &str,
     spec: &PackageSourceSpec,
@@ -308,7 +308,7 @@ pub async fn registry(
 /// [`registry`] for any object with a `bundle` target (a PackageRepositorySource too):
 /// `defaults` with `bundle.secretRef` over them, `bundle.caSecretRef`, `bundle.insecure` and
 /// the given image mirrors.
-pub async fn bundle_registry(
+pub(super) async fn bundle_registry(
     client: &Client,
     namespace: &str,
     bundle: &BundleTarget,
@@ -363,8 +363,9 @@ pub async fn bundle_registry(
     })
 }
 
+#[cfg(test)]
 /// The pure part of [`registry`]: which hosts are plain HTTP and which mirrors apply.
-pub fn registry_options(
+pub(super) fn registry_options(
     spec: &PackageSourceSpec,
     credentials: Credentials,
     ca_pems: Vec<Vec<u8>>,
@@ -373,7 +374,7 @@ pub fn registry_options(
 }
 
 /// [`registry_options`] for a bare bundle target and mirror list.
-pub fn target_registry_options(
+pub(super) fn target_registry_options(
     bundle: &BundleTarget,
     mirrors: &[RegistryMirror],
     credentials: Credentials,
@@ -395,7 +396,7 @@ pub fn target_registry_options(
 }
 
 /// Credentials from a `kubernetes.io/dockerconfigjson` Secret.
-pub fn docker_credentials(
+pub(super) fn docker_credentials(
     namespace: &str,
     name: &str,
     secret: &Secret,

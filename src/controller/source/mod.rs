@@ -2,7 +2,6 @@
 //! produced, write status only when it changed, tell people what happened (events), and
 //! decide when to look again. Deletion removes what the source published (finalizer).
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -13,17 +12,20 @@ use kube::runtime::events::{Event as KubeEvent, EventType};
 use kube::runtime::finalizer::{Event, finalizer};
 use kube::{Resource, ResourceExt};
 
-use super::context::{
-    Context, FINALIZER, KIND, LABEL_MANAGED_BY, LABEL_SOURCE_NAME, LABEL_SOURCE_NAMESPACE,
-    MANAGED_BY,
-};
+mod publish;
+pub(super) mod record;
+mod status;
+
+use publish::PublishError;
+use status::{Observed, Publication};
+
+use super::context::{Context, FINALIZER, KIND};
+use super::inputs;
+use super::labels::labels;
 use super::ownership::{self, Claim, Owner};
-use super::publish::{self, PublishError};
-use super::record;
+use super::reconcile::{Failure, Retry, truncate_note};
 use super::schedule;
-use super::secrets;
 use super::stalls::Mark;
-use super::status::{self, Failure, Observed, Publication, Retry};
 use crate::api::conditions::{self, reasons, types};
 use crate::api::source::{DeletionPolicy, PackageStatus};
 use crate::api::{FIELD_MANAGER, PackageSource, PackageSourceStatus, REQUESTED_AT_ANNOTATION};
@@ -33,7 +35,7 @@ use crate::pipeline::{self, Outcome, PipelineInput, Stage};
 
 /// Why a reconcile returned an error (and is retried with backoff).
 #[derive(Debug, thiserror::Error)]
-pub enum ReconcileError {
+pub(super) enum ReconcileError {
     /// A retryable failure, already reported on status.
     #[error("{0}")]
     Failed(Failure),
@@ -68,12 +70,12 @@ impl ReconcileError {
 }
 
 /// `namespace/name`: the key of per-object state (backoff).
-pub fn key(obj: &PackageSource) -> String {
+pub(super) fn key(obj: &PackageSource) -> String {
     format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
 }
 
 /// The controller's reconcile function.
-pub async fn reconcile(
+pub(super) async fn reconcile(
     obj: Arc<PackageSource>,
     ctx: Arc<Context>,
 ) -> Result<Action, ReconcileError> {
@@ -105,7 +107,11 @@ pub async fn reconcile(
 }
 
 /// Retryable failures wait with the object's exponential backoff (750 ms doubling to 15 min).
-pub fn error_policy(obj: Arc<PackageSource>, error: &ReconcileError, ctx: Arc<Context>) -> Action {
+pub(super) fn error_policy(
+    obj: Arc<PackageSource>,
+    error: &ReconcileError,
+    ctx: Arc<Context>,
+) -> Action {
     let delay = ctx.backoffs.next(&key(&obj));
     tracing::warn!(
         packagesource = %key(&obj),
@@ -151,7 +157,7 @@ async fn apply(
         requested_at: requested_at.map(str::to_owned),
         inputs: ctx.inputs.fingerprint(
             &namespace,
-            secrets::referenced(&obj.spec)
+            inputs::referenced(&obj.spec)
                 .iter()
                 .map(|(kind, name)| (*kind, name.as_str())),
         ),
@@ -288,10 +294,10 @@ async fn produce_inner(
     let name = obj.name_any();
     let no_outcome = |f: Failure| (f, None);
 
-    let secrets = secrets::load_content_secrets(&ctx.client, &namespace, spec)
+    let secrets = inputs::load_content_secrets(&ctx.client, &namespace, spec)
         .await
         .map_err(no_outcome)?;
-    let registry = secrets::registry(
+    let registry = inputs::registry(
         &ctx.client,
         &namespace,
         spec,
@@ -360,7 +366,7 @@ async fn produce_inner(
     }
 
     let selected_by: Vec<String> =
-        super::repository::selecting(ctx.repositories.state().iter().map(|r| r.as_ref()), obj)
+        super::labels::selecting(ctx.repositories.state().iter().map(|r| r.as_ref()), obj)
             .iter()
             .map(|r| r.name.clone())
             .collect();
@@ -465,7 +471,7 @@ async fn publish_outcome(
     let owner = Owner::of(obj);
     if recorded
         && last.is_some_and(|l| {
-            publish::holds_applied(&l.spec, &outcome.package.spec)
+            ownership::holds_applied(&l.spec, &outcome.package.spec)
                 && ownership::claim(Some(l.meta()), &owner) == Claim::Ours
         })
         && publish::metadata_in_place(ctx, publish_namespace, &outcome.metadata, &owner).await?
@@ -540,18 +546,9 @@ async fn record_outcome(
     Ok(config_map)
 }
 
-/// Labels on everything this source publishes.
-pub fn labels(namespace: &str, name: &str) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        (LABEL_SOURCE_NAME.to_owned(), name.to_owned()),
-        (LABEL_SOURCE_NAMESPACE.to_owned(), namespace.to_owned()),
-        (LABEL_MANAGED_BY.to_owned(), MANAGED_BY.to_owned()),
-    ])
-}
-
 /// `<cache_dir>/<namespace>/<name>`: `bundle/` is the pipeline's root, `cache/` keeps git
 /// objects and downloads between reconciles.
-pub fn work_dir(cache_dir: &Path, namespace: &str, name: &str) -> PathBuf {
+pub(super) fn work_dir(cache_dir: &Path, namespace: &str, name: &str) -> PathBuf {
     cache_dir.join(namespace).join(name)
 }
 
@@ -690,19 +687,6 @@ async fn emit_events(
     }
 }
 
-/// Events notes are limited to 1 kB.
-pub(crate) fn truncate_note(s: &str) -> String {
-    const MAX: usize = 1000;
-    if s.len() <= MAX {
-        return s.to_owned();
-    }
-    let mut end = MAX;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
-}
-
 /// Deletion: removes the Packages (and unused PackageMetadata) this source published unless
 /// `publish.deletionPolicy` is `Orphan`, and its work directory.
 async fn cleanup(obj: &PackageSource, ctx: &Context) -> Result<Action, ReconcileError> {
@@ -791,14 +775,5 @@ mod tests {
         // A new generation starts from an empty tree.
         prepare_root(&work, &spec(&["other"]), true).unwrap();
         assert_eq!(std::fs::read_dir(&root).unwrap().count(), 0);
-    }
-
-    #[test]
-    fn published_objects_are_labelled_with_their_source() {
-        let l = labels("team-a", "cert-manager");
-        assert_eq!(l[LABEL_SOURCE_NAME], "cert-manager");
-        assert_eq!(l[LABEL_SOURCE_NAMESPACE], "team-a");
-        assert_eq!(l[LABEL_MANAGED_BY], "packsmith");
-        assert!(truncate_note(&"x".repeat(5000)).len() < 1010);
     }
 }

@@ -28,16 +28,21 @@ use kube::runtime::events::{Event as KubeEvent, EventType};
 use kube::runtime::finalizer::{Event, finalizer};
 use kube::{Resource, ResourceExt};
 
-use super::context::{Context, FINALIZER, LABEL_MANAGED_BY, MANAGED_BY};
+mod status;
+
+use status::{self as rstatus, Observed, Published};
+
+use super::context::{Context, FINALIZER};
+use super::inputs;
+use super::labels::{
+    LABEL_MANAGED_BY, LABEL_REPOSITORY_SOURCE_NAME, LABEL_REPOSITORY_SOURCE_NAMESPACE, MANAGED_BY,
+    selector as published_by, selector_string,
+};
 use super::ownership::{self, Claim, Owner};
-use super::publish::selector as published_by;
-use super::record;
-use super::repository_status::{self as rstatus, Observed, Published};
+use super::reconcile::{Failure, Retry, truncate_note};
 use super::schedule;
-use super::secrets;
-use super::source::truncate_note;
+use super::source::record;
 use super::stalls::Mark;
-use super::status::{Failure, Retry};
 use crate::api::conditions::{self, reasons, types};
 use crate::api::repository_source::{PackageRepositorySource, PackageRepositorySourceStatus};
 use crate::api::{FIELD_MANAGER, PackageSource, REQUESTED_AT_ANNOTATION};
@@ -46,21 +51,20 @@ use crate::carvel::{Package, PackageMetadata, PackageMetadataSpec, PackageReposi
 use crate::publish::repository::{self as repo, ReleaseOptions, RepositoryError};
 
 /// `kind` label value of the metrics.
-pub const KIND: &str = "PackageRepositorySource";
+pub(super) const KIND: &str = "PackageRepositorySource";
 /// Labels on the PackageRepository a PackageRepositorySource applies.
-pub use super::context::{LABEL_REPOSITORY_SOURCE_NAME, LABEL_REPOSITORY_SOURCE_NAMESPACE};
 /// Tag pushed when `bundle.tags` is unset (`{{version}}` in tags also becomes this).
-pub const DEFAULT_TAG: &str = "latest";
+pub(super) const DEFAULT_TAG: &str = "latest";
 /// API group of kapp-controller's PackageRepository.
 const PACKAGING_API: &str = "packaging.carvel.dev/v1alpha1";
 
 /// Why a reconcile returned an error (retried with backoff).
 #[derive(Debug, thiserror::Error)]
-pub enum ReconcileError {
+pub(super) enum ReconcileError {
     /// A retryable failure, already reported on status.
     #[error("{0}")]
     Failed(Failure),
-    #[error("{action}: {}", super::api_message(source))]
+    #[error("{action}: {}", crate::controller::api_message(source))]
     Kube {
         action: String,
         #[source]
@@ -88,7 +92,7 @@ impl ReconcileError {
 }
 
 /// `namespace/name`.
-pub fn key(obj: &PackageRepositorySource) -> String {
+pub(super) fn key(obj: &PackageRepositorySource) -> String {
     format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
 }
 
@@ -97,7 +101,7 @@ fn backoff_key(obj: &PackageRepositorySource) -> String {
 }
 
 /// The controller's reconcile function.
-pub async fn reconcile(
+pub(super) async fn reconcile(
     obj: Arc<PackageRepositorySource>,
     ctx: Arc<Context>,
 ) -> Result<Action, ReconcileError> {
@@ -178,7 +182,7 @@ async fn cleanup(obj: &PackageRepositorySource, ctx: &Context) -> Result<Action,
 }
 
 /// Retryable failures wait with the object's exponential backoff.
-pub fn error_policy(
+pub(super) fn error_policy(
     obj: Arc<PackageRepositorySource>,
     error: &ReconcileError,
     ctx: Arc<Context>,
@@ -324,7 +328,7 @@ impl Collected {
             self.metadata.values().collect::<Vec<_>>(),
         ))
         .unwrap_or_default();
-        super::hash(&text)
+        crate::controller::triggers::hash(&text)
     }
 }
 
@@ -336,7 +340,7 @@ async fn produce(
 ) -> Result<Produced, Failure> {
     let namespace = obj.namespace().unwrap_or_default();
     let name = obj.name_any();
-    let query = rstatus::selector_string(&obj.spec.selector).map_err(|e| Failure {
+    let query = selector_string(&obj.spec.selector).map_err(|e| Failure {
         stage: None,
         reason: reasons::INVALID_SPEC,
         message: e.to_string(),
@@ -371,7 +375,7 @@ async fn produce(
     let work = work_dir(&ctx.settings.cache_dir, &namespace, &name);
     let _in_use = ctx.work_dirs.use_dir(&work);
     write_tree(&work, &collected)?;
-    let registry = secrets::bundle_registry(
+    let registry = inputs::bundle_registry(
         &ctx.client,
         &namespace,
         &obj.spec.bundle,
@@ -433,7 +437,7 @@ async fn produce(
 
 /// `(name, namespace)` of the PackageRepository: `packageRepository.name`/`.namespace`, else
 /// the object's own.
-pub fn package_repository_name(obj: &PackageRepositorySource) -> (String, String) {
+pub(super) fn package_repository_name(obj: &PackageRepositorySource) -> (String, String) {
     let target = &obj.spec.package_repository;
     (
         target.name.clone().unwrap_or_else(|| obj.name_any()),
@@ -480,7 +484,7 @@ fn api_failure(action: String, e: &kube::Error) -> Failure {
         reason: reasons::PUBLISH_FAILED,
         message: format!(
             "{action}: {} (retrying with backoff)",
-            super::api_message(e)
+            crate::controller::api_message(e)
         ),
         retry: Retry::Backoff,
         earlier_stages_ran: false,
@@ -613,7 +617,7 @@ async fn collect(ctx: &Context, namespace: &str, query: &str) -> Result<Collecte
 }
 
 /// A Package as it goes into a repository: name and spec, none of the cluster's metadata.
-pub fn clean_package(p: Package) -> Package {
+pub(super) fn clean_package(p: Package) -> Package {
     Package {
         metadata: ObjectMeta {
             name: p.metadata.name,
@@ -624,7 +628,7 @@ pub fn clean_package(p: Package) -> Package {
 }
 
 /// A PackageMetadata as it goes into a repository.
-pub fn clean_metadata(m: PackageMetadata) -> PackageMetadata {
+pub(super) fn clean_metadata(m: PackageMetadata) -> PackageMetadata {
     PackageMetadata {
         metadata: ObjectMeta {
             name: m.metadata.name,
@@ -635,7 +639,7 @@ pub fn clean_metadata(m: PackageMetadata) -> PackageMetadata {
 }
 
 /// `<cache_dir>/<namespace>/.repositories/<name>` (a dot name cannot be a PackageSource's).
-pub fn work_dir(cache_dir: &Path, namespace: &str, name: &str) -> PathBuf {
+pub(super) fn work_dir(cache_dir: &Path, namespace: &str, name: &str) -> PathBuf {
     cache_dir.join(namespace).join(".repositories").join(name)
 }
 
@@ -670,7 +674,7 @@ fn write_tree(work: &Path, collected: &Collected) -> Result<(), Failure> {
 }
 
 /// The PackageRepository as applied: fetches `image`, labelled as owned by packsmith.
-pub fn desired_package_repository(
+pub(super) fn desired_package_repository(
     obj: &PackageRepositorySource,
     name: &str,
     namespace: &str,
@@ -693,13 +697,17 @@ pub fn desired_package_repository(
 /// and every spec field packsmith sets. Status (kapp-controller's) and fields others add
 /// beside packsmith's are not compared: applying would not change them, so counting them
 /// would re-apply at every reconcile.
-pub fn in_place(existing: &PackageRepository, desired: &PackageRepository, owner: &Owner) -> bool {
+pub(super) fn in_place(
+    existing: &PackageRepository,
+    desired: &PackageRepository,
+    owner: &Owner,
+) -> bool {
     ownership::claim(Some(existing.meta()), owner) == Claim::Ours
         && desired
             .labels()
             .iter()
             .all(|(k, v)| existing.labels().get(k) == Some(v))
-        && super::publish::holds_applied(&existing.spec, &desired.spec)
+        && ownership::holds_applied(&existing.spec, &desired.spec)
 }
 
 /// Applies the PackageRepository unless it is there, ours, and holds what we apply: status
@@ -798,7 +806,7 @@ async fn missing_or(ctx: &Context, action: String, e: kube::Error) -> Failure {
                 reason: reasons::PUBLISH_FAILED,
                 message: format!(
                     "{action}: {} (does namespace packageRepository.namespace exist?)",
-                    super::api_message(&e)
+                    crate::controller::api_message(&e)
                 ),
                 retry: Retry::Backoff,
                 earlier_stages_ran: false,
@@ -883,46 +891,10 @@ async fn emit_event(
     }
 }
 
-/// The PackageRepositorySources (from `store`) in `source`'s namespace whose selector
-/// matches its labels: what to reconcile again when the PackageSource changes.
-pub fn selecting<'a>(
-    store: impl IntoIterator<Item = &'a PackageRepositorySource>,
-    source: &PackageSource,
-) -> Vec<kube::runtime::reflector::ObjectRef<PackageRepositorySource>> {
-    let namespace = source.namespace();
-    store
-        .into_iter()
-        .filter(|r| r.namespace() == namespace)
-        .filter(|r| rstatus::selector_matches(&r.spec.selector, source.labels()))
-        .map(kube::runtime::reflector::ObjectRef::from_obj)
-        .collect()
-}
-
-/// The sources (among `sources`) whose placement `repositories` changes: applied in-cluster
-/// while now selected (or released through a repository while no longer selected), and those
-/// with nothing released yet (a run in progress may have decided before the change).
-pub fn placement_changed<'a>(
-    repositories: impl IntoIterator<Item = &'a PackageRepositorySource>,
-    sources: impl IntoIterator<Item = &'a PackageSource>,
-) -> Vec<kube::runtime::reflector::ObjectRef<PackageSource>> {
-    let repositories: Vec<&PackageRepositorySource> = repositories.into_iter().collect();
-    sources
-        .into_iter()
-        .filter(|source| {
-            let selected = !selecting(repositories.iter().copied(), source).is_empty();
-            let in_cluster = source.spec.publish.enabled.unwrap_or(!selected);
-            match source.status.as_ref().and_then(|s| s.package.as_ref()) {
-                None => true,
-                Some(p) => p.namespace.is_some() != in_cluster,
-            }
-        })
-        .map(kube::runtime::reflector::ObjectRef::from_obj)
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::controller::labels::{placement_changed, selecting};
 
     fn repository_source(
         name: &str,

@@ -1,0 +1,213 @@
+//! What wakes a reconcile: watch filters (a new generation, a `requestedAt` annotation, the
+//! finalizer and deletion — never the controller's own status writes) and the drift watches
+//! that map a published object deleted or edited by someone else back to its owner.
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::Api;
+use kube::core::PartialObjectMeta;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::{Client, Resource, ResourceExt};
+
+use super::context::FINALIZER;
+use super::{labels, ownership};
+use crate::api::{PackageRepositorySource, PackageSource, REQUESTED_AT_ANNOTATION};
+
+/// Metadata of `K` objects packsmith publishes, yielded when one is deleted or its generation
+/// (its spec) changes. When the cluster has no packaging API the watch backs off and retries,
+/// and starts delivering once kapp-controller is installed.
+pub(super) fn drift_triggers<K>(
+    client: &Client,
+    namespace: Option<&str>,
+) -> impl futures::Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    <K as Resource>::DynamicType: Default + Clone + Eq + std::hash::Hash + Send + Sync,
+{
+    drift_watch(
+        client,
+        namespace,
+        format!("{}={}", labels::LABEL_MANAGED_BY, labels::MANAGED_BY),
+        |meta| meta.generation.map(|g| g.to_string()),
+    )
+}
+
+/// Metadata of the release records sources wrote, yielded when one is deleted or changes in
+/// any way (a ConfigMap has no generation: every write is a new resourceVersion). The
+/// controller's own writes come through too; the reconcile they cause finds the record in
+/// place and writes nothing, so they cannot loop.
+pub(super) fn record_triggers(
+    client: &Client,
+    namespace: Option<&str>,
+) -> impl futures::Stream<Item = Result<PartialObjectMeta<ConfigMap>, watcher::Error>> + Send + 'static
+{
+    drift_watch(
+        client,
+        namespace,
+        format!(
+            "{}={},{}=true",
+            labels::LABEL_MANAGED_BY,
+            labels::MANAGED_BY,
+            labels::LABEL_RELEASE
+        ),
+        |meta| meta.resource_version.clone(),
+    )
+}
+
+/// A metadata-only watch of the `K` objects `selector` matches, through [`Drift`].
+pub(super) fn drift_watch<K>(
+    client: &Client,
+    namespace: Option<&str>,
+    selector: String,
+    version: fn(&kube::api::ObjectMeta) -> Option<String>,
+) -> impl futures::Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    <K as Resource>::DynamicType: Default + Clone + Eq + std::hash::Hash + Send + Sync,
+{
+    let api: Api<PartialObjectMeta<K>> = scoped(client, namespace);
+    let mut drift = Drift::new(version);
+    watcher(api, watcher::Config::default().labels(&selector))
+        .default_backoff()
+        .flat_map(move |event| {
+            let out: Vec<_> = match event {
+                Ok(event) => drift.on(event).into_iter().map(Ok).collect(),
+                Err(e) => vec![Err(e)],
+            };
+            futures::stream::iter(out)
+        })
+}
+
+/// Turns watch events into the objects that drifted: deleted, or with a new `version`.
+/// Re-list replays of unchanged objects are dropped. An object that a re-list no longer
+/// shows (deleted while the watch was down, e.g. after the API server restarted) counts as
+/// deleted: a watch that only forwarded Delete events would miss it until the interval.
+pub(super) struct Drift<K> {
+    version: fn(&kube::api::ObjectMeta) -> Option<String>,
+    /// By UID: the last version seen, and the metadata to map the object to its owner once
+    /// it is gone.
+    known: std::collections::HashMap<String, (Option<String>, PartialObjectMeta<K>)>,
+    /// UIDs seen since the re-list in progress began.
+    relisted: Option<std::collections::HashSet<String>>,
+}
+
+impl<K: Clone> Drift<K> {
+    pub(super) fn new(version: fn(&kube::api::ObjectMeta) -> Option<String>) -> Self {
+        Drift {
+            version,
+            known: Default::default(),
+            relisted: None,
+        }
+    }
+
+    pub(super) fn on(
+        &mut self,
+        event: watcher::Event<PartialObjectMeta<K>>,
+    ) -> Vec<PartialObjectMeta<K>> {
+        let uid = |o: &PartialObjectMeta<K>| o.metadata.uid.clone().unwrap_or_default();
+        match event {
+            watcher::Event::Init => {
+                self.relisted = Some(Default::default());
+                Vec::new()
+            }
+            watcher::Event::InitApply(o) | watcher::Event::Apply(o) => {
+                if let Some(seen) = self.relisted.as_mut() {
+                    seen.insert(uid(&o));
+                }
+                let version = (self.version)(&o.metadata);
+                let mut kept = o.clone();
+                // Only the owner annotation and labels are needed later.
+                kept.metadata.managed_fields = None;
+                match self.known.insert(uid(&o), (version.clone(), kept)) {
+                    Some((before, _)) if before == version => Vec::new(),
+                    _ => vec![o],
+                }
+            }
+            watcher::Event::InitDone => {
+                let seen = self.relisted.take().unwrap_or_default();
+                let gone: Vec<String> = self
+                    .known
+                    .keys()
+                    .filter(|uid| !seen.contains(*uid))
+                    .cloned()
+                    .collect();
+                gone.iter()
+                    .filter_map(|uid| self.known.remove(uid).map(|(_, o)| o))
+                    .collect()
+            }
+            watcher::Event::Delete(o) => {
+                self.known.remove(&uid(&o));
+                vec![o]
+            }
+        }
+    }
+}
+
+pub(super) fn drifted_owner<K>(
+    object: &PartialObjectMeta<K>,
+) -> Option<reflector::ObjectRef<PackageSource>> {
+    let (namespace, name) = ownership::owning_source(&object.metadata)?;
+    Some(reflector::ObjectRef::new(&name).within(&namespace))
+}
+
+pub(super) fn drifted_repository_owner(
+    object: &PartialObjectMeta<crate::carvel::PackageRepository>,
+) -> Option<reflector::ObjectRef<PackageRepositorySource>> {
+    let (namespace, name) = ownership::owning_repository_source(&object.metadata)?;
+    Some(reflector::ObjectRef::new(&name).within(&namespace))
+}
+
+pub(super) fn api(client: &Client, namespace: Option<&str>) -> Api<PackageSource> {
+    scoped(client, namespace)
+}
+
+pub(super) fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    <K as Resource>::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Watch filter of PackageRepositorySources: the `requestedAt` annotation.
+pub(super) fn repo_requested_at(obj: &PackageRepositorySource) -> Option<u64> {
+    obj.annotations()
+        .get(REQUESTED_AT_ANNOTATION)
+        .map(|v| hash(&("requestedAt", v)))
+}
+
+/// Watch filter: the `requestedAt` annotation (an on-demand reconcile).
+pub(super) fn requested_at(obj: &PackageSource) -> Option<u64> {
+    obj.annotations()
+        .get(REQUESTED_AT_ANNOTATION)
+        .map(|v| hash(&("requestedAt", v)))
+}
+
+/// Watch filter: deletion started, and whether our finalizer is present (the finalizer helper
+/// adds it and expects the resulting event to start the real reconcile).
+pub(super) fn lifecycle<K: kube::Resource>(obj: &K) -> Option<u64> {
+    Some(hash(&(
+        obj.meta().deletion_timestamp.is_some(),
+        obj.finalizers().iter().any(|f| f == FINALIZER),
+    )))
+}
+
+pub(super) fn hash<T: std::hash::Hash>(t: &T) -> u64 {
+    use std::hash::Hasher;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    t.hash(&mut h);
+    h.finish()
+}
