@@ -547,7 +547,11 @@ impl Controller {
         );
         let sources = controller
             .graceful_shutdown_on(shutdown.clone())
-            .run(source::reconcile, source::error_policy, ctx.clone())
+            .run(
+                reconcile::reconcile::<PackageSource>,
+                reconcile::error_policy::<PackageSource>,
+                ctx.clone(),
+            )
             .for_each(|result| async move {
                 match result {
                     Ok((obj, action)) => {
@@ -559,8 +563,8 @@ impl Controller {
         let repositories = repositories
             .graceful_shutdown_on(shutdown)
             .run(
-                repository_source::reconcile,
-                repository_source::error_policy,
+                reconcile::reconcile::<PackageRepositorySource>,
+                reconcile::error_policy::<PackageRepositorySource>,
                 ctx,
             )
             .for_each(|result| async move {

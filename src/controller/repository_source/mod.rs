@@ -18,28 +18,29 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event as KubeEvent, EventType};
-use kube::runtime::finalizer::{Event, finalizer};
 use kube::{Resource, ResourceExt};
 
 mod status;
 
 use status::{self as rstatus, Observed, Published};
 
-use super::context::{Context, FINALIZER};
+use super::context::Context;
 use super::inputs;
 use super::labels::{
     LABEL_MANAGED_BY, LABEL_REPOSITORY_SOURCE_NAME, LABEL_REPOSITORY_SOURCE_NAMESPACE, MANAGED_BY,
     selector as published_by, selector_string,
 };
 use super::ownership::{self, Claim, Owner};
-use super::reconcile::{Failure, Retry, truncate_note};
+use super::reconcile::{
+    Failure, ReconcileError, Reconciled, Retry, conclude, forget, key, publish_event,
+    still_stalled, truncate_note, write_status,
+};
 use super::schedule;
 use super::source::record;
 use super::stalls::Mark;
@@ -58,75 +59,21 @@ pub(super) const DEFAULT_TAG: &str = "latest";
 /// API group of kapp-controller's PackageRepository.
 const PACKAGING_API: &str = "packaging.carvel.dev/v1alpha1";
 
-/// Why a reconcile returned an error (retried with backoff).
-#[derive(Debug, thiserror::Error)]
-pub(super) enum ReconcileError {
-    /// A retryable failure, already reported on status.
-    #[error("{0}")]
-    Failed(Failure),
-    #[error("{action}: {}", crate::controller::api_message(source))]
-    Kube {
-        action: String,
-        #[source]
-        source: kube::Error,
-    },
-    #[error("the PackageRepositorySource has no namespace")]
-    NoNamespace,
-    #[error(transparent)]
-    Finalizer(Box<kube::runtime::finalizer::Error<ReconcileError>>),
-}
+impl Reconciled for PackageRepositorySource {
+    const KIND: &'static str = KIND;
+    type Status = PackageRepositorySourceStatus;
 
-impl ReconcileError {
-    /// The metrics `reason` label.
-    fn reason(&self) -> &str {
-        match self {
-            ReconcileError::Failed(f) => f.reason,
-            ReconcileError::Finalizer(inner) => match inner.as_ref() {
-                kube::runtime::finalizer::Error::ApplyFailed(e)
-                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.reason(),
-                _ => "FinalizerFailed",
-            },
-            ReconcileError::Kube { .. } | ReconcileError::NoNamespace => "APIError",
-        }
+    fn suspended(&self) -> bool {
+        self.spec.suspend
     }
-}
 
-/// `namespace/name`.
-pub(super) fn key(obj: &PackageRepositorySource) -> String {
-    format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
-}
-
-fn backoff_key(obj: &PackageRepositorySource) -> String {
-    format!("{KIND}:{}", key(obj))
-}
-
-/// The controller's reconcile function.
-pub(super) async fn reconcile(
-    obj: Arc<PackageRepositorySource>,
-    ctx: Arc<Context>,
-) -> Result<Action, ReconcileError> {
-    let started = Instant::now();
-    let _in_flight = ctx.metrics.in_flight(KIND);
-    if obj.spec.suspend && obj.meta().deletion_timestamp.is_none() {
-        ctx.metrics
-            .reconciled(KIND, "suspended", reasons::SUSPENDED, started.elapsed());
-        return Ok(Action::await_change());
+    async fn apply(&self, ctx: &Context, api: &Api<Self>) -> Result<Action, ReconcileError> {
+        apply(self, ctx, api).await
     }
-    let namespace = obj.namespace().ok_or(ReconcileError::NoNamespace)?;
-    let api: Api<PackageRepositorySource> = Api::namespaced(ctx.client.clone(), &namespace);
-    let result = finalizer(&api, FINALIZER, obj, |event| async {
-        match event {
-            Event::Apply(obj) => apply(&obj, &ctx).await,
-            Event::Cleanup(obj) => cleanup(&obj, &ctx).await,
-        }
-    })
-    .await
-    .map_err(|e| ReconcileError::Finalizer(Box::new(e)));
-    if let Err(e) = &result {
-        ctx.metrics
-            .reconciled(KIND, "failure", e.reason(), started.elapsed());
+
+    async fn cleanup(&self, ctx: &Context) -> Result<Action, ReconcileError> {
+        cleanup(self, ctx).await
     }
-    result
 }
 
 /// Deletion: removes the PackageRepository it created (kapp-controller then removes the
@@ -165,42 +112,23 @@ async fn cleanup(obj: &PackageRepositorySource, ctx: &Context) -> Result<Action,
             }
         }
     }
-    let work = work_dir(&ctx.settings.cache_dir, &namespace, &name);
-    ctx.work_dirs.forget(&work);
-    if let Err(e) = std::fs::remove_dir_all(&work)
-        && e.kind() != std::io::ErrorKind::NotFound
-    {
-        tracing::warn!(path = %work.display(), error = %e, "removing the work directory");
-    }
-    // Forgotten only once cleaned up: a failing cleanup keeps backing off.
-    ctx.backoffs.reset(&backoff_key(obj));
-    ctx.stalls.clear(&backoff_key(obj));
+    forget(
+        ctx,
+        obj,
+        &work_dir(&ctx.settings.cache_dir, &namespace, &name),
+    );
     if let Ok(mut m) = ctx.repository_fingerprints.lock() {
         m.remove(&key(obj));
     }
     Ok(Action::await_change())
 }
 
-/// Retryable failures wait with the object's exponential backoff.
-pub(super) fn error_policy(
-    obj: Arc<PackageRepositorySource>,
-    error: &ReconcileError,
-    ctx: Arc<Context>,
-) -> Action {
-    let delay = ctx.backoffs.next(&backoff_key(&obj));
-    tracing::warn!(
-        packagerepositorysource = %key(&obj),
-        retry_in_ms = delay.as_millis() as u64,
-        error = %error,
-        "reconcile failed"
-    );
-    Action::requeue(delay)
-}
-
-async fn apply(obj: &PackageRepositorySource, ctx: &Context) -> Result<Action, ReconcileError> {
+async fn apply(
+    obj: &PackageRepositorySource,
+    ctx: &Context,
+    api: &Api<PackageRepositorySource>,
+) -> Result<Action, ReconcileError> {
     let started = Instant::now();
-    let namespace = obj.namespace().ok_or(ReconcileError::NoNamespace)?;
-    let api: Api<PackageRepositorySource> = Api::namespaced(ctx.client.clone(), &namespace);
     let requested_at = obj
         .annotations()
         .get(REQUESTED_AT_ANNOTATION)
@@ -213,7 +141,7 @@ async fn apply(obj: &PackageRepositorySource, ctx: &Context) -> Result<Action, R
         requested_at: requested_at.map(str::to_owned),
         inputs: 0,
     };
-    if ctx.stalls.unchanged(&backoff_key(obj), &stall) {
+    if still_stalled(ctx, obj, &stall) {
         return Ok(Action::await_change());
     }
     let observed = Observed {
@@ -223,7 +151,7 @@ async fn apply(obj: &PackageRepositorySource, ctx: &Context) -> Result<Action, R
     };
     if rstatus::is_new_generation(&current, generation) {
         let begun = rstatus::begin(&current, &observed);
-        write_status(ctx, &api, obj, &current, &begun).await?;
+        write_status(ctx, api, obj, &current, &begun).await?;
         current = begun;
     }
 
@@ -250,50 +178,22 @@ async fn apply(obj: &PackageRepositorySource, ctx: &Context) -> Result<Action, R
         Ok(Produced::Published(p)) => rstatus::succeeded(&current, &observed, p),
         Err(f) => rstatus::failed(&current, &observed, f),
     };
-    let wrote = write_status(ctx, &api, obj, &current, &desired).await?;
+    let wrote = write_status(ctx, api, obj, &current, &desired).await?;
     emit_event(ctx, obj, &current, &desired, result.as_ref().err()).await;
 
-    if matches!(&result, Err(f) if f.retry == Retry::Never) {
-        ctx.stalls.record(&backoff_key(obj), stall);
-    } else {
-        ctx.stalls.clear(&backoff_key(obj));
-    }
-    let requeue = || {
-        interval.as_ref().map_or_else(
-            |_| Action::await_change(),
-            |i| Action::requeue(schedule::jitter(*i)),
-        )
-    };
-    match result {
+    let failure = match result {
         Ok(produced) => {
-            ctx.backoffs.reset(&backoff_key(obj));
-            ctx.metrics
-                .reconciled(KIND, "success", reasons::SUCCEEDED, started.elapsed());
             tracing::info!(
                 packagerepositorysource = %key(obj),
                 unchanged = matches!(produced, Produced::Unchanged),
                 status_written = wrote,
                 "reconciled"
             );
-            Ok(requeue())
+            None
         }
-        Err(f) => match f.retry {
-            Retry::Never => {
-                ctx.metrics
-                    .reconciled(KIND, "stalled", f.reason, started.elapsed());
-                tracing::warn!(packagerepositorysource = %key(obj), reason = f.reason, message = %f.message, "stalled");
-                Ok(Action::await_change())
-            }
-            Retry::Interval => {
-                ctx.backoffs.reset(&backoff_key(obj));
-                ctx.metrics
-                    .reconciled(KIND, "waiting", f.reason, started.elapsed());
-                tracing::info!(packagerepositorysource = %key(obj), reason = f.reason, message = %f.message, "waiting");
-                Ok(requeue())
-            }
-            Retry::Backoff => Err(ReconcileError::Failed(f)),
-        },
-    }
+        Err(f) => Some(f),
+    };
+    conclude(ctx, obj, started, stall, failure, interval.ok())
 }
 
 enum Produced {
@@ -816,40 +716,6 @@ async fn missing_or(ctx: &Context, action: String, e: kube::Error) -> Failure {
     }
 }
 
-/// Server-side applies `desired` on the status subresource when it differs from `current`.
-async fn write_status(
-    ctx: &Context,
-    api: &Api<PackageRepositorySource>,
-    obj: &PackageRepositorySource,
-    current: &PackageRepositorySourceStatus,
-    desired: &PackageRepositorySourceStatus,
-) -> Result<bool, ReconcileError> {
-    if current == desired {
-        return Ok(false);
-    }
-    let started = Instant::now();
-    let patch = serde_json::json!({
-        "apiVersion": PackageRepositorySource::api_version(&()),
-        "kind": PackageRepositorySource::kind(&()),
-        "status": desired,
-    });
-    let written = api
-        .patch_status(
-            &obj.name_any(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await;
-    ctx.metrics.stage(KIND, "status", started.elapsed());
-    written.map_err(|source| ReconcileError::Kube {
-        action: format!("writing the status of PackageRepositorySource {}", key(obj)),
-        source,
-    })?;
-    ctx.metrics
-        .wrote(KIND, "packagerepositorysources/status", "apply");
-    Ok(true)
-}
-
 /// Normal `Published` on a new repository digest; Warning on a new failure.
 async fn emit_event(
     ctx: &Context,
@@ -883,12 +749,7 @@ async fn emit_event(
         },
         _ => return,
     };
-    match ctx.recorder.publish(&event, &obj.object_ref(&())).await {
-        Ok(()) => ctx.metrics.wrote(KIND, "events", "create"),
-        Err(e) => {
-            tracing::warn!(packagerepositorysource = %key(obj), error = %e, "publishing an event failed");
-        }
-    }
+    publish_event(ctx, obj, event).await;
 }
 
 #[cfg(test)]

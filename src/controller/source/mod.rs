@@ -3,13 +3,11 @@
 //! decide when to look again. Deletion removes what the source published (finalizer).
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Instant;
 
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event as KubeEvent, EventType};
-use kube::runtime::finalizer::{Event, finalizer};
 use kube::{Resource, ResourceExt};
 
 mod publish;
@@ -19,107 +17,38 @@ mod status;
 use publish::PublishError;
 use status::{Observed, Publication};
 
-use super::context::{Context, FINALIZER, KIND};
+use super::context::{Context, KIND};
 use super::inputs;
 use super::labels::labels;
 use super::ownership::{self, Claim, Owner};
-use super::reconcile::{Failure, Retry, truncate_note};
+use super::reconcile::{
+    Failure, ReconcileError, Reconciled, Retry, conclude, forget, key, publish_event,
+    still_stalled, truncate_note, write_status,
+};
 use super::schedule;
 use super::stalls::Mark;
 use crate::api::conditions::{self, reasons, types};
 use crate::api::source::{DeletionPolicy, PackageStatus};
-use crate::api::{FIELD_MANAGER, PackageSource, PackageSourceStatus, REQUESTED_AT_ANNOTATION};
+use crate::api::{PackageSource, PackageSourceStatus, REQUESTED_AT_ANNOTATION};
 use crate::carvel::package::Package;
 use crate::carvel::vendir::LockConfig as VendirLock;
 use crate::pipeline::{self, Outcome, PipelineInput, Stage};
 
-/// Why a reconcile returned an error (and is retried with backoff).
-#[derive(Debug, thiserror::Error)]
-pub(super) enum ReconcileError {
-    /// A retryable failure, already reported on status.
-    #[error("{0}")]
-    Failed(Failure),
-    #[error("{action}: {}", super::api_message(source))]
-    Kube {
-        action: String,
-        #[source]
-        source: kube::Error,
-    },
-    #[error("removing what the PackageSource published: {0}")]
-    Cleanup(#[source] PublishError),
-    #[error("the PackageSource has no namespace")]
-    NoNamespace,
-    #[error(transparent)]
-    Finalizer(Box<kube::runtime::finalizer::Error<ReconcileError>>),
-}
+impl Reconciled for PackageSource {
+    const KIND: &'static str = KIND;
+    type Status = PackageSourceStatus;
 
-impl ReconcileError {
-    /// The metrics `reason` label.
-    fn reason(&self) -> &str {
-        match self {
-            ReconcileError::Failed(f) => f.reason,
-            ReconcileError::Finalizer(inner) => match inner.as_ref() {
-                kube::runtime::finalizer::Error::ApplyFailed(e)
-                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.reason(),
-                _ => "FinalizerFailed",
-            },
-            ReconcileError::Cleanup(_) => "CleanupFailed",
-            ReconcileError::Kube { .. } | ReconcileError::NoNamespace => "APIError",
-        }
+    fn suspended(&self) -> bool {
+        self.spec.suspend
     }
-}
 
-/// `namespace/name`: the key of per-object state (backoff).
-pub(super) fn key(obj: &PackageSource) -> String {
-    format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
-}
-
-/// The controller's reconcile function.
-pub(super) async fn reconcile(
-    obj: Arc<PackageSource>,
-    ctx: Arc<Context>,
-) -> Result<Action, ReconcileError> {
-    let namespace = obj.namespace().ok_or(ReconcileError::NoNamespace)?;
-    let api: Api<PackageSource> = Api::namespaced(ctx.client.clone(), &namespace);
-    let started = Instant::now();
-    let _in_flight = ctx.metrics.in_flight(KIND);
-    // Suspended: left alone entirely (not even the finalizer is added); deletion still runs
-    // the cleanup when the finalizer was added before.
-    if obj.spec.suspend && obj.meta().deletion_timestamp.is_none() {
-        tracing::debug!(packagesource = %key(&obj), "suspended: not reconciled");
-        ctx.metrics
-            .reconciled(KIND, "suspended", reasons::SUSPENDED, started.elapsed());
-        return Ok(Action::await_change());
+    async fn apply(&self, ctx: &Context, api: &Api<Self>) -> Result<Action, ReconcileError> {
+        apply(self, ctx, api).await
     }
-    let result = finalizer(&api, FINALIZER, obj, |event| async {
-        match event {
-            Event::Apply(obj) => apply(&obj, &ctx, &api).await,
-            Event::Cleanup(obj) => cleanup(&obj, &ctx).await,
-        }
-    })
-    .await
-    .map_err(|e| ReconcileError::Finalizer(Box::new(e)));
-    if let Err(e) = &result {
-        ctx.metrics
-            .reconciled(KIND, "failure", e.reason(), started.elapsed());
-    }
-    result
-}
 
-/// Retryable failures wait with the object's exponential backoff (750 ms doubling to 15 min).
-pub(super) fn error_policy(
-    obj: Arc<PackageSource>,
-    error: &ReconcileError,
-    ctx: Arc<Context>,
-) -> Action {
-    let delay = ctx.backoffs.next(&key(&obj));
-    tracing::warn!(
-        packagesource = %key(&obj),
-        retry_in_ms = delay.as_millis() as u64,
-        error = %error,
-        "reconcile failed"
-    );
-    Action::requeue(delay)
+    async fn cleanup(&self, ctx: &Context) -> Result<Action, ReconcileError> {
+        cleanup(self, ctx).await
+    }
 }
 
 /// How one pipeline run (plus publishing) ended.
@@ -162,8 +91,7 @@ async fn apply(
                 .map(|(kind, name)| (*kind, name.as_str())),
         ),
     };
-    if ctx.stalls.unchanged(&key, &stall) {
-        tracing::debug!(packagesource = %key, "stalled, and nothing it depends on changed since");
+    if still_stalled(ctx, obj, &stall) {
         return Ok(Action::await_change());
     }
     let observed = Observed {
@@ -208,16 +136,8 @@ async fn apply(
     let interval = schedule::interval(&obj.spec)
         .ok()
         .map(|i| ctx.settings.interval(i));
-    if matches!(&result, Err((f, _)) if f.retry == Retry::Never) {
-        ctx.stalls.record(&key, stall);
-    } else {
-        ctx.stalls.clear(&key);
-    }
-    match result {
+    let failure = match result {
         Ok(produced) => {
-            ctx.backoffs.reset(&key);
-            ctx.metrics
-                .reconciled(KIND, "success", reasons::SUCCEEDED, started.elapsed());
             let applied = matches!(
                 produced.publication,
                 PublicationDone::Applied { wrote: true, .. }
@@ -230,30 +150,11 @@ async fn apply(
                 package_applied = applied,
                 "reconciled"
             );
-            Ok(interval.map_or_else(Action::await_change, |i| {
-                Action::requeue(schedule::jitter(i))
-            }))
+            None
         }
-        Err((failure, _)) => match failure.retry {
-            Retry::Never => {
-                ctx.metrics
-                    .reconciled(KIND, "stalled", failure.reason, started.elapsed());
-                tracing::warn!(packagesource = %key, reason = failure.reason, message = %failure.message, "stalled");
-                Ok(Action::await_change())
-            }
-            Retry::Interval => {
-                ctx.backoffs.reset(&key);
-                ctx.metrics
-                    .reconciled(KIND, "waiting", failure.reason, started.elapsed());
-                tracing::warn!(packagesource = %key, reason = failure.reason, message = %failure.message, "waiting for a dependency");
-                Ok(interval.map_or_else(Action::await_change, |i| {
-                    Action::requeue(schedule::jitter(i))
-                }))
-            }
-            // Counted by `reconcile` when the error comes out of the finalizer.
-            Retry::Backoff => Err(ReconcileError::Failed(failure)),
-        },
-    }
+        Err((failure, _)) => Some(failure),
+    };
+    conclude(ctx, obj, started, stall, failure, interval)
 }
 
 /// Runs the pipeline (and publishing) within `spec.timeout`.
@@ -600,41 +501,6 @@ fn prepare_root(
     Ok(())
 }
 
-/// Server-side applies `desired` on the status subresource, only when it differs from
-/// `current`. Returns whether it wrote.
-async fn write_status(
-    ctx: &Context,
-    api: &Api<PackageSource>,
-    obj: &PackageSource,
-    current: &PackageSourceStatus,
-    desired: &PackageSourceStatus,
-) -> Result<bool, ReconcileError> {
-    if current == desired {
-        return Ok(false);
-    }
-    let started = Instant::now();
-    let name = obj.name_any();
-    let patch = serde_json::json!({
-        "apiVersion": PackageSource::api_version(&()),
-        "kind": PackageSource::kind(&()),
-        "status": desired,
-    });
-    let written = api
-        .patch_status(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await;
-    ctx.metrics.stage(KIND, "status", started.elapsed());
-    written.map_err(|source| ReconcileError::Kube {
-        action: format!("writing the status of PackageSource {}", key(obj)),
-        source,
-    })?;
-    ctx.metrics.wrote(KIND, "packagesources/status", "apply");
-    Ok(true)
-}
-
 /// Normal `Published` for a new version or digest; Warning with the reason for a new
 /// failure. The same state again produces no event.
 async fn emit_events(
@@ -678,13 +544,7 @@ async fn emit_events(
             }
         }
     };
-    let reference = obj.object_ref(&());
-    match ctx.recorder.publish(&event, &reference).await {
-        Ok(()) => ctx.metrics.wrote(KIND, "events", "create"),
-        Err(e) => {
-            tracing::warn!(packagesource = %key(obj), error = %e, "publishing an event failed");
-        }
-    }
+    publish_event(ctx, obj, event).await;
 }
 
 /// Deletion: removes the Packages (and unused PackageMetadata) this source published unless
@@ -696,7 +556,7 @@ async fn cleanup(obj: &PackageSource, ctx: &Context) -> Result<Action, Reconcile
     // owner by garbage collection, where a cluster runs it).
     record::remove_all(ctx, &Owner::of(obj))
         .await
-        .map_err(ReconcileError::Cleanup)?;
+        .map_err(cleanup_failed)?;
     if obj.spec.publish.deletion_policy == DeletionPolicy::Delete {
         let mut namespaces = vec![
             obj.spec
@@ -716,20 +576,22 @@ async fn cleanup(obj: &PackageSource, ctx: &Context) -> Result<Action, Reconcile
         }
         let removed = publish::remove_all(ctx, &namespaces, &Owner::of(obj))
             .await
-            .map_err(ReconcileError::Cleanup)?;
+            .map_err(cleanup_failed)?;
         tracing::info!(packagesource = %key(obj), removed, "removed what the PackageSource published");
     }
-    let work = work_dir(&ctx.settings.cache_dir, &namespace, &name);
-    ctx.work_dirs.forget(&work);
-    if let Err(e) = std::fs::remove_dir_all(&work)
-        && e.kind() != std::io::ErrorKind::NotFound
-    {
-        tracing::warn!(path = %work.display(), error = %e, "removing the work directory");
-    }
-    // Forgotten only once cleaned up: a failing cleanup keeps backing off.
-    ctx.backoffs.reset(&key(obj));
-    ctx.stalls.clear(&key(obj));
+    forget(
+        ctx,
+        obj,
+        &work_dir(&ctx.settings.cache_dir, &namespace, &name),
+    );
     Ok(Action::await_change())
+}
+
+fn cleanup_failed(e: PublishError) -> ReconcileError {
+    ReconcileError::Cleanup {
+        kind: KIND,
+        source: Box::new(e),
+    }
 }
 
 #[cfg(test)]
