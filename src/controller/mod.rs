@@ -34,6 +34,7 @@ mod schedule;
 mod source;
 mod stalls;
 mod triggers;
+mod wiring;
 mod workdirs;
 
 use crate::registry::Egress;
@@ -42,26 +43,17 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::Client;
 use kube::api::ListParams;
-use kube::core::PartialObjectMeta;
-use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::{
-    Controller as KubeController, Predicate, WatchStreamExt, predicates, reflector, watcher,
-};
-use kube::{Client, ResourceExt};
 use tokio::net::TcpListener;
 
-use crate::api::{PackageRepositorySource, PackageSource};
 use crate::registry::Credentials;
 pub use context::FINALIZER;
-use context::{Context, Settings};
 use health::{Endpoints, Probes};
 pub use leader::{DEFAULT_LEASE_NAME, LeaderElection, default_identity};
 use metrics::Metrics;
 pub use schedule::parse_duration;
-use triggers::*;
+use triggers::api;
 
 /// Default work directory root (`--cache-dir`, `$PACKSMITH_CACHE_DIR`).
 pub const DEFAULT_CACHE_DIR: &str = "/tmp/packsmith";
@@ -263,280 +255,27 @@ impl Controller {
             metrics_addr,
             health_addr,
         } = self;
-        let servers: Vec<_> = listeners
-            .into_iter()
-            .map(|(listener, endpoints)| {
-                tokio::spawn(health::serve(
-                    listener,
-                    endpoints,
-                    probes.clone(),
-                    metrics.clone(),
-                ))
-            })
-            .collect();
-        let stop_servers = move || {
-            for server in &servers {
-                server.abort();
-            }
-        };
+        let servers = Servers::start(listeners, &probes, &metrics);
         let shutdown = futures::FutureExt::shared(shutdown);
-
-        // With leader election, stand by (serving probes, ready: a follower is healthy and a
-        // rollout must not wait for it) until this replica holds the Lease.
-        let elector = match options.leader_election.clone() {
-            Some(config) => {
-                let elector = match leader::Elector::new(client.clone(), config).await {
-                    Ok(elector) => elector,
-                    Err(e) => {
-                        stop_servers();
-                        return Err(e.into());
-                    }
-                };
-                probes.set_ready(true);
-                tracing::info!(lease = %elector.lease(), identity = elector.identity(), "waiting for the leadership");
-                let stop = async {
-                    if options.handle_signals {
-                        tokio::select! {
-                            _ = shutdown.clone() => {}
-                            _ = terminated() => {}
-                        }
-                    } else {
-                        shutdown.clone().await
-                    }
-                };
-                tokio::select! {
-                    _ = elector.acquire() => {}
-                    _ = stop => {
-                        stop_servers();
-                        tracing::info!("packsmith controller stopped (never the leader)");
-                        return Ok(());
-                    }
-                }
-                tracing::info!(lease = %elector.lease(), identity = elector.identity(), "became the leader");
-                Some(elector)
+        let elector = match lead(&client, &options, &probes, shutdown.clone()).await {
+            Ok(Leadership::Stopped) => {
+                servers.stop();
+                tracing::info!("packsmith controller stopped (never the leader)");
+                return Ok(());
             }
-            None => None,
+            Ok(Leadership::Leader(elector)) => Some(*elector),
+            Ok(Leadership::NotElected) => None,
+            Err(e) => {
+                servers.stop();
+                return Err(e);
+            }
         };
 
-        let recorder = Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: "packsmith".to_owned(),
-                instance: std::env::var("POD_NAME").ok(),
-            },
-        );
-
-        let (reader, writer) = reflector::store();
-        let ready_reader = reader.clone();
-        let ready_probes = probes.clone();
-        let readiness = tokio::spawn(async move {
-            // The store's readiness wakes only one waiter, and the controller waits on it
-            // too: poll again now and then rather than wait for a wake-up that may not come.
-            loop {
-                let wait = ready_reader.wait_until_ready();
-                match tokio::time::timeout(std::time::Duration::from_millis(500), wait).await {
-                    Ok(Ok(())) => {
-                        ready_probes.set_ready(true);
-                        break;
-                    }
-                    Ok(Err(_)) => break,
-                    Err(_) => {}
-                }
-            }
-        });
-        let triggers = watcher(
-            api(&client, options.namespace.as_deref()),
-            watcher::Config::default(),
-        )
-        .default_backoff()
-        .reflect(writer)
-        .applied_objects()
-        .predicate_filter(
-            predicates::generation
-                .combine(requested_at)
-                .combine(lifecycle::<PackageSource>),
-            Default::default(),
-        );
-        // A referenced Secret or ConfigMap that is created or changes re-runs the sources that
-        // name it (found in the PackageSource store: no API call per event). Secrets are
-        // watched as metadata only and their store keeps names and resourceVersions (so a
-        // Stalled source sees that its Secret was fixed): no Secret data is ever cached. A
-        // resourceVersion filter drops the re-list replays of unchanged objects.
-        let secret_store = reader.clone();
-        let (secret_reader, secret_writer) = reflector::store();
-        let secret_triggers = watcher(
-            scoped::<PartialObjectMeta<Secret>>(&client, options.namespace.as_deref()),
-            watcher::Config::default(),
-        )
-        .default_backoff()
-        .modify(stalls::strip)
-        .reflect(secret_writer)
-        .touched_objects()
-        .predicate_filter(predicates::resource_version, Default::default());
-        let config_map_store = reader.clone();
-        let (config_map_reader, config_map_writer) = reflector::store();
-        let config_map_triggers = watcher(
-            scoped::<PartialObjectMeta<ConfigMap>>(&client, options.namespace.as_deref()),
-            watcher::Config::default(),
-        )
-        .default_backoff()
-        .modify(stalls::strip)
-        .reflect(config_map_writer)
-        .touched_objects()
-        .predicate_filter(predicates::resource_version, Default::default());
-        // PackageRepositorySources as the source controller sees them: one that selects a
-        // source means the source is released through it instead of applied in-cluster. A
-        // create, delete or selector change re-runs the sources whose placement it changes
-        // (and those with nothing released yet, which may be mid-run).
-        let (selection_reader, selection_writer) = reflector::store();
-        let selection_sources = reader.clone();
-        let selection_store = selection_reader.clone();
-        let selection_triggers = watcher(
-            scoped::<PackageRepositorySource>(&client, options.namespace.as_deref()),
-            watcher::Config::default(),
-        )
-        .default_backoff()
-        .modify(|r: &mut PackageRepositorySource| {
-            r.metadata.managed_fields = None;
-            r.status = None;
-        })
-        .reflect(selection_writer)
-        .touched_objects();
-        let ctx = Arc::new(Context {
-            client: client.clone(),
-            settings: Settings {
-                allowed_publish_namespaces: options.allowed_publish_namespaces.clone(),
-                credentials_namespaces: options.credentials_namespaces.clone(),
-                min_interval: options.min_interval,
-                cache_dir: options.cache_dir.clone(),
-                credentials: options.credentials.clone(),
-                egress: options.egress.clone(),
-                max_object_disk: options.max_object_disk,
-            },
-            recorder,
-            metrics,
-            backoffs: Default::default(),
-            repository_fingerprints: Default::default(),
-            stalls: Default::default(),
-            inputs: stalls::Inputs {
-                secrets: secret_reader,
-                config_maps: config_map_reader,
-            },
-            repositories: selection_reader,
-            work_dirs: workdirs::WorkDirs::new(options.cache_max_size),
-        });
-        // What a persistent cache volume kept counts against --cache-max-size from the start.
-        let scanning = ctx.clone();
-        tokio::task::spawn_blocking(move || {
-            scanning.work_dirs.scan(&scanning.settings.cache_dir);
-        });
-        let mut controller = KubeController::for_stream(triggers, reader)
-            .watches_stream(secret_triggers, move |secret: PartialObjectMeta<Secret>| {
-                let state = secret_store.state();
-                inputs::referencing(
-                    state.iter().map(|s| s.as_ref()),
-                    inputs::RefKind::Secret,
-                    secret.namespace().as_deref(),
-                    &secret.name_any(),
-                )
-            })
-            .watches_stream(
-                config_map_triggers,
-                move |config_map: PartialObjectMeta<ConfigMap>| {
-                    let state = config_map_store.state();
-                    inputs::referencing(
-                        state.iter().map(|s| s.as_ref()),
-                        inputs::RefKind::ConfigMap,
-                        config_map.namespace().as_deref(),
-                        &config_map.name_any(),
-                    )
-                },
-            )
-            // What sources published: deleted or edited (a new generation), the owner runs
-            // again and restores it. kapp-controller's own changes (status, Packages it
-            // creates from a PackageRepository, which carry no owner) map to nothing.
-            .watches_stream(
-                drift_triggers::<crate::carvel::Package>(&client, options.namespace.as_deref()),
-                |package: PartialObjectMeta<crate::carvel::Package>| drifted_owner(&package),
-            )
-            .watches_stream(
-                drift_triggers::<crate::carvel::PackageMetadata>(
-                    &client,
-                    options.namespace.as_deref(),
-                ),
-                |metadata: PartialObjectMeta<crate::carvel::PackageMetadata>| {
-                    drifted_owner(&metadata)
-                },
-            )
-            // Release records: deleted or edited, the owner records the release again.
-            .watches_stream(
-                record_triggers(&client, options.namespace.as_deref()),
-                |config_map: PartialObjectMeta<ConfigMap>| drifted_owner(&config_map),
-            )
-            .watches_stream(
-                selection_triggers,
-                move |repository: PackageRepositorySource| {
-                    let repositories = selection_store.state();
-                    let sources = selection_sources.state();
-                    labels::placement_changed(
-                        repositories.iter().map(|r| r.as_ref()),
-                        sources
-                            .iter()
-                            .map(|s| s.as_ref())
-                            .filter(|s| s.namespace() == repository.namespace()),
-                    )
-                },
-            )
-            .with_config(
-                kube::runtime::controller::Config::default().concurrency(options.concurrency),
-            );
-        if options.handle_signals {
-            controller = controller.shutdown_on_signal();
-        }
-        // PackageRepositorySources: their own triggers (generation, requestedAt), plus any
-        // change of a PackageSource their selector matches (its status flips to Ready, a new
-        // version is published), found through the reflector store.
-        let (repo_reader, repo_writer) = reflector::store();
-        let repo_triggers = watcher(
-            scoped::<PackageRepositorySource>(&client, options.namespace.as_deref()),
-            watcher::Config::default(),
-        )
-        .default_backoff()
-        .reflect(repo_writer)
-        .applied_objects()
-        .predicate_filter(
-            predicates::generation
-                .combine(repo_requested_at)
-                .combine(lifecycle::<PackageRepositorySource>),
-            Default::default(),
-        );
-        let mapper_store = repo_reader.clone();
-        let mut repositories = KubeController::for_stream(repo_triggers, repo_reader)
-            .watches(
-                api(&client, options.namespace.as_deref()),
-                watcher::Config::default(),
-                move |source: PackageSource| {
-                    let state = mapper_store.state();
-                    labels::selecting(state.iter().map(|r| r.as_ref()), &source)
-                },
-            )
-            // Its PackageRepository deleted or edited (a new generation): the owner applies it
-            // again. kapp-controller's status writes and finalizers leave the generation alone.
-            .watches_stream(
-                drift_triggers::<crate::carvel::PackageRepository>(
-                    &client,
-                    options.namespace.as_deref(),
-                ),
-                |repository: PartialObjectMeta<crate::carvel::PackageRepository>| {
-                    drifted_repository_owner(&repository)
-                },
-            )
-            .with_config(
-                kube::runtime::controller::Config::default().concurrency(options.concurrency),
-            );
-        if options.handle_signals {
-            repositories = repositories.shutdown_on_signal();
-        }
+        let watches = wiring::Watches::start(&client, options.namespace.as_deref());
+        let readiness = watches.report_ready(probes.clone());
+        let ctx = wiring::context(&client, &options, metrics, &watches);
+        let sources = wiring::source_controller(&client, &options, watches);
+        let repositories = wiring::repository_controller(&client, &options);
         tracing::info!(
             namespace = options.namespace.as_deref().unwrap_or("(all)"),
             concurrency = options.concurrency,
@@ -545,37 +284,10 @@ impl Controller {
             health = %health_addr,
             "packsmith controller started"
         );
-        let sources = controller
-            .graceful_shutdown_on(shutdown.clone())
-            .run(
-                reconcile::reconcile::<PackageSource>,
-                reconcile::error_policy::<PackageSource>,
-                ctx.clone(),
-            )
-            .for_each(|result| async move {
-                match result {
-                    Ok((obj, action)) => {
-                        tracing::debug!(object = %obj, ?action, "reconciled");
-                    }
-                    Err(e) => tracing::debug!(error = %e, "controller"),
-                }
-            });
-        let repositories = repositories
-            .graceful_shutdown_on(shutdown)
-            .run(
-                reconcile::reconcile::<PackageRepositorySource>,
-                reconcile::error_policy::<PackageRepositorySource>,
-                ctx,
-            )
-            .for_each(|result| async move {
-                match result {
-                    Ok((obj, action)) => {
-                        tracing::debug!(object = %obj, ?action, "reconciled");
-                    }
-                    Err(e) => tracing::debug!(error = %e, "repository controller"),
-                }
-            });
-        let work = futures::future::join(sources, repositories);
+        let work = futures::future::join(
+            wiring::drive(sources, ctx.clone(), shutdown.clone()),
+            wiring::drive(repositories, ctx, shutdown),
+        );
         let lost = match &elector {
             None => {
                 work.await;
@@ -594,7 +306,7 @@ impl Controller {
         };
         probes.set_ready(false);
         readiness.abort();
-        stop_servers();
+        servers.stop();
         if let Some(lost) = lost {
             // Reconciles in flight are dropped with the controllers: nothing runs on a
             // replica that no longer leads. The caller exits non-zero.
@@ -604,6 +316,77 @@ impl Controller {
         tracing::info!("packsmith controller stopped");
         Ok(())
     }
+}
+
+/// The probe and metrics servers of the process.
+struct Servers(Vec<tokio::task::JoinHandle<()>>);
+
+impl Servers {
+    fn start(
+        listeners: Vec<(TcpListener, Endpoints)>,
+        probes: &Arc<Probes>,
+        metrics: &Arc<Metrics>,
+    ) -> Self {
+        Servers(
+            listeners
+                .into_iter()
+                .map(|(listener, endpoints)| {
+                    tokio::spawn(health::serve(
+                        listener,
+                        endpoints,
+                        probes.clone(),
+                        metrics.clone(),
+                    ))
+                })
+                .collect(),
+        )
+    }
+
+    fn stop(&self) {
+        for server in &self.0 {
+            server.abort();
+        }
+    }
+}
+
+enum Leadership {
+    /// No `--leader-elect`: reconcile at once.
+    NotElected,
+    Leader(Box<leader::Elector>),
+    /// Shut down while standing by.
+    Stopped,
+}
+
+/// With leader election, stands by (serving probes, ready: a follower is healthy and a
+/// rollout must not wait for it) until this replica holds the Lease or `shutdown` comes.
+async fn lead(
+    client: &Client,
+    options: &Options,
+    probes: &Probes,
+    shutdown: impl Future<Output = ()>,
+) -> Result<Leadership, ControllerError> {
+    let Some(config) = options.leader_election.clone() else {
+        return Ok(Leadership::NotElected);
+    };
+    let elector = leader::Elector::new(client.clone(), config).await?;
+    probes.set_ready(true);
+    tracing::info!(lease = %elector.lease(), identity = elector.identity(), "waiting for the leadership");
+    let stop = async {
+        if options.handle_signals {
+            tokio::select! {
+                _ = shutdown => {}
+                _ = terminated() => {}
+            }
+        } else {
+            shutdown.await
+        }
+    };
+    tokio::select! {
+        _ = elector.acquire() => {}
+        _ = stop => return Ok(Leadership::Stopped),
+    }
+    tracing::info!(lease = %elector.lease(), identity = elector.identity(), "became the leader");
+    Ok(Leadership::Leader(Box::new(elector)))
 }
 
 /// Binds and runs until SIGTERM/Ctrl-C (with `options.handle_signals`).
@@ -654,30 +437,6 @@ pub fn api_message(e: &kube::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::REQUESTED_AT_ANNOTATION;
-    use kube::runtime::Predicate;
-
-    fn source(generation: i64, requested: Option<&str>, finalized: bool) -> PackageSource {
-        let mut obj: PackageSource = serde_json::from_value(serde_json::json!({
-            "apiVersion": "packsmith.dev/v1alpha1",
-            "kind": "PackageSource",
-            "metadata": {"name": "a", "namespace": "ns", "generation": generation},
-            "spec": {
-                "package": {"refName": "a.b.c", "version": "1.0.0"},
-                "contents": [],
-                "bundle": {"repository": "r.io/a"},
-            },
-        }))
-        .unwrap();
-        if let Some(r) = requested {
-            obj.annotations_mut()
-                .insert(REQUESTED_AT_ANNOTATION.to_owned(), r.to_owned());
-        }
-        if finalized {
-            obj.finalizers_mut().push(FINALIZER.to_owned());
-        }
-        obj
-    }
 
     #[test]
     fn api_errors_read_as_the_server_said_them() {
@@ -698,70 +457,5 @@ mod tests {
             api_message(&err(409, "conflict", "Conflict")),
             "conflict (409 Conflict)"
         );
-    }
-
-    fn object(uid: &str, version: &str) -> PartialObjectMeta<ConfigMap> {
-        PartialObjectMeta {
-            types: None,
-            metadata: kube::api::ObjectMeta {
-                name: Some(format!("cm-{uid}")),
-                uid: Some(uid.to_owned()),
-                resource_version: Some(version.to_owned()),
-                ..Default::default()
-            },
-            _phantom: Default::default(),
-        }
-    }
-
-    #[test]
-    fn drift_is_a_new_version_or_a_disappearance_never_a_replay() {
-        use watcher::Event;
-        let mut drift = Drift::new(|m| m.resource_version.clone());
-        let mut names = |event| {
-            drift
-                .on(event)
-                .into_iter()
-                .map(|o| o.name_any())
-                .collect::<Vec<_>>()
-        };
-        // The first list: everything is new.
-        assert!(names(Event::Init).is_empty());
-        assert_eq!(names(Event::InitApply(object("a", "1"))), ["cm-a"]);
-        assert_eq!(names(Event::InitApply(object("b", "1"))), ["cm-b"]);
-        assert!(names(Event::InitDone).is_empty());
-        // An event that changes nothing we compare (a replay) is dropped; a new version and
-        // a deletion are drift.
-        assert!(names(Event::Apply(object("a", "1"))).is_empty());
-        assert_eq!(names(Event::Apply(object("a", "2"))), ["cm-a"]);
-        assert_eq!(names(Event::Delete(object("b", "3"))), ["cm-b"]);
-        assert_eq!(names(Event::Apply(object("c", "4"))), ["cm-c"]);
-        // A re-list after the watch was down: a is unchanged, c went away unseen, d is new.
-        assert!(names(Event::Init).is_empty());
-        assert!(names(Event::InitApply(object("a", "2"))).is_empty());
-        assert_eq!(names(Event::InitApply(object("d", "5"))), ["cm-d"]);
-        assert_eq!(names(Event::InitDone), ["cm-c"]);
-        // Gone is gone: the next re-list does not report c again.
-        assert!(names(Event::Init).is_empty());
-        assert!(names(Event::InitApply(object("a", "2"))).is_empty());
-        assert!(names(Event::InitApply(object("d", "5"))).is_empty());
-        assert!(names(Event::InitDone).is_empty());
-    }
-
-    #[test]
-    fn status_writes_do_not_trigger_but_spec_requests_and_finalizers_do() {
-        let p = predicates::generation
-            .combine(requested_at)
-            .combine(lifecycle);
-        let base = p.hash_property(&source(1, None, true));
-        let mut with_status = source(1, None, true);
-        with_status.status = Some(Default::default());
-        assert_eq!(p.hash_property(&with_status), base);
-        assert_ne!(p.hash_property(&source(2, None, true)), base);
-        assert_ne!(p.hash_property(&source(1, Some("t1"), true)), base);
-        assert_ne!(
-            p.hash_property(&source(1, Some("t1"), true)),
-            p.hash_property(&source(1, Some("t2"), true))
-        );
-        assert_ne!(p.hash_property(&source(1, None, false)), base);
     }
 }

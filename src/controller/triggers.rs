@@ -211,3 +211,96 @@ pub(super) fn hash<T: std::hash::Hash>(t: &T) -> u64 {
     t.hash(&mut h);
     h.finish()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::runtime::{Predicate, predicates};
+
+    fn source(generation: i64, requested: Option<&str>, finalized: bool) -> PackageSource {
+        let mut obj: PackageSource = serde_json::from_value(serde_json::json!({
+            "apiVersion": "packsmith.dev/v1alpha1",
+            "kind": "PackageSource",
+            "metadata": {"name": "a", "namespace": "ns", "generation": generation},
+            "spec": {
+                "package": {"refName": "a.b.c", "version": "1.0.0"},
+                "contents": [],
+                "bundle": {"repository": "r.io/a"},
+            },
+        }))
+        .unwrap();
+        if let Some(r) = requested {
+            obj.annotations_mut()
+                .insert(REQUESTED_AT_ANNOTATION.to_owned(), r.to_owned());
+        }
+        if finalized {
+            obj.finalizers_mut().push(FINALIZER.to_owned());
+        }
+        obj
+    }
+
+    fn object(uid: &str, version: &str) -> PartialObjectMeta<ConfigMap> {
+        PartialObjectMeta {
+            types: None,
+            metadata: kube::api::ObjectMeta {
+                name: Some(format!("cm-{uid}")),
+                uid: Some(uid.to_owned()),
+                resource_version: Some(version.to_owned()),
+                ..Default::default()
+            },
+            _phantom: Default::default(),
+        }
+    }
+
+    #[test]
+    fn drift_is_a_new_version_or_a_disappearance_never_a_replay() {
+        use watcher::Event;
+        let mut drift = Drift::new(|m| m.resource_version.clone());
+        let mut names = |event| {
+            drift
+                .on(event)
+                .into_iter()
+                .map(|o| o.name_any())
+                .collect::<Vec<_>>()
+        };
+        // The first list: everything is new.
+        assert!(names(Event::Init).is_empty());
+        assert_eq!(names(Event::InitApply(object("a", "1"))), ["cm-a"]);
+        assert_eq!(names(Event::InitApply(object("b", "1"))), ["cm-b"]);
+        assert!(names(Event::InitDone).is_empty());
+        // An event that changes nothing we compare (a replay) is dropped; a new version and
+        // a deletion are drift.
+        assert!(names(Event::Apply(object("a", "1"))).is_empty());
+        assert_eq!(names(Event::Apply(object("a", "2"))), ["cm-a"]);
+        assert_eq!(names(Event::Delete(object("b", "3"))), ["cm-b"]);
+        assert_eq!(names(Event::Apply(object("c", "4"))), ["cm-c"]);
+        // A re-list after the watch was down: a is unchanged, c went away unseen, d is new.
+        assert!(names(Event::Init).is_empty());
+        assert!(names(Event::InitApply(object("a", "2"))).is_empty());
+        assert_eq!(names(Event::InitApply(object("d", "5"))), ["cm-d"]);
+        assert_eq!(names(Event::InitDone), ["cm-c"]);
+        // Gone is gone: the next re-list does not report c again.
+        assert!(names(Event::Init).is_empty());
+        assert!(names(Event::InitApply(object("a", "2"))).is_empty());
+        assert!(names(Event::InitApply(object("d", "5"))).is_empty());
+        assert!(names(Event::InitDone).is_empty());
+    }
+
+    #[test]
+    fn status_writes_do_not_trigger_but_spec_requests_and_finalizers_do() {
+        let p = predicates::generation
+            .combine(requested_at)
+            .combine(lifecycle);
+        let base = p.hash_property(&source(1, None, true));
+        let mut with_status = source(1, None, true);
+        with_status.status = Some(Default::default());
+        assert_eq!(p.hash_property(&with_status), base);
+        assert_ne!(p.hash_property(&source(2, None, true)), base);
+        assert_ne!(p.hash_property(&source(1, Some("t1"), true)), base);
+        assert_ne!(
+            p.hash_property(&source(1, Some("t1"), true)),
+            p.hash_property(&source(1, Some("t2"), true))
+        );
+        assert_ne!(p.hash_property(&source(1, None, false)), base);
+    }
+}
