@@ -1,6 +1,6 @@
 //! Pure functions from (current status, what this reconcile found) to the desired status.
 //!
-//! Nothing here talks to the API server: `source.rs` compares the result with the current
+//! Nothing here talks to the API server: the reconcile shell compares the result with the current
 //! status and writes only when they differ, so a reconcile that finds nothing new writes
 //! nothing. Conditions follow kstatus: `Ready` (normal polarity), `Reconciling` and `Stalled`
 //! (present only while True), plus one condition per pipeline stage.
