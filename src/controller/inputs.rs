@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, ResourceExt};
 
-use super::reconcile::{Failure, Retry};
+use super::outcome::{Failure, Retry};
 use crate::api::common::BundleTarget;
 use crate::api::conditions::reasons;
 use crate::api::source::RegistryMirror;
@@ -266,7 +266,7 @@ where
                  it needs get on {}s in {namespace})",
                 r.name,
                 r.field,
-                super::api_message(&e),
+                super::outcome::api_message(&e),
                 kind.to_lowercase()
             ),
             Retry::Backoff,

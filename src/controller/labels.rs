@@ -157,7 +157,7 @@ pub(super) fn placement_changed<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controller::reconcile::truncate_note;
+    use crate::controller::outcome::truncate_note;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
 
     fn sel(labels: &[(&str, &str)], exprs: &[(&str, &str, &[&str])]) -> LabelSelector {

@@ -27,6 +27,7 @@ mod inputs;
 mod labels;
 mod leader;
 mod metrics;
+mod outcome;
 mod ownership;
 mod reconcile;
 mod repository_source;
@@ -52,6 +53,7 @@ pub use context::FINALIZER;
 use health::{Endpoints, Probes};
 pub use leader::{DEFAULT_LEASE_NAME, LeaderElection, default_identity};
 use metrics::Metrics;
+use outcome::api_message;
 pub use schedule::parse_duration;
 use triggers::api;
 
@@ -417,45 +419,5 @@ async fn terminated() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
-    }
-}
-
-/// A Kubernetes API error as a person reads it: the server's message and code, without the
-/// client's debug dump; a 403 says where to grant the permission.
-pub fn api_message(e: &kube::Error) -> String {
-    match e {
-        kube::Error::Api(s) if s.code == 403 => format!(
-            "{} (403 Forbidden: grant it to the controller's ServiceAccount; the chart's and \
-             config/rbac's ClusterRole list what it needs)",
-            s.message
-        ),
-        kube::Error::Api(s) => format!("{} ({} {})", s.message, s.code, s.reason),
-        other => other.to_string(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn api_errors_read_as_the_server_said_them() {
-        let err = |code, message: &str, reason: &str| {
-            kube::Error::Api(
-                kube::core::Status::failure(message, reason)
-                    .with_code(code)
-                    .boxed(),
-            )
-        };
-        let forbidden = api_message(&err(403, "configmaps \"x\" is forbidden", "Forbidden"));
-        assert!(
-            forbidden.starts_with("configmaps \"x\" is forbidden (403 Forbidden: grant it")
-                && !forbidden.contains("Status {"),
-            "{forbidden}"
-        );
-        assert_eq!(
-            api_message(&err(409, "conflict", "Conflict")),
-            "conflict (409 Conflict)"
-        );
     }
 }

@@ -36,10 +36,10 @@ use super::labels::{
     LABEL_MANAGED_BY, LABEL_REPOSITORY_SOURCE_NAME, LABEL_REPOSITORY_SOURCE_NAMESPACE, MANAGED_BY,
     selector as published_by, selector_string,
 };
+use super::outcome::{Failure, Retry, truncate_note};
 use super::ownership::{self, Claim, Owner};
 use super::reconcile::{
-    Failure, ReconcileError, Reconciled, Retry, conclude, forget, key, publish_event,
-    still_stalled, truncate_note, write_status,
+    ReconcileError, Reconciled, conclude, forget, key, publish_event, still_stalled, write_status,
 };
 use super::schedule;
 use super::source::record;
@@ -384,7 +384,7 @@ fn api_failure(action: String, e: &kube::Error) -> Failure {
         reason: reasons::PUBLISH_FAILED,
         message: format!(
             "{action}: {} (retrying with backoff)",
-            crate::controller::api_message(e)
+            crate::controller::outcome::api_message(e)
         ),
         retry: Retry::Backoff,
         earlier_stages_ran: false,
@@ -706,7 +706,7 @@ async fn missing_or(ctx: &Context, action: String, e: kube::Error) -> Failure {
                 reason: reasons::PUBLISH_FAILED,
                 message: format!(
                     "{action}: {} (does namespace packageRepository.namespace exist?)",
-                    crate::controller::api_message(&e)
+                    crate::controller::outcome::api_message(&e)
                 ),
                 retry: Retry::Backoff,
                 earlier_stages_ran: false,

@@ -8,7 +8,7 @@ use crate::api::conditions::{self, reasons, types};
 use crate::api::repository_source::PackageRepositorySourceStatus;
 use crate::api::source::BundleStatus;
 use crate::controller::labels::describe_selector;
-use crate::controller::reconcile::{Failure, Retry, mark_reconciling, short_digest, truncate};
+use crate::controller::outcome::{Failure, Retry, mark_reconciling, short_digest, truncate};
 
 /// What a reconcile observed about the object.
 #[derive(Debug, Clone, Copy)]

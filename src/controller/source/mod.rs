@@ -20,10 +20,10 @@ use status::{Observed, Publication};
 use super::context::{Context, KIND};
 use super::inputs;
 use super::labels::labels;
+use super::outcome::{Failure, Retry, truncate_note};
 use super::ownership::{self, Claim, Owner};
 use super::reconcile::{
-    Failure, ReconcileError, Reconciled, Retry, conclude, forget, key, publish_event,
-    still_stalled, truncate_note, write_status,
+    ReconcileError, Reconciled, conclude, forget, key, publish_event, still_stalled, write_status,
 };
 use super::schedule;
 use super::stalls::Mark;

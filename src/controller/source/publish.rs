@@ -17,8 +17,8 @@ use crate::api::conditions::reasons;
 use crate::carvel::{Package, PackageMetadata};
 use crate::controller::context::{Context, KIND};
 use crate::controller::labels::selector;
+use crate::controller::outcome::{Failure, Retry};
 use crate::controller::ownership::{self, Claim, Holder, Owner};
-use crate::controller::reconcile::{Failure, Retry};
 use crate::pipeline::{Outcome, Stage};
 
 /// API version of kapp-controller's Package and PackageMetadata.
@@ -47,7 +47,7 @@ pub(crate) enum PublishError {
          (checked again at every interval)"
     )]
     Conflict { object: String, holder: Holder },
-    #[error("{action}: {}", crate::controller::api_message(source))]
+    #[error("{action}: {}", crate::controller::outcome::api_message(source))]
     Kube {
         action: String,
         #[source]

@@ -12,7 +12,7 @@ use crate::api::source::{
     BundleStatus, ImagesStatus, PackageSourceStatus, PackageStatus, PublishedVersion,
 };
 use crate::carvel::vendir::{LockConfig, LockDirectoryContents};
-use crate::controller::reconcile::{Failure, Retry, mark_reconciling, short_digest, truncate};
+use crate::controller::outcome::{Failure, Retry, mark_reconciling, short_digest, truncate};
 use crate::pipeline::{Outcome, PipelineError, Stage};
 
 /// Stages in pipeline order, with their condition types.
