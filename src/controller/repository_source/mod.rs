@@ -16,39 +16,38 @@
 //! or edited PackageRepository makes its owner reconcile at once (the controller watches
 //! them, see [`super`]).
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event as KubeEvent, EventType};
 use kube::{Resource, ResourceExt};
 
+mod collect;
+mod package_repository;
 mod status;
+
+use collect::{collect, write_tree};
+use package_repository::{ensure_package_repository, package_repository_name};
 
 use status::{self as rstatus, Observed, Published};
 
 use super::context::Context;
 use super::inputs;
-use super::labels::{
-    LABEL_MANAGED_BY, LABEL_REPOSITORY_SOURCE_NAME, LABEL_REPOSITORY_SOURCE_NAMESPACE, MANAGED_BY,
-    selector as published_by, selector_string,
-};
+use super::labels::selector_string;
 use super::outcome::{Failure, Retry, truncate_note};
-use super::ownership::{self, Claim, Owner};
+use super::ownership::{self, Owner};
 use super::reconcile::{
     ReconcileError, Reconciled, conclude, forget, key, publish_event, still_stalled, write_status,
 };
 use super::schedule;
-use super::source::record;
 use super::stalls::Mark;
+use crate::api::REQUESTED_AT_ANNOTATION;
 use crate::api::conditions::{self, reasons, types};
 use crate::api::repository_source::{PackageRepositorySource, PackageRepositorySourceStatus};
-use crate::api::{FIELD_MANAGER, PackageSource, REQUESTED_AT_ANNOTATION};
 use crate::bundle::{Location, PushOptions};
-use crate::carvel::{Package, PackageMetadata, PackageMetadataSpec, PackageRepository};
+use crate::carvel::PackageRepository;
 use crate::publish::repository::{self as repo, ReleaseOptions, RepositoryError};
 
 /// `kind` label value of the metrics.
@@ -56,8 +55,6 @@ pub(super) const KIND: &str = "PackageRepositorySource";
 /// Labels on the PackageRepository a PackageRepositorySource applies.
 /// Tag pushed when `bundle.tags` is unset (`{{version}}` in tags also becomes this).
 pub(super) const DEFAULT_TAG: &str = "latest";
-/// API group of kapp-controller's PackageRepository.
-const PACKAGING_API: &str = "packaging.carvel.dev/v1alpha1";
 
 impl Reconciled for PackageRepositorySource {
     const KIND: &'static str = KIND;
@@ -202,36 +199,6 @@ enum Produced {
     Published(Published),
 }
 
-/// What the selected PackageSources published.
-#[derive(Default)]
-struct Collected {
-    /// By `refName.version`.
-    packages: BTreeMap<String, Package>,
-    /// By refName.
-    metadata: BTreeMap<String, PackageMetadata>,
-    /// Names of the selected sources.
-    selected: Vec<String>,
-    /// Selected sources that contributed nothing, with why.
-    not_ready: Vec<String>,
-    /// Sources that contributed.
-    contributing: usize,
-}
-
-impl Collected {
-    fn names(&self) -> Vec<String> {
-        self.packages.keys().cloned().collect()
-    }
-
-    fn fingerprint(&self) -> u64 {
-        let text = serde_json::to_string(&(
-            self.packages.values().collect::<Vec<_>>(),
-            self.metadata.values().collect::<Vec<_>>(),
-        ))
-        .unwrap_or_default();
-        crate::controller::triggers::hash(&text)
-    }
-}
-
 async fn produce(
     obj: &PackageRepositorySource,
     ctx: &Context,
@@ -335,19 +302,6 @@ async fn produce(
     }))
 }
 
-/// `(name, namespace)` of the PackageRepository: `packageRepository.name`/`.namespace`, else
-/// the object's own.
-pub(super) fn package_repository_name(obj: &PackageRepositorySource) -> (String, String) {
-    let target = &obj.spec.package_repository;
-    (
-        target.name.clone().unwrap_or_else(|| obj.name_any()),
-        target
-            .namespace
-            .clone()
-            .unwrap_or_else(|| obj.namespace().unwrap_or_default()),
-    )
-}
-
 fn stalled(reason: &'static str, message: String) -> Failure {
     Failure {
         stage: None,
@@ -408,312 +362,9 @@ fn api_missing(what: &str) -> Failure {
     }
 }
 
-/// Lists the selected PackageSources and reads the Packages each Ready one published.
-async fn collect(ctx: &Context, namespace: &str, query: &str) -> Result<Collected, Failure> {
-    let sources: Api<PackageSource> = Api::namespaced(ctx.client.clone(), namespace);
-    let list = sources
-        .list(&ListParams::default().labels(query))
-        .await
-        .map_err(|e| api_failure(format!("listing PackageSources in {namespace}"), &e))?;
-    let mut out = Collected::default();
-    for source in list.items {
-        let name = source.name_any();
-        out.selected.push(name.clone());
-        let status = source.status.clone().unwrap_or_default();
-        if !conditions::is_true(&status.conditions, types::READY) {
-            out.not_ready.push(format!("{name} (not Ready)"));
-            continue;
-        }
-        let Some(published) = status.package.as_ref() else {
-            out.not_ready.push(format!("{name} (nothing released yet)"));
-            continue;
-        };
-        if published.namespace.is_none() {
-            // Recorded, not applied in-cluster: the ConfigMaps hold every retained release.
-            let records = record::read_all(ctx, &Owner::of(&source))
-                .await
-                .map_err(|e| Failure {
-                    stage: None,
-                    reason: reasons::PUBLISH_FAILED,
-                    message: format!("reading the releases of PackageSource {namespace}/{name}: {e} (retrying with backoff)"),
-                    retry: Retry::Backoff,
-                    earlier_stages_ran: false,
-                })?;
-            if records.is_empty() {
-                out.not_ready
-                    .push(format!("{name} (no release ConfigMap in {namespace})"));
-                continue;
-            }
-            out.contributing += 1;
-            for r in records {
-                let ref_name = r.package.spec.ref_name.clone();
-                out.metadata
-                    .entry(ref_name.clone())
-                    .or_insert_with(|| clean_metadata(r.metadata));
-                out.packages.insert(
-                    format!("{ref_name}.{}", r.package.spec.version),
-                    clean_package(r.package),
-                );
-            }
-            continue;
-        }
-        let publish_ns = published
-            .namespace
-            .clone()
-            .or_else(|| source.spec.publish.namespace.clone())
-            .unwrap_or_else(|| namespace.to_owned());
-        let packages: Api<Package> = Api::namespaced(ctx.client.clone(), &publish_ns);
-        let found = match packages
-            .list(&ListParams::default().labels(&published_by(namespace, &name)))
-            .await
-        {
-            // Labels find them; only the owner annotation proves they are this source's.
-            Ok(l) => {
-                let owner = Owner::of(&source);
-                l.items
-                    .into_iter()
-                    .filter(|p| ownership::is_ours(kube::Resource::meta(p), &owner))
-                    .collect::<Vec<_>>()
-            }
-            Err(e) if is_not_found(&e) => return Err(api_missing("data.packaging.carvel.dev")),
-            Err(e) => {
-                return Err(api_failure(
-                    format!("listing the Packages of PackageSource {namespace}/{name}"),
-                    &e,
-                ));
-            }
-        };
-        if found.is_empty() {
-            out.not_ready
-                .push(format!("{name} (no Package in {publish_ns})"));
-            continue;
-        }
-        out.contributing += 1;
-        let metadata_api: Api<PackageMetadata> = Api::namespaced(ctx.client.clone(), &publish_ns);
-        for package in found {
-            let ref_name = package.spec.ref_name.clone();
-            if !out.metadata.contains_key(&ref_name) {
-                let metadata = metadata_api
-                    .get_opt(&ref_name)
-                    .await
-                    .map_err(|e| {
-                        api_failure(
-                            format!("reading PackageMetadata {publish_ns}/{ref_name}"),
-                            &e,
-                        )
-                    })?
-                    .map(clean_metadata)
-                    .unwrap_or_else(|| {
-                        PackageMetadata::new(ref_name.clone(), PackageMetadataSpec::default())
-                    });
-                out.metadata.insert(ref_name.clone(), metadata);
-            }
-            let package = clean_package(package);
-            out.packages
-                .insert(format!("{ref_name}.{}", package.spec.version), package);
-        }
-    }
-    Ok(out)
-}
-
-/// A Package as it goes into a repository: name and spec, none of the cluster's metadata.
-pub(super) fn clean_package(p: Package) -> Package {
-    Package {
-        metadata: ObjectMeta {
-            name: p.metadata.name,
-            ..ObjectMeta::default()
-        },
-        ..p
-    }
-}
-
-/// A PackageMetadata as it goes into a repository.
-pub(super) fn clean_metadata(m: PackageMetadata) -> PackageMetadata {
-    PackageMetadata {
-        metadata: ObjectMeta {
-            name: m.metadata.name,
-            ..ObjectMeta::default()
-        },
-        ..m
-    }
-}
-
 /// `<cache_dir>/<namespace>/.repositories/<name>` (a dot name cannot be a PackageSource's).
 pub(super) fn work_dir(cache_dir: &Path, namespace: &str, name: &str) -> PathBuf {
     cache_dir.join(namespace).join(".repositories").join(name)
-}
-
-/// Replaces `<work>/packages` and `<work>/.imgpkg` with the collected documents.
-fn write_tree(work: &Path, collected: &Collected) -> Result<(), Failure> {
-    let io = |what: String, e: std::io::Error| Failure {
-        stage: None,
-        reason: reasons::PUSH_FAILED,
-        message: format!("{what}: {e} (check the controller's --cache-dir volume)"),
-        retry: Retry::Backoff,
-        earlier_stages_ran: false,
-    };
-    for dir in [repo::PACKAGES_DIR, repo::IMGPKG_DIR] {
-        let path = work.join(dir);
-        if path.exists() {
-            std::fs::remove_dir_all(&path)
-                .map_err(|e| io(format!("clearing {}", path.display()), e))?;
-        }
-    }
-    std::fs::create_dir_all(work).map_err(|e| io(format!("creating {}", work.display()), e))?;
-    for package in collected.packages.values() {
-        let metadata = &collected.metadata[&package.spec.ref_name];
-        repo::write_package_files(work, package, metadata).map_err(|e| Failure {
-            stage: None,
-            reason: reasons::PUBLISH_FAILED,
-            message: e.to_string(),
-            retry: Retry::Backoff,
-            earlier_stages_ran: false,
-        })?;
-    }
-    Ok(())
-}
-
-/// The PackageRepository as applied: fetches `image`, labelled as owned by packsmith.
-pub(super) fn desired_package_repository(
-    obj: &PackageRepositorySource,
-    name: &str,
-    namespace: &str,
-    image: &str,
-) -> PackageRepository {
-    let mut r = PackageRepository::for_bundle(name, image);
-    r.metadata.namespace = Some(namespace.to_owned());
-    r.metadata.labels = Some(BTreeMap::from([
-        (LABEL_MANAGED_BY.to_owned(), MANAGED_BY.to_owned()),
-        (LABEL_REPOSITORY_SOURCE_NAME.to_owned(), obj.name_any()),
-        (
-            LABEL_REPOSITORY_SOURCE_NAMESPACE.to_owned(),
-            obj.namespace().unwrap_or_default(),
-        ),
-    ]));
-    r
-}
-
-/// Whether `existing` is `owner`'s and holds what applying `desired` would write: its labels
-/// and every spec field packsmith sets. Status (kapp-controller's) and fields others add
-/// beside packsmith's are not compared: applying would not change them, so counting them
-/// would re-apply at every reconcile.
-pub(super) fn in_place(
-    existing: &PackageRepository,
-    desired: &PackageRepository,
-    owner: &Owner,
-) -> bool {
-    ownership::claim(Some(existing.meta()), owner) == Claim::Ours
-        && desired
-            .labels()
-            .iter()
-            .all(|(k, v)| existing.labels().get(k) == Some(v))
-        && ownership::holds_applied(&existing.spec, &desired.spec)
-}
-
-/// Applies the PackageRepository unless it is there, ours, and holds what we apply: status
-/// alone is not proof (a person may have deleted or edited it since).
-async fn ensure_package_repository(
-    ctx: &Context,
-    obj: &PackageRepositorySource,
-    name: &str,
-    namespace: &str,
-    image: &str,
-) -> Result<(), Failure> {
-    if let Err(message) = ctx
-        .settings
-        .check_publish_namespace(&obj.namespace().unwrap_or_default(), namespace)
-    {
-        return Err(Failure {
-            stage: None,
-            reason: reasons::PUBLISH_NAMESPACE_NOT_ALLOWED,
-            message,
-            retry: Retry::Never,
-            earlier_stages_ran: false,
-        });
-    }
-    let api: Api<PackageRepository> = Api::namespaced(ctx.client.clone(), namespace);
-    let desired = desired_package_repository(obj, name, namespace, image);
-    let action = format!("applying PackageRepository {namespace}/{name}");
-    let existing = match api.get_opt(name).await {
-        Ok(e) => e,
-        Err(e) if is_not_found(&e) => return Err(missing_or(ctx, action, e).await),
-        Err(e) => return Err(api_failure(action, &e)),
-    };
-    let owner = Owner::of(obj);
-    let claim = ownership::claim(existing.as_ref().map(|e| e.meta()), &owner);
-    if let Claim::Conflict(holder) = claim {
-        return Err(Failure {
-            stage: None,
-            reason: reasons::OWNERSHIP_CONFLICT,
-            message: format!(
-                "PackageRepository {namespace}/{name} belongs to {holder}; it was left \
-                 untouched. Set packageRepository.name, or delete that object if it is stale \
-                 (checked again at every interval)"
-            ),
-            retry: Retry::Interval,
-            earlier_stages_ran: false,
-        });
-    }
-    if existing
-        .as_ref()
-        .is_some_and(|existing| in_place(existing, &desired, &owner))
-    {
-        return Ok(());
-    }
-    let mut desired = desired;
-    desired
-        .metadata
-        .annotations
-        .get_or_insert_with(Default::default)
-        .extend(owner.annotations());
-    let result = match &existing {
-        None => api
-            .create(&kube::api::PostParams::default(), &desired)
-            .await
-            .map(|_| "create"),
-        Some(existing) => {
-            desired.metadata.resource_version = existing.meta().resource_version.clone();
-            api.patch(
-                name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&desired),
-            )
-            .await
-            .map(|_| "apply")
-        }
-    };
-    match result {
-        Ok(verb) => {
-            ctx.metrics.wrote(KIND, "packagerepositories", verb);
-            Ok(())
-        }
-        Err(e) if is_not_found(&e) => Err(missing_or(ctx, action, e).await),
-        Err(e) => Err(api_failure(action, &e)),
-    }
-}
-
-/// A 404 is either a missing API (kapp-controller absent) or a missing namespace.
-async fn missing_or(ctx: &Context, action: String, e: kube::Error) -> Failure {
-    match ctx.client.list_api_group_resources(PACKAGING_API).await {
-        Ok(list)
-            if list
-                .resources
-                .iter()
-                .any(|r| r.name == "packagerepositories") =>
-        {
-            Failure {
-                stage: None,
-                reason: reasons::PUBLISH_FAILED,
-                message: format!(
-                    "{action}: {} (does namespace packageRepository.namespace exist?)",
-                    crate::controller::outcome::api_message(&e)
-                ),
-                retry: Retry::Backoff,
-                earlier_stages_ran: false,
-            }
-        }
-        _ => api_missing(PACKAGING_API),
-    }
 }
 
 /// Normal `Published` on a new repository digest; Warning on a new failure.
@@ -754,8 +405,15 @@ async fn emit_event(
 
 #[cfg(test)]
 mod tests {
+    use super::collect::clean_package;
+    use super::package_repository::{desired_package_repository, in_place};
     use super::*;
-    use crate::controller::labels::{placement_changed, selecting};
+    use crate::api::PackageSource;
+    use crate::carvel::Package;
+    use crate::controller::labels::{
+        LABEL_MANAGED_BY, LABEL_REPOSITORY_SOURCE_NAME, MANAGED_BY, placement_changed, selecting,
+    };
+    use std::collections::BTreeMap;
 
     fn repository_source(
         name: &str,
