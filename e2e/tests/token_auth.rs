@@ -34,6 +34,10 @@ pub fn trials() -> Vec<Trial> {
         trial("lock_push_pull_with_docker_config", lock_push_pull),
         trial("wrong_password_is_a_clear_401", wrong_password),
         trial("no_credentials_is_a_clear_error", no_credentials),
+        trial(
+            "a_local_registry_needs_no_insecure_flag_and_the_controller_sends_it_no_credentials",
+            local_registry_without_flags,
+        ),
     ]
 }
 
@@ -411,5 +415,89 @@ async fn no_credentials(token: &'static TokenRegistry) -> anyhow::Result<()> {
     )?;
     let stderr = failed("pull without credentials", &out)?;
     check_auth_error("pull", &stderr, host, hint, "elsewhere")?;
+    Ok(())
+}
+
+/// go-containerregistry's local-registry convention: `127.0.0.1:PORT` and `localhost:PORT`
+/// are tried over HTTPS, then spoken to over plain HTTP — no `--registry-insecure-host`. The
+/// CLI sends its credentials there (as crane does); the controller's options withhold them,
+/// so the same push is refused by the registry.
+async fn local_registry_without_flags(token: &'static TokenRegistry) -> anyhow::Result<()> {
+    use packsmith::bundle::{self, BuildOptions, Location, PushOptions};
+    use packsmith::registry::{Credentials, ErrorClass, Registry, RegistryOptions};
+
+    let prefix = unique_prefix("local")?;
+    let config = docker_config(&token.host, &token.user, &token.password)?;
+    let tree = package_tree(&token.host, &prefix)?;
+    std::fs::write(
+        tree.path().join(".imgpkg/images.yml"),
+        "---\napiVersion: imgpkg.carvel.dev/v1alpha1\nkind: ImagesLock\n",
+    )?;
+    let work = tempfile::tempdir()?;
+    let path = |p: &Path| p.to_string_lossy().into_owned();
+
+    // The CLI: push to 127.0.0.1:PORT and pull back through localhost:PORT, no flags.
+    let bundle_ref = format!("{}/{prefix}/bundle:0.1.0", token.host);
+    let out = packsmith(
+        config.path(),
+        &["push", "-b", &bundle_ref, "-f", &path(tree.path())],
+    )?;
+    let (stdout, _) = succeeded("packsmith push without --registry-insecure-host", &out)?;
+    let image = stdout
+        .trim()
+        .strip_prefix("Pushed '")
+        .and_then(|s| s.strip_suffix('\''))
+        .with_context(|| format!("push printed {stdout:?}"))?
+        .to_owned();
+    let port = token
+        .host
+        .rsplit_once(':')
+        .map(|(_, port)| port)
+        .context("the token registry's port")?;
+    let via_localhost = image.replacen(&token.host, &format!("localhost:{port}"), 1);
+    let localhost_config =
+        docker_config(&format!("localhost:{port}"), &token.user, &token.password)?;
+    let output = work.path().join("pulled");
+    let out = packsmith(
+        localhost_config.path(),
+        &["pull", "-b", &via_localhost, "-o", &path(&output)],
+    )?;
+    succeeded("packsmith pull through localhost without flags", &out)?;
+    assert_eq!(snapshot(&output)?, snapshot(tree.path())?);
+
+    // The library with the controller's rule: the same credentials are withheld from a host
+    // reached by the fallback, so the registry refuses; without the rule they go.
+    let built = bundle::build(&[tree.path().to_path_buf()], &BuildOptions::default())?;
+    let target = Location::parse(&format!("{}/{prefix}/controller:0.1.0", token.host))?;
+    let registry = |withhold: bool| {
+        Registry::new(RegistryOptions {
+            credentials: Credentials::basic(&token.host, &token.user, &token.password),
+            withhold_credentials_over_fallback: withhold,
+            ..RegistryOptions::default()
+        })
+    };
+    let refused = bundle::push(
+        &registry(true)?,
+        &built,
+        &target,
+        &["0.1.0".to_owned()],
+        &PushOptions::default(),
+    )
+    .await
+    .err()
+    .context("the controller's rule should have withheld the credentials")?;
+    ensure!(
+        matches!(&refused, bundle::BundleError::Registry(e) if e.class() == ErrorClass::Auth),
+        "expected an authentication error, got {refused}"
+    );
+    bundle::push(
+        &registry(false)?,
+        &built,
+        &target,
+        &["0.1.0".to_owned()],
+        &PushOptions::default(),
+    )
+    .await
+    .context("the CLI's rule sends the credentials")?;
     Ok(())
 }

@@ -317,7 +317,7 @@ pub(super) async fn bundle_registry(
     egress: &Egress,
 ) -> Result<Registry, Failure> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let mut credentials = defaults.clone();
+    let mut credentials = operator_credentials(defaults, bundle, mirrors);
     if let Some(secret_ref) = &bundle.secret_ref {
         let r = ContentRef {
             kind: RefKind::Secret,
@@ -363,6 +363,29 @@ pub(super) async fn bundle_registry(
     })
 }
 
+/// The controller's own credentials an object may use: never for a host it speaks plain HTTP
+/// to (`bundle.insecure`, an insecure mirror) — the operator's password would cross the
+/// network in the clear to an address a tenant chose. The object's own `bundle.secretRef` is
+/// its own business and still applies there.
+fn operator_credentials(
+    defaults: &Credentials,
+    bundle: &BundleTarget,
+    mirrors: &[RegistryMirror],
+) -> Credentials {
+    let mut credentials = defaults.clone();
+    if bundle.insecure
+        && let Some(host) = bundle.repository.split('/').next()
+    {
+        credentials.forget(host);
+    }
+    for mirror in mirrors.iter().map(RegistryMirror::to_registry_mirror) {
+        if mirror.insecure {
+            credentials.forget(mirror.host());
+        }
+    }
+    credentials
+}
+
 #[cfg(test)]
 /// The pure part of [`registry`]: which hosts are plain HTTP and which mirrors apply.
 pub(super) fn registry_options(
@@ -391,6 +414,7 @@ pub(super) fn target_registry_options(
         insecure_hosts,
         ca_pems,
         credentials,
+        withhold_credentials_over_fallback: true,
         ..RegistryOptions::default()
     }
 }
@@ -445,6 +469,7 @@ fn stalled(reason: &'static str, message: String) -> Failure {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registry::RegistryAuth;
     use k8s_openapi::ByteString;
 
     fn spec(yaml: &str) -> PackageSourceSpec {
@@ -542,6 +567,22 @@ contents:
         assert_eq!(options.insecure_hosts, vec!["r.io"]);
         assert_eq!(options.mirrors.len(), 1);
         assert!(options.mirrors[0].insecure);
+        // A local registry reached over plain HTTP only by the fallback gets no credentials
+        // from the controller (the CLI's default sends them).
+        assert!(options.withhold_credentials_over_fallback);
+        assert!(!RegistryOptions::default().withhold_credentials_over_fallback);
+
+        // The operator's credentials stay off the hosts this object speaks plain HTTP to.
+        let mut defaults = Credentials::basic("r.io", "operator", "secret");
+        defaults.merge(Credentials::basic("127.0.0.1:5000", "operator", "secret"));
+        defaults.merge(Credentials::basic("quay.io", "operator", "secret"));
+        let kept = operator_credentials(&defaults, &s.bundle, &s.images.mirrors);
+        assert_eq!(kept.auth_for("r.io"), RegistryAuth::Anonymous);
+        assert_eq!(kept.auth_for("127.0.0.1:5000"), RegistryAuth::Anonymous);
+        assert_eq!(
+            kept.auth_for("quay.io"),
+            RegistryAuth::Basic("operator".to_owned(), "secret".to_owned())
+        );
     }
 
     fn secret(type_: &str, key: &str, value: &[u8]) -> Secret {

@@ -139,6 +139,11 @@ impl Credentials {
         self.by_host.is_empty()
     }
 
+    /// Drops what is known for `host` (as contacted).
+    pub fn forget(&mut self, host: &str) {
+        self.by_host.remove(&host_of(host));
+    }
+
     /// What to send to `host` (as contacted: `Reference::resolve_registry`).
     pub fn auth_for(&self, host: &str) -> RegistryAuth {
         let key = host_of(host);

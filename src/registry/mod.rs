@@ -11,6 +11,7 @@ mod digest;
 mod distribution;
 mod egress;
 mod error;
+mod local;
 mod mirror;
 mod reference;
 
@@ -49,6 +50,11 @@ pub struct RegistryOptions {
     pub read_timeout: Option<Duration>,
     /// Addresses registries may not be reached at (the controller's opt-in egress policy).
     pub egress: Egress,
+    /// Send no credentials to a local registry reached over plain HTTP only because HTTPS
+    /// failed (go-containerregistry's fallback for `localhost`, `127.0.0.1`, …; see
+    /// `local.rs`): the controller's rule — a tenant cannot make it send credentials in the
+    /// clear. Hosts in `insecure_hosts` are not affected. The CLI sends them, as crane does.
+    pub withhold_credentials_over_fallback: bool,
 }
 
 /// A configured registry client. Cheap to share by reference across tasks.

@@ -28,6 +28,7 @@ mod shared;
 mod stats;
 mod token;
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
@@ -126,17 +127,69 @@ impl<'r> DistributionClient<'r> {
         }
     }
 
-    fn endpoint(&self, contacted: &Reference) -> Result<Endpoint<'r>, RegistryError> {
+    async fn endpoint(&self, contacted: &Reference) -> Result<Endpoint<'r>, RegistryError> {
         let host = contacted.resolve_registry().to_owned();
-        let plain = self.shared().plain_http.contains(&host);
+        let marked = self.shared().plain_http.contains(&host);
+        let fallback = !marked
+            && crate::registry::local::falls_back_to_http(&host)
+            && self.speaks_only_plain_http(&host).await?;
+        let plain = marked || fallback;
         let scheme = if plain { "http" } else { "https" };
+        let auth = if fallback && self.registry.options.withhold_credentials_over_fallback {
+            RegistryAuth::Anonymous
+        } else {
+            self.registry.auth(contacted)
+        };
         Ok(Endpoint {
             http: self.shared().http(plain)?,
             base: format!("{scheme}://{host}"),
-            auth: self.registry.auth(contacted),
+            auth,
             repository: contacted.repository().to_owned(),
             host,
         })
+    }
+
+    /// go-containerregistry's ping for a local registry (`transport/ping.go`): HTTPS first,
+    /// and plain HTTP when HTTPS cannot be spoken there but plain HTTP answers. Learned once
+    /// per host; a host that answers neither is asked again next time, and its HTTPS error
+    /// is what the caller sees.
+    async fn speaks_only_plain_http(&self, host: &str) -> Result<bool, RegistryError> {
+        let cell = {
+            let mut cells = self
+                .shared()
+                .fallbacks
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            Arc::clone(cells.entry(host.to_owned()).or_default())
+        };
+        let probe = || async {
+            let https = format!("https://{host}/v2/");
+            self.shared().reachable(&https)?;
+            self.counts.pings.fetch_add(1, Ordering::Relaxed);
+            let refused = match self.shared().http(false)?.get(&https).send().await {
+                // Any answer over TLS, even an error status: the host speaks HTTPS. The
+                // answer is the ping too, so this costs no request.
+                Ok(response) => {
+                    self.learn_challenge(host, &response);
+                    return Ok(false);
+                }
+                Err(e) => transport_error("GET", &https, &e),
+            };
+            if refused.is_denied() {
+                return Err(refused);
+            }
+            let http = format!("http://{host}/v2/");
+            self.counts.pings.fetch_add(1, Ordering::Relaxed);
+            match self.shared().http(true)?.get(&http).send().await {
+                Ok(response) => {
+                    self.learn_challenge(host, &response);
+                    tracing::debug!(host, "no HTTPS at a local registry; speaking plain HTTP");
+                    Ok(true)
+                }
+                Err(_) => Err(refused),
+            }
+        };
+        cell.get_or_try_init(probe).await.copied()
     }
 
     /// The digest of the manifest `reference` names, asked of the registry that answers for
@@ -147,7 +200,7 @@ impl<'r> DistributionClient<'r> {
         match self.manifest_digest_at(&contacted, target).await? {
             Some(digest) => Ok(digest),
             None => {
-                let endpoint = self.endpoint(&contacted)?;
+                let endpoint = self.endpoint(&contacted).await?;
                 let url = manifest_url(&endpoint, target);
                 let credential = self.credential(&endpoint, Access::Pull, &url).await?;
                 Err(self.not_found(&endpoint, &url, &credential).await)
@@ -162,7 +215,7 @@ impl<'r> DistributionClient<'r> {
         repository: &Reference,
         target: &str,
     ) -> Result<Option<String>, RegistryError> {
-        let endpoint = self.endpoint(repository)?;
+        let endpoint = self.endpoint(repository).await?;
         let url = manifest_url(&endpoint, target);
         let (response, credential) = self
             .send(
@@ -196,7 +249,7 @@ impl<'r> DistributionClient<'r> {
         repository: &Reference,
         digest: &str,
     ) -> Result<bool, RegistryError> {
-        let endpoint = self.endpoint(repository)?;
+        let endpoint = self.endpoint(repository).await?;
         let url = endpoint.url(&format!("blobs/{digest}"));
         let (response, _) = self
             .send(
@@ -223,7 +276,7 @@ impl<'r> DistributionClient<'r> {
         digest: &str,
         data: Bytes,
     ) -> Result<(), RegistryError> {
-        let endpoint = self.endpoint(repository)?;
+        let endpoint = self.endpoint(repository).await?;
         let url = endpoint.url("blobs/uploads/");
         let (response, credential) = self
             .send(
@@ -305,7 +358,7 @@ impl<'r> DistributionClient<'r> {
         media_type: &str,
         manifest: Bytes,
     ) -> Result<(), RegistryError> {
-        let endpoint = self.endpoint(repository)?;
+        let endpoint = self.endpoint(repository).await?;
         let url = manifest_url(&endpoint, target);
         let (response, _) = self
             .send(
@@ -341,7 +394,7 @@ impl<'r> DistributionClient<'r> {
         target: &str,
         media_types: &[&str],
     ) -> Result<Bytes, RegistryError> {
-        let endpoint = self.endpoint(repository)?;
+        let endpoint = self.endpoint(repository).await?;
         let url = manifest_url(&endpoint, target);
         let accept = media_types.join(", ");
         let (response, credential) = self
@@ -374,7 +427,7 @@ impl<'r> DistributionClient<'r> {
         digest: &str,
         size: u64,
     ) -> Result<Bytes, RegistryError> {
-        let endpoint = self.endpoint(repository)?;
+        let endpoint = self.endpoint(repository).await?;
         let url = endpoint.url(&format!("blobs/{digest}"));
         let (response, _) = self
             .send(
@@ -401,7 +454,7 @@ impl<'r> DistributionClient<'r> {
             #[serde(default)]
             tags: Option<Vec<String>>,
         }
-        let endpoint = self.endpoint(repository)?;
+        let endpoint = self.endpoint(repository).await?;
         let url = endpoint.url("tags/list");
         let mut tags: Vec<String> = Vec::new();
         for _ in 0..MAX_TAG_PAGES {
@@ -464,7 +517,7 @@ impl<'r> DistributionClient<'r> {
         file: &mut tokio::fs::File,
     ) -> Result<(), RegistryError> {
         use tokio::io::AsyncWriteExt as _;
-        let endpoint = self.endpoint(repository)?;
+        let endpoint = self.endpoint(repository).await?;
         // The digest comes from a manifest, so from the registry: checked before it becomes
         // part of a URL.
         if !super::is_sha256_digest(digest) {

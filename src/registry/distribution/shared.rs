@@ -14,6 +14,9 @@ use crate::registry::{RegistryError, RegistryOptions};
 
 type ChallengeCells = Mutex<HashMap<String, Arc<OnceCell<Challenge>>>>;
 
+/// Per local host, whether it speaks only plain HTTP (learned once; see `local.rs`).
+type FallbackCells = Mutex<HashMap<String, Arc<OnceCell<bool>>>>;
+
 /// A token, or the token endpoint's refusal of the credentials: kept for the run, so a wrong
 /// password costs one refused login per repository, not one per image (registries rate-limit
 /// and lock accounts over repeated failures).
@@ -32,6 +35,7 @@ pub(in crate::registry) struct Shared {
     pool_size: usize,
     egress: Egress,
     pub(super) plain_http: HashSet<String>,
+    pub(super) fallbacks: FallbackCells,
     pub(super) challenges: ChallengeCells,
     pub(super) tokens: TokenCells,
     /// Requests made by every distribution client of this registry (and of the registries
@@ -92,6 +96,7 @@ impl Shared {
             pool_size,
             egress: options.egress.clone(),
             plain_http,
+            fallbacks: Mutex::default(),
             challenges: Mutex::default(),
             tokens: Mutex::default(),
             requests: Arc::default(),
@@ -122,6 +127,7 @@ impl Shared {
             // The same clients, so the same resolver: the policy is the process's.
             egress: self.egress.clone(),
             plain_http,
+            fallbacks: Mutex::default(),
             challenges: Mutex::default(),
             tokens: Mutex::default(),
             requests: Arc::clone(&self.requests),

@@ -73,6 +73,20 @@ impl DistributionClient<'_> {
         cell.get_or_try_init(|| self.ping(endpoint)).await.cloned()
     }
 
+    /// Remembers what a probe of `host`'s API root showed, so that its first request needs no
+    /// ping of its own.
+    pub(super) fn learn_challenge(&self, host: &str, response: &reqwest::Response) {
+        let Some(challenge) = challenge_of(response) else {
+            return;
+        };
+        let mut cells = self
+            .shared()
+            .challenges
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _ = cells.entry(host.to_owned()).or_default().set(challenge);
+    }
+
     async fn ping(&self, endpoint: &Endpoint<'_>) -> Result<Challenge, RegistryError> {
         let url = format!("{}/v2/", endpoint.base);
         self.shared().reachable(&url)?;
@@ -83,19 +97,10 @@ impl DistributionClient<'_> {
             .send()
             .await
             .map_err(|e| transport_error("GET", &url, &e))?;
-        let status = response.status();
-        if status.is_success() {
-            return Ok(Challenge::None);
-        }
-        if status == StatusCode::UNAUTHORIZED
-            && let Some(challenge) = response
-                .headers()
-                .get(WWW_AUTHENTICATE)
-                .and_then(|v| v.to_str().ok())
-                .and_then(parse_challenge)
-        {
+        if let Some(challenge) = challenge_of(&response) {
             return Ok(challenge);
         }
+        let status = response.status();
         Err(status_error(
             "GET",
             &url,
@@ -268,6 +273,23 @@ pub(super) fn same_origin(a: &str, b: &str) -> bool {
         }
         _ => false,
     }
+}
+
+/// What an answer of `/v2/` says about authentication: none needed (2xx), or the challenge
+/// of a 401; `None` for any other answer.
+fn challenge_of(response: &reqwest::Response) -> Option<Challenge> {
+    let status = response.status();
+    if status.is_success() {
+        return Some(Challenge::None);
+    }
+    if status == StatusCode::UNAUTHORIZED {
+        return response
+            .headers()
+            .get(WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_challenge);
+    }
+    None
 }
 
 /// Whether credentials may be sent to `url`: HTTPS, or plain HTTP to a loopback host (the
