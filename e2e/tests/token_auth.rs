@@ -38,6 +38,10 @@ pub fn trials() -> Vec<Trial> {
             "a_local_registry_needs_no_insecure_flag_and_the_controller_sends_it_no_credentials",
             local_registry_without_flags,
         ),
+        trial(
+            "docker_credential_helpers_are_asked_as_docker_asks_them",
+            credential_helpers,
+        ),
     ]
 }
 
@@ -499,5 +503,112 @@ async fn local_registry_without_flags(token: &'static TokenRegistry) -> anyhow::
     )
     .await
     .context("the CLI's rule sends the credentials")?;
+    Ok(())
+}
+
+/// `credsStore` / `credHelpers` of the docker config: `docker-credential-<name> get` is run
+/// with the server on stdin, as docker runs it; a helper for the host wins over the store; a
+/// missing or failing helper is an error that names it; "credentials not found" is anonymous.
+async fn credential_helpers(token: &'static TokenRegistry) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    let prefix = unique_prefix("helper")?;
+    let tree = package_tree(&token.host, &prefix)?;
+    std::fs::write(
+        tree.path().join(".imgpkg/images.yml"),
+        "---\napiVersion: imgpkg.carvel.dev/v1alpha1\nkind: ImagesLock\n",
+    )?;
+    let bin = tempfile::tempdir()?;
+    let asked = bin.path().join("asked");
+    // `good` knows the token registry; `empty` knows nothing; `broken` fails.
+    let script = |name: &str, body: &str| -> anyhow::Result<()> {
+        let path = bin.path().join(format!("docker-credential-{name}"));
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n"))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+        Ok(())
+    };
+    script(
+        "good",
+        &format!(
+            "[ \"$1\" = get ] || exit 2\nread server\necho \"$server\" >> {asked}\n\
+             if [ \"$server\" = \"{host}\" ]; then\n\
+             printf \'{{\"ServerURL\":\"%s\",\"Username\":\"{user}\",\"Secret\":\"{password}\"}}\' \"$server\"\n\
+             else echo \"credentials not found in native keychain\"; exit 1; fi",
+            asked = asked.display(),
+            host = token.host,
+            user = token.user,
+            password = token.password,
+        ),
+    )?;
+    script(
+        "empty",
+        "echo \"credentials not found in native keychain\"; exit 1",
+    )?;
+    script("broken", "echo \"the keychain is locked\" >&2; exit 3")?;
+    let path = format!(
+        "{}:{}",
+        bin.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let run = |config: serde_json::Value, reference: &str| -> anyhow::Result<Output> {
+        let dir = tempfile::tempdir()?;
+        std::fs::write(dir.path().join("config.json"), config.to_string())?;
+        Command::new(env!("CARGO_BIN_EXE_packsmith"))
+            .args(["push", "-b", reference, "-f"])
+            .arg(tree.path())
+            .args(["--registry-insecure-host", &token.host])
+            .env("DOCKER_CONFIG", dir.path())
+            .env("PATH", &path)
+            .env_remove("PACKSMITH_REGISTRY_USERNAME")
+            .env_remove("PACKSMITH_REGISTRY_PASSWORD")
+            .output()
+            .context("running packsmith")
+    };
+    let reference = format!("{}/{prefix}/bundle:0.1.0", token.host);
+
+    // credsStore: the store is asked for the host, once, and its answer logs in.
+    let out = run(serde_json::json!({ "credsStore": "good" }), &reference)?;
+    succeeded("push with credsStore", &out)?;
+    assert_eq!(
+        std::fs::read_to_string(&asked)?.lines().collect::<Vec<_>>(),
+        vec![token.host.as_str()],
+        "the helper is asked once, with the registry host"
+    );
+
+    // credHelpers wins over credsStore, and over the file's own entry.
+    let out = run(
+        serde_json::json!({
+            "credsStore": "empty",
+            "credHelpers": { token.host.clone(): "good" },
+            "auths": { token.host.clone(): { "auth": "d3Jvbmc6d3Jvbmc=" } },
+        }),
+        &reference,
+    )?;
+    succeeded("push with credHelpers over credsStore and auths", &out)?;
+
+    // "credentials not found": anonymous, so the registry's own 401.
+    let out = run(serde_json::json!({ "credsStore": "empty" }), &reference)?;
+    let stderr = failed("push with a store that knows nothing", &out)?;
+    ensure!(
+        stderr.contains("401") || stderr.to_lowercase().contains("unauthorized"),
+        "{stderr}"
+    );
+
+    // A failing or missing helper: an error naming it and what it said.
+    let out = run(serde_json::json!({ "credsStore": "broken" }), &reference)?;
+    let stderr = failed("push with a failing helper", &out)?;
+    ensure!(
+        stderr.contains("docker-credential-broken") && stderr.contains("the keychain is locked"),
+        "{stderr}"
+    );
+    let out = run(
+        serde_json::json!({ "credHelpers": { token.host.clone(): "absent" } }),
+        &reference,
+    )?;
+    let stderr = failed("push with a missing helper", &out)?;
+    ensure!(
+        stderr.contains("docker-credential-absent is not on PATH"),
+        "{stderr}"
+    );
     Ok(())
 }

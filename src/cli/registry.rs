@@ -60,9 +60,12 @@ impl RegistryArgs {
             Some(path) => {
                 let bytes =
                     std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-                Credentials::from_docker_config_json(&bytes, &path.display().to_string())?
+                Credentials::from_docker_config_json_with_helpers(
+                    &bytes,
+                    &path.display().to_string(),
+                )?
             }
-            None => Credentials::from_default_docker_config()?,
+            None => Credentials::from_default_docker_config_with_helpers()?,
         };
         if let (Some(host), Some(user), Some(password)) =
             (host, &self.registry_username, &self.registry_password)

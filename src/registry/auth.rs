@@ -8,11 +8,17 @@ use base64::Engine as _;
 use serde::Deserialize;
 
 use super::RegistryError;
+use super::helper::Helpers;
 
 /// Credentials by registry host. Debug output never shows secrets.
 #[derive(Clone, Default)]
 pub struct Credentials {
     by_host: BTreeMap<String, Credential>,
+    /// docker credential helpers (the CLI only; see `helper.rs`).
+    helpers: Option<std::sync::Arc<Helpers>>,
+    /// Hosts whose entry was given outright (flags, a Secret, [`Credentials::basic`]): no
+    /// helper is asked for them.
+    explicit: std::collections::BTreeSet<String>,
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -50,6 +56,7 @@ impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Credentials")
             .field("hosts", &self.by_host.keys().collect::<Vec<_>>())
+            .field("helpers", &self.helpers)
             .finish()
     }
 }
@@ -58,6 +65,10 @@ impl std::fmt::Debug for Credentials {
 struct DockerConfig {
     #[serde(default)]
     auths: BTreeMap<String, DockerAuth>,
+    #[serde(default, rename = "credHelpers")]
+    cred_helpers: BTreeMap<String, String>,
+    #[serde(default, rename = "credsStore")]
+    creds_store: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -77,7 +88,23 @@ struct DockerAuth {
 impl Credentials {
     /// Parses a docker config.json / `.dockerconfigjson` payload. `source` names it in errors
     /// (a path or `Secret ns/name`); the payload itself never appears in an error.
+    /// `credsStore` and `credHelpers` are ignored: the controller's credentials are Secrets
+    /// (see [`Credentials::from_docker_config_json_with_helpers`] for the CLI's).
     pub fn from_docker_config_json(bytes: &[u8], source: &str) -> Result<Self, RegistryError> {
+        Self::parse(bytes, source, false)
+    }
+
+    /// [`Credentials::from_docker_config_json`], honouring the config's `credsStore` and
+    /// `credHelpers` as docker does: their programs (`docker-credential-<name>`) are asked for
+    /// a host's credentials when it is first contacted.
+    pub fn from_docker_config_json_with_helpers(
+        bytes: &[u8],
+        source: &str,
+    ) -> Result<Self, RegistryError> {
+        Self::parse(bytes, source, true)
+    }
+
+    fn parse(bytes: &[u8], source: &str, helpers: bool) -> Result<Self, RegistryError> {
         let config: DockerConfig =
             serde_json::from_slice(bytes).map_err(|e| RegistryError::Credentials {
                 source_name: source.to_owned(),
@@ -97,17 +124,42 @@ impl Credentials {
                 by_host.insert(host, c);
             }
         }
-        Ok(Self { by_host })
+        let helpers = helpers
+            .then(|| {
+                let by_host = config
+                    .cred_helpers
+                    .into_iter()
+                    .map(|(key, helper)| (host_of(&key), helper))
+                    .collect();
+                Helpers::new(by_host, config.creds_store, source)
+            })
+            .flatten()
+            .map(std::sync::Arc::new);
+        Ok(Self {
+            by_host,
+            helpers,
+            explicit: Default::default(),
+        })
     }
 
     /// Reads `$DOCKER_CONFIG/config.json` or `~/.docker/config.json` when present, as docker,
-    /// crane and imgpkg do; no file means no credentials.
+    /// crane and imgpkg do; no file means no credentials. Credential helpers are ignored (the
+    /// controller's rule); the CLI uses [`Credentials::from_default_docker_config_with_helpers`].
     pub fn from_default_docker_config() -> Result<Self, RegistryError> {
+        Self::default_docker_config(false)
+    }
+
+    /// [`Credentials::from_default_docker_config`] with its `credsStore` and `credHelpers`.
+    pub fn from_default_docker_config_with_helpers() -> Result<Self, RegistryError> {
+        Self::default_docker_config(true)
+    }
+
+    fn default_docker_config(helpers: bool) -> Result<Self, RegistryError> {
         let Some(path) = default_docker_config_path() else {
             return Ok(Self::default());
         };
         match std::fs::read(&path) {
-            Ok(bytes) => Self::from_docker_config_json(&bytes, &path.display().to_string()),
+            Ok(bytes) => Self::parse(&bytes, &path.display().to_string(), helpers),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
             Err(e) => Err(RegistryError::Credentials {
                 source_name: path.display().to_string(),
@@ -119,6 +171,7 @@ impl Credentials {
     /// Basic credentials for one host.
     pub fn basic(host: &str, username: &str, password: &str) -> Self {
         let mut c = Self::default();
+        c.explicit.insert(host_of(host));
         c.by_host.insert(
             host_of(host),
             Credential::Basic {
@@ -132,7 +185,14 @@ impl Credentials {
     /// Adds `other`'s entries; on a host both know, `other` wins (a Secret named on the object
     /// overrides the controller's defaults).
     pub fn merge(&mut self, other: Credentials) {
+        self.explicit.extend(other.explicit);
+        if other.helpers.is_none() {
+            self.explicit.extend(other.by_host.keys().cloned());
+        }
         self.by_host.extend(other.by_host);
+        if other.helpers.is_some() {
+            self.helpers = other.helpers;
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -144,7 +204,21 @@ impl Credentials {
         self.by_host.remove(&host_of(host));
     }
 
-    /// What to send to `host` (as contacted: `Reference::resolve_registry`).
+    /// What to send to `host`, asking its credential helper when the docker config names one
+    /// (a helper wins over the file's own entry, as in docker).
+    pub async fn resolve(&self, host: &str) -> Result<RegistryAuth, RegistryError> {
+        let key = host_of(host);
+        match self.helpers.as_deref() {
+            Some(helpers) if !self.explicit.contains(&key) => match helpers.helper_for(&key) {
+                Some(helper) => helpers.auth_for(&key, helper).await,
+                None => Ok(self.auth_for(host)),
+            },
+            _ => Ok(self.auth_for(host)),
+        }
+    }
+
+    /// What to send to `host` (as contacted: `Reference::resolve_registry`), from the config's
+    /// own entries.
     pub fn auth_for(&self, host: &str) -> RegistryAuth {
         let key = host_of(host);
         match self.by_host.get(&key) {
@@ -211,7 +285,7 @@ fn default_docker_config_path() -> Option<PathBuf> {
 }
 
 /// serde_json errors can quote the input; only say where parsing failed, never what was there.
-trait ClassifyMessage {
+pub(super) trait ClassifyMessage {
     fn classify_message(&self) -> String;
 }
 
@@ -228,6 +302,40 @@ impl ClassifyMessage for serde_json::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn helpers_are_asked_only_in_the_cli_and_never_over_explicit_credentials() {
+        let json = br#"{"credsStore": "packsmith-test-absent",
+            "auths": {"r.io": {"username": "file", "password": "pw"}}}"#;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        // The controller's parse ignores helpers: the file's entry.
+        let controller = Credentials::from_docker_config_json(json, "c").expect("parse");
+        assert_eq!(
+            runtime
+                .block_on(controller.resolve("r.io"))
+                .expect("no helper"),
+            RegistryAuth::Basic("file".to_owned(), "pw".to_owned())
+        );
+        // The CLI's asks the store, which wins over the file's entry (here: it is missing).
+        let mut cli = Credentials::from_docker_config_json_with_helpers(json, "c").expect("parse");
+        let err = runtime
+            .block_on(cli.resolve("r.io"))
+            .expect_err("the helper is not installed")
+            .to_string();
+        assert!(
+            err.contains("docker-credential-packsmith-test-absent is not on PATH"),
+            "{err}"
+        );
+        // Credentials given outright (flags) are not looked up.
+        cli.merge(Credentials::basic("r.io", "flag", "pw2"));
+        assert_eq!(
+            runtime.block_on(cli.resolve("r.io")).expect("explicit"),
+            RegistryAuth::Basic("flag".to_owned(), "pw2".to_owned())
+        );
+    }
 
     #[test]
     fn reads_every_docker_config_form() {

@@ -11,6 +11,7 @@ mod digest;
 mod distribution;
 mod egress;
 mod error;
+mod helper;
 mod local;
 mod mirror;
 mod reference;
@@ -132,11 +133,13 @@ impl Registry {
         mirror::apply(&self.options.mirrors, reference)
     }
 
-    /// Credentials for the host that will actually be contacted for `reference`.
-    pub fn auth(&self, contacted: &Reference) -> RegistryAuth {
+    /// Credentials for the host that will actually be contacted for `reference` (asking its
+    /// docker credential helper the first time, in the CLI).
+    pub async fn auth(&self, contacted: &Reference) -> Result<RegistryAuth, RegistryError> {
         self.options
             .credentials
-            .auth_for(contacted.resolve_registry())
+            .resolve(contacted.resolve_registry())
+            .await
     }
 }
 

@@ -138,7 +138,7 @@ impl<'r> DistributionClient<'r> {
         let auth = if fallback && self.registry.options.withhold_credentials_over_fallback {
             RegistryAuth::Anonymous
         } else {
-            self.registry.auth(contacted)
+            self.registry.auth(contacted).await?
         };
         Ok(Endpoint {
             http: self.shared().http(plain)?,
