@@ -119,7 +119,7 @@ report() { printf '%-34s %8.3f s\n' "$1" "$2"; }
 d="$work/run"
 echo "sync benchmark: $FILES files, $(du -sh "$src" --exclude .git | cut -f1), median of $RUNS runs"
 report "git cold: packsmith" "$(measure "rm -rf $d $work/cache; mkdir -p $d" \
-  "$PACKSMITH sync --chdir $d -f $work/git.yml")"
+  "$PACKSMITH sync --chdir $d -f $work/git.yml --no-cache")"
 report "git cold: git clone --depth 1" "$(measure "rm -rf $d" \
   "git clone -q --depth 1 --branch v1.0.0 $git_url $d")"
 report "git warm: packsmith (cache)" "$(measure "mkdir -p $d; $PACKSMITH sync --chdir $d -f $work/git.yml --cache-dir $work/cache >/dev/null 2>&1 || true" \
@@ -127,7 +127,7 @@ report "git warm: packsmith (cache)" "$(measure "mkdir -p $d; $PACKSMITH sync --
 report "git warm: git fetch + checkout" "$(measure "rm -rf $d; git clone -q --depth 1 --branch v1.0.0 $git_url $d" \
   "git -C $d fetch -q --depth 1 origin tag v1.0.0 && git -C $d -c advice.detachedHead=false checkout -q v1.0.0")"
 report "http cold: packsmith" "$(measure "rm -rf $d $work/cache; mkdir -p $d" \
-  "$PACKSMITH sync --chdir $d -f $work/http.yml")"
+  "$PACKSMITH sync --chdir $d -f $work/http.yml --no-cache")"
 report "http cold: curl | tar" "$(measure "rm -rf $d; mkdir -p $d" \
   "curl -sf $tgz_url | tar -C $d -xz")"
 report "http warm: packsmith (cache)" "$(measure "mkdir -p $d; $PACKSMITH sync --chdir $d -f $work/http.yml --cache-dir $work/cache >/dev/null 2>&1 || true" \
@@ -135,7 +135,7 @@ report "http warm: packsmith (cache)" "$(measure "mkdir -p $d; $PACKSMITH sync -
 report "http warm: curl --etag (304)" "$(measure "rm -rf $d; mkdir -p $d; curl -sf --etag-save $work/etag $tgz_url | tar -C $d -xz" \
   "curl -sf --etag-compare $work/etag --etag-save $work/etag $tgz_url | tar -C $d -xz || true")"
 report "helm cold: packsmith" "$(measure "rm -rf $d $work/cache; mkdir -p $d" \
-  "$PACKSMITH sync --chdir $d -f $work/helm.yml")"
+  "$PACKSMITH sync --chdir $d -f $work/helm.yml --no-cache")"
 report "helm cold: curl index + curl | tar" "$(measure "rm -rf $d; mkdir -p $d" \
   "curl -sf $helm_url/index.yaml >/dev/null && curl -sf $helm_url/bench-1.0.0.tgz | tar -C $d -xz --strip-components 1")"
 report "helm warm: packsmith (cache)" "$(measure "mkdir -p $d; $PACKSMITH sync --chdir $d -f $work/helm.yml --cache-dir $work/cache >/dev/null 2>&1 || true" \

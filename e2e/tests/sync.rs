@@ -34,6 +34,7 @@ pub fn trials() -> Vec<Trial> {
             bad_inputs_leave_targets_untouched,
         ),
         trial("sync::cli_is_a_vendir_drop_in", cli_is_a_vendir_drop_in),
+        trial("sync::cli_is_warm_by_default", cli_is_warm_by_default),
         trial("sync::helm_repository_charts", helm_repository_charts),
         trial("sync::helm_oci_chart", helm_oci_chart),
         trial("sync::image_and_bundle_sources", image_and_bundle_sources),
@@ -935,6 +936,73 @@ fn cli_is_a_vendir_drop_in() -> anyhow::Result<()> {
             && stderr.contains("v0.2.0")
             && stderr.contains("sync-cli.git"),
         "{stderr}"
+    );
+    Ok(())
+}
+
+/// The CLI keeps a cache without being asked ($XDG_CACHE_HOME/packsmith/sync): a second
+/// sync of an unchanged upstream leaves the files as they are (same inodes); `--no-cache`
+/// fetches and rewrites; `--cache-max-size` trims the least recently used entries.
+fn cli_is_warm_by_default() -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+
+    let (url, _) = make_upstream(
+        "sync-warm-default",
+        &[(&[("deploy/app.yaml", "x\n")], "warm", &["v0.1.0"])],
+    )?;
+    let dir = tempfile::tempdir()?;
+    let xdg = tempfile::tempdir()?;
+    std::fs::write(
+        dir.path().join("vendir.yml"),
+        format!(
+            "apiVersion: vendir.k14s.io/v1alpha1\nkind: Config\ndirectories:\n- path: vendor\n  \
+             contents:\n  - path: .\n    git: {{url: {url}, ref: v0.1.0}}\n"
+        ),
+    )?;
+    let packsmith = |args: &[&str]| -> anyhow::Result<std::process::Output> {
+        let out = Command::new(env!("CARGO_BIN_EXE_packsmith"))
+            .args(args)
+            .arg("--chdir")
+            .arg(dir.path())
+            .env("XDG_CACHE_HOME", xdg.path())
+            .env_remove("PACKSMITH_CACHE_DIR")
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(out)
+    };
+    let file = dir.path().join("vendor/deploy/app.yaml");
+    let inode = || -> anyhow::Result<u64> { Ok(std::fs::metadata(&file)?.ino()) };
+
+    packsmith(&["sync"])?;
+    let cache = xdg.path().join("packsmith/sync");
+    anyhow::ensure!(
+        cache.join("git").is_dir(),
+        "no cache at {}",
+        cache.display()
+    );
+    let first = inode()?;
+    packsmith(&["sync"])?;
+    anyhow::ensure!(
+        inode()? == first,
+        "a second sync of an unchanged upstream rewrote the files"
+    );
+
+    packsmith(&["sync", "--no-cache"])?;
+    anyhow::ensure!(inode()? != first, "--no-cache should fetch and rewrite");
+
+    let out = packsmith(&["sync", "--cache-max-size", "1"])?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    anyhow::ensure!(
+        stderr.contains("least recently used")
+            && !cache
+                .join("git")
+                .read_dir()?
+                .any(|e| e.map(|e| e.path().is_dir()).unwrap_or(false)),
+        "the cache over its size was not trimmed: {stderr}"
     );
     Ok(())
 }

@@ -301,7 +301,7 @@ fn crds(args: &CrdsArgs) -> anyhow::Result<()> {
 }
 
 /// `5Gi`, `500MB`, `1048576`: binary (Ki, Mi, Gi) and decimal (K, M, G) units.
-fn byte_size(s: &str) -> Result<u64, String> {
+pub(super) fn byte_size(s: &str) -> Result<u64, String> {
     parse_size::parse_size(s).map_err(|e| format!("{e}: expected a size like 5Gi or 500MB"))
 }
 

@@ -27,9 +27,17 @@ pub(super) struct SyncArgs {
     /// Fetch exactly what the lock file records.
     #[arg(long)]
     locked: bool,
-    /// Keep git objects and downloads here, so unchanged upstreams are not fetched again.
+    /// Keep git objects and downloads here, so unchanged upstreams are not fetched again
+    /// [default: $XDG_CACHE_HOME/packsmith/sync, else ~/.cache/packsmith/sync].
     #[arg(long, env = "PACKSMITH_CACHE_DIR")]
     cache_dir: Option<PathBuf>,
+    /// Fetch everything afresh and keep nothing between runs.
+    #[arg(long, conflicts_with = "cache_dir")]
+    no_cache: bool,
+    /// Most bytes the cache keeps: the least recently used repositories and downloads are
+    /// removed after a sync that leaves it larger.
+    #[arg(long, env = "PACKSMITH_SYNC_CACHE_MAX_SIZE", default_value = "5Gi", value_parser = super::byte_size)]
+    cache_max_size: u64,
     /// Most bytes one content may download or unpack to.
     #[arg(long, default_value_t = Limits::default().max_bytes)]
     max_bytes: u64,
@@ -101,7 +109,13 @@ pub(super) fn run(args: &SyncArgs, runtime: &tokio::runtime::Runtime) -> anyhow:
     };
     let mut options = SyncOptions::new(&secrets);
     options.registry = registry.as_ref();
-    options.cache_dir = args.cache_dir.clone();
+    options.cache_dir = if args.no_cache {
+        None
+    } else {
+        args.cache_dir
+            .clone()
+            .or_else(crate::sync::default_cache_dir)
+    };
     options.locked = previous.as_ref().filter(|_| args.locked);
     options.previous = previous.as_ref();
     options.concurrency = args.concurrency;
@@ -118,6 +132,20 @@ pub(super) fn run(args: &SyncArgs, runtime: &tokio::runtime::Runtime) -> anyhow:
     };
 
     let lock = runtime.block_on(crate::sync::sync(&config, &root, &options))?;
+    if let Some(cache) = &options.cache_dir {
+        // Best effort: a cache that cannot be trimmed is not a failed sync.
+        match crate::sync::evict(cache, args.cache_max_size) {
+            Ok(evicted) if evicted.entries > 0 => eprintln!(
+                "cache {}: removed {} least recently used entries ({} bytes), {} bytes kept",
+                cache.display(),
+                evicted.entries,
+                evicted.bytes,
+                evicted.kept
+            ),
+            Ok(_) => {}
+            Err(e) => eprintln!("cache {}: could not trim it: {e}", cache.display()),
+        }
+    }
     for directory in &lock.directories {
         for contents in &directory.contents {
             eprintln!("synced {} + {}", directory.path, contents.path);

@@ -113,6 +113,9 @@ struct Job {
     repo_dir: PathBuf,
     /// Where submodule repositories go: the cache, or the scratch dir.
     repos_root: PathBuf,
+    /// Whether `repo_dir` is in the cache other runs share (then it is locked across
+    /// processes while used).
+    cached: bool,
     out: PathBuf,
     filter: PathFilter,
     limits: Limits,
@@ -226,7 +229,9 @@ impl Job {
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|e| FetchError::Git(format!("no async runtime: {e}")))?;
         let scratch = out.parent().unwrap_or(out).to_owned();
-        let (repo_dir, repos_root) = match ctx.cache("git") {
+        let cache = ctx.cache("git");
+        let cached = cache.is_some();
+        let (repo_dir, repos_root) = match cache {
             Some(cache) => (cache.join(url_key(&source.url)), cache),
             None => (scratch.join("repo"), scratch.join("submodules")),
         };
@@ -239,6 +244,7 @@ impl Job {
             runtime,
             repo_dir,
             repos_root,
+            cached,
             out: out.to_owned(),
             filter: PathFilter::new(
                 &contents.include_paths,
@@ -254,6 +260,7 @@ impl Job {
     fn identity(self) -> Result<String, FetchError> {
         let lock = repo_lock(&self.repo_dir);
         let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _shared = self.lock_shared_cache()?;
         let repo = self.open_repo()?;
         let refs = self.list_remote(&repo)?;
         let (commit, reference) = self.resolve(&refs)?;
@@ -267,6 +274,17 @@ impl Job {
             tags: tags_of(&refs, commit),
             commit_title: String::new(),
         }))
+    }
+
+    /// Another process's sync may use the same cached repository: wait for it (after this
+    /// process's own lock, so one thread per process waits on the file).
+    fn lock_shared_cache(&self) -> Result<Option<super::cache::RepoLock>, FetchError> {
+        if !self.cached {
+            return Ok(None);
+        }
+        super::cache::lock_repo(&self.repo_dir)
+            .map(Some)
+            .map_err(FetchError::io(&self.repo_dir))
     }
 
     fn err(&self, e: impl std::error::Error) -> FetchError {
@@ -307,10 +325,13 @@ impl Job {
         held: &[&Path],
     ) -> Result<LockGit, FetchError> {
         let lock = repo_lock(&self.repo_dir);
-        let _held = if held.contains(&self.repo_dir.as_path()) {
-            None
+        let (_held, _shared) = if held.contains(&self.repo_dir.as_path()) {
+            (None, None)
         } else {
-            Some(lock.lock().unwrap_or_else(|e| e.into_inner()))
+            (
+                Some(lock.lock().unwrap_or_else(|e| e.into_inner())),
+                self.lock_shared_cache()?,
+            )
         };
         let repo = self.open_repo()?;
         let refs = self.list_remote(&repo)?;
@@ -466,6 +487,7 @@ impl Job {
         Ok(Job {
             repo_dir: self.repos_root.join(url_key(&url)),
             repos_root: self.repos_root.clone(),
+            cached: self.cached,
             url,
             want: Want::Sha(commit.to_string()),
             depth: None,

@@ -124,6 +124,7 @@ impl Client {
                 Ok(sum) if sum.len() == 64 => sum,
                 _ => file_sha256(body)?,
             };
+            super::cache::touch(body);
             return Ok(Downloaded {
                 path: body.clone(),
                 sha256,

@@ -8,6 +8,7 @@
 //! therefore leaves every target as it was.
 
 mod archive;
+mod cache;
 mod content;
 mod error;
 mod filter;
@@ -35,6 +36,7 @@ use error::io_error;
 use swap::{Work, chmod, make_dir, swap_all};
 
 pub use archive::ArchiveError;
+pub use cache::{Evicted, evict, user_default as default_cache_dir};
 pub use error::{FetchError, SyncError};
 pub use filter::{FilterError, Glob, PathFilter};
 pub use options::{Limits, MemorySecrets, Policy, Secret, SecretSource, SyncOptions};
@@ -113,6 +115,21 @@ pub async fn sync(
     options: &SyncOptions<'_>,
 ) -> Result<LockConfig, SyncError> {
     config.validate()?;
+    // Shared with other runs' syncs; an eviction waits for none of them (see `cache.rs`).
+    let _in_use = match &options.cache_dir {
+        Some(dir) => {
+            let dir = dir.clone();
+            let locked = tokio::task::spawn_blocking(move || cache::in_use(&dir))
+                .await
+                .map_err(|e| std::io::Error::other(e.to_string()))
+                .and_then(|r| r);
+            Some(locked.map_err(io_error(
+                "locking the cache",
+                options.cache_dir.as_deref().unwrap_or(root),
+            ))?)
+        }
+        None => None,
+    };
     let work = Work::create(root)?;
     let result = sync_in(config, root, options, &work.path).await;
     // The work dir holds only scratch (or, after a swap, the replaced trees).
