@@ -15,18 +15,21 @@ use super::layer::{Layer, LayerWriter};
 use super::tree::{self, Entry};
 use crate::carvel::{Bundle, ImagesLock};
 
-/// What to leave out of the bundle.
+/// What to leave out of the bundle, and what to label it with.
 #[derive(Debug, Clone)]
 pub struct BuildOptions {
     /// Paths relative to an input directory skipped with everything under them; imgpkg's
     /// `--file-exclusion`, whose default is `.git`.
     pub exclude: Vec<String>,
+    /// Config labels beside `dev.carvel.imgpkg.bundle` (imgpkg's `push --labels`).
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for BuildOptions {
     fn default() -> Self {
         BuildOptions {
             exclude: vec![".git".to_owned()],
+            labels: Default::default(),
         }
     }
 }
@@ -230,7 +233,7 @@ pub fn build_with_cache(
         }
     };
 
-    let config_data = image::config_json(&diff_id);
+    let config_data = image::config_json_with_labels(&diff_id, &options.labels);
     let config_digest = image::sha256_digest(&config_data);
     let config = Blob::new(image::CONFIG_MEDIA_TYPE, config_data, config_digest);
     let manifest_data = image::manifest_json(&config.descriptor(), &layer.descriptor());
@@ -333,6 +336,24 @@ pub(crate) mod tests {
                 )
             })
             .collect()
+    }
+
+    #[test]
+    fn labels_go_into_the_config_and_only_there() {
+        let dir = tree(&[(".imgpkg/images.yml", IMAGES_YML), ("a", "x")]);
+        let plain = build(&[dir.path().to_owned()], &BuildOptions::default()).unwrap();
+        let options = BuildOptions {
+            labels: [("team".to_owned(), "payments".to_owned())].into(),
+            ..BuildOptions::default()
+        };
+        let labelled = build(&[dir.path().to_owned()], &options).unwrap();
+        let config = String::from_utf8(labelled.config.data.as_deref().unwrap().to_vec()).unwrap();
+        assert!(
+            config.contains(r#""Labels":{"dev.carvel.imgpkg.bundle":"true","team":"payments"}"#),
+            "{config}"
+        );
+        assert_eq!(labelled.layer_digest(), plain.layer_digest());
+        assert_ne!(labelled.digest(), plain.digest());
     }
 
     #[test]

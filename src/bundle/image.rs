@@ -17,17 +17,65 @@ pub use crate::registry::{digest_string, sha256_digest};
 
 /// The image config: compact JSON in go-containerregistry's field order, zero timestamps.
 pub fn config_json(diff_id: &str) -> Vec<u8> {
+    config_json_with_labels(diff_id, &std::collections::BTreeMap::new())
+}
+
+/// [`config_json`] with `labels` beside the bundle label (imgpkg's `push --labels`): Go's
+/// `encoding/json` prints a map with its keys sorted bytewise, as a `BTreeMap` iterates.
+pub fn config_json_with_labels(
+    diff_id: &str,
+    labels: &std::collections::BTreeMap<String, String>,
+) -> Vec<u8> {
+    let mut all: std::collections::BTreeMap<&str, &str> = labels
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    all.insert(BUNDLE_LABEL, "true");
+    let labels = all
+        .iter()
+        .map(|(k, v)| format!("{}:{}", go_json_string(k), go_json_string(v)))
+        .collect::<Vec<_>>()
+        .join(",");
     format!(
         concat!(
             r#"{{"architecture":"","created":"0001-01-01T00:00:00Z","#,
             r#""history":[{{"author":"imgpkg","created":"0001-01-01T00:00:00Z","created_by":"imgpkg"}}],"#,
             r#""os":"","rootfs":{{"type":"layers","diff_ids":["{diff_id}"]}},"#,
-            r#""config":{{"Labels":{{"{label}":"true"}}}}}}"#
+            r#""config":{{"Labels":{{{labels}}}}}}}"#
         ),
         diff_id = diff_id,
-        label = BUNDLE_LABEL,
+        labels = labels,
     )
     .into_bytes()
+}
+
+/// A JSON string as Go's `encoding/json` writes it: HTML-safe (`<`, `>`, `&` as `\u003c`…),
+/// U+2028 and U+2029 escaped, control characters as `\n`, `\r`, `\t`, `\b`, `\f` (Go 1.22 and
+/// later) or `\u00XX`.
+fn go_json_string(s: &str) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            '<' | '>' | '&' | '\u{2028}' | '\u{2029}' => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 /// A blob as a manifest references it.
@@ -186,6 +234,39 @@ pub fn is_sha256_digest(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn labels_are_written_as_go_encoding_json_writes_a_map() {
+        // What Go 1.26's encoding/json prints for this map (a config's Labels), as a fact:
+        // {"a.b/c":"x","dev.carvel.imgpkg.bundle":"true","team":"a\u0026b \u003cc\u003e \"q\"
+        // \\ \n\t\u2028 é\b\f\u0001","z":"1"}
+        let labels = std::collections::BTreeMap::from([
+            (
+                "team".to_owned(),
+                "a&b <c> \"q\" \\ \n\t\u{2028} é\u{8}\u{c}\u{1}".to_owned(),
+            ),
+            ("z".to_owned(), "1".to_owned()),
+            ("a.b/c".to_owned(), "x".to_owned()),
+        ]);
+        let config = String::from_utf8(config_json_with_labels("sha256:d", &labels)).unwrap();
+        assert!(
+            config.ends_with(concat!(
+                r#""config":{"Labels":{"a.b/c":"x","dev.carvel.imgpkg.bundle":"true","#,
+                r#""team":"a\u0026b \u003cc\u003e \"q\" \\ \n\t\u2028 é\b\f\u0001","z":"1"}}}"#
+            )),
+            "{config}"
+        );
+        // No labels: the bytes every bundle had before.
+        assert_eq!(
+            config_json("sha256:d"),
+            config_json_with_labels("sha256:d", &Default::default())
+        );
+        assert!(
+            String::from_utf8(config_json("sha256:d"))
+                .unwrap()
+                .ends_with(r#""config":{"Labels":{"dev.carvel.imgpkg.bundle":"true"}}}"#)
+        );
+    }
     use pretty_assertions::assert_eq;
 
     const DIFF_ID: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";

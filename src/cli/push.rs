@@ -29,6 +29,9 @@ pub(super) struct PushArgs {
     /// Path relative to an input directory left out of the bundle (repeatable).
     #[arg(long, value_name = "PATH", default_value = ".git")]
     file_exclusion: Vec<String>,
+    /// Set labels on the bundle's image config, as imgpkg: KEY=VALUE[,KEY=VALUE] (repeatable).
+    #[arg(short, long, value_name = "KEY=VALUE", value_delimiter = ',', value_parser = label)]
+    labels: Vec<(String, String)>,
     #[command(flatten)]
     registry: RegistryArgs,
 }
@@ -49,6 +52,7 @@ pub(super) fn run(args: &PushArgs, runtime: &tokio::runtime::Runtime) -> anyhow:
     let started = Instant::now();
     let options = BuildOptions {
         exclude: args.file_exclusion.clone(),
+        labels: args.labels.iter().cloned().collect(),
     };
     let cache = bundle::LayerCache::user_default();
     let built = bundle::build_with_cache(&args.file, &options, cache.as_ref())?;
@@ -121,9 +125,34 @@ fn human(bytes: u64) -> String {
     }
 }
 
+/// `KEY=VALUE` of `--labels`; the bundle label is imgpkg's own.
+fn label(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?}: expected KEY=VALUE"))?;
+    if key.is_empty() {
+        return Err(format!("{text:?}: the label has no key"));
+    }
+    if key == bundle::image::BUNDLE_LABEL {
+        return Err(format!(
+            "{key} is set on every bundle; choose another label"
+        ));
+    }
+    Ok((key.to_owned(), value.to_owned()))
+}
+
 #[cfg(test)]
 mod tests {
-    use super::human;
+    use super::{human, label};
+
+    #[test]
+    fn labels_are_key_value_and_never_the_bundle_label() {
+        assert_eq!(label("team=a=b"), Ok(("team".to_owned(), "a=b".to_owned())));
+        assert_eq!(label("empty="), Ok(("empty".to_owned(), String::new())));
+        assert!(label("novalue").is_err());
+        assert!(label("=v").is_err());
+        assert!(label("dev.carvel.imgpkg.bundle=false").is_err());
+    }
 
     #[test]
     fn sizes_read_well() {

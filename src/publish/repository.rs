@@ -338,7 +338,13 @@ pub async fn release(
             exclude.push(name.into_owned());
         }
     }
-    let built = bundle::build(&[root.to_owned()], &BuildOptions { exclude })?;
+    let built = bundle::build(
+        &[root.to_owned()],
+        &BuildOptions {
+            exclude,
+            ..BuildOptions::default()
+        },
+    )?;
     let pushed = bundle::push(registry, &built, target, &options.tags, &options.push).await?;
 
     let mut repository = PackageRepository::for_bundle(&options.name, &pushed.image);
