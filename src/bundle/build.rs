@@ -353,6 +353,13 @@ pub(crate) mod tests {
             "{config}"
         );
         assert_eq!(labelled.layer_digest(), plain.layer_digest());
+        // imgpkg sets the bundle label after the user's: it stays "true".
+        let overridden = BuildOptions {
+            labels: [("dev.carvel.imgpkg.bundle".to_owned(), "false".to_owned())].into(),
+            ..BuildOptions::default()
+        };
+        let overridden = build(&[dir.path().to_owned()], &overridden).unwrap();
+        assert_eq!(overridden.digest(), plain.digest());
         assert_ne!(labelled.digest(), plain.digest());
     }
 
