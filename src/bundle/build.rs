@@ -353,7 +353,8 @@ pub(crate) mod tests {
             "{config}"
         );
         assert_eq!(labelled.layer_digest(), plain.layer_digest());
-        // imgpkg sets the bundle label after the user's: it stays "true".
+        // The library sets the bundle label after the caller's, as imgpkg's bundle package
+        // does (its CLI refuses the key, and so does ours): it stays "true".
         let overridden = BuildOptions {
             labels: [("dev.carvel.imgpkg.bundle".to_owned(), "false".to_owned())].into(),
             ..BuildOptions::default()

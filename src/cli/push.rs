@@ -125,14 +125,19 @@ fn human(bytes: u64) -> String {
     }
 }
 
-/// `KEY=VALUE` of `--labels`. `dev.carvel.imgpkg.bundle` may be given but stays `true`, as
-/// imgpkg sets it after the user's labels (`pkg/imgpkg/bundle/contents.go`).
+/// `KEY=VALUE` of `--labels`; `dev.carvel.imgpkg.bundle` is reserved, as imgpkg's
+/// `validateFlags` says (`pkg/imgpkg/cmd/push.go`).
 fn label(text: &str) -> Result<(String, String), String> {
     let (key, value) = text
         .split_once('=')
         .ok_or_else(|| format!("{text:?}: expected KEY=VALUE"))?;
     if key.is_empty() {
         return Err(format!("{text:?}: the label has no key"));
+    }
+    if key == bundle::image::BUNDLE_LABEL {
+        return Err(format!(
+            "label '{key}' is reserved and cannot be overridden; use a different key"
+        ));
     }
     Ok((key.to_owned(), value.to_owned()))
 }
@@ -147,7 +152,7 @@ mod tests {
         assert_eq!(label("empty="), Ok(("empty".to_owned(), String::new())));
         assert!(label("novalue").is_err());
         assert!(label("=v").is_err());
-        assert!(label("dev.carvel.imgpkg.bundle=false").is_ok());
+        assert!(label("dev.carvel.imgpkg.bundle=false").is_err());
     }
 
     #[test]
