@@ -57,6 +57,10 @@ pub fn trials() -> Vec<Trial> {
         ),
         trial("cli_push_lock_output_and_pull", cli_push_and_pull),
         trial(
+            "cli_push_image_is_a_plain_image_with_labels",
+            cli_push_plain_image,
+        ),
+        trial(
             "layer_cache_skips_archiving_and_rebuilds_for_a_new_repository",
             layer_cache,
         ),
@@ -416,6 +420,56 @@ fn packsmith(args: &[&str]) -> anyhow::Result<std::process::Output> {
         .env("DOCKER_CONFIG", "/nonexistent")
         .output()
         .context("running packsmith")
+}
+
+/// imgpkg's `push -i`: the files as a generic image — no bundle label (so `pull -b` refuses
+/// it, as imgpkg does), no `.imgpkg` allowed, no lock output; `-l` labels it.
+async fn cli_push_plain_image(bed: &Bed) -> anyhow::Result<()> {
+    let files = tempfile::tempdir()?;
+    std::fs::write(files.path().join("notes.txt"), "plain\n")?;
+    let dir = files.path().to_string_lossy().into_owned();
+    let reference = format!("{}/{PREFIX}/plain:0.1.0", bed.registry);
+    let insecure = ["--registry-insecure-host", bed.registry.as_str()];
+    let run = |args: &[&str]| packsmith(&[args, &insecure[..]].concat());
+
+    let out = run(&["push", "-i", &reference, "-f", &dir, "-l", "team=payments"])?;
+    ensure!(
+        out.status.success(),
+        "push -i failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let image = stdout
+        .trim()
+        .strip_prefix("Pushed '")
+        .and_then(|s| s.strip_suffix('\''))
+        .with_context(|| format!("imgpkg's `Pushed '…'` line, got {stdout:?}"))?
+        .to_owned();
+
+    let work = tempfile::tempdir()?;
+    let pulled = work.path().join("pulled").to_string_lossy().into_owned();
+    let out = run(&["pull", "-b", &image, "-o", &pulled])?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && stderr.contains("not an imgpkg bundle"),
+        "pull -b of a plain image should be refused: {stderr}"
+    );
+
+    let bundle_tree = package_tree("plain")?;
+    let bundle_dir = bundle_tree.path().to_string_lossy().into_owned();
+    let out = run(&["push", "-i", &reference, "-f", &bundle_dir])?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && stderr.contains("cannot be pushed with a .imgpkg directory"),
+        "push -i of a bundle tree should be refused: {stderr}"
+    );
+    let lock = work.path().join("lock.yml").to_string_lossy().into_owned();
+    let out = run(&["push", "-i", &reference, "-f", &dir, "--lock-output", &lock])?;
+    ensure!(
+        !out.status.success(),
+        "push -i --lock-output should be refused"
+    );
+    Ok(())
 }
 
 /// The imgpkg drop-in: `push -b -f --lock-output` prints imgpkg's line and writes its lock;

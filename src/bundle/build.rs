@@ -23,6 +23,9 @@ pub struct BuildOptions {
     pub exclude: Vec<String>,
     /// Config labels beside `dev.carvel.imgpkg.bundle` (imgpkg's `push --labels`).
     pub labels: std::collections::BTreeMap<String, String>,
+    /// A generic image rather than a bundle (imgpkg's `push -i`): no bundle label, no
+    /// `.imgpkg` directory allowed.
+    pub plain_image: bool,
 }
 
 impl Default for BuildOptions {
@@ -30,6 +33,7 @@ impl Default for BuildOptions {
         BuildOptions {
             exclude: vec![".git".to_owned()],
             labels: Default::default(),
+            plain_image: false,
         }
     }
 }
@@ -185,7 +189,19 @@ pub fn build_with_cache(
     }
     let started = std::time::SystemTime::now();
     let tree = tree::walk(inputs, &options.exclude)?;
-    let images_lock = read_metadata(&tree.imgpkg_dir()?)?;
+    let images_lock = if options.plain_image {
+        // imgpkg's pushImage: "Images cannot be pushed with '.imgpkg' directories".
+        if let Some((dir, _)) = tree.imgpkg_dirs.first() {
+            return Err(BundleError::Invalid(format!(
+                "{}: an image cannot be pushed with a .imgpkg directory; push it as a bundle \
+                 (-b) instead",
+                dir.display()
+            )));
+        }
+        ImagesLock::new()
+    } else {
+        read_metadata(&tree.imgpkg_dir()?)?
+    };
     let mut stats = BuildStats {
         files: tree.files,
         dirs: tree.dirs,
@@ -233,7 +249,8 @@ pub fn build_with_cache(
         }
     };
 
-    let config_data = image::config_json_with_labels(&diff_id, &options.labels);
+    let config_data =
+        image::config_json_with_labels(&diff_id, &options.labels, !options.plain_image);
     let config_digest = image::sha256_digest(&config_data);
     let config = Blob::new(image::CONFIG_MEDIA_TYPE, config_data, config_digest);
     let manifest_data = image::manifest_json(&config.descriptor(), &layer.descriptor());

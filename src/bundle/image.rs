@@ -17,34 +17,43 @@ pub use crate::registry::{digest_string, sha256_digest};
 
 /// The image config: compact JSON in go-containerregistry's field order, zero timestamps.
 pub fn config_json(diff_id: &str) -> Vec<u8> {
-    config_json_with_labels(diff_id, &std::collections::BTreeMap::new())
+    config_json_with_labels(diff_id, &std::collections::BTreeMap::new(), true)
 }
 
-/// [`config_json`] with `labels` beside the bundle label (imgpkg's `push --labels`): Go's
-/// `encoding/json` prints a map with its keys sorted bytewise, as a `BTreeMap` iterates.
+/// [`config_json`] with `labels` beside the bundle label (imgpkg's `push --labels`), or
+/// without it for a plain image (`push -i`): Go's `encoding/json` prints a map with its keys
+/// sorted bytewise, as a `BTreeMap` iterates, and omits an empty `Labels` (`omitempty`).
 pub fn config_json_with_labels(
     diff_id: &str,
     labels: &std::collections::BTreeMap<String, String>,
+    bundle: bool,
 ) -> Vec<u8> {
     let mut all: std::collections::BTreeMap<&str, &str> = labels
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
-    all.insert(BUNDLE_LABEL, "true");
+    if bundle {
+        all.insert(BUNDLE_LABEL, "true");
+    }
     let labels = all
         .iter()
         .map(|(k, v)| format!("{}:{}", go_json_string(k), go_json_string(v)))
         .collect::<Vec<_>>()
         .join(",");
+    let config = if labels.is_empty() {
+        String::new()
+    } else {
+        format!(r#""Labels":{{{labels}}}"#)
+    };
     format!(
         concat!(
             r#"{{"architecture":"","created":"0001-01-01T00:00:00Z","#,
             r#""history":[{{"author":"imgpkg","created":"0001-01-01T00:00:00Z","created_by":"imgpkg"}}],"#,
             r#""os":"","rootfs":{{"type":"layers","diff_ids":["{diff_id}"]}},"#,
-            r#""config":{{"Labels":{{{labels}}}}}}}"#
+            r#""config":{{{config}}}}}"#
         ),
         diff_id = diff_id,
-        labels = labels,
+        config = config,
     )
     .into_bytes()
 }
@@ -248,7 +257,7 @@ mod tests {
             ("z".to_owned(), "1".to_owned()),
             ("a.b/c".to_owned(), "x".to_owned()),
         ]);
-        let config = String::from_utf8(config_json_with_labels("sha256:d", &labels)).unwrap();
+        let config = String::from_utf8(config_json_with_labels("sha256:d", &labels, true)).unwrap();
         assert!(
             config.ends_with(concat!(
                 r#""config":{"Labels":{"a.b/c":"x","dev.carvel.imgpkg.bundle":"true","#,
@@ -259,7 +268,7 @@ mod tests {
         // No labels: the bytes every bundle had before.
         assert_eq!(
             config_json("sha256:d"),
-            config_json_with_labels("sha256:d", &Default::default())
+            config_json_with_labels("sha256:d", &Default::default(), true)
         );
         assert!(
             String::from_utf8(config_json("sha256:d"))

@@ -13,10 +13,16 @@ use crate::carvel::BundleLock;
 use super::registry::{RegistryArgs, registry_host};
 
 #[derive(Args, Debug)]
+#[group(id = "target", required = true, multiple = false, args = ["bundle", "image"])]
 pub(super) struct PushArgs {
-    /// Where to push: REPO:TAG, or oci-layout:DIR[:TAG] for an OCI image layout on disk.
+    /// Where to push the bundle: REPO:TAG, or oci-layout:DIR[:TAG] for an OCI image layout on
+    /// disk.
     #[arg(short, long, value_name = "REF")]
-    bundle: String,
+    bundle: Option<String>,
+    /// Push the files as a generic image instead (imgpkg's -i): no bundle label, and no
+    /// .imgpkg directory among them.
+    #[arg(short, long, value_name = "REF", conflicts_with = "lock_output")]
+    image: Option<String>,
     /// Directory (or file) to push (repeatable); one of them must hold .imgpkg/images.yml.
     #[arg(short, long, required = true)]
     file: Vec<PathBuf>,
@@ -37,12 +43,14 @@ pub(super) struct PushArgs {
 }
 
 pub(super) fn run(args: &PushArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
-    let location = Location::parse(&args.bundle)?;
+    let (flag, target) = match (&args.bundle, &args.image) {
+        (Some(bundle), _) => ("--bundle", bundle),
+        (None, Some(image)) => ("--image", image),
+        (None, None) => anyhow::bail!("push needs --bundle (-b) or --image (-i)"),
+    };
+    let location = Location::parse(target)?;
     if location.digest().is_some() {
-        anyhow::bail!(
-            "--bundle {}: push needs a tag (REPO:TAG), not a digest",
-            args.bundle
-        );
+        anyhow::bail!("{flag} {target}: push needs a tag (REPO:TAG), not a digest");
     }
     let registry = args.registry.registry(registry_host(&location))?;
     let tag = location.tag().map(str::to_owned);
@@ -53,6 +61,7 @@ pub(super) fn run(args: &PushArgs, runtime: &tokio::runtime::Runtime) -> anyhow:
     let options = BuildOptions {
         exclude: args.file_exclusion.clone(),
         labels: args.labels.iter().cloned().collect(),
+        plain_image: args.image.is_some(),
     };
     let cache = bundle::LayerCache::user_default();
     let built = bundle::build_with_cache(&args.file, &options, cache.as_ref())?;
