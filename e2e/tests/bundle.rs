@@ -61,6 +61,10 @@ pub fn trials() -> Vec<Trial> {
             cli_push_plain_image,
         ),
         trial(
+            "values_of_a_pushed_bundle_are_those_of_its_directory",
+            values_of_a_pushed_bundle,
+        ),
+        trial(
             "layer_cache_skips_archiving_and_rebuilds_for_a_new_repository",
             layer_cache,
         ),
@@ -420,6 +424,43 @@ fn packsmith(args: &[&str]) -> anyhow::Result<std::process::Output> {
         .env("DOCKER_CONFIG", "/nonexistent")
         .output()
         .context("running packsmith")
+}
+
+/// `packsmith values REF` (the seed's get-package-config) pulls the bundle and prints the
+/// same default values and schema as `packsmith values DIR` on the directory pushed.
+async fn values_of_a_pushed_bundle(bed: &Bed) -> anyhow::Result<()> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/tce/external-dns/0.12.2/bundle");
+    let dir_arg = dir.to_string_lossy().into_owned();
+    let reference = format!("{}/{PREFIX}/values:0.12.2", bed.registry);
+    let insecure = ["--registry-insecure-host", bed.registry.as_str()];
+    let run = |args: &[&str]| -> anyhow::Result<String> {
+        let out = packsmith(&[args, &insecure[..]].concat())?;
+        ensure!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8(out.stdout)?)
+    };
+    let pushed = run(&["push", "-b", &reference, "-f", &dir_arg])?;
+    let image = pushed
+        .trim()
+        .strip_prefix("Pushed '")
+        .and_then(|s| s.strip_suffix('\''))
+        .with_context(|| format!("push printed {pushed:?}"))?
+        .to_owned();
+    for extra in [&[][..], &["--schema"][..]] {
+        let local = run(&[&["values", &dir_arg][..], extra].concat())?;
+        let remote = run(&[&["values", &image][..], extra].concat())?;
+        ensure!(!local.is_empty(), "no values printed for {dir_arg}");
+        assert_eq!(remote, local, "values {extra:?}");
+    }
+    let values = run(&["values", &image])?;
+    ensure!(
+        values.contains("deployment:") && values.contains("aws: null"),
+        "{values}"
+    );
+    Ok(())
 }
 
 /// imgpkg's `push -i`: the files as a generic image — no bundle label (so `pull -b` refuses

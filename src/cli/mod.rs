@@ -11,6 +11,7 @@ mod registry;
 mod release;
 mod repo;
 mod sync;
+mod values;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -47,6 +48,8 @@ enum Command {
     Push(push::PushArgs),
     /// Pull an imgpkg bundle into a directory.
     Pull(pull::PullArgs),
+    /// Print a package's default values, or its values schema, from a directory or a bundle.
+    Values(values::ValuesArgs),
     /// Sync, lock, push and write Package + PackageMetadata for a package directory.
     Release(release::ReleaseArgs),
     /// Package repositories.
@@ -212,6 +215,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Lock(args) => lock::run(&args, &runtime()?),
         Command::Push(args) => push::run(&args, &runtime()?).map(|()| ExitCode::SUCCESS),
         Command::Pull(args) => pull::run(&args, &runtime()?).map(|()| ExitCode::SUCCESS),
+        Command::Values(args) => values::run(&args, &runtime()?).map(|()| ExitCode::SUCCESS),
         Command::Release(args) => release::run(&args, &runtime()?).map(|()| ExitCode::SUCCESS),
         Command::Repo(RepoCommand::Release(args)) => {
             repo::run(&args, &runtime()?).map(|()| ExitCode::SUCCESS)
