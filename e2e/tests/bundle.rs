@@ -65,6 +65,10 @@ pub fn trials() -> Vec<Trial> {
             values_of_a_pushed_bundle,
         ),
         trial(
+            "describe_lists_files_locked_images_and_nested_bundles",
+            describe_a_bundle,
+        ),
+        trial(
             "layer_cache_skips_archiving_and_rebuilds_for_a_new_repository",
             layer_cache,
         ),
@@ -424,6 +428,88 @@ fn packsmith(args: &[&str]) -> anyhow::Result<std::process::Output> {
         .env("DOCKER_CONFIG", "/nonexistent")
         .output()
         .context("running packsmith")
+}
+
+/// `packsmith describe REF`: the files, each locked image with the reference it was locked
+/// from, and which of them are bundles themselves — in a table and as JSON.
+async fn describe_a_bundle(bed: &Bed) -> anyhow::Result<()> {
+    let insecure = ["--registry-insecure-host", bed.registry.as_str()];
+    let run = |args: &[&str]| -> anyhow::Result<String> {
+        let out = packsmith(&[args, &insecure[..]].concat())?;
+        ensure!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8(out.stdout)?)
+    };
+    let pushed = |out: String| -> anyhow::Result<String> {
+        Ok(out
+            .trim()
+            .strip_prefix("Pushed '")
+            .and_then(|s| s.strip_suffix('\''))
+            .with_context(|| format!("push printed {out:?}"))?
+            .to_owned())
+    };
+    let inner = package_tree("describe-inner")?;
+    let inner_image = pushed(run(&[
+        "push",
+        "-b",
+        &format!("{}/{PREFIX}/describe-inner:1", bed.registry),
+        "-f",
+        &inner.path().to_string_lossy(),
+    ])?)?;
+    let plain = tempfile::tempdir()?;
+    std::fs::write(plain.path().join("data.txt"), "d\n")?;
+    let plain_image = pushed(run(&[
+        "push",
+        "-i",
+        &format!("{}/{PREFIX}/describe-plain:1", bed.registry),
+        "-f",
+        &plain.path().to_string_lossy(),
+    ])?)?;
+    let outer = tempfile::tempdir()?;
+    std::fs::create_dir_all(outer.path().join(".imgpkg"))?;
+    std::fs::write(outer.path().join("config.yml"), "a: 1\n")?;
+    std::fs::write(
+        outer.path().join(".imgpkg/images.yml"),
+        format!(
+            "---\napiVersion: imgpkg.carvel.dev/v1alpha1\nkind: ImagesLock\nimages:\n\
+             - image: {inner_image}\n  annotations:\n    kbld.carvel.dev/id: inner:1\n\
+             - image: {plain_image}\n"
+        ),
+    )?;
+    let outer_image = pushed(run(&[
+        "push",
+        "-b",
+        &format!("{}/{PREFIX}/describe-outer:1", bed.registry),
+        "-f",
+        &outer.path().to_string_lossy(),
+    ])?)?;
+
+    let json: serde_json::Value =
+        serde_json::from_str(&run(&["describe", &outer_image, "-o", "json"])?)?;
+    assert_eq!(json["bundle"], serde_json::json!(outer_image));
+    let files: Vec<&str> = json["files"]
+        .as_array()
+        .context("files")?
+        .iter()
+        .filter_map(|f| f["path"].as_str())
+        .collect();
+    assert_eq!(files, [".imgpkg/images.yml", "config.yml"]);
+    assert_eq!(
+        json["images"],
+        serde_json::json!([
+            {"image": inner_image, "original": "inner:1", "bundle": true},
+            {"image": plain_image, "bundle": false},
+        ])
+    );
+    let table = run(&["describe", &outer_image])?;
+    ensure!(
+        table.contains("IMAGE") && table.contains("LOCKED FROM") && table.contains("inner:1"),
+        "{table}"
+    );
+    Ok(())
 }
 
 /// `packsmith values REF` (the seed's get-package-config) pulls the bundle and prints the

@@ -3,6 +3,7 @@
 //! Each subcommand is a thin front end over the library stage of the same name; exit codes:
 //! 0 success, 1 failure (the error is on stderr), 2 usage errors and commands not built yet.
 
+mod describe;
 mod init;
 mod lock;
 mod pull;
@@ -50,6 +51,8 @@ enum Command {
     Pull(pull::PullArgs),
     /// Print a package's default values, or its values schema, from a directory or a bundle.
     Values(values::ValuesArgs),
+    /// Show what a bundle holds: files, locked images, nested bundles, packages.
+    Describe(describe::DescribeArgs),
     /// Sync, lock, push and write Package + PackageMetadata for a package directory.
     Release(release::ReleaseArgs),
     /// Package repositories.
@@ -216,6 +219,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Push(args) => push::run(&args, &runtime()?).map(|()| ExitCode::SUCCESS),
         Command::Pull(args) => pull::run(&args, &runtime()?).map(|()| ExitCode::SUCCESS),
         Command::Values(args) => values::run(&args, &runtime()?).map(|()| ExitCode::SUCCESS),
+        Command::Describe(args) => describe::run(&args, &runtime()?).map(|()| ExitCode::SUCCESS),
         Command::Release(args) => release::run(&args, &runtime()?).map(|()| ExitCode::SUCCESS),
         Command::Repo(RepoCommand::Release(args)) => {
             repo::run(&args, &runtime()?).map(|()| ExitCode::SUCCESS)

@@ -517,7 +517,7 @@ fn listed_images(bundle_dir: &Path) -> Result<Vec<String>, FetchError> {
 
 /// Whether the image at `reference` is an imgpkg bundle: a single image (not an index) whose
 /// config carries the bundle label.
-async fn is_bundle(
+pub(crate) async fn is_bundle(
     registry: &Registry,
     reference: &Reference,
     limits: &Limits,

@@ -39,6 +39,7 @@ pub use archive::ArchiveError;
 pub use cache::{Evicted, evict, user_default as default_cache_dir};
 pub use error::{FetchError, SyncError};
 pub use filter::{FilterError, Glob, PathFilter};
+pub(crate) use image::is_bundle;
 pub use options::{Limits, MemorySecrets, Policy, Secret, SecretSource, SyncOptions};
 
 /// Removes credentials from a URL for messages: userinfo and query values.
