@@ -5,7 +5,7 @@
 //! `pkg/imgpkg/bundle/bundle_config.go`; kbld `pkg/kbld/cmd/resolve.go` for how kbld writes an
 //! ImagesLock (`--imgpkg-lock-output`) and its annotations.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -95,14 +95,14 @@ impl ImagesLock {
     }
 
     /// The file kbld writes with `--imgpkg-lock-output`: a leading `---`, keys sorted, entries
-    /// sorted by original reference (`kbld.carvel.dev/id`, else the image), and — as kbld's
-    /// `AddImageRef` does — only the first entry for each digest reference.
+    /// sorted by original reference (`kbld.carvel.dev/id`, else the image) — one per
+    /// reference, even when two resolve to the same digest: kbld's `emitLockOutput` appends
+    /// every processed image (`pkg/kbld/cmd/resolve.go`), and kapp-controller's kbld step looks
+    /// each reference up by its id.
     pub fn to_kbld_yaml(&self) -> Result<String, Error> {
         self.validate()?;
         let mut images: Vec<&ImageRef> = self.images.iter().collect();
         images.sort_by(|a, b| a.original_reference().cmp(b.original_reference()));
-        let mut seen = HashSet::new();
-        images.retain(|image| seen.insert(image.image.as_str()));
         let sorted = ImagesLock {
             images: images.into_iter().cloned().collect(),
             ..self.clone()
@@ -356,6 +356,13 @@ images:
   image: quay.io/jetstack/cert-manager-cainjector@{DIGEST_A}
 - annotations:
     kbld.carvel.dev/id: quay.io/jetstack/cert-manager-controller:v1.9
+  image: quay.io/jetstack/cert-manager-controller@{DIGEST_B}
+- annotations:
+    kbld.carvel.dev/id: quay.io/jetstack/cert-manager-controller:v1.9.1
+    kbld.carvel.dev/origins: |
+      - resolved:
+          tag: v1.9.1
+          url: quay.io/jetstack/cert-manager-controller:v1.9.1
   image: quay.io/jetstack/cert-manager-controller@{DIGEST_B}
 kind: ImagesLock
 "
