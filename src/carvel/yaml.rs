@@ -26,6 +26,8 @@ fn parse_options() -> serde_saphyr::Options {
     let mut options = serde_saphyr::Options::default();
     // vendir's `permissions: 0755` means rwxr-xr-x, as it does for go-yaml v2.
     options.legacy_octal_numbers = true;
+    // Comments are read past, as go-yaml does, however many there are in a row.
+    options.emit_comments = false;
     options
 }
 

@@ -59,6 +59,10 @@ fn options(limits: &YamlLimits) -> Options {
     options.with_snippet = false;
     // go-yaml v2 reads YAML 1.1: `0755` is octal.
     options.legacy_octal_numbers = true;
+    // Comments are only read past, as go-yaml does: kept as events, a ytt template's long run
+    // of `#!` lines inside a mapping overflowed the parser's look-ahead buffer ("too many
+    // buffered comments"). The file's size cap still bounds them.
+    options.emit_comments = false;
     options
 }
 
@@ -255,6 +259,21 @@ mod tests {
             docs,
             vec![json!({"a": 2, "80": "http", "true": true, "mode": 493, "inf": ".inf"})]
         );
+    }
+
+    #[test]
+    fn runs_of_comments_of_any_length_are_read_past() {
+        // A ytt template's `#!` documentation inside a mapping: go-yaml reads past any number
+        // of comment lines (this overflowed a 96-event look-ahead buffer before).
+        let comments: String = (0..3000).map(|i| format!("  #! line {i}\n")).collect();
+        let text = format!("a:\n{comments}  image: nginx:1.25\n#! trailing\n");
+        assert_eq!(
+            parse(&text).expect("parse"),
+            vec![json!({"a": {"image": "nginx:1.25"}})]
+        );
+        let carvel: serde_json::Value =
+            crate::carvel::yaml::from_str("test", &text).expect("carvel parse");
+        assert_eq!(carvel, json!({"a": {"image": "nginx:1.25"}}));
     }
 
     #[test]
