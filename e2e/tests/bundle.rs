@@ -430,27 +430,33 @@ fn packsmith(args: &[&str]) -> anyhow::Result<std::process::Output> {
         .context("running packsmith")
 }
 
+/// Runs the CLI against the bed's plain registry; its stdout, or an error with its stderr.
+fn packsmith_ok(bed: &Bed, args: &[&str]) -> anyhow::Result<String> {
+    let insecure = ["--registry-insecure-host", bed.registry.as_str()];
+    let out = packsmith(&[args, &insecure[..]].concat())?;
+    ensure!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+/// The digest reference of imgpkg's `Pushed '…'` line.
+fn pushed_image(stdout: &str) -> anyhow::Result<String> {
+    Ok(stdout
+        .trim()
+        .strip_prefix("Pushed '")
+        .and_then(|s| s.strip_suffix('\''))
+        .with_context(|| format!("imgpkg's `Pushed '…'` line, got {stdout:?}"))?
+        .to_owned())
+}
+
 /// `packsmith describe REF`: the files, each locked image with the reference it was locked
 /// from, and which of them are bundles themselves — in a table and as JSON.
 async fn describe_a_bundle(bed: &Bed) -> anyhow::Result<()> {
-    let insecure = ["--registry-insecure-host", bed.registry.as_str()];
-    let run = |args: &[&str]| -> anyhow::Result<String> {
-        let out = packsmith(&[args, &insecure[..]].concat())?;
-        ensure!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8(out.stdout)?)
-    };
-    let pushed = |out: String| -> anyhow::Result<String> {
-        Ok(out
-            .trim()
-            .strip_prefix("Pushed '")
-            .and_then(|s| s.strip_suffix('\''))
-            .with_context(|| format!("push printed {out:?}"))?
-            .to_owned())
-    };
+    let run = |args: &[&str]| packsmith_ok(bed, args);
+    let pushed = |out: String| pushed_image(&out);
     let inner = package_tree("describe-inner")?;
     let inner_image = pushed(run(&[
         "push",
@@ -518,23 +524,8 @@ async fn values_of_a_pushed_bundle(bed: &Bed) -> anyhow::Result<()> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/tce/external-dns/0.12.2/bundle");
     let dir_arg = dir.to_string_lossy().into_owned();
     let reference = format!("{}/{PREFIX}/values:0.12.2", bed.registry);
-    let insecure = ["--registry-insecure-host", bed.registry.as_str()];
-    let run = |args: &[&str]| -> anyhow::Result<String> {
-        let out = packsmith(&[args, &insecure[..]].concat())?;
-        ensure!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8(out.stdout)?)
-    };
-    let pushed = run(&["push", "-b", &reference, "-f", &dir_arg])?;
-    let image = pushed
-        .trim()
-        .strip_prefix("Pushed '")
-        .and_then(|s| s.strip_suffix('\''))
-        .with_context(|| format!("push printed {pushed:?}"))?
-        .to_owned();
+    let run = |args: &[&str]| packsmith_ok(bed, args);
+    let image = pushed_image(&run(&["push", "-b", &reference, "-f", &dir_arg])?)?;
     for extra in [&[][..], &["--schema"][..]] {
         let local = run(&[&["values", &dir_arg][..], extra].concat())?;
         let remote = run(&[&["values", &image][..], extra].concat())?;
@@ -565,13 +556,7 @@ async fn cli_push_plain_image(bed: &Bed) -> anyhow::Result<()> {
         "push -i failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let image = stdout
-        .trim()
-        .strip_prefix("Pushed '")
-        .and_then(|s| s.strip_suffix('\''))
-        .with_context(|| format!("imgpkg's `Pushed '…'` line, got {stdout:?}"))?
-        .to_owned();
+    let image = pushed_image(&String::from_utf8_lossy(&out.stdout))?;
 
     let work = tempfile::tempdir()?;
     let pulled = work.path().join("pulled").to_string_lossy().into_owned();

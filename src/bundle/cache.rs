@@ -63,11 +63,7 @@ impl LayerCache {
     /// The CLI's cache: `$XDG_CACHE_HOME/packsmith/layers`, else `~/.cache/packsmith/layers`.
     /// Never beside the bundle, where it would end up inside the next push.
     pub fn user_default() -> Option<Self> {
-        let base = std::env::var_os("XDG_CACHE_HOME")
-            .filter(|d| Path::new(d).is_absolute())
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))?;
-        Some(Self::new(base.join("packsmith/layers")))
+        crate::user_cache_dir("layers").map(Self::new)
     }
 
     pub fn dir(&self) -> &Path {

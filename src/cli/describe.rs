@@ -10,6 +10,7 @@ use std::path::Path;
 
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
+use futures::StreamExt as _;
 use serde::Serialize;
 
 use super::registry::{RegistryArgs, registry_host};
@@ -91,23 +92,31 @@ pub(super) fn run(args: &DescribeArgs, runtime: &tokio::runtime::Runtime) -> any
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => ImagesLock::new(),
         Err(e) => return Err(e).context("reading .imgpkg/images.yml"),
     };
-    let mut images = Vec::new();
-    for locked in &lock.images {
-        let reference = crate::registry::parse_reference(&locked.image)?;
-        let nested = runtime
-            .block_on(crate::sync::is_bundle(
-                &registry,
-                &reference,
-                &crate::sync::Limits::default(),
-            ))
-            .with_context(|| format!("inspecting {}", locked.image))?;
-        images.push(Image {
-            image: locked.image.clone(),
-            original: locked.annotations.get(KBLD_ID_ANNOTATION).cloned(),
-            origins: locked.annotations.get(KBLD_ORIGINS_ANNOTATION).cloned(),
-            bundle: nested,
-        });
-    }
+    // Whether each image is a bundle: one manifest and one config each, asked concurrently.
+    let limits = crate::sync::Limits::default();
+    let checks = lock.images.iter().map(|locked| {
+        let (registry, limits) = (&registry, &limits);
+        async move {
+            let reference = crate::registry::parse_reference(&locked.image)?;
+            let nested = crate::sync::is_bundle(registry, &reference, limits)
+                .await
+                .with_context(|| format!("inspecting {}", locked.image))?;
+            anyhow::Ok(Image {
+                image: locked.image.clone(),
+                original: locked.annotations.get(KBLD_ID_ANNOTATION).cloned(),
+                origins: locked.annotations.get(KBLD_ORIGINS_ANNOTATION).cloned(),
+                bundle: nested,
+            })
+        }
+    });
+    let images: Vec<Image> = runtime
+        .block_on(
+            futures::stream::iter(checks)
+                .buffered(registry.concurrency())
+                .collect::<Vec<_>>(),
+        )
+        .into_iter()
+        .collect::<anyhow::Result<_>>()?;
     let description = Description {
         bundle: pulled.image.clone(),
         files: files(&root)?,

@@ -317,7 +317,8 @@ pub(super) async fn bundle_registry(
     egress: &Egress,
 ) -> Result<Registry, Failure> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let mut credentials = operator_credentials(defaults, bundle, mirrors);
+    let mut options = target_registry_options(bundle, mirrors, Credentials::default(), Vec::new());
+    let mut credentials = operator_credentials(defaults, &options);
     if let Some(secret_ref) = &bundle.secret_ref {
         let r = ContentRef {
             kind: RefKind::Secret,
@@ -353,7 +354,8 @@ pub(super) async fn bundle_registry(
             })?;
         ca_pems.push(pem);
     }
-    let mut options = target_registry_options(bundle, mirrors, credentials, ca_pems);
+    options.credentials = credentials;
+    options.ca_pems = ca_pems;
     options.egress = egress.clone();
     Registry::new(options).map_err(|e| {
         stalled(
@@ -367,21 +369,16 @@ pub(super) async fn bundle_registry(
 /// to (`bundle.insecure`, an insecure mirror) — the operator's password would cross the
 /// network in the clear to an address a tenant chose. The object's own `bundle.secretRef` is
 /// its own business and still applies there.
-fn operator_credentials(
-    defaults: &Credentials,
-    bundle: &BundleTarget,
-    mirrors: &[RegistryMirror],
-) -> Credentials {
+fn operator_credentials(defaults: &Credentials, options: &RegistryOptions) -> Credentials {
     let mut credentials = defaults.clone();
-    if bundle.insecure
-        && let Some(host) = bundle.repository.split('/').next()
+    let insecure_mirrors = options.mirrors.iter().filter(|m| m.insecure);
+    for host in options
+        .insecure_hosts
+        .iter()
+        .map(String::as_str)
+        .chain(insecure_mirrors.map(|m| m.host()))
     {
         credentials.forget(host);
-    }
-    for mirror in mirrors.iter().map(RegistryMirror::to_registry_mirror) {
-        if mirror.insecure {
-            credentials.forget(mirror.host());
-        }
     }
     credentials
 }
@@ -576,7 +573,7 @@ contents:
         let mut defaults = Credentials::basic("r.io", "operator", "secret");
         defaults.merge(Credentials::basic("127.0.0.1:5000", "operator", "secret"));
         defaults.merge(Credentials::basic("quay.io", "operator", "secret"));
-        let kept = operator_credentials(&defaults, &s.bundle, &s.images.mirrors);
+        let kept = operator_credentials(&defaults, &options);
         assert_eq!(kept.auth_for("r.io"), RegistryAuth::Anonymous);
         assert_eq!(kept.auth_for("127.0.0.1:5000"), RegistryAuth::Anonymous);
         assert_eq!(

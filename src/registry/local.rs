@@ -38,7 +38,7 @@ pub(crate) fn falls_back_to_http(host: &str) -> bool {
 /// `name` of `name[:port]` when the port, if any, is digits (go's `(?::\d{1,5})?$`).
 fn strip_port(host: &str) -> Option<&str> {
     match host.rsplit_once(':') {
-        Some((name, port)) if is_port(&format!(":{port}")) => Some(name),
+        Some((name, port)) if is_port_number(port) => Some(name),
         Some(_) => None,
         None => Some(host),
     }
@@ -46,8 +46,11 @@ fn strip_port(host: &str) -> Option<&str> {
 
 /// `:` followed by one to five digits.
 fn is_port(text: &str) -> bool {
-    text.strip_prefix(':')
-        .is_some_and(|p| (1..=5).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit()))
+    text.strip_prefix(':').is_some_and(is_port_number)
+}
+
+fn is_port_number(port: &str) -> bool {
+    (1..=5).contains(&port.len()) && port.bytes().all(|b| b.is_ascii_digit())
 }
 
 fn is_rfc1918(ip: Ipv4Addr) -> bool {

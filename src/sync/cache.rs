@@ -17,11 +17,7 @@ use std::time::SystemTime;
 
 /// `$XDG_CACHE_HOME/packsmith/sync`, else `~/.cache/packsmith/sync`.
 pub fn user_default() -> Option<PathBuf> {
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .filter(|d| Path::new(d).is_absolute())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))?;
-    Some(base.join("packsmith/sync"))
+    crate::user_cache_dir("sync")
 }
 
 /// Held for the whole sync: evictions wait for no one and skip a cache in use.
