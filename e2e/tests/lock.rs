@@ -715,6 +715,67 @@ async fn tag_and_platform_selection(bed: &Bed) -> anyhow::Result<()> {
     );
     assert_eq!(locked.resolution.selections, 3);
 
+    // kbld's --platform: every reference, digest references included, resolves to the
+    // platform's image; an override's own platformSelection wins over the flag.
+    let amd64 = multi
+        .images
+        .iter()
+        .find(|image| image.architecture == "amd64")
+        .context("the fixture has an amd64 image")?
+        .manifest
+        .digest
+        .clone();
+    let dir = manifest_tree(&[
+        (
+            "m.yml",
+            &format!(
+                "a:\n  image: quay.io/multi:1.0\nb:\n  image: quay.io/multi@{}\nc:\n  image: \
+                 pinned\n",
+                multi.digest()
+            ),
+        ),
+        (
+            "z-kbld.yml",
+            "apiVersion: kbld.k14s.io/v1alpha1\nkind: Config\noverrides:\n- image: pinned\n  \
+             newImage: quay.io/multi:1.0\n  platformSelection:\n    architecture: amd64\n",
+        ),
+    ])?;
+    let options = ResolveOptions {
+        platform: Some("linux/arm64".parse().map_err(anyhow::Error::msg)?),
+        ..ResolveOptions::default()
+    };
+    let locked = lock_dir(dir.path(), &registry, &options).await?;
+    let images = &locked.resolution.images;
+    assert_eq!(
+        images["quay.io/multi:1.0"].image,
+        format!("quay.io/multi@{arm64}")
+    );
+    assert_eq!(
+        images[&format!("quay.io/multi@{}", multi.digest())].image,
+        format!("quay.io/multi@{arm64}")
+    );
+    assert_eq!(images["pinned"].image, format!("quay.io/multi@{amd64}"));
+    // The CLI flag reaches the same resolution.
+    let tree = dir.path().display().to_string();
+    let mirror = format!("quay.io={}/{prefix}", bed.registry);
+    let out = packsmith(&[
+        "lock",
+        "-f",
+        &tree,
+        "--platform",
+        "linux/arm64",
+        "--registry-mirror",
+        &mirror,
+        "--registry-insecure-host",
+        &bed.registry,
+    ])?;
+    ensure!(out.status.success(), "{out:?}");
+    let printed = String::from_utf8(out.stdout)?;
+    ensure!(
+        printed.matches(arm64.as_str()).count() == 2 && printed.contains(amd64.as_str()),
+        "{printed}"
+    );
+
     // Constraints nothing satisfies name the repository and the constraints.
     let dir = manifest_tree(&[(
         "m.yml",

@@ -94,6 +94,37 @@ pub struct PlatformSelection {
     pub features: Vec<String>,
 }
 
+impl std::str::FromStr for PlatformSelection {
+    type Err = String;
+
+    /// kbld's `--platform` (`NewPlatformSelection` in its `cmd/resolve.go`, itself crane's
+    /// parser): `os/arch[/variant][:os.version]`, e.g. `linux/arm/v7`.
+    fn from_str(platform: &str) -> Result<Self, Self::Err> {
+        let (parts, os_version) = match platform.split_once(':') {
+            Some((parts, version)) => (parts, version),
+            None => (platform, ""),
+        };
+        let parts: Vec<&str> = parts.split('/').collect();
+        let (os, architecture, variant) = match parts[..] {
+            [os, architecture] => (os, architecture, ""),
+            [os, architecture, variant] => (os, architecture, variant),
+            [_] => {
+                return Err(format!(
+                    "platform {platform:?}: expected os/arch[/variant], e.g. linux/amd64"
+                ));
+            }
+            _ => return Err(format!("platform {platform:?}: too many slashes")),
+        };
+        Ok(PlatformSelection {
+            architecture: architecture.to_owned(),
+            os: os.to_owned(),
+            os_version: os_version.to_owned(),
+            variant: variant.to_owned(),
+            ..PlatformSelection::default()
+        })
+    }
+}
+
 /// Where to look for image references and what to do with a match. The first matching rule
 /// wins; kbld appends its default rule (any `image` key) last.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -435,6 +466,26 @@ fn validate_search_rules(rules: &[SearchRule], field: &str) -> Result<(), String
 mod tests {
     use super::*;
     use pretty_assertions::assert_eq;
+
+    /// kbld's `--platform` values, as its `NewPlatformSelection` (crane's parser) reads them.
+    #[test]
+    fn platform_flags_read_as_kbld_reads_them() {
+        let parsed: PlatformSelection = "linux/arm/v7".parse().unwrap();
+        assert_eq!(
+            (&*parsed.os, &*parsed.architecture, &*parsed.variant),
+            ("linux", "arm", "v7")
+        );
+        let parsed: PlatformSelection = "windows/amd64:10.0.17763.1879".parse().unwrap();
+        assert_eq!(
+            (&*parsed.os, &*parsed.architecture, &*parsed.os_version),
+            ("windows", "amd64", "10.0.17763.1879")
+        );
+        assert!(parsed.variant.is_empty());
+        let error = "amd64".parse::<PlatformSelection>().unwrap_err();
+        assert!(error.contains("os/arch"), "{error}");
+        let error = "linux/arm/v7/x".parse::<PlatformSelection>().unwrap_err();
+        assert!(error.contains("too many slashes"), "{error}");
+    }
 
     #[test]
     fn path_parts_read_every_spelling_and_write_kblds() {

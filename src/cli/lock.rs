@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use clap::Args;
 
 use super::registry::RegistryArgs;
+use crate::carvel::kbld::PlatformSelection;
 use crate::lock::{self, LockConfig, ResolveOptions, Written};
 use crate::registry::{Registry, RegistryOptions};
 
@@ -44,6 +45,11 @@ pub(super) struct LockArgs {
     /// (missing, or with entries no manifest uses). For CI and reproducible releases.
     #[arg(long, conflicts_with = "list")]
     locked: bool,
+    /// Lock every multi-platform index to this platform's image, as kbld's --platform
+    /// (os/arch[/variant][:os.version], e.g. linux/arm64). Digest references are looked up
+    /// too; preresolved entries are not; an override's own platformSelection wins.
+    #[arg(long, value_name = "OS/ARCH")]
+    platform: Option<PlatformSelection>,
     #[command(flatten)]
     registry: RegistryArgs,
 }
@@ -63,6 +69,7 @@ pub(super) fn run(args: &LockArgs, runtime: &tokio::runtime::Runtime) -> anyhow:
     let options = ResolveOptions {
         concurrency: Some(args.concurrency),
         offline: args.locked,
+        platform: args.platform.clone(),
         ..ResolveOptions::default()
     };
     let mut inputs = args.file.clone();

@@ -42,6 +42,9 @@ pub struct ResolveOptions {
     /// preresolved overrides only. A reference that would need a registry is an error, so
     /// nothing is ever asked of one.
     pub offline: bool,
+    /// kbld's `--platform`: every reference not preresolved (digest references too) resolves
+    /// to this platform's image of an index; an override's own `platformSelection` wins.
+    pub platform: Option<PlatformSelection>,
 }
 
 impl Default for ResolveOptions {
@@ -51,6 +54,7 @@ impl Default for ResolveOptions {
             backoff: Duration::from_millis(250),
             concurrency: None,
             offline: false,
+            platform: None,
         }
     }
 }
@@ -121,7 +125,7 @@ pub async fn resolve(
     let mut errors = Vec::new();
     let mut plans = BTreeMap::new();
     for (id, location) in &discovery.references {
-        match plan(id, location, discovery) {
+        match plan(id, location, discovery, options.platform.as_ref()) {
             Ok(Pending::Done(entry)) => {
                 plans.insert(id.clone(), Pending::Done(entry));
             }
@@ -337,7 +341,12 @@ fn selection_key(repository: &str, selection: &VersionSelection) -> String {
     format!("{repository}#{selection:?}")
 }
 
-fn plan(id: &str, location: &Location, discovery: &Discovery) -> Result<Pending, LockError> {
+fn plan(
+    id: &str,
+    location: &Location,
+    discovery: &Discovery,
+    global_platform: Option<&PlatformSelection>,
+) -> Result<Pending, LockError> {
     let reference_error = |message: String| LockError::Reference {
         reference: id.to_owned(),
         location: location.clone(),
@@ -362,8 +371,13 @@ fn plan(id: &str, location: &Location, discovery: &Discovery) -> Result<Pending,
             };
             return Ok(Pending::Done(ImageRef::kbld(&o.new_image, id, &[origin])));
         }
-        Some(o) => (o.new_image.clone(), o.platform_selection.clone()),
-        None => (id.to_owned(), None),
+        Some(o) => (
+            o.new_image.clone(),
+            o.platform_selection
+                .clone()
+                .or_else(|| global_platform.cloned()),
+        ),
+        None => (id.to_owned(), global_platform.cloned()),
     };
     if let Some(source) = discovery.sources.iter().find(|s| s.matcher.matches(&url)) {
         return Err(LockError::Unsupported {
