@@ -688,7 +688,7 @@ async fn tag_and_platform_selection(bed: &Bed) -> anyhow::Result<()> {
             &format!(
                 "apiVersion: kbld.k14s.io/v1alpha1\nkind: Config\noverrides:\n- image: \
                  multi-by-digest\n  newImage: quay.io/multi@{}\n  platformSelection:\n    \
-                 architecture: arm64\n",
+                 os: linux\n    architecture: arm64\n",
                 multi.digest()
             ),
         ),
@@ -714,6 +714,25 @@ async fn tag_and_platform_selection(bed: &Bed) -> anyhow::Result<()> {
         format!("quay.io/multi@{arm64}")
     );
     assert_eq!(locked.resolution.selections, 3);
+    // kbld's origins: the resolved tag (none for a digest reference), then the platform
+    // taken out of the index, named by the index's digest.
+    let origins_of = |id: &str| -> anyhow::Result<String> {
+        Ok(locked.resolution.images[id]
+            .annotations
+            .get(packsmith::carvel::imgpkg::KBLD_ORIGINS_ANNOTATION)
+            .context("origins")?
+            .clone())
+    };
+    let platform_origin = format!(
+        "- platformSelected:\n    architecture: arm64\n    index: quay.io/multi@{}\n    os: \
+         linux\n",
+        multi.digest()
+    );
+    assert_eq!(
+        origins_of("multi")?,
+        format!("- resolved:\n    tag: \"1.0\"\n    url: quay.io/multi:1.0\n{platform_origin}")
+    );
+    assert_eq!(origins_of("multi-by-digest")?, platform_origin);
 
     // kbld's --platform: every reference, digest references included, resolves to the
     // platform's image; an override's own platformSelection wins over the flag.
@@ -737,7 +756,8 @@ async fn tag_and_platform_selection(bed: &Bed) -> anyhow::Result<()> {
         (
             "z-kbld.yml",
             "apiVersion: kbld.k14s.io/v1alpha1\nkind: Config\noverrides:\n- image: pinned\n  \
-             newImage: quay.io/multi:1.0\n  platformSelection:\n    architecture: amd64\n",
+             newImage: quay.io/multi:1.0\n  platformSelection:\n    os: linux\n    architecture: \
+             amd64\n",
         ),
     ])?;
     let options = ResolveOptions {

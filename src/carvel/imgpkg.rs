@@ -148,6 +148,19 @@ pub enum ImageOrigin {
     Resolved { url: String, tag: String },
     /// A reference taken as given (an override with `preresolved: true`, or an ImagesLock).
     Preresolved { url: String },
+    /// One platform's image taken out of an index (`platformSelection`, `--platform`); kbld's
+    /// `OriginPlatformSelected`, every field `omitempty`.
+    PlatformSelected {
+        /// The index as a digest reference.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        index: String,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        os: String,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        architecture: String,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        variant: String,
+    },
 }
 
 impl ImageOrigin {
@@ -426,6 +439,39 @@ kind: ImagesLock
             format!(
                 "- resolved:\n    tag: 0.11.0\n    url: bitnami/external-dns:0.11.0\n- \
                  preresolved:\n    url: index.docker.io/bitnami/external-dns@{DIGEST_A}\n"
+            )
+        );
+        assert_eq!(
+            ImageOrigin::parse_annotation(&text).expect("parse"),
+            origins
+        );
+    }
+
+    /// kbld's own expected output (`test/e2e/resolve_test.go`,
+    /// `TestResolveSuccessfulWithPlatformSelectionConfig`): the resolved tag, then the
+    /// platform taken out of the index, keys sorted, the empty variant left out.
+    #[test]
+    fn platform_selected_origins_are_written_as_kbld_writes_them() {
+        let index = "index.docker.io/library/nginx@sha256:\
+                     f7988fb6c02e0ce69257d9bd9cf37ae20a60f1df7563c3a2a6abe24160306b8d";
+        let origins = vec![
+            ImageOrigin::Resolved {
+                url: "index.docker.io/library/nginx:1.14.2".to_owned(),
+                tag: "1.14.2".to_owned(),
+            },
+            ImageOrigin::PlatformSelected {
+                index: index.to_owned(),
+                os: "linux".to_owned(),
+                architecture: "amd64".to_owned(),
+                variant: String::new(),
+            },
+        ];
+        let text = ImageOrigin::annotation(&origins);
+        assert_eq!(
+            text,
+            format!(
+                "- resolved:\n    tag: 1.14.2\n    url: index.docker.io/library/nginx:1.14.2\n\
+                 - platformSelected:\n    architecture: amd64\n    index: {index}\n    os: linux\n"
             )
         );
         assert_eq!(

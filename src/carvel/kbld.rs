@@ -68,7 +68,8 @@ pub struct ImageOverride {
     /// Choose `newImage`'s tag (then written without one) by version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tag_selection: Option<VersionSelection>,
-    /// Resolve a multi-platform index to this platform's image.
+    /// Resolve a multi-platform index to this platform's image. As in kbld, os and
+    /// architecture must both be named and exactly one image of the index may match.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub platform_selection: Option<PlatformSelection>,
 }

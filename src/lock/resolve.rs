@@ -27,7 +27,7 @@ use crate::registry::{ManifestClient, Reference, Registry, RegistryError, Reques
 use super::discover::{Discovery, Override};
 use super::error::{Location, LockError};
 use super::reference::{self, url_repo};
-use super::select;
+use super::select::{self, Selected};
 
 /// How hard to try, and whether to try at all.
 #[derive(Debug, Clone)]
@@ -179,15 +179,15 @@ pub async fn resolve(
                 images.insert(id, entry);
             }
             Pending::Lookup(Lookup {
-                key, url, parsed, ..
+                key,
+                url,
+                parsed,
+                platform,
             }) => match &digests[&key] {
-                Ok(digest) => {
-                    let origin = ImageOrigin::Resolved {
-                        url: url.clone(),
-                        tag: reference::tag_of(&parsed).to_owned(),
-                    };
-                    let image = reference::digest_name(&parsed, digest);
-                    images.insert(id.clone(), ImageRef::kbld(image, &id, &[origin]));
+                Ok(selected) => {
+                    let origins = origins_of(&url, &parsed, platform.as_ref(), selected);
+                    let image = reference::digest_name(&parsed, &selected.digest);
+                    images.insert(id.clone(), ImageRef::kbld(image, &id, &origins));
                 }
                 Err(cause) => errors.push(LockError::Resolve {
                     location: discovery.references[&id].clone(),
@@ -211,7 +211,33 @@ pub async fn resolve(
     })
 }
 
-type Digests = BTreeMap<String, Result<String, Arc<RegistryError>>>;
+/// kbld's origins of a looked-up reference: `resolved` for a tag (a digest reference has
+/// none), then `platformSelected` when the image was taken out of an index.
+fn origins_of(
+    url: &str,
+    parsed: &Reference,
+    platform: Option<&PlatformSelection>,
+    selected: &Selected,
+) -> Vec<ImageOrigin> {
+    let mut origins = Vec::new();
+    if parsed.digest().is_none() {
+        origins.push(ImageOrigin::Resolved {
+            url: url.to_owned(),
+            tag: reference::tag_of(parsed).to_owned(),
+        });
+    }
+    if let (Some(platform), Some(index)) = (platform, &selected.index) {
+        origins.push(ImageOrigin::PlatformSelected {
+            index: reference::digest_name(parsed, index),
+            os: platform.os.clone(),
+            architecture: platform.architecture.clone(),
+            variant: platform.variant.clone(),
+        });
+    }
+    origins
+}
+
+type Digests = BTreeMap<String, Result<Selected, Arc<RegistryError>>>;
 
 /// Asks for every lookup's digest, `concurrency` at a time. With nothing to ask (a re-lock
 /// the lock answers entirely) no HTTP client is built: loading the system's root
@@ -235,7 +261,10 @@ async fn look_up(
                         Some(platform) => {
                             select::platform_digest(registry, &lookup.parsed, platform).await
                         }
-                        None => client.digest(&lookup.parsed).await,
+                        None => client.digest(&lookup.parsed).await.map(|digest| Selected {
+                            digest,
+                            index: None,
+                        }),
                     }
                 })
                 .await;
@@ -415,13 +444,13 @@ fn plan(
     Ok(Pending::Lookup(Lookup::new(url, parsed, platform)))
 }
 
-async fn with_retries<F, Fut>(
+async fn with_retries<T, F, Fut>(
     options: &ResolveOptions,
     mut attempt: F,
-) -> Result<String, RegistryError>
+) -> Result<T, RegistryError>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<String, RegistryError>>,
+    Fut: std::future::Future<Output = Result<T, RegistryError>>,
 {
     let mut wait = options.backoff;
     let mut tries = 0;
@@ -602,7 +631,7 @@ mod tests {
         let error = with_retries(&options, || {
             calls += 1;
             async {
-                Err(RegistryError::Request {
+                Err::<String, _>(RegistryError::Request {
                     operation: "HEAD",
                     reference: "u".to_owned(),
                     class: crate::registry::ErrorClass::Retryable,

@@ -2,10 +2,11 @@
 //!
 //! - `tagSelection` (kbld `image/tag_selected_image.go`): list the repository's tags and
 //!   take the highest version the constraints allow (vendir's rules, shared with sync);
-//! - `platformSelection` (kbld `image/resolved_image.go` with a platform): read the manifest
-//!   and, when it is an index, take the digest of the first child whose platform satisfies
-//!   the selection, as go-containerregistry's `platform.Satisfies`. A single-platform image
-//!   is its own answer, as `remote.Image` with a platform gives it.
+//! - `platformSelection` and `--platform` (kbld `image/platform_selected.go`): read the
+//!   manifest and, when it is an index, take the digest of the one child whose platform
+//!   matches the selection (kbld's `MatchesPlatformSelection`: os and architecture always
+//!   compared, so an unnamed one matches only an unnamed one; none or several matching is an
+//!   error). An image that is not an index is its own answer.
 //!
 //! Both go through the registry's one client, sharing its ping and tokens with the plain
 //! tags around them.
@@ -77,12 +78,22 @@ pub(super) async fn select_tag(
     })
 }
 
-/// The digest of `reference` for `selection`'s platform.
+/// What platform selection found: the image's digest and, when it was taken out of an
+/// index, the index's digest (kbld records it in a `platformSelected` origin).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Selected {
+    pub digest: String,
+    pub index: Option<String>,
+}
+
+/// The digest of `reference` for `selection`'s platform, as kbld's `PlatformSelectedImage`
+/// (`pkg/kbld/image/platform_selected.go`): an image that is not an index is its own
+/// answer; in an index exactly one child must match.
 pub(super) async fn platform_digest(
     registry: &Registry,
     reference: &Reference,
     selection: &PlatformSelection,
-) -> Result<String, RegistryError> {
+) -> Result<Selected, RegistryError> {
     let contacted = registry.contact(reference);
     let target = contacted.digest().or(contacted.tag()).unwrap_or("latest");
     let bytes = registry
@@ -90,75 +101,103 @@ pub(super) async fn platform_digest(
         .get_manifest(&contacted, target, &MANIFEST_TYPES)
         .await?;
     let digest = crate::registry::sha256_digest(&bytes);
-    let not_what_was_asked = |message: String| RegistryError::Request {
+    let failed = |class: ErrorClass, message: String| RegistryError::Request {
         operation: "select a platform of",
         reference: contacted.whole(),
-        class: ErrorClass::Permanent,
+        class,
         message,
     };
     if let Some(wanted) = contacted.digest()
         && wanted != digest
     {
-        return Err(not_what_was_asked(format!(
-            "the registry returned a manifest with digest {digest}"
-        )));
+        return Err(failed(
+            ErrorClass::Permanent,
+            format!("the registry returned a manifest with digest {digest}"),
+        ));
     }
-    let index: Manifest = serde_json::from_slice(&bytes)
-        .map_err(|e| not_what_was_asked(format!("the manifest is not valid JSON: {e}")))?;
+    let index: Manifest = serde_json::from_slice(&bytes).map_err(|e| {
+        failed(
+            ErrorClass::Permanent,
+            format!("the manifest is not valid JSON: {e}"),
+        )
+    })?;
     let is_index =
         !index.manifests.is_empty() || matches!(index.media_type.as_str(), OCI_INDEX | DOCKER_LIST);
     if !is_index {
-        return Ok(digest);
+        return Ok(Selected {
+            digest,
+            index: None,
+        });
     }
-    index
-        .manifests
-        .iter()
-        .find(|child| {
-            child
-                .platform
-                .as_ref()
-                .is_some_and(|platform| satisfies(platform, selection))
-        })
-        .map(|child| child.digest.clone())
-        .ok_or_else(|| RegistryError::Request {
-            operation: "select a platform of",
-            reference: contacted.whole(),
-            class: ErrorClass::NotFound,
-            message: format!(
-                "no image of the index is for {} (it has {})",
+    let mut matching = index.manifests.iter().filter(|child| {
+        child
+            .platform
+            .as_ref()
+            .is_some_and(|platform| matches_selection(platform, selection))
+    });
+    match (matching.next(), matching.next()) {
+        (Some(child), None) => Ok(Selected {
+            digest: child.digest.clone(),
+            index: Some(digest),
+        }),
+        (Some(_), Some(_)) => Err(failed(
+            ErrorClass::Permanent,
+            format!(
+                "more than one image of the index is for {}; name the variant or os.version \
+                 too",
+                describe(selection)
+            ),
+        )),
+        (None, _) => Err(failed(
+            ErrorClass::NotFound,
+            format!(
+                "no image of the index is for {} (it has {}); os and architecture must both \
+                 be named",
                 describe(selection),
                 index
                     .manifests
                     .iter()
                     .filter_map(|child| child.platform.as_ref())
-                    .map(|p| format!("{}/{}", p.os, p.architecture))
+                    .map(describe_platform)
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
-        })
+        )),
+    }
 }
 
-/// go-containerregistry's `platform.Satisfies`: what the selection names must be equal, and
-/// its feature lists must be contained in the image's.
-fn satisfies(platform: &Platform, selection: &PlatformSelection) -> bool {
-    let same = |wanted: &str, have: &str| wanted.is_empty() || wanted == have;
+/// kbld's `MatchesPlatformSelection` (adapted from go-containerregistry): architecture and
+/// os must be identical — an empty one in the selection matches only an empty one —,
+/// os.version and variant identical when the selection names them, and the selection's
+/// feature lists contained in the image's.
+fn matches_selection(platform: &Platform, selection: &PlatformSelection) -> bool {
+    let same_if_named = |wanted: &str, have: &str| wanted.is_empty() || wanted == have;
     let subset = |wanted: &[String], have: Option<&Vec<String>>| {
         wanted
             .iter()
             .all(|w| have.is_some_and(|have| have.contains(w)))
     };
-    same(&selection.architecture, &platform.architecture)
-        && same(&selection.os, &platform.os)
-        && same(
+    selection.architecture == platform.architecture
+        && selection.os == platform.os
+        && same_if_named(
             &selection.os_version,
             platform.os_version.as_deref().unwrap_or(""),
         )
-        && same(
+        && same_if_named(
             &selection.variant,
             platform.variant.as_deref().unwrap_or(""),
         )
         && subset(&selection.os_features, platform.os_features.as_ref())
         && subset(&selection.features, platform.features.as_ref())
+}
+
+fn describe_platform(platform: &Platform) -> String {
+    let mut text = format!("{}/{}", platform.os, platform.architecture);
+    if let Some(variant) = platform.variant.as_deref().filter(|v| !v.is_empty()) {
+        text.push('/');
+        text.push_str(variant);
+    }
+    text
 }
 
 /// `os/architecture[/variant]`, as the platform is usually written.
@@ -188,32 +227,38 @@ mod tests {
     }
 
     #[test]
-    fn platforms_satisfy_like_go_containerregistry() {
+    fn platforms_match_as_kbld_matches_them() {
         let arm = platform(r#"{"architecture":"arm64","os":"linux","variant":"v8"}"#);
         let amd = platform(r#"{"architecture":"amd64","os":"linux","features":["sse4"]}"#);
         let select = |json: &str| -> PlatformSelection { serde_json::from_str(json).expect("sel") };
 
         let arm64 = select(r#"{"architecture":"arm64","os":"linux"}"#);
-        assert!(satisfies(&arm, &arm64));
-        assert!(!satisfies(&amd, &arm64));
-        assert!(satisfies(
+        assert!(matches_selection(&arm, &arm64));
+        assert!(!matches_selection(&amd, &arm64));
+        assert!(matches_selection(
+            &arm,
+            &select(r#"{"architecture":"arm64","os":"linux","variant":"v8"}"#)
+        ));
+        assert!(!matches_selection(
+            &arm,
+            &select(r#"{"architecture":"arm64","os":"linux","variant":"v7"}"#)
+        ));
+        // Unlike go-containerregistry's `Satisfies`, kbld wants os and architecture named.
+        assert!(!matches_selection(
             &arm,
             &select(r#"{"architecture":"arm64","variant":"v8"}"#)
         ));
-        assert!(!satisfies(
-            &arm,
-            &select(r#"{"architecture":"arm64","variant":"v7"}"#)
-        ));
-        assert!(satisfies(
+        assert!(!matches_selection(&amd, &select(r#"{"os":"linux"}"#)));
+        assert!(matches_selection(
             &amd,
-            &select(r#"{"os":"linux","features":["sse4"]}"#)
+            &select(r#"{"os":"linux","architecture":"amd64","features":["sse4"]}"#)
         ));
-        assert!(!satisfies(
+        assert!(!matches_selection(
             &amd,
-            &select(r#"{"os":"linux","features":["avx"]}"#)
+            &select(r#"{"os":"linux","architecture":"amd64","features":["avx"]}"#)
         ));
-        assert!(!satisfies(&arm, &select(r#"{"os":"windows"}"#)));
         assert_eq!(describe(&arm64), "linux/arm64");
+        assert_eq!(describe_platform(&arm), "linux/arm64/v8");
         assert_eq!(
             describe(&select(r#"{"architecture":"arm","variant":"v7"}"#)),
             "*/arm/v7"
