@@ -9,6 +9,7 @@ pub mod controller_secrets;
 pub mod crds;
 pub mod git;
 pub mod hostile;
+pub mod kbld_cases;
 pub mod lock;
 pub mod registry;
 pub mod release;
@@ -32,6 +33,7 @@ pub fn trials() -> (Vec<Trial>, Vec<Trial>) {
     parallel.extend(crds::trials());
     parallel.extend(git::trials());
     parallel.extend(hostile::trials());
+    parallel.extend(kbld_cases::trials());
     parallel.extend(lock::trials());
     parallel.extend(registry::trials());
     parallel.extend(release::trials());

@@ -267,13 +267,33 @@ fn rule_matches(rule: &SearchRule, path: &PathNode<'_>, value: &Value) -> bool {
     };
     let value_matched = match &rule.value_matcher {
         None => true,
-        Some(matcher) if !matcher.image.is_empty() => value.as_str() == Some(&matcher.image),
+        Some(matcher) if !matcher.image.is_empty() => value
+            .as_str()
+            .is_some_and(|value| same_image(&matcher.image, value)),
         Some(matcher) => {
             !matcher.image_repo.is_empty()
-                && value.as_str().and_then(url_repo) == Some(matcher.image_repo.as_str())
+                && value
+                    .as_str()
+                    .and_then(url_repo)
+                    .is_some_and(|repo| same_image(&matcher.image_repo, repo))
         }
     };
     key_matched && value_matched
+}
+
+/// kbld's value matchers compare the registry host case-insensitively (host names are, RFC
+/// 1123; the rule comes from one author, the manifest from another) and the rest exactly
+/// (`pkg/kbld/search/rule_matcher_test.go`).
+fn same_image(rule: &str, value: &str) -> bool {
+    if rule == value {
+        return true;
+    }
+    match (rule.split_once('/'), value.split_once('/')) {
+        (Some((rule_host, rule_path)), Some((host, path))) => {
+            rule_host.eq_ignore_ascii_case(host) && rule_path == path
+        }
+        _ => false,
+    }
 }
 
 /// kbld's `Path.Matches`: same length, keys equal, indexes equal or `allIndexes`.
@@ -453,6 +473,212 @@ mod tests {
         );
         assert_eq!(seen, ["spaced"]);
         assert_eq!(document, original);
+    }
+
+    fn value_rule(image: &str, image_repo: &str) -> SearchRule {
+        SearchRule {
+            key_matcher: None,
+            value_matcher: Some(ValueMatcher {
+                image: image.to_owned(),
+                image_repo: image_repo.to_owned(),
+            }),
+            update_strategy: None,
+        }
+    }
+
+    /// kbld's `TestRuleMatcherValueMatcherCaseInsensitiveHostname`
+    /// (`pkg/kbld/search/rule_matcher_test.go`), case by case.
+    #[test]
+    fn value_matchers_compare_the_host_case_insensitively_as_kbld() {
+        let cases = [
+            (
+                value_rule("Docker.IO/img", ""),
+                json!("docker.io/img"),
+                true,
+            ),
+            (
+                value_rule("docker.io/img", ""),
+                json!("docker.io/img"),
+                true,
+            ),
+            (
+                value_rule("docker.io/IMG", ""),
+                json!("docker.io/img"),
+                false,
+            ),
+            (value_rule("docker.io/img", ""), json!(123), false),
+            (
+                value_rule("", "DOCKER.IO/img"),
+                json!("docker.io/img:tag"),
+                true,
+            ),
+            (
+                value_rule("", "docker.io/IMG"),
+                json!("docker.io/img"),
+                false,
+            ),
+        ];
+        for (rule, value, matched) in cases {
+            let found = found(json!({ "key": value }), std::slice::from_ref(&rule));
+            assert_eq!(!found.is_empty(), matched, "{rule:?} on {value}");
+        }
+    }
+
+    /// kbld's `TestImageRefsMatches` (`pkg/kbld/search/image_refs_test.go`): each rule set,
+    /// the references found and the document after every one is replaced by `found:<ref>`.
+    #[test]
+    fn image_refs_cases_of_kbld() {
+        let digest = format!("gcr.io/repo@sha256:{}", "a".repeat(70));
+        let key = SearchRule {
+            key_matcher: Some(KeyMatcher {
+                name: "key".to_owned(),
+                path: Vec::new(),
+            }),
+            value_matcher: None,
+            update_strategy: None,
+        };
+        let key_and_repo = SearchRule {
+            value_matcher: value_rule("", "gcr.io/repo").value_matcher,
+            ..key.clone()
+        };
+        let nested = |name: &str, yaml: bool, rules: Vec<SearchRule>| SearchRule {
+            key_matcher: Some(KeyMatcher {
+                name: name.to_owned(),
+                path: Vec::new(),
+            }),
+            value_matcher: None,
+            update_strategy: Some(UpdateStrategy {
+                json: (!yaml).then(|| NestedSearchRules {
+                    search_rules: rules.clone(),
+                }),
+                yaml: yaml.then(|| NestedSearchRules {
+                    search_rules: rules,
+                }),
+                ..UpdateStrategy::default()
+            }),
+        };
+        let named = |name: &str| SearchRule {
+            key_matcher: Some(KeyMatcher {
+                name: name.to_owned(),
+                path: Vec::new(),
+            }),
+            value_matcher: None,
+            update_strategy: None,
+        };
+        let cases: Vec<(&str, Vec<SearchRule>, Value, Value, Vec<&str>)> = vec![
+            (
+                "by key",
+                vec![key.clone()],
+                json!({"nested": {"key": "gcr.io/repo:something"}}),
+                json!({"nested": {"key": "found:gcr.io/repo:something"}}),
+                vec!["gcr.io/repo:something"],
+            ),
+            (
+                "by exact image",
+                vec![value_rule("gcr.io/repo:something", "")],
+                json!({"nested": {"key": "gcr.io/repo:something"}}),
+                json!({"nested": {"key": "found:gcr.io/repo:something"}}),
+                vec!["gcr.io/repo:something"],
+            ),
+            (
+                "by image repo",
+                vec![value_rule("", "gcr.io/repo")],
+                json!({"nested": {"key": digest}}),
+                json!({"nested": {"key": format!("found:{digest}")}}),
+                vec![digest.as_str()],
+            ),
+            (
+                "by key and image repo",
+                vec![key_and_repo],
+                json!({"nested": {"key": digest, "other": digest}}),
+                json!({"nested": {"key": format!("found:{digest}"), "other": digest}}),
+                vec![digest.as_str()],
+            ),
+            (
+                "matchers matching the same values",
+                vec![key.clone(), key.clone()],
+                json!({"nested": {"key": "gcr.io/repo:something"}}),
+                json!({"nested": {"key": "found:gcr.io/repo:something"}}),
+                vec!["gcr.io/repo:something"],
+            ),
+            (
+                "JSON extraction",
+                vec![nested("key", false, vec![named("nestedimage")])],
+                json!({"nested": {"key": r#"{"nestedimage":"nginx1"}"#}, "nestedimage": "nginx2"}),
+                json!({"nested": {"key": r#"{"nestedimage":"found:nginx1"}"#}, "nestedimage": "nginx2"}),
+                vec!["nginx1"],
+            ),
+            (
+                "YAML extraction",
+                vec![nested("key", true, vec![named("nestedimage")])],
+                json!({
+                    "nested": {"key": r#"{"nestedimage":"nginx1"}"#},
+                    "nestedimage": "nginx2",
+                    "key": "nestedimage: nginx3",
+                }),
+                json!({
+                    "nested": {"key": r#"{"nestedimage":"found:nginx1"}"#},
+                    "nestedimage": "nginx2",
+                    "key": {"nestedimage": "found:nginx3"},
+                }),
+                vec!["nginx1", "nginx3"],
+            ),
+            (
+                "nested YAML extraction",
+                vec![
+                    nested("key", true, vec![named("nestedimage")]),
+                    nested(
+                        "data",
+                        true,
+                        vec![nested("nestedimage", true, vec![named("something")])],
+                    ),
+                ],
+                json!({
+                    "nested": {"key": r#"{"nestedimage":"nginx1"}"#},
+                    "data": "\npath:\n- nestedimage: |\n    something: nginx3\n",
+                }),
+                json!({
+                    "nested": {"key": r#"{"nestedimage":"found:nginx1"}"#},
+                    "data": {"path": [{"nestedimage": {"something": "found:nginx3"}}]},
+                }),
+                vec!["nginx1", "nginx3"],
+            ),
+        ];
+        for (name, rules, mut document, expected, images) in cases {
+            let mut seen = Vec::new();
+            visit_images(&mut document, &rules, &YamlLimits::default(), &mut |r| {
+                seen.push(r.to_owned());
+                Some(format!("found:{r}"))
+            });
+            seen.sort();
+            assert_eq!(seen, images, "{name}");
+            // A YAML string kbld re-encodes with its own encoder (newer kbld starts it with
+            // `---`), so YAML strings are compared by what they parse to; JSON ones exactly.
+            assert_eq!(decode_yaml_strings(document), expected, "{name}");
+        }
+    }
+
+    /// Replaces every string that is a YAML mapping (a re-encoded document) by its value.
+    fn decode_yaml_strings(value: Value) -> Value {
+        match value {
+            Value::Object(map) => Value::Object(
+                map.into_iter()
+                    .map(|(k, v)| (k, decode_yaml_strings(v)))
+                    .collect(),
+            ),
+            Value::Array(items) => {
+                Value::Array(items.into_iter().map(decode_yaml_strings).collect())
+            }
+            Value::String(text) if text.contains('\n') => {
+                match parse_stream(&text, &YamlLimits::default()) {
+                    Ok(mut documents) if documents.len() == 1 => {
+                        decode_yaml_strings(documents.remove(0))
+                    }
+                    _ => Value::String(text),
+                }
+            }
+            other => other,
+        }
     }
 
     #[test]
