@@ -551,7 +551,7 @@ mod tests {
                 json: (!yaml).then(|| NestedSearchRules {
                     search_rules: rules.clone(),
                 }),
-                yaml: yaml.then(|| NestedSearchRules {
+                yaml: yaml.then_some(NestedSearchRules {
                     search_rules: rules,
                 }),
                 ..UpdateStrategy::default()
@@ -565,7 +565,9 @@ mod tests {
             value_matcher: None,
             update_strategy: None,
         };
-        let cases: Vec<(&str, Vec<SearchRule>, Value, Value, Vec<&str>)> = vec![
+        /// (name, rules, document, document after replacement, references found)
+        type Case<'a> = (&'a str, Vec<SearchRule>, Value, Value, Vec<&'a str>);
+        let cases: Vec<Case<'_>> = vec![
             (
                 "by key",
                 vec![key.clone()],
