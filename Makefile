@@ -69,7 +69,8 @@ e2e-up:
 e2e-down:
 	bash e2e/scripts/down.sh $(E2E_STATE)
 
-## bench-lock: packsmith lock vs `crane digest` x4 (kbld's stand-in) on 500 tags, local registry.
+## bench-lock: packsmith lock vs `crane digest` x4 (kbld's stand-in) on 500 tags, local registry;
+## then the fixture corpus match rate (`lock --list` vs the locks real publishers recorded).
 bench-lock:
 	command -v crane >/dev/null || go install github.com/google/go-containerregistry/cmd/crane@v0.22.1
 	$(CARGO) build --release --bin packsmith

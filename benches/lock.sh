@@ -167,3 +167,6 @@ printf '  registry CPU per run: packsmith %s ms (%s ms/request), crane %s ms; %s
 printf '  packsmith CPU per run (user + system, median): %s ms\n' "$P_CPU"
 printf '  floor for %s requests with this registry on %s cores: %s ms\n' "$p_requests" "$CORES" \
   "$(awk -v c="$p_registry_cpu" -v n="$CORES" 'BEGIN {printf "%.0f", c/n}')"
+
+# Parity, next to the speed: the real bundles of testdata/ (see benches/corpus.sh).
+PACKSMITH="$PACKSMITH" bash "$ROOT/benches/corpus.sh"

@@ -298,6 +298,28 @@ mod tests {
         assert!(!failure.message.is_empty());
     }
 
+    /// Anchors, aliases and merge keys as go-yaml v2 resolves them (kbld sees the merged
+    /// mapping: an `image` merged in is an image of that mapping too); an explicit key wins
+    /// over a merged one.
+    #[test]
+    fn anchors_and_merge_keys_resolve_as_go_yaml() {
+        let docs = parse(
+            "base: &b\n  image: nginx:1\n  pull: Always\nsidecar: *b\nd:\n  <<: *b\n  pull: \
+             Never\nlist:\n  <<: [*b, {extra: 1}]\n",
+        )
+        .expect("parse");
+        let base = json!({"image": "nginx:1", "pull": "Always"});
+        assert_eq!(
+            docs,
+            vec![json!({
+                "base": base,
+                "sidecar": base,
+                "d": {"image": "nginx:1", "pull": "Never"},
+                "list": {"image": "nginx:1", "pull": "Always", "extra": 1},
+            })]
+        );
+    }
+
     #[test]
     fn complex_keys_are_an_error_not_a_panic() {
         assert!(parse("? [a, b]\n: c\n").is_err());
