@@ -7,6 +7,7 @@ pub mod controller_leader;
 pub mod controller_repo;
 pub mod controller_secrets;
 pub mod crds;
+pub mod day2;
 pub mod git;
 pub mod hostile;
 pub mod kbld_cases;
@@ -31,6 +32,7 @@ pub fn trials() -> (Vec<Trial>, Vec<Trial>) {
     parallel.extend(controller_repo::trials());
     parallel.extend(controller_secrets::trials());
     parallel.extend(crds::trials());
+    parallel.extend(day2::trials());
     parallel.extend(git::trials());
     parallel.extend(hostile::trials());
     parallel.extend(kbld_cases::trials());

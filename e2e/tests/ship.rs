@@ -369,6 +369,20 @@ async fn chart_and_kustomize_apply_server_side() -> anyhow::Result<()> {
         "default render: kinds {kinds:?}"
     );
     dry_run_apply(&client, &ns, &default).await?;
+    // People bound to the built-in edit role may patch both kinds (get|reconcile|suspend).
+    anyhow::ensure!(
+        default.iter().any(|d| {
+            kind_of(d) == "ClusterRole"
+                && d["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
+                && d["rules"].as_array().is_some_and(|rules| {
+                    rules.iter().any(|r| {
+                        r["resources"].to_string().contains("packagesources")
+                            && r["verbs"].to_string().contains("patch")
+                    })
+                })
+        }),
+        "the default render aggregates patch on packagesources into the edit role"
+    );
     let deployment = find(&default, "Deployment")?;
     check_hardened(deployment, "chart defaults")?;
     anyhow::ensure!(
@@ -454,8 +468,8 @@ async fn chart_and_kustomize_apply_server_side() -> anyhow::Result<()> {
     // One set of rules, whichever way it is installed.
     let pairs = [
         (
-            rules(find(&default, "ClusterRole")?),
-            rules(find(&kustomized, "ClusterRole")?),
+            rules(by_name(&default, "ClusterRole", RELEASE)?),
+            rules(by_name(&kustomized, "ClusterRole", "packsmith")?),
             "controller rules",
         ),
         (
@@ -464,7 +478,7 @@ async fn chart_and_kustomize_apply_server_side() -> anyhow::Result<()> {
             "leader-election rules",
         ),
         (
-            rules(find(&default, "ClusterRole")?),
+            rules(by_name(&default, "ClusterRole", RELEASE)?),
             rules(by_name(&ha, "Role", RELEASE)?),
             "ClusterRole vs namespaced Role",
         ),

@@ -222,33 +222,9 @@ fn packages(root: &Path) -> anyhow::Result<Vec<PackageEntry>> {
     Ok(packages)
 }
 
-/// kubectl's table conventions: upper-case headers, columns padded with three spaces.
+/// kubectl's table conventions (see [`super::table::render`]).
 fn table(d: &Description) -> String {
-    fn render(headers: &[&str], rows: &[Vec<String>]) -> String {
-        let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
-        for row in rows {
-            for (w, cell) in widths.iter_mut().zip(row) {
-                *w = (*w).max(cell.chars().count());
-            }
-        }
-        let line = |cells: Vec<String>| {
-            let last = cells.len().saturating_sub(1);
-            let mut out = String::new();
-            for (i, (cell, width)) in cells.iter().zip(&widths).enumerate() {
-                if i == last {
-                    out.push_str(cell);
-                } else {
-                    out.push_str(&format!("{cell:<width$}   "));
-                }
-            }
-            out.trim_end().to_owned() + "\n"
-        };
-        let mut out = line(headers.iter().map(|h| (*h).to_owned()).collect());
-        for row in rows {
-            out.push_str(&line(row.clone()));
-        }
-        out
-    }
+    use super::table::render;
     let mut out = format!("Bundle: {}\n\n", d.bundle);
     out.push_str(&render(
         &["PATH", "SIZE"],

@@ -3,6 +3,7 @@
 //! Each subcommand is a thin front end over the library stage of the same name; exit codes:
 //! 0 success, 1 failure (the error is on stderr), 2 usage errors and commands not built yet.
 
+mod cluster;
 mod describe;
 mod init;
 mod lock;
@@ -12,6 +13,7 @@ mod registry;
 mod release;
 mod repo;
 mod sync;
+mod table;
 mod values;
 
 use std::path::PathBuf;
@@ -58,6 +60,14 @@ enum Command {
     /// Package repositories.
     #[command(subcommand)]
     Repo(RepoCommand),
+    /// Ask the controller to reconcile a source or repository now (flux reconcile).
+    Reconcile(cluster::ReconcileArgs),
+    /// Stop reconciling a source or repository until resumed (flux suspend).
+    Suspend(cluster::SuspendArgs),
+    /// Reconcile a suspended source or repository again, at once (flux resume).
+    Resume(cluster::SuspendArgs),
+    /// List sources or repositories with their printer columns (kubectl get).
+    Get(cluster::GetArgs),
     /// Print packsmith's CustomResourceDefinitions, or write them into a directory.
     Crds(CrdsArgs),
     /// Print the version.
@@ -224,6 +234,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Repo(RepoCommand::Release(args)) => {
             repo::run(&args, &runtime()?).map(|()| ExitCode::SUCCESS)
         }
+        Command::Reconcile(args) => cluster::reconcile(&args, &runtime()?),
+        Command::Suspend(args) => cluster::suspend(&args, true, &runtime()?),
+        Command::Resume(args) => cluster::suspend(&args, false, &runtime()?),
+        Command::Get(args) => cluster::get(&args, &runtime()?),
     }
 }
 
@@ -277,20 +291,27 @@ fn controller(args: ControllerArgs, runtime: &tokio::runtime::Runtime) -> anyhow
         election.validate()?;
     }
     runtime.block_on(async move {
-        let config = match &args.kubeconfig {
-            Some(path) => {
-                let kubeconfig = kube::config::Kubeconfig::read_from(path)
-                    .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-                kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?
-            }
-            None => kube::Config::infer()
-                .await
-                .context("no kubeconfig ($KUBECONFIG, ~/.kube/config) and not in a cluster")?,
-        };
+        let config = kube_config(args.kubeconfig.as_deref()).await?;
         let client = kube::Client::try_from(config)?;
         crate::controller::run(client, options).await?;
         anyhow::Ok(())
     })
+}
+
+/// The client configuration: `--kubeconfig`, else `$KUBECONFIG`, `~/.kube/config` or the
+/// in-cluster service account, as kubectl finds it.
+async fn kube_config(path: Option<&std::path::Path>) -> anyhow::Result<kube::Config> {
+    use anyhow::Context as _;
+    match path {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            Ok(kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?)
+        }
+        None => kube::Config::infer()
+            .await
+            .context("no kubeconfig ($KUBECONFIG, ~/.kube/config) and not in a cluster"),
+    }
 }
 
 fn crds(args: &CrdsArgs) -> anyhow::Result<()> {
