@@ -13,6 +13,7 @@ use crate::carvel::selection::VersionRange;
 use crate::carvel::vendir::{self, LockConfig as VendirLock, LockDirectoryContents};
 use crate::carvel::{Package, PackageMetadata};
 use crate::lock::{self, ResolveOptions};
+use crate::publish::revision;
 use crate::publish::{self, Release};
 use crate::registry::Registry;
 use crate::sync::{self, SecretSource, SyncOptions};
@@ -124,7 +125,12 @@ impl PipelineInput<'_> {
 #[derive(Debug, Clone)]
 pub struct Outcome {
     pub contents: VendirLock,
+    /// The version published: the declared one, or its packaging revision
+    /// (`1.9.1+packsmith.2`) when the declared one already holds other content.
     pub version: String,
+    /// The declared version's bundle when its content changed under it (a new revision was
+    /// published, or the tag was moved with `versionPolicy: Overwrite`).
+    pub changed_from: Option<String>,
     /// Locked images as digest references, sorted.
     pub images: Vec<String>,
     pub pushed: Pushed,
@@ -179,7 +185,14 @@ pub async fn run(input: &PipelineInput<'_>) -> Result<Outcome, PipelineError> {
     let started = std::time::Instant::now();
     let pushed = push_bundle(input, spec, &version).await;
     input.timed(Stage::Push, started);
-    let pushed = pushed?;
+    let (pushed, decision) = pushed?;
+    let (version, changed_from) = match decision {
+        revision::Decision::Push {
+            version,
+            changed_from,
+        } => (version, changed_from),
+        revision::Decision::Existing { version, .. } => (version, None),
+    };
 
     // Render.
     let started = std::time::Instant::now();
@@ -190,6 +203,7 @@ pub async fn run(input: &PipelineInput<'_>) -> Result<Outcome, PipelineError> {
     Ok(Outcome {
         contents,
         version,
+        changed_from,
         images,
         pushed,
         package,
@@ -261,12 +275,14 @@ async fn lock_images(
     Ok(images)
 }
 
-/// The push stage: builds the bundle from the tree and pushes it with every tag.
+/// The push stage: builds the bundle from the tree, decides under which version it is
+/// published (`spec.publish.versionPolicy`), and pushes it with every tag — or nothing, when
+/// the registry already holds this content as that version.
 async fn push_bundle(
     input: &PipelineInput<'_>,
     spec: &PackageSourceSpec,
     version: &str,
-) -> Result<Pushed, PipelineError> {
+) -> Result<(Pushed, revision::Decision), PipelineError> {
     let mut build_options = BuildOptions::default();
     build_options.exclude.extend(input.exclude.iter().cloned());
     // The controller's work directory keeps layer digests next to its other caches; the CLI
@@ -285,18 +301,76 @@ async fn push_bundle(
         .repository_override
         .clone()
         .unwrap_or_else(|| spec.bundle.repository.clone());
-    let tags = input
-        .tags_override
-        .clone()
-        .unwrap_or_else(|| spec.bundle.tags_for(version));
-    let first_tag = tags
-        .first()
-        .cloned()
-        .unwrap_or_else(|| version.replace('+', "_"));
-    let target = Location::parse(&format!("{repository}:{first_tag}")).map_err(|e| {
-        PipelineError::new(Stage::Push, reasons::INVALID_SPEC, e.to_string(), false)
-    })?;
-    bundle::push(
+    let declared_tag = revision::tag_of(version);
+    let tags_for = |published: &str| match &input.tags_override {
+        // The CLI's --tag list, with the version's tag (if it names it) following a revision.
+        Some(tags) => tags
+            .iter()
+            .map(|t| {
+                if *t == declared_tag {
+                    revision::tag_of(published)
+                } else {
+                    t.clone()
+                }
+            })
+            .collect(),
+        None => spec.bundle.tags_for(published),
+    };
+    let declared_tags = tags_for(version);
+    let location = |tags: &[String], version: &str| {
+        let first_tag = tags
+            .first()
+            .cloned()
+            .unwrap_or_else(|| revision::tag_of(version));
+        Location::parse(&format!("{repository}:{first_tag}")).map_err(|e| {
+            PipelineError::new(Stage::Push, reasons::INVALID_SPEC, e.to_string(), false)
+        })
+    };
+    let target = location(&declared_tags, version)?;
+    // Versions are immutable only where a tag names them: a bundle pushed under other tags
+    // (or into an OCI layout) has no version to protect.
+    let decision = match &target {
+        Location::Registry(reference) if declared_tags.contains(&declared_tag) => revision::decide(
+            input.registry,
+            reference,
+            version,
+            &built,
+            spec.publish.version_policy,
+        )
+        .await
+        .map_err(|e| {
+            // Reading the registry here fails as the push itself would: the same reasons.
+            let reason = match &e {
+                revision::RevisionError::Refused { .. } => reasons::VERSION_IMMUTABLE,
+                revision::RevisionError::Registry { source, .. } if source.is_auth() => {
+                    reasons::AUTHENTICATION_FAILED
+                }
+                revision::RevisionError::Registry { source, .. } if source.is_denied() => {
+                    reasons::UPSTREAM_DENIED
+                }
+                _ => reasons::PUSH_FAILED,
+            };
+            let retryable = e.is_retryable();
+            PipelineError::new(Stage::Push, reason, e.to_string(), retryable)
+        })?,
+        _ => revision::Decision::Push {
+            version: version.to_owned(),
+            changed_from: None,
+        },
+    };
+    if let revision::Decision::Existing { image, .. } = &decision {
+        let pushed = Pushed {
+            image: image.clone(),
+            tags: tags_for(decision.version()),
+            uploaded: Vec::new(),
+            written_tags: Vec::new(),
+            size: built.size(),
+        };
+        return Ok((pushed, decision));
+    }
+    let tags = tags_for(decision.version());
+    let target = location(&tags, decision.version())?;
+    let pushed = bundle::push(
         input.registry,
         &built,
         &target,
@@ -313,7 +387,8 @@ async fn push_bundle(
             reasons::PUSH_FAILED
         };
         PipelineError::new(Stage::Push, reason, e.to_string(), e.is_retryable())
-    })
+    })?;
+    Ok((pushed, decision))
 }
 
 /// The render stage: Package + PackageMetadata for the pushed bundle.

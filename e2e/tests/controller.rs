@@ -49,7 +49,98 @@ pub fn trials() -> Vec<Trial> {
             "controller::disk_budget_stalls_only_the_object_over_it",
             || crate::support::block_on(disk_budget_stalls_only_the_object_over_it()),
         ),
+        Trial::test(
+            "controller::changed_content_becomes_the_next_revision",
+            || crate::support::block_on(changed_content_becomes_the_next_revision()),
+        ),
     ]
+}
+
+/// `versionPolicy: Revision` (the default) in the controller: new content under a published
+/// version is released as `0.1.0+packsmith.2` — its own tag, its own release record (a
+/// ConfigMap name without the `+`), both in history —, the version's tag stays, and Ready
+/// says what changed. Released through records (`publish.enabled: false`): the bed's
+/// stand-in Package CRD cannot hold a `+` in a name, kapp-controller's API can.
+async fn changed_content_becomes_the_next_revision() -> anyhow::Result<()> {
+    let client = bed().client().await?;
+    let ns = namespace(&client, "ctl-rev").await?;
+    let controller = Running::start(&ns).await?;
+    let api: Api<PackageSource> = Api::namespaced(client.clone(), &ns);
+    let repository = format!("{}/ctl/{ns}/rev", bed().registry);
+    let yaml = inline_source(
+        "rev",
+        &ns,
+        &repository,
+        "    insecure: true\n  publish: {enabled: false}\n",
+    );
+    apply_yaml(&client, &ns, &yaml).await?;
+    let first = wait_for(&api, "rev", Duration::from_secs(60), "Ready", |o| {
+        has(o, types::READY, "True", reasons::SUCCEEDED)
+    })
+    .await?;
+    let first_image = bundle_image(&first);
+
+    let changed = yaml.replace("kind: ConfigMap\\n", "kind: ConfigMap\\ndata: {v: b}\\n");
+    anyhow::ensure!(changed != yaml, "the content changed");
+    apply_yaml(&client, &ns, &changed).await?;
+    let revised = wait_for(&api, "rev", Duration::from_secs(60), "revision 2", |o| {
+        o.status
+            .as_ref()
+            .and_then(|s| s.package.as_ref())
+            .is_some_and(|p| p.version == "0.1.0+packsmith.2")
+            && has(o, types::READY, "True", reasons::SUCCEEDED)
+    })
+    .await?;
+    let ready = condition(&revised, types::READY).context("Ready")?;
+    anyhow::ensure!(
+        ready
+            .message
+            .contains(&format!("changed since {first_image}")),
+        "{}",
+        ready.message
+    );
+    let status = revised.status.as_ref().context("status")?;
+    let versions: Vec<&str> = status.history.iter().map(|h| h.version.as_str()).collect();
+    anyhow::ensure!(versions == ["0.1.0+packsmith.2", "0.1.0"], "{versions:?}");
+    let package = status.package.as_ref().context("package")?;
+    anyhow::ensure!(
+        package.name == "rev.ctl.example.com.0.1.0+packsmith.2"
+            && package.config_map.as_deref() == Some("rev.ctl.example.com.0.1.0.packsmith.2"),
+        "{package:?}"
+    );
+    let records: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), &ns);
+    for name in [
+        "rev.ctl.example.com.0.1.0",
+        "rev.ctl.example.com.0.1.0.packsmith.2",
+    ] {
+        anyhow::ensure!(records.get_opt(name).await?.is_some(), "record {name}");
+    }
+    // The registry is the record of what each version is.
+    let registry = packsmith::registry::Registry::new(packsmith::registry::RegistryOptions {
+        insecure_hosts: vec![bed().registry.clone()],
+        ..Default::default()
+    })?;
+    let reference = packsmith::registry::parse_reference(&format!("{repository}:0.1.0"))?;
+    let first_digest = first_image.rsplit_once('@').map(|(_, d)| d.to_owned());
+    anyhow::ensure!(
+        registry
+            .distribution()
+            .manifest_digest_at(&reference, "0.1.0")
+            .await?
+            == first_digest,
+        "the version's tag stayed"
+    );
+    anyhow::ensure!(
+        registry
+            .distribution()
+            .manifest_digest_at(&reference, "0.1.0_packsmith.2")
+            .await?
+            == bundle_image(&revised)
+                .rsplit_once('@')
+                .map(|(_, d)| d.to_owned()),
+        "the revision has its tag"
+    );
+    controller.stop().await
 }
 
 /// `--max-object-disk` 100 KiB: two 30 KiB downloads fit alone but not together with their
@@ -670,6 +761,10 @@ spec:
     insecure: true
   publish:
     retain: 2
+    # The upstream moves under one version. Overwrite: the bed's stand-in Package CRD cannot
+    # hold a revision's `+` in a name (kapp-controller's API can; release::published_versions_
+    # are_immutable and the unit tests cover revisions).
+    versionPolicy: Overwrite
   interval: 3s
 "#,
         git = bed().git_url

@@ -83,6 +83,9 @@ spec:
         pathsFrom:
         - configMapRef: {{name: app-values}}
   bundle: {{repository: "{reg}/ctl/{ns}/values", insecure: true}}
+  # New values under one version: Overwrite, as the bed cannot name revisions (see
+  # controller::publishes_follows_upstream_and_cleans_up).
+  publish: {{versionPolicy: Overwrite}}
   interval: 1h
 "#
         ),

@@ -4,6 +4,8 @@
 
 use std::process::Command;
 
+use anyhow::Context as _;
+
 use libtest_mimic::Trial;
 
 use crate::support::bed;
@@ -11,9 +13,14 @@ use crate::support::images::{ImageKind, Registry, push_image};
 use crate::tests::git::make_repo;
 
 pub fn trials() -> Vec<Trial> {
-    vec![Trial::test("release::git_upstream_to_package", || {
-        crate::support::block_on(git_upstream_to_package())
-    })]
+    vec![
+        Trial::test("release::git_upstream_to_package", || {
+            crate::support::block_on(git_upstream_to_package())
+        }),
+        Trial::test("release::published_versions_are_immutable", || {
+            crate::support::block_on(published_versions_are_immutable())
+        }),
+    ]
 }
 
 fn packsmith(args: &[&str]) -> anyhow::Result<(String, String)> {
@@ -183,5 +190,204 @@ spec:
         again.contains(&format!("Pushed '{image}'")),
         "re-release moved the digest:\n{again}"
     );
+    Ok(())
+}
+
+fn packsmith_fails(args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(env!("CARGO_BIN_EXE_packsmith"))
+        .args(args)
+        .output()?;
+    anyhow::ensure!(
+        !out.status.success(),
+        "packsmith {} succeeded",
+        args.join(" ")
+    );
+    Ok(String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn pushed_image(stdout: &str) -> anyhow::Result<String> {
+    stdout
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("Pushed '")
+                .and_then(|l| l.strip_suffix('\''))
+        })
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow::anyhow!("no Pushed line in {stdout}"))
+}
+
+/// The digest `repo:tag` has in the bed's plain registry, or None.
+async fn tag_digest(repo: &str, tag: &str) -> anyhow::Result<Option<String>> {
+    let registry = packsmith::registry::Registry::new(packsmith::registry::RegistryOptions {
+        insecure_hosts: vec![bed().registry.clone()],
+        ..Default::default()
+    })?;
+    let reference =
+        packsmith::registry::parse_reference(&format!("{}/{repo}:{tag}", bed().registry))?;
+    Ok(registry
+        .distribution()
+        .manifest_digest_at(&reference, tag)
+        .await?)
+}
+
+/// What an older packsmith (another compressor) would have pushed for the same files: the
+/// bundle at `repo:tag` with its layer recompressed, same config (same diff_id), under the
+/// same tag. Returns the new manifest digest.
+async fn recompress(repo: &str, tag: &str) -> anyhow::Result<String> {
+    use std::io::{Read as _, Write as _};
+    let reg = Registry::plain(bed());
+    let client = reg.client();
+    let tagged = reg.reference(repo, tag)?;
+    let docker_v2 = "application/vnd.docker.distribution.manifest.v2+json";
+    let (bytes, _) = client
+        .pull_manifest_raw(&tagged, &reg.auth, &[docker_v2])
+        .await
+        .context("pulling the manifest")?;
+    let mut manifest: serde_json::Value = serde_json::from_slice(&bytes)?;
+    let layer = manifest["layers"][0]["digest"]
+        .as_str()
+        .ok_or_else(|| anyhow::anyhow!("no layer in {manifest}"))?
+        .to_owned();
+    let mut compressed = Vec::new();
+    client
+        .pull_blob(&tagged, layer.as_str(), &mut compressed)
+        .await?;
+    let mut tar = Vec::new();
+    flate2::read::GzDecoder::new(compressed.as_slice()).read_to_end(&mut tar)?;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    encoder.write_all(&tar)?;
+    let recompressed = encoder.finish()?;
+    anyhow::ensure!(recompressed != compressed, "the same compression");
+    let digest = packsmith::registry::sha256_digest(&recompressed);
+    client
+        .push_blob(&tagged, recompressed.clone(), &digest)
+        .await
+        .context("pushing the layer")?;
+    manifest["layers"][0]["digest"] = serde_json::json!(digest);
+    manifest["layers"][0]["size"] = serde_json::json!(recompressed.len());
+    let data = serde_json::to_vec(&manifest)?;
+    let manifest_digest = packsmith::registry::sha256_digest(&data);
+    client
+        .push_manifest_raw(&tagged, data, docker_v2.parse()?)
+        .await
+        .context("pushing the manifest")?;
+    Ok(manifest_digest)
+}
+
+/// `spec.publish.versionPolicy` through `packsmith release`, with the registry's tags as the
+/// record: other content under a published version becomes its next revision (the version's
+/// tag stays), unchanged content publishes nothing new — also when only the compression
+/// differs —, Refuse stops with the way out, Overwrite moves the tag.
+async fn published_versions_are_immutable() -> anyhow::Result<()> {
+    let reg = bed().registry.clone();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .subsec_nanos();
+    let repo = format!("packages/immutable-{nanos:x}");
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path().join("pkg");
+    std::fs::create_dir_all(&dir)?;
+    let dir_s = dir.to_str().expect("utf-8 path").to_owned();
+    let write = |content: &str, policy: &str| {
+        std::fs::write(
+            dir.join("packagesource.yaml"),
+            format!(
+                r#"apiVersion: packsmith.dev/v1alpha1
+kind: PackageSource
+metadata:
+  name: immutable
+spec:
+  package:
+    refName: immutable.packages.example.com
+    version: 1.0.0
+  contents:
+  - path: config/app
+    contents:
+    - path: .
+      inline:
+        paths:
+          cm.yaml: "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: app}}\ndata: {{v: '{content}'}}\n"
+  images: {{lock: false}}
+  bundle:
+    repository: {reg}/{repo}
+    insecure: true
+  publish:
+    versionPolicy: {policy}
+"#
+            ),
+        )
+    };
+    let release = || packsmith(&["release", &dir_s]);
+
+    // 1.0.0 as first published.
+    write("a", "Revision")?;
+    let first = pushed_image(&release()?.0)?;
+    let d1 = first
+        .rsplit_once('@')
+        .map(|(_, d)| d.to_owned())
+        .unwrap_or_default();
+    anyhow::ensure!(tag_digest(&repo, "1.0.0").await? == Some(d1.clone()));
+
+    // The same files compressed otherwise (an older packsmith): nothing new is published.
+    let d1_other = recompress(&repo, "1.0.0").await?;
+    let (out, _) = release()?;
+    anyhow::ensure!(
+        pushed_image(&out)? == format!("{reg}/{repo}@{d1_other}"),
+        "the compressed-otherwise bundle is what 1.0.0 is: {out}"
+    );
+    anyhow::ensure!(
+        out.contains("immutable.packages.example.com 1.0.0 "),
+        "{out}"
+    );
+    anyhow::ensure!(tag_digest(&repo, "1.0.0_packsmith.2").await?.is_none());
+
+    // Other files: revision 2, and the version's tag stays where it was.
+    write("b", "Revision")?;
+    let (out, err) = release()?;
+    let second = pushed_image(&out)?;
+    let d2 = second
+        .rsplit_once('@')
+        .map(|(_, d)| d.to_owned())
+        .unwrap_or_default();
+    anyhow::ensure!(out.contains("1.0.0+packsmith.2"), "{out}");
+    anyhow::ensure!(err.contains(&format!("{reg}/{repo}@{d1_other}")), "{err}");
+    anyhow::ensure!(tag_digest(&repo, "1.0.0").await? == Some(d1_other.clone()));
+    anyhow::ensure!(tag_digest(&repo, "1.0.0_packsmith.2").await? == Some(d2.clone()));
+    let package =
+        dir.join("carvel-artifacts/packages/immutable.packages.example.com/1.0.0+packsmith.2.yml");
+    let package = packsmith::carvel::Package::from_yaml(&std::fs::read_to_string(&package)?)?;
+    anyhow::ensure!(
+        package.metadata.name.as_deref()
+            == Some("immutable.packages.example.com.1.0.0+packsmith.2")
+            && package.spec.version == "1.0.0+packsmith.2"
+    );
+
+    // The same files again: revision 2 again, no revision 3.
+    let (out, _) = release()?;
+    anyhow::ensure!(pushed_image(&out)? == second, "{out}");
+    anyhow::ensure!(tag_digest(&repo, "1.0.0_packsmith.3").await?.is_none());
+
+    // Refuse: nothing pushed, and the message says what to do.
+    write("c", "Refuse")?;
+    let err = packsmith_fails(&["release", &dir_s])?;
+    for hint in [
+        "VersionImmutable",
+        "1.0.0",
+        "bump spec.package.version",
+        "Overwrite",
+    ] {
+        anyhow::ensure!(err.contains(hint), "{hint}: {err}");
+    }
+    anyhow::ensure!(tag_digest(&repo, "1.0.0_packsmith.3").await?.is_none());
+    anyhow::ensure!(tag_digest(&repo, "1.0.0").await? == Some(d1_other.clone()));
+
+    // Overwrite: the version's tag moves, as before this policy existed.
+    write("c", "Overwrite")?;
+    let third = pushed_image(&release()?.0)?;
+    let d3 = third
+        .rsplit_once('@')
+        .map(|(_, d)| d.to_owned())
+        .unwrap_or_default();
+    anyhow::ensure!(tag_digest(&repo, "1.0.0").await? == Some(d3));
     Ok(())
 }

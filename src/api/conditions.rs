@@ -40,6 +40,8 @@ pub mod reasons {
     pub const NO_MATCHING_VERSION: &str = "NoMatchingVersion";
     pub const LOCK_FAILED: &str = "LockFailed";
     pub const PUSH_FAILED: &str = "PushFailed";
+    /// The version is already published with other content and the policy is Refuse.
+    pub const VERSION_IMMUTABLE: &str = "VersionImmutable";
     pub const PUBLISH_FAILED: &str = "PublishFailed";
     /// The Carvel packaging API (kapp-controller) is not installed in the cluster.
     pub const PACKAGING_API_MISSING: &str = "PackagingAPIMissing";

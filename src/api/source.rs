@@ -226,6 +226,10 @@ pub struct PublishSpec {
     /// What happens to published Packages when the PackageSource is deleted.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+    /// What happens when a version already published is about to be published with other
+    /// content (a new upstream commit, lock or overlay under the same version).
+    #[serde(default)]
+    pub version_policy: VersionPolicy,
 }
 
 impl Default for PublishSpec {
@@ -235,8 +239,27 @@ impl Default for PublishSpec {
             namespace: None,
             retain: default_retain(),
             deletion_policy: DeletionPolicy::default(),
+            version_policy: VersionPolicy::default(),
         }
     }
+}
+
+/// A published version is a promise: what may become of it when its content changes. Content
+/// is compared uncompressed (the layer's diff_id), so a new compressor changes nothing.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq,
+)]
+pub enum VersionPolicy {
+    /// Publish the new content as the next packaging revision, `1.9.1+packsmith.2` (OCI tag
+    /// `1.9.1_packsmith.2`), and keep the earlier one; counted by `publish.retain` like a
+    /// version.
+    #[default]
+    Revision,
+    /// Publish nothing: the source is Stalled with VersionImmutable until the version is
+    /// bumped or the content is back to what was published.
+    Refuse,
+    /// Move the version's tag to the new content and update the Package in place.
+    Overwrite,
 }
 
 fn default_retain() -> u32 {

@@ -106,6 +106,13 @@ pub(super) fn run(args: &ReleaseArgs, runtime: &tokio::runtime::Runtime) -> anyh
     crate::lock::write_atomically(&previous_path, outcome.contents.to_yaml()?.as_bytes())
         .with_context(|| format!("writing {}", previous_path.display()))?;
     let written = write_package_files(&output_dir, &outcome.package, &outcome.metadata)?;
+    if let Some(before) = &outcome.changed_from {
+        eprintln!(
+            "packsmith: the content under this version changed since {before} was published; \
+             published it as {} (spec.publish.versionPolicy: {:?})",
+            outcome.version, spec.publish.version_policy
+        );
+    }
     println!("Pushed '{}'", outcome.pushed.image);
     println!(
         "packsmith: {} {} with {} locked images",

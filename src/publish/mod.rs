@@ -4,6 +4,7 @@
 
 pub mod package;
 pub mod repository;
+pub mod revision;
 pub mod values_schema;
 
 pub use package::{Release, RenderError, render};

@@ -187,6 +187,32 @@ mod tests {
         );
     }
 
+    /// A packaging revision as kapp-controller's own validation
+    /// (`pkg/apiserver/apis/datapackaging/validation/validations.go`) takes it: the name is
+    /// exactly `<spec.refName>.<spec.version>` — not itself checked as a DNS name, only
+    /// refName is — and the version is semver, build metadata included. (The bed's stand-in
+    /// CRDs cannot hold a `+` in a name; kapp-controller's aggregated API can.)
+    #[test]
+    fn a_revision_renders_a_package_kapp_controller_accepts() {
+        let p = source("nginx.example.com");
+        let version = crate::publish::revision::revision_version("1.9.1", 2);
+        let (package, _) = render(&release(&p, &version)).expect("render");
+        let name = package.metadata.name.clone().expect("name");
+        assert_eq!(
+            name,
+            format!("{}.{}", package.spec.ref_name, package.spec.version)
+        );
+        assert_eq!(name, "nginx.example.com.1.9.1+packsmith.2");
+        let parsed = semver::Version::parse(&package.spec.version).expect("semver");
+        assert_eq!(parsed.build.as_str(), "packsmith.2");
+        // Revisions order after the version they revise for people and tools that sort by
+        // build metadata; semver precedence ignores it (kapp-controller's constraints do too).
+        assert_eq!(
+            parsed.cmp_precedence(&semver::Version::parse("1.9.1").expect("semver")),
+            std::cmp::Ordering::Equal
+        );
+    }
+
     #[test]
     fn refuses_what_kapp_controller_would_reject() {
         let p = source("nginx.example");

@@ -326,7 +326,8 @@ async fn last_release(
     // Where status says, then the other place: the status this reconcile sees may predate a
     // move the previous one made (a reflector cache lags the write), and losing the release
     // time would rewrite the record and change the repository's digest.
-    let recorded = || record::package(ctx, namespace, &last.name);
+    let record = record::record_name(&last.name);
+    let recorded = || record::package(ctx, namespace, &record);
     if last.config_map.is_some()
         && let Some(found) = recorded().await
     {
@@ -418,9 +419,10 @@ async fn record_outcome(
     current: &PackageSourceStatus,
     outcome: &Outcome,
 ) -> Result<String, PublishError> {
-    let config_map = status::package_name(outcome);
+    let package_name = status::package_name(outcome);
+    let config_map = record::record_name(&package_name);
     let expected = PackageStatus {
-        name: config_map.clone(),
+        name: package_name,
         version: outcome.version.clone(),
         namespace: None,
         config_map: Some(config_map.clone()),

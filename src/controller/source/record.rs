@@ -47,6 +47,15 @@ pub(crate) struct BadRecord {
 }
 
 /// The ConfigMap recording `outcome` for `source`.
+/// The record ConfigMap's name for Package `package`: the same, except that a revision's
+/// build metadata `+` (valid in kapp-controller's Package names, never in a ConfigMap's)
+/// becomes a `.`. Another Package's name could only become the same with a refName ending in
+/// a numeric label and numeric build metadata; ownership checks then refuse the record, they
+/// never overwrite it.
+pub(crate) fn record_name(package: &str) -> String {
+    package.replace('+', ".")
+}
+
 pub(crate) fn desired(
     source: &PackageSource,
     outcome: &Outcome,
@@ -61,7 +70,7 @@ pub(crate) fn desired(
     });
     Ok(ConfigMap {
         metadata: ObjectMeta {
-            name: Some(outcome.package.name_any()),
+            name: Some(record_name(&outcome.package.name_any())),
             namespace: source.namespace(),
             labels: Some(labels),
             owner_references: owner.map(|o: OwnerReference| vec![o]),
@@ -279,6 +288,36 @@ mod tests {
             ])),
             ..ConfigMap::default()
         }
+    }
+
+    /// A revision's Package name has a `+`; its record's ConfigMap name may not (a DNS
+    /// subdomain, as the API server checks every ConfigMap name).
+    #[test]
+    fn a_revisions_record_has_a_valid_configmap_name() {
+        let dns_subdomain = |name: &str| {
+            name.len() <= 253
+                && name.split('.').all(|label| {
+                    !label.is_empty()
+                        && label
+                            .bytes()
+                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                        && !label.starts_with('-')
+                        && !label.ends_with('-')
+                })
+        };
+        let package = "demo.example.com.1.0.0+packsmith.2";
+        let name = record_name(package);
+        assert_eq!(name, "demo.example.com.1.0.0.packsmith.2");
+        assert!(dns_subdomain(&name), "{name}");
+        assert!(
+            !dns_subdomain(package),
+            "the Package name itself is not one"
+        );
+        assert_ne!(name, record_name("demo.example.com.1.0.0"));
+        assert_eq!(
+            record_name("demo.example.com.1.0.0"),
+            "demo.example.com.1.0.0"
+        );
     }
 
     #[test]

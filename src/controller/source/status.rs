@@ -11,7 +11,7 @@ use crate::api::conditions::{self, reasons, types};
 use crate::api::source::{
     BundleStatus, ImagesStatus, PackageSourceStatus, PackageStatus, PublishedVersion,
 };
-use crate::carvel::vendir::{LockConfig, LockDirectoryContents};
+use crate::carvel::vendir::{LockConfig, LockDirectory, LockDirectoryContents};
 use crate::controller::outcome::{Failure, Retry, mark_reconciling, short_digest, truncate};
 use crate::pipeline::{Outcome, PipelineError, Stage};
 
@@ -94,6 +94,36 @@ pub(super) fn begin(current: &PackageSourceStatus, o: &Observed<'_>) -> PackageS
     let mut status = current.clone();
     mark_reconciling(&mut status.conditions, o.generation, o.now);
     status
+}
+
+/// Why a version was published with content other than what it held (a revision, or the
+/// tag moved by `versionPolicy: Overwrite`), naming the inputs that changed since the last
+/// status: it ends up in the Ready message and the `Published` event.
+fn revision_note(current: &PackageSourceStatus, outcome: &Outcome) -> Option<String> {
+    let before = outcome.changed_from.as_ref()?;
+    let mut changed: Vec<String> = Vec::new();
+    let previous: std::collections::BTreeMap<&str, &LockDirectory> = current
+        .contents
+        .iter()
+        .map(|d| (d.path.as_str(), d))
+        .collect();
+    for directory in &outcome.contents.directories {
+        if previous.get(directory.path.as_str()) != Some(&directory) {
+            changed.push(format!("the upstream of {}", directory.path));
+        }
+    }
+    let locked_before = current.images.as_ref().map(|i| i.locked.as_slice());
+    if locked_before.is_some_and(|locked| locked != outcome.images.as_slice()) {
+        changed.push("the locked images".to_owned());
+    }
+    let why = if changed.is_empty() {
+        "the bundle's files (an overlay, or inputs changed before this status)".to_owned()
+    } else {
+        changed.join(", ")
+    };
+    Some(format!(
+        "the content under this version changed since {before} was published (changed: {why})"
+    ))
 }
 
 /// The status after a reconcile that pushed and (unless disabled) published `outcome`.
@@ -194,6 +224,10 @@ pub(super) fn succeeded(
             "pushed {} version {} as bundle {} (publish.enabled is false: no Package applied)",
             outcome.package.spec.ref_name, outcome.version, outcome.pushed.image
         ),
+    };
+    let ready = match revision_note(current, outcome) {
+        Some(note) => format!("{ready}; {note}"),
+        None => ready,
     };
     conditions::set(c, types::READY, true, reasons::SUCCEEDED, ready, gen_, now);
     conditions::remove(c, types::STALLED);
@@ -469,6 +503,7 @@ mod tests {
         Outcome {
             contents,
             version: version.into(),
+            changed_from: None,
             images: vec!["quay.io/x/y@sha256:00".into()],
             pushed: Pushed {
                 image: image.into(),
@@ -480,6 +515,36 @@ mod tests {
             package: Package::new("demo.example.com", version, Default::default()),
             metadata: PackageMetadata::new("demo.example.com", Default::default()),
         }
+    }
+
+    /// A revision names what changed since the status before it: the upstream of a directory,
+    /// the locked images, or (nothing recorded differs) the bundle's own files.
+    #[test]
+    fn a_revision_says_which_inputs_changed() {
+        let mut revised = outcome("1.0.0+packsmith.2", "r.io/demo@sha256:22");
+        assert_eq!(
+            revision_note(&PackageSourceStatus::default(), &revised),
+            None
+        );
+        revised.changed_from = Some("r.io/demo@sha256:11".into());
+        let mut before = PackageSourceStatus::default();
+        record_artifact(&mut before, &revised);
+        let note = revision_note(&before, &revised).expect("a note");
+        assert!(note.contains("r.io/demo@sha256:11"), "{note}");
+        assert!(note.contains("the bundle's files"), "{note}");
+
+        before.images = Some(ImagesStatus {
+            count: 1,
+            locked: vec!["quay.io/x/y@sha256:99".into()],
+        });
+        before.contents[0].contents[0].path = "elsewhere".into();
+        let note = revision_note(&before, &revised).expect("a note");
+        let directory = &revised.contents.directories[0].path;
+        assert!(
+            note.contains(&format!("the upstream of {directory}"))
+                && note.contains("the locked images"),
+            "{note}"
+        );
     }
 
     fn cond<'a>(s: &'a PackageSourceStatus, type_: &str) -> &'a Condition {
