@@ -103,12 +103,13 @@ demo:
 demo-down:
 	bash e2e/scripts/demo.sh down $(DEMO_STATE)
 
-## chart-lint: helm lint --strict of charts/packsmith, defaults and the HA/namespaced/ServiceMonitor variant.
+## chart-lint: helm lint --strict of charts/packsmith: defaults, the HA/namespaced/ServiceMonitor variant, two shards.
 chart-lint:
 	helm=$$(bash e2e/scripts/install-tools.sh | sed -n 's/^helm=//p'); \
 	"$$helm" lint --strict charts/packsmith; \
 	"$$helm" lint --strict charts/packsmith --set replicaCount=2 --set watchNamespace=team-a \
-	  --set metrics.serviceMonitor.enabled=true
+	  --set metrics.serviceMonitor.enabled=true; \
+	"$$helm" lint --strict charts/packsmith --set 'sharding.shards={shard1,shard2}'
 
 ## chart-crds: copy crds/ into the chart and the kustomize base (the e2e suite fails when they differ).
 chart-crds:

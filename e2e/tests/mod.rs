@@ -15,6 +15,7 @@ pub mod lock;
 pub mod registry;
 pub mod release;
 pub mod repo;
+pub mod sharding;
 pub mod ship;
 pub mod sync;
 pub mod tce;
@@ -40,6 +41,7 @@ pub fn trials() -> (Vec<Trial>, Vec<Trial>) {
     parallel.extend(registry::trials());
     parallel.extend(release::trials());
     parallel.extend(repo::trials());
+    parallel.extend(sharding::trials());
     parallel.extend(ship::trials());
     parallel.extend(sync::trials());
     parallel.extend(tce::trials());

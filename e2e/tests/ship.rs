@@ -404,6 +404,57 @@ async fn chart_and_kustomize_apply_server_side() -> anyhow::Result<()> {
         "a watched namespace must grant nothing cluster-wide"
     );
     dry_run_apply(&client, &ns, &ha).await?;
+
+    // Two shards beside the unsharded default: a Deployment each, each with its selector and
+    // its own Lease, every Lease grantable.
+    let sharded = docs(&helm_template(
+        &tools,
+        &ns,
+        &["replicaCount=2", "sharding.shards={shard1,shard2}"],
+        false,
+    )?)?;
+    dry_run_apply(&client, &ns, &sharded).await?;
+    let mut shards: Vec<(String, String)> = sharded
+        .iter()
+        .filter(|d| kind_of(d) == "Deployment")
+        .map(|d| {
+            let args = args_of(d);
+            let find = |prefix: &str| {
+                args.iter()
+                    .find_map(|a| a.strip_prefix(prefix).map(str::to_owned))
+                    .unwrap_or_default()
+            };
+            (
+                find("--watch-label-selector="),
+                find("--leader-election-id="),
+            )
+        })
+        .collect();
+    shards.sort();
+    anyhow::ensure!(
+        shards
+            == [
+                (
+                    "!sharding.packsmith.dev/key".to_owned(),
+                    "packsmith-controller".to_owned()
+                ),
+                (
+                    "sharding.packsmith.dev/key in (shard1)".to_owned(),
+                    "packsmith-controller-shard1".to_owned()
+                ),
+                (
+                    "sharding.packsmith.dev/key in (shard2)".to_owned(),
+                    "packsmith-controller-shard2".to_owned()
+                ),
+            ],
+        "shards: {shards:?}"
+    );
+    let leases = by_name(&sharded, "Role", "-leader-election")?.to_string();
+    anyhow::ensure!(
+        leases.contains("packsmith-controller-shard2"),
+        "the Role grants every shard's Lease: {leases}"
+    );
+
     let ha_deployment = find(&ha, "Deployment")?;
     check_hardened(ha_deployment, "chart HA")?;
     let args = args_of(ha_deployment);

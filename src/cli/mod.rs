@@ -152,6 +152,12 @@ struct ControllerArgs {
         value_name = "CIDR,…"
     )]
     deny_upstream_cidrs: Vec<String>,
+    /// Reconcile only the PackageSources and PackageRepositorySources these labels select,
+    /// e.g. `sharding.packsmith.dev/key in (shard1)` (Flux's sharding convention). Each shard
+    /// runs with its own selector and Lease; the unsharded default excludes sharded objects
+    /// with `!sharding.packsmith.dev/key`.
+    #[arg(long, env = "PACKSMITH_WATCH_LABEL_SELECTOR", value_name = "SELECTOR")]
+    watch_label_selector: Option<String>,
     /// How long the Lease is valid after a renewal (whole seconds).
     #[arg(long, default_value = "35s", value_parser = duration)]
     leader_election_lease_duration: std::time::Duration,
@@ -276,11 +282,18 @@ fn controller(args: ControllerArgs, runtime: &tokio::runtime::Runtime) -> anyhow
                 .collect()
         }),
         handle_signals: true,
+        label_selector: args
+            .watch_label_selector
+            .clone()
+            .filter(|s| !s.trim().is_empty()),
         leader_election: args
             .leader_elect
             .then(|| crate::controller::LeaderElection {
                 namespace: args.leader_election_namespace,
-                lease_name: args.leader_election_id,
+                lease_name: crate::controller::shard_lease_name(
+                    &args.leader_election_id,
+                    args.watch_label_selector.as_deref(),
+                ),
                 identity: crate::controller::default_identity(),
                 lease_duration: args.leader_election_lease_duration,
                 renew_deadline: args.leader_election_renew_deadline,

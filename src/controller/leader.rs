@@ -17,6 +17,20 @@ use kube_lease_manager::{LeaseCreateMode, LeaseManager, LeaseParams};
 
 /// Default Lease name (`--leader-election-id`).
 pub const DEFAULT_LEASE_NAME: &str = "packsmith-controller";
+
+/// The Lease of a shard: replicas of one shard (same `--watch-label-selector`) share it,
+/// shards never do. An explicit `--leader-election-id` is taken as given; the default gets a
+/// short digest of the selector, so N shards started from one manifest elect N leaders.
+pub fn shard_lease_name(lease_name: &str, selector: Option<&str>) -> String {
+    match selector.map(str::trim).filter(|s| !s.is_empty()) {
+        Some(selector) if lease_name == DEFAULT_LEASE_NAME => {
+            let digest = crate::registry::sha256_digest(selector.as_bytes());
+            let hex = digest.trim_start_matches("sha256:");
+            format!("{lease_name}-{}", &hex[..10])
+        }
+        _ => lease_name.to_owned(),
+    }
+}
 /// Flux's defaults.
 pub(super) const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(35);
 pub(super) const DEFAULT_RENEW_DEADLINE: Duration = Duration::from_secs(30);
@@ -219,6 +233,32 @@ impl Elector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_shard_has_its_own_lease_and_an_explicit_name_wins() {
+        let shard1 = shard_lease_name(
+            DEFAULT_LEASE_NAME,
+            Some("sharding.packsmith.dev/key in (shard1)"),
+        );
+        let shard2 = shard_lease_name(
+            DEFAULT_LEASE_NAME,
+            Some("sharding.packsmith.dev/key in (shard2)"),
+        );
+        assert_ne!(shard1, shard2);
+        assert!(
+            shard1.starts_with("packsmith-controller-") && shard1.len() <= 63,
+            "{shard1}"
+        );
+        assert_eq!(
+            shard_lease_name(DEFAULT_LEASE_NAME, None),
+            DEFAULT_LEASE_NAME
+        );
+        assert_eq!(
+            shard_lease_name(DEFAULT_LEASE_NAME, Some(" ")),
+            DEFAULT_LEASE_NAME
+        );
+        assert_eq!(shard_lease_name("mine", Some("a=b")), "mine");
+    }
 
     #[test]
     fn flux_defaults_are_valid_and_bad_timings_are_not() {

@@ -51,7 +51,7 @@ use tokio::net::TcpListener;
 use crate::registry::Credentials;
 pub use context::FINALIZER;
 use health::{Endpoints, Probes};
-pub use leader::{DEFAULT_LEASE_NAME, LeaderElection, default_identity};
+pub use leader::{DEFAULT_LEASE_NAME, LeaderElection, default_identity, shard_lease_name};
 use metrics::Metrics;
 use outcome::api_message;
 pub use schedule::parse_duration;
@@ -98,6 +98,11 @@ pub struct Options {
     /// Bytes one PackageSource's synced tree and caches may take (`--max-object-disk`);
     /// `None`: no budget.
     pub max_object_disk: Option<u64>,
+    /// Reconcile only PackageSources and PackageRepositorySources these labels select
+    /// (`--watch-label-selector`, Flux's sharding convention); all when `None`. What a
+    /// reconcile reads of other objects (the repositories that may select a source, the
+    /// sources a repository selects) is never narrowed by it.
+    pub label_selector: Option<String>,
 }
 
 impl Default for Options {
@@ -117,6 +122,7 @@ impl Default for Options {
             min_interval: std::time::Duration::ZERO,
             egress: Egress::default(),
             max_object_disk: Some(DEFAULT_MAX_OBJECT_DISK),
+            label_selector: None,
         }
     }
 }
@@ -210,15 +216,29 @@ impl Controller {
                 source,
             }
         })?;
+        // With the label selector, so a selector the API server cannot parse stops the
+        // process here, named, rather than failing every watch in a loop.
+        let mut probe = ListParams::default().limit(1);
+        if let Some(selector) = &options.label_selector {
+            probe = probe.labels(selector);
+        }
         api(&client, options.namespace.as_deref())
-            .list(&ListParams::default().limit(1))
+            .list(&probe)
             .await
             .map_err(|source| ControllerError::Api {
-                scope: options
-                    .namespace
-                    .as_deref()
-                    .map(|ns| format!(" in namespace {ns}"))
-                    .unwrap_or_default(),
+                scope: [
+                    options
+                        .namespace
+                        .as_deref()
+                        .map(|ns| format!(" in namespace {ns}")),
+                    options
+                        .label_selector
+                        .as_deref()
+                        .map(|s| format!(" with --watch-label-selector {s:?}")),
+                ]
+                .into_iter()
+                .flatten()
+                .collect(),
                 source,
             })?;
         Ok(Self {
@@ -273,7 +293,11 @@ impl Controller {
             }
         };
 
-        let watches = wiring::Watches::start(&client, options.namespace.as_deref());
+        let watches = wiring::Watches::start(
+            &client,
+            options.namespace.as_deref(),
+            options.label_selector.as_deref(),
+        );
         let readiness = watches.report_ready(probes.clone());
         let ctx = wiring::context(&client, &options, metrics, &watches);
         let sources = wiring::source_controller(&client, &options, watches);

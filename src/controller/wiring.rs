@@ -44,9 +44,9 @@ pub(super) struct Watches {
 }
 
 impl Watches {
-    pub(super) fn start(client: &Client, namespace: Option<&str>) -> Self {
+    pub(super) fn start(client: &Client, namespace: Option<&str>, selector: Option<&str>) -> Self {
         let (sources, writer) = reflector::store();
-        let source_triggers = watcher(api(client, namespace), watcher::Config::default())
+        let source_triggers = watcher(api(client, namespace), sharded(selector))
             .default_backoff()
             .reflect(writer)
             .applied_objects()
@@ -275,7 +275,7 @@ pub(super) fn repository_controller(
     let (repositories, writer) = reflector::store();
     let triggers = watcher(
         scoped::<PackageRepositorySource>(client, namespace),
-        watcher::Config::default(),
+        sharded(options.label_selector.as_deref()),
     )
     .default_backoff()
     .reflect(writer)
@@ -303,6 +303,16 @@ pub(super) fn repository_controller(
             },
         );
     configured(controller, options)
+}
+
+/// The watch of the objects this process reconciles: only those `selector` selects, when
+/// sharded. An object relabelled out of the selector leaves the watch (the API server sends
+/// it as deleted): this shard stops reconciling it and the shard it moved to takes over.
+fn sharded(selector: Option<&str>) -> watcher::Config {
+    match selector {
+        Some(selector) => watcher::Config::default().labels(selector),
+        None => watcher::Config::default(),
+    }
 }
 
 fn configured<K: reconcile::Reconciled>(
