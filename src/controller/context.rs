@@ -95,6 +95,8 @@ pub(super) struct Context {
     pub repositories: Store<PackageRepositorySource>,
     /// Sizes of the work directories, for `--cache-max-size`.
     pub work_dirs: WorkDirs,
+    /// Registry clients shared across reconciles, one per configuration.
+    pub registries: super::registries::Registries,
 }
 
 impl std::fmt::Debug for Context {

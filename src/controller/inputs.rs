@@ -6,8 +6,10 @@
 //! References never leave the namespace: a PackageSource cannot read another tenant's
 //! credentials through the controller.
 
+use super::registries::Registries;
 use crate::registry::Egress;
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::runtime::reflector::ObjectRef;
@@ -289,13 +291,15 @@ fn to_sync_secret(secret: &Secret) -> sync::Secret {
 /// image mirrors.
 pub(super) async fn registry(
     client: &Client,
+    registries: &Registries,
     namespace: &str,
     spec: &PackageSourceSpec,
     defaults: &Credentials,
     egress: &Egress,
-) -> Result<Registry, Failure> {
+) -> Result<Arc<Registry>, Failure> {
     bundle_registry(
         client,
+        registries,
         namespace,
         &spec.bundle,
         &spec.images.mirrors,
@@ -310,12 +314,13 @@ pub(super) async fn registry(
 /// the given image mirrors.
 pub(super) async fn bundle_registry(
     client: &Client,
+    registries: &Registries,
     namespace: &str,
     bundle: &BundleTarget,
     mirrors: &[RegistryMirror],
     defaults: &Credentials,
     egress: &Egress,
-) -> Result<Registry, Failure> {
+) -> Result<Arc<Registry>, Failure> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let mut options = target_registry_options(bundle, mirrors, Credentials::default(), Vec::new());
     let mut credentials = operator_credentials(defaults, &options);
@@ -357,7 +362,7 @@ pub(super) async fn bundle_registry(
     options.credentials = credentials;
     options.ca_pems = ca_pems;
     options.egress = egress.clone();
-    Registry::new(options).map_err(|e| {
+    registries.get(options).map_err(|e| {
         stalled(
             reasons::INVALID_SPEC,
             format!("configuring registry access from spec.bundle: {e}"),

@@ -30,6 +30,7 @@ mod metrics;
 mod outcome;
 mod ownership;
 mod reconcile;
+mod registries;
 mod repository_source;
 mod schedule;
 mod source;

@@ -86,6 +86,28 @@ struct DockerAuth {
 }
 
 impl Credentials {
+    /// A digest of every credential and the helpers in use: equal for equal credentials,
+    /// and revealing nothing of them.
+    pub fn fingerprint(&self) -> String {
+        let mut text = String::new();
+        for (host, credential) in &self.by_host {
+            let explicit = self.explicit.contains(host);
+            let line = match credential {
+                Credential::Basic { username, password } => {
+                    format!("{host} {explicit} basic {username:?} {password:?}\n")
+                }
+                Credential::Bearer(token) => format!("{host} {explicit} bearer {token:?}\n"),
+            };
+            text.push_str(&line);
+        }
+        if let Some(helpers) = &self.helpers {
+            // Helpers answer at request time: two sets of helpers are one identity only when
+            // they are the same object.
+            text.push_str(&format!("helpers {:p}\n", std::sync::Arc::as_ptr(helpers)));
+        }
+        super::digest::sha256_digest(text.as_bytes())
+    }
+
     /// Parses a docker config.json / `.dockerconfigjson` payload. `source` names it in errors
     /// (a path or `Secret ns/name`); the payload itself never appears in an error.
     /// `credsStore` and `credHelpers` are ignored: the controller's credentials are Secrets

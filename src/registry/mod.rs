@@ -58,6 +58,40 @@ pub struct RegistryOptions {
     pub withhold_credentials_over_fallback: bool,
 }
 
+impl RegistryOptions {
+    /// A digest of everything that makes two registries behave differently — hosts, mirrors,
+    /// CAs, credentials (hashed, never kept in clear), timeouts, egress —, so that one client
+    /// (its connections, pings and tokens) serves every object configured alike and never
+    /// one configured otherwise.
+    pub fn identity(&self) -> String {
+        let mut text = String::new();
+        let mut field = |name: &str, value: &dyn std::fmt::Display| {
+            text.push_str(name);
+            text.push('=');
+            text.push_str(&value.to_string().replace('\n', "\\n"));
+            text.push('\n');
+        };
+        for m in &self.mirrors {
+            field("mirror", &format!("{} {} {}", m.from, m.to, m.insecure));
+        }
+        for host in &self.insecure_hosts {
+            field("insecure", host);
+        }
+        for pem in &self.ca_pems {
+            field("ca", &digest::sha256_digest(pem));
+        }
+        field("credentials", &self.credentials.fingerprint());
+        field("concurrency", &self.max_concurrency);
+        field("read-timeout", &format!("{:?}", self.read_timeout));
+        field("deny-local", &self.egress.deny_local);
+        for net in &self.egress.deny {
+            field("deny", net);
+        }
+        field("withhold", &self.withhold_credentials_over_fallback);
+        digest::sha256_digest(text.as_bytes())
+    }
+}
+
 /// A configured registry client. Cheap to share by reference across tasks.
 pub struct Registry {
     shared: distribution::Shared,
@@ -111,6 +145,13 @@ impl Registry {
     /// controller's registry request metric).
     pub fn requests_made(&self) -> usize {
         self.shared.requests()
+    }
+
+    /// The requests done since the last call (or since the registry was built), for a
+    /// registry shared by several reconciles: each takes what accumulated, the total stays
+    /// exact.
+    pub fn take_requests(&self) -> usize {
+        self.shared.take_requests()
     }
 
     /// The distribution client (lock, push, pull), counting requests from zero.
@@ -208,5 +249,30 @@ mod tests {
         })
         .unwrap_err();
         assert!(matches!(err, RegistryError::Config(_)), "{err}");
+    }
+
+    /// One client per configuration: alike options share an identity, and anything that
+    /// changes what the registry sees (a password, a CA, a mirror) gives another; the
+    /// identity never shows a secret.
+    #[test]
+    fn identities_separate_every_configuration_and_hide_secrets() {
+        let with = |password: &str| RegistryOptions {
+            credentials: Credentials::basic("r.io", "user", password),
+            ..Default::default()
+        };
+        assert_eq!(with("s3cret").identity(), with("s3cret").identity());
+        assert_ne!(with("s3cret").identity(), with("other").identity());
+        assert!(!with("s3cret").identity().contains("s3cret"));
+        let mut mirrored = with("s3cret");
+        mirrored
+            .mirrors
+            .push(Mirror::parse("quay.io=127.0.0.1:5000", true).unwrap());
+        assert_ne!(mirrored.identity(), with("s3cret").identity());
+        let mut ca = with("s3cret");
+        ca.ca_pems.push(b"pem".to_vec());
+        assert_ne!(ca.identity(), with("s3cret").identity());
+        let mut egress = with("s3cret");
+        egress.egress.deny_local = true;
+        assert_ne!(egress.identity(), with("s3cret").identity());
     }
 }

@@ -244,6 +244,7 @@ async fn produce(
     write_tree(&work, &collected)?;
     let registry = inputs::bundle_registry(
         &ctx.client,
+        &ctx.registries,
         &namespace,
         &obj.spec.bundle,
         &[],
@@ -274,7 +275,7 @@ async fn produce(
     ctx.metrics.stage(KIND, "push", started.elapsed());
     ctx.work_dirs.used(&work);
     ctx.metrics
-        .registry_requests(KIND, registry.requests_made());
+        .registry_requests(KIND, registry.take_requests());
     let released = released.map_err(release_failure)?;
     if let Ok(mut m) = ctx.repository_fingerprints.lock() {
         m.insert(key(obj), fingerprint);

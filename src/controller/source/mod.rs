@@ -200,6 +200,7 @@ async fn produce_inner(
         .map_err(no_outcome)?;
     let registry = inputs::registry(
         &ctx.client,
+        &ctx.registries,
         &namespace,
         spec,
         &ctx.settings.credentials_for(&namespace),
@@ -245,7 +246,7 @@ async fn produce_inner(
     let outcome = pipeline::run(&input).await;
     ctx.metrics.stage(KIND, "pipeline", started.elapsed());
     ctx.metrics
-        .registry_requests(KIND, registry.requests_made());
+        .registry_requests(KIND, registry.take_requests());
     if matches!(&outcome, Err(e) if e.reason == reasons::DISK_BUDGET_EXCEEDED) {
         // Stalled until a person acts, so nothing would ever reclaim the space: a stalled
         // object keeps no bytes, and its next try syncs cold.

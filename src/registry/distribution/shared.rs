@@ -66,6 +66,11 @@ impl Shared {
         self.requests.load(Ordering::Relaxed)
     }
 
+    /// The requests counted since the last take, and zero from now on.
+    pub(in crate::registry) fn take_requests(&self) -> usize {
+        self.requests.swap(0, Ordering::Relaxed)
+    }
+
     pub(in crate::registry) fn new(options: &RegistryOptions) -> Result<Self, RegistryError> {
         // Parse the user's CAs now, so a bad bundle is a configuration error up front.
         for pem in &options.ca_pems {
