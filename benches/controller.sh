@@ -124,6 +124,13 @@ while :; do
 done
 ramp_s=$(elapsed "$t_start" "${t_ready:-$(now)}")
 ramp_writes=$(metric_sum packsmith_api_writes_total)
+# Per resource and verb, per object: where the writes on the way to Ready go.
+ramp_write_kinds=$(curl -sf --max-time 5 "$metrics_url" | awk -v n="$N" '
+  /^packsmith_api_writes_total\{/ {
+    match($0, /resource="[^"]*"/); r = substr($0, RSTART + 10, RLENGTH - 11)
+    match($0, /verb="[^"]*"/); v = substr($0, RSTART + 6, RLENGTH - 7)
+    printf "%s%s %s %.2f", sep, v, r, $NF / n; sep = ", "
+  }')
 ramp_reg=$(($(reg_lines) - reg_before_start))
 ramp_pings=$(($(reg_pings) - pings_before_start))
 ramp_cpu=$(cpu_seconds)
@@ -158,6 +165,7 @@ printf '%-34s %-22s %-28s %s\n' "steady RSS (VmRSS, after ${STEADY}s)" "$(mib "$
 printf '%-34s %-22s %-28s %s\n' "steady API writes / min" "$(per_min $((w1 - w0)))" "-" "≈ 0"
 printf '%-34s %-22s %-28s %s\n' "steady registry requests / min" "$(per_min $((r1 - r0)))" "-" "-"
 echo
+echo "ramp API writes per object by verb and resource: $ramp_write_kinds"
 echo "ramp: $ramp_writes API writes ($(awk -v a="$ramp_writes" -v n="$N" 'BEGIN { printf "%.1f", a / n }') per object)," \
   "$ramp_reg registry requests ($(awk -v a="$ramp_reg" -v n="$N" 'BEGIN { printf "%.1f", a / n }') per object, $ramp_pings of them GET /v2/)," \
   "${ramp_cpu}s controller CPU, peak RSS during ramp $(mib "$hwm_ramp") MiB"

@@ -79,6 +79,13 @@ async fn changed_content_becomes_the_next_revision() -> anyhow::Result<()> {
     })
     .await?;
     let first_image = bundle_image(&first);
+    // A quick first reconcile writes its status once: no Reconciling step before the result.
+    let metrics = controller.metrics().await?;
+    anyhow::ensure!(
+        metric(&metrics, STATUS_WRITES) == 1.0,
+        "status writes on the way to Ready: {}",
+        metric(&metrics, STATUS_WRITES)
+    );
 
     let changed = yaml.replace("kind: ConfigMap\\n", "kind: ConfigMap\\ndata: {v: b}\\n");
     anyhow::ensure!(changed != yaml, "the content changed");
