@@ -190,6 +190,7 @@ pub async fn run(input: &PipelineInput<'_>) -> Result<Outcome, PipelineError> {
         revision::Decision::Push {
             version,
             changed_from,
+            ..
         } => (version, changed_from),
         revision::Decision::Existing { version, .. } => (version, None),
     };
@@ -329,8 +330,9 @@ async fn push_bundle(
     let target = location(&declared_tags, version)?;
     // Versions are immutable only where a tag names them: a bundle pushed under other tags
     // (or into an OCI layout) has no version to protect.
+    let decided = matches!(target, Location::Registry(_)) && declared_tags.contains(&declared_tag);
     let decision = match &target {
-        Location::Registry(reference) if declared_tags.contains(&declared_tag) => revision::decide(
+        Location::Registry(reference) if decided => revision::decide(
             input.registry,
             reference,
             version,
@@ -356,6 +358,7 @@ async fn push_bundle(
         _ => revision::Decision::Push {
             version: version.to_owned(),
             changed_from: None,
+            tag_digest: None,
         },
     };
     if let revision::Decision::Existing { image, .. } = &decision {
@@ -370,24 +373,23 @@ async fn push_bundle(
     }
     let tags = tags_for(decision.version());
     let target = location(&tags, decision.version())?;
-    let pushed = bundle::push(
-        input.registry,
-        &built,
-        &target,
-        &tags,
-        &PushOptions::default(),
-    )
-    .await
-    .map_err(|e| {
-        let reason = if e.is_auth() {
-            reasons::AUTHENTICATION_FAILED
-        } else if e.is_denied() {
-            reasons::UPSTREAM_DENIED
-        } else {
-            reasons::PUSH_FAILED
-        };
-        PipelineError::new(Stage::Push, reason, e.to_string(), e.is_retryable())
-    })?;
+    // The decision has just read the version's tag: the push need not ask again.
+    let mut push_options = PushOptions::default();
+    if decided && let revision::Decision::Push { tag_digest, .. } = &decision {
+        push_options.known_tags = vec![(revision::tag_of(decision.version()), tag_digest.clone())];
+    }
+    let pushed = bundle::push(input.registry, &built, &target, &tags, &push_options)
+        .await
+        .map_err(|e| {
+            let reason = if e.is_auth() {
+                reasons::AUTHENTICATION_FAILED
+            } else if e.is_denied() {
+                reasons::UPSTREAM_DENIED
+            } else {
+                reasons::PUSH_FAILED
+            };
+            PipelineError::new(Stage::Push, reason, e.to_string(), e.is_retryable())
+        })?;
     Ok((pushed, decision))
 }
 

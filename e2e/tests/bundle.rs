@@ -41,6 +41,10 @@ where
 
 pub fn trials() -> Vec<Trial> {
     vec![
+        trial(
+            "known_tags_are_not_asked_again",
+            known_tags_are_not_asked_again,
+        ),
         trial("round_trip_plain", |bed| {
             round_trip(plain(bed), plain_host(bed), "rt")
         }),
@@ -805,6 +809,7 @@ async fn registry_down(bed: &Bed) -> anyhow::Result<()> {
         attempts: 3,
         backoff: Duration::from_millis(50),
         progress: Some(&progress),
+        ..PushOptions::default()
     };
     let built = bundle::build(&[tree.path().to_owned()], &BuildOptions::default())?;
     let location = Location::parse(&format!("{repo}:v1"))?;
@@ -823,5 +828,43 @@ async fn registry_down(bed: &Bed) -> anyhow::Result<()> {
     let reference = format!("{repo}:v1").parse()?;
     let digest = registry.distribution().digest(&reference).await?;
     assert_eq!(pushed.image, format!("{repo}@{digest}"));
+    Ok(())
+}
+
+/// A tag the caller has just read (the revision decision) is not HEADed again by the push:
+/// one request fewer, and the outcome is the same — also when the caller says the tag is
+/// absent and the push has to write it.
+async fn known_tags_are_not_asked_again(bed: &Bed) -> anyhow::Result<()> {
+    let tree = package_tree("known-tags")?;
+    let built = bundle::build(&[tree.path().to_owned()], &BuildOptions::default())?;
+    let location = Location::parse(&format!("{}/{PREFIX}/known:v1", bed.registry))?;
+    let tags = vec!["v1".to_owned()];
+    let first = plain(bed);
+    bundle::push(&first, &built, &location, &tags, &PushOptions::default()).await?;
+
+    let asked = plain(bed);
+    let again = bundle::push(&asked, &built, &location, &tags, &PushOptions::default()).await?;
+    let told = plain(bed);
+    let options = PushOptions {
+        known_tags: vec![("v1".to_owned(), Some(built.digest().to_owned()))],
+        ..PushOptions::default()
+    };
+    let known = bundle::push(&told, &built, &location, &tags, &options).await?;
+    anyhow::ensure!(again.image == known.image && known.written_tags.is_empty());
+    anyhow::ensure!(
+        told.requests_made() + 1 == asked.requests_made(),
+        "requests: told {}, asked {}",
+        told.requests_made(),
+        asked.requests_made()
+    );
+
+    // Told the tag is absent: the push writes it.
+    let other = Location::parse(&format!("{}/{PREFIX}/known:v2", bed.registry))?;
+    let options = PushOptions {
+        known_tags: vec![("v2".to_owned(), None)],
+        ..PushOptions::default()
+    };
+    let pushed = bundle::push(&plain(bed), &built, &other, &["v2".to_owned()], &options).await?;
+    anyhow::ensure!(pushed.written_tags.contains(&"v2".to_owned()), "{pushed:?}");
     Ok(())
 }

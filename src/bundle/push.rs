@@ -63,6 +63,9 @@ pub struct PushOptions<'a> {
     pub backoff: Duration,
     /// Receives progress events.
     pub progress: Option<&'a (dyn Fn(&PushEvent) + Send + Sync)>,
+    /// Where tags point, as the caller has just read them (`None`: the tag does not exist):
+    /// not asked again.
+    pub known_tags: Vec<(String, Option<String>)>,
 }
 
 impl Default for PushOptions<'_> {
@@ -71,6 +74,7 @@ impl Default for PushOptions<'_> {
             attempts: 4,
             backoff: Duration::from_millis(250),
             progress: None,
+            known_tags: Vec::new(),
         }
     }
 }
@@ -159,9 +163,12 @@ async fn push_to_registry(
     // Where the tags point and which blobs are there, asked side by side: for a bundle pushed
     // before, these HEADs are the whole push.
     let (current, present) = retry(options, "HEAD tags and blobs of", repo, || async {
-        let tag_heads = futures::future::try_join_all(
-            tags.iter().map(|tag| client.manifest_digest_at(repo, tag)),
-        );
+        let tag_heads = futures::future::try_join_all(tags.iter().map(|tag| async move {
+            match options.known_tags.iter().find(|(known, _)| known == tag) {
+                Some((_, digest)) => Ok(digest.clone()),
+                None => client.manifest_digest_at(repo, tag).await,
+            }
+        }));
         let blob_heads = futures::future::try_join_all(
             blobs
                 .iter()

@@ -34,6 +34,9 @@ pub enum Decision {
         /// The declared version's bundle, when the content changed under it (Revision and
         /// Overwrite): the event says what was there before.
         changed_from: Option<String>,
+        /// Where `version`'s tag points now, as read for this decision (`None`: no such
+        /// tag), so the push does not ask again.
+        tag_digest: Option<String>,
     },
     /// The registry already holds this content as `version` (`image`, possibly compressed
     /// differently): publish that, push nothing.
@@ -121,7 +124,7 @@ pub async fn decide(
             source,
         })?;
     let Some(published) = published else {
-        return Ok(push(version, None));
+        return Ok(push(version, None, None));
     };
     let image_of = |digest: &str| {
         format!(
@@ -131,7 +134,7 @@ pub async fn decide(
         )
     };
     if published == bundle.digest() {
-        return Ok(push(version, None));
+        return Ok(push(version, None, Some(published)));
     }
     if same_content(&client, repository, &published, bundle).await? {
         return Ok(Decision::Existing {
@@ -140,7 +143,11 @@ pub async fn decide(
         });
     }
     match policy {
-        VersionPolicy::Overwrite => Ok(push(version, Some(image_of(&published)))),
+        VersionPolicy::Overwrite => Ok(push(
+            version,
+            Some(image_of(&published)),
+            Some(published.clone()),
+        )),
         VersionPolicy::Refuse => Err(RevisionError::Refused {
             version: version.to_owned(),
             image: image_of(&published),
@@ -171,7 +178,7 @@ pub async fn decide(
                         || same_content(&client, repository, &digest, bundle).await?)
                 {
                     return Ok(if digest == bundle.digest() {
-                        push(&revision, Some(image_of(&published)))
+                        push(&revision, Some(image_of(&published)), Some(digest))
                     } else {
                         Decision::Existing {
                             version: revision,
@@ -182,18 +189,21 @@ pub async fn decide(
             }
             // The declared version is revision 1.
             let next = latest.map_or(2, |n| n.saturating_add(1));
+            // Absent from the tags just listed.
             Ok(push(
                 &revision_version(version, next),
                 Some(image_of(&published)),
+                None,
             ))
         }
     }
 }
 
-fn push(version: &str, changed_from: Option<String>) -> Decision {
+fn push(version: &str, changed_from: Option<String>, tag_digest: Option<String>) -> Decision {
     Decision::Push {
         version: version.to_owned(),
         changed_from,
+        tag_digest,
     }
 }
 
