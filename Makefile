@@ -89,6 +89,7 @@ bench-sync:
 
 ## bench-controller: N=1,000 inline PackageSources: time until all Ready, peak/steady RSS, steady-state
 ## API writes and registry requests per minute, next to Flux's reference. Uses PACKSMITH_E2E_ENV or a fresh bed.
+## SHARDS=4 N=10000 runs four --watch-label-selector shards and reports memory per process.
 bench-controller:
 	$(CARGO) build --release --bin packsmith
 	bash benches/controller.sh

@@ -11,11 +11,14 @@
 # 85 s using 67 MiB) and the goals. Not a test: it asserts nothing.
 #
 # Environment: N (1000), CONCURRENT (4), STEADY (60), INTERVAL (1h), PACKSMITH (release binary),
-# PACKSMITH_E2E_ENV (use that bed instead of starting and stopping one).
+# PACKSMITH_E2E_ENV (use that bed instead of starting and stopping one), SHARDS (0: one
+# controller; K: the objects labelled round-robin `sharding.packsmith.dev/key: shard1..K` and
+# K controllers with `--watch-label-selector`, memory reported per process).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 N="${N:-1000}"
+SHARDS="${SHARDS:-0}"
 CONCURRENT="${CONCURRENT:-4}"
 STEADY="${STEADY:-60}"
 INTERVAL="${INTERVAL:-1h}"
@@ -26,15 +29,17 @@ KUBE_PY="$ROOT/benches/kube.py"
 owned=""
 work="$(mktemp -d /tmp/packsmith-bench-ctl-XXXXXX)"
 ns="bench-ctl-$(date +%s)"
-ctl_pid=""
+ctl_pids=()
 cleanup() {
   set +e
-  if [[ -n "$ctl_pid" ]] && kill -0 "$ctl_pid" 2>/dev/null; then
-    kill -TERM "$ctl_pid"
-    for _ in $(seq 100); do kill -0 "$ctl_pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$ctl_pid" 2>/dev/null
-    wait "$ctl_pid" 2>/dev/null
-  fi
+  for pid in "${ctl_pids[@]}"; do
+    kill -0 "$pid" 2>/dev/null && kill -TERM "$pid"
+  done
+  for pid in "${ctl_pids[@]}"; do
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null
+  done
   if [[ -n "$owned" ]]; then
     bash "$ROOT/e2e/scripts/down.sh" "$owned" >&2
   elif [[ -n "${KUBECONFIG_FILE:-}" ]]; then
@@ -67,22 +72,30 @@ elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
 
 kube apply-crds "$ROOT"/crds/*.yaml "$ROOT"/e2e/crds/kapp-controller/*.yaml >&2
 kube namespace "$ns"
-kube create-sources "$ns" "$N" "$PACKSMITH_E2E_REGISTRY" "$INTERVAL" >&2
+kube create-sources "$ns" "$N" "$PACKSMITH_E2E_REGISTRY" "$INTERVAL" 16 "$SHARDS" >&2
 
-read -r metrics_port health_port < <(python3 -c '
-import socket
-a, b = socket.socket(), socket.socket()
-a.bind(("127.0.0.1", 0)); b.bind(("127.0.0.1", 0))
-print(a.getsockname()[1], b.getsockname()[1])')
-metrics_url="http://127.0.0.1:$metrics_port/metrics"
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+controllers=$((SHARDS > 0 ? SHARDS : 1))
+metrics_urls=()
 
-# Sum of a counter over all its label sets.
+# Sum of a counter over all its label sets, over every controller.
 metric_sum() { # NAME
-  curl -sf --max-time 5 "$metrics_url" | awk -v n="$1" '$1 == n || index($1, n "{") == 1 { s += $NF } END { printf "%d", s }'
+  for url in "${metrics_urls[@]}"; do curl -sf --max-time 5 "$url"; done |
+    awk -v n="$1" '$1 == n || index($1, n "{") == 1 { s += $NF } END { printf "%d", s }'
 }
-status_kb() { awk -v k="$1:" '$1 == k { print $2 }' "/proc/$ctl_pid/status"; }
+# The largest value of a /proc/PID/status field (kB) over the controllers.
+status_kb() {
+  for pid in "${ctl_pids[@]}"; do awk -v k="$1:" '$1 == k { print $2 }' "/proc/$pid/status"; done | sort -n | tail -1
+}
+# Every controller's value, for the per-shard line.
+status_kb_each() {
+  for pid in "${ctl_pids[@]}"; do awk -v k="$1:" '$1 == k { printf "%.1f ", $2 / 1024 }' "/proc/$pid/status"; done
+}
 mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
-cpu_seconds() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.1f", ($14 + $15) / hz }' "/proc/$ctl_pid/stat"; }
+cpu_seconds() {
+  for pid in "${ctl_pids[@]}"; do cat "/proc/$pid/stat"; done |
+    awk -v hz="$(getconf CLK_TCK)" '{ s += ($14 + $15) / hz } END { printf "%.1f", s }'
+}
 # docker-registry writes two lines per request; count its access-log lines ("IP - - [date] ...").
 reg_lines() { grep -c '^[0-9.]* - - \[' "$REGISTRY_LOG" || true; }
 reg_pings() { grep -c '"GET /v2/ HTTP' "$REGISTRY_LOG" || true; }
@@ -101,18 +114,27 @@ bed_cpu >"$work/bed-cpu-0"
 reg_before_start=$(reg_lines)
 pings_before_start=$(reg_pings)
 t_start=$(now)
-RUST_LOG="${RUST_LOG:-warn}" KUBECONFIG="$KUBECONFIG_FILE" "$PACKSMITH" controller --namespace "$ns" \
-  --concurrent "$CONCURRENT" --cache-dir "$work/cache" --kubeconfig "$KUBECONFIG_FILE" \
-  --metrics-addr "127.0.0.1:$metrics_port" --health-addr "127.0.0.1:$health_port" \
-  >"$work/controller.log" 2>&1 &
-ctl_pid=$!
+for c in $(seq "$controllers"); do
+  metrics_port=$(free_port)
+  health_port=$(free_port)
+  metrics_urls+=("http://127.0.0.1:$metrics_port/metrics")
+  selector=()
+  ((SHARDS > 0)) && selector=(--watch-label-selector "sharding.packsmith.dev/key in (shard$c)")
+  RUST_LOG="${RUST_LOG:-warn}" KUBECONFIG="$KUBECONFIG_FILE" "$PACKSMITH" controller --namespace "$ns" \
+    --concurrent "$CONCURRENT" --cache-dir "$work/cache" --kubeconfig "$KUBECONFIG_FILE" \
+    --metrics-addr "127.0.0.1:$metrics_port" --health-addr "127.0.0.1:$health_port" \
+    "${selector[@]}" >"$work/controller-$c.log" 2>&1 &
+  ctl_pids+=($!)
+done
 
 # Poll until all N are Ready (print progress every 10 s).
 ready=0 t_ready=""
 deadline=$(($(date +%s) + READY_TIMEOUT))
 last_print=0
 while :; do
-  kill -0 "$ctl_pid" 2>/dev/null || { echo "bench-controller: the controller exited:" >&2; tail -20 "$work/controller.log" >&2; exit 1; }
+  for c in "${!ctl_pids[@]}"; do
+    kill -0 "${ctl_pids[$c]}" 2>/dev/null || { echo "bench-controller: controller $((c + 1)) exited:" >&2; tail -20 "$work/controller-$((c + 1)).log" >&2; exit 1; }
+  done
   read -r ready total < <(kube ready "$ns")
   if ((ready >= N)); then t_ready=$(now); break; fi
   if (($(date +%s) - last_print >= 10)); then
@@ -125,12 +147,13 @@ done
 ramp_s=$(elapsed "$t_start" "${t_ready:-$(now)}")
 ramp_writes=$(metric_sum packsmith_api_writes_total)
 # Per resource and verb, per object: where the writes on the way to Ready go.
-ramp_write_kinds=$(curl -sf --max-time 5 "$metrics_url" | awk -v n="$N" '
+ramp_write_kinds=$(for url in "${metrics_urls[@]}"; do curl -sf --max-time 5 "$url"; done | awk -v n="$N" '
   /^packsmith_api_writes_total\{/ {
     match($0, /resource="[^"]*"/); r = substr($0, RSTART + 10, RLENGTH - 11)
     match($0, /verb="[^"]*"/); v = substr($0, RSTART + 6, RLENGTH - 7)
-    printf "%s%s %s %.2f", sep, v, r, $NF / n; sep = ", "
-  }')
+    w[v " " r] += $NF
+  }
+  END { for (k in w) { printf "%s%s %.2f", sep, k, w[k] / n; sep = ", " } }')
 ramp_reg=$(($(reg_lines) - reg_before_start))
 ramp_pings=$(($(reg_pings) - pings_before_start))
 ramp_cpu=$(cpu_seconds)
@@ -157,7 +180,7 @@ ready_cell="$ramp_s s"
 [[ -n "$t_ready" ]] || ready_cell="> $ramp_s s ($ready/$N)"
 
 echo
-echo "packsmith controller, $N PackageSources (inline, no image lock, plain registry), --concurrent $CONCURRENT, interval $INTERVAL"
+echo "packsmith controller, $N PackageSources (inline, no image lock, plain registry), --concurrent $CONCURRENT, interval $INTERVAL$( ((SHARDS > 0)) && echo ", $SHARDS shards")"
 printf '%-34s %-22s %-28s %s\n' "" "packsmith" "Flux (1,000 OCIRepositories)" "goal (1,000)"
 printf '%-34s %-22s %-28s %s\n' "all Ready after controller start" "$ready_cell" "85 s" "< 60 s"
 printf '%-34s %-22s %-28s %s\n' "peak RSS (VmHWM)" "$(mib "$hwm") MiB" "67 MiB" "< 64 MiB"
@@ -173,4 +196,7 @@ echo "CPU seconds during the ramp: packsmith $ramp_cpu, $(awk 'NR == FNR { a[$1]
   "(of $(awk -v r="$ramp_s" -v c="$(nproc)" 'BEGIN { printf "%.0f", r * c }') available on $(nproc) cores)"
 echo "steady window: $((rec1 - rec0)) reconciles, $(awk -v a="$c0" -v b="$c1" 'BEGIN { printf "%.1f", b - a }')s CPU"
 echo "work dirs: $cache_dirs under --cache-dir, $(mib "$cache_kib") MiB on disk"
-if [[ -n "${SHOW_METRICS:-}" ]]; then curl -sf "$metrics_url" | grep -v '^#' | grep -v '_bucket' >&2; fi
+if ((SHARDS > 0)); then
+  echo "$SHARDS shards: peak RSS per process (MiB): $(status_kb_each VmHWM); steady: $(status_kb_each VmRSS)"
+fi
+if [[ -n "${SHOW_METRICS:-}" ]]; then for url in "${metrics_urls[@]}"; do curl -sf "$url"; done | grep -v "^#" | grep -v _bucket >&2; fi

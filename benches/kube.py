@@ -117,11 +117,14 @@ def namespace(k, ns):
     must(s, b, (200, 201, 409))
 
 
-def source(name, ns, registry, interval):
+def source(name, ns, registry, interval, shard=None):
+    metadata = {"name": name, "namespace": ns}
+    if shard is not None:
+        metadata["labels"] = {"sharding.packsmith.dev/key": shard}
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "PackageSource",
-        "metadata": {"name": name, "namespace": ns},
+        "metadata": metadata,
         "spec": {
             "package": {"refName": f"{name}.bench.example.com", "version": "0.1.0"},
             "contents": [{
@@ -136,11 +139,12 @@ def source(name, ns, registry, interval):
     }
 
 
-def create_sources(k, ns, n, registry, interval, threads):
+def create_sources(k, ns, n, registry, interval, threads, shards=0):
     path = f"/apis/{GROUP}/{VERSION}/namespaces/{ns}/{PLURAL}"
 
     def one(i):
-        s, b = k.request("POST", path, source(f"bench-{i:04d}", ns, registry, interval))
+        shard = f"shard{i % shards + 1}" if shards else None
+        s, b = k.request("POST", path, source(f"bench-{i:05d}", ns, registry, interval, shard))
         must(s, b, (201, 409))
 
     t0 = time.time()
@@ -198,7 +202,8 @@ def main():
     elif cmd == "namespace":
         namespace(k, args[0])
     elif cmd == "create-sources":
-        create_sources(k, args[0], int(args[1]), args[2], args[3], int(args[4]) if len(args) > 4 else 16)
+        create_sources(k, args[0], int(args[1]), args[2], args[3],
+                       int(args[4]) if len(args) > 4 else 16, int(args[5]) if len(args) > 5 else 0)
     elif cmd == "ready":
         ready(k, args[0])
     elif cmd == "release":
