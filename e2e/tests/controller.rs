@@ -435,6 +435,24 @@ async fn cache_cap_evicts_idle_work_dirs() -> anyhow::Result<()> {
         !work("first").exists() && work("second").is_dir(),
         "over the cap, the idle first work directory was kept"
     );
+    // A directory is evicted only while idle: let the no-op reconciles that follow a first
+    // publication (the watch of the Package it created) end before asking for `first`, or
+    // `second` may be busy, and kept, at the moment `first` is used again.
+    let quiet = Instant::now() + Duration::from_secs(20);
+    loop {
+        let in_flight = metric(
+            &controller.metrics().await?,
+            "packsmith_reconcile_in_flight{kind=\"PackageSource\"",
+        );
+        if in_flight == 0.0 {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < quiet,
+            "{in_flight} reconciles still in flight"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // Evicted is not broken: a requested reconcile syncs it again from scratch.
     api.patch(
         "first",
@@ -457,7 +475,20 @@ async fn cache_cap_evicts_idle_work_dirs() -> anyhow::Result<()> {
         },
     )
     .await?;
-    anyhow::ensure!(work("first").is_dir() && !work("second").exists());
+    anyhow::ensure!(
+        work("first").is_dir() && !work("second").exists(),
+        "after first's reconcile: first {}, second {}",
+        if work("first").is_dir() {
+            "kept"
+        } else {
+            "gone"
+        },
+        if work("second").exists() {
+            "kept"
+        } else {
+            "gone"
+        }
+    );
     controller.stop().await
 }
 
