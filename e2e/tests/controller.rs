@@ -439,14 +439,17 @@ async fn cache_cap_evicts_idle_work_dirs() -> anyhow::Result<()> {
     // publication (the watch of the Package it created) end before asking for `first`, or
     // `second` may be busy, and kept, at the moment `first` is used again.
     let quiet = Instant::now() + Duration::from_secs(20);
-    loop {
+    let mut idle_samples = 0;
+    while idle_samples < 5 {
         let in_flight = metric(
             &controller.metrics().await?,
             "packsmith_reconcile_in_flight{kind=\"PackageSource\"",
         );
-        if in_flight == 0.0 {
-            break;
-        }
+        idle_samples = if in_flight == 0.0 {
+            idle_samples + 1
+        } else {
+            0
+        };
         anyhow::ensure!(
             Instant::now() < quiet,
             "{in_flight} reconciles still in flight"
