@@ -222,6 +222,15 @@ impl Fixture {
         &self.top().digest
     }
 
+    /// The digest of the image for `architecture` (`amd64`, `arm64`).
+    pub fn platform_digest(&self, architecture: &str) -> anyhow::Result<String> {
+        self.images
+            .iter()
+            .find(|image| image.architecture == architecture)
+            .map(|image| image.manifest.digest.clone())
+            .with_context(|| format!("the fixture has no {architecture} image"))
+    }
+
     /// Every blob, configs and layers.
     pub fn blobs(&self) -> impl Iterator<Item = &Blob> {
         self.images.iter().flat_map(|i| [&i.config, &i.layer])

@@ -123,25 +123,14 @@ async fn changed_content_becomes_the_next_revision() -> anyhow::Result<()> {
         anyhow::ensure!(records.get_opt(name).await?.is_some(), "record {name}");
     }
     // The registry is the record of what each version is.
-    let registry = packsmith::registry::Registry::new(packsmith::registry::RegistryOptions {
-        insecure_hosts: vec![bed().registry.clone()],
-        ..Default::default()
-    })?;
-    let reference = packsmith::registry::parse_reference(&format!("{repository}:0.1.0"))?;
+    let path = format!("ctl/{ns}/rev");
     let first_digest = first_image.rsplit_once('@').map(|(_, d)| d.to_owned());
     anyhow::ensure!(
-        registry
-            .distribution()
-            .manifest_digest_at(&reference, "0.1.0")
-            .await?
-            == first_digest,
+        super::release::tag_digest(&path, "0.1.0").await? == first_digest,
         "the version's tag stayed"
     );
     anyhow::ensure!(
-        registry
-            .distribution()
-            .manifest_digest_at(&reference, "0.1.0_packsmith.2")
-            .await?
+        super::release::tag_digest(&path, "0.1.0_packsmith.2").await?
             == bundle_image(&revised)
                 .rsplit_once('@')
                 .map(|(_, d)| d.to_owned()),

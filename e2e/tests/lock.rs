@@ -661,14 +661,7 @@ async fn tag_and_platform_selection(bed: &Bed) -> anyhow::Result<()> {
     }
     let multi = images::fixture(&format!("{prefix}/multi"), "1.0", ImageKind::MultiArch, "m")?;
     images::push_fixture(&plain, &format!("{prefix}/multi"), "1.0", &multi).await?;
-    let arm64 = multi
-        .images
-        .iter()
-        .find(|image| image.architecture == "arm64")
-        .context("the fixture has an arm64 image")?
-        .manifest
-        .digest
-        .clone();
+    let arm64 = multi.platform_digest("arm64")?;
     ensure!(arm64 != multi.digest(), "the index and its image differ");
 
     let dir = manifest_tree(&[
@@ -736,14 +729,7 @@ async fn tag_and_platform_selection(bed: &Bed) -> anyhow::Result<()> {
 
     // kbld's --platform: every reference, digest references included, resolves to the
     // platform's image; an override's own platformSelection wins over the flag.
-    let amd64 = multi
-        .images
-        .iter()
-        .find(|image| image.architecture == "amd64")
-        .context("the fixture has an amd64 image")?
-        .manifest
-        .digest
-        .clone();
+    let amd64 = multi.platform_digest("amd64")?;
     let dir = manifest_tree(&[
         (
             "m.yml",

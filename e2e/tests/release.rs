@@ -8,6 +8,7 @@ use anyhow::Context as _;
 
 use libtest_mimic::Trial;
 
+use super::repo::pushed_image;
 use crate::support::bed;
 use crate::support::images::{ImageKind, Registry, push_image};
 use crate::tests::git::make_repo;
@@ -106,14 +107,7 @@ spec:
     )?;
     let dir_s = dir.to_str().expect("utf-8 path");
     let (stdout, _) = packsmith(&["release", dir_s])?;
-    let image = stdout
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("Pushed '")
-                .and_then(|l| l.strip_suffix('\''))
-        })
-        .ok_or_else(|| anyhow::anyhow!("no Pushed line in {stdout}"))?
-        .to_owned();
+    let image = pushed_image(&stdout)?;
     anyhow::ensure!(
         image.starts_with(&format!("{reg}/packages/release-demo@sha256:")),
         "{image}"
@@ -205,19 +199,8 @@ fn packsmith_fails(args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
-fn pushed_image(stdout: &str) -> anyhow::Result<String> {
-    stdout
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("Pushed '")
-                .and_then(|l| l.strip_suffix('\''))
-        })
-        .map(str::to_owned)
-        .ok_or_else(|| anyhow::anyhow!("no Pushed line in {stdout}"))
-}
-
 /// The digest `repo:tag` has in the bed's plain registry, or None.
-async fn tag_digest(repo: &str, tag: &str) -> anyhow::Result<Option<String>> {
+pub async fn tag_digest(repo: &str, tag: &str) -> anyhow::Result<Option<String>> {
     let registry = packsmith::registry::Registry::new(packsmith::registry::RegistryOptions {
         insecure_hosts: vec![bed().registry.clone()],
         ..Default::default()
