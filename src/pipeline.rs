@@ -111,6 +111,8 @@ pub struct PipelineInput<'a> {
     /// Bytes the synced tree and `cache_dir` together may take (the controller's
     /// `--max-object-disk`); `None`: no budget (the CLI, whose user owns the disk).
     pub disk_budget: Option<u64>,
+    /// The helm that renders charts for the lock (`--helm-binary`).
+    pub helm_binary: &'a Path,
 }
 
 impl PipelineInput<'_> {
@@ -228,7 +230,10 @@ async fn lock_images(
     })?;
     let lock_path = imgpkg.join("images.yml");
     let images = if spec.images.lock {
-        let mut config = lock::LockConfig::default();
+        let mut config = lock::LockConfig {
+            helm: helm_options(input, spec),
+            ..lock::LockConfig::default()
+        };
         if !spec.images.overrides.is_empty() || !spec.images.search_rules.is_empty() {
             let mut kbld_config = kbld::Config::new();
             kbld_config.overrides = spec.images.overrides.clone();
@@ -274,6 +279,61 @@ async fn lock_images(
         Vec::new()
     };
     Ok(images)
+}
+
+/// How the lock renders a chart: as kapp-controller will at install, with the package's short
+/// name as the release, in `default`, for the lowest Kubernetes version the package supports.
+fn helm_options(input: &PipelineInput<'_>, spec: &PackageSourceSpec) -> lock::helm::HelmOptions {
+    let package = &spec.package;
+    let release_name = package
+        .ref_name
+        .split('.')
+        .next()
+        .filter(|n| !n.is_empty())
+        .map(str::to_owned);
+    let kube_version = package
+        .kubernetes_version_selection
+        .as_ref()
+        .and_then(|k| lowest_version(&k.constraints));
+    let values = spec
+        .images
+        .helm
+        .as_ref()
+        .and_then(|h| h.values.clone())
+        .map(|v| ("spec.images.helm.values".to_owned(), v))
+        .into_iter()
+        .collect();
+    lock::helm::HelmOptions {
+        binary: input.helm_binary.to_owned(),
+        release_name,
+        kube_version,
+        values,
+        ..lock::helm::HelmOptions::default()
+    }
+}
+
+/// The version a semver range starts at (`>=1.24.0 <1.31.0` → `1.24.0`), for helm's
+/// `--kube-version`; `None` when the range has no inclusive lower bound.
+fn lowest_version(constraints: &str) -> Option<String> {
+    let first = constraints.split("||").next()?;
+    first
+        .split([' ', ','])
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .find_map(|token| {
+            let version = token
+                .strip_prefix(">=")
+                .or_else(|| token.strip_prefix('='))
+                .or_else(|| {
+                    token
+                        .starts_with(|c: char| c.is_ascii_digit() || c == 'v')
+                        .then_some(token)
+                })?;
+            let version = version.trim().trim_start_matches('v');
+            semver::Version::parse(version)
+                .ok()
+                .map(|v| format!("{}.{}.{}", v.major, v.minor, v.patch))
+        })
 }
 
 /// The push stage: builds the bundle from the tree, decides under which version it is
@@ -401,20 +461,30 @@ fn render(
     pushed: &Pushed,
 ) -> Result<(Package, PackageMetadata), PipelineError> {
     let config_dir = input.root.join("config");
-    let derived = if spec.package.values_schema.is_none() && config_dir.is_dir() {
+    let chart = chart_in_bundle(input)?;
+    let derived = if spec.package.values_schema.is_some() {
+        None
+    } else if let Some(chart) = &chart {
+        publish::chart_schema::derive(&input.root.join(&chart.path)).map_err(|e| {
+            PipelineError::new(Stage::Render, reasons::PUBLISH_FAILED, e.to_string(), false)
+        })?
+    } else if config_dir.is_dir() {
         publish::values_schema::derive(&config_dir).map_err(|e| {
             PipelineError::new(Stage::Render, reasons::PUBLISH_FAILED, e.to_string(), false)
         })?
     } else {
         None
     };
-    let helm_chart_path = helm_chart_path(spec);
     publish::render(&Release {
         package: &spec.package,
         version,
         bundle_image: &pushed.image,
         derived_values_schema: derived,
-        helm_chart_path: helm_chart_path.as_deref(),
+        helm_chart_path: chart.as_ref().map(|c| c.path.as_str()),
+        overlay_paths: chart
+            .as_ref()
+            .map(|c| c.overlays.clone())
+            .unwrap_or_default(),
         released_at: input.now,
         labels: input.labels.clone(),
         namespace: input.namespace.as_deref(),
@@ -670,19 +740,76 @@ fn version_entry<'l>(
     }
 }
 
-fn helm_chart_path(spec: &PackageSourceSpec) -> Option<String> {
-    spec.contents.iter().find_map(|d| {
-        d.contents
-            .iter()
-            .find(|c| matches!(c.source(), Ok(vendir::Source::HelmChart(_))))
-            .map(|c| {
-                if c.path == "." {
-                    d.path.clone()
-                } else {
-                    format!("{}/{}", d.path, c.path)
-                }
-            })
-    })
+/// The Helm chart a bundle installs, in the bundle's terms.
+struct BundleChart {
+    /// Relative to the bundle root, `/`-separated.
+    path: String,
+    /// ytt files next to the chart under `config/` (each a top-level entry of `config/`).
+    overlays: Vec<String>,
+}
+
+/// The chart in the bundle, whatever content brought it (helmChart, or a git or http content
+/// holding a chart directory). A Package installs one chart: several are refused.
+fn chart_in_bundle(input: &PipelineInput<'_>) -> Result<Option<BundleChart>, PipelineError> {
+    let invalid =
+        |message: String| PipelineError::new(Stage::Render, reasons::INVALID_SPEC, message, false);
+    let charts = lock::find_charts(&bundle_inputs(input.root, &input.exclude)?)
+        .map_err(|e| invalid(e.to_string()))?;
+    let relative = |chart: &Path| {
+        chart
+            .strip_prefix(input.root)
+            .unwrap_or(chart)
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join("/")
+    };
+    let path = match charts.as_slice() {
+        [] => return Ok(None),
+        [chart] => relative(chart),
+        several => {
+            return Err(invalid(format!(
+                "the contents hold {} Helm charts ({}): a Package installs one chart; package \
+                 each in its own PackageSource, or make one a dependency of the other",
+                several.len(),
+                several
+                    .iter()
+                    .map(|c| relative(c))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+    };
+    let mut overlays = Vec::new();
+    if let Some(inside) = path.strip_prefix("config/") {
+        let chart_entry = inside.split('/').next().unwrap_or(inside);
+        let config = input.root.join("config");
+        let entries = std::fs::read_dir(&config)
+            .map_err(|e| invalid(format!("reading {}: {e}", config.display())))?;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name != chart_entry && holds_ytt_files(&entry.path()) {
+                overlays.push(format!("config/{name}"));
+            }
+        }
+        overlays.sort();
+    }
+    Ok(Some(BundleChart { path, overlays }))
+}
+
+/// Whether `path` is, or holds, a file ytt reads (YAML or Starlark).
+fn holds_ytt_files(path: &Path) -> bool {
+    walkdir::WalkDir::new(path)
+        .max_depth(16)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file())
+        .any(|e| {
+            matches!(
+                e.path().extension().and_then(|x| x.to_str()),
+                Some("yaml" | "yml" | "star")
+            )
+        })
 }
 
 #[cfg(test)]
@@ -758,6 +885,7 @@ mod tests {
             sync_policy: sync::Policy::default(),
             egress: crate::registry::Egress::default(),
             disk_budget: budget,
+            helm_binary: Path::new("helm"),
         };
         run(&input).await
     }
@@ -881,6 +1009,82 @@ mod tests {
         let err = version(&spec, &lock_with_tags(&["v1.0.0"])).unwrap_err();
         assert!(
             err.message.contains("\"elsewhere\"") && !err.retryable,
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn charts_render_for_the_lowest_kubernetes_the_package_supports() {
+        assert_eq!(
+            lowest_version(">=1.24.0 <1.31.0").as_deref(),
+            Some("1.24.0")
+        );
+        assert_eq!(lowest_version("v1.28").as_deref(), None, "not semver");
+        assert_eq!(lowest_version("1.28.3").as_deref(), Some("1.28.3"));
+        assert_eq!(
+            lowest_version(">1.24.0").as_deref(),
+            None,
+            "no inclusive bound"
+        );
+        assert_eq!(
+            lowest_version(">=1.25.0-0 || >=2.0.0").as_deref(),
+            Some("1.25.0")
+        );
+    }
+
+    #[test]
+    fn the_bundle_installs_one_chart_with_the_overlays_next_to_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let write = |path: &str, text: &str| {
+            let path = root.join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        };
+        write("config/upstream/Chart.yaml", "name: a\n");
+        write("config/upstream/charts/sub/Chart.yaml", "name: sub\n");
+        write(
+            "config/overlays/fix.yaml",
+            "#@ load(\"@ytt:overlay\", \"overlay\")\n",
+        );
+        write("config/README.md", "not ytt\n");
+        write("config/docs/notes.txt", "not ytt\n");
+        let spec = inline_spec(false);
+        let registry = Registry::new(crate::registry::RegistryOptions::default()).unwrap();
+        let secrets = sync::MemorySecrets::default();
+        let input = PipelineInput {
+            spec: &spec,
+            root,
+            exclude: Vec::new(),
+            registry: &registry,
+            secrets: &secrets,
+            cache_dir: None,
+            previous: None,
+            tags_override: None,
+            repository_override: None,
+            now: jiff::Timestamp::UNIX_EPOCH,
+            labels: BTreeMap::new(),
+            namespace: None,
+            on_stage: None,
+            sync_policy: sync::Policy::default(),
+            egress: crate::registry::Egress::default(),
+            disk_budget: None,
+            helm_binary: Path::new("helm"),
+        };
+        let chart = chart_in_bundle(&input).unwrap().expect("a chart");
+        assert_eq!(
+            chart.path, "config/upstream",
+            "a subchart renders with its parent"
+        );
+        assert_eq!(chart.overlays, ["config/overlays"]);
+
+        write("vendor/other/Chart.yaml", "name: b\n");
+        let err = chart_in_bundle(&input).err().expect("two charts");
+        assert_eq!(err.reason, reasons::INVALID_SPEC);
+        assert!(
+            err.message
+                .contains("2 Helm charts (config/upstream, vendor/other)"),
             "{}",
             err.message
         );

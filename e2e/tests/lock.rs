@@ -567,7 +567,7 @@ async fn yaml_bomb_and_huge_document(_bed: &Bed) -> anyhow::Result<()> {
     bomb.push_str("image: quay.io/app:1\n");
     let dir = manifest_tree(&[("bomb.yml", &bomb)])?;
     // A completed expansion would succeed; the error is the budget at work.
-    let error = lock::discover(&[dir.path().to_owned()], &LockConfig::default())
+    let error = lock::discover_rendered(&[dir.path().to_owned()], &LockConfig::default(), &[])
         .expect_err("alias expansion is bounded");
     ensure!(
         matches!(error, LockError::Yaml { .. }) && error.to_string().contains("bomb.yml"),
@@ -587,7 +587,7 @@ async fn yaml_bomb_and_huge_document(_bed: &Bed) -> anyhow::Result<()> {
         file.write_all(b"\"\n")?;
     }
     // TooLarge is decided from the file's size, before any of it is read.
-    let error = lock::discover(&[huge.path().to_owned()], &LockConfig::default())
+    let error = lock::discover_rendered(&[huge.path().to_owned()], &LockConfig::default(), &[])
         .expect_err("100 MB is over the limit");
     ensure!(
         matches!(error, LockError::TooLarge { .. }) && error.to_string().contains("huge.yml"),

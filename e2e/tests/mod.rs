@@ -9,6 +9,7 @@ pub mod controller_secrets;
 pub mod crds;
 pub mod day2;
 pub mod git;
+pub mod helm;
 pub mod hostile;
 pub mod kbld_cases;
 pub mod lock;
@@ -35,6 +36,7 @@ pub fn trials() -> (Vec<Trial>, Vec<Trial>) {
     parallel.extend(crds::trials());
     parallel.extend(day2::trials());
     parallel.extend(git::trials());
+    parallel.extend(helm::trials());
     parallel.extend(hostile::trials());
     parallel.extend(kbld_cases::trials());
     parallel.extend(lock::trials());

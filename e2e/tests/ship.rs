@@ -145,6 +145,11 @@ fn tools() -> anyhow::Result<Tools> {
     })
 }
 
+/// The bed's helm (the version the container image ships).
+pub(crate) fn helm_binary() -> anyhow::Result<PathBuf> {
+    tools().map(|t| t.helm)
+}
+
 /// Runs a tool, failing with its stderr; returns its stdout.
 fn run(cmd: &mut Command) -> anyhow::Result<String> {
     let out = cmd.output()?;

@@ -154,6 +154,21 @@ pub struct ImagesSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub mirrors: Vec<RegistryMirror>,
+    /// How a Helm chart in the contents is rendered for locking: the lock pins the images
+    /// its render names with the chart's default values plus these.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub helm: Option<HelmRenderSpec>,
+}
+
+/// Values for rendering a chart before its images are locked (never part of the Package:
+/// a PackageInstall brings its own).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HelmRenderSpec {
+    /// Values merged over the chart's values.yaml, as a `--values` file would be.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "free_form_object")]
+    pub values: Option<serde_json::Value>,
 }
 
 impl RegistryMirror {
@@ -174,6 +189,7 @@ impl Default for ImagesSpec {
             overrides: Vec::new(),
             search_rules: Vec::new(),
             mirrors: Vec::new(),
+            helm: None,
         }
     }
 }

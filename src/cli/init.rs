@@ -19,6 +19,66 @@ pub(super) struct InitArgs {
     /// Namespace for the PackageSource, the installer ServiceAccount and the PackageInstall.
     #[arg(long, default_value = "default")]
     pub namespace: String,
+    /// Package a Helm chart: REPOSITORY_URL/CHART[@VERSION], e.g.
+    /// https://kubernetes.github.io/ingress-nginx/ingress-nginx@4.11.0 or
+    /// oci://ghcr.io/org/charts/app (VERSION: a version or a constraint; the newest stable
+    /// when unset). The package version follows the chart's.
+    #[arg(long, value_name = "REPO/CHART[@VERSION]")]
+    pub helm_chart: Option<String>,
+}
+
+/// A chart named on the command line.
+#[derive(Debug, PartialEq, Eq)]
+struct ChartRef {
+    repository: String,
+    name: String,
+    version: Option<String>,
+}
+
+impl ChartRef {
+    fn parse(text: &str) -> anyhow::Result<Self> {
+        let (location, version) = match text.rsplit_once('@') {
+            Some((location, version)) if !version.contains('/') => {
+                (location, Some(version.to_owned()))
+            }
+            _ => (text, None),
+        };
+        if !(location.starts_with("https://")
+            || location.starts_with("http://")
+            || location.starts_with("oci://"))
+        {
+            bail!(
+                "--helm-chart {text:?}: give the repository's URL and the chart's name \
+                 (https://charts.example.com/NAME or oci://registry.example.com/charts/NAME); \
+                 a `helm repo add` alias means nothing outside your helm config"
+            );
+        }
+        let (repository, name) = location
+            .trim_end_matches('/')
+            .rsplit_once('/')
+            .filter(|(repository, name)| {
+                !name.is_empty() && !repository.ends_with(':') && !repository.ends_with('/')
+            })
+            .with_context(|| {
+                format!("--helm-chart {text:?}: no chart name after the repository URL")
+            })?;
+        if !is_dns_label(name) {
+            bail!(
+                "--helm-chart {text:?}: {name:?} is not a chart name (lowercase letters, digits and '-')"
+            );
+        }
+        if version
+            .as_deref()
+            .is_some_and(|v| v.is_empty() || v.contains(['"', '\n', '\\']))
+        {
+            bail!("--helm-chart {text:?}: invalid version after '@'");
+        }
+        Ok(Self {
+            repository: repository.to_owned(),
+            name: name.to_owned(),
+            version,
+        })
+    }
 }
 
 /// What `init` derives from its arguments.
@@ -28,6 +88,7 @@ struct Names {
     name: String,
     ref_name: String,
     namespace: String,
+    helm_chart: Option<ChartRef>,
 }
 
 fn names(args: &InitArgs) -> anyhow::Result<Names> {
@@ -58,6 +119,11 @@ fn names(args: &InitArgs) -> anyhow::Result<Names> {
         name,
         ref_name,
         namespace: args.namespace.clone(),
+        helm_chart: args
+            .helm_chart
+            .as_deref()
+            .map(ChartRef::parse)
+            .transpose()?,
     })
 }
 
@@ -79,18 +145,41 @@ pub(super) fn is_ref_name(s: &str) -> bool {
 
 /// Files `init` writes, relative to the package directory, with their contents.
 fn files(n: &Names) -> Vec<(&'static str, String)> {
+    let (version, contents) = match &n.helm_chart {
+        Some(chart) => (
+            HELM_VERSION_FROM.to_owned(),
+            HELM_CONTENTS
+                .replace("__CHART__", &chart.name)
+                .replace("__REPOSITORY__", &chart.repository)
+                .replace(
+                    "__CHART_VERSION__",
+                    &chart
+                        .version
+                        .as_ref()
+                        .map(|v| format!("        version: \"{v}\"\n"))
+                        .unwrap_or_default(),
+                ),
+        ),
+        None => (FIXED_VERSION.to_owned(), GIT_CONTENTS.to_owned()),
+    };
     let fill = |t: &str| {
-        t.replace("__NAME__", &n.name)
+        t.replace("__VERSION_BLOCK__", &version)
+            .replace("__CONTENTS_BLOCK__", &contents)
+            .replace("__NAME__", &n.name)
             .replace("__REF_NAME__", &n.ref_name)
             .replace("__NAMESPACE__", &n.namespace)
     };
-    vec![
+    let mut files = vec![
         ("packagesource.yaml", fill(PACKAGESOURCE)),
         ("serviceaccount.yaml", fill(SERVICEACCOUNT)),
         ("clusterrolebinding.yaml", fill(CLUSTERROLEBINDING)),
         ("packageinstall.yaml", fill(PACKAGEINSTALL)),
-        ("config/values.yaml", fill(VALUES)),
-    ]
+    ];
+    // A chart's values are Helm values (the PackageInstall's), not ytt data values.
+    if n.helm_chart.is_none() {
+        files.push(("config/values.yaml", fill(VALUES)));
+    }
+    files
 }
 
 pub(super) fn run(args: &InitArgs) -> anyhow::Result<()> {
@@ -182,12 +271,7 @@ spec:
   package:
     # A DNS subdomain with at least three labels; also the PackageMetadata name.
     refName: __REF_NAME__
-    # A fixed version (semver, no leading v). To follow upstream tags instead, replace it with:
-    #   versionFrom:
-    #     directory: config/upstream
-    #     constraints: ">=0.1.0"
-    version: 0.1.0
-    releaseNotes: Initial release of __NAME__.
+__VERSION_BLOCK__    releaseNotes: Initial release of __NAME__.
     licenses:
     - Apache-2.0
     metadata:
@@ -201,15 +285,7 @@ spec:
   # Upstream contents in vendir's directories schema: git, http, githubRelease, helmChart,
   # image, imgpkgBundle or inline, with includePaths / excludePaths / newRootPath.
   contents:
-  - path: config/upstream
-    contents:
-    - path: .
-      git:
-        url: https://github.com/example/__NAME__
-        ref: v0.1.0
-      includePaths:
-      - deploy/**/*.yaml
-  images:
+__CONTENTS_BLOCK__  images:
     # Pin every image the manifests reference to a sha256 digest (.imgpkg/images.yml).
     lock: true
   bundle:
@@ -222,6 +298,39 @@ spec:
     # Keep the newest 10 published versions.
     retain: 10
   interval: 1h
+"#;
+
+const FIXED_VERSION: &str = r#"    # A fixed version (semver, no leading v). To follow upstream tags instead, replace it with:
+    #   versionFrom:
+    #     directory: config/upstream
+    #     constraints: ">=0.1.0"
+    version: 0.1.0
+"#;
+
+const GIT_CONTENTS: &str = r#"  - path: config/upstream
+    contents:
+    - path: .
+      git:
+        url: https://github.com/example/__NAME__
+        ref: v0.1.0
+      includePaths:
+      - deploy/**/*.yaml
+"#;
+
+const HELM_VERSION_FROM: &str = r#"    # The package version is the chart's version.
+    versionFrom:
+      directory: config/upstream
+"#;
+
+const HELM_CONTENTS: &str = r#"  # The chart is rendered with helm before its images are locked (set rendering-only values
+  # in images.helm.values); the Package renders it with helmTemplate.
+  - path: config/upstream
+    contents:
+    - path: .
+      helmChart:
+        name: __CHART__
+__CHART_VERSION__        repository:
+          url: __REPOSITORY__
 "#;
 
 const SERVICEACCOUNT: &str = r#"# The identity kapp-controller uses to install __NAME__ (PackageInstall.spec.serviceAccountName).
@@ -280,6 +389,7 @@ mod tests {
             dir: None,
             ref_name: None,
             namespace: "default".into(),
+            helm_chart: None,
         }
     }
 
@@ -328,6 +438,64 @@ mod tests {
             "edited"
         );
     }
+
+    #[test]
+    fn helm_charts_are_scaffolded_from_their_repository() {
+        assert_eq!(
+            ChartRef::parse("https://kubernetes.github.io/ingress-nginx/ingress-nginx@>=4.0.0")
+                .unwrap(),
+            ChartRef {
+                repository: "https://kubernetes.github.io/ingress-nginx".into(),
+                name: "ingress-nginx".into(),
+                version: Some(">=4.0.0".into()),
+            }
+        );
+        assert_eq!(
+            ChartRef::parse("oci://ghcr.io/org/charts/app").unwrap(),
+            ChartRef {
+                repository: "oci://ghcr.io/org/charts".into(),
+                name: "app".into(),
+                version: None,
+            }
+        );
+        for bad in [
+            "bitnami/nginx",
+            "https://charts.example.com/",
+            "oci://app",
+            "https://x.io/Bad_Name",
+        ] {
+            assert!(ChartRef::parse(bad).is_err(), "{bad:?} should be refused");
+        }
+
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("ingress");
+        let mut a = args("ingress");
+        a.helm_chart =
+            Some("https://kubernetes.github.io/ingress-nginx/ingress-nginx@4.11.0".into());
+        let written = write(&dir, &names(&a).unwrap()).unwrap();
+        assert_eq!(written.len(), 4, "no ytt values for a chart: {written:?}");
+        let text = std::fs::read_to_string(dir.join("packagesource.yaml")).unwrap();
+        let ps: PackageSource = serde_saphyr::from_str(&text).unwrap();
+        assert!(ps.spec.package.version.is_none());
+        assert_eq!(
+            ps.spec
+                .package
+                .version_from
+                .as_ref()
+                .map(|v| v.directory.as_str()),
+            Some("config/upstream")
+        );
+        let source = ps.spec.contents[0].contents[0].source().unwrap();
+        let crate::carvel::vendir::Source::HelmChart(chart) = source else {
+            panic!("not a helmChart: {source:?}");
+        };
+        assert_eq!(chart.name, "ingress-nginx");
+        assert_eq!(chart.version, "4.11.0");
+        assert_eq!(
+            chart.repository.as_ref().map(|r| r.url.as_str()),
+            Some("https://kubernetes.github.io/ingress-nginx")
+        );
+    }
 }
 
 #[cfg(test)]
@@ -348,6 +516,7 @@ mod write_tests {
             dir: None,
             ref_name: None,
             namespace: "default".into(),
+            helm_chart: None,
         })
         .unwrap();
         let err = write(&dir, &names).unwrap_err();

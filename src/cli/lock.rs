@@ -50,14 +50,44 @@ pub(super) struct LockArgs {
     /// too; preresolved entries are not; an override's own platformSelection wins.
     #[arg(long, value_name = "OS/ARCH")]
     platform: Option<PlatformSelection>,
+    /// The helm that renders every Helm chart (a directory with Chart.yaml) under --file: its
+    /// render is locked, never its templates (a path, or a name on PATH).
+    #[arg(
+        long,
+        env = "PACKSMITH_HELM_BINARY",
+        default_value = "helm",
+        value_name = "PATH"
+    )]
+    helm_binary: PathBuf,
+    /// Values files for rendering charts, after each chart's values.yaml (repeatable, as
+    /// helm's --values).
+    #[arg(long, value_name = "FILE")]
+    helm_values: Vec<PathBuf>,
+    /// Release name charts are rendered with [default: the chart's name].
+    #[arg(long, value_name = "NAME")]
+    helm_release_name: Option<String>,
+    /// Kubernetes version charts are rendered for (helm's --kube-version).
+    #[arg(long, value_name = "VERSION")]
+    kube_version: Option<String>,
     #[command(flatten)]
     registry: RegistryArgs,
 }
 
 pub(super) fn run(args: &LockArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result<ExitCode> {
-    let config = LockConfig::default();
+    let mut config = LockConfig::default();
+    config.helm.binary = args.helm_binary.clone();
+    config.helm.release_name = args.helm_release_name.clone();
+    config.helm.kube_version = args.kube_version.clone();
+    for path in &args.helm_values {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading --helm-values {}", path.display()))?;
+        let name = path.display().to_string();
+        let values: serde_json::Value = crate::carvel::yaml::from_str("Helm values", &text)
+            .with_context(|| format!("parsing --helm-values {name}"))?;
+        config.helm.values.push((name, values));
+    }
     if args.list {
-        let discovery = lock::discover(&args.file, &config)?;
+        let discovery = runtime.block_on(lock::discover(&args.file, &config))?;
         let mut stdout = std::io::stdout().lock();
         for reference in discovery.references.keys() {
             writeln!(stdout, "{reference}")?;

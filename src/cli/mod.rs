@@ -100,6 +100,15 @@ struct ControllerArgs {
     /// over it is Stalled with DiskBudgetExceeded and its directory removed (e.g. 4Gi, 500MB).
     #[arg(long, env = "PACKSMITH_MAX_OBJECT_DISK", default_value = "4Gi", value_parser = byte_size)]
     max_object_disk: u64,
+    /// The helm that renders Helm charts for the lock stage (a path, or a name on PATH); the
+    /// container image ships the tested version at /usr/local/bin/helm.
+    #[arg(
+        long,
+        env = "PACKSMITH_HELM_BINARY",
+        default_value = "helm",
+        value_name = "PATH"
+    )]
+    helm_binary: PathBuf,
     /// kubeconfig to use [default: $KUBECONFIG, ~/.kube/config, else the in-cluster config].
     #[arg(long, value_name = "FILE")]
     kubeconfig: Option<PathBuf>,
@@ -264,6 +273,7 @@ fn controller(args: ControllerArgs, runtime: &tokio::runtime::Runtime) -> anyhow
         cache_dir: args.cache_dir,
         cache_max_size: args.cache_max_size,
         max_object_disk: Some(args.max_object_disk),
+        helm_binary: args.helm_binary,
         metrics_addr: args.metrics_addr,
         health_addr: args.health_addr,
         credentials,

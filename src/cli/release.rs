@@ -42,6 +42,15 @@ pub(super) struct ReleaseArgs {
     /// (StrictHostKeyChecking=no). Without this flag such a source is refused.
     #[arg(long)]
     allow_unknown_ssh_hosts: bool,
+    /// The helm that renders a Helm chart in the contents before its images are locked (a
+    /// path, or a name on PATH).
+    #[arg(
+        long,
+        env = "PACKSMITH_HELM_BINARY",
+        default_value = "helm",
+        value_name = "PATH"
+    )]
+    helm_binary: PathBuf,
     #[command(flatten)]
     registry: RegistryArgs,
 }
@@ -79,6 +88,7 @@ pub(super) fn run(args: &ReleaseArgs, runtime: &tokio::runtime::Runtime) -> anyh
         // The CLI's user chose these upstreams, on their own machine.
         egress: crate::registry::Egress::default(),
         disk_budget: None,
+        helm_binary: &args.helm_binary,
         spec,
         root: &args.dir,
         exclude,

@@ -40,6 +40,8 @@ pub(super) struct Settings {
     pub egress: crate::registry::Egress,
     /// Bytes one PackageSource's work directory may take (`--max-object-disk`).
     pub max_object_disk: Option<u64>,
+    /// The helm that renders charts for the lock (`--helm-binary`).
+    pub helm_binary: PathBuf,
 }
 
 impl Settings {
@@ -121,6 +123,7 @@ mod tests {
             min_interval: std::time::Duration::ZERO,
             egress: crate::registry::Egress::default(),
             max_object_disk: None,
+            helm_binary: PathBuf::from("helm"),
         };
         assert!(settings.check_publish_namespace("team-a", "team-a").is_ok());
         assert!(
@@ -152,6 +155,7 @@ mod tests {
             min_interval: std::time::Duration::ZERO,
             egress: crate::registry::Egress::default(),
             max_object_disk: None,
+            helm_binary: PathBuf::from("helm"),
         };
         assert!(!settings.credentials_for("packsmith-system").is_empty());
         assert!(settings.credentials_for("team-a").is_empty());
@@ -167,6 +171,7 @@ mod tests {
             min_interval: std::time::Duration::from_secs(30),
             egress: crate::registry::Egress::default(),
             max_object_disk: None,
+            helm_binary: PathBuf::from("helm"),
         };
         let s = std::time::Duration::from_secs;
         assert_eq!(settings.interval(s(1)), s(30));

@@ -104,6 +104,9 @@ pub struct Options {
     /// reconcile reads of other objects (the repositories that may select a source, the
     /// sources a repository selects) is never narrowed by it.
     pub label_selector: Option<String>,
+    /// The helm that renders charts for the lock (`--helm-binary`): a path, or a name on
+    /// PATH. The container image ships it at /usr/local/bin/helm.
+    pub helm_binary: PathBuf,
 }
 
 impl Default for Options {
@@ -124,6 +127,7 @@ impl Default for Options {
             egress: Egress::default(),
             max_object_disk: Some(DEFAULT_MAX_OBJECT_DISK),
             label_selector: None,
+            helm_binary: PathBuf::from("helm"),
         }
     }
 }

@@ -164,6 +164,7 @@ pub(super) fn context(
             credentials: options.credentials.clone(),
             egress: options.egress.clone(),
             max_object_disk: options.max_object_disk,
+            helm_binary: options.helm_binary.clone(),
         },
         recorder,
         metrics,

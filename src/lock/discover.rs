@@ -17,7 +17,10 @@ use crate::carvel::imgpkg::{
 use crate::carvel::kbld::{Config, ImageOverride, PlatformSelection, SearchRule};
 use crate::carvel::selection::VersionSelection;
 
+use futures::{StreamExt as _, TryStreamExt as _};
+
 use super::error::{Location, LockError};
+use super::helm::{self, HelmOptions, Rendered};
 use super::reference::url_repo;
 use super::rules::{effective_rules, visit_images};
 use super::yaml::{YamlLimits, parse_stream};
@@ -31,6 +34,8 @@ pub struct LockConfig {
     /// Files larger than this are rejected before they are read.
     pub max_file_bytes: u64,
     pub yaml: YamlLimits,
+    /// How Helm charts in the tree are rendered.
+    pub helm: HelmOptions,
 }
 
 impl Default for LockConfig {
@@ -39,6 +44,7 @@ impl Default for LockConfig {
             configs: Vec::new(),
             max_file_bytes: 64 * 1024 * 1024,
             yaml: YamlLimits::default(),
+            helm: HelmOptions::default(),
         }
     }
 }
@@ -117,25 +123,62 @@ pub struct Discovery {
     pub manifests: Vec<Manifest>,
     pub warnings: Vec<String>,
     pub files: usize,
+    /// The Helm charts whose renders were read instead of their files.
+    pub charts: Vec<PathBuf>,
 }
 
 /// The path that stands for standard input, as in `kbld -f -`.
 pub const STDIN: &str = "-";
 
+/// Charts rendered at once: each is a helm process.
+const RENDER_CONCURRENCY: usize = 2;
+
 /// Reads every `.yaml`/`.yml`/`.json` file under `paths` (files given directly are read
 /// whatever their name; [`STDIN`] reads standard input) and finds the image references in
-/// them.
-pub fn discover(paths: &[PathBuf], config: &LockConfig) -> Result<Discovery, LockError> {
-    let mut files = Vec::new();
-    for path in paths {
-        collect_files(path, &mut files)?;
-    }
+/// them. A directory holding a `Chart.yaml` is a Helm chart: it is rendered with
+/// [`LockConfig::helm`] and its render is read instead of its files (see [`super::helm`]).
+pub async fn discover(paths: &[PathBuf], config: &LockConfig) -> Result<Discovery, LockError> {
+    let (_, charts) = collect(paths)?;
+    let helm = &config.helm;
+    let max_output = config.max_file_bytes;
+    let rendered: Vec<Rendered> = futures::stream::iter(charts)
+        .map(|chart| async move { helm::render(&chart, helm, max_output).await })
+        .buffered(RENDER_CONCURRENCY)
+        .try_collect()
+        .await?;
+    discover_rendered(paths, config, &rendered)
+}
+
+/// [`discover`] with the charts already rendered: a chart without a render is an error.
+pub fn discover_rendered(
+    paths: &[PathBuf],
+    config: &LockConfig,
+    rendered: &[Rendered],
+) -> Result<Discovery, LockError> {
+    let (files, charts) = collect(paths)?;
 
     let mut discovery = Discovery {
         files: files.len(),
         ..Discovery::default()
     };
     let mut configs: Vec<Config> = Vec::new();
+    for chart in &charts {
+        let render =
+            rendered
+                .iter()
+                .find(|r| &r.chart == chart)
+                .ok_or_else(|| LockError::Helm {
+                    chart: chart.clone(),
+                    message: "the chart was not rendered (a caller must render it first)"
+                        .to_owned(),
+                })?;
+        for (location, document) in helm::documents(render, &config.yaml)? {
+            for resource in resources(document, &location)? {
+                classify(resource, location.clone(), &mut discovery, &mut configs)?;
+            }
+        }
+    }
+    discovery.charts = charts;
     for path in &files {
         let text = read_limited(path, config.max_file_bytes)?;
         let documents = parse_stream(&text, &config.yaml).map_err(|failure| LockError::Yaml {
@@ -179,13 +222,69 @@ pub fn discover(paths: &[PathBuf], config: &LockConfig) -> Result<Discovery, Loc
         );
     }
     discovery.references = references;
+    warn_about_values(&mut discovery, &config.yaml);
     Ok(discovery)
+}
+
+/// Names the images of a chart that its values make: a PackageInstall that sets those values
+/// installs an image the lock does not pin (kapp-controller's kbld step resolves it then).
+fn warn_about_values(discovery: &mut Discovery, limits: &YamlLimits) {
+    for chart in &discovery.charts {
+        let leaves = helm::value_leaves(chart, limits);
+        let made: Vec<String> = discovery
+            .references
+            .iter()
+            .filter(|(_, location)| location.path.starts_with(chart))
+            .filter_map(|(reference, _)| {
+                let values = helm::values_in(reference, &leaves);
+                (!values.is_empty()).then(|| format!("{reference} ({})", values.join(", ")))
+            })
+            .collect();
+        if made.is_empty() {
+            continue;
+        }
+        let warning = format!(
+            "{}: images set by the chart's values: {}; the lock pins them as the defaults \
+             render them, and a PackageInstall that changes those values gets images \
+             kapp-controller's kbld step resolves at install",
+            chart.display(),
+            made.join("; ")
+        );
+        tracing::warn!("{warning}");
+        discovery.warnings.push(warning);
+    }
+}
+
+/// The Helm charts under `paths` (directories holding a Chart.yaml, not those inside another
+/// chart: subcharts render with their parent), in byte order.
+pub fn find_charts(paths: &[PathBuf]) -> Result<Vec<PathBuf>, LockError> {
+    collect(paths).map(|(_, charts)| charts)
+}
+
+/// The files to read and the charts to render under `paths`, charts in byte order.
+fn collect(paths: &[PathBuf]) -> Result<(Vec<PathBuf>, Vec<PathBuf>), LockError> {
+    let mut files = Vec::new();
+    let mut charts = Vec::new();
+    for path in paths {
+        collect_files(path, &mut files, &mut charts)?;
+    }
+    charts.sort_by(|a, b| {
+        a.as_os_str()
+            .as_encoded_bytes()
+            .cmp(b.as_os_str().as_encoded_bytes())
+    });
+    charts.dedup();
+    Ok((files, charts))
 }
 
 /// kbld's file selection: a directory's files with a manifest extension, in byte order of
 /// their paths (Go's `sort.Strings`, not component order); a file named directly, whatever
 /// its extension. Symbolic links are not followed into directories, as `filepath.Walk` does.
-fn collect_files(path: &Path, files: &mut Vec<PathBuf>) -> Result<(), LockError> {
+fn collect_files(
+    path: &Path,
+    files: &mut Vec<PathBuf>,
+    charts: &mut Vec<PathBuf>,
+) -> Result<(), LockError> {
     let read_error = |cause| LockError::Read {
         path: path.to_owned(),
         cause,
@@ -199,8 +298,12 @@ fn collect_files(path: &Path, files: &mut Vec<PathBuf>) -> Result<(), LockError>
         files.push(path.to_owned());
         return Ok(());
     }
+    if helm::is_chart(path) {
+        charts.push(path.to_owned());
+        return Ok(());
+    }
     let mut found = Vec::new();
-    walk(path, &mut found)?;
+    walk(path, &mut found, charts)?;
     found.sort_by(|a, b| {
         a.as_os_str()
             .as_encoded_bytes()
@@ -210,7 +313,7 @@ fn collect_files(path: &Path, files: &mut Vec<PathBuf>) -> Result<(), LockError>
     Ok(())
 }
 
-fn walk(dir: &Path, found: &mut Vec<PathBuf>) -> Result<(), LockError> {
+fn walk(dir: &Path, found: &mut Vec<PathBuf>, charts: &mut Vec<PathBuf>) -> Result<(), LockError> {
     let entries = std::fs::read_dir(dir).map_err(|cause| LockError::Read {
         path: dir.to_owned(),
         cause,
@@ -225,8 +328,11 @@ fn walk(dir: &Path, found: &mut Vec<PathBuf>) -> Result<(), LockError> {
             path: path.clone(),
             cause,
         })?;
-        if file_type.is_dir() {
-            walk(&path, found)?;
+        if file_type.is_dir() && helm::is_chart(&path) {
+            // Templates are not YAML: the chart's render is read instead.
+            charts.push(path);
+        } else if file_type.is_dir() {
+            walk(&path, found, charts)?;
         } else if has_manifest_extension(&path) {
             found.push(path);
         }
@@ -482,8 +588,8 @@ mod tests {
                 "#@ load(\"@ytt:data\", \"data\")\n#@ if True:\nimage: ytt:1\n#@ end\n",
             ),
         ]);
-        let discovery =
-            discover(&[dir.path().to_owned()], &LockConfig::default()).expect("discover");
+        let discovery = discover_rendered(&[dir.path().to_owned()], &LockConfig::default(), &[])
+            .expect("discover");
         assert_eq!(
             ids(&discovery),
             ["a:1", "b:1", "busybox", "json:1", "nginx:1.25", "ytt:1"]
@@ -504,8 +610,8 @@ mod tests {
             ),
             ("m.yml", "container: c:1\nimage: a\n"),
         ]);
-        let discovery =
-            discover(&[dir.path().to_owned()], &LockConfig::default()).expect("discover");
+        let discovery = discover_rendered(&[dir.path().to_owned()], &LockConfig::default(), &[])
+            .expect("discover");
         assert_eq!(ids(&discovery), ["a", "c:1"]);
         assert_eq!(discovery.overrides.len(), 1);
         assert_eq!(
@@ -533,8 +639,8 @@ mod tests {
             ),
             ("m.yml", "image: a\n"),
         ]);
-        let discovery =
-            discover(&[dir.path().to_owned()], &LockConfig::default()).expect("discover");
+        let discovery = discover_rendered(&[dir.path().to_owned()], &LockConfig::default(), &[])
+            .expect("discover");
         assert_eq!(ids(&discovery), ["a"]);
         // `.imgpkg/…` sorts before `z.yml`, so the lock's entry takes precedence, as in kbld.
         assert!(discovery.overrides[0].locked.is_some());
@@ -545,7 +651,7 @@ mod tests {
     fn files_sort_by_bytes_like_go() {
         let dir = tree(&[("a/b.yml", "image: first\n"), ("a.yml", "image: second\n")]);
         let mut files = Vec::new();
-        collect_files(dir.path(), &mut files).expect("walk");
+        collect_files(dir.path(), &mut files, &mut Vec::new()).expect("walk");
         let names: Vec<String> = files
             .iter()
             .map(|p| {
@@ -561,8 +667,8 @@ mod tests {
     #[test]
     fn a_directory_named_like_a_manifest_is_walked_not_read() {
         let dir = tree(&[("upstream.yaml/inner.yaml", "image: inner:1\n")]);
-        let discovery =
-            discover(&[dir.path().to_owned()], &LockConfig::default()).expect("discover");
+        let discovery = discover_rendered(&[dir.path().to_owned()], &LockConfig::default(), &[])
+            .expect("discover");
         assert_eq!(ids(&discovery), ["inner:1"]);
     }
 
@@ -572,7 +678,7 @@ mod tests {
             ("ok.yml", "image: a\n"),
             ("bad.yml", "a: 1\nb: [1, 2\nc: 3\n"),
         ]);
-        let error = discover(&[dir.path().to_owned()], &LockConfig::default())
+        let error = discover_rendered(&[dir.path().to_owned()], &LockConfig::default(), &[])
             .expect_err("syntax error")
             .to_string();
         assert!(error.contains("bad.yml:"), "{error}");
@@ -589,7 +695,7 @@ mod tests {
             ),
         ] {
             let dir = tree(&[("x.yml", text)]);
-            let error = discover(&[dir.path().to_owned()], &LockConfig::default())
+            let error = discover_rendered(&[dir.path().to_owned()], &LockConfig::default(), &[])
                 .expect_err(text)
                 .to_string();
             assert!(
@@ -605,8 +711,8 @@ mod tests {
             "schema.yaml",
             "#@ def pods():\n  - image: from-a-ytt-function:1\n#@ end\n---\njust a string\n",
         )]);
-        let discovery =
-            discover(&[dir.path().to_owned()], &LockConfig::default()).expect("discover");
+        let discovery = discover_rendered(&[dir.path().to_owned()], &LockConfig::default(), &[])
+            .expect("discover");
         assert_eq!(ids(&discovery), ["from-a-ytt-function:1"]);
         assert_eq!(discovery.manifests.len(), 2);
     }
@@ -618,7 +724,8 @@ mod tests {
             max_file_bytes: 1024,
             ..LockConfig::default()
         };
-        let error = discover(&[dir.path().to_owned()], &config).expect_err("too large");
+        let error =
+            discover_rendered(&[dir.path().to_owned()], &config, &[]).expect_err("too large");
         assert!(
             matches!(
                 error,
@@ -642,7 +749,8 @@ mod tests {
             configs: vec![("spec.images".to_owned(), inline)],
             ..LockConfig::default()
         };
-        let discovery = discover(&[dir.path().to_owned()], &config).expect("discover");
+        let discovery =
+            discover_rendered(&[dir.path().to_owned()], &config, &[]).expect("discover");
         assert_eq!(ids(&discovery), ["a", "s:1"]);
     }
 }

@@ -108,6 +108,19 @@ pub enum LockError {
     #[error("{} images could not be locked:\n- {}", .0.len(), join(.0))]
     Many(Vec<LockError>),
 
+    /// A chart could not be rendered: helm's own message (template, line, `required` text).
+    #[error("rendering the Helm chart {}: {message}", chart.display())]
+    Helm { chart: PathBuf, message: String },
+
+    #[error(
+        "rendering the Helm chart {}: {}; install helm {} or pass --helm-binary (the \
+         controller image ships it): packsmith locks what a chart renders, never its templates",
+        chart.display(),
+        missing_binary(binary),
+        super::helm::HELM_VERSION
+    )]
+    HelmMissing { chart: PathBuf, binary: PathBuf },
+
     #[error("writing {}: {cause}", path.display())]
     Write {
         path: PathBuf,
@@ -169,6 +182,14 @@ fn line_suffix(line: Option<u64>, column: Option<u64>) -> String {
         (Some(line), Some(column)) => format!(":{line}:{column}"),
         (Some(line), None) => format!(":{line}"),
         _ => String::new(),
+    }
+}
+
+fn missing_binary(binary: &std::path::Path) -> String {
+    if binary.components().count() > 1 {
+        format!("{} does not exist", binary.display())
+    } else {
+        format!("{} is not on PATH", binary.display())
     }
 }
 

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use pretty_assertions::assert_eq;
 
-use super::{LockConfig, ResolveOptions, discover, resolve};
+use super::{LockConfig, ResolveOptions, discover_rendered, resolve};
 use crate::carvel::imgpkg::ImagesLock;
 use crate::registry::{Registry, RegistryOptions};
 
@@ -32,7 +32,7 @@ fn recorded(package: &str) -> String {
 #[test]
 fn discovered_references_are_the_recorded_ids() {
     for package in PACKAGES {
-        let discovery = discover(&[bundle(package)], &LockConfig::default())
+        let discovery = discover_rendered(&[bundle(package)], &LockConfig::default(), &[])
             .unwrap_or_else(|e| panic!("{package}: {e}"));
         let lock = ImagesLock::from_yaml(&recorded(package)).expect("fixture lock");
         let mut ids: Vec<&str> = lock
@@ -48,9 +48,10 @@ fn discovered_references_are_the_recorded_ids() {
 
 #[test]
 fn the_fixtures_kbld_configs_shape_discovery() {
-    let discovery = discover(
+    let discovery = discover_rendered(
         &[bundle("local-path-storage/0.0.22")],
         &LockConfig::default(),
+        &[],
     )
     .expect("discover");
     // busybox is only inside the ConfigMap's helperPod.yaml string (a yaml searchRule).
@@ -63,7 +64,8 @@ fn the_fixtures_kbld_configs_shape_discovery() {
 async fn relocking_a_fixture_tree_reproduces_its_lock() {
     let registry = Registry::new(RegistryOptions::default()).expect("registry");
     for package in PACKAGES {
-        let discovery = discover(&[bundle(package)], &LockConfig::default()).expect("discover");
+        let discovery =
+            discover_rendered(&[bundle(package)], &LockConfig::default(), &[]).expect("discover");
         let resolution = resolve(&discovery, &registry, &ResolveOptions::default())
             .await
             .unwrap_or_else(|e| panic!("{package}: {e}"));
@@ -97,8 +99,9 @@ async fn relocking_a_corpus_bundle_reproduces_its_lock() {
     let registry = Registry::new(RegistryOptions::default()).expect("registry");
     let mut reproduced = 0;
     for bundle in corpus_bundles() {
-        let discovery = discover(std::slice::from_ref(&bundle), &LockConfig::default())
-            .unwrap_or_else(|e| panic!("{}: {e}", bundle.display()));
+        let discovery =
+            discover_rendered(std::slice::from_ref(&bundle), &LockConfig::default(), &[])
+                .unwrap_or_else(|e| panic!("{}: {e}", bundle.display()));
         let options = ResolveOptions {
             offline: true,
             ..ResolveOptions::default()
@@ -137,8 +140,9 @@ fn corpus_bundles_list_exactly_their_recorded_ids() {
             .collect();
         ids.sort_unstable();
         ids.dedup();
-        let discovery = discover(std::slice::from_ref(bundle), &LockConfig::default())
-            .unwrap_or_else(|e| panic!("{}: {e}", bundle.display()));
+        let discovery =
+            discover_rendered(std::slice::from_ref(bundle), &LockConfig::default(), &[])
+                .unwrap_or_else(|e| panic!("{}: {e}", bundle.display()));
         let found: Vec<&str> = discovery.references.keys().map(String::as_str).collect();
         assert_eq!(found, ids, "{}", bundle.display());
     }

@@ -2,7 +2,8 @@
 //! each to a digest in `.imgpkg/images.yml`, as kbld does (`kbld --imgpkg-lock-output`).
 //!
 //! 1. [`discover`] reads the tree: every YAML document, kbld configuration and ImagesLocks
-//!    separated from manifests, references found by kbld's search rules;
+//!    separated from manifests, references found by kbld's search rules; Helm charts are
+//!    rendered by helm and their render is read instead of their templates ([`helm`]);
 //! 2. [`resolve`] turns references into digests: overrides, digest references kept, tags
 //!    looked up once each, concurrently, through mirrors, with retries;
 //! 3. [`write_lock`] writes the ImagesLock byte for byte as kbld would; [`render_manifests`]
@@ -12,6 +13,7 @@
 
 mod discover;
 mod error;
+pub mod helm;
 mod output;
 mod reference;
 mod resolve;
@@ -27,6 +29,7 @@ use std::path::{Path, PathBuf};
 pub use crate::registry::RequestStats;
 pub use discover::{
     BuildSource, Discovery, ImageMatcher, LockConfig, Manifest, Override, STDIN, discover,
+    discover_rendered, find_charts,
 };
 pub use error::{Location, LockError};
 pub use output::{
@@ -59,7 +62,7 @@ pub async fn run(
     options: &ResolveOptions,
     output: Option<&Path>,
 ) -> Result<Locked, LockError> {
-    let discovery = discover(paths, config)?;
+    let discovery = discover(paths, config).await?;
     let resolution = resolve(&discovery, registry, options).await?;
     let written = output
         .map(|path| {

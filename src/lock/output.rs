@@ -173,6 +173,17 @@ pub fn rewrite_in_place(
         .iter()
         .map(|(id, entry)| (id.as_str(), entry.image.as_str()))
         .collect();
+    if let Some(chart) = discovery.charts.first() {
+        return Err(LockError::Config {
+            origin: "--in-place".to_owned(),
+            message: format!(
+                "{} is a Helm chart: its templates are not rewritten (the lock pins what they \
+                 render, and kapp-controller's kbld step applies it at install); use \
+                 --imgpkg-lock-output or --output",
+                chart.display()
+            ),
+        });
+    }
     let mut files: Vec<&Path> = discovery
         .manifests
         .iter()
@@ -373,7 +384,7 @@ mod atomic_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lock::{LockConfig, ResolveOptions, discover, resolve};
+    use crate::lock::{LockConfig, ResolveOptions, discover_rendered, resolve};
     use crate::registry::Registry;
     use pretty_assertions::assert_eq;
 
@@ -390,8 +401,8 @@ mod tests {
             ),
         )
         .expect("write");
-        let discovery =
-            discover(&[dir.path().to_owned()], &LockConfig::default()).expect("discover");
+        let discovery = discover_rendered(&[dir.path().to_owned()], &LockConfig::default(), &[])
+            .expect("discover");
         let registry = Registry::new(Default::default()).expect("registry");
         let resolution = resolve(&discovery, &registry, &ResolveOptions::default())
             .await
@@ -432,8 +443,8 @@ mod tests {
             format!("image: r.io/app@sha256:{}\n", "d".repeat(64)),
         )
         .expect("write");
-        let discovery =
-            discover(&[dir.path().to_owned()], &LockConfig::default()).expect("discover");
+        let discovery = discover_rendered(&[dir.path().to_owned()], &LockConfig::default(), &[])
+            .expect("discover");
         let registry = Registry::new(Default::default()).expect("registry");
         let resolution = resolve(&discovery, &registry, &ResolveOptions::default())
             .await
@@ -486,7 +497,8 @@ mod tests {
         std::fs::write(dir.path().join("m.yml"), &manifest).expect("write");
         let discover_and_resolve = || async {
             let discovery =
-                discover(&[dir.path().to_owned()], &LockConfig::default()).expect("discover");
+                discover_rendered(&[dir.path().to_owned()], &LockConfig::default(), &[])
+                    .expect("discover");
             let registry = Registry::new(Default::default()).expect("registry");
             let resolution = resolve(&discovery, &registry, &ResolveOptions::default()).await;
             (discovery, resolution)

@@ -483,7 +483,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lock::discover::{ImageMatcher, LockConfig, discover};
+    use crate::lock::discover::{ImageMatcher, LockConfig, discover_rendered};
     use pretty_assertions::assert_eq;
 
     fn digest(c: char) -> String {
@@ -494,7 +494,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("m.yml"), manifest).expect("write");
         let mut discovery =
-            discover(&[dir.path().to_owned()], &LockConfig::default()).expect("discover");
+            discover_rendered(&[dir.path().to_owned()], &LockConfig::default(), &[])
+                .expect("discover");
         discovery.overrides = overrides;
         discovery
     }

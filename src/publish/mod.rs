@@ -1,7 +1,8 @@
 //! The publish stage: what kapp-controller reads. Renders Package + PackageMetadata for a
-//! pushed bundle, deriving the values schema from the bundle's ytt files when the
-//! PackageSource does not give one.
+//! pushed bundle, deriving the values schema from the bundle's ytt files (or its Helm chart)
+//! when the PackageSource does not give one.
 
+pub mod chart_schema;
 pub mod package;
 pub mod repository;
 pub mod revision;

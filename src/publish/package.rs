@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use crate::api::source::PackageSpec as SourcePackageSpec;
-use crate::carvel::app::{AppTemplate, AppTemplateHelmTemplate, AppTemplateKbld};
+use crate::carvel::app::{AppTemplate, AppTemplateHelmTemplate, AppTemplateKbld, AppTemplateYtt};
 use crate::carvel::package::{PackageSpec, ValuesSchema};
 use crate::carvel::{AppSpec, Package, PackageMetadata, Rfc3339Time};
 
@@ -21,6 +21,8 @@ pub struct Release<'a> {
     pub derived_values_schema: Option<serde_json::Value>,
     /// When the content is a Helm chart: its path in the bundle (helmTemplate replaces ytt).
     pub helm_chart_path: Option<&'a str>,
+    /// ytt files next to the chart (overlays), applied to its render.
+    pub overlay_paths: Vec<String>,
     pub released_at: jiff::Timestamp,
     /// Labels for both objects (the controller marks what it owns).
     pub labels: BTreeMap<String, String>,
@@ -39,21 +41,32 @@ pub fn render(r: &Release<'_>) -> Result<(Package, PackageMetadata), RenderError
     let p = r.package;
     let mut app = AppSpec::for_bundle(r.bundle_image);
     if let Some(chart) = r.helm_chart_path {
-        app.template = vec![
-            AppTemplate {
-                helm_template: Some(AppTemplateHelmTemplate {
-                    path: chart.to_owned(),
+        // kctrl's shape for a chart: helm renders it (values from the PackageInstall), ytt
+        // overlays next to it apply to the render, kbld pins its images with the lock.
+        app.template = vec![AppTemplate {
+            helm_template: Some(AppTemplateHelmTemplate {
+                path: chart.to_owned(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }];
+        if !r.overlay_paths.is_empty() {
+            let mut paths = vec!["-".to_owned()];
+            paths.extend(r.overlay_paths.iter().cloned());
+            app.template.push(AppTemplate {
+                ytt: Some(AppTemplateYtt {
+                    paths,
                     ..Default::default()
                 }),
                 ..Default::default()
-            },
-            AppTemplate {
-                kbld: Some(AppTemplateKbld {
-                    paths: vec!["-".to_owned(), ".imgpkg/images.yml".to_owned()],
-                }),
-                ..Default::default()
-            },
-        ];
+            });
+        }
+        app.template.push(AppTemplate {
+            kbld: Some(AppTemplateKbld {
+                paths: vec!["-".to_owned(), ".imgpkg/images.yml".to_owned()],
+            }),
+            ..Default::default()
+        });
     }
     if let Some(template) = &p.template {
         app.template = template.clone();
@@ -129,6 +142,7 @@ mod tests {
                 serde_json::json!({"properties": {"namespace": {"type": "string"}}}),
             ),
             helm_chart_path: None,
+            overlay_paths: Vec::new(),
             released_at: jiff::Timestamp::from_second(1_700_000_000).unwrap(),
             labels: BTreeMap::from([("packsmith.dev/source".into(), "cert-manager".into())]),
             namespace: Some("packages"),
@@ -178,6 +192,20 @@ mod tests {
         let t = &package.spec.template.spec.template;
         assert_eq!(t[0].helm_template.as_ref().unwrap().path, "config/upstream");
         assert!(t[1].kbld.is_some());
+        assert_eq!(t.len(), 2);
+
+        r.overlay_paths = vec!["config/overlays".to_owned()];
+        let (package, _) = render(&r).unwrap();
+        let t = &package.spec.template.spec.template;
+        assert_eq!(
+            t[1].ytt.as_ref().unwrap().paths,
+            ["-", "config/overlays"],
+            "overlays apply to the render"
+        );
+        assert_eq!(
+            t[2].kbld.as_ref().unwrap().paths,
+            ["-", ".imgpkg/images.yml"]
+        );
 
         p.values_schema = Some(serde_json::json!({"title": "explicit"}));
         let (package, _) = render(&release(&p, "1.0.0")).unwrap();

@@ -263,6 +263,7 @@ async fn produce_inner(
         sync_policy: crate::sync::Policy::default(),
         egress: ctx.settings.egress.clone(),
         disk_budget: ctx.settings.max_object_disk,
+        helm_binary: &ctx.settings.helm_binary,
     };
     let started = Instant::now();
     let outcome = pipeline::run(&input).await;
