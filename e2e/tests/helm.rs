@@ -27,6 +27,9 @@ pub fn trials() -> Vec<Trial> {
         Trial::test("helm::chart_repository_to_package", || {
             crate::support::block_on(chart_repository_to_package())
         }),
+        Trial::test("helm::dependencies_are_vendored_by_sync", || {
+            crate::support::block_on(dependencies_are_vendored_by_sync())
+        }),
         Trial::test("helm::hostile_charts_end_in_clear_errors", || {
             crate::support::block_on(hostile_charts_end_in_clear_errors())
         }),
@@ -325,6 +328,130 @@ spec:
     anyhow::ensure!(
         again.contains(&format!("Pushed '{image}'")),
         "re-release moved the digest:\n{again}"
+    );
+    Ok(())
+}
+
+/// An umbrella chart published without its dependency (`helm package` without
+/// `helm dependency build`): sync vendors the dependency from its repository into `charts/`,
+/// at the version Chart.lock pins, so the bundle renders where kapp-controller cannot fetch;
+/// a missing `file://` dependency is refused with the fix.
+async fn dependencies_are_vendored_by_sync() -> anyhow::Result<()> {
+    let helm = helm()?;
+    let helm_s = helm.to_str().expect("utf-8");
+    let id = unique()?;
+    let tmp = tempfile::tempdir()?;
+    let www = bed().www_dir.join(format!("e2e-helm-deps-{id}"));
+    std::fs::create_dir_all(&www)?;
+    let url = format!("{}/e2e-helm-deps-{id}", bed().http_url);
+    let package = |dir: &Path| -> anyhow::Result<()> {
+        run(Command::new(&helm)
+            .args(["package", dir.to_str().expect("utf-8"), "-d"])
+            .arg(&www))?;
+        Ok(())
+    };
+    // Two versions of the dependency: the lock pins the older one.
+    for version in ["1.0.0", "1.1.0"] {
+        let dir = tmp.path().join(format!("redis-{version}/redis"));
+        std::fs::create_dir_all(dir.join("templates"))?;
+        std::fs::write(
+            dir.join("Chart.yaml"),
+            format!("apiVersion: v2\nname: redis\nversion: {version}\n"),
+        )?;
+        std::fs::write(
+            dir.join("templates/pod.yaml"),
+            format!(
+                "kind: Pod\nspec:\n  containers:\n  - image: quay.io/example/redis:{version}\n"
+            ),
+        )?;
+        package(&dir)?;
+    }
+    let umbrella = tmp.path().join("umbrella");
+    std::fs::create_dir_all(umbrella.join("templates"))?;
+    std::fs::write(
+        umbrella.join("Chart.yaml"),
+        format!(
+            "apiVersion: v2\nname: umbrella\nversion: 2.0.0\ndependencies:\n- name: redis\n  \
+             version: \"^1.0.0\"\n  repository: {url}\n"
+        ),
+    )?;
+    std::fs::write(
+        umbrella.join("Chart.lock"),
+        format!(
+            "dependencies:\n- name: redis\n  repository: {url}\n  version: 1.0.0\n\
+             digest: sha256:0000\ngenerated: \"2024-01-01T00:00:00Z\"\n"
+        ),
+    )?;
+    std::fs::write(umbrella.join("templates/cm.yaml"), "kind: ConfigMap\n")?;
+    // `helm package` refuses a chart whose dependencies are missing: archive it as a publisher
+    // who skipped `helm dependency build` would.
+    let archive = |dir: &Path, file: &str| -> anyhow::Result<()> {
+        run(Command::new("tar")
+            .arg("-C")
+            .arg(dir.parent().expect("parent"))
+            .arg("-czf")
+            .arg(www.join(file))
+            .arg(dir.file_name().expect("name")))?;
+        Ok(())
+    };
+    archive(&umbrella, "umbrella-2.0.0.tgz")?;
+    let local = tmp.path().join("local");
+    std::fs::create_dir_all(local.join("templates"))?;
+    std::fs::write(
+        local.join("Chart.yaml"),
+        "apiVersion: v2\nname: local\nversion: 1.0.0\ndependencies:\n- name: lib\n  \
+         version: 1.0.0\n  repository: file://../lib\n",
+    )?;
+    std::fs::write(local.join("templates/cm.yaml"), "kind: ConfigMap\n")?;
+    archive(&local, "local-1.0.0.tgz")?;
+    run(Command::new(&helm)
+        .args(["repo", "index"])
+        .arg(&www)
+        .args(["--url", &url]))?;
+
+    let vendir = |chart: &str, version: &str| {
+        format!(
+            "apiVersion: vendir.k14s.io/v1alpha1\nkind: Config\ndirectories:\n- path: config\n  \
+             contents:\n  - path: upstream\n    helmChart:\n      name: {chart}\n      \
+             version: \"{version}\"\n      repository: {{url: \"{url}\"}}\n"
+        )
+    };
+    let dir = tmp.path().join("pkg");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("vendir.yml"), vendir("umbrella", "2.0.0"))?;
+    run(&mut packsmith(&[
+        "sync",
+        "--chdir",
+        dir.to_str().expect("utf-8"),
+    ]))?;
+    let vendored = std::fs::read_to_string(dir.join("config/upstream/charts/redis/Chart.yaml"))?;
+    anyhow::ensure!(
+        vendored.contains("version: 1.0.0"),
+        "Chart.lock's version was not vendored:\n{vendored}"
+    );
+    let listed = run(&mut packsmith(&[
+        "lock",
+        "-f",
+        dir.join("config").to_str().expect("utf-8"),
+        "--list",
+        "--helm-binary",
+        helm_s,
+    ]))?;
+    anyhow::ensure!(
+        listed == "quay.io/example/redis:1.0.0\n",
+        "the subchart renders with its parent: {listed:?}"
+    );
+
+    let dir = tmp.path().join("pkg-local");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("vendir.yml"), vendir("local", "1.0.0"))?;
+    let out = packsmith(&["sync", "--chdir", dir.to_str().expect("utf-8")]).output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    anyhow::ensure!(
+        !out.status.success()
+            && stderr.contains("depends on lib (repository \"file://../lib\")")
+            && stderr.contains("helm dependency build"),
+        "{stderr}"
     );
     Ok(())
 }

@@ -16,6 +16,12 @@
 //!
 //! Either way the archive goes through the safe unpacker, and the chart's top directory is
 //! stripped: the target holds Chart.yaml, values.yaml, templates/, … directly.
+//!
+//! A chart's dependencies (Chart.yaml `dependencies`) that its archive does not carry in
+//! `charts/` are vendored there, as `helm dependency build` would (the versions of Chart.lock
+//! when there is one, else the constraint): kapp-controller's helmTemplate step never fetches
+//! them, so a bundle must hold them. Only `https://`, `http://` and `oci://` repositories are
+//! fetched; a `file://` or alias dependency that is missing is refused with the fix.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -67,7 +73,183 @@ impl Chosen<'_> {
     }
 }
 
+/// Dependencies listed by one chart, at most.
+const MAX_DEPENDENCIES: usize = 64;
+/// A dependency's own missing dependencies are vendored too, this many levels down.
+const MAX_DEPENDENCY_DEPTH: usize = 3;
+
 pub(crate) async fn fetch(
+    ctx: &Context<'_>,
+    source: &HelmChartSource,
+    locked_version: Option<String>,
+    out: &Path,
+    scratch: &Path,
+) -> Result<Fetched, FetchError> {
+    fetch_at(ctx, source, locked_version, out, scratch, 0).await
+}
+
+async fn fetch_at(
+    ctx: &Context<'_>,
+    source: &HelmChartSource,
+    locked_version: Option<String>,
+    out: &Path,
+    scratch: &Path,
+    depth: usize,
+) -> Result<Fetched, FetchError> {
+    let fetched = fetch_chart(ctx, source, locked_version, out, scratch).await?;
+    Box::pin(vendor_dependencies(ctx, source, out, scratch, depth)).await?;
+    Ok(fetched)
+}
+
+/// Fetches each dependency of the chart at `chart` that its `charts/` lacks.
+async fn vendor_dependencies(
+    ctx: &Context<'_>,
+    parent: &HelmChartSource,
+    chart: &Path,
+    scratch: &Path,
+    depth: usize,
+) -> Result<(), FetchError> {
+    let text = tokio::fs::read_to_string(chart.join("Chart.yaml"))
+        .await
+        .map_err(FetchError::io(&chart.join("Chart.yaml")))?;
+    let dependencies = Dependencies::parse(&text, "Chart.yaml")?;
+    if dependencies.dependencies.is_empty() {
+        return Ok(());
+    }
+    if dependencies.dependencies.len() > MAX_DEPENDENCIES {
+        return Err(FetchError::Invalid(format!(
+            "the chart lists {} dependencies, more than {MAX_DEPENDENCIES}",
+            dependencies.dependencies.len()
+        )));
+    }
+    let locked = match tokio::fs::read_to_string(chart.join("Chart.lock")).await {
+        Ok(text) => Dependencies::parse(&text, "Chart.lock")?.dependencies,
+        Err(_) => Vec::new(),
+    };
+    let charts_dir = chart.join("charts");
+    for dependency in &dependencies.dependencies {
+        if has_dependency(&charts_dir, &dependency.name)? {
+            continue;
+        }
+        let repository = dependency.repository.trim();
+        let fetchable = ["https://", "http://", "oci://"]
+            .iter()
+            .any(|scheme| repository.starts_with(scheme));
+        if !fetchable {
+            return Err(FetchError::Invalid(format!(
+                "the chart depends on {} (repository {:?}), which is not in its charts/ \
+                 directory: only https://, http:// and oci:// dependencies are fetched; vendor \
+                 it into the chart (`helm dependency build`) before packaging",
+                dependency.name, dependency.repository
+            )));
+        }
+        if depth + 1 > MAX_DEPENDENCY_DEPTH {
+            return Err(FetchError::Invalid(format!(
+                "the chart's dependencies nest deeper than {MAX_DEPENDENCY_DEPTH} levels ({} \
+                 is missing from a dependency's charts/)",
+                dependency.name
+            )));
+        }
+        if dependency.name.is_empty() || dependency.name.contains(['/', '\\']) {
+            return Err(FetchError::Invalid(format!(
+                "dependency name {:?} is not a chart name",
+                dependency.name
+            )));
+        }
+        let version = locked
+            .iter()
+            .find(|l| l.name == dependency.name && l.repository == dependency.repository)
+            .map_or_else(|| dependency.version.clone(), |l| l.version.clone());
+        // The parent's credentials go only to the parent's own repository.
+        let secret_ref = parent
+            .repository
+            .as_ref()
+            .filter(|r| r.url.trim_end_matches('/') == repository.trim_end_matches('/'))
+            .and_then(|r| r.secret_ref.clone());
+        let source = HelmChartSource {
+            name: dependency.name.clone(),
+            version,
+            repository: Some(crate::carvel::vendir::HelmChartRepository {
+                url: repository.to_owned(),
+                secret_ref,
+            }),
+            ..HelmChartSource::default()
+        };
+        let out = fsutil::safe_join(chart, &format!("charts/{}", dependency.name))
+            .map_err(FetchError::io(&charts_dir))?;
+        let scratch = scratch.join(format!("dependency-{depth}-{}", dependency.name));
+        tokio::fs::create_dir_all(&scratch)
+            .await
+            .map_err(FetchError::io(&scratch))?;
+        fetch_at(ctx, &source, None, &out, &scratch, depth + 1)
+            .await
+            .map_err(|e| {
+                FetchError::Invalid(format!(
+                    "vendoring the chart's dependency {} from {}: {e}",
+                    dependency.name,
+                    redact_url(repository)
+                ))
+            })?;
+    }
+    Ok(())
+}
+
+/// Whether `charts/` holds `name`, unpacked or as `name-VERSION.tgz` (how helm stores them).
+fn has_dependency(charts_dir: &Path, name: &str) -> Result<bool, FetchError> {
+    if charts_dir.join(name).join("Chart.yaml").is_file() {
+        return Ok(true);
+    }
+    let Ok(entries) = std::fs::read_dir(charts_dir) else {
+        return Ok(false);
+    };
+    for entry in entries {
+        let entry = entry.map_err(FetchError::io(charts_dir))?;
+        let file = entry.file_name().to_string_lossy().into_owned();
+        if let Some(rest) = file
+            .strip_prefix(name)
+            .and_then(|r| r.strip_prefix('-'))
+            .and_then(|r| r.strip_suffix(".tgz"))
+            && rest.starts_with(|c: char| c.is_ascii_digit() || c == 'v')
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// The `dependencies` of a Chart.yaml or Chart.lock.
+#[derive(Debug, Default, Deserialize)]
+struct Dependencies {
+    #[serde(default)]
+    dependencies: Vec<Dependency>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Dependency {
+    #[serde(default)]
+    name: String,
+    #[serde(default, deserialize_with = "scalar_string")]
+    version: String,
+    #[serde(default)]
+    repository: String,
+}
+
+impl Dependencies {
+    fn parse(text: &str, file: &str) -> Result<Dependencies, FetchError> {
+        let mut budget = serde_saphyr::Budget::default();
+        budget.max_events = 1_000_000;
+        budget.max_depth = 64;
+        let mut options = serde_saphyr::Options::default();
+        options.budget = Some(budget);
+        options.duplicate_keys = serde_saphyr::DuplicateKeyPolicy::LastWins;
+        options.with_snippet = false;
+        let parsed: Dependencies = serde_saphyr::from_str_with_options(text, options)
+            .map_err(|e| FetchError::Invalid(format!("the chart's {file}: {e}")))?;
+        Ok(parsed)
+    }
+}
+
+async fn fetch_chart(
     ctx: &Context<'_>,
     source: &HelmChartSource,
     locked_version: Option<String>,
