@@ -135,6 +135,9 @@ pub struct Outcome {
     pub changed_from: Option<String>,
     /// Locked images as digest references, sorted.
     pub images: Vec<String>,
+    /// What the lock stage warned about (images a chart's values make), paths relative to
+    /// the bundle root.
+    pub lock_warnings: Vec<String>,
     pub pushed: Pushed,
     pub package: Package,
     pub metadata: PackageMetadata,
@@ -179,9 +182,9 @@ pub async fn run(input: &PipelineInput<'_>) -> Result<Outcome, PipelineError> {
 
     // Lock.
     let started = std::time::Instant::now();
-    let images = lock_images(input, spec).await;
+    let locked = lock_images(input, spec).await;
     input.timed(Stage::Lock, started);
-    let images = images?;
+    let (images, lock_warnings) = locked?;
 
     // Push.
     let started = std::time::Instant::now();
@@ -208,17 +211,19 @@ pub async fn run(input: &PipelineInput<'_>) -> Result<Outcome, PipelineError> {
         version,
         changed_from,
         images,
+        lock_warnings,
         pushed,
         package,
         metadata,
     })
 }
 
-/// The lock stage: `.imgpkg/images.yml` for the synced tree. Returns the locked images.
+/// The lock stage: `.imgpkg/images.yml` for the synced tree. Returns the locked images and
+/// the lock's warnings.
 async fn lock_images(
     input: &PipelineInput<'_>,
     spec: &PackageSourceSpec,
-) -> Result<Vec<String>, PipelineError> {
+) -> Result<(Vec<String>, Vec<String>), PipelineError> {
     let imgpkg = input.root.join(".imgpkg");
     std::fs::create_dir_all(&imgpkg).map_err(|e| {
         PipelineError::new(
@@ -260,7 +265,15 @@ async fn lock_images(
             .collect();
         images.sort();
         images.dedup();
-        images
+        // The work directory is the controller's business, not the reader's.
+        let root = format!("{}/", input.root.display());
+        let warnings = locked
+            .discovery
+            .warnings
+            .iter()
+            .map(|w| w.replace(&root, ""))
+            .collect();
+        (images, warnings)
     } else {
         // imgpkg requires .imgpkg/images.yml in every bundle, even with nothing to lock.
         let empty = crate::carvel::ImagesLock::new()
@@ -276,7 +289,7 @@ async fn lock_images(
                 true,
             )
         })?;
-        Vec::new()
+        (Vec::new(), Vec::new())
     };
     Ok(images)
 }
@@ -465,7 +478,16 @@ fn render(
     let derived = if spec.package.values_schema.is_some() {
         None
     } else if let Some(chart) = &chart {
-        publish::chart_schema::derive(&input.root.join(&chart.path)).map_err(|e| {
+        let path = input.root.join(&chart.path);
+        publish::chart_schema::derive_from(&path, |name| {
+            lock::helm::chart_file(&path, name, publish::chart_schema::MAX_FILE_BYTES).map_err(
+                |reason| publish::chart_schema::ChartSchemaError::Invalid {
+                    path: path.join(name),
+                    reason,
+                },
+            )
+        })
+        .map_err(|e| {
             PipelineError::new(Stage::Render, reasons::PUBLISH_FAILED, e.to_string(), false)
         })?
     } else if config_dir.is_dir() {

@@ -322,6 +322,29 @@ spec:
         listed == "busybox\nquay.io/example/helm-demo:v1\n",
         "lock --list: {listed:?}"
     );
+    // A packaged chart (as a git or http content may hold one) is rendered too.
+    let packaged = tmp.path().join("packaged");
+    std::fs::create_dir_all(&packaged)?;
+    std::fs::copy(
+        www.join("mychart-0.1.0.tgz"),
+        packaged.join("mychart-0.1.0.tgz"),
+    )?;
+    std::fs::write(
+        packaged.join("other.yaml"),
+        "kind: Pod\nimage: quay.io/example/other:v3\n",
+    )?;
+    let listed = run(&mut packsmith(&[
+        "lock",
+        "-f",
+        packaged.to_str().expect("utf-8"),
+        "--list",
+        "--helm-binary",
+        helm_s,
+    ]))?;
+    anyhow::ensure!(
+        listed == "busybox\nquay.io/example/helm-demo:v1\nquay.io/example/other:v3\n",
+        "lock --list of a packaged chart: {listed:?}"
+    );
 
     // Same chart, same digest.
     let again = run(&mut packsmith(&["release", dir_s, "--helm-binary", helm_s]))?;
@@ -630,10 +653,23 @@ spec:
         serde_json::json!({"spec": {"images": {"helm": {"values": {"image": {"tag": "v1"}}}}}});
     api.patch("web", &PatchParams::default(), &Patch::Merge(&patch))
         .await?;
-    wait_for(&api, "web", Duration::from_secs(60), "Ready", |o| {
+    let ready = wait_for(&api, "web", Duration::from_secs(60), "Ready", |o| {
         has(o, types::READY, "True", reasons::SUCCEEDED)
     })
     .await?;
+    // The images a PackageInstall's values can change are named where `kubectl describe`
+    // shows them, with the values and relative to the bundle.
+    let locked = condition(&ready, types::IMAGES_LOCKED)
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    anyhow::ensure!(
+        locked
+            == "locked 1 image to its digest; warning: config/web: images set by the chart's \
+                values: quay.io/example/web:v1 (image.repository); the lock pins them as the \
+                defaults render them, and a PackageInstall that changes those values gets \
+                images kapp-controller's kbld step resolves at install",
+        "{locked}"
+    );
     let packages: Api<Package> = Api::namespaced(client.clone(), &ns);
     let package = packages.get("web.ctl.example.com.0.3.0").await?;
     let template = &package.spec.template.spec.template;

@@ -294,12 +294,17 @@ fn collect_files(
         return Ok(());
     }
     let metadata = std::fs::metadata(path).map_err(read_error)?;
-    if !metadata.is_dir() {
-        files.push(path.to_owned());
+    let chart = if metadata.is_dir() {
+        helm::is_chart(path)
+    } else {
+        helm::is_chart_archive(path)
+    };
+    if chart {
+        charts.push(path.to_owned());
         return Ok(());
     }
-    if helm::is_chart(path) {
-        charts.push(path.to_owned());
+    if !metadata.is_dir() {
+        files.push(path.to_owned());
         return Ok(());
     }
     let mut found = Vec::new();
@@ -333,6 +338,8 @@ fn walk(dir: &Path, found: &mut Vec<PathBuf>, charts: &mut Vec<PathBuf>) -> Resu
             charts.push(path);
         } else if file_type.is_dir() {
             walk(&path, found, charts)?;
+        } else if file_type.is_file() && helm::is_chart_archive(&path) {
+            charts.push(path);
         } else if has_manifest_extension(&path) {
             found.push(path);
         }

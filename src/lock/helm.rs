@@ -79,6 +79,64 @@ pub(super) fn is_chart(dir: &Path) -> bool {
     dir.join("Chart.yaml").is_file()
 }
 
+/// Whether `file` is a packaged chart: a `.tgz` whose top directory holds a Chart.yaml, as
+/// `helm package` writes it (Chart.yaml first, so the peek is short).
+pub(super) fn is_chart_archive(file: &Path) -> bool {
+    file.extension().is_some_and(|e| e == "tgz")
+        && matches!(chart_file(file, "Chart.yaml", 1024 * 1024), Ok(Some(_)))
+}
+
+/// Entries of a chart archive read while looking for one file, and bytes inflated.
+const MAX_ARCHIVE_ENTRIES: usize = 10_000;
+const MAX_ARCHIVE_BYTES: u64 = 256 * 1024 * 1024;
+
+/// The text of `name` (e.g. `values.yaml`) at the top of the chart `chart` — a directory, or
+/// a `.tgz` whose single top directory is the chart — up to `limit` bytes; `None` when the
+/// chart has no such file.
+pub fn chart_file(chart: &Path, name: &str, limit: u64) -> Result<Option<String>, String> {
+    if chart.is_dir() {
+        let path = chart.join(name);
+        if !path.is_file() {
+            return Ok(None);
+        }
+        return read_small(&path, limit).map(Some);
+    }
+    use std::io::Read as _;
+    let file =
+        std::fs::File::open(chart).map_err(|e| format!("reading {}: {e}", chart.display()))?;
+    let inflated = flate2::read::GzDecoder::new(file).take(MAX_ARCHIVE_BYTES);
+    let mut archive = tar::Archive::new(inflated);
+    let entries = archive
+        .entries()
+        .map_err(|e| format!("reading {}: {e}", chart.display()))?;
+    for entry in entries.take(MAX_ARCHIVE_ENTRIES) {
+        let entry = entry.map_err(|e| format!("reading {}: {e}", chart.display()))?;
+        let path = entry
+            .path()
+            .map_err(|e| format!("reading {}: {e}", chart.display()))?
+            .into_owned();
+        let parts: Vec<_> = path.components().collect();
+        if parts.len() == 2
+            && matches!(parts[0], std::path::Component::Normal(_))
+            && parts[1].as_os_str() == name
+        {
+            if entry.header().entry_size().unwrap_or(u64::MAX) > limit {
+                return Err(format!(
+                    "{}: {name} exceeds the limit of {limit} bytes",
+                    chart.display()
+                ));
+            }
+            let mut text = String::new();
+            entry
+                .take(limit)
+                .read_to_string(&mut text)
+                .map_err(|e| format!("reading {name} in {}: {e}", chart.display()))?;
+            return Ok(Some(text));
+        }
+    }
+    Ok(None)
+}
+
 /// Renders the chart at `chart`. Its output may be at most `max_output` bytes.
 pub async fn render(
     chart: &Path,
@@ -256,7 +314,8 @@ fn failure_message(stderr: &str, status: std::process::ExitStatus, max_memory: u
 /// The chart's `name` from its Chart.yaml (bounded: the file is read only up to 1 MiB).
 fn chart_name(chart: &Path) -> Result<String, String> {
     let path = chart.join("Chart.yaml");
-    let text = read_small(&path, 1024 * 1024)?;
+    let text = chart_file(chart, "Chart.yaml", 1024 * 1024)?
+        .ok_or_else(|| format!("{}: the chart has no Chart.yaml", chart.display()))?;
     let documents = parse_stream(&text, &YamlLimits::default())
         .map_err(|e| format!("{}: not valid YAML: {}", path.display(), e.message))?;
     documents
@@ -389,7 +448,7 @@ pub(super) fn values_in(reference: &str, leaves: &[(String, String)]) -> Vec<Str
 /// The string values of a chart's `values.yaml`, with their dotted paths (a bounded number).
 pub(super) fn value_leaves(chart: &Path, limits: &YamlLimits) -> Vec<(String, String)> {
     const MAX_LEAVES: usize = 10_000;
-    let Ok(text) = read_small(&chart.join("values.yaml"), 16 * 1024 * 1024) else {
+    let Ok(Some(text)) = chart_file(chart, "values.yaml", 16 * 1024 * 1024) else {
         return Vec::new();
     };
     let Ok(documents) = parse_stream(&text, limits) else {
@@ -497,6 +556,55 @@ mod tests {
         );
         assert_eq!(values_in("busybox:1.36", &leaves), ["sidecar.image"]);
         assert!(values_in("quay.io/other/thing:v1", &leaves).is_empty());
+    }
+
+    fn tgz(path: &Path, files: &[(&str, &str)]) {
+        let file = std::fs::File::create(path).unwrap();
+        let gz = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
+        let mut tar = tar::Builder::new(gz);
+        for (name, text) in files {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(text.len() as u64);
+            header.set_mode(0o644);
+            header.set_cksum();
+            tar.append_data(&mut header, name, text.as_bytes()).unwrap();
+        }
+        tar.into_inner().unwrap().finish().unwrap();
+    }
+
+    #[test]
+    fn packaged_charts_are_read_from_their_archive() {
+        let dir = tempfile::tempdir().unwrap();
+        let chart = dir.path().join("app-1.0.0.tgz");
+        tgz(
+            &chart,
+            &[
+                (
+                    "app/Chart.yaml",
+                    "apiVersion: v2\nname: app\nversion: 1.0.0\n",
+                ),
+                ("app/charts/sub/values.yaml", "sub: true\n"),
+                ("app/values.yaml", "image: nginx\n"),
+            ],
+        );
+        assert!(is_chart_archive(&chart));
+        assert_eq!(chart_name(&chart).unwrap(), "app");
+        assert_eq!(
+            chart_file(&chart, "values.yaml", 1024).unwrap().as_deref(),
+            Some("image: nginx\n"),
+            "the chart's own values.yaml, not its subchart's"
+        );
+        assert_eq!(
+            chart_file(&chart, "values.schema.json", 1024).unwrap(),
+            None
+        );
+        assert!(chart_file(&chart, "values.yaml", 4).is_err(), "bounded");
+
+        let other = dir.path().join("site.tgz");
+        tgz(&other, &[("site/index.html", "<html>")]);
+        assert!(!is_chart_archive(&other));
+        std::fs::write(dir.path().join("broken.tgz"), "not gzip").unwrap();
+        assert!(!is_chart_archive(&dir.path().join("broken.tgz")));
     }
 
     /// The helm the container image ships is the helm the test bed runs, and the one the

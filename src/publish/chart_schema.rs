@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{Map, Value, json};
 
 /// values.yaml and values.schema.json larger than this are refused.
-const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
+pub const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
 /// Nesting of a schema, and of `$ref`s followed inside one another.
 const MAX_DEPTH: usize = 64;
 /// Schema nodes written, `$ref` expansions included (a ref bomb stops here).
@@ -31,12 +31,27 @@ pub enum ChartSchemaError {
     Invalid { path: PathBuf, reason: String },
 }
 
-/// The values schema of the chart at `chart`; `Ok(None)` when it has neither a schema nor
-/// values.
+/// The values schema of the chart directory `chart`; `Ok(None)` when it has neither a schema
+/// nor values.
 pub fn derive(chart: &Path) -> Result<Option<Value>, ChartSchemaError> {
+    derive_from(chart, |name| {
+        let path = chart.join(name);
+        if path.is_file() {
+            read(&path).map(Some)
+        } else {
+            Ok(None)
+        }
+    })
+}
+
+/// [`derive`] for a chart whose files `read` gives (a packaged chart, say): `read(name)` is
+/// the top-level file's text, or `None` when the chart has none. `chart` names it in errors.
+pub fn derive_from(
+    chart: &Path,
+    read: impl Fn(&str) -> Result<Option<String>, ChartSchemaError>,
+) -> Result<Option<Value>, ChartSchemaError> {
     let schema_path = chart.join("values.schema.json");
-    if schema_path.is_file() {
-        let text = read(&schema_path)?;
+    if let Some(text) = read("values.schema.json")? {
         let schema: Value = serde_json::from_str(&text).map_err(|e| ChartSchemaError::Invalid {
             path: schema_path.clone(),
             reason: format!("not JSON: {e}"),
@@ -50,10 +65,9 @@ pub fn derive(chart: &Path) -> Result<Option<Value>, ChartSchemaError> {
             });
     }
     let values_path = chart.join("values.yaml");
-    if !values_path.is_file() {
+    let Some(text) = read("values.yaml")? else {
         return Ok(None);
-    }
-    let text = read(&values_path)?;
+    };
     let invalid = |reason: String| ChartSchemaError::Invalid {
         path: values_path.clone(),
         reason,

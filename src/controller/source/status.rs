@@ -154,7 +154,7 @@ pub(super) fn succeeded(
         types::IMAGES_LOCKED,
         true,
         reasons::SUCCEEDED,
-        describe_images(&outcome.images),
+        describe_images(&outcome.images, &outcome.lock_warnings),
         gen_,
         now,
     );
@@ -416,12 +416,16 @@ fn truncate_message(message: &str) -> String {
     format!("{}…", &message[..end])
 }
 
-fn describe_images(images: &[String]) -> String {
-    match images.len() {
+fn describe_images(images: &[String], warnings: &[String]) -> String {
+    let locked = match images.len() {
         0 => "no image references to lock".to_owned(),
         1 => "locked 1 image to its digest".to_owned(),
         n => format!("locked {n} images to digests"),
+    };
+    if warnings.is_empty() {
+        return locked;
     }
+    truncate_message(&format!("{locked}; warning: {}", warnings.join("; ")))
 }
 
 /// One line naming what each content fetched, e.g.
@@ -505,6 +509,7 @@ mod tests {
             version: version.into(),
             changed_from: None,
             images: vec!["quay.io/x/y@sha256:00".into()],
+            lock_warnings: vec![],
             pushed: Pushed {
                 image: image.into(),
                 tags: vec![version.into(), "sha256-0123.imgpkg".into()],
