@@ -236,7 +236,7 @@ async fn lock_images(
     let lock_path = imgpkg.join("images.yml");
     let images = if spec.images.lock {
         let mut config = lock::LockConfig {
-            helm: helm_options(input, spec),
+            helm: helm_options(input, spec)?,
             ..lock::LockConfig::default()
         };
         if !spec.images.overrides.is_empty() || !spec.images.search_rules.is_empty() {
@@ -255,7 +255,12 @@ async fn lock_images(
         .await
         .map_err(|e| {
             let (reason, retryable) = classify_lock(&e);
-            PipelineError::new(Stage::Lock, reason, e.to_string(), retryable)
+            PipelineError::new(
+                Stage::Lock,
+                reason,
+                bundle_relative(input, &e.to_string()),
+                retryable,
+            )
         })?;
         let mut images: Vec<String> = locked
             .resolution
@@ -265,13 +270,11 @@ async fn lock_images(
             .collect();
         images.sort();
         images.dedup();
-        // The work directory is the controller's business, not the reader's.
-        let root = format!("{}/", input.root.display());
         let warnings = locked
             .discovery
             .warnings
             .iter()
-            .map(|w| w.replace(&root, ""))
+            .map(|w| bundle_relative(input, w))
             .collect();
         (images, warnings)
     } else {
@@ -294,9 +297,19 @@ async fn lock_images(
     Ok(images)
 }
 
+/// `text` with paths under the bundle root written relative to it: the work directory is the
+/// controller's business, not the reader's.
+fn bundle_relative(input: &PipelineInput<'_>, text: &str) -> String {
+    text.replace(&format!("{}/", input.root.display()), "")
+}
+
 /// How the lock renders a chart: as kapp-controller will at install, with the package's short
-/// name as the release, in `default`, for the lowest Kubernetes version the package supports.
-fn helm_options(input: &PipelineInput<'_>, spec: &PackageSourceSpec) -> lock::helm::HelmOptions {
+/// name as the release, in `default`, for the lowest Kubernetes version the package supports,
+/// with `images.helm.valuesFrom` and then `images.helm.values` over the chart's defaults.
+fn helm_options(
+    input: &PipelineInput<'_>,
+    spec: &PackageSourceSpec,
+) -> Result<lock::helm::HelmOptions, PipelineError> {
     let package = &spec.package;
     let release_name = package
         .ref_name
@@ -308,21 +321,81 @@ fn helm_options(input: &PipelineInput<'_>, spec: &PackageSourceSpec) -> lock::he
         .kubernetes_version_selection
         .as_ref()
         .and_then(|k| lowest_version(&k.constraints));
-    let values = spec
-        .images
-        .helm
-        .as_ref()
-        .and_then(|h| h.values.clone())
-        .map(|v| ("spec.images.helm.values".to_owned(), v))
-        .into_iter()
-        .collect();
-    lock::helm::HelmOptions {
+    let mut values = Vec::new();
+    if let Some(helm) = &spec.images.helm {
+        for (i, from) in helm.values_from.iter().enumerate() {
+            values.extend(values_from(input, i, from)?);
+        }
+        if let Some(inline) = &helm.values {
+            values.push(("spec.images.helm.values".to_owned(), inline.clone()));
+        }
+    }
+    Ok(lock::helm::HelmOptions {
         binary: input.helm_binary.to_owned(),
         release_name,
         kube_version,
         values,
         ..lock::helm::HelmOptions::default()
-    }
+    })
+}
+
+/// The values files of one `images.helm.valuesFrom` entry, in key order.
+fn values_from(
+    input: &PipelineInput<'_>,
+    index: usize,
+    from: &crate::api::source::HelmValuesFrom,
+) -> Result<Vec<(String, serde_json::Value)>, PipelineError> {
+    let field = format!("images.helm.valuesFrom[{index}]");
+    let missing = |what: String| {
+        PipelineError::new(
+            Stage::Lock,
+            reasons::REFERENCE_NOT_FOUND,
+            format!(
+                "{what} named by {field} does not exist in the PackageSource's namespace (the \
+                 CLI reads no ConfigMaps or Secrets: give the values in images.helm.values)"
+            ),
+            true,
+        )
+    };
+    let files: BTreeMap<String, Vec<u8>> = match (&from.config_map_ref, &from.secret_ref) {
+        (Some(r), _) => input
+            .secrets
+            .config_map(&r.name)
+            .ok_or_else(|| missing(format!("ConfigMap {}", r.name)))?
+            .into_iter()
+            .map(|(k, v)| (k, v.into_bytes()))
+            .collect(),
+        (None, Some(r)) => input
+            .secrets
+            .secret(&r.name)
+            .ok_or_else(|| missing(format!("Secret {}", r.name)))?
+            .data
+            .into_iter()
+            .collect(),
+        (None, None) => return Ok(Vec::new()),
+    };
+    files
+        .into_iter()
+        .map(|(key, bytes)| {
+            let origin = format!("{field} key {key}");
+            let invalid = |why: String| {
+                PipelineError::new(
+                    Stage::Lock,
+                    reasons::INVALID_SPEC,
+                    format!("{origin}: {why}"),
+                    false,
+                )
+            };
+            let text = String::from_utf8(bytes).map_err(|_| invalid("not UTF-8".to_owned()))?;
+            let value: serde_json::Value = crate::carvel::yaml::from_str("Helm values", &text)
+                .map_err(|e| invalid(e.to_string()))?;
+            if !value.is_object() && !value.is_null() {
+                return Err(invalid("Helm values must be a mapping".to_owned()));
+            }
+            Ok((origin, value))
+        })
+        .filter(|v| !matches!(v, Ok((_, serde_json::Value::Null))))
+        .collect()
 }
 
 /// The version a semver range starts at (`>=1.24.0 <1.31.0` → `1.24.0`), for helm's

@@ -556,8 +556,8 @@ async fn hostile_charts_end_in_clear_errors() -> anyhow::Result<()> {
 }
 
 /// In the controller: a chart that needs a value fails the lock with helm's own words
-/// (LockFailed, Stalled: retrying cannot help), and a rendering value makes it Ready with a
-/// helmTemplate Package. The chart comes from an inline content: any source may hold one.
+/// (LockFailed, Stalled: retrying cannot help); values from an unlabelled Secret are refused;
+/// values from a ConfigMap make it Ready with a helmTemplate Package. The chart comes from an inline content: any source may hold one.
 async fn controller_reports_render_failures() -> anyhow::Result<()> {
     let helm = helm()?;
     let client = bed().client().await?;
@@ -638,7 +638,7 @@ spec:
         .map(|c| c.message.clone())
         .unwrap_or_default();
     anyhow::ensure!(
-        message.contains("rendering the Helm chart")
+        message.starts_with("rendering the Helm chart config/web: ")
             && message.contains("execution error at (web/templates/deployment.yaml:12:")
             && message.contains("set image.tag"),
         "{message}"
@@ -649,10 +649,45 @@ spec:
         super::controller::describe(&failed)
     );
 
-    let patch =
-        serde_json::json!({"spec": {"images": {"helm": {"values": {"image": {"tag": "v1"}}}}}});
-    api.patch("web", &PatchParams::default(), &Patch::Merge(&patch))
-        .await?;
+    // Values from a Secret need the same opt-in as a Secret copied into the bundle: a
+    // template can write them into an image reference the lock publishes.
+    apply_yaml(
+        &client,
+        &ns,
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: web-values}\nstringData:\n  \
+         values.yaml: \"image: {tag: v1}\"\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: \
+         {name: web-values}\ndata:\n  values.yaml: \"image: {tag: v1}\"\n",
+    )
+    .await?;
+    let values_from = |kind: &str| serde_json::json!({"spec": {"images": {"helm": {"valuesFrom": [{kind: {"name": "web-values"}}]}}}});
+    api.patch(
+        "web",
+        &PatchParams::default(),
+        &Patch::Merge(&values_from("secretRef")),
+    )
+    .await?;
+    let refused = wait_for(&api, "web", Duration::from_secs(60), "refused", |o| {
+        has(
+            o,
+            types::STALLED,
+            "True",
+            reasons::INLINE_SECRET_NOT_ALLOWED,
+        )
+    })
+    .await?;
+    let message = condition(&refused, types::STALLED)
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    anyhow::ensure!(
+        message.contains("read by images.helm.valuesFrom[0].secretRef"),
+        "{message}"
+    );
+    api.patch(
+        "web",
+        &PatchParams::default(),
+        &Patch::Merge(&values_from("configMapRef")),
+    )
+    .await?;
     let ready = wait_for(&api, "web", Duration::from_secs(60), "Ready", |o| {
         has(o, types::READY, "True", reasons::SUCCEEDED)
     })

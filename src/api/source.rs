@@ -165,10 +165,41 @@ pub struct ImagesSpec {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct HelmRenderSpec {
-    /// Values merged over the chart's values.yaml, as a `--values` file would be.
+    /// Values files from ConfigMaps or Secrets of this namespace, each key a file, in key
+    /// order (kapp-controller's helmTemplate `valuesFrom` shape). A Secret must carry the label
+    /// `packsmith.dev/inline-allowed: "true"`: what a render makes of it can reach the lock.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub values_from: Vec<HelmValuesFrom>,
+    /// Values merged over the chart's values.yaml and `valuesFrom`, as a last `--values`
+    /// file would be.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "free_form_object")]
     pub values: Option<serde_json::Value>,
+}
+
+/// One source of values files for rendering a chart.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.configMapRef) != has(self.secretRef)").message("set exactly one of configMapRef or secretRef"))]
+pub struct HelmValuesFrom {
+    /// A ConfigMap of this namespace: each data key is a values file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map_ref: Option<ConfigMapRef>,
+    /// A Secret of this namespace (labelled `packsmith.dev/inline-allowed: "true"`): each data
+    /// key is a values file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<super::common::SecretRef>,
+}
+
+/// A ConfigMap in the same namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigMapRef {
+    /// Name of the ConfigMap.
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = Rule::new("self != ''").message("configMapRef.name must name a ConfigMap in the same namespace"))]
+    pub name: String,
 }
 
 impl RegistryMirror {

@@ -130,6 +130,24 @@ pub(super) fn content_refs(spec: &PackageSourceSpec) -> Vec<ContentRef> {
             }
         }
     }
+    if let Some(helm) = &spec.images.helm {
+        for (i, from) in helm.values_from.iter().enumerate() {
+            if let Some(r) = from.config_map_ref.as_ref().filter(|r| !r.name.is_empty()) {
+                refs.insert(ContentRef {
+                    kind: RefKind::ConfigMap,
+                    name: r.name.clone(),
+                    field: format!("images.helm.valuesFrom[{i}].configMapRef"),
+                });
+            }
+            if let Some(r) = from.secret_ref.as_ref().filter(|r| !r.name.is_empty()) {
+                refs.insert(ContentRef {
+                    kind: RefKind::Secret,
+                    name: r.name.clone(),
+                    field: format!("images.helm.valuesFrom[{i}].secretRef"),
+                });
+            }
+        }
+    }
     // One entry per object: the first field that names it is enough to point a person at it.
     let mut seen = BTreeSet::new();
     refs.into_iter()
@@ -175,16 +193,26 @@ pub(super) fn referencing<'a>(
         .collect()
 }
 
-/// The Secrets `inline.pathsFrom` copies into the bundle.
+/// The Secrets whose contents can reach the bundle, each with how: those `inline.pathsFrom`
+/// copies into it, and those a chart is rendered with (`images.helm.valuesFrom`), whose
+/// values a template may write into an image reference the lock records.
 pub(super) fn inline_secrets(spec: &PackageSourceSpec) -> BTreeSet<&str> {
-    spec.contents
+    let inline = spec
+        .contents
         .iter()
         .flat_map(|d| &d.contents)
         .filter_map(|c| c.inline.as_ref())
         .flat_map(|i| &i.paths_from)
         .filter_map(|from| from.secret_ref.as_ref())
-        .map(|r| r.name.as_str())
-        .collect()
+        .map(|r| r.name.as_str());
+    let helm = spec
+        .images
+        .helm
+        .iter()
+        .flat_map(|h| &h.values_from)
+        .filter_map(|from| from.secret_ref.as_ref())
+        .map(|r| r.name.as_str());
+    inline.chain(helm).collect()
 }
 
 /// Refuses a Secret bound for a bundle that does not carry [`INLINE_ALLOWED_LABEL`].
@@ -201,10 +229,19 @@ fn check_inline_allowed(secret: &Secret, namespace: &str, r: &ContentRef) -> Res
         Stage::Sync,
         reasons::INLINE_SECRET_NOT_ALLOWED,
         format!(
-            "Secret {namespace}/{} is copied into the bundle by inline.pathsFrom but lacks the \
-             label {INLINE_ALLOWED_LABEL}: \"true\"; label it if its contents may be published \
-             (kubectl label secret {} {INLINE_ALLOWED_LABEL}=true -n {namespace})",
-            r.name, r.name
+            "Secret {namespace}/{} is {} but lacks the label {INLINE_ALLOWED_LABEL}: \"true\"; \
+             label it if its contents may be published (kubectl label secret {} \
+             {INLINE_ALLOWED_LABEL}=true -n {namespace})",
+            r.name,
+            if r.field.starts_with("images.helm") {
+                format!(
+                    "read by {} (a chart's render can publish it in the lock)",
+                    r.field
+                )
+            } else {
+                "copied into the bundle by inline.pathsFrom".to_owned()
+            },
+            r.name
         ),
         Retry::Never,
     ))
@@ -637,11 +674,24 @@ contents:
     git: {url: "https://example.com/r.git", ref: v1, secretRef: {name: git-creds}}
   - path: values
     inline: {pathsFrom: [{secretRef: {name: values}}, {configMapRef: {name: cm}}]}
+images:
+  helm:
+    valuesFrom: [{configMapRef: {name: helm-cm}}, {secretRef: {name: helm-secret}}]
 bundle: {repository: registry.example.com/a}
 "#,
         )
         .expect("spec");
-        assert_eq!(inline_secrets(&spec), BTreeSet::from(["values"]));
+        assert_eq!(
+            inline_secrets(&spec),
+            BTreeSet::from(["values", "helm-secret"]),
+            "a chart's values can reach the lock"
+        );
+        let fields: Vec<String> = content_refs(&spec).into_iter().map(|r| r.field).collect();
+        assert!(
+            fields.contains(&"images.helm.valuesFrom[0].configMapRef".to_owned())
+                && fields.contains(&"images.helm.valuesFrom[1].secretRef".to_owned()),
+            "their changes trigger a reconcile: {fields:?}"
+        );
         let r = ContentRef {
             kind: RefKind::Secret,
             name: "values".to_owned(),
