@@ -11,12 +11,15 @@ use libtest_mimic::Trial;
 use super::repo::pushed_image;
 use crate::support::bed;
 use crate::support::images::{ImageKind, Registry, push_image};
-use crate::tests::git::make_repo;
+use crate::tests::git::{git, make_repo};
 
 pub fn trials() -> Vec<Trial> {
     vec![
         Trial::test("release::git_upstream_to_package", || {
             crate::support::block_on(git_upstream_to_package())
+        }),
+        Trial::test("release::all_packages_of_a_tree", || {
+            crate::support::block_on(all_packages_of_a_tree())
         }),
         Trial::test("release::published_versions_are_immutable", || {
             crate::support::block_on(published_versions_are_immutable())
@@ -373,4 +376,158 @@ spec:
         .unwrap_or_default();
     anyhow::ensure!(tag_digest(&repo, "1.0.0").await? == Some(d3));
     Ok(())
+}
+
+/// `release --all ROOT`: a tree of two PackageSource directories, one broken one and a TCE
+/// layout package. The good ones are published, the summary names the broken one and the
+/// exit code is 1; with `--changed-since`, only the package a commit touched runs.
+async fn all_packages_of_a_tree() -> anyhow::Result<()> {
+    let reg = bed().registry.clone();
+    let id = format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_nanos()
+    );
+    let tmp = tempfile::tempdir()?;
+    let root = tmp.path().join("packages");
+    let source = |name: &str, content: &str| -> anyhow::Result<()> {
+        let dir = root.join("apps").join(name);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(
+            dir.join("packagesource.yaml"),
+            format!(
+                "apiVersion: packsmith.dev/v1alpha1\nkind: PackageSource\nmetadata: {{name: {name}}}\n\
+                 spec:\n  package: {{refName: {name}.all.example.com, version: 1.0.0}}\n  contents:\n  \
+                 - path: config/app\n    contents:\n    - path: .\n{content}  bundle:\n    \
+                 repository: {reg}/e2e-all-{id}/{name}\n    insecure: true\n"
+            ),
+        )?;
+        Ok(())
+    };
+    let inline =
+        |text: &str| format!("      inline:\n        paths:\n          app.yaml: \"{text}\"\n");
+    source("alpha", &inline("kind: ConfigMap"))?;
+    source("beta", &inline("kind: Secret"))?;
+    source(
+        "broken",
+        &format!(
+            "      git:\n        url: {}/does-not-exist-{id}.git\n        ref: v1\n",
+            bed().git_url
+        ),
+    )?;
+    // TCE: NAME/VERSION/bundle/vendir.yml, NAME/VERSION/package.yaml, NAME/metadata.yaml.
+    let tce = root.join("tce/hello");
+    std::fs::create_dir_all(tce.join("1.0.0/bundle"))?;
+    std::fs::write(
+        tce.join("1.0.0/bundle/vendir.yml"),
+        "apiVersion: vendir.k14s.io/v1alpha1\nkind: Config\ndirectories:\n- path: config/upstream\n  \
+         contents:\n  - path: .\n    inline:\n      paths:\n        hello.yaml: \"kind: ConfigMap\"\n",
+    )?;
+    std::fs::write(
+        tce.join("1.0.0/package.yaml"),
+        "apiVersion: data.packaging.carvel.dev/v1alpha1\nkind: Package\nmetadata:\n  \
+         name: hello.community.tanzu.vmware.com.1.0.0\nspec:\n  refName: hello.community.tanzu.vmware.com\n  \
+         version: 1.0.0\n  licenses: [\"Apache 2.0\"]\n  template:\n    spec:\n      fetch:\n      \
+         - imgpkgBundle: {image: projects.registry.vmware.com/tce/hello@sha256:00}\n",
+    )?;
+    std::fs::write(
+        tce.join("metadata.yaml"),
+        "apiVersion: data.packaging.carvel.dev/v1alpha1\nkind: PackageMetadata\nmetadata:\n  \
+         name: hello.community.tanzu.vmware.com\nspec:\n  displayName: hello\n  shortDescription: Hello\n",
+    )?;
+    let prefix = format!("{reg}/e2e-all-{id}/tce");
+    let root_s = root.to_str().expect("utf-8");
+    let args = [
+        "release",
+        "--all",
+        root_s,
+        "--jobs",
+        "2",
+        "--repository-prefix",
+        &prefix,
+        "--registry-insecure-host",
+        &reg,
+    ];
+    let out = Command::new(env!("CARGO_BIN_EXE_packsmith"))
+        .args(args)
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    anyhow::ensure!(
+        out.status.code() == Some(1),
+        "one broken package fails the run ({}):\n{stdout}{stderr}",
+        out.status
+    );
+    let row = |name: &str| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(name))
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    for (name, version) in [
+        ("apps/alpha", "1.0.0"),
+        ("apps/beta", "1.0.0"),
+        ("tce/hello/1.0.0", "1.0.0"),
+    ] {
+        let cells = row(name);
+        anyhow::ensure!(
+            cells.get(1) == Some(&version) && cells.get(2) == Some(&"ok"),
+            "{name}: {cells:?}\n{stdout}"
+        );
+    }
+    let broken = row("apps/broken");
+    anyhow::ensure!(
+        broken.get(2) == Some(&"FAILED") && stdout.contains("sync stage failed"),
+        "{stdout}"
+    );
+    anyhow::ensure!(
+        stdout.contains("4 packages: 3 ok, 1 failed") && stderr.contains("apps/broken: "),
+        "{stdout}{stderr}"
+    );
+    // The TCE package went where TCE's Makefile pushed it: PREFIX/NAME:VERSION.
+    let tag = tag_digest(&format!("e2e-all-{id}/tce/hello"), "1.0.0").await?;
+    anyhow::ensure!(tag.is_some(), "tce/hello:1.0.0 was not pushed");
+    anyhow::ensure!(
+        tce.join("1.0.0/carvel-artifacts/packages/hello.community.tanzu.vmware.com/1.0.0.yml")
+            .is_file()
+            && root
+                .join("apps/alpha/carvel-artifacts/packages/alpha.all.example.com/1.0.0.yml")
+                .is_file()
+    );
+
+    // Only what a commit touched runs.
+    std::fs::remove_dir_all(root.join("apps/broken"))?;
+    git(&root, &["init", "-q"])?;
+    git(&root, &["add", "-A"])?;
+    git(&root, &["commit", "-q", "-m", "packages"])?;
+    let text = std::fs::read_to_string(root.join("apps/beta/packagesource.yaml"))?;
+    std::fs::write(
+        root.join("apps/beta/packagesource.yaml"),
+        text.replace("version: 1.0.0", "version: 1.0.1"),
+    )?;
+    git(&root, &["commit", "-q", "-am", "beta 1.0.1"])?;
+    let out = Command::new(env!("CARGO_BIN_EXE_packsmith"))
+        .args(args)
+        .args(["--changed-since", "HEAD~1"])
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    anyhow::ensure!(
+        out.status.success()
+            && stderr.contains("1 of 3 packages changed since HEAD~1")
+            && stdout.contains("1 packages: 1 ok, 0 failed")
+            && row_of(&stdout, "apps/beta").get(1) == Some(&"1.0.1".to_owned()),
+        "{stdout}{stderr}"
+    );
+    Ok(())
+}
+
+fn row_of(stdout: &str, name: &str) -> Vec<String> {
+    stdout
+        .lines()
+        .find(|l| l.starts_with(name))
+        .map(|l| l.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default()
 }

@@ -3,6 +3,7 @@
 //! Each subcommand is a thin front end over the library stage of the same name; exit codes:
 //! 0 success, 1 failure (the error is on stderr), 2 usage errors and commands not built yet.
 
+mod all;
 mod cluster;
 mod describe;
 mod init;
@@ -245,7 +246,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Pull(args) => pull::run(&args, &runtime()?).map(|()| ExitCode::SUCCESS),
         Command::Values(args) => values::run(&args, &runtime()?).map(|()| ExitCode::SUCCESS),
         Command::Describe(args) => describe::run(&args, &runtime()?).map(|()| ExitCode::SUCCESS),
-        Command::Release(args) => release::run(&args, &runtime()?).map(|()| ExitCode::SUCCESS),
+        Command::Release(args) => release::run(&args, &runtime()?),
         Command::Repo(RepoCommand::Release(args)) => {
             repo::run(&args, &runtime()?).map(|()| ExitCode::SUCCESS)
         }

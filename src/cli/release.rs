@@ -26,9 +26,12 @@ const SOURCE_FILES: &[&str] = &[
 
 #[derive(Args, Debug)]
 pub(super) struct ReleaseArgs {
-    /// Package directory holding packagesource.yaml (and config/).
+    /// Package directory holding packagesource.yaml (and config/); with --all, the root of a
+    /// tree of package directories.
     #[arg(default_value = ".")]
     dir: PathBuf,
+    #[command(flatten)]
+    all: super::all::AllArgs,
     /// OCI repository for the bundle, instead of spec.bundle.repository.
     #[arg(long)]
     repository: Option<String>,
@@ -55,7 +58,13 @@ pub(super) struct ReleaseArgs {
     registry: RegistryArgs,
 }
 
-pub(super) fn run(args: &ReleaseArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
+pub(super) fn run(
+    args: &ReleaseArgs,
+    runtime: &tokio::runtime::Runtime,
+) -> anyhow::Result<std::process::ExitCode> {
+    if args.all.all {
+        return release_all(args, runtime);
+    }
     let source_path = args.dir.join("packagesource.yaml");
     let text = std::fs::read_to_string(&source_path).with_context(|| {
         format!(
@@ -65,12 +74,106 @@ pub(super) fn run(args: &ReleaseArgs, runtime: &tokio::runtime::Runtime) -> anyh
     })?;
     let source: PackageSource = crate::carvel::yaml::from_str("PackageSource", &text)
         .with_context(|| format!("parsing {}", source_path.display()))?;
-    let spec = &source.spec;
     let output_dir = args
         .output_dir
         .clone()
         .unwrap_or_else(|| args.dir.join("carvel-artifacts"));
+    let released = runtime.block_on(release(args, &args.dir, &source.spec, &output_dir))?;
+    let spec = &source.spec;
+    if let Some(before) = &released.outcome.changed_from {
+        eprintln!(
+            "packsmith: the content under this version changed since {before} was published; \
+             published it as {} (spec.publish.versionPolicy: {:?})",
+            released.outcome.version, spec.publish.version_policy
+        );
+    }
+    println!("Pushed '{}'", released.outcome.pushed.image);
+    println!(
+        "packsmith: {} {} with {} locked images",
+        spec.package.ref_name,
+        released.outcome.version,
+        released.outcome.images.len()
+    );
+    for path in released.written {
+        println!("wrote {}", path.display());
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
 
+/// `release --all ROOT`: every package under ROOT, `--jobs` at a time.
+fn release_all(
+    args: &ReleaseArgs,
+    runtime: &tokio::runtime::Runtime,
+) -> anyhow::Result<std::process::ExitCode> {
+    anyhow::ensure!(
+        args.output_dir.is_none() && args.repository.is_none() && args.tag.is_none(),
+        "--output-dir, --repository and --tag name one package's bundle: with --all each \
+         package uses its own (TCE-layout packages: --repository-prefix)"
+    );
+    let mut packages = super::all::find(&args.dir)?;
+    if let Some(git_ref) = &args.all.changed_since {
+        let total = packages.len();
+        packages = super::all::changed_since(&args.dir, git_ref, packages)?;
+        eprintln!(
+            "packsmith: {} of {total} packages changed since {git_ref}",
+            packages.len()
+        );
+        if packages.is_empty() {
+            return Ok(std::process::ExitCode::SUCCESS);
+        }
+    }
+    let prefix = args.all.repository_prefix.as_deref();
+    let ok = runtime.block_on(super::all::run(
+        packages,
+        args.all.jobs,
+        |found| async move {
+            let dir = found.dir();
+            let result = async {
+                let spec = found.spec(prefix)?;
+                super::all::bundle_repository(&found, &spec)?;
+                let released = release(args, &dir, &spec, &found.output_dir()).await?;
+                anyhow::Ok(released)
+            }
+            .await;
+            match result {
+                Ok(released) => super::all::Ran {
+                    name: found.name.clone(),
+                    version: released.outcome.version.clone(),
+                    result: Ok(released.outcome.pushed.image.clone()),
+                },
+                Err(e) => super::all::Ran {
+                    name: found.name.clone(),
+                    version: found
+                        .spec(prefix)
+                        .ok()
+                        .and_then(|s| s.package.version)
+                        .unwrap_or_default(),
+                    result: Err(format!("{e:#}")),
+                },
+            }
+        },
+    ));
+    Ok(if ok {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    })
+}
+
+/// What one release produced.
+struct Released {
+    outcome: pipeline::Outcome,
+    written: Vec<PathBuf>,
+}
+
+/// Releases the package at `dir` (its spec already read): the pipeline, then vendir's lock and
+/// the Package files.
+async fn release(
+    args: &ReleaseArgs,
+    dir: &Path,
+    spec: &crate::api::PackageSourceSpec,
+    output_dir: &Path,
+) -> anyhow::Result<Released> {
     let repository = args
         .repository
         .clone()
@@ -78,11 +181,11 @@ pub(super) fn run(args: &ReleaseArgs, runtime: &tokio::runtime::Runtime) -> anyh
     let host = repository.split('/').next().unwrap_or_default().to_owned();
     let registry = registry(args, spec, &host)?;
 
-    let previous_path = args.dir.join("vendir.lock.yml");
+    let previous_path = dir.join("vendir.lock.yml");
     let previous = std::fs::read_to_string(&previous_path)
         .ok()
         .and_then(|t| VendirLock::from_yaml(&t).ok());
-    let exclude = excluded(&args.dir, spec, &output_dir)?;
+    let exclude = excluded(dir, spec, output_dir)?;
     let secrets = MemorySecrets::default();
     let input = PipelineInput {
         // The CLI's user chose these upstreams, on their own machine.
@@ -90,7 +193,7 @@ pub(super) fn run(args: &ReleaseArgs, runtime: &tokio::runtime::Runtime) -> anyh
         disk_budget: None,
         helm_binary: &args.helm_binary,
         spec,
-        root: &args.dir,
+        root: dir,
         exclude,
         registry: &registry,
         secrets: &secrets,
@@ -104,7 +207,7 @@ pub(super) fn run(args: &ReleaseArgs, runtime: &tokio::runtime::Runtime) -> anyh
         on_stage: None,
         sync_policy: crate::sync::Policy::cli(args.allow_unknown_ssh_hosts),
     };
-    let outcome = runtime.block_on(pipeline::run(&input)).map_err(|e| {
+    let outcome = pipeline::run(&input).await.map_err(|e| {
         anyhow::anyhow!(
             "{} stage failed ({}): {}",
             format!("{:?}", e.stage).to_lowercase(),
@@ -112,28 +215,13 @@ pub(super) fn run(args: &ReleaseArgs, runtime: &tokio::runtime::Runtime) -> anyh
             e.message
         )
     })?;
-
     crate::lock::write_atomically(&previous_path, outcome.contents.to_yaml()?.as_bytes())
         .with_context(|| format!("writing {}", previous_path.display()))?;
-    let written = write_package_files(&output_dir, &outcome.package, &outcome.metadata)?;
-    if let Some(before) = &outcome.changed_from {
-        eprintln!(
-            "packsmith: the content under this version changed since {before} was published; \
-             published it as {} (spec.publish.versionPolicy: {:?})",
-            outcome.version, spec.publish.version_policy
-        );
-    }
-    println!("Pushed '{}'", outcome.pushed.image);
-    println!(
-        "packsmith: {} {} with {} locked images",
-        spec.package.ref_name,
-        outcome.version,
-        outcome.images.len()
-    );
-    for path in written {
-        println!("wrote {}", path.display());
-    }
-    Ok(())
+    let written = write_package_files(output_dir, &outcome.package, &outcome.metadata)?;
+    Ok(Released {
+        outcome,
+        written: written.to_vec(),
+    })
 }
 
 fn registry(
