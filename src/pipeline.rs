@@ -218,6 +218,26 @@ pub async fn run(input: &PipelineInput<'_>) -> Result<Outcome, PipelineError> {
     })
 }
 
+/// The lock stage alone, on a tree already synced (the CLI's `lock --all`): what
+/// [`run`] does between sync and push. Returns the locked images and the lock's warnings.
+pub async fn lock_stage(
+    input: &PipelineInput<'_>,
+) -> Result<(Vec<String>, Vec<String>), PipelineError> {
+    lock_images(input, input.spec).await
+}
+
+/// The push stage alone, on a tree already synced and locked (the CLI's `push --all`): the
+/// version from the spec and `contents` (vendir's lock), decided and pushed as [`run`] does.
+/// Returns the version published and what was pushed.
+pub async fn push_stage(
+    input: &PipelineInput<'_>,
+    contents: &VendirLock,
+) -> Result<(String, Pushed), PipelineError> {
+    let version = version(input.spec, contents)?;
+    let (pushed, decision) = push_bundle(input, input.spec, &version).await?;
+    Ok((decision.version().to_owned(), pushed))
+}
+
 /// The lock stage: `.imgpkg/images.yml` for the synced tree. Returns the locked images and
 /// the lock's warnings.
 async fn lock_images(

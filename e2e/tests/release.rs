@@ -21,6 +21,9 @@ pub fn trials() -> Vec<Trial> {
         Trial::test("release::all_packages_of_a_tree", || {
             crate::support::block_on(all_packages_of_a_tree())
         }),
+        Trial::test("release::sync_lock_push_all_step_by_step", || {
+            crate::support::block_on(sync_lock_push_all_step_by_step())
+        }),
         Trial::test("release::published_versions_are_immutable", || {
             crate::support::block_on(published_versions_are_immutable())
         }),
@@ -530,4 +533,69 @@ fn row_of(stdout: &str, name: &str) -> Vec<String> {
         .find(|l| l.starts_with(name))
         .map(|l| l.split_whitespace().map(str::to_owned).collect())
         .unwrap_or_default()
+}
+
+/// The seed Makefile's steps over a tree, one command each: `sync --all` writes each
+/// package's contents and vendir lock, `lock --all` each ImagesLock (through the spec's
+/// mirror), `push --all` each bundle under its version — the digest `release` gives the same
+/// package.
+async fn sync_lock_push_all_step_by_step() -> anyhow::Result<()> {
+    let reg = bed().registry.clone();
+    let id = format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_nanos()
+    );
+    let digest = push_image(
+        &Registry::plain(bed()),
+        &format!("e2e-all-{id}/mirror/example/step"),
+        "v1",
+        ImageKind::DockerV2,
+        "step",
+    )
+    .await?;
+    let tmp = tempfile::tempdir()?;
+    let root = tmp.path().join("tree");
+    let dir = root.join("step");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(
+        dir.join("packagesource.yaml"),
+        format!(
+            "apiVersion: packsmith.dev/v1alpha1\nkind: PackageSource\nmetadata: {{name: step}}\n\
+             spec:\n  package: {{refName: step.all.example.com, version: 2.0.0}}\n  contents:\n  \
+             - path: config/app\n    contents:\n    - path: .\n      inline:\n        paths:\n          \
+             app.yaml: \"kind: Pod\\nimage: quay.io/example/step:v1\\n\"\n  images:\n    mirrors:\n    \
+             - {{from: quay.io, to: {reg}/e2e-all-{id}/mirror, insecure: true}}\n  bundle:\n    \
+             repository: {reg}/e2e-all-{id}/step\n    insecure: true\n"
+        ),
+    )?;
+    let root_s = root.to_str().expect("utf-8");
+    let run = |args: &[&str]| -> anyhow::Result<String> {
+        let (stdout, _) = packsmith(args)?;
+        anyhow::ensure!(stdout.contains("1 packages: 1 ok, 0 failed"), "{stdout}");
+        Ok(stdout)
+    };
+    run(&["sync", "--all", root_s])?;
+    anyhow::ensure!(
+        dir.join("config/app/app.yaml").is_file() && dir.join("vendir.lock.yml").is_file()
+    );
+    run(&["lock", "--all", root_s])?;
+    let lock = std::fs::read_to_string(dir.join(".imgpkg/images.yml"))?;
+    anyhow::ensure!(
+        lock.contains(&format!("image: quay.io/example/step@{digest}")),
+        "{lock}"
+    );
+    let pushed = run(&["push", "--all", root_s])?;
+    let tag = tag_digest(&format!("e2e-all-{id}/step"), "2.0.0")
+        .await?
+        .context("step:2.0.0 was not pushed")?;
+    anyhow::ensure!(pushed.contains(&tag), "{pushed}");
+    // The same tree released in one step is the same bundle.
+    let (released, _) = packsmith(&["release", dir.to_str().expect("utf-8")])?;
+    anyhow::ensure!(
+        pushed_image(&released)?.ends_with(&tag),
+        "release and the three steps disagree:\n{released}\n{pushed}"
+    );
+    Ok(())
 }

@@ -30,10 +30,10 @@ const MAX_PACKAGES: usize = 10_000;
 
 #[derive(clap::Args, Debug, Clone)]
 pub(super) struct AllArgs {
-    /// Run over every package directory under the given directory (a packagesource.yaml, or
-    /// TCE's NAME/VERSION/bundle/vendir.yml layout) instead of one package.
-    #[arg(long)]
-    pub all: bool,
+    /// Run over every package directory under ROOT (a packagesource.yaml, or TCE's
+    /// NAME/VERSION/bundle/vendir.yml layout) instead of one package.
+    #[arg(long, value_name = "ROOT")]
+    pub all: Option<PathBuf>,
     /// With --all: packages run at the same time.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64), requires = "all")]
     pub jobs: u16,
@@ -114,6 +114,31 @@ impl Found {
                 version_dir,
             } => tce_spec(name_dir, version_dir, repository_prefix),
         }
+    }
+}
+
+/// The packages `--all ROOT` runs on: every one under ROOT, or those `--changed-since` keeps
+/// (`None` when that is none: nothing to do).
+pub(super) fn select(root: &Path, args: &AllArgs) -> anyhow::Result<Option<Vec<Found>>> {
+    let packages = find(root)?;
+    let Some(git_ref) = &args.changed_since else {
+        return Ok(Some(packages));
+    };
+    let total = packages.len();
+    let changed = changed_since(root, git_ref, packages)?;
+    eprintln!(
+        "packsmith: {} of {total} packages changed since {git_ref}",
+        changed.len()
+    );
+    Ok((!changed.is_empty()).then_some(changed))
+}
+
+/// The process's exit code for a run over a tree.
+pub(super) fn exit_code(ok: bool) -> std::process::ExitCode {
+    if ok {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
     }
 }
 

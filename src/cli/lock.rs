@@ -17,8 +17,12 @@ pub(super) struct LockArgs {
     /// Files or directories of manifests to scan (repeatable; - reads standard input). An
     /// ImagesLock inside them (.imgpkg/images.yml) is reused for the references it records,
     /// as kbld does, so re-locking an unchanged tree asks no registry anything.
-    #[arg(short, long, required = true)]
+    #[arg(short, long, required_unless_present = "all", conflicts_with = "all")]
     file: Vec<PathBuf>,
+    /// With --all ROOT: each package's tree is locked into its .imgpkg/images.yml with its
+    /// PackageSource's images settings (overrides, search rules, mirrors, Helm values).
+    #[command(flatten)]
+    all: super::all::AllArgs,
     /// Where to write the ImagesLock, e.g. DIR/.imgpkg/images.yml. Without it (and without
     /// --output) the lock is printed.
     #[arg(long, value_name = "FILE")]
@@ -73,7 +77,57 @@ pub(super) struct LockArgs {
     registry: RegistryArgs,
 }
 
+/// `lock --all ROOT`: the lock stage of every package under ROOT, as `release` runs it.
+fn lock_all(
+    args: &LockArgs,
+    root: &Path,
+    runtime: &tokio::runtime::Runtime,
+) -> anyhow::Result<ExitCode> {
+    let Some(packages) = super::all::select(root, &args.all)? else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    let ok = runtime.block_on(super::all::run(
+        packages,
+        args.all.jobs,
+        |found| async move {
+            let result = async {
+                let spec = found.spec(args.all.repository_prefix.as_deref())?;
+                let dir = found.dir();
+                let output = found.output_dir();
+                let prepared = super::release::Prepared::new(
+                    &dir,
+                    &spec,
+                    &output,
+                    &args.registry,
+                    None,
+                    &args.helm_binary,
+                )?;
+                let input = prepared.input(None, None, false);
+                let (images, _) = crate::pipeline::lock_stage(&input)
+                    .await
+                    .map_err(|e| super::release::stage_failed(&e))?;
+                anyhow::Ok((
+                    spec.package.version.clone().unwrap_or_default(),
+                    images.len(),
+                ))
+            }
+            .await;
+            super::all::Ran {
+                name: found.name.clone(),
+                version: result.as_ref().map(|(v, _)| v.clone()).unwrap_or_default(),
+                result: result
+                    .map(|(_, n)| format!("locked {n} images"))
+                    .map_err(|e| format!("{e:#}")),
+            }
+        },
+    ));
+    Ok(super::all::exit_code(ok))
+}
+
 pub(super) fn run(args: &LockArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result<ExitCode> {
+    if let Some(root) = &args.all.all {
+        return lock_all(args, root, runtime);
+    }
     let mut config = LockConfig::default();
     config.helm.binary = args.helm_binary.clone();
     config.helm.release_name = args.helm_release_name.clone();

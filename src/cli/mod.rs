@@ -240,9 +240,9 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Controller(args) => controller(args, &runtime()?).map(|()| ExitCode::SUCCESS),
-        Command::Sync(args) => sync::run(&args, &runtime()?).map(|()| ExitCode::SUCCESS),
+        Command::Sync(args) => sync::run(&args, &runtime()?),
         Command::Lock(args) => lock::run(&args, &runtime()?),
-        Command::Push(args) => push::run(&args, &runtime()?).map(|()| ExitCode::SUCCESS),
+        Command::Push(args) => push::run(&args, &runtime()?),
         Command::Pull(args) => pull::run(&args, &runtime()?).map(|()| ExitCode::SUCCESS),
         Command::Values(args) => values::run(&args, &runtime()?).map(|()| ExitCode::SUCCESS),
         Command::Describe(args) => describe::run(&args, &runtime()?).map(|()| ExitCode::SUCCESS),

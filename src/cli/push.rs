@@ -13,7 +13,7 @@ use crate::carvel::BundleLock;
 use super::registry::{RegistryArgs, registry_host};
 
 #[derive(Args, Debug)]
-#[group(id = "target", required = true, multiple = false, args = ["bundle", "image"])]
+#[group(id = "target", required = true, multiple = false, args = ["bundle", "image", "all"])]
 pub(super) struct PushArgs {
     /// Where to push the bundle: REPO:TAG, or oci-layout:DIR[:TAG] for an OCI image layout on
     /// disk.
@@ -24,8 +24,12 @@ pub(super) struct PushArgs {
     #[arg(short, long, value_name = "REF", conflicts_with = "lock_output")]
     image: Option<String>,
     /// Directory (or file) to push (repeatable); one of them must hold .imgpkg/images.yml.
-    #[arg(short, long, required = true)]
+    #[arg(short, long, required_unless_present = "all", conflicts_with = "all")]
     file: Vec<PathBuf>,
+    /// With --all ROOT: each package's tree (synced and locked) is pushed as its bundle,
+    /// tagged with its version, under its PackageSource's versionPolicy.
+    #[command(flatten)]
+    all: super::all::AllArgs,
     /// Write an imgpkg BundleLock (the pushed digest and tag) here.
     #[arg(long, value_name = "FILE")]
     lock_output: Option<PathBuf>,
@@ -42,7 +46,63 @@ pub(super) struct PushArgs {
     registry: RegistryArgs,
 }
 
-pub(super) fn run(args: &PushArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
+/// `push --all ROOT`: the push stage of every package under ROOT, as `release` runs it.
+fn push_all(
+    args: &PushArgs,
+    root: &std::path::Path,
+    runtime: &tokio::runtime::Runtime,
+) -> anyhow::Result<std::process::ExitCode> {
+    let Some(packages) = super::all::select(root, &args.all)? else {
+        return Ok(std::process::ExitCode::SUCCESS);
+    };
+    let ok = runtime.block_on(super::all::run(
+        packages,
+        args.all.jobs,
+        |found| async move {
+            let result = async {
+                let spec = found.spec(args.all.repository_prefix.as_deref())?;
+                super::all::bundle_repository(&found, &spec)?;
+                let dir = found.dir();
+                let output = found.output_dir();
+                // Pushing runs no upstream and renders nothing: helm is not needed.
+                let prepared = super::release::Prepared::new(
+                    &dir,
+                    &spec,
+                    &output,
+                    &args.registry,
+                    None,
+                    std::path::Path::new("helm"),
+                )?;
+                let contents = prepared.previous.clone().unwrap_or_default();
+                let input = prepared.input(None, None, false);
+                crate::pipeline::push_stage(&input, &contents)
+                    .await
+                    .map_err(|e| super::release::stage_failed(&e))
+            }
+            .await;
+            super::all::Ran {
+                name: found.name.clone(),
+                version: result.as_ref().map(|(v, _)| v.clone()).unwrap_or_default(),
+                result: result
+                    .map(|(_, pushed)| pushed.image)
+                    .map_err(|e| format!("{e:#}")),
+            }
+        },
+    ));
+    Ok(super::all::exit_code(ok))
+}
+
+pub(super) fn run(
+    args: &PushArgs,
+    runtime: &tokio::runtime::Runtime,
+) -> anyhow::Result<std::process::ExitCode> {
+    match &args.all.all {
+        Some(root) => push_all(args, root, runtime),
+        None => push_one(args, runtime).map(|()| std::process::ExitCode::SUCCESS),
+    }
+}
+
+fn push_one(args: &PushArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     let (flag, target) = match (&args.bundle, &args.image) {
         (Some(bundle), _) => ("--bundle", bundle),
         (None, Some(image)) => ("--image", image),

@@ -26,9 +26,8 @@ const SOURCE_FILES: &[&str] = &[
 
 #[derive(Args, Debug)]
 pub(super) struct ReleaseArgs {
-    /// Package directory holding packagesource.yaml (and config/); with --all, the root of a
-    /// tree of package directories.
-    #[arg(default_value = ".")]
+    /// Package directory holding packagesource.yaml (and config/).
+    #[arg(default_value = ".", conflicts_with = "all")]
     dir: PathBuf,
     #[command(flatten)]
     all: super::all::AllArgs,
@@ -62,8 +61,8 @@ pub(super) fn run(
     args: &ReleaseArgs,
     runtime: &tokio::runtime::Runtime,
 ) -> anyhow::Result<std::process::ExitCode> {
-    if args.all.all {
-        return release_all(args, runtime);
+    if let Some(root) = &args.all.all {
+        return release_all(args, root, runtime);
     }
     let source_path = args.dir.join("packagesource.yaml");
     let text = std::fs::read_to_string(&source_path).with_context(|| {
@@ -103,6 +102,7 @@ pub(super) fn run(
 /// `release --all ROOT`: every package under ROOT, `--jobs` at a time.
 fn release_all(
     args: &ReleaseArgs,
+    root: &Path,
     runtime: &tokio::runtime::Runtime,
 ) -> anyhow::Result<std::process::ExitCode> {
     anyhow::ensure!(
@@ -110,18 +110,9 @@ fn release_all(
         "--output-dir, --repository and --tag name one package's bundle: with --all each \
          package uses its own (TCE-layout packages: --repository-prefix)"
     );
-    let mut packages = super::all::find(&args.dir)?;
-    if let Some(git_ref) = &args.all.changed_since {
-        let total = packages.len();
-        packages = super::all::changed_since(&args.dir, git_ref, packages)?;
-        eprintln!(
-            "packsmith: {} of {total} packages changed since {git_ref}",
-            packages.len()
-        );
-        if packages.is_empty() {
-            return Ok(std::process::ExitCode::SUCCESS);
-        }
-    }
+    let Some(packages) = super::all::select(root, &args.all)? else {
+        return Ok(std::process::ExitCode::SUCCESS);
+    };
     let prefix = args.all.repository_prefix.as_deref();
     let ok = runtime.block_on(super::all::run(
         packages,
@@ -153,17 +144,94 @@ fn release_all(
             }
         },
     ));
-    Ok(if ok {
-        std::process::ExitCode::SUCCESS
-    } else {
-        std::process::ExitCode::FAILURE
-    })
+    Ok(super::all::exit_code(ok))
 }
 
 /// What one release produced.
 struct Released {
     outcome: pipeline::Outcome,
     written: Vec<PathBuf>,
+}
+
+/// One package directory of the CLI, prepared for the pipeline: its registry client (the
+/// command line's options, the spec's mirrors, `bundle.insecure`), vendir's previous lock
+/// and what stays out of the bundle.
+pub(super) struct Prepared<'a> {
+    dir: &'a Path,
+    spec: &'a crate::api::PackageSourceSpec,
+    registry: Registry,
+    secrets: MemorySecrets,
+    exclude: Vec<String>,
+    pub(super) previous: Option<VendirLock>,
+    helm_binary: &'a Path,
+}
+
+impl<'a> Prepared<'a> {
+    pub(super) fn new(
+        dir: &'a Path,
+        spec: &'a crate::api::PackageSourceSpec,
+        output_dir: &Path,
+        registry_args: &RegistryArgs,
+        repository_override: Option<&str>,
+        helm_binary: &'a Path,
+    ) -> anyhow::Result<Self> {
+        let repository = repository_override.unwrap_or(&spec.bundle.repository);
+        let host = repository.split('/').next().unwrap_or_default();
+        let previous = std::fs::read_to_string(dir.join(VENDIR_LOCK))
+            .ok()
+            .and_then(|t| VendirLock::from_yaml(&t).ok());
+        Ok(Self {
+            dir,
+            spec,
+            registry: registry(registry_args, spec, host)?,
+            secrets: MemorySecrets::default(),
+            exclude: excluded(dir, spec, output_dir)?,
+            previous,
+            helm_binary,
+        })
+    }
+
+    /// The pipeline's input for this package, as the CLI runs it.
+    pub(super) fn input(
+        &self,
+        tags_override: Option<Vec<String>>,
+        repository_override: Option<String>,
+        allow_unknown_ssh_hosts: bool,
+    ) -> PipelineInput<'_> {
+        PipelineInput {
+            // The CLI's user chose these upstreams, on their own machine.
+            egress: crate::registry::Egress::default(),
+            disk_budget: None,
+            helm_binary: self.helm_binary,
+            spec: self.spec,
+            root: self.dir,
+            exclude: self.exclude.clone(),
+            registry: &self.registry,
+            secrets: &self.secrets,
+            cache_dir: None,
+            previous: self.previous.as_ref(),
+            tags_override,
+            repository_override,
+            now: jiff::Timestamp::now(),
+            labels: Default::default(),
+            namespace: None,
+            on_stage: None,
+            sync_policy: crate::sync::Policy::cli(allow_unknown_ssh_hosts),
+        }
+    }
+}
+
+/// vendir's lock, next to the contents.
+const VENDIR_LOCK: &str = "vendir.lock.yml";
+
+/// A failed stage as the CLI says it.
+pub(super) fn stage_failed(e: &pipeline::PipelineError) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{} stage failed ({}): {}",
+        format!("{:?}", e.stage).to_lowercase(),
+        e.reason,
+        e.message
+    )
 }
 
 /// Releases the package at `dir` (its spec already read): the pipeline, then vendir's lock and
@@ -174,47 +242,21 @@ async fn release(
     spec: &crate::api::PackageSourceSpec,
     output_dir: &Path,
 ) -> anyhow::Result<Released> {
-    let repository = args
-        .repository
-        .clone()
-        .unwrap_or_else(|| spec.bundle.repository.clone());
-    let host = repository.split('/').next().unwrap_or_default().to_owned();
-    let registry = registry(args, spec, &host)?;
-
-    let previous_path = dir.join("vendir.lock.yml");
-    let previous = std::fs::read_to_string(&previous_path)
-        .ok()
-        .and_then(|t| VendirLock::from_yaml(&t).ok());
-    let exclude = excluded(dir, spec, output_dir)?;
-    let secrets = MemorySecrets::default();
-    let input = PipelineInput {
-        // The CLI's user chose these upstreams, on their own machine.
-        egress: crate::registry::Egress::default(),
-        disk_budget: None,
-        helm_binary: &args.helm_binary,
+    let prepared = Prepared::new(
+        dir,
         spec,
-        root: dir,
-        exclude,
-        registry: &registry,
-        secrets: &secrets,
-        cache_dir: None,
-        previous: previous.as_ref(),
-        tags_override: args.tag.clone().map(|t| vec![t]),
-        repository_override: args.repository.clone(),
-        now: jiff::Timestamp::now(),
-        labels: Default::default(),
-        namespace: None,
-        on_stage: None,
-        sync_policy: crate::sync::Policy::cli(args.allow_unknown_ssh_hosts),
-    };
-    let outcome = pipeline::run(&input).await.map_err(|e| {
-        anyhow::anyhow!(
-            "{} stage failed ({}): {}",
-            format!("{:?}", e.stage).to_lowercase(),
-            e.reason,
-            e.message
-        )
-    })?;
+        output_dir,
+        &args.registry,
+        args.repository.as_deref(),
+        &args.helm_binary,
+    )?;
+    let input = prepared.input(
+        args.tag.clone().map(|t| vec![t]),
+        args.repository.clone(),
+        args.allow_unknown_ssh_hosts,
+    );
+    let outcome = pipeline::run(&input).await.map_err(|e| stage_failed(&e))?;
+    let previous_path = dir.join(VENDIR_LOCK);
     crate::lock::write_atomically(&previous_path, outcome.contents.to_yaml()?.as_bytes())
         .with_context(|| format!("writing {}", previous_path.display()))?;
     let written = write_package_files(output_dir, &outcome.package, &outcome.metadata)?;
@@ -225,11 +267,11 @@ async fn release(
 }
 
 fn registry(
-    args: &ReleaseArgs,
+    registry_args: &RegistryArgs,
     spec: &crate::api::PackageSourceSpec,
     host: &str,
 ) -> anyhow::Result<Registry> {
-    let mut options: RegistryOptions = args.registry.options(Some(host))?;
+    let mut options: RegistryOptions = registry_args.options(Some(host))?;
     // The command line's mirrors come first: they are the operator's override of the spec's.
     options
         .mirrors

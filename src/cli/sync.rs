@@ -15,8 +15,12 @@ use crate::sync::{Limits, MemorySecrets, Secret, SyncOptions};
 #[derive(Args, Debug)]
 pub(super) struct SyncArgs {
     /// Work in this directory (paths in vendir.yml are relative to it).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "all")]
     chdir: Option<PathBuf>,
+    /// With --all ROOT: each package's contents (its PackageSource's spec.contents, or TCE's
+    /// vendir.yml) are synced into its directory.
+    #[command(flatten)]
+    all: super::all::AllArgs,
     /// vendir Config to read; Secret and ConfigMap documents in it (or in further -f files)
     /// answer secretRef and inline pathsFrom, as with vendir.
     #[arg(short, long, default_value = "vendir.yml")]
@@ -62,7 +66,13 @@ pub(super) struct SyncArgs {
     registry: RegistryArgs,
 }
 
-pub(super) fn run(args: &SyncArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
+pub(super) fn run(
+    args: &SyncArgs,
+    runtime: &tokio::runtime::Runtime,
+) -> anyhow::Result<std::process::ExitCode> {
+    if let Some(root) = &args.all.all {
+        return sync_all(args, root, runtime);
+    }
     let root = args.chdir.clone().unwrap_or_else(|| PathBuf::from("."));
     let mut config = None;
     let mut secrets = MemorySecrets::default();
@@ -84,6 +94,92 @@ pub(super) fn run(args: &SyncArgs, runtime: &tokio::runtime::Runtime) -> anyhow:
                 .join(", ")
         )
     })?;
+    let (lock, written) = runtime.block_on(sync_dir(args, &root, &config, &secrets))?;
+    evict(args);
+    for directory in &lock.directories {
+        for contents in &directory.contents {
+            eprintln!("synced {} + {}", directory.path, contents.path);
+        }
+    }
+    if let Some(path) = written {
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// `sync --all ROOT`: every package's contents (its PackageSource's `spec.contents`, or TCE's
+/// vendir.yml) into its directory, with its vendir.lock.yml.
+fn sync_all(
+    args: &SyncArgs,
+    root: &Path,
+    runtime: &tokio::runtime::Runtime,
+) -> anyhow::Result<std::process::ExitCode> {
+    let Some(packages) = super::all::select(root, &args.all)? else {
+        return Ok(std::process::ExitCode::SUCCESS);
+    };
+    let secrets = MemorySecrets::default();
+    let ok = runtime.block_on(super::all::run(packages, args.all.jobs, |found| {
+        let secrets = &secrets;
+        async move {
+            let result = async {
+                let spec = found.spec(args.all.repository_prefix.as_deref())?;
+                let config = Config::new(spec.contents.clone());
+                let (lock, _) = sync_dir(args, &found.dir(), &config, secrets).await?;
+                let contents: usize = lock.directories.iter().map(|d| d.contents.len()).sum();
+                anyhow::Ok((spec.package.version.clone().unwrap_or_default(), contents))
+            }
+            .await;
+            super::all::Ran {
+                name: found.name.clone(),
+                version: result.as_ref().map(|(v, _)| v.clone()).unwrap_or_default(),
+                result: result
+                    .map(|(_, n)| format!("synced {n} contents"))
+                    .map_err(|e| format!("{e:#}")),
+            }
+        }
+    }));
+    evict(args);
+    Ok(super::all::exit_code(ok))
+}
+
+/// The cache directory this run uses, if any.
+fn cache_dir(args: &SyncArgs) -> Option<PathBuf> {
+    if args.no_cache {
+        None
+    } else {
+        args.cache_dir
+            .clone()
+            .or_else(crate::sync::default_cache_dir)
+    }
+}
+
+/// Trims the cache after a run (best effort: a cache that cannot be trimmed is not a failed
+/// sync).
+fn evict(args: &SyncArgs) {
+    let Some(cache) = cache_dir(args) else {
+        return;
+    };
+    match crate::sync::evict(&cache, args.cache_max_size) {
+        Ok(evicted) if evicted.entries > 0 => eprintln!(
+            "cache {}: removed {} least recently used entries ({} bytes), {} bytes kept",
+            cache.display(),
+            evicted.entries,
+            evicted.bytes,
+            evicted.kept
+        ),
+        Ok(_) => {}
+        Err(e) => eprintln!("cache {}: could not trim it: {e}", cache.display()),
+    }
+}
+
+/// Syncs `config` into `root` and writes its lock when it changed; returns the lock and the
+/// path written, if it was.
+async fn sync_dir(
+    args: &SyncArgs,
+    root: &Path,
+    config: &Config,
+    secrets: &MemorySecrets,
+) -> anyhow::Result<(LockConfig, Option<PathBuf>)> {
     let lock_path = root.join(&args.lock_file);
     let previous = match std::fs::read_to_string(&lock_path) {
         Ok(text) => Some(
@@ -102,20 +198,14 @@ pub(super) fn run(args: &SyncArgs, runtime: &tokio::runtime::Runtime) -> anyhow:
     // Only configs with registry sources read the docker config, so a broken one cannot fail
     // a git-only sync. The username/password flags name no host here: registries get
     // credentials from the docker config and from each content's secretRef.
-    let registry = if needs_registry(&config) {
+    let registry = if needs_registry(config) {
         Some(args.registry.registry(None)?)
     } else {
         None
     };
-    let mut options = SyncOptions::new(&secrets);
+    let mut options = SyncOptions::new(secrets);
     options.registry = registry.as_ref();
-    options.cache_dir = if args.no_cache {
-        None
-    } else {
-        args.cache_dir
-            .clone()
-            .or_else(crate::sync::default_cache_dir)
-    };
+    options.cache_dir = cache_dir(args);
     options.locked = previous.as_ref().filter(|_| args.locked);
     options.previous = previous.as_ref();
     options.concurrency = args.concurrency;
@@ -130,35 +220,17 @@ pub(super) fn run(args: &SyncArgs, runtime: &tokio::runtime::Runtime) -> anyhow:
         source_timeout: Duration::from_secs(args.timeout),
         ..Limits::default()
     };
-
-    let lock = runtime.block_on(crate::sync::sync(&config, &root, &options))?;
-    if let Some(cache) = &options.cache_dir {
-        // Best effort: a cache that cannot be trimmed is not a failed sync.
-        match crate::sync::evict(cache, args.cache_max_size) {
-            Ok(evicted) if evicted.entries > 0 => eprintln!(
-                "cache {}: removed {} least recently used entries ({} bytes), {} bytes kept",
-                cache.display(),
-                evicted.entries,
-                evicted.bytes,
-                evicted.kept
-            ),
-            Ok(_) => {}
-            Err(e) => eprintln!("cache {}: could not trim it: {e}", cache.display()),
-        }
-    }
-    for directory in &lock.directories {
-        for contents in &directory.contents {
-            eprintln!("synced {} + {}", directory.path, contents.path);
-        }
-    }
+    let lock = crate::sync::sync(config, root, &options).await?;
     let yaml = lock.to_yaml()?;
     // vendir writes the lock only when it changed, which keeps mtimes and diffs quiet.
-    if std::fs::read_to_string(&lock_path).ok().as_deref() != Some(yaml.as_str()) {
+    let written = if std::fs::read_to_string(&lock_path).ok().as_deref() != Some(yaml.as_str()) {
         crate::lock::write_atomically(&lock_path, yaml.as_bytes())
             .with_context(|| format!("writing {}", lock_path.display()))?;
-        eprintln!("wrote {}", lock_path.display());
-    }
-    Ok(())
+        Some(lock_path)
+    } else {
+        None
+    };
+    Ok((lock, written))
 }
 
 /// Whether any content is fetched from an OCI registry.
