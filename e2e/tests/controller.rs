@@ -491,6 +491,7 @@ pub struct Running {
     done: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     metrics: SocketAddr,
     health: SocketAddr,
+    webhook: Option<SocketAddr>,
     _cache: tempfile::TempDir,
 }
 
@@ -524,7 +525,11 @@ impl Running {
         let done = runtime.spawn(async move {
             let client = bed().client().await?;
             let controller = Controller::bind(client, options).await?;
-            let _ = addr_tx.send((controller.metrics_addr(), controller.health_addr()));
+            let _ = addr_tx.send((
+                controller.metrics_addr(),
+                controller.health_addr(),
+                controller.webhook_addr(),
+            ));
             controller
                 .run(async move {
                     let _ = stopped.await;
@@ -532,7 +537,7 @@ impl Running {
                 .await?;
             anyhow::Ok(())
         });
-        let (metrics, health) = match addr_rx.await {
+        let (metrics, health, webhook) = match addr_rx.await {
             Ok(addrs) => addrs,
             Err(_) => {
                 let err = match done.await {
@@ -550,6 +555,7 @@ impl Running {
             done: Some(done),
             metrics,
             health,
+            webhook,
             _cache: cache,
         })
     }
@@ -560,6 +566,11 @@ impl Running {
     }
 
     /// The controller's `--cache-dir`.
+    /// Where Receivers are served (`Options::webhook_addr` set).
+    pub fn webhook(&self) -> Option<SocketAddr> {
+        self.webhook
+    }
+
     pub fn cache_dir(&self) -> &std::path::Path {
         self._cache.path()
     }

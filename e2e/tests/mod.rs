@@ -13,6 +13,7 @@ pub mod helm;
 pub mod hostile;
 pub mod kbld_cases;
 pub mod lock;
+pub mod receiver;
 pub mod registry;
 pub mod release;
 pub mod repo;
@@ -40,6 +41,7 @@ pub fn trials() -> (Vec<Trial>, Vec<Trial>) {
     parallel.extend(hostile::trials());
     parallel.extend(kbld_cases::trials());
     parallel.extend(lock::trials());
+    parallel.extend(receiver::trials());
     parallel.extend(registry::trials());
     parallel.extend(release::trials());
     parallel.extend(repo::trials());

@@ -760,19 +760,26 @@ spec:
     .await?;
 
     // The Deployment's own command, only with loopback addresses and a temporary cache.
-    let local_only = ["--metrics-addr=", "--health-addr=", "--cache-dir="];
+    let local_only = [
+        "--metrics-addr=",
+        "--health-addr=",
+        "--webhook-addr=",
+        "--cache-dir=",
+    ];
     let mut args: Vec<String> = args_of(deployment)
         .into_iter()
         .filter(|a| !local_only.iter().any(|p| a.starts_with(p)))
         .collect();
     anyhow::ensure!(
         args.first().map(String::as_str) == Some("controller")
-            && args.contains(&"--leader-elect".to_owned()),
+            && args.contains(&"--leader-elect".to_owned())
+            && args_of(deployment).contains(&"--webhook-addr=0.0.0.0:9292".to_owned()),
         "unexpected Deployment args {args:?}"
     );
     args.extend([
         "--metrics-addr=127.0.0.1:0".to_owned(),
         "--health-addr=127.0.0.1:0".to_owned(),
+        "--webhook-addr=127.0.0.1:0".to_owned(),
         format!("--cache-dir={}", work.path().join("cache").display()),
         format!("--kubeconfig={}", kubeconfig.display()),
     ]);
@@ -815,6 +822,38 @@ async fn exercise(
         image.starts_with(&format!("{}/ship/{ns}/app@sha256:", bed().registry_tls)),
         "bundle {image}"
     );
+
+    // Receivers under the chart's RBAC: watched, their Secret read, their status written.
+    apply_yaml(
+        client,
+        ns,
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: hook}\nstringData: {token: 0123456789abcdef0123}\n\
+         ---\napiVersion: packsmith.dev/v1alpha1\nkind: Receiver\nmetadata: {name: hook}\nspec:\n  \
+         type: generic\n  secretRef: {name: hook}\n  resources: [{kind: PackageSource, name: app}]\n",
+    )
+    .await?;
+    let receivers: Api<packsmith::api::receiver::Receiver> = Api::namespaced(client.clone(), ns);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let receiver = receivers.get("hook").await?;
+        let path = receiver
+            .status
+            .as_ref()
+            .and_then(|s| s.webhook_path.clone());
+        if path.as_deref()
+            == Some(
+                packsmith::api::receiver::webhook_path("0123456789abcdef0123", "hook", ns).as_str(),
+            )
+        {
+            break;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the Receiver got no path under the chart's RBAC: {:?}",
+            receiver.status
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 
     // Selected by the PackageRepositorySource: its release is recorded in a ConfigMap (the
     // repository's PackageRepository makes kapp-controller create the Package), not applied.

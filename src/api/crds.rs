@@ -3,7 +3,7 @@
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
-use super::{PackageRepositorySource, PackageSource};
+use super::{PackageRepositorySource, PackageSource, receiver::Receiver};
 
 /// Every CRD, with the file name it is committed under in `crds/`, in file-name order (so
 /// `cat crds/*.yaml` is exactly what `packsmith crds` prints).
@@ -14,6 +14,7 @@ pub fn all() -> Vec<(&'static str, CustomResourceDefinition)> {
             PackageRepositorySource::crd(),
         ),
         ("packagesources.yaml", PackageSource::crd()),
+        ("receivers.yaml", Receiver::crd()),
     ]
 }
 
@@ -68,7 +69,8 @@ mod tests {
             names,
             [
                 "packagerepositorysources.packsmith.dev",
-                "packagesources.packsmith.dev"
+                "packagesources.packsmith.dev",
+                "receivers.packsmith.dev"
             ]
         );
     }

@@ -3,6 +3,7 @@
 pub mod common;
 pub mod conditions;
 pub mod crds;
+pub mod receiver;
 pub mod repository_source;
 pub mod source;
 

@@ -101,6 +101,10 @@ struct ControllerArgs {
     /// over it is Stalled with DiskBudgetExceeded and its directory removed (e.g. 4Gi, 500MB).
     #[arg(long, env = "PACKSMITH_MAX_OBJECT_DISK", default_value = "4Gi", value_parser = byte_size)]
     max_object_disk: u64,
+    /// Address of the Receiver webhook server (e.g. 0.0.0.0:9292, the port of Flux's
+    /// receiver); Receivers are served only when it is set. Every replica serves it.
+    #[arg(long, env = "PACKSMITH_WEBHOOK_ADDR", value_name = "ADDR")]
+    webhook_addr: Option<String>,
     /// The helm that renders Helm charts for the lock stage (a path, or a name on PATH); the
     /// container image ships the tested version at /usr/local/bin/helm.
     #[arg(
@@ -274,6 +278,7 @@ fn controller(args: ControllerArgs, runtime: &tokio::runtime::Runtime) -> anyhow
         cache_dir: args.cache_dir,
         cache_max_size: args.cache_max_size,
         max_object_disk: Some(args.max_object_disk),
+        webhook_addr: args.webhook_addr.clone().filter(|a| !a.is_empty()),
         helm_binary: args.helm_binary,
         metrics_addr: args.metrics_addr,
         health_addr: args.health_addr,

@@ -29,6 +29,7 @@ mod leader;
 mod metrics;
 mod outcome;
 mod ownership;
+mod receiver;
 mod reconcile;
 mod registries;
 mod repository_source;
@@ -104,6 +105,9 @@ pub struct Options {
     /// reconcile reads of other objects (the repositories that may select a source, the
     /// sources a repository selects) is never narrowed by it.
     pub label_selector: Option<String>,
+    /// `host:port` of the Receiver webhook server (`--webhook-addr`; port 0 picks a free
+    /// port); no Receivers are served when `None`.
+    pub webhook_addr: Option<String>,
     /// The helm that renders charts for the lock (`--helm-binary`): a path, or a name on
     /// PATH. The container image ships it at /usr/local/bin/helm.
     pub helm_binary: PathBuf,
@@ -127,6 +131,7 @@ impl Default for Options {
             egress: Egress::default(),
             max_object_disk: Some(DEFAULT_MAX_OBJECT_DISK),
             label_selector: None,
+            webhook_addr: None,
             helm_binary: PathBuf::from("helm"),
         }
     }
@@ -174,6 +179,7 @@ pub struct Controller {
     listeners: Vec<(TcpListener, Endpoints)>,
     metrics_addr: SocketAddr,
     health_addr: SocketAddr,
+    webhook: Option<(TcpListener, SocketAddr)>,
 }
 
 impl Controller {
@@ -215,6 +221,10 @@ impl Controller {
             ));
             health_addr
         };
+        let webhook = match &options.webhook_addr {
+            Some(addr) => Some(bind("webhook", addr.clone()).await?),
+            None => None,
+        };
         std::fs::create_dir_all(&options.cache_dir).map_err(|source| {
             ControllerError::CacheDir {
                 path: options.cache_dir.clone(),
@@ -254,7 +264,13 @@ impl Controller {
             listeners,
             metrics_addr,
             health_addr,
+            webhook,
         })
+    }
+
+    /// Where Receivers' webhooks are served (`--webhook-addr`).
+    pub fn webhook_addr(&self) -> Option<SocketAddr> {
+        self.webhook.as_ref().map(|(_, addr)| *addr)
     }
 
     /// Where `/metrics` is served.
@@ -281,8 +297,29 @@ impl Controller {
             listeners,
             metrics_addr,
             health_addr,
+            webhook,
         } = self;
-        let servers = Servers::start(listeners, &probes, &metrics);
+        let mut servers = Servers::start(listeners, &probes, &metrics);
+        // Every replica serves webhooks, leader or not (a Service may send them to any); only
+        // the leader's Receiver controller writes status.
+        let webhooks = webhook.map(|(listener, _)| {
+            let (store, writer) = kube::runtime::reflector::store();
+            let receivers: kube::Api<crate::api::receiver::Receiver> =
+                triggers::scoped(&client, options.namespace.as_deref());
+            use kube::runtime::WatchStreamExt as _;
+            let watch = kube::runtime::watcher(receivers, Default::default())
+                .default_backoff()
+                .reflect(writer);
+            let watch = futures::StreamExt::for_each(watch, |_| std::future::ready(()));
+            servers.0.push(tokio::spawn(watch));
+            servers.0.push(tokio::spawn(receiver::server::serve(
+                listener,
+                Arc::new(receiver::server::Webhooks {
+                    client: client.clone(),
+                    receivers: store,
+                }),
+            )));
+        });
         let shutdown = futures::FutureExt::shared(shutdown);
         let elector = match lead(&client, &options, &probes, shutdown.clone()).await {
             Ok(Leadership::Stopped) => {
@@ -315,9 +352,22 @@ impl Controller {
             health = %health_addr,
             "packsmith controller started"
         );
-        let work = futures::future::join(
+        let receivers = webhooks.map(|()| {
+            let (controller, _) = receiver::controller(
+                &client,
+                options.namespace.as_deref(),
+                options.handle_signals,
+            );
+            receiver::drive(controller, client.clone(), shutdown.clone())
+        });
+        let work = futures::future::join3(
             wiring::drive(sources, ctx.clone(), shutdown.clone()),
             wiring::drive(repositories, ctx, shutdown),
+            async move {
+                if let Some(receivers) = receivers {
+                    receivers.await;
+                }
+            },
         );
         let lost = match &elector {
             None => {

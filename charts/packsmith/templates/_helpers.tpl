@@ -71,6 +71,14 @@ is one the controller's code issues (README §Controller); nothing else.
 - apiGroups: [packsmith.dev]
   resources: [packagesources/status, packagerepositorysources/status]
   verbs: [patch]
+# Receivers: watched for their paths, status (the path) written by patch. A webhook annotates
+# the sources they name with the patch above.
+- apiGroups: [packsmith.dev]
+  resources: [receivers]
+  verbs: [get, list, watch]
+- apiGroups: [packsmith.dev]
+  resources: [receivers/status]
+  verbs: [patch]
 # Credentials and inline contents a source names. Watched as metadata only (to re-run the
 # sources that reference them); the data is read with a get of the one named object. Secrets
 # are never written.
