@@ -21,6 +21,9 @@ pub fn trials() -> Vec<Trial> {
         Trial::test("repo::release_merged_packages_and_pull_back", || {
             support::block_on(release_merged_packages_and_pull_back())
         }),
+        Trial::test("repo::packages_are_added_to_an_existing_repository", || {
+            crate::support::block_on(packages_are_added_to_an_existing_repository())
+        }),
         Trial::test("repo::foreign_document_stops_the_release", || {
             support::block_on(foreign_document_stops_the_release())
         }),
@@ -291,6 +294,116 @@ async fn foreign_document_stops_the_release() -> anyhow::Result<()> {
             .await
             .is_err(),
         "a refused repository was pushed"
+    );
+    Ok(())
+}
+
+/// `repo release --add-to`: a repository of alpha 1.0.0 gains gamma 3.0.0 without rebuilding
+/// from every release directory; the new bundle holds both, and a changed alpha 1.0.0 is
+/// refused (a published version does not change).
+async fn packages_are_added_to_an_existing_repository() -> anyhow::Result<()> {
+    let reg = bed().registry.clone();
+    let tmp = tempfile::tempdir()?;
+    let id = format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_nanos()
+    );
+    let repository = format!("{reg}/e2e-repo/add-{id}");
+    let release_into = |name: &str, version: &str, out: &Path| -> anyhow::Result<()> {
+        let dir = tmp.path().join(format!("{name}-{version}"));
+        inline_package(&dir, name, version, &reg)?;
+        packsmith(&[
+            "release",
+            dir.to_str().expect("utf-8"),
+            "--output-dir",
+            out.to_str().expect("utf-8"),
+        ])?;
+        Ok(())
+    };
+    let first = tmp.path().join("first");
+    release_into("alpha", "1.0.0", &first)?;
+    packsmith(&[
+        "repo",
+        "release",
+        "--packages",
+        first.to_str().expect("utf-8"),
+        "-b",
+        &format!("{repository}:v1"),
+        "--registry-insecure-host",
+        &reg,
+    ])?;
+    let second = tmp.path().join("second");
+    release_into("gamma", "3.0.0", &second)?;
+    let out = packsmith(&[
+        "repo",
+        "release",
+        "--packages",
+        second.to_str().expect("utf-8"),
+        "-b",
+        &format!("{repository}:v2"),
+        "--add-to",
+        &format!("{repository}:v1"),
+        "--registry-insecure-host",
+        &reg,
+    ])?;
+    ensure!(out.contains("2 packages (2 versions)"), "{out}");
+    let pulled = tmp.path().join("pulled");
+    packsmith(&[
+        "pull",
+        "-b",
+        &format!("{repository}:v2"),
+        "-o",
+        pulled.to_str().expect("utf-8"),
+        "--registry-insecure-host",
+        &reg,
+    ])?;
+    let refs: Vec<(String, String)> = read_packages(&pulled)?
+        .into_iter()
+        .filter_map(|d| match d {
+            PackageDocument::Package(p) => Some((p.spec.ref_name, p.spec.version)),
+            _ => None,
+        })
+        .collect();
+    ensure!(
+        refs == [
+            (
+                "alpha.repo.e2e.packsmith.dev".to_owned(),
+                "1.0.0".to_owned()
+            ),
+            (
+                "gamma.repo.e2e.packsmith.dev".to_owned(),
+                "3.0.0".to_owned()
+            )
+        ],
+        "{refs:?}"
+    );
+    // alpha 1.0.0 again, but its Package now says something else: refused.
+    let file = first.join("packages/alpha.repo.e2e.packsmith.dev/1.0.0.yml");
+    let text = std::fs::read_to_string(&file)?;
+    std::fs::write(
+        &file,
+        text.replacen("releasedAt:", "releaseNotes: changed\n  releasedAt:", 1),
+    )?;
+    let out = packsmith_output(&[
+        "repo",
+        "release",
+        "--packages",
+        first.to_str().expect("utf-8"),
+        "-b",
+        &format!("{repository}:v3"),
+        "--add-to",
+        &format!("{repository}:v2"),
+        "--registry-insecure-host",
+        &reg,
+    ])?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success()
+            && stderr.contains("packages/alpha.repo.e2e.packsmith.dev/1.0.0.yml is already in")
+            && stderr.contains("a published version does not change"),
+        "{stderr}"
     );
     Ok(())
 }

@@ -35,6 +35,11 @@ pub(super) struct RepoReleaseArgs {
     /// namespace makes its packages visible in every namespace).
     #[arg(long)]
     namespace: Option<String>,
+    /// Add the packages of --packages to the repository bundle REF (pulled, merged, pushed as
+    /// --bundle) instead of building the repository from --packages alone. A version it
+    /// already holds with other content is refused: published versions do not change.
+    #[arg(long, value_name = "REF")]
+    add_to: Option<String>,
     #[command(flatten)]
     registry: RegistryArgs,
 }
@@ -79,12 +84,18 @@ pub(super) fn run(args: &RepoReleaseArgs, runtime: &tokio::runtime::Runtime) -> 
             ..PushOptions::default()
         },
     };
-    let released = runtime.block_on(repository::release(
-        &registry,
-        &args.packages,
-        &location,
-        &options,
-    ))?;
+    // With --add-to: the existing repository's packages/ with the new files over it, in a
+    // directory of its own (the user's --packages is only read).
+    let merged = match &args.add_to {
+        Some(existing) => {
+            Some(runtime.block_on(merge_into(&registry, existing, &args.packages))?)
+        }
+        None => None,
+    };
+    let root = merged
+        .as_ref()
+        .map_or(args.packages.as_path(), |(_, root)| root.as_path());
+    let released = runtime.block_on(repository::release(&registry, root, &location, &options))?;
 
     if let Some(path) = &args.lock_output {
         let lock = BundleLock::new(&released.pushed.image, &tag);
@@ -101,13 +112,95 @@ pub(super) fn run(args: &RepoReleaseArgs, runtime: &tokio::runtime::Runtime) -> 
     println!("Pushed '{}'", released.pushed.image);
     let names: std::collections::BTreeSet<&str> =
         released.packages.iter().map(|(r, _)| r.as_str()).collect();
-    println!(
-        "packsmith: {} packages ({} versions) locked in {}",
-        names.len(),
-        released.packages.len(),
-        args.packages.join(".imgpkg/images.yml").display()
-    );
+    match &args.add_to {
+        Some(existing) => println!(
+            "packsmith: {} packages ({} versions): {existing} plus {}",
+            names.len(),
+            released.packages.len(),
+            args.packages.display()
+        ),
+        None => println!(
+            "packsmith: {} packages ({} versions) locked in {}",
+            names.len(),
+            released.packages.len(),
+            args.packages.join(".imgpkg/images.yml").display()
+        ),
+    }
     println!("wrote {}", output.display());
+    Ok(())
+}
+
+/// Pulls the repository bundle `existing` and lays the files of `packages/packages/` over its
+/// `packages/`, in a temporary directory (returned with the merged root inside it). A file it
+/// already holds must be byte for byte the same: a published Package version never changes
+/// under its name.
+async fn merge_into(
+    registry: &crate::registry::Registry,
+    existing: &str,
+    packages: &std::path::Path,
+) -> anyhow::Result<(tempfile::TempDir, PathBuf)> {
+    let location = Location::parse(existing).with_context(|| format!("--add-to {existing}"))?;
+    let tmp = tempfile::Builder::new()
+        .prefix("packsmith-repo-")
+        .tempdir()
+        .context("creating a directory to merge the repositories in")?;
+    let pulled = tmp.path().join("repository");
+    crate::bundle::pull(registry, &location, &pulled)
+        .await
+        .with_context(|| format!("pulling the repository bundle {existing}"))?;
+    let from_existing = pulled.join("packages");
+    anyhow::ensure!(
+        from_existing.is_dir(),
+        "{existing} is not a package repository bundle: it has no packages/ directory"
+    );
+    let added = packages.join("packages");
+    anyhow::ensure!(
+        added.is_dir(),
+        "{} holds no packages/ directory",
+        packages.display()
+    );
+    let merged = tmp.path().join("merged");
+    copy_tree(&from_existing, &merged.join("packages"), None)?;
+    copy_tree(&added, &merged.join("packages"), Some(existing))?;
+    Ok((tmp, merged))
+}
+
+/// Copies the regular files under `from` to the same paths under `to`. With `refuse_changes`
+/// (the repository being added to), a Package version already at `to` must be identical.
+fn copy_tree(
+    from: &std::path::Path,
+    to: &std::path::Path,
+    refuse_changes: Option<&str>,
+) -> anyhow::Result<()> {
+    for entry in walkdir::WalkDir::new(from).follow_links(false) {
+        let entry = entry.with_context(|| format!("reading {}", from.display()))?;
+        if !entry.file_type().is_file() {
+            continue;
+        }
+        let relative = entry.path().strip_prefix(from)?;
+        let target = to.join(relative);
+        let bytes = std::fs::read(entry.path())
+            .with_context(|| format!("reading {}", entry.path().display()))?;
+        // PackageMetadata is not versioned: the newer description wins.
+        let versioned = relative.file_name().is_some_and(|n| n != "metadata.yml");
+        if let Some(existing) = refuse_changes
+            && versioned
+            && let Ok(current) = std::fs::read(&target)
+        {
+            anyhow::ensure!(
+                current == bytes,
+                "packages/{} is already in {existing} with other content: a published version \
+                 does not change (release it as a new version)",
+                relative.display()
+            );
+            continue;
+        }
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+        std::fs::write(&target, bytes).with_context(|| format!("writing {}", target.display()))?;
+    }
     Ok(())
 }
 
