@@ -337,6 +337,25 @@ pub(super) struct Ran {
     pub result: Result<String, String>,
 }
 
+impl Ran {
+    /// The row of `package` for `result`: its version and what it produced, or the error
+    /// with its causes.
+    pub(super) fn of(package: &Found, result: anyhow::Result<(String, String)>) -> Ran {
+        match result {
+            Ok((version, produced)) => Ran {
+                name: package.name.clone(),
+                version,
+                result: Ok(produced),
+            },
+            Err(e) => Ran {
+                name: package.name.clone(),
+                version: String::new(),
+                result: Err(format!("{e:#}")),
+            },
+        }
+    }
+}
+
 /// Runs `job` on every package, `jobs` at a time, with a progress line per finished package
 /// on a terminal, then prints the summary table. Returns whether every package succeeded.
 pub(super) async fn run<F, Fut>(packages: Vec<Found>, jobs: u16, job: F) -> bool

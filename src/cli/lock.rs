@@ -54,15 +54,8 @@ pub(super) struct LockArgs {
     /// too; preresolved entries are not; an override's own platformSelection wins.
     #[arg(long, value_name = "OS/ARCH")]
     platform: Option<PlatformSelection>,
-    /// The helm that renders every Helm chart (a directory with Chart.yaml) under --file: its
-    /// render is locked, never its templates (a path, or a name on PATH).
-    #[arg(
-        long,
-        env = "PACKSMITH_HELM_BINARY",
-        default_value = "helm",
-        value_name = "PATH"
-    )]
-    helm_binary: PathBuf,
+    #[command(flatten)]
+    helm: super::HelmArgs,
     /// Values files for rendering charts, after each chart's values.yaml (repeatable, as
     /// helm's --values).
     #[arg(long, value_name = "FILE")]
@@ -100,7 +93,7 @@ fn lock_all(
                     &output,
                     &args.registry,
                     None,
-                    &args.helm_binary,
+                    &args.helm.helm_binary,
                 )?;
                 let input = prepared.input(None, None, false);
                 let (images, _) = crate::pipeline::lock_stage(&input)
@@ -112,13 +105,10 @@ fn lock_all(
                 ))
             }
             .await;
-            super::all::Ran {
-                name: found.name.clone(),
-                version: result.as_ref().map(|(v, _)| v.clone()).unwrap_or_default(),
-                result: result
-                    .map(|(_, n)| format!("locked {n} images"))
-                    .map_err(|e| format!("{e:#}")),
-            }
+            super::all::Ran::of(
+                &found,
+                result.map(|(version, n)| (version, format!("locked {n} images"))),
+            )
         },
     ));
     Ok(super::all::exit_code(ok))
@@ -129,7 +119,7 @@ pub(super) fn run(args: &LockArgs, runtime: &tokio::runtime::Runtime) -> anyhow:
         return lock_all(args, root, runtime);
     }
     let mut config = LockConfig::default();
-    config.helm.binary = args.helm_binary.clone();
+    config.helm.binary = args.helm.helm_binary.clone();
     config.helm.release_name = args.helm_release_name.clone();
     config.helm.kube_version = args.kube_version.clone();
     for path in &args.helm_values {

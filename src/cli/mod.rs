@@ -75,6 +75,21 @@ enum Command {
     Version,
 }
 
+/// The helm the lock stage renders Helm charts with: one flag for every command that locks.
+#[derive(Args, Debug, Clone)]
+pub(super) struct HelmArgs {
+    /// The helm that renders Helm charts (directories with Chart.yaml) before their images
+    /// are locked: a path, or a name on PATH. The container image ships the tested version
+    /// at /usr/local/bin/helm.
+    #[arg(
+        long,
+        env = "PACKSMITH_HELM_BINARY",
+        default_value = "helm",
+        value_name = "PATH"
+    )]
+    pub(super) helm_binary: PathBuf,
+}
+
 #[derive(Args, Debug)]
 struct ControllerArgs {
     /// Address of the Prometheus metrics endpoint.
@@ -105,15 +120,8 @@ struct ControllerArgs {
     /// receiver); Receivers are served only when it is set. Every replica serves it.
     #[arg(long, env = "PACKSMITH_WEBHOOK_ADDR", value_name = "ADDR")]
     webhook_addr: Option<String>,
-    /// The helm that renders Helm charts for the lock stage (a path, or a name on PATH); the
-    /// container image ships the tested version at /usr/local/bin/helm.
-    #[arg(
-        long,
-        env = "PACKSMITH_HELM_BINARY",
-        default_value = "helm",
-        value_name = "PATH"
-    )]
-    helm_binary: PathBuf,
+    #[command(flatten)]
+    helm: HelmArgs,
     /// kubeconfig to use [default: $KUBECONFIG, ~/.kube/config, else the in-cluster config].
     #[arg(long, value_name = "FILE")]
     kubeconfig: Option<PathBuf>,
@@ -279,7 +287,7 @@ fn controller(args: ControllerArgs, runtime: &tokio::runtime::Runtime) -> anyhow
         cache_max_size: args.cache_max_size,
         max_object_disk: Some(args.max_object_disk),
         webhook_addr: args.webhook_addr.clone().filter(|a| !a.is_empty()),
-        helm_binary: args.helm_binary,
+        helm_binary: args.helm.helm_binary,
         metrics_addr: args.metrics_addr,
         health_addr: args.health_addr,
         credentials,

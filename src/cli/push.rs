@@ -80,13 +80,10 @@ fn push_all(
                     .map_err(|e| super::release::stage_failed(&e))
             }
             .await;
-            super::all::Ran {
-                name: found.name.clone(),
-                version: result.as_ref().map(|(v, _)| v.clone()).unwrap_or_default(),
-                result: result
-                    .map(|(_, pushed)| pushed.image)
-                    .map_err(|e| format!("{e:#}")),
-            }
+            super::all::Ran::of(
+                &found,
+                result.map(|(version, pushed)| (version, pushed.image)),
+            )
         },
     ));
     Ok(super::all::exit_code(ok))

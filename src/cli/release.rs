@@ -44,15 +44,8 @@ pub(super) struct ReleaseArgs {
     /// (StrictHostKeyChecking=no). Without this flag such a source is refused.
     #[arg(long)]
     allow_unknown_ssh_hosts: bool,
-    /// The helm that renders a Helm chart in the contents before its images are locked (a
-    /// path, or a name on PATH).
-    #[arg(
-        long,
-        env = "PACKSMITH_HELM_BINARY",
-        default_value = "helm",
-        value_name = "PATH"
-    )]
-    helm_binary: PathBuf,
+    #[command(flatten)]
+    helm: super::HelmArgs,
     #[command(flatten)]
     registry: RegistryArgs,
 }
@@ -248,7 +241,7 @@ async fn release(
         output_dir,
         &args.registry,
         args.repository.as_deref(),
-        &args.helm_binary,
+        &args.helm.helm_binary,
     )?;
     let input = prepared.input(
         args.tag.clone().map(|t| vec![t]),

@@ -129,13 +129,10 @@ fn sync_all(
                 anyhow::Ok((spec.package.version.clone().unwrap_or_default(), contents))
             }
             .await;
-            super::all::Ran {
-                name: found.name.clone(),
-                version: result.as_ref().map(|(v, _)| v.clone()).unwrap_or_default(),
-                result: result
-                    .map(|(_, n)| format!("synced {n} contents"))
-                    .map_err(|e| format!("{e:#}")),
-            }
+            super::all::Ran::of(
+                &found,
+                result.map(|(version, n)| (version, format!("synced {n} contents"))),
+            )
         }
     }));
     evict(args);
