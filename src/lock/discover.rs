@@ -138,15 +138,16 @@ const RENDER_CONCURRENCY: usize = 2;
 /// them. A directory holding a `Chart.yaml` is a Helm chart: it is rendered with
 /// [`LockConfig::helm`] and its render is read instead of its files (see [`super::helm`]).
 pub async fn discover(paths: &[PathBuf], config: &LockConfig) -> Result<Discovery, LockError> {
-    let (_, charts) = collect(paths)?;
+    // One walk of the tree: the files it finds are read after the charts are rendered.
+    let (files, charts) = collect(paths)?;
     let helm = &config.helm;
     let max_output = config.max_file_bytes;
-    let rendered: Vec<Rendered> = futures::stream::iter(charts)
+    let rendered: Vec<Rendered> = futures::stream::iter(charts.clone())
         .map(|chart| async move { helm::render(&chart, helm, max_output).await })
         .buffered(RENDER_CONCURRENCY)
         .try_collect()
         .await?;
-    discover_rendered(paths, config, &rendered)
+    discover_collected(files, charts, config, &rendered)
 }
 
 /// [`discover`] with the charts already rendered: a chart without a render is an error.
@@ -156,7 +157,15 @@ pub fn discover_rendered(
     rendered: &[Rendered],
 ) -> Result<Discovery, LockError> {
     let (files, charts) = collect(paths)?;
+    discover_collected(files, charts, config, rendered)
+}
 
+fn discover_collected(
+    files: Vec<PathBuf>,
+    charts: Vec<PathBuf>,
+    config: &LockConfig,
+    rendered: &[Rendered],
+) -> Result<Discovery, LockError> {
     let mut discovery = Discovery {
         files: files.len(),
         ..Discovery::default()
