@@ -228,3 +228,14 @@ pub async fn apply_yaml(
     }
     Ok(applied)
 }
+
+/// A name part no other run of a trial uses (nanoseconds since the epoch, in hex), for
+/// registry repositories and files the trials share.
+pub fn unique_id() -> anyhow::Result<String> {
+    Ok(format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_nanos()
+    ))
+}

@@ -61,15 +61,6 @@ fn packsmith(args: &[&str]) -> Command {
     cmd
 }
 
-fn unique() -> anyhow::Result<String> {
-    Ok(format!(
-        "{:x}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .as_nanos()
-    ))
-}
-
 /// Every `image:` value in a render, as written (quotes dropped).
 fn rendered_images(render: &str) -> Vec<String> {
     let mut images: Vec<String> = render
@@ -137,7 +128,7 @@ async fn chart_repository_to_package() -> anyhow::Result<()> {
     let helm = helm()?;
     let helm_s = helm.to_str().expect("utf-8");
     let reg = bed().registry.clone();
-    let id = unique()?;
+    let id = crate::support::unique_id()?;
     let prefix = format!("e2e-helm/{id}");
     let plain = Registry::plain(bed());
     let demo = push_image(
@@ -362,7 +353,7 @@ spec:
 async fn dependencies_are_vendored_by_sync() -> anyhow::Result<()> {
     let helm = helm()?;
     let helm_s = helm.to_str().expect("utf-8");
-    let id = unique()?;
+    let id = crate::support::unique_id()?;
     let tmp = tempfile::tempdir()?;
     let www = bed().www_dir.join(format!("e2e-helm-deps-{id}"));
     std::fs::create_dir_all(&www)?;
@@ -563,7 +554,7 @@ async fn controller_reports_render_failures() -> anyhow::Result<()> {
     let client = bed().client().await?;
     let ns = namespace(&client, "helm-ctl").await?;
     let reg = bed().registry.clone();
-    let prefix = format!("e2e-helm/{}", unique()?);
+    let prefix = format!("e2e-helm/{}", crate::support::unique_id()?);
     push_image(
         &Registry::plain(bed()),
         &format!("{prefix}/example/web"),

@@ -386,12 +386,7 @@ spec:
 /// exit code is 1; with `--changed-since`, only the package a commit touched runs.
 async fn all_packages_of_a_tree() -> anyhow::Result<()> {
     let reg = bed().registry.clone();
-    let id = format!(
-        "{:x}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .as_nanos()
-    );
+    let id = crate::support::unique_id()?;
     let tmp = tempfile::tempdir()?;
     let root = tmp.path().join("packages");
     let source = |name: &str, content: &str| -> anyhow::Result<()> {
@@ -541,12 +536,7 @@ fn row_of(stdout: &str, name: &str) -> Vec<String> {
 /// package.
 async fn sync_lock_push_all_step_by_step() -> anyhow::Result<()> {
     let reg = bed().registry.clone();
-    let id = format!(
-        "{:x}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .as_nanos()
-    );
+    let id = crate::support::unique_id()?;
     let digest = push_image(
         &Registry::plain(bed()),
         &format!("e2e-all-{id}/mirror/example/step"),

@@ -304,12 +304,7 @@ async fn foreign_document_stops_the_release() -> anyhow::Result<()> {
 async fn packages_are_added_to_an_existing_repository() -> anyhow::Result<()> {
     let reg = bed().registry.clone();
     let tmp = tempfile::tempdir()?;
-    let id = format!(
-        "{:x}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .as_nanos()
-    );
+    let id = crate::support::unique_id()?;
     let repository = format!("{reg}/e2e-repo/add-{id}");
     let release_into = |name: &str, version: &str, out: &Path| -> anyhow::Result<()> {
         let dir = tmp.path().join(format!("{name}-{version}"));
