@@ -6,6 +6,7 @@ pub mod controller_faults;
 pub mod controller_leader;
 pub mod controller_repo;
 pub mod controller_secrets;
+pub mod copy;
 pub mod crds;
 pub mod day2;
 pub mod git;
@@ -34,6 +35,7 @@ pub fn trials() -> (Vec<Trial>, Vec<Trial>) {
     parallel.extend(controller_leader::trials());
     parallel.extend(controller_repo::trials());
     parallel.extend(controller_secrets::trials());
+    parallel.extend(copy::trials());
     parallel.extend(crds::trials());
     parallel.extend(day2::trials());
     parallel.extend(git::trials());
@@ -54,6 +56,7 @@ pub fn trials() -> (Vec<Trial>, Vec<Trial>) {
     let mut serial = registry::serial_trials();
     serial.extend(sync::serial_trials());
     serial.extend(bundle::serial_trials());
+    serial.extend(copy::serial_trials());
     serial.extend(controller_faults::serial_trials());
     (parallel, serial)
 }

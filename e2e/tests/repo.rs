@@ -64,7 +64,7 @@ pub fn pushed_image(stdout: &str) -> anyhow::Result<String> {
 }
 
 /// A package directory whose only content is inline: releasing it needs no upstream.
-fn inline_package(root: &Path, name: &str, version: &str, reg: &str) -> anyhow::Result<()> {
+pub fn inline_package(root: &Path, name: &str, version: &str, reg: &str) -> anyhow::Result<()> {
     std::fs::create_dir_all(root.join("config"))?;
     std::fs::write(
         root.join("config/values.yaml"),

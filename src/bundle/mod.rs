@@ -24,6 +24,7 @@
 
 mod build;
 mod cache;
+mod copy;
 mod error;
 mod gotar;
 pub mod image;
@@ -37,7 +38,12 @@ mod untar;
 
 pub use build::{BuildOptions, BuildStats, BuiltBundle, build, build_with_cache};
 pub use cache::LayerCache;
+pub use copy::{
+    Copied, CopyEvent, CopyOptions, CopySource, CopyTarget, Progress as CopyProgress, WalkLimits,
+    Written, copy,
+};
 pub use error::BundleError;
+pub(crate) use pull::unpack_file;
 pub use pull::{PullLimits, Pulled, pull, pull_with};
 pub use push::{PushEvent, PushOptions, Pushed, digest_tag, push};
 pub use target::{LAYOUT_PREFIX, LayoutRef, Location};

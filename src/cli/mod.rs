@@ -5,6 +5,7 @@
 
 mod all;
 mod cluster;
+mod copy;
 mod describe;
 mod init;
 mod lock;
@@ -52,6 +53,8 @@ enum Command {
     Push(push::PushArgs),
     /// Pull an imgpkg bundle into a directory.
     Pull(pull::PullArgs),
+    /// Copy a bundle with its images (or images) into another repository or a tar (imgpkg copy).
+    Copy(copy::CopyArgs),
     /// Print a package's default values, or its values schema, from a directory or a bundle.
     Values(values::ValuesArgs),
     /// Show what a bundle holds: files, locked images, nested bundles, packages.
@@ -256,6 +259,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Lock(args) => lock::run(&args, &runtime()?),
         Command::Push(args) => push::run(&args, &runtime()?),
         Command::Pull(args) => pull::run(&args, &runtime()?).map(|()| ExitCode::SUCCESS),
+        Command::Copy(args) => copy::run(&args, &runtime()?).map(|()| ExitCode::SUCCESS),
         Command::Values(args) => values::run(&args, &runtime()?).map(|()| ExitCode::SUCCESS),
         Command::Describe(args) => describe::run(&args, &runtime()?).map(|()| ExitCode::SUCCESS),
         Command::Release(args) => release::run(&args, &runtime()?),

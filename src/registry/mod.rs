@@ -21,7 +21,7 @@ use std::time::Duration;
 pub use oci_spec::distribution::Reference;
 
 pub use auth::{Credentials, RegistryAuth};
-pub use digest::{digest_string, is_sha256_digest, sha256_digest};
+pub use digest::{digest_string, is_sha256_digest, sha256_digest, verified};
 pub use egress::{Denied as EgressDenied, Egress};
 
 /// The egress policy's refusal behind a failed request of any HTTP client, if that is what
@@ -29,7 +29,7 @@ pub use egress::{Denied as EgressDenied, Egress};
 pub fn egress_denied(error: &reqwest::Error) -> Option<EgressDenied> {
     distribution::denied(error)
 }
-pub use distribution::{DistributionClient, ManifestClient, RequestStats};
+pub use distribution::{DistributionClient, ManifestClient, RequestStats, Upload};
 pub use error::{ErrorClass, RegistryError};
 pub use mirror::Mirror;
 pub use reference::ReferenceError;

@@ -178,6 +178,28 @@ pub async fn pull_with(
     })
 }
 
+/// Unpacks a bundle layer already on disk (checked against `descriptor` first) into `output`,
+/// within `limits`: the copy's view of a repository bundle it narrows.
+pub(crate) async fn unpack_file(
+    file: fs::File,
+    descriptor: image::Descriptor,
+    diff_id: String,
+    output: PathBuf,
+    reference: String,
+    limits: PullLimits,
+) -> Result<(), BundleError> {
+    tokio::task::spawn_blocking(move || {
+        let layer = Layer {
+            file,
+            checked: false,
+        };
+        unpack_into(layer, &descriptor, &diff_id, &output, &reference, &limits)
+    })
+    .await
+    .map_err(|e| BundleError::Invalid(format!("unpacking the bundle: {e}")))??;
+    Ok(())
+}
+
 /// Refuses outputs whose replacement would destroy what the user did not ask to replace: the
 /// root, the home directory, and the working directory or any of its ancestors (`pull -o .`
 /// used to empty the current directory).

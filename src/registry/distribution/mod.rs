@@ -61,6 +61,15 @@ const MAX_TAG_PAGES: usize = 100;
 /// An error body is read only for its codes.
 const MAX_ERROR_BYTES: u64 = 64 << 10;
 
+/// How a blob reached the target repository.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upload {
+    /// Mounted from another repository of the same registry: no byte was sent.
+    Mounted,
+    /// Sent whole.
+    Sent,
+}
+
 /// A view of the registry's distribution client that counts its own requests (one per stage
 /// run), sharing connections, challenges and tokens with every other view.
 pub struct DistributionClient<'r> {
@@ -276,8 +285,42 @@ impl<'r> DistributionClient<'r> {
         digest: &str,
         data: Bytes,
     ) -> Result<(), RegistryError> {
+        let length = data.len() as u64;
+        self.upload_blob(repository, digest, length, None, || async {
+            Ok(reqwest::Body::from(data))
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Uploads the blob `digest` of `length` bytes into `repository`: a POST for an upload
+    /// session, then one PUT of the body `body` makes, which the registry checks against
+    /// `digest`. With `mount_from` (another repository of the same registry that has the
+    /// blob) the POST first asks for a cross-repository mount, as the distribution spec has
+    /// it; a `201 Created` answer means the blob is there and `body` is never called. No
+    /// mount is asked of a registry that speaks bearer tokens: it would want a token for
+    /// both repositories and refuse the whole request with one for the target only.
+    pub async fn upload_blob<F, Fut>(
+        &self,
+        repository: &Reference,
+        digest: &str,
+        length: u64,
+        mount_from: Option<&str>,
+        body: F,
+    ) -> Result<Upload, RegistryError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<reqwest::Body, RegistryError>>,
+    {
         let endpoint = self.endpoint(repository).await?;
         let url = endpoint.url("blobs/uploads/");
+        let mount_from = match mount_from {
+            Some(from) if from != endpoint.repository => match self.challenge(&endpoint).await? {
+                Challenge::Bearer { .. } => None,
+                _ => Some(from),
+            },
+            _ => None,
+        };
         let (response, credential) = self
             .send(
                 &endpoint,
@@ -285,10 +328,19 @@ impl<'r> DistributionClient<'r> {
                 "POST",
                 &url,
                 &self.counts.blob_uploads,
-                |http| http.post(&url).header(reqwest::header::CONTENT_LENGTH, 0),
+                |http| {
+                    let request = http.post(&url).header(reqwest::header::CONTENT_LENGTH, 0);
+                    match mount_from {
+                        Some(from) => request.query(&[("mount", digest), ("from", from)]),
+                        None => request,
+                    }
+                },
             )
             .await?;
         let status = response.status();
+        if mount_from.is_some() && status == StatusCode::CREATED {
+            return Ok(Upload::Mounted);
+        }
         if status != StatusCode::ACCEPTED {
             return Err(status_error(
                 "POST",
@@ -323,7 +375,7 @@ impl<'r> DistributionClient<'r> {
         } else {
             Credential::None
         };
-        let length = data.len();
+        let body = body().await?;
         let response = with(
             endpoint
                 .http
@@ -333,13 +385,13 @@ impl<'r> DistributionClient<'r> {
                 .header(reqwest::header::CONTENT_LENGTH, length),
             &credential,
         )
-        .body(data)
+        .body(body)
         .send()
         .await
         .map_err(|e| transport_error("PUT", &url, &e))?;
         let status = response.status();
         if status.is_success() {
-            Ok(())
+            Ok(Upload::Sent)
         } else {
             let detail = error_codes(
                 &read_capped(response, MAX_ERROR_BYTES, "error", &url)
@@ -583,6 +635,52 @@ impl<'r> DistributionClient<'r> {
             ));
         }
         Ok(())
+    }
+
+    /// The blob `digest` of `repository` (as contacted) as a stream of chunks that is
+    /// checked as it flows: more than `size` bytes, fewer, or other bytes than `digest` end
+    /// the stream with an error instead of its end, so whatever consumes it (an upload, a tar
+    /// entry) never completes with unverified bytes. Memory holds one chunk.
+    pub async fn blob_stream(
+        &self,
+        repository: &Reference,
+        digest: &str,
+        size: u64,
+    ) -> Result<futures::stream::BoxStream<'static, std::io::Result<Bytes>>, RegistryError> {
+        let endpoint = self.endpoint(repository).await?;
+        if !super::is_sha256_digest(digest) {
+            return Err(RegistryError::InvalidReference {
+                reference: digest.to_owned(),
+                reason: "a blob digest must be sha256: and 64 lowercase hex digits".to_owned(),
+            });
+        }
+        let url = endpoint.url(&format!("blobs/{digest}"));
+        let (response, _) = self
+            .send(
+                &endpoint,
+                Access::Pull,
+                "GET",
+                &url,
+                &self.counts.blob_gets,
+                |http| http.get(&url),
+            )
+            .await?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(status_error("GET", &url, status, &endpoint.auth, ""));
+        }
+        if response.content_length().is_some_and(|len| len > size) {
+            return Err(RegistryError::TooLarge {
+                what: "blob",
+                url,
+                limit: size,
+            });
+        }
+        use futures::StreamExt as _;
+        let chunks = response
+            .bytes_stream()
+            .map(|chunk| chunk.map_err(std::io::Error::other));
+        Ok(super::digest::verified(chunks, digest.to_owned(), size, url).boxed())
     }
 
     /// Sends the request `build` makes with the right credentials, fetching one more token
