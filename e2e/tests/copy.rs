@@ -289,6 +289,17 @@ async fn check_copied(registry: &Registry, source: &Source, target: &str) -> any
     let tag = bundle::digest_tag(source.app.digest());
     let found = client.manifest_digest_at(&repository, &tag).await?;
     assert_eq!(found.as_deref(), Some(source.app.digest()));
+    // imgpkg's image-locations image of each bundle, which `imgpkg pull` reads.
+    for bundle in [&source.outer_digest, &source.inner_digest] {
+        let tag = format!("{}.image-locations.imgpkg", bundle.replacen(':', "-", 1));
+        ensure!(
+            client
+                .manifest_digest_at(&repository, &tag)
+                .await?
+                .is_some(),
+            "{target}:{tag} missing"
+        );
+    }
     drop(client);
 
     let out = tempfile::tempdir()?;

@@ -82,6 +82,8 @@ pub(super) struct Manifest {
     pub(super) depth: usize,
     /// The repository (`registry/path`) it was read from.
     pub(super) source: Option<String>,
+    /// A bundle's ImagesLock: each image as it names it.
+    pub(super) locked: Vec<String>,
 }
 
 /// Where a blob's bytes are read from.
@@ -210,7 +212,7 @@ impl Graph {
     }
 }
 
-/// Whether `tag` is one of cosign's artifact tags (`sha256-<hex>.sig|.att|.sbom`).
+/// Whether `tag` is one of the cosign tags a copy brings along (`sha256-<hex>.sig|.att`).
 pub(super) fn is_cosign_tag(tag: &str) -> bool {
     COSIGN_SUFFIXES.iter().any(|s| {
         tag.strip_suffix(s)
@@ -400,7 +402,12 @@ pub(super) struct Pending {
 
 impl Pending {
     /// What the source names itself.
-    pub(super) fn root(reference: Reference, named_as: String, want: Want, tag: Option<String>) -> Self {
+    pub(super) fn root(
+        reference: Reference,
+        named_as: String,
+        want: Want,
+        tag: Option<String>,
+    ) -> Self {
         Pending {
             reference,
             named_as,
@@ -529,6 +536,7 @@ pub(super) async fn walk_registry(
                         tags: vec![tag],
                         depth: p.depth,
                         source: Some(repository.clone()),
+                        locked: Vec::new(),
                     });
                 }
             }
@@ -661,6 +669,7 @@ pub(super) async fn fetch(
                 p.reference.registry(),
                 p.reference.repository()
             )),
+            locked: Vec::new(),
         },
         blobs: parsed.blobs.clone(),
         children: parsed.children,
@@ -759,6 +768,7 @@ pub(super) async fn fetch(
     .map_err(|e| content(format!("reading the bundle layer: {e}")))?
     .map_err(content)?;
     fetched.layer_file = Some((layer_digest, Arc::new(path)));
+    fetched.manifest.locked = lock.images.iter().map(|i| i.image.clone()).collect();
     fetched.images_lock = Some(lock);
     Ok(fetched)
 }

@@ -12,6 +12,7 @@
 //! `select.rs` narrows a package repository bundle to the versions asked for.
 
 mod graph;
+mod locations;
 mod repo;
 mod select;
 mod source;

@@ -163,6 +163,53 @@ pub(super) async fn write(
             }
         }
     }
+    // Last, as imgpkg's NoteCopy: where each bundle's images now are.
+    for m in order.iter().filter(|m| m.kind == Kind::Bundle) {
+        let images: Vec<(String, bool)> = m
+            .locked
+            .iter()
+            .map(|image| {
+                let is_bundle = image
+                    .rsplit_once('@')
+                    .and_then(|(_, d)| graph.manifest(d))
+                    .is_some_and(|l| l.kind == Kind::Bundle);
+                (image.clone(), is_bundle)
+            })
+            .collect();
+        let yaml = super::locations::yaml(&images)
+            .map_err(|e| BundleError::Invalid(format!("image locations: {e}")))?;
+        let image = super::locations::image(&yaml);
+        for (digest, data) in [&image.config, &image.layer] {
+            let present = retry(&push, "HEAD blob", &contacted, || {
+                client.blob_exists(&contacted, digest)
+            })
+            .await?;
+            if !present {
+                retry(&push, "upload blob", &contacted, || {
+                    client.push_blob(&contacted, digest, data.clone())
+                })
+                .await?;
+            }
+        }
+        let digest = crate::registry::sha256_digest(&image.manifest);
+        for tag in [super::locations::tag(&m.digest), digest_tag(&digest)] {
+            let now = retry(&push, "HEAD manifest", &contacted, || {
+                client.manifest_digest_at(&contacted, &tag)
+            })
+            .await?;
+            if now.as_deref() != Some(digest.as_str()) {
+                retry(&push, "PUT manifest", &contacted, || {
+                    client.put_manifest(
+                        &contacted,
+                        &tag,
+                        crate::bundle::image::MANIFEST_MEDIA_TYPE,
+                        image.manifest.clone(),
+                    )
+                })
+                .await?;
+            }
+        }
+    }
     drop(client);
     Ok(written)
 }

@@ -90,6 +90,7 @@ pub(super) async fn narrowed(
             root.reference.registry(),
             root.reference.repository()
         )),
+        locked: lock.images.iter().map(|i| i.image.clone()).collect(),
     });
     graph.named.push(Named {
         digest: built.digest().to_owned(),
