@@ -125,13 +125,14 @@ pub(super) fn run(args: &CopyArgs, runtime: &tokio::runtime::Runtime) -> anyhow:
     }
     println!(
         "{} blobs sent ({}), {} mounted, {} already there; {} manifests written, {} already \
-         there, in {:.1}s",
+         there; {} requests to the target, in {:.1}s",
         w.blobs_sent,
         human_bytes(w.bytes_sent),
         w.blobs_mounted,
         w.blobs_present,
         w.manifests_written,
         w.manifests_present,
+        w.target_requests,
         started.elapsed().as_secs_f64()
     );
     if let (Some(path), Some(lock)) = (&args.lock_output, &copied.lock) {

@@ -143,6 +143,8 @@ pub struct Written {
     pub blobs_mounted: usize,
     pub manifests_written: usize,
     pub manifests_present: usize,
+    /// Requests made of the target registry.
+    pub target_requests: usize,
 }
 
 /// The outcome of a copy.

@@ -6,7 +6,7 @@
 //! bundle under its own tag last. A copy cut off anywhere leaves no tag pointing at a
 //! manifest whose content is incomplete, and running it again sends only what is missing.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use futures::StreamExt as _;
 
@@ -30,8 +30,57 @@ pub(super) async fn write(
     let client = target_registry.distribution();
     let push = options.push_options();
     let mut written = Written::default();
+    let order = graph.write_order();
+    let children: HashSet<&str> = order
+        .iter()
+        .flat_map(|m| m.children.iter().map(String::as_str))
+        .collect();
 
-    let blobs: Vec<&Blob> = graph.blobs().collect();
+    // What the target holds whole already: a manifest a copy named with its
+    // `sha256-<hex>.imgpkg` tag, and everything below it (a registry accepts a manifest only
+    // once what it names is there; a copy tags an image only after its blobs, an index only
+    // after its platform manifests, a bundle only after the images it locks). One HEAD per
+    // image makes a re-run, or a steady-state relocation, cheap.
+    let tops: Vec<&Manifest> = order
+        .iter()
+        .copied()
+        .filter(|m| !children.contains(m.digest.as_str()))
+        .collect();
+    let heads = futures::stream::iter(tops.iter().map(|m| {
+        let (client, contacted, push) = (&client, &contacted, &push);
+        async move {
+            let tag = digest_tag(&m.digest);
+            let now = retry(push, "HEAD manifest", contacted, || {
+                client.manifest_digest_at(contacted, &tag)
+            })
+            .await?;
+            Ok::<_, BundleError>((m, now.as_deref() == Some(m.digest.as_str())))
+        }
+    }))
+    .buffer_unordered(target_registry.concurrency())
+    .collect::<Vec<_>>()
+    .await;
+    let mut complete: HashSet<&str> = HashSet::new();
+    for head in heads {
+        let (m, there) = head?;
+        if there {
+            mark_complete(graph, m, &mut complete);
+        }
+    }
+    let needed: HashSet<&str> = order
+        .iter()
+        .filter(|m| !complete.contains(m.digest.as_str()))
+        .flat_map(|m| m.blobs.iter().map(String::as_str))
+        .collect();
+    written.blobs_present += graph
+        .blobs()
+        .filter(|b| !needed.contains(b.digest.as_str()))
+        .count();
+
+    let blobs: Vec<&Blob> = graph
+        .blobs()
+        .filter(|b| needed.contains(b.digest.as_str()))
+        .collect();
     let results = futures::stream::iter(blobs.into_iter().map(|blob| {
         let (client, contacted, push) = (&client, &contacted, &push);
         async move {
@@ -89,7 +138,6 @@ pub(super) async fn write(
     }
 
     // Manifests by height: a manifest is written only once everything it names is there.
-    let order = graph.write_order();
     let mut heights: HashMap<&str, usize> = HashMap::new();
     for m in &order {
         let h = m
@@ -113,10 +161,6 @@ pub(super) async fn write(
         _ => heights[m.digest.as_str()],
     };
     let top = order.iter().map(|m| height(m)).max().unwrap_or(0);
-    let children: std::collections::HashSet<&str> = order
-        .iter()
-        .flat_map(|m| m.children.iter().map(String::as_str))
-        .collect();
     for level in 0..=top {
         let group: Vec<&Manifest> = order
             .iter()
@@ -124,9 +168,17 @@ pub(super) async fn write(
             .filter(|m| height(m) == level)
             .collect();
         let results = futures::stream::iter(group.into_iter().map(|m| {
-            let tags = tags_of(m, children.contains(m.digest.as_str()));
+            let mut tags = tags_of(m, children.contains(m.digest.as_str()));
+            if complete.contains(m.digest.as_str()) {
+                // Known to be there: only its other tags (a bundle's own, moved) may not be.
+                let own = digest_tag(&m.digest);
+                tags.retain(|t| *t != own);
+                if tags.is_empty() {
+                    return futures::future::Either::Left(async { Ok(0) });
+                }
+            }
             let (client, contacted, push) = (&client, &contacted, &push);
-            async move {
+            let write = async move {
                 let mut wrote = 0usize;
                 for tag in tags.iter().map(Some).chain(tags.is_empty().then_some(None)) {
                     let at = tag.map_or(m.digest.as_str(), String::as_str);
@@ -149,7 +201,8 @@ pub(super) async fn write(
                     }
                 }
                 Ok::<_, BundleError>(wrote)
-            }
+            };
+            futures::future::Either::Right(write)
         }))
         .buffer_unordered(target_registry.concurrency())
         .collect::<Vec<_>>()
@@ -163,8 +216,12 @@ pub(super) async fn write(
             }
         }
     }
-    // Last, as imgpkg's NoteCopy: where each bundle's images now are.
-    for m in order.iter().filter(|m| m.kind == Kind::Bundle) {
+    // Last, as imgpkg's NoteCopy: where each bundle's images now are (known to be there for
+    // a bundle that was).
+    for m in order
+        .iter()
+        .filter(|m| m.kind == Kind::Bundle && !complete.contains(m.digest.as_str()))
+    {
         let images: Vec<(String, bool)> = m
             .locked
             .iter()
@@ -210,8 +267,21 @@ pub(super) async fn write(
             }
         }
     }
+    written.target_requests = client.stats().total();
     drop(client);
     Ok(written)
+}
+
+/// Marks `m` and every manifest below it complete.
+fn mark_complete<'g>(graph: &'g Graph, m: &'g Manifest, complete: &mut HashSet<&'g str>) {
+    if !complete.insert(&m.digest) {
+        return;
+    }
+    for child in &m.children {
+        if let Some(c) = graph.manifest(child) {
+            mark_complete(graph, c, complete);
+        }
+    }
 }
 
 /// The tags a manifest carries in the target: none for a platform manifest (its index names
