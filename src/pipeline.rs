@@ -139,6 +139,9 @@ pub struct Outcome {
     /// the bundle root.
     pub lock_warnings: Vec<String>,
     pub pushed: Pushed,
+    /// `bundle.relocateImages`: every image copied next to the bundle, as
+    /// `repository@sha256:…` (empty when not asked).
+    pub relocated: Vec<String>,
     pub package: Package,
     pub metadata: PackageMetadata,
 }
@@ -190,7 +193,7 @@ pub async fn run(input: &PipelineInput<'_>) -> Result<Outcome, PipelineError> {
     let started = std::time::Instant::now();
     let pushed = push_bundle(input, spec, &version).await;
     input.timed(Stage::Push, started);
-    let (pushed, decision) = pushed?;
+    let (pushed, decision, relocated) = pushed?;
     let (version, changed_from) = match decision {
         revision::Decision::Push {
             version,
@@ -213,6 +216,7 @@ pub async fn run(input: &PipelineInput<'_>) -> Result<Outcome, PipelineError> {
         images,
         lock_warnings,
         pushed,
+        relocated,
         package,
         metadata,
     })
@@ -234,7 +238,7 @@ pub async fn push_stage(
     contents: &VendirLock,
 ) -> Result<(String, Pushed), PipelineError> {
     let version = version(input.spec, contents)?;
-    let (pushed, decision) = push_bundle(input, input.spec, &version).await?;
+    let (pushed, decision, _) = push_bundle(input, input.spec, &version).await?;
     Ok((decision.version().to_owned(), pushed))
 }
 
@@ -449,7 +453,7 @@ async fn push_bundle(
     input: &PipelineInput<'_>,
     spec: &PackageSourceSpec,
     version: &str,
-) -> Result<(Pushed, revision::Decision), PipelineError> {
+) -> Result<(Pushed, revision::Decision, Vec<String>), PipelineError> {
     let mut build_options = BuildOptions::default();
     build_options.exclude.extend(input.exclude.iter().cloned());
     // The controller's work directory keeps layer digests next to its other caches; the CLI
@@ -527,6 +531,16 @@ async fn push_bundle(
             tag_digest: None,
         },
     };
+    // Before the bundle that names them: a bundle's tag never points at a bundle whose
+    // images are not next to it yet. Also for a bundle already pushed (relocation asked for
+    // later, or an image removed since): the copy asks one question per image when all are
+    // there.
+    let relocated = match &target {
+        Location::Registry(_) if spec.bundle.relocate_images => {
+            relocate_images(input, &repository, built.images_lock()).await?
+        }
+        _ => Vec::new(),
+    };
     if let revision::Decision::Existing { image, .. } = &decision {
         let pushed = Pushed {
             image: image.clone(),
@@ -535,7 +549,7 @@ async fn push_bundle(
             written_tags: Vec::new(),
             size: built.size(),
         };
-        return Ok((pushed, decision));
+        return Ok((pushed, decision, relocated));
     }
     let tags = tags_for(decision.version());
     let target = location(&tags, decision.version())?;
@@ -556,7 +570,65 @@ async fn push_bundle(
             };
             PipelineError::new(Stage::Push, reason, e.to_string(), e.is_retryable())
         })?;
-    Ok((pushed, decision))
+    Ok((pushed, decision, relocated))
+}
+
+/// `bundle.relocateImages`: every image `lock` names (bundles among them with what they
+/// lock) copied into `repository`, as `imgpkg copy --to-repo` does, with the registry
+/// client (and so the credentials) the lock and push use. Returns where each went.
+async fn relocate_images(
+    input: &PipelineInput<'_>,
+    repository: &str,
+    lock: &crate::carvel::ImagesLock,
+) -> Result<Vec<String>, PipelineError> {
+    if lock.images.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut options = bundle::CopyOptions {
+        scratch: input.cache_dir.clone(),
+        ..bundle::CopyOptions::default()
+    };
+    // A nested bundle's layer is spooled to read its lock: within the object's disk budget.
+    if let Some(budget) = input.disk_budget {
+        options.limits.max_bundle_layer_bytes = options.limits.max_bundle_layer_bytes.min(budget);
+    }
+    if let Some(dir) = &options.scratch {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            PipelineError::new(
+                Stage::Push,
+                reasons::PUSH_FAILED,
+                format!("creating {}: {e}", dir.display()),
+                true,
+            )
+        })?;
+    }
+    let copied = bundle::copy(
+        input.registry,
+        input.registry,
+        &bundle::CopySource::Locked(lock.clone()),
+        &bundle::CopyTarget::Repo(repository.to_owned()),
+        &options,
+    )
+    .await
+    .map_err(|e| {
+        let reason = if e.is_auth() {
+            reasons::AUTHENTICATION_FAILED
+        } else if e.is_denied() {
+            reasons::UPSTREAM_DENIED
+        } else {
+            reasons::PUSH_FAILED
+        };
+        PipelineError::new(
+            Stage::Push,
+            reason,
+            format!("copying the locked images into {repository} (bundle.relocateImages): {e}"),
+            e.is_retryable(),
+        )
+    })?;
+    let mut relocated: Vec<String> = copied.images.into_iter().map(|(_, to)| to).collect();
+    relocated.sort();
+    relocated.dedup();
+    Ok(relocated)
 }
 
 /// The render stage: Package + PackageMetadata for the pushed bundle.

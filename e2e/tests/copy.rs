@@ -49,6 +49,10 @@ pub fn trials() -> Vec<Trial> {
         ),
         trial("cosign_signatures_only_when_asked", cosign_signatures),
         trial("images_lock_and_image_sources", image_sources),
+        trial(
+            "controller_relocates_locked_images_next_to_the_bundle",
+            |_| relocate_in_the_controller(),
+        ),
     ]
 }
 
@@ -692,6 +696,34 @@ async fn version_constraint(bed: &Bed) -> anyhow::Result<()> {
     ])?;
     let original = super::repo::pushed_image(&out)?;
 
+    // `repo release --relocate-images`: every package bundle next to the repository bundle.
+    let thick = format!("{reg}/e2e-copy/narrow-{id}/thick");
+    super::repo::packsmith(&[
+        "repo",
+        "release",
+        "--packages",
+        repo_s,
+        "-b",
+        &format!("{thick}:v1"),
+        "--relocate-images",
+        "--registry-insecure-host",
+        &reg,
+    ])?;
+    let registry = plain(bed);
+    let client = registry.distribution();
+    let thick_ref = parse_reference(&format!("{thick}:x"))?;
+    for bundle in &bundles {
+        let digest = bundle.rsplit_once('@').context("digest")?.1;
+        ensure!(
+            client
+                .manifest_digest_at(&thick_ref, digest)
+                .await?
+                .is_some(),
+            "{bundle} was not relocated next to the repository bundle"
+        );
+    }
+    drop(client);
+
     let empty = tempfile::tempdir()?;
     let target = format!("{reg}/e2e-copy/narrow-{id}/copied");
     let lock_output = tmp.path().join("lock.yml");
@@ -715,7 +747,6 @@ async fn version_constraint(bed: &Bed) -> anyhow::Result<()> {
         "a narrowed repository bundle has a new digest"
     );
     let out = tmp.path().join("pulled");
-    let registry = plain(bed);
     bundle::pull(&registry, &Location::parse(&lock.bundle.image)?, &out).await?;
     let mut files: Vec<String> = walkdir::WalkDir::new(out.join("packages"))
         .into_iter()
@@ -836,4 +867,82 @@ async fn image_sources(bed: &Bed) -> anyhow::Result<()> {
         ]
     );
     Ok(())
+}
+
+/// `spec.bundle.relocateImages` in the controller: the image the manifests name is copied
+/// into the bundle's repository before the bundle is pushed; status says where it went; a
+/// pull of the bundle names it there.
+async fn relocate_in_the_controller() -> anyhow::Result<()> {
+    use kube::api::Api;
+    use packsmith::api::PackageSource;
+    use packsmith::api::conditions::{reasons, types};
+
+    let bed = bed();
+    let client = bed.client().await?;
+    let ns = support::namespace(&client, "copy-reloc").await?;
+    let repo = format!("e2e-copy/reloc-{ns}/app");
+    let images = images::Registry::plain(bed);
+    let digest = images::push_image(&images, &repo, "1", ImageKind::MultiArch, &ns).await?;
+    let bundle_repo = format!("{}/ctl/{ns}/relocated", bed.registry);
+    let yaml = format!(
+        r#"apiVersion: packsmith.dev/v1alpha1
+kind: PackageSource
+metadata:
+  name: relocated
+  namespace: {ns}
+spec:
+  package:
+    refName: relocated.ctl.example.com
+    version: 0.1.0
+  contents:
+  - path: config/app
+    contents:
+    - path: .
+      inline:
+        paths:
+          pod.yaml: "apiVersion: v1\nkind: Pod\nmetadata: {{name: app}}\nspec:\n  containers:\n  - name: app\n    image: {reg}/{repo}:1\n"
+  bundle:
+    repository: {bundle_repo}
+    insecure: true
+    relocateImages: true
+"#,
+        reg = bed.registry
+    );
+    let controller = super::controller::Running::start(&ns).await?;
+    support::apply_yaml(&client, &ns, &yaml).await?;
+    let api: Api<PackageSource> = Api::namespaced(client.clone(), &ns);
+    let ready = super::controller::wait_for(
+        &api,
+        "relocated",
+        std::time::Duration::from_secs(90),
+        "Ready",
+        |o| super::controller::has(o, types::READY, "True", reasons::SUCCEEDED),
+    )
+    .await?;
+    let bundle = ready
+        .status
+        .as_ref()
+        .and_then(|s| s.bundle.clone())
+        .context("status.bundle")?;
+    let relocated = format!("{bundle_repo}@{digest}");
+    assert_eq!(bundle.relocated_images, vec![relocated.clone()]);
+    assert_eq!(bundle.relocated_count, Some(1));
+    let registry = plain(bed);
+    let client_reg = registry.distribution();
+    let found = client_reg
+        .manifest_digest_at(&parse_reference(&format!("{bundle_repo}:x"))?, &digest)
+        .await?;
+    assert_eq!(found.as_deref(), Some(digest.as_str()));
+    drop(client_reg);
+    let out = tempfile::tempdir()?;
+    let pulled = bundle::pull(
+        &registry,
+        &Location::parse(&bundle.image)?,
+        &out.path().join("b"),
+    )
+    .await?;
+    ensure!(pulled.relocated, "{pulled:?}");
+    let lock = std::fs::read_to_string(out.path().join("b/.imgpkg/images.yml"))?;
+    ensure!(lock.contains(&relocated), "{lock}");
+    controller.stop().await
 }

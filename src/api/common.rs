@@ -61,6 +61,12 @@ pub struct BundleTarget {
     /// Secret holding the PEM CA bundle that signed the registry's certificate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_secret_ref: Option<SecretKeyRef>,
+    /// Copy every image the bundle locks (nested bundles with theirs) into `repository`
+    /// before the bundle is pushed, as `imgpkg copy --to-repo` does, so the published
+    /// package installs from this registry alone. The bundle itself is unchanged: imgpkg
+    /// (and kapp-controller) find the images next to it when they pull it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub relocate_images: bool,
 }
 
 impl BundleTarget {

@@ -376,7 +376,19 @@ pub struct BundleStatus {
     /// Compressed size of the bundle layer in bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<i64>,
+    /// Where the locked images were copied (`bundle.relocateImages`), each as
+    /// `repository@sha256:…`; at most 64 are listed, `relocatedCount` counts them all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub relocated_images: Vec<String>,
+    /// How many images were copied next to the bundle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relocated_count: Option<u32>,
 }
+
+/// Images listed on status at most (`status.bundle.relocatedImages`): a status stays small
+/// whatever the bundle locks.
+pub const MAX_LISTED_RELOCATIONS: usize = 64;
 
 /// The published Package.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]

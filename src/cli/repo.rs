@@ -40,6 +40,10 @@ pub(super) struct RepoReleaseArgs {
     /// already holds with other content is refused: published versions do not change.
     #[arg(long, value_name = "REF")]
     add_to: Option<String>,
+    /// Copy every package bundle, with its images, into the repository bundle's repository
+    /// first (imgpkg copy --to-repo), so the repository installs from that registry alone.
+    #[arg(long)]
+    relocate_images: bool,
     #[command(flatten)]
     registry: RegistryArgs,
 }
@@ -83,6 +87,7 @@ pub(super) fn run(args: &RepoReleaseArgs, runtime: &tokio::runtime::Runtime) -> 
             progress: verbose.then_some(&progress as &(dyn Fn(&PushEvent) + Send + Sync)),
             ..PushOptions::default()
         },
+        relocate_images: args.relocate_images,
     };
     // With --add-to: the existing repository's packages/ with the new files over it, in a
     // directory of its own (the user's --packages is only read).

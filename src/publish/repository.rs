@@ -281,6 +281,9 @@ pub struct ReleaseOptions<'a> {
     /// Tags to push besides the `sha256-<hex>.imgpkg` tag every bundle gets.
     pub tags: Vec<String>,
     pub push: PushOptions<'a>,
+    /// Copy every package bundle (with its images) into the repository bundle's repository
+    /// before pushing it (`bundle.relocateImages`, `repo release --relocate-images`).
+    pub relocate_images: bool,
 }
 
 /// What [`release`] produced.
@@ -293,6 +296,9 @@ pub struct RepositoryRelease {
     pub packages: Vec<(String, String)>,
     /// Fetches the pushed bundle by digest.
     pub repository: PackageRepository,
+    /// With `relocate_images`: every bundle and image copied next to the repository bundle,
+    /// as `repository@sha256:…`.
+    pub relocated: Vec<String>,
 }
 
 /// Releases `root` (holding `packages/`) as a repository bundle at `target`: validates every
@@ -345,6 +351,28 @@ pub async fn release(
             ..BuildOptions::default()
         },
     )?;
+    // The package bundles first: the repository's tag never names one that is not there yet.
+    let relocated = match target {
+        Location::Registry(reference) if options.relocate_images && !lock.images.is_empty() => {
+            let copied = bundle::copy(
+                registry,
+                registry,
+                &bundle::CopySource::Locked(lock.clone()),
+                &bundle::CopyTarget::Repo(format!(
+                    "{}/{}",
+                    reference.registry(),
+                    reference.repository()
+                )),
+                &bundle::CopyOptions::default(),
+            )
+            .await?;
+            let mut relocated: Vec<String> = copied.images.into_iter().map(|(_, to)| to).collect();
+            relocated.sort();
+            relocated.dedup();
+            relocated
+        }
+        _ => Vec::new(),
+    };
     let pushed = bundle::push(registry, &built, target, &options.tags, &options.push).await?;
 
     let mut repository = PackageRepository::for_bundle(&options.name, &pushed.image);
@@ -362,6 +390,7 @@ pub async fn release(
         lock,
         packages,
         repository,
+        relocated,
     })
 }
 
@@ -523,6 +552,7 @@ mod tests {
             namespace: Some("packages".into()),
             tags: vec!["1.0.0".into()],
             push: PushOptions::default(),
+            relocate_images: false,
         };
         let released = release(&registry, root, &target, &options).await.unwrap();
         assert_eq!(
@@ -588,6 +618,7 @@ mod tests {
             namespace: None,
             tags: vec!["1".into()],
             push: PushOptions::default(),
+            relocate_images: false,
         };
         let err = release(&registry, tmp.path(), &target, &options)
             .await

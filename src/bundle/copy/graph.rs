@@ -29,17 +29,17 @@ const ALL_MANIFESTS: [&str; 4] = [DOCKER_MANIFEST, DOCKER_LIST, OCI_MANIFEST, OC
 #[derive(Debug, Clone, Copy)]
 pub struct WalkLimits {
     /// Manifests (images, indexes, bundles, signatures) in all.
-    pub(super) max_manifests: usize,
+    pub max_manifests: usize,
     /// Bundles inside bundles.
-    pub(super) max_depth: usize,
+    pub max_depth: usize,
     /// Platform manifests of one index, layers of one image.
-    pub(super) max_references: usize,
+    pub max_references: usize,
     /// An image config read to tell a bundle from an image.
-    pub(super) max_config_bytes: u64,
+    pub max_config_bytes: u64,
     /// A bundle's layer, read to find its `.imgpkg/images.yml`.
-    pub(super) max_bundle_layer_bytes: u64,
+    pub max_bundle_layer_bytes: u64,
     /// The `.imgpkg/images.yml` of a bundle.
-    pub(super) max_images_lock_bytes: u64,
+    pub max_images_lock_bytes: u64,
 }
 
 impl Default for WalkLimits {
@@ -435,10 +435,15 @@ pub(super) async fn walk_registry(
     while !pending.is_empty() {
         use futures::StreamExt as _;
         let level = std::mem::take(&mut pending);
-        let mut found = futures::stream::iter(level.into_iter().map(|p| async move {
-            let fetched = fetch(registry, &p, limits, scratch).await;
-            (p, fetched)
-        }))
+        let mut found = futures::stream::iter(
+            level
+                .into_iter()
+                .map(|p| async move {
+                    let fetched = fetch(registry, &p, limits, scratch).await;
+                    (p, fetched)
+                })
+                .collect::<Vec<_>>(),
+        )
         .buffer_unordered(concurrency);
         let mut results = Vec::new();
         while let Some(result) = found.next().await {

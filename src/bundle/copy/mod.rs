@@ -39,6 +39,9 @@ pub enum CopySource {
     Lock(PathBuf),
     /// A tar written by `--to-tar` (packsmith's or imgpkg's).
     Tar(PathBuf),
+    /// What a bundle about to be pushed locks: each image, bundles among them with
+    /// everything they lock (the controller's `bundle.relocateImages`).
+    Locked(ImagesLock),
 }
 
 /// Where to copy to (imgpkg's `--to-repo`, `--to-tar`).
@@ -262,6 +265,7 @@ fn source_path(source: &CopySource) -> PathBuf {
     match source {
         CopySource::Tar(p) | CopySource::Lock(p) => p.clone(),
         CopySource::Bundle(s) | CopySource::Image(s) => PathBuf::from(s),
+        CopySource::Locked(_) => PathBuf::new(),
     }
 }
 
@@ -315,6 +319,14 @@ fn roots(source: &CopySource) -> Result<(Vec<Pending>, Option<ImagesLock>), Bund
             }
         }
         CopySource::Tar(_) => Ok((Vec::new(), None)),
+        CopySource::Locked(lock) => {
+            let roots = lock
+                .images
+                .iter()
+                .map(|i| one(&i.image, Want::Any, None))
+                .collect::<Result<_, _>>()?;
+            Ok((roots, Some(lock.clone())))
+        }
     }
 }
 

@@ -46,17 +46,21 @@ pub(super) async fn write(
         .copied()
         .filter(|m| !children.contains(m.digest.as_str()))
         .collect();
-    let heads = futures::stream::iter(tops.iter().map(|m| {
-        let (client, contacted, push) = (&client, &contacted, &push);
-        async move {
-            let tag = digest_tag(&m.digest);
-            let now = retry(push, "HEAD manifest", contacted, || {
-                client.manifest_digest_at(contacted, &tag)
+    let heads = futures::stream::iter(
+        tops.iter()
+            .map(|m| {
+                let (client, contacted, push) = (&client, &contacted, &push);
+                async move {
+                    let tag = digest_tag(&m.digest);
+                    let now = retry(push, "HEAD manifest", contacted, || {
+                        client.manifest_digest_at(contacted, &tag)
+                    })
+                    .await?;
+                    Ok::<_, BundleError>((m, now.as_deref() == Some(m.digest.as_str())))
+                }
             })
-            .await?;
-            Ok::<_, BundleError>((m, now.as_deref() == Some(m.digest.as_str())))
-        }
-    }))
+            .collect::<Vec<_>>(),
+    )
     .buffer_unordered(target_registry.concurrency())
     .collect::<Vec<_>>()
     .await;
@@ -81,48 +85,53 @@ pub(super) async fn write(
         .blobs()
         .filter(|b| needed.contains(b.digest.as_str()))
         .collect();
-    let results = futures::stream::iter(blobs.into_iter().map(|blob| {
-        let (client, contacted, push) = (&client, &contacted, &push);
-        async move {
-            let present = retry(push, "HEAD blob", contacted, || {
-                client.blob_exists(contacted, &blob.digest)
-            })
-            .await?;
-            if present {
-                options.emit(CopyEvent::BlobPresent {
-                    digest: blob.digest.clone(),
-                    size: blob.size,
-                });
-                return Ok::<_, BundleError>((blob.size, None));
-            }
-            let mount_from = match &blob.from {
-                Some(from) if from.resolve_registry() == contacted.resolve_registry() => {
-                    Some(from.repository().to_owned())
+    let results = futures::stream::iter(
+        blobs
+            .into_iter()
+            .map(|blob| {
+                let (client, contacted, push) = (&client, &contacted, &push);
+                async move {
+                    let present = retry(push, "HEAD blob", contacted, || {
+                        client.blob_exists(contacted, &blob.digest)
+                    })
+                    .await?;
+                    if present {
+                        options.emit(CopyEvent::BlobPresent {
+                            digest: blob.digest.clone(),
+                            size: blob.size,
+                        });
+                        return Ok::<_, BundleError>((blob.size, None));
+                    }
+                    let mount_from = match &blob.from {
+                        Some(from) if from.resolve_registry() == contacted.resolve_registry() => {
+                            Some(from.repository().to_owned())
+                        }
+                        _ => None,
+                    };
+                    options.emit(CopyEvent::BlobSending {
+                        digest: blob.digest.clone(),
+                        size: blob.size,
+                    });
+                    let how = retry(push, "upload blob", contacted, || {
+                        client.upload_blob(
+                            contacted,
+                            &blob.digest,
+                            blob.size,
+                            mount_from.as_deref(),
+                            || super::source::body(source, blob, tar, options.progress.as_ref()),
+                        )
+                    })
+                    .await?;
+                    options.emit(CopyEvent::BlobSent {
+                        digest: blob.digest.clone(),
+                        size: blob.size,
+                        mounted: how == Upload::Mounted,
+                    });
+                    Ok((blob.size, Some(how)))
                 }
-                _ => None,
-            };
-            options.emit(CopyEvent::BlobSending {
-                digest: blob.digest.clone(),
-                size: blob.size,
-            });
-            let how = retry(push, "upload blob", contacted, || {
-                client.upload_blob(
-                    contacted,
-                    &blob.digest,
-                    blob.size,
-                    mount_from.as_deref(),
-                    || super::source::body(source, blob, tar, options.progress.as_ref()),
-                )
             })
-            .await?;
-            options.emit(CopyEvent::BlobSent {
-                digest: blob.digest.clone(),
-                size: blob.size,
-                mounted: how == Upload::Mounted,
-            });
-            Ok((blob.size, Some(how)))
-        }
-    }))
+            .collect::<Vec<_>>(),
+    )
     .buffer_unordered(target_registry.concurrency())
     .collect::<Vec<_>>()
     .await;
@@ -167,43 +176,48 @@ pub(super) async fn write(
             .copied()
             .filter(|m| height(m) == level)
             .collect();
-        let results = futures::stream::iter(group.into_iter().map(|m| {
-            let mut tags = tags_of(m, children.contains(m.digest.as_str()));
-            if complete.contains(m.digest.as_str()) {
-                // Known to be there: only its other tags (a bundle's own, moved) may not be.
-                let own = digest_tag(&m.digest);
-                tags.retain(|t| *t != own);
-                if tags.is_empty() {
-                    return futures::future::Either::Left(async { Ok(0) });
-                }
-            }
-            let (client, contacted, push) = (&client, &contacted, &push);
-            let write = async move {
-                let mut wrote = 0usize;
-                for tag in tags.iter().map(Some).chain(tags.is_empty().then_some(None)) {
-                    let at = tag.map_or(m.digest.as_str(), String::as_str);
-                    let now = retry(push, "HEAD manifest", contacted, || {
-                        client.manifest_digest_at(contacted, at)
-                    })
-                    .await?;
-                    if now.as_deref() == Some(m.digest.as_str()) {
-                        continue;
+        let results = futures::stream::iter(
+            group
+                .into_iter()
+                .map(|m| {
+                    let mut tags = tags_of(m, children.contains(m.digest.as_str()));
+                    if complete.contains(m.digest.as_str()) {
+                        // Known to be there: only its other tags (a bundle's own, moved) may not be.
+                        let own = digest_tag(&m.digest);
+                        tags.retain(|t| *t != own);
+                        if tags.is_empty() {
+                            return futures::future::Either::Left(async { Ok(0) });
+                        }
                     }
-                    retry(push, "PUT manifest", contacted, || {
-                        client.put_manifest(contacted, at, &m.media_type, m.bytes.clone())
-                    })
-                    .await?;
-                    wrote += 1;
-                    if let Some(tag) = tag {
-                        options.emit(CopyEvent::Tagged {
-                            reference: format!("{}:{tag}", repository(target)),
-                        });
-                    }
-                }
-                Ok::<_, BundleError>(wrote)
-            };
-            futures::future::Either::Right(write)
-        }))
+                    let (client, contacted, push) = (&client, &contacted, &push);
+                    let write = async move {
+                        let mut wrote = 0usize;
+                        for tag in tags.iter().map(Some).chain(tags.is_empty().then_some(None)) {
+                            let at = tag.map_or(m.digest.as_str(), String::as_str);
+                            let now = retry(push, "HEAD manifest", contacted, || {
+                                client.manifest_digest_at(contacted, at)
+                            })
+                            .await?;
+                            if now.as_deref() == Some(m.digest.as_str()) {
+                                continue;
+                            }
+                            retry(push, "PUT manifest", contacted, || {
+                                client.put_manifest(contacted, at, &m.media_type, m.bytes.clone())
+                            })
+                            .await?;
+                            wrote += 1;
+                            if let Some(tag) = tag {
+                                options.emit(CopyEvent::Tagged {
+                                    reference: format!("{}:{tag}", repository(target)),
+                                });
+                            }
+                        }
+                        Ok::<_, BundleError>(wrote)
+                    };
+                    futures::future::Either::Right(write)
+                })
+                .collect::<Vec<_>>(),
+        )
         .buffer_unordered(target_registry.concurrency())
         .collect::<Vec<_>>()
         .await;

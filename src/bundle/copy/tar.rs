@@ -334,62 +334,68 @@ async fn fill(
         // The padding and the end-of-archive blocks are zeros already (set_len).
         file.flush().await.map_err(io("writing"))?;
     }
-    let results = futures::stream::iter(plan.layers.iter().map(|(digest, size, _, at)| {
-        let reused = present.get(digest).copied();
-        async move {
-            let blob = match (reused, old) {
-                (Some(offset), Some(old)) => (
-                    Blob {
-                        digest: digest.clone(),
-                        size: *size,
-                        origin: Origin::Tar { offset },
-                        from: None,
-                    },
-                    Some(old),
-                ),
-                _ => (
-                    graph.blob(digest).cloned().ok_or_else(|| {
-                        BundleError::Invalid(format!("layer {digest} has no source"))
-                    })?,
-                    tar,
-                ),
-            };
-            let (blob, from_tar) = blob;
-            if reused.is_none() {
-                options.emit(CopyEvent::BlobSending {
-                    digest: digest.clone(),
-                    size: *size,
-                });
-            }
-            let chunks = super::source::stream(source, &blob, from_tar).await?;
-            let mut chunks = super::source::counted(chunks, digest, options.progress.as_ref());
-            let mut file = tokio::fs::OpenOptions::new()
-                .write(true)
-                .open(path)
-                .await
-                .map_err(io("writing"))?;
-            file.seek(std::io::SeekFrom::Start(*at))
-                .await
-                .map_err(io("writing"))?;
-            while let Some(chunk) = chunks.next().await {
-                let chunk = chunk.map_err(io("filling a layer of"))?;
-                file.write_all(&chunk).await.map_err(io("writing"))?;
-            }
-            file.flush().await.map_err(io("writing"))?;
-            match reused {
-                Some(_) => options.emit(CopyEvent::BlobPresent {
-                    digest: digest.clone(),
-                    size: *size,
-                }),
-                None => options.emit(CopyEvent::BlobSent {
-                    digest: digest.clone(),
-                    size: *size,
-                    mounted: false,
-                }),
-            }
-            Ok::<_, BundleError>((reused.is_some(), *size))
-        }
-    }))
+    let results = futures::stream::iter(
+        plan.layers
+            .iter()
+            .map(|(digest, size, _, at)| {
+                let reused = present.get(digest).copied();
+                async move {
+                    let blob = match (reused, old) {
+                        (Some(offset), Some(old)) => (
+                            Blob {
+                                digest: digest.clone(),
+                                size: *size,
+                                origin: Origin::Tar { offset },
+                                from: None,
+                            },
+                            Some(old),
+                        ),
+                        _ => (
+                            graph.blob(digest).cloned().ok_or_else(|| {
+                                BundleError::Invalid(format!("layer {digest} has no source"))
+                            })?,
+                            tar,
+                        ),
+                    };
+                    let (blob, from_tar) = blob;
+                    if reused.is_none() {
+                        options.emit(CopyEvent::BlobSending {
+                            digest: digest.clone(),
+                            size: *size,
+                        });
+                    }
+                    let chunks = super::source::stream(source, &blob, from_tar).await?;
+                    let mut chunks =
+                        super::source::counted(chunks, digest, options.progress.as_ref());
+                    let mut file = tokio::fs::OpenOptions::new()
+                        .write(true)
+                        .open(path)
+                        .await
+                        .map_err(io("writing"))?;
+                    file.seek(std::io::SeekFrom::Start(*at))
+                        .await
+                        .map_err(io("writing"))?;
+                    while let Some(chunk) = chunks.next().await {
+                        let chunk = chunk.map_err(io("filling a layer of"))?;
+                        file.write_all(&chunk).await.map_err(io("writing"))?;
+                    }
+                    file.flush().await.map_err(io("writing"))?;
+                    match reused {
+                        Some(_) => options.emit(CopyEvent::BlobPresent {
+                            digest: digest.clone(),
+                            size: *size,
+                        }),
+                        None => options.emit(CopyEvent::BlobSent {
+                            digest: digest.clone(),
+                            size: *size,
+                            mounted: false,
+                        }),
+                    }
+                    Ok::<_, BundleError>((reused.is_some(), *size))
+                }
+            })
+            .collect::<Vec<_>>(),
+    )
     .buffer_unordered(source.concurrency())
     .collect::<Vec<_>>()
     .await;

@@ -269,6 +269,7 @@ async fn produce(
             namespace: Some(pkgr_namespace.clone()),
             tags,
             push: PushOptions::default(),
+            relocate_images: obj.spec.bundle.relocate_images,
         },
     )
     .await;
@@ -298,6 +299,7 @@ async fn produce(
         image: released.pushed.image.clone(),
         tags: released.pushed.tags.clone(),
         size: i64::try_from(released.pushed.size).ok(),
+        relocated: released.relocated.clone(),
         sources: collected.contributing,
         package_repository: applied,
     }))

@@ -27,6 +27,8 @@ pub(super) struct Published {
     pub image: String,
     pub tags: Vec<String>,
     pub size: Option<i64>,
+    /// `bundle.relocateImages`: where the package bundles and their images were copied.
+    pub relocated: Vec<String>,
     /// PackageSources the packages came from.
     pub sources: usize,
     /// `namespace/name` of the PackageRepository applied, if one is.
@@ -90,6 +92,14 @@ pub(super) fn succeeded(
         short_digest: short_digest(&p.image),
         tags: p.tags.clone(),
         size: p.size,
+        relocated_images: p
+            .relocated
+            .iter()
+            .take(crate::api::source::MAX_LISTED_RELOCATIONS)
+            .cloned()
+            .collect(),
+        relocated_count: (!p.relocated.is_empty())
+            .then(|| u32::try_from(p.relocated.len()).unwrap_or(u32::MAX)),
     });
     conditions::remove(&mut status.conditions, types::STALLED);
     let applied = match &p.package_repository {
@@ -214,6 +224,7 @@ mod tests {
             image: format!("r.io/repo@sha256:{}", "c".repeat(64)),
             tags: vec!["latest".into()],
             size: Some(10),
+            relocated: vec![],
             sources: 2,
             package_repository: Some("ns/repo".into()),
         };

@@ -332,6 +332,14 @@ fn record_artifact(status: &mut PackageSourceStatus, outcome: &Outcome) {
         short_digest: short_digest(&outcome.pushed.image),
         tags: outcome.pushed.tags.clone(),
         size: i64::try_from(outcome.pushed.size).ok(),
+        relocated_images: outcome
+            .relocated
+            .iter()
+            .take(crate::api::source::MAX_LISTED_RELOCATIONS)
+            .cloned()
+            .collect(),
+        relocated_count: (!outcome.relocated.is_empty())
+            .then(|| u32::try_from(outcome.relocated.len()).unwrap_or(u32::MAX)),
     });
 }
 
@@ -517,9 +525,26 @@ mod tests {
                 written_tags: vec![],
                 size: 1234,
             },
+            relocated: vec![],
             package: Package::new("demo.example.com", version, Default::default()),
             metadata: PackageMetadata::new("demo.example.com", Default::default()),
         }
+    }
+
+    /// `relocateImages` of a bundle locking many images: status lists where the first 64
+    /// went and counts them all, so it stays small.
+    #[test]
+    fn relocations_on_status_are_bounded() {
+        let mut o = outcome("1.0.0", "r.io/demo@sha256:22");
+        o.relocated = (0..100)
+            .map(|i| format!("r.io/demo@sha256:{i:064}"))
+            .collect();
+        let mut status = PackageSourceStatus::default();
+        record_artifact(&mut status, &o);
+        let bundle = status.bundle.expect("bundle status");
+        assert_eq!(bundle.relocated_images.len(), 64);
+        assert_eq!(bundle.relocated_images[0], o.relocated[0]);
+        assert_eq!(bundle.relocated_count, Some(100));
     }
 
     /// A revision names what changed since the status before it: the upstream of a directory,
