@@ -4,7 +4,7 @@ SHELL := bash
 CARGO ?= cargo
 E2E_STATE ?= $(CURDIR)/.e2e/state
 
-.PHONY: test verify fmt-check clippy unit doc-test drift deny e2e crds build e2e-up e2e-down e2e-deps bench-push bench-lock bench-sync bench-controller
+.PHONY: test verify fmt-check clippy unit doc-test drift deny e2e crds build e2e-up e2e-down e2e-deps bench-push bench-lock bench-sync bench-controller bench-copy
 
 ## test: verify, then the end-to-end tests on the real test bed.
 test: verify e2e
@@ -80,6 +80,13 @@ bench-lock:
 bench-push:
 	$(CARGO) build --release --bin packsmith
 	bash benches/bundle_push.sh target/release/packsmith
+
+## bench-copy: a bundle of 20 images (500 MiB) copied registry→registry (cold and re-run) and
+## through a tar, packsmith copy vs crane copy per image; seconds, peak RSS, bytes sent.
+bench-copy:
+	command -v crane >/dev/null || go install github.com/google/go-containerregistry/cmd/crane@v0.22.1
+	$(CARGO) build --release --bin packsmith
+	PATH="$$PATH:$$HOME/go/bin" bash benches/copy.sh target/release/packsmith
 
 ## bench-sync: sync of a 5,000-file git repo, a .tgz and a Helm chart, cold and warm, packsmith vs
 ## git clone --depth 1 and curl | tar (vendir's own tools); medians. Uses PACKSMITH_E2E_ENV or a fresh bed.
