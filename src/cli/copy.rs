@@ -227,3 +227,44 @@ fn short(digest: &str) -> String {
 fn human_bytes(n: u64) -> String {
     indicatif::HumanBytes(n).to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The overall bar counts every byte, present or sent; a large blob has a bar of its own
+    /// while it is in flight.
+    #[test]
+    fn bars_follow_the_copy() {
+        let bars = Bars::new();
+        let sink = bars.sink();
+        let big = "sha256:big".to_owned();
+        sink(&CopyEvent::Found {
+            manifests: 2,
+            blobs: 2,
+            bytes: 10 + LARGE_BLOB,
+        });
+        sink(&CopyEvent::BlobPresent {
+            digest: "sha256:small".to_owned(),
+            size: 10,
+        });
+        sink(&CopyEvent::BlobSending {
+            digest: big.clone(),
+            size: LARGE_BLOB,
+        });
+        sink(&CopyEvent::BlobProgress {
+            digest: big.clone(),
+            sent: 1024,
+        });
+        let in_flight = bars.blobs.lock().unwrap().get(&big).map(|b| b.position());
+        assert_eq!(in_flight, Some(1024));
+        sink(&CopyEvent::BlobSent {
+            digest: big,
+            size: LARGE_BLOB,
+            mounted: false,
+        });
+        assert!(bars.blobs.lock().unwrap().is_empty());
+        assert_eq!(bars.total.position(), 10 + LARGE_BLOB);
+        assert_eq!(bars.total.length(), Some(10 + LARGE_BLOB));
+    }
+}
