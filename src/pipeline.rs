@@ -561,16 +561,25 @@ async fn push_bundle(
     let pushed = bundle::push(input.registry, &built, &target, &tags, &push_options)
         .await
         .map_err(|e| {
-            let reason = if e.is_auth() {
-                reasons::AUTHENTICATION_FAILED
-            } else if e.is_denied() {
-                reasons::UPSTREAM_DENIED
-            } else {
-                reasons::PUSH_FAILED
-            };
-            PipelineError::new(Stage::Push, reason, e.to_string(), e.is_retryable())
+            PipelineError::new(
+                Stage::Push,
+                push_reason(&e),
+                e.to_string(),
+                e.is_retryable(),
+            )
         })?;
     Ok((pushed, decision, relocated))
+}
+
+/// The condition reason of a failed push or copy.
+fn push_reason(e: &bundle::BundleError) -> &'static str {
+    if e.is_auth() {
+        reasons::AUTHENTICATION_FAILED
+    } else if e.is_denied() {
+        reasons::UPSTREAM_DENIED
+    } else {
+        reasons::PUSH_FAILED
+    }
 }
 
 /// `bundle.relocateImages`: every image `lock` names (bundles among them with what they
@@ -611,16 +620,9 @@ async fn relocate_images(
     )
     .await
     .map_err(|e| {
-        let reason = if e.is_auth() {
-            reasons::AUTHENTICATION_FAILED
-        } else if e.is_denied() {
-            reasons::UPSTREAM_DENIED
-        } else {
-            reasons::PUSH_FAILED
-        };
         PipelineError::new(
             Stage::Push,
-            reason,
+            push_reason(&e),
             format!("copying the locked images into {repository} (bundle.relocateImages): {e}"),
             e.is_retryable(),
         )

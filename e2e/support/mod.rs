@@ -229,6 +229,17 @@ pub async fn apply_yaml(
     Ok(applied)
 }
 
+/// A docker config dir whose config.json holds `user:password` for `host`, in the `auth` form
+/// `docker login` writes.
+pub fn docker_config(host: &str, user: &str, password: &str) -> anyhow::Result<tempfile::TempDir> {
+    use base64::Engine as _;
+    let dir = tempfile::tempdir()?;
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    let config = serde_json::json!({ "auths": { host: { "auth": auth } } });
+    std::fs::write(dir.path().join("config.json"), config.to_string())?;
+    Ok(dir)
+}
+
 /// A name part no other run of a trial uses (nanoseconds since the epoch, in hex), for
 /// registry repositories and files the trials share.
 pub fn unique_id() -> anyhow::Result<String> {

@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::{Context as _, ensure};
-use base64::Engine as _;
 use libtest_mimic::Trial;
 use pretty_assertions::assert_eq;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -207,15 +206,6 @@ async fn source(bed: &Bed, name: &str) -> anyhow::Result<Source> {
     })
 }
 
-/// A docker config dir with `user:password` for `host`, as `docker login` writes it.
-fn docker_config(host: &str, user: &str, password: &str) -> anyhow::Result<tempfile::TempDir> {
-    let dir = tempfile::tempdir()?;
-    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-    let config = serde_json::json!({ "auths": { host: { "auth": auth } } });
-    std::fs::write(dir.path().join("config.json"), config.to_string())?;
-    Ok(dir)
-}
-
 /// `packsmith copy ARGS` with `DOCKER_CONFIG=config`, the plain registry spoken to over HTTP
 /// and the TLS registry's CA trusted.
 fn copy(bed: &Bed, config: &Path, args: &[&str]) -> anyhow::Result<Output> {
@@ -334,7 +324,7 @@ async fn check_copied(registry: &Registry, source: &Source, target: &str) -> any
 
 async fn registry_to_registry(bed: &Bed) -> anyhow::Result<()> {
     let source = source(bed, "r2r").await?;
-    let config = docker_config(
+    let config = support::docker_config(
         &bed.registry_tls,
         &bed.registry_user,
         &bed.registry_password,
@@ -411,7 +401,7 @@ fn token_target(bed: &Bed, name: &str) -> anyhow::Result<(String, tempfile::Temp
     let id = support::unique_id()?;
     match &bed.token {
         Some(token) => {
-            let config = docker_config(&token.host, &token.user, &token.password)?;
+            let config = support::docker_config(&token.host, &token.user, &token.password)?;
             let registry = Registry::new(RegistryOptions {
                 insecure_hosts: vec![token.host.clone()],
                 credentials: Credentials::basic(&token.host, &token.user, &token.password),
@@ -424,7 +414,7 @@ fn token_target(bed: &Bed, name: &str) -> anyhow::Result<(String, tempfile::Temp
             ))
         }
         None => {
-            let config = docker_config(
+            let config = support::docker_config(
                 &bed.registry_tls,
                 &bed.registry_user,
                 &bed.registry_password,
@@ -596,7 +586,7 @@ async fn registry_stopped_half_way(bed: &'static Bed) -> anyhow::Result<()> {
             .push(locked(&base, &format!("img{i}"), fixture.digest(), "x:1"));
     }
     push_bundle(&registry, &format!("{base}/bundle"), "v1", &lock).await?;
-    let config = docker_config(
+    let config = support::docker_config(
         &bed.registry_tls,
         &bed.registry_user,
         &bed.registry_password,

@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use anyhow::{Context as _, ensure};
-use base64::Engine as _;
 use libtest_mimic::Trial;
 use oci_client::secrets::RegistryAuth;
 use pretty_assertions::assert_eq;
@@ -60,16 +59,6 @@ fn unique_prefix(name: &str) -> anyhow::Result<String> {
         .duration_since(std::time::UNIX_EPOCH)?
         .as_nanos();
     Ok(format!("e2e-token/{name}-{nanos:x}"))
-}
-
-/// A docker config dir whose config.json holds `user:password` for `host`, in the `auth` form
-/// `docker login` writes.
-fn docker_config(host: &str, user: &str, password: &str) -> anyhow::Result<tempfile::TempDir> {
-    let dir = tempfile::tempdir()?;
-    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-    let config = serde_json::json!({ "auths": { host: { "auth": auth } } });
-    std::fs::write(dir.path().join("config.json"), config.to_string())?;
-    Ok(dir)
 }
 
 /// Runs the CLI with `DOCKER_CONFIG=docker_config` (credentials found the default way) and no
@@ -207,7 +196,7 @@ fn snapshot(root: &Path) -> anyhow::Result<BTreeMap<PathBuf, Vec<u8>>> {
 async fn lock_push_pull(token: &'static TokenRegistry) -> anyhow::Result<()> {
     let prefix = unique_prefix("round-trip")?;
     let pushed = push_images(token, &prefix).await?;
-    let config = docker_config(&token.host, &token.user, &token.password)?;
+    let config = support::docker_config(&token.host, &token.user, &token.password)?;
     let tree = package_tree(&token.host, &prefix)?;
     let work = tempfile::tempdir()?;
     let host = token.host.as_str();
@@ -330,7 +319,7 @@ async fn wrong_password(token: &'static TokenRegistry) -> anyhow::Result<()> {
     let prefix = unique_prefix("wrong-password")?;
     push_images(token, &prefix).await?;
     let wrong = "not-the-password-0c1b2a";
-    let config = docker_config(&token.host, &token.user, wrong)?;
+    let config = support::docker_config(&token.host, &token.user, wrong)?;
     let tree = package_tree(&token.host, &prefix)?;
     let work = tempfile::tempdir()?;
     let host = token.host.as_str();
@@ -390,7 +379,7 @@ async fn no_credentials(token: &'static TokenRegistry) -> anyhow::Result<()> {
     let prefix = unique_prefix("anonymous")?;
     push_images(token, &prefix).await?;
     // A config.json for some other registry only: nothing for this host.
-    let config = docker_config("registry.example.com", "someone", "elsewhere")?;
+    let config = support::docker_config("registry.example.com", "someone", "elsewhere")?;
     let tree = package_tree(&token.host, &prefix)?;
     let host = token.host.as_str();
     let insecure = ["--registry-insecure-host", host];
@@ -431,7 +420,7 @@ async fn local_registry_without_flags(token: &'static TokenRegistry) -> anyhow::
     use packsmith::registry::{Credentials, ErrorClass, Registry, RegistryOptions};
 
     let prefix = unique_prefix("local")?;
-    let config = docker_config(&token.host, &token.user, &token.password)?;
+    let config = support::docker_config(&token.host, &token.user, &token.password)?;
     let tree = package_tree(&token.host, &prefix)?;
     std::fs::write(
         tree.path().join(".imgpkg/images.yml"),
@@ -460,7 +449,7 @@ async fn local_registry_without_flags(token: &'static TokenRegistry) -> anyhow::
         .context("the token registry's port")?;
     let via_localhost = image.replacen(&token.host, &format!("localhost:{port}"), 1);
     let localhost_config =
-        docker_config(&format!("localhost:{port}"), &token.user, &token.password)?;
+        support::docker_config(&format!("localhost:{port}"), &token.user, &token.password)?;
     let output = work.path().join("pulled");
     let out = packsmith(
         localhost_config.path(),

@@ -479,22 +479,7 @@ impl<'r> DistributionClient<'r> {
         digest: &str,
         size: u64,
     ) -> Result<Bytes, RegistryError> {
-        let endpoint = self.endpoint(repository).await?;
-        let url = endpoint.url(&format!("blobs/{digest}"));
-        let (response, _) = self
-            .send(
-                &endpoint,
-                Access::Pull,
-                "GET",
-                &url,
-                &self.counts.blob_gets,
-                |http| http.get(&url),
-            )
-            .await?;
-        let status = response.status();
-        if !status.is_success() {
-            return Err(status_error("GET", &url, status, &endpoint.auth, ""));
-        }
+        let (response, url) = self.blob_response(repository, digest).await?;
         read_capped(response, size, "blob", &url).await
     }
 
@@ -569,30 +554,7 @@ impl<'r> DistributionClient<'r> {
         file: &mut tokio::fs::File,
     ) -> Result<(), RegistryError> {
         use tokio::io::AsyncWriteExt as _;
-        let endpoint = self.endpoint(repository).await?;
-        // The digest comes from a manifest, so from the registry: checked before it becomes
-        // part of a URL.
-        if !super::is_sha256_digest(digest) {
-            return Err(RegistryError::InvalidReference {
-                reference: digest.to_owned(),
-                reason: "a blob digest must be sha256: and 64 lowercase hex digits".to_owned(),
-            });
-        }
-        let url = endpoint.url(&format!("blobs/{digest}"));
-        let (mut response, _) = self
-            .send(
-                &endpoint,
-                Access::Pull,
-                "GET",
-                &url,
-                &self.counts.blob_gets,
-                |http| http.get(&url),
-            )
-            .await?;
-        let status = response.status();
-        if !status.is_success() {
-            return Err(status_error("GET", &url, status, &endpoint.auth, ""));
-        }
+        let (mut response, url) = self.blob_response(repository, digest).await?;
         let too_large = || RegistryError::TooLarge {
             what: "blob",
             url: url.clone(),
@@ -647,13 +609,36 @@ impl<'r> DistributionClient<'r> {
         digest: &str,
         size: u64,
     ) -> Result<futures::stream::BoxStream<'static, std::io::Result<Bytes>>, RegistryError> {
-        let endpoint = self.endpoint(repository).await?;
+        let (response, url) = self.blob_response(repository, digest).await?;
+        if response.content_length().is_some_and(|len| len > size) {
+            return Err(RegistryError::TooLarge {
+                what: "blob",
+                url,
+                limit: size,
+            });
+        }
+        use futures::StreamExt as _;
+        let chunks = response
+            .bytes_stream()
+            .map(|chunk| chunk.map_err(std::io::Error::other));
+        Ok(super::digest::verified(chunks, digest.to_owned(), size, url).boxed())
+    }
+
+    /// The successful answer to `GET …/blobs/<digest>` and its URL. The digest comes from a
+    /// manifest, so from a registry: it must be sha256 (as go-containerregistry requires)
+    /// before it becomes part of a URL.
+    async fn blob_response(
+        &self,
+        repository: &Reference,
+        digest: &str,
+    ) -> Result<(reqwest::Response, String), RegistryError> {
         if !super::is_sha256_digest(digest) {
             return Err(RegistryError::InvalidReference {
                 reference: digest.to_owned(),
                 reason: "a blob digest must be sha256: and 64 lowercase hex digits".to_owned(),
             });
         }
+        let endpoint = self.endpoint(repository).await?;
         let url = endpoint.url(&format!("blobs/{digest}"));
         let (response, _) = self
             .send(
@@ -669,18 +654,7 @@ impl<'r> DistributionClient<'r> {
         if !status.is_success() {
             return Err(status_error("GET", &url, status, &endpoint.auth, ""));
         }
-        if response.content_length().is_some_and(|len| len > size) {
-            return Err(RegistryError::TooLarge {
-                what: "blob",
-                url,
-                limit: size,
-            });
-        }
-        use futures::StreamExt as _;
-        let chunks = response
-            .bytes_stream()
-            .map(|chunk| chunk.map_err(std::io::Error::other));
-        Ok(super::digest::verified(chunks, digest.to_owned(), size, url).boxed())
+        Ok((response, url))
     }
 
     /// Sends the request `build` makes with the right credentials, fetching one more token
