@@ -179,7 +179,12 @@ impl Bars {
     fn event(&self, event: &CopyEvent) {
         let mut blobs = self.blobs.lock().unwrap_or_else(|e| e.into_inner());
         match event {
-            CopyEvent::Found { bytes, .. } => self.total.set_length(*bytes),
+            CopyEvent::Found {
+                manifests, bytes, ..
+            } => {
+                self.total.set_length(*bytes);
+                self.total.set_message(format!("{manifests} images"));
+            }
             CopyEvent::BlobPresent { size, .. } => self.total.inc(*size),
             CopyEvent::BlobSending { digest, size } if *size >= LARGE_BLOB => {
                 let bar = self.multi.add(indicatif::ProgressBar::new(*size));
