@@ -45,6 +45,44 @@ async fn requested_at(api: &Api<PackageSource>, name: &str) -> anyhow::Result<Op
         .cloned())
 }
 
+/// The Receiver once its Ready condition is written, whatever it says.
+async fn wait_ready(api: &Api<Receiver>, name: &str) -> anyhow::Result<Receiver> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let receiver = api.get(name).await?;
+        let written = receiver
+            .status
+            .as_ref()
+            .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == types::READY));
+        if written {
+            return Ok(receiver);
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "{name}: no Ready condition: {:?}",
+            receiver.status
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits until the webhook server answers PATH as a Receiver's (an unsigned call: 401), not 404.
+async fn served(http: &reqwest::Client, base: &str, path: &str) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = http.post(format!("{base}{path}")).send().await?.status();
+        if status != 404 {
+            anyhow::ensure!(status == 401, "{path}: an unsigned call answered {status}");
+            return Ok(());
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "{path}: the webhook server never served it"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn wait_path(api: &Api<Receiver>, name: &str) -> anyhow::Result<String> {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
@@ -113,7 +151,7 @@ async fn webhooks_trigger_reconciles() -> anyhow::Result<()> {
     );
     let gl = wait_path(&receivers, "gl").await?;
     // A token too short to keep a secret serves nothing, and says why.
-    let weak = receivers.get("weak").await?;
+    let weak = wait_ready(&receivers, "weak").await?;
     let ready = weak
         .status
         .as_ref()
@@ -140,6 +178,10 @@ async fn webhooks_trigger_reconciles() -> anyhow::Result<()> {
         request.send()
     };
     let body: &'static [u8] = br#"{"ref":"refs/heads/main"}"#;
+    // The server routes by its own cache of Receivers, which may lag the status read above.
+    for path in [&gh, &gl] {
+        served(&http, &base, path).await?;
+    }
 
     // Forged, or signed with another secret, or for an event it does not want: nothing.
     for (signature, event) in [
