@@ -113,6 +113,9 @@ pub struct PipelineInput<'a> {
     pub disk_budget: Option<u64>,
     /// The helm that renders charts for the lock (`--helm-binary`).
     pub helm_binary: &'a Path,
+    /// The key that signs the bundle (`bundle.signing`, the CLI's `--sign-key`): read by the
+    /// front end, which owns its Secret or file.
+    pub signing: Option<&'a crate::registry::cosign::SigningKey>,
 }
 
 impl PipelineInput<'_> {
@@ -142,6 +145,8 @@ pub struct Outcome {
     /// `bundle.relocateImages`: every image copied next to the bundle, as
     /// `repository@sha256:…` (empty when not asked).
     pub relocated: Vec<String>,
+    /// The bundle's cosign signature (`repository:sha256-<hex>.sig`) when it is signed.
+    pub signature: Option<String>,
     pub package: Package,
     pub metadata: PackageMetadata,
 }
@@ -193,7 +198,7 @@ pub async fn run(input: &PipelineInput<'_>) -> Result<Outcome, PipelineError> {
     let started = std::time::Instant::now();
     let pushed = push_bundle(input, spec, &version).await;
     input.timed(Stage::Push, started);
-    let (pushed, decision, relocated) = pushed?;
+    let (pushed, decision, relocated, signature) = pushed?;
     let (version, changed_from) = match decision {
         revision::Decision::Push {
             version,
@@ -217,6 +222,7 @@ pub async fn run(input: &PipelineInput<'_>) -> Result<Outcome, PipelineError> {
         lock_warnings,
         pushed,
         relocated,
+        signature,
         package,
         metadata,
     })
@@ -238,7 +244,7 @@ pub async fn push_stage(
     contents: &VendirLock,
 ) -> Result<(String, Pushed), PipelineError> {
     let version = version(input.spec, contents)?;
-    let (pushed, decision, _) = push_bundle(input, input.spec, &version).await?;
+    let (pushed, decision, _, _) = push_bundle(input, input.spec, &version).await?;
     Ok((decision.version().to_owned(), pushed))
 }
 
@@ -453,7 +459,7 @@ async fn push_bundle(
     input: &PipelineInput<'_>,
     spec: &PackageSourceSpec,
     version: &str,
-) -> Result<(Pushed, revision::Decision, Vec<String>), PipelineError> {
+) -> Result<(Pushed, revision::Decision, Vec<String>, Option<String>), PipelineError> {
     let mut build_options = BuildOptions::default();
     build_options.exclude.extend(input.exclude.iter().cloned());
     // The controller's work directory keeps layer digests next to its other caches; the CLI
@@ -541,6 +547,20 @@ async fn push_bundle(
         }
         _ => Vec::new(),
     };
+    // Signed before any tag names it: a policy that admits signed bundles only never sees
+    // this one unsigned. Also a version already pushed (signing asked for later).
+    let signed_digest = match &decision {
+        revision::Decision::Existing { image, .. } => {
+            image.rsplit_once('@').map_or(built.digest(), |(_, d)| d)
+        }
+        revision::Decision::Push { .. } => built.digest(),
+    };
+    let signature = match (&target, input.signing) {
+        (Location::Registry(reference), Some(key)) => {
+            Some(sign_bundle(input, reference, signed_digest, key).await?)
+        }
+        _ => None,
+    };
     if let revision::Decision::Existing { image, .. } = &decision {
         let pushed = Pushed {
             image: image.clone(),
@@ -549,7 +569,7 @@ async fn push_bundle(
             written_tags: Vec::new(),
             size: built.size(),
         };
-        return Ok((pushed, decision, relocated));
+        return Ok((pushed, decision, relocated, signature));
     }
     let tags = tags_for(decision.version());
     let target = location(&tags, decision.version())?;
@@ -568,7 +588,35 @@ async fn push_bundle(
                 e.is_retryable(),
             )
         })?;
-    Ok((pushed, decision, relocated))
+    Ok((pushed, decision, relocated, signature))
+}
+
+/// Signs the bundle `digest` of `reference`'s repository with `key` (nothing is written when
+/// this key's signature is there already). Returns the signature's reference.
+async fn sign_bundle(
+    input: &PipelineInput<'_>,
+    reference: &crate::registry::Reference,
+    digest: &str,
+    key: &crate::registry::cosign::SigningKey,
+) -> Result<String, PipelineError> {
+    let signed = crate::registry::cosign::sign(input.registry, reference, digest, key)
+        .await
+        .map_err(|e| {
+            let reason = if e.is_auth() {
+                reasons::AUTHENTICATION_FAILED
+            } else if e.is_denied() {
+                reasons::UPSTREAM_DENIED
+            } else {
+                reasons::SIGNING_FAILED
+            };
+            PipelineError::new(
+                Stage::Push,
+                reason,
+                format!("signing {digest} (bundle.signing): {e}"),
+                e.is_retryable(),
+            )
+        })?;
+    Ok(signed.signature().to_owned())
 }
 
 /// The condition reason of a failed push or copy.
@@ -1075,6 +1123,7 @@ mod tests {
             egress: crate::registry::Egress::default(),
             disk_budget: budget,
             helm_binary: Path::new("helm"),
+            signing: None,
         };
         run(&input).await
     }
@@ -1260,6 +1309,7 @@ mod tests {
             egress: crate::registry::Egress::default(),
             disk_budget: None,
             helm_binary: Path::new("helm"),
+            signing: None,
         };
         let chart = chart_in_bundle(&input).unwrap().expect("a chart");
         assert_eq!(

@@ -20,6 +20,7 @@ pub mod release;
 pub mod repo;
 pub mod sharding;
 pub mod ship;
+pub mod signing;
 pub mod sync;
 pub mod tce;
 pub mod tenancy;
@@ -48,6 +49,7 @@ pub fn trials() -> (Vec<Trial>, Vec<Trial>) {
     parallel.extend(release::trials());
     parallel.extend(repo::trials());
     parallel.extend(sharding::trials());
+    parallel.extend(signing::trials());
     parallel.extend(ship::trials());
     parallel.extend(sync::trials());
     parallel.extend(tce::trials());

@@ -67,7 +67,27 @@ pub struct BundleTarget {
     /// (and kapp-controller) find the images next to it when they pull it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub relocate_images: bool,
+    /// Sign every bundle pushed here with a cosign key, as `cosign sign --key` does (the
+    /// `sha256-<digest>.sig` tag next to it), before any tag points at it; `cosign verify
+    /// --key cosign.pub --insecure-ignore-tlog` and `packsmith verify` accept it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing: Option<BundleSigning>,
 }
+
+/// A cosign signing key.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct BundleSigning {
+    /// Secret in the same namespace with `cosign.key` (the private key as `cosign
+    /// generate-key-pair` writes it) and, unless the key has an empty password,
+    /// `cosign.password` — the keys `cosign generate-key-pair k8s://NS/NAME` creates.
+    pub secret_ref: SecretRef,
+}
+
+/// Keys of a signing Secret, as cosign names them (`cosign generate-key-pair k8s://…`).
+pub const COSIGN_KEY: &str = "cosign.key";
+pub const COSIGN_PASSWORD: &str = "cosign.password";
+pub const COSIGN_PUB: &str = "cosign.pub";
 
 impl BundleTarget {
     /// The tags to push for `version`, templated and defaulted as documented on `tags`.

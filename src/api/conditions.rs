@@ -63,6 +63,12 @@ pub mod reasons {
     pub const DISK_BUDGET_EXCEEDED: &str = "DiskBudgetExceeded";
     /// A reconcile ran longer than `spec.timeout` (retried with backoff).
     pub const TIMEOUT: &str = "ReconcileTimeout";
+    /// `bundle.signing`'s key cannot be used (not a cosign key, wrong password), or its
+    /// signature could not be written.
+    pub const SIGNING_FAILED: &str = "SigningFailed";
+    /// An upstream's signature did not verify with the keys its `verify` names (Flux's
+    /// reason); nothing was published.
+    pub const VERIFICATION_FAILED: &str = "VerificationFailed";
 }
 
 pub const TRUE: &str = "True";

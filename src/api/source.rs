@@ -384,6 +384,9 @@ pub struct BundleStatus {
     /// How many images were copied next to the bundle.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relocated_count: Option<u32>,
+    /// The bundle's cosign signature (`bundle.signing`): `repository:sha256-<hex>.sig`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
 }
 
 /// Images listed on status at most (`status.bundle.relocatedImages`): a status stays small

@@ -94,6 +94,7 @@ fn lock_all(
                     &args.registry,
                     None,
                     &args.helm.helm_binary,
+                    None,
                 )?;
                 let input = prepared.input(None, None, false);
                 let (images, _) = crate::pipeline::lock_stage(&input)

@@ -14,6 +14,7 @@ mod push;
 mod registry;
 mod release;
 mod repo;
+mod sign;
 mod sync;
 mod table;
 mod values;
@@ -59,6 +60,10 @@ enum Command {
     Values(values::ValuesArgs),
     /// Show what a bundle holds: files, locked images, nested bundles, packages.
     Describe(describe::DescribeArgs),
+    /// Verify an image's or bundle's cosign signatures with public keys (cosign verify --key).
+    Verify(sign::VerifyArgs),
+    /// Write a cosign key pair: cosign.key (encrypted with COSIGN_PASSWORD) and cosign.pub.
+    GenerateKeyPair(sign::GenerateKeyPairArgs),
     /// Sync, lock, push and write Package + PackageMetadata for a package directory.
     Release(release::ReleaseArgs),
     /// Package repositories.
@@ -262,6 +267,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Copy(args) => copy::run(&args, &runtime()?).map(|()| ExitCode::SUCCESS),
         Command::Values(args) => values::run(&args, &runtime()?).map(|()| ExitCode::SUCCESS),
         Command::Describe(args) => describe::run(&args, &runtime()?).map(|()| ExitCode::SUCCESS),
+        Command::Verify(args) => sign::verify(&args, &runtime()?).map(|()| ExitCode::SUCCESS),
+        Command::GenerateKeyPair(args) => {
+            sign::generate_key_pair(&args).map(|()| ExitCode::SUCCESS)
+        }
         Command::Release(args) => release::run(&args, &runtime()?),
         Command::Repo(RepoCommand::Release(args)) => {
             repo::run(&args, &runtime()?).map(|()| ExitCode::SUCCESS)

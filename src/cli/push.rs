@@ -43,6 +43,8 @@ pub(super) struct PushArgs {
     #[arg(short, long, value_name = "KEY=VALUE", value_delimiter = ',', value_parser = label)]
     labels: Vec<(String, String)>,
     #[command(flatten)]
+    signing: super::sign::SigningArgs,
+    #[command(flatten)]
     registry: RegistryArgs,
 }
 
@@ -55,6 +57,8 @@ fn push_all(
     let Some(packages) = super::all::select(root, &args.all)? else {
         return Ok(std::process::ExitCode::SUCCESS);
     };
+    let signing = args.signing.load()?;
+    let signing = &signing;
     let ok = runtime.block_on(super::all::run(
         packages,
         args.all.jobs,
@@ -72,6 +76,7 @@ fn push_all(
                     &args.registry,
                     None,
                     std::path::Path::new("helm"),
+                    super::sign::for_spec(signing.as_ref(), &spec)?,
                 )?;
                 let contents = prepared.previous.clone().unwrap_or_default();
                 let input = prepared.input(None, None, false);
@@ -151,6 +156,22 @@ fn push_one(args: &PushArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Resul
         progress: verbose.then_some(&progress as &(dyn Fn(&PushEvent) + Send + Sync)),
         ..PushOptions::default()
     };
+    // Signed before any tag names it, as the pipeline signs.
+    if let (Some(key), Location::Registry(reference)) = (args.signing.load()?, &location) {
+        let signed = runtime.block_on(crate::registry::cosign::sign(
+            &registry,
+            reference,
+            built.digest(),
+            &key,
+        ))?;
+        if verbose {
+            eprintln!(
+                "packsmith: signed {} ({})",
+                built.digest(),
+                signed.signature()
+            );
+        }
+    }
     let pushed = runtime.block_on(bundle::push(
         &registry,
         &built,

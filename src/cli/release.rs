@@ -47,6 +47,8 @@ pub(super) struct ReleaseArgs {
     #[command(flatten)]
     helm: super::HelmArgs,
     #[command(flatten)]
+    signing: super::sign::SigningArgs,
+    #[command(flatten)]
     registry: RegistryArgs,
 }
 
@@ -70,7 +72,14 @@ pub(super) fn run(
         .output_dir
         .clone()
         .unwrap_or_else(|| args.dir.join("carvel-artifacts"));
-    let released = runtime.block_on(release(args, &args.dir, &source.spec, &output_dir))?;
+    let signing = args.signing.load()?;
+    let released = runtime.block_on(release(
+        args,
+        signing.as_ref(),
+        &args.dir,
+        &source.spec,
+        &output_dir,
+    ))?;
     let spec = &source.spec;
     if let Some(before) = &released.outcome.changed_from {
         eprintln!(
@@ -107,6 +116,8 @@ fn release_all(
         return Ok(std::process::ExitCode::SUCCESS);
     };
     let prefix = args.all.repository_prefix.as_deref();
+    let signing = args.signing.load()?;
+    let signing = &signing;
     let ok = runtime.block_on(super::all::run(
         packages,
         args.all.jobs,
@@ -115,7 +126,8 @@ fn release_all(
             let result = async {
                 let spec = found.spec(prefix)?;
                 super::all::bundle_repository(&found, &spec)?;
-                let released = release(args, &dir, &spec, &found.output_dir()).await?;
+                let released =
+                    release(args, signing.as_ref(), &dir, &spec, &found.output_dir()).await?;
                 anyhow::Ok(released)
             }
             .await;
@@ -157,6 +169,7 @@ pub(super) struct Prepared<'a> {
     exclude: Vec<String>,
     pub(super) previous: Option<VendirLock>,
     helm_binary: &'a Path,
+    signing: Option<std::sync::Arc<crate::registry::cosign::SigningKey>>,
 }
 
 impl<'a> Prepared<'a> {
@@ -167,6 +180,7 @@ impl<'a> Prepared<'a> {
         registry_args: &RegistryArgs,
         repository_override: Option<&str>,
         helm_binary: &'a Path,
+        signing: Option<std::sync::Arc<crate::registry::cosign::SigningKey>>,
     ) -> anyhow::Result<Self> {
         let repository = repository_override.unwrap_or(&spec.bundle.repository);
         let host = repository.split('/').next().unwrap_or_default();
@@ -181,6 +195,7 @@ impl<'a> Prepared<'a> {
             exclude: excluded(dir, spec, output_dir)?,
             previous,
             helm_binary,
+            signing,
         })
     }
 
@@ -210,6 +225,7 @@ impl<'a> Prepared<'a> {
             namespace: None,
             on_stage: None,
             sync_policy: crate::sync::Policy::cli(allow_unknown_ssh_hosts),
+            signing: self.signing.as_deref(),
         }
     }
 }
@@ -231,6 +247,7 @@ pub(super) fn stage_failed(e: &pipeline::PipelineError) -> anyhow::Error {
 /// the Package files.
 async fn release(
     args: &ReleaseArgs,
+    signing: Option<&std::sync::Arc<crate::registry::cosign::SigningKey>>,
     dir: &Path,
     spec: &crate::api::PackageSourceSpec,
     output_dir: &Path,
@@ -242,6 +259,7 @@ async fn release(
         &args.registry,
         args.repository.as_deref(),
         &args.helm.helm_binary,
+        super::sign::for_spec(signing, spec)?,
     )?;
     let input = prepared.input(
         args.tag.clone().map(|t| vec![t]),

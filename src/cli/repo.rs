@@ -45,6 +45,8 @@ pub(super) struct RepoReleaseArgs {
     #[arg(long)]
     relocate_images: bool,
     #[command(flatten)]
+    signing: super::sign::SigningArgs,
+    #[command(flatten)]
     registry: RegistryArgs,
 }
 
@@ -69,6 +71,7 @@ pub(super) fn run(args: &RepoReleaseArgs, runtime: &tokio::runtime::Runtime) -> 
         None => default_name(&location.repository()),
     };
     let registry = args.registry.registry(registry_host(&location))?;
+    let signing = args.signing.load()?;
 
     let verbose = std::io::stderr().is_terminal();
     let progress = |event: &PushEvent| match event {
@@ -88,6 +91,7 @@ pub(super) fn run(args: &RepoReleaseArgs, runtime: &tokio::runtime::Runtime) -> 
             ..PushOptions::default()
         },
         relocate_images: args.relocate_images,
+        signing: signing.as_deref(),
     };
     // With --add-to: the existing repository's packages/ with the new files over it, in a
     // directory of its own (the user's --packages is only read).

@@ -99,6 +99,8 @@ pub(super) struct Context {
     pub work_dirs: WorkDirs,
     /// Registry clients shared across reconciles, one per configuration.
     pub registries: super::registries::Registries,
+    /// Decrypted `bundle.signing` keys, by Secret and content.
+    pub signing_keys: super::signing::SigningKeys,
 }
 
 impl std::fmt::Debug for Context {

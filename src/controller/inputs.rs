@@ -156,11 +156,12 @@ pub(super) fn content_refs(spec: &PackageSourceSpec) -> Vec<ContentRef> {
 }
 
 /// Every Secret and ConfigMap `spec` names in its own namespace: `bundle.secretRef`,
-/// `bundle.caSecretRef` and [`content_refs`].
+/// `bundle.caSecretRef`, `bundle.signing.secretRef` and [`content_refs`].
 pub(super) fn referenced(spec: &PackageSourceSpec) -> Vec<(RefKind, String)> {
     let bundle = [
         spec.bundle.secret_ref.as_ref().map(|r| &r.name),
         spec.bundle.ca_secret_ref.as_ref().map(|r| &r.name),
+        spec.bundle.signing.as_ref().map(|s| &s.secret_ref.name),
     ]
     .into_iter()
     .flatten()
@@ -277,7 +278,12 @@ pub(super) async fn load_content_secrets(
     Ok(out)
 }
 
-async fn get<K>(api: &Api<K>, namespace: &str, r: &ContentRef, stage: Stage) -> Result<K, Failure>
+pub(super) async fn get<K>(
+    api: &Api<K>,
+    namespace: &str,
+    r: &ContentRef,
+    stage: Stage,
+) -> Result<K, Failure>
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {

@@ -34,6 +34,7 @@ mod reconcile;
 mod registries;
 mod repository_source;
 mod schedule;
+mod signing;
 mod source;
 mod stalls;
 mod triggers;

@@ -178,6 +178,7 @@ pub(super) fn context(
         repositories: watches.selections.clone(),
         work_dirs: workdirs::WorkDirs::new(options.cache_max_size),
         registries: Default::default(),
+        signing_keys: super::signing::SigningKeys::new(),
     });
     // What a persistent cache volume kept counts against --cache-max-size from the start.
     let scanning = ctx.clone();

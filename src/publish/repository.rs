@@ -44,12 +44,18 @@ pub enum RepositoryError {
     InvalidName { name: String, reason: String },
     #[error(transparent)]
     Bundle(#[from] BundleError),
+    #[error("signing the repository bundle: {0}")]
+    Signing(#[from] crate::registry::cosign::CosignError),
 }
 
 impl RepositoryError {
     /// Whether retrying later may succeed (the registry was unreachable).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, RepositoryError::Bundle(e) if e.is_retryable())
+        match self {
+            RepositoryError::Bundle(e) => e.is_retryable(),
+            RepositoryError::Signing(e) => e.is_retryable(),
+            _ => false,
+        }
     }
 }
 
@@ -284,6 +290,9 @@ pub struct ReleaseOptions<'a> {
     /// Copy every package bundle (with its images) into the repository bundle's repository
     /// before pushing it (`bundle.relocateImages`, `repo release --relocate-images`).
     pub relocate_images: bool,
+    /// Signs the repository bundle, before any tag names it (`bundle.signing`,
+    /// `repo release --sign-key`).
+    pub signing: Option<&'a crate::registry::cosign::SigningKey>,
 }
 
 /// What [`release`] produced.
@@ -299,6 +308,8 @@ pub struct RepositoryRelease {
     /// With `relocate_images`: every bundle and image copied next to the repository bundle,
     /// as `repository@sha256:…`.
     pub relocated: Vec<String>,
+    /// The repository bundle's cosign signature, `repository:sha256-<hex>.sig`, when signed.
+    pub signature: Option<String>,
 }
 
 /// Releases `root` (holding `packages/`) as a repository bundle at `target`: validates every
@@ -373,6 +384,15 @@ pub async fn release(
         }
         _ => Vec::new(),
     };
+    let signature = match (target, options.signing) {
+        (Location::Registry(reference), Some(key)) => Some(
+            crate::registry::cosign::sign(registry, reference, built.digest(), key)
+                .await?
+                .signature()
+                .to_owned(),
+        ),
+        _ => None,
+    };
     let pushed = bundle::push(registry, &built, target, &options.tags, &options.push).await?;
 
     let mut repository = PackageRepository::for_bundle(&options.name, &pushed.image);
@@ -391,6 +411,7 @@ pub async fn release(
         packages,
         repository,
         relocated,
+        signature,
     })
 }
 
@@ -553,6 +574,7 @@ mod tests {
             tags: vec!["1.0.0".into()],
             push: PushOptions::default(),
             relocate_images: false,
+            signing: None,
         };
         let released = release(&registry, root, &target, &options).await.unwrap();
         assert_eq!(
@@ -619,6 +641,7 @@ mod tests {
             tags: vec!["1".into()],
             push: PushOptions::default(),
             relocate_images: false,
+            signing: None,
         };
         let err = release(&registry, tmp.path(), &target, &options)
             .await

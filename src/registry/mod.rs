@@ -7,6 +7,7 @@
 //! monolithic upload per blob), so [`Registry::requests_made`] counts them all.
 
 mod auth;
+pub mod cosign;
 mod digest;
 mod distribution;
 mod egress;

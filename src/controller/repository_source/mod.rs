@@ -224,7 +224,21 @@ async fn produce(
     }
     let (pkgr_name, pkgr_namespace) = package_repository_name(obj);
     let names = collected.names();
-    let fingerprint = collected.fingerprint();
+    let signing = ctx
+        .signing_keys
+        .get(&ctx.client, &namespace, &obj.spec.bundle)
+        .await?;
+    // A new signing key (a rotated Secret) signs the same package set again.
+    let fingerprint = {
+        use std::hash::{Hash as _, Hasher as _};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        collected.fingerprint().hash(&mut hasher);
+        signing
+            .as_ref()
+            .map(|k| k.public().fingerprint())
+            .hash(&mut hasher);
+        hasher.finish()
+    };
     let pushed_before = ctx
         .repository_fingerprints
         .lock()
@@ -270,6 +284,7 @@ async fn produce(
             tags,
             push: PushOptions::default(),
             relocate_images: obj.spec.bundle.relocate_images,
+            signing: signing.as_deref(),
         },
     )
     .await;
@@ -300,6 +315,7 @@ async fn produce(
         tags: released.pushed.tags.clone(),
         size: i64::try_from(released.pushed.size).ok(),
         relocated: released.relocated.clone(),
+        signature: released.signature.clone(),
         sources: collected.contributing,
         package_repository: applied,
     }))
@@ -322,6 +338,13 @@ fn release_failure(e: RepositoryError) -> Failure {
         RepositoryError::Bundle(_) => (reasons::PUSH_FAILED, Retry::Never),
         RepositoryError::InvalidName { .. } => (reasons::INVALID_SPEC, Retry::Never),
         RepositoryError::Io { .. } => (reasons::PUSH_FAILED, Retry::Backoff),
+        RepositoryError::Signing(s) if s.is_auth() => {
+            (reasons::AUTHENTICATION_FAILED, Retry::Never)
+        }
+        RepositoryError::Signing(s) if s.is_retryable() => {
+            (reasons::SIGNING_FAILED, Retry::Backoff)
+        }
+        RepositoryError::Signing(_) => (reasons::SIGNING_FAILED, Retry::Never),
         // A Package kapp-controller would refuse: fixed by a change of a source, which
         // triggers a reconcile, or retried at the interval.
         _ => (reasons::PUBLISH_FAILED, Retry::Interval),

@@ -29,6 +29,8 @@ pub(super) struct Published {
     pub size: Option<i64>,
     /// `bundle.relocateImages`: where the package bundles and their images were copied.
     pub relocated: Vec<String>,
+    /// The repository bundle's cosign signature (`bundle.signing`).
+    pub signature: Option<String>,
     /// PackageSources the packages came from.
     pub sources: usize,
     /// `namespace/name` of the PackageRepository applied, if one is.
@@ -100,6 +102,7 @@ pub(super) fn succeeded(
             .collect(),
         relocated_count: (!p.relocated.is_empty())
             .then(|| u32::try_from(p.relocated.len()).unwrap_or(u32::MAX)),
+        signature: p.signature.clone(),
     });
     conditions::remove(&mut status.conditions, types::STALLED);
     let applied = match &p.package_repository {
@@ -225,6 +228,7 @@ mod tests {
             tags: vec!["latest".into()],
             size: Some(10),
             relocated: vec![],
+            signature: None,
             sources: 2,
             package_repository: Some("ns/repo".into()),
         };

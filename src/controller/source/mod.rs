@@ -230,6 +230,11 @@ async fn produce_inner(
     )
     .await
     .map_err(no_outcome)?;
+    let signing = ctx
+        .signing_keys
+        .get(&ctx.client, &namespace, &spec.bundle)
+        .await
+        .map_err(no_outcome)?;
     let work = work_dir(&ctx.settings.cache_dir, &namespace, &name);
     let _in_use = ctx.work_dirs.use_dir(&work);
     prepare_root(&work, spec, new_generation).map_err(no_outcome)?;
@@ -264,6 +269,7 @@ async fn produce_inner(
         egress: ctx.settings.egress.clone(),
         disk_budget: ctx.settings.max_object_disk,
         helm_binary: &ctx.settings.helm_binary,
+        signing: signing.as_deref(),
     };
     let started = Instant::now();
     let outcome = pipeline::run(&input).await;

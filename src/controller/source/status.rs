@@ -340,6 +340,7 @@ fn record_artifact(status: &mut PackageSourceStatus, outcome: &Outcome) {
             .collect(),
         relocated_count: (!outcome.relocated.is_empty())
             .then(|| u32::try_from(outcome.relocated.len()).unwrap_or(u32::MAX)),
+        signature: outcome.signature.clone(),
     });
 }
 
@@ -526,6 +527,7 @@ mod tests {
                 size: 1234,
             },
             relocated: vec![],
+            signature: None,
             package: Package::new("demo.example.com", version, Default::default()),
             metadata: PackageMetadata::new("demo.example.com", Default::default()),
         }

@@ -439,6 +439,40 @@ impl<'r> DistributionClient<'r> {
         }
     }
 
+    /// The manifest `repository:target`, as bytes, accepting `media_types`, or `None` when the
+    /// registry has none there: one GET whether or not it exists (an artifact found by its
+    /// tag, like cosign's `sha256-<hex>.sig`, is asked for without a HEAD first).
+    pub async fn find_manifest(
+        &self,
+        repository: &Reference,
+        target: &str,
+        media_types: &[&str],
+    ) -> Result<Option<Bytes>, RegistryError> {
+        let endpoint = self.endpoint(repository).await?;
+        let url = manifest_url(&endpoint, target);
+        let accept = media_types.join(", ");
+        let (response, _) = self
+            .send(
+                &endpoint,
+                Access::Pull,
+                "GET",
+                &url,
+                &self.counts.manifest_gets,
+                |http| http.get(&url).header(ACCEPT, &accept),
+            )
+            .await?;
+        let status = response.status();
+        if status == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !status.is_success() {
+            return Err(status_error("GET", &url, status, &endpoint.auth, ""));
+        }
+        read_capped(response, MAX_MANIFEST_BYTES, "manifest", &url)
+            .await
+            .map(Some)
+    }
+
     /// The manifest `repository:target`, as bytes, accepting `media_types`.
     pub async fn get_manifest(
         &self,

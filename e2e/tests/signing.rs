@@ -1,0 +1,499 @@
+//! Signed bundles, checked against cosign's format (facts from cosign's source, see
+//! `src/registry/cosign`) by code other than packsmith's: the `sha256-<hex>.sig` image is read
+//! with an independent OCI client, its payload compared with the bytes Go's encoder writes,
+//! and its signature verified by `openssl dgst -sha256 -verify` with the public key
+//! `packsmith generate-key-pair` wrote — as `cosign verify --key` verifies it.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use anyhow::{Context as _, ensure};
+use base64::Engine as _;
+use kube::api::Api;
+use libtest_mimic::Trial;
+use pretty_assertions::assert_eq;
+use serde_json::Value;
+
+use packsmith::api::PackageSource;
+use packsmith::api::conditions::{reasons, types};
+
+use super::controller::{Running, has, inline_source, wait_for};
+use crate::support::images::{self, ImageKind};
+use crate::support::{self, apply_yaml, bed, namespace};
+
+pub fn trials() -> Vec<Trial> {
+    vec![
+        Trial::test("signing::cli_signatures_are_cosigns", || {
+            support::block_on(cli_signatures())
+        }),
+        Trial::test("signing::controller_signs_bundles_before_tagging", || {
+            support::block_on(controller_signs())
+        }),
+    ]
+}
+
+const SIMPLE_SIGNING: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
+const SIGNATURE_ANNOTATION: &str = "dev.cosignproject.cosign/signature";
+
+fn packsmith(dir: &Path, password: &str, args: &[&str]) -> anyhow::Result<Output> {
+    Command::new(env!("CARGO_BIN_EXE_packsmith"))
+        .args(args)
+        .current_dir(dir)
+        .env("COSIGN_PASSWORD", password)
+        .env_remove("PACKSMITH_SIGN_KEY")
+        .output()
+        .context("running packsmith")
+}
+
+fn packsmith_ok(dir: &Path, password: &str, args: &[&str]) -> anyhow::Result<String> {
+    let out = packsmith(dir, password, args)?;
+    ensure!(
+        out.status.success(),
+        "packsmith {args:?} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+/// The simple-signing payload as Go's `json.Marshal` writes cosign's struct (sigstore
+/// `payload_test.go` `TestMarshalCosign`): written out here, not by packsmith's code.
+fn go_payload(repository: &str, digest: &str) -> String {
+    format!(
+        r#"{{"critical":{{"identity":{{"docker-reference":"{repository}"}},"image":{{"docker-manifest-digest":"{digest}"}},"type":"cosign container image signature"}},"optional":null}}"#
+    )
+}
+
+/// One layer of a `.sig` image, read with the independent client.
+struct SigLayer {
+    descriptor: Value,
+    payload: Vec<u8>,
+    signature: Vec<u8>,
+}
+
+/// The `sha256-<hex>.sig` image of `repo@digest` in the plain registry: its manifest and each
+/// layer's payload and signature. `None` when there is none.
+async fn signature_image(
+    repo: &str,
+    digest: &str,
+) -> anyhow::Result<Option<(Value, Vec<SigLayer>)>> {
+    let registry = images::Registry::plain(bed());
+    let client = registry.client();
+    let tag = format!("{}.sig", digest.replacen(':', "-", 1));
+    let reference = registry.reference(repo, &tag)?;
+    let manifest = match client
+        .pull_manifest_raw(
+            &reference,
+            &registry.auth,
+            &["application/vnd.oci.image.manifest.v1+json"],
+        )
+        .await
+    {
+        Ok((bytes, _)) => serde_json::from_slice::<Value>(&bytes)?,
+        Err(e) if e.to_string().contains("MANIFEST_UNKNOWN") || e.to_string().contains("404") => {
+            return Ok(None);
+        }
+        Err(e) => return Err(e).context(format!("reading {reference}")),
+    };
+    let mut layers = Vec::new();
+    for descriptor in manifest["layers"].as_array().context("layers")? {
+        let layer: oci_client::manifest::OciDescriptor =
+            serde_json::from_value(descriptor.clone())?;
+        let mut payload = Vec::new();
+        client.pull_blob(&reference, &layer, &mut payload).await?;
+        let signature = base64::engine::general_purpose::STANDARD.decode(
+            descriptor["annotations"][SIGNATURE_ANNOTATION]
+                .as_str()
+                .context("signature annotation")?,
+        )?;
+        layers.push(SigLayer {
+            descriptor: descriptor.clone(),
+            payload,
+            signature,
+        });
+    }
+    Ok(Some((manifest, layers)))
+}
+
+/// Whether `openssl` verifies `signature` (DER ECDSA) over `payload` with `public_key`.
+fn openssl_verifies(public_key: &Path, payload: &[u8], signature: &[u8]) -> anyhow::Result<bool> {
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join("payload"), payload)?;
+    std::fs::write(dir.path().join("sig"), signature)?;
+    let out = Command::new("openssl")
+        .args(["dgst", "-sha256", "-verify"])
+        .arg(public_key)
+        .args(["-signature", "sig", "payload"])
+        .current_dir(dir.path())
+        .output()
+        .context("running openssl")?;
+    Ok(out.status.success())
+}
+
+/// A directory `packsmith push -b` takes as a bundle.
+fn bundle_dir(parent: &Path, content: &str) -> anyhow::Result<std::path::PathBuf> {
+    let dir = parent.join(format!("bundle-{content}"));
+    std::fs::create_dir_all(dir.join(".imgpkg"))?;
+    std::fs::write(
+        dir.join(".imgpkg/images.yml"),
+        "apiVersion: imgpkg.carvel.dev/v1alpha1\nkind: ImagesLock\nimages: []\n",
+    )?;
+    std::fs::write(dir.join("config.yaml"), format!("content: {content}\n"))?;
+    Ok(dir)
+}
+
+async fn cli_signatures() -> anyhow::Result<()> {
+    let bed = bed();
+    let id = support::unique_id()?;
+    let work = tempfile::tempdir()?;
+    let dir = work.path();
+    packsmith_ok(dir, "correct horse", &["generate-key-pair"])?;
+    packsmith_ok(
+        dir,
+        "",
+        &["generate-key-pair", "--output-key-prefix", "other"],
+    )?;
+    let key = std::fs::read_to_string(dir.join("cosign.key"))?;
+    ensure!(
+        key.starts_with("-----BEGIN ENCRYPTED SIGSTORE PRIVATE KEY-----"),
+        "{key}"
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(dir.join("cosign.key"))?
+            .permissions()
+            .mode();
+        ensure!(
+            mode & 0o077 == 0,
+            "cosign.key is readable by others: {mode:o}"
+        );
+    }
+
+    let repo = format!("e2e-signing/{id}/app");
+    let repository = format!("{}/{repo}", bed.registry);
+    let bundle = bundle_dir(dir, "one")?;
+    let push = |password: &str, key: &str| {
+        packsmith_ok(
+            dir,
+            password,
+            &[
+                "push",
+                "-b",
+                &format!("{repository}:1.0.0"),
+                "-f",
+                bundle.to_str().unwrap_or_default(),
+                "--sign-key",
+                key,
+                "--registry-insecure-host",
+                &bed.registry,
+            ],
+        )
+    };
+    let pushed = push("correct horse", "cosign.key")?;
+    let digest = pushed
+        .trim()
+        .rsplit_once('@')
+        .map(|(_, d)| d.trim_end_matches('\'').to_owned())
+        .context(pushed.clone())?;
+
+    // cosign's artifact: an OCI image, OCI config, one simple-signing layer whose blob is the
+    // payload Go writes, its signature in the annotation, verified by openssl.
+    let (manifest, layers) = signature_image(&repo, &digest)
+        .await?
+        .context("no sha256-<hex>.sig after push --sign-key")?;
+    assert_eq!(
+        manifest["mediaType"],
+        "application/vnd.oci.image.manifest.v1+json"
+    );
+    assert_eq!(
+        manifest["config"]["mediaType"],
+        "application/vnd.oci.image.config.v1+json"
+    );
+    assert_eq!(layers.len(), 1);
+    let layer = &layers[0];
+    assert_eq!(layer.descriptor["mediaType"], SIMPLE_SIGNING);
+    assert_eq!(
+        String::from_utf8(layer.payload.clone())?,
+        go_payload(&repository, &digest)
+    );
+    ensure!(openssl_verifies(
+        &dir.join("cosign.pub"),
+        &layer.payload,
+        &layer.signature
+    )?);
+    ensure!(!openssl_verifies(
+        &dir.join("other.pub"),
+        &layer.payload,
+        &layer.signature
+    )?);
+
+    // packsmith verify: cosign verify's output, and its refusals.
+    let verify = |key: &str, reference: &str| {
+        packsmith(
+            dir,
+            "",
+            &[
+                "verify",
+                reference,
+                "--key",
+                key,
+                "--registry-insecure-host",
+                &bed.registry,
+            ],
+        )
+    };
+    let out = verify("cosign.pub", &format!("{repository}:1.0.0"))?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let payloads: Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(
+        payloads[0]["critical"]["image"]["docker-manifest-digest"],
+        digest.as_str()
+    );
+    ensure!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("The signatures were verified against the specified public key")
+    );
+    let out = verify("other.pub", &format!("{repository}@{digest}"))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && stderr.contains("another key"),
+        "{stderr}"
+    );
+    let unsigned = images::push_image(
+        &images::Registry::plain(bed),
+        &repo,
+        "unsigned",
+        ImageKind::Oci,
+        &id,
+    )
+    .await?;
+    let out = verify("cosign.pub", &format!("{repository}:unsigned"))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && stderr.contains("has no cosign signature"),
+        "{stderr}"
+    );
+
+    // Signed again with the same key: nothing written (ECDSA is randomised, so a second
+    // signature would be a new layer). With another key: appended, the first kept verbatim.
+    push("correct horse", "cosign.key")?;
+    let (_, again) = signature_image(&repo, &digest).await?.context("sig")?;
+    assert_eq!(
+        again.len(),
+        1,
+        "a re-push with the same key added a signature"
+    );
+    push("", "other.key")?;
+    let (_, both) = signature_image(&repo, &digest).await?.context("sig")?;
+    assert_eq!(both.len(), 2);
+    assert_eq!(both[0].descriptor, layer.descriptor);
+    ensure!(openssl_verifies(
+        &dir.join("other.pub"),
+        &both[1].payload,
+        &both[1].signature
+    )?);
+    for key in ["cosign.pub", "other.pub"] {
+        let out = verify(key, &format!("{repository}:1.0.0"))?;
+        ensure!(
+            out.status.success(),
+            "{key}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    // A signature moved onto another image: it verifies as a signature, but claims the other
+    // digest, and `cosign verify` refuses that claim.
+    let registry = images::Registry::plain(bed);
+    let client = registry.client();
+    let moved_tag = format!("{}.sig", unsigned.replacen(':', "-", 1));
+    let sig_ref = registry.reference(&repo, &format!("{}.sig", digest.replacen(':', "-", 1)))?;
+    let (bytes, _) = client
+        .pull_manifest_raw(
+            &sig_ref,
+            &registry.auth,
+            &["application/vnd.oci.image.manifest.v1+json"],
+        )
+        .await?;
+    client
+        .push_manifest_raw(
+            &registry.reference(&repo, &moved_tag)?,
+            bytes,
+            "application/vnd.oci.image.manifest.v1+json".parse()?,
+        )
+        .await?;
+    let out = verify("cosign.pub", &format!("{repository}:unsigned"))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && stderr.contains("for another digest"),
+        "{stderr}"
+    );
+
+    // A wrong password says so, before anything is pushed.
+    let out = packsmith(
+        dir,
+        "wrong",
+        &[
+            "push",
+            "-b",
+            &format!("{repository}:2.0.0"),
+            "-f",
+            bundle.to_str().unwrap_or_default(),
+            "--sign-key",
+            "cosign.key",
+            "--registry-insecure-host",
+            &bed.registry,
+        ],
+    )?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && stderr.contains("password is wrong"),
+        "{stderr}"
+    );
+    Ok(())
+}
+
+async fn controller_signs() -> anyhow::Result<()> {
+    let bed = bed();
+    let client = bed.client().await?;
+    let ns = namespace(&client, "signing").await?;
+    let work = tempfile::tempdir()?;
+    packsmith_ok(work.path(), "s3cret", &["generate-key-pair"])?;
+    let key = std::fs::read_to_string(work.path().join("cosign.key"))?;
+    let secret = |name: &str, password: &str| {
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}}}\nstringData:\n  \
+             cosign.password: {password}\n  cosign.key: |\n{}",
+            key.lines()
+                .map(|l| format!("    {l}\n"))
+                .collect::<String>()
+        )
+    };
+    apply_yaml(&client, &ns, &secret("sign", "s3cret")).await?;
+    apply_yaml(&client, &ns, &secret("wrong", "guess")).await?;
+    let controller = Running::start(&ns).await?;
+    let sources: Api<PackageSource> = Api::namespaced(client.clone(), &ns);
+    for (name, secret) in [("signed", "sign"), ("misconfigured", "wrong")] {
+        let repository = format!("{}/e2e-signing-{ns}/{name}", bed.registry);
+        apply_yaml(
+            &client,
+            &ns,
+            &inline_source(
+                name,
+                &ns,
+                &repository,
+                &format!("    insecure: true\n    signing:\n      secretRef: {{name: {secret}}}\n"),
+            ),
+        )
+        .await?;
+    }
+    let signed = wait_for(&sources, "signed", Duration::from_secs(60), "Ready", |o| {
+        has(o, types::READY, "True", reasons::SUCCEEDED)
+    })
+    .await?;
+    let bundle = signed
+        .status
+        .as_ref()
+        .and_then(|s| s.bundle.clone())
+        .context("status.bundle")?;
+    let (_, digest) = bundle.image.rsplit_once('@').context("digest")?;
+    let repo = format!("e2e-signing-{ns}/signed");
+    assert_eq!(
+        bundle.signature.as_deref(),
+        Some(
+            format!(
+                "{}/{repo}:{}.sig",
+                bed.registry,
+                digest.replacen(':', "-", 1)
+            )
+            .as_str()
+        )
+    );
+    let (_, layers) = signature_image(&repo, digest).await?.context("sig")?;
+    assert_eq!(
+        String::from_utf8(layers[0].payload.clone())?,
+        go_payload(&format!("{}/{repo}", bed.registry), digest)
+    );
+    ensure!(openssl_verifies(
+        &work.path().join("cosign.pub"),
+        &layers[0].payload,
+        &layers[0].signature
+    )?);
+
+    // A key that cannot be decrypted stalls the push before any tag is written.
+    let misconfigured = wait_for(
+        &sources,
+        "misconfigured",
+        Duration::from_secs(60),
+        "Stalled SigningFailed",
+        |o| has(o, types::STALLED, "True", reasons::SIGNING_FAILED),
+    )
+    .await?;
+    let message = misconfigured
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == types::READY))
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    ensure!(
+        message.contains("password is wrong") && message.contains(&format!("{ns}/wrong")),
+        "{message}"
+    );
+    let tags = packsmith::registry::Registry::new(packsmith::registry::RegistryOptions {
+        insecure_hosts: vec![bed.registry.clone()],
+        ..Default::default()
+    })?
+    .distribution()
+    .manifest_digest_at(
+        &packsmith::registry::parse_reference(&format!(
+            "{}/e2e-signing-{ns}/misconfigured:0.1.0",
+            bed.registry
+        ))?,
+        "0.1.0",
+    )
+    .await?;
+    ensure!(tags.is_none(), "an unsigned bundle was tagged: {tags:?}");
+
+    // A steady state writes no second signature.
+    let before = signature_image(&repo, digest)
+        .await?
+        .context("sig")?
+        .1
+        .len();
+    let asked = jiff::Timestamp::now().to_string();
+    sources
+        .patch(
+            "signed",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({
+                "metadata": {"annotations": {packsmith::api::REQUESTED_AT_ANNOTATION: asked}}
+            })),
+        )
+        .await?;
+    wait_for(
+        &sources,
+        "signed",
+        Duration::from_secs(60),
+        "handled",
+        |o| {
+            o.status
+                .as_ref()
+                .and_then(|s| s.last_handled_reconcile_at.as_deref())
+                == Some(asked.as_str())
+        },
+    )
+    .await?;
+    let after = signature_image(&repo, digest)
+        .await?
+        .context("sig")?
+        .1
+        .len();
+    assert_eq!(before, after);
+    controller.stop().await
+}
