@@ -866,6 +866,7 @@ fn classify_sync(e: &sync::SyncError) -> (&'static str, bool) {
             F::NotSupported(_) | F::Invalid(_) | F::Locked(_) => (reasons::INVALID_SPEC, false),
             F::TooLarge { .. } | F::Archive(_) | F::Filter(_) => (reasons::FETCH_FAILED, false),
             F::Denied(_) => (reasons::UPSTREAM_DENIED, false),
+            F::Verification(_) => (reasons::VERIFICATION_FAILED, false),
         },
     }
 }

@@ -30,6 +30,9 @@ pub fn trials() -> Vec<Trial> {
         Trial::test("signing::controller_signs_bundles_before_tagging", || {
             support::block_on(controller_signs())
         }),
+        Trial::test("signing::unsigned_upstreams_are_refused", || {
+            support::block_on(upstreams_verified())
+        }),
     ]
 }
 
@@ -495,5 +498,141 @@ async fn controller_signs() -> anyhow::Result<()> {
         .1
         .len();
     assert_eq!(before, after);
+    controller.stop().await
+}
+
+/// `verify` of registry contents: a signed image and a signed bundle are synced and
+/// published; an unsigned image and one signed by another key are Stalled
+/// `VerificationFailed`, and nothing of theirs is pushed.
+async fn upstreams_verified() -> anyhow::Result<()> {
+    let bed = bed();
+    let client = bed.client().await?;
+    let ns = namespace(&client, "verify").await?;
+    let work = tempfile::tempdir()?;
+    let dir = work.path();
+    packsmith_ok(dir, "", &["generate-key-pair"])?;
+    packsmith_ok(
+        dir,
+        "",
+        &["generate-key-pair", "--output-key-prefix", "other"],
+    )?;
+    let upstream = format!("{}/e2e-verify-{ns}/upstream", bed.registry);
+    let bundle_files = bundle_dir(dir, "upstream")?;
+    let push = |flag: &str, tag: &str, key: Option<&str>| {
+        let target = format!("{upstream}:{tag}");
+        // Each tag its own content, so its own digest and signatures.
+        let image_files = dir.join(format!("image-{tag}"));
+        std::fs::create_dir_all(&image_files)?;
+        std::fs::write(
+            image_files.join("app.yaml"),
+            format!("kind: ConfigMap # {tag}\n"),
+        )?;
+        let files = if flag == "-b" {
+            &bundle_files
+        } else {
+            &image_files
+        };
+        let mut args = vec![
+            "push",
+            flag,
+            target.as_str(),
+            "-f",
+            files.to_str().unwrap_or_default(),
+            "--registry-insecure-host",
+            bed.registry.as_str(),
+        ];
+        if let Some(key) = key {
+            args.extend(["--sign-key", key]);
+        }
+        packsmith_ok(dir, "", &args)
+    };
+    push("-i", "signed", Some("cosign.key"))?;
+    push("-i", "unsigned", None)?;
+    push("-i", "foreign", Some("other.key"))?;
+    push("-b", "bundle", Some("cosign.key"))?;
+    let public = std::fs::read_to_string(dir.join("cosign.pub"))?;
+    apply_yaml(
+        &client,
+        &ns,
+        &format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: keys}}\nstringData:\n  cosign.pub: |\n{}",
+            public.lines().map(|l| format!("    {l}\n")).collect::<String>()
+        ),
+    )
+    .await?;
+    let controller = Running::start(&ns).await?;
+    let sources: Api<PackageSource> = Api::namespaced(client.clone(), &ns);
+    for (name, kind, tag) in [
+        ("signed", "image", "signed"),
+        ("bundle", "imgpkgBundle", "bundle"),
+        ("unsigned", "image", "unsigned"),
+        ("foreign", "image", "foreign"),
+    ] {
+        let field = if kind == "image" { "url" } else { "image" };
+        apply_yaml(
+            &client,
+            &ns,
+            &format!(
+                r#"apiVersion: packsmith.dev/v1alpha1
+kind: PackageSource
+metadata:
+  name: {name}
+spec:
+  package:
+    refName: {name}.verify.example.com
+    version: 1.0.0
+  contents:
+  - path: config
+    contents:
+    - path: upstream
+      excludePaths: [".imgpkg/**"]
+      {kind}:
+        {field}: {upstream}:{tag}
+        verify:
+          provider: cosign
+          secretRef: {{name: keys}}
+  bundle:
+    repository: {}/e2e-verify-{ns}/{name}
+    insecure: true
+"#,
+                bed.registry
+            ),
+        )
+        .await?;
+    }
+    for name in ["signed", "bundle"] {
+        wait_for(&sources, name, Duration::from_secs(60), "Ready", |o| {
+            has(o, types::READY, "True", reasons::SUCCEEDED)
+        })
+        .await?;
+    }
+    for (name, says) in [
+        ("unsigned", "has no cosign signature"),
+        ("foreign", "signature of another key"),
+    ] {
+        let stalled = wait_for(
+            &sources,
+            name,
+            Duration::from_secs(60),
+            "Stalled VerificationFailed",
+            |o| has(o, types::STALLED, "True", reasons::VERIFICATION_FAILED),
+        )
+        .await?;
+        let message = stalled
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == types::READY))
+            .map(|c| c.message.clone())
+            .unwrap_or_default();
+        ensure!(message.contains(says), "{name}: {message}");
+        ensure!(
+            stalled
+                .status
+                .as_ref()
+                .and_then(|s| s.bundle.as_ref())
+                .is_none(),
+            "{name}: a bundle was pushed"
+        );
+    }
     controller.stop().await
 }

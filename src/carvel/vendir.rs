@@ -219,6 +219,10 @@ pub struct ImageSource {
         skip_serializing_if = "is_false"
     )]
     pub dangerous_skip_tls_verify: bool,
+    /// Refuse the image unless its signature verifies (packsmith's, spelled as Flux's
+    /// `verify`; not a vendir field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<SourceVerification>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -239,6 +243,32 @@ pub struct ImgpkgBundleSource {
     /// Also pull bundles nested in this one.
     #[serde(default, skip_serializing_if = "is_false")]
     pub recursive: bool,
+    /// Refuse the bundle unless its signature verifies (packsmith's, spelled as Flux's
+    /// `verify`; not a vendir field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<SourceVerification>,
+}
+
+/// An upstream's signature, checked before its content is used; a failure is Stalled
+/// `VerificationFailed` and nothing is published. Flux's `spec.verify`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceVerification {
+    /// `cosign`: a key-based cosign signature of the manifest digest (its
+    /// `sha256-<digest>.sig` tag), as `cosign verify --key --insecure-ignore-tlog` checks it.
+    pub provider: VerificationProvider,
+    /// Secret whose every key ending in `.pub` is a trusted public key (cosign.pub); one
+    /// must verify. Keyless verification is not supported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<LocalRef>,
+}
+
+/// Who signs what [`SourceVerification`] checks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum VerificationProvider {
+    #[default]
+    Cosign,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -297,6 +327,10 @@ pub struct HelmChartSource {
     pub repository: Option<HelmChartRepository>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub helm_version: String,
+    /// Refuse the chart unless its signature verifies: `cosign` for an `oci://` repository
+    /// (packsmith's, spelled as Flux's HelmChart `verify`; not a vendir field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<SourceVerification>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -88,10 +88,16 @@ pub(super) fn content_refs(spec: &PackageSourceSpec) -> Vec<ContentRef> {
                     if let Some(r) = &image.secret_ref {
                         secret(&r.name, at("image.secretRef"));
                     }
+                    if let Some(r) = image.verify.as_ref().and_then(|v| v.secret_ref.as_ref()) {
+                        secret(&r.name, at("image.verify.secretRef"));
+                    }
                 }
                 Ok(Source::ImgpkgBundle(bundle)) => {
                     if let Some(r) = &bundle.secret_ref {
                         secret(&r.name, at("imgpkgBundle.secretRef"));
+                    }
+                    if let Some(r) = bundle.verify.as_ref().and_then(|v| v.secret_ref.as_ref()) {
+                        secret(&r.name, at("imgpkgBundle.verify.secretRef"));
                     }
                 }
                 Ok(Source::GithubRelease(release)) => {
@@ -106,6 +112,9 @@ pub(super) fn content_refs(spec: &PackageSourceSpec) -> Vec<ContentRef> {
                         .and_then(|r| r.secret_ref.as_ref())
                     {
                         secret(&r.name, at("helmChart.repository.secretRef"));
+                    }
+                    if let Some(r) = chart.verify.as_ref().and_then(|v| v.secret_ref.as_ref()) {
+                        secret(&r.name, at("helmChart.verify.secretRef"));
                     }
                 }
                 Ok(Source::Inline(inline)) => {

@@ -38,6 +38,9 @@ pub enum SyncError {
 pub enum FetchError {
     #[error("{0} is not supported yet")]
     NotSupported(String),
+    /// The upstream's signature did not verify (`verify`).
+    #[error("signature verification failed: {0}")]
+    Verification(String),
     /// The controller's egress policy refused the upstream's address.
     #[error(transparent)]
     Denied(#[from] crate::registry::EgressDenied),

@@ -264,6 +264,12 @@ async fn fetch_chart(
             auth,
             digest,
         } => {
+            if source.verify.is_some() {
+                return Err(FetchError::NotSupported(
+                    "verify of a chart from an HTTP repository (cosign verifies oci:// charts)"
+                        .to_owned(),
+                ));
+            }
             let downloaded = ctx
                 .http
                 .download(&url, &auth, &archive_path, ctx.cache("http").as_deref())
@@ -280,8 +286,7 @@ async fn fetch_chart(
             reference,
             registry,
         } => {
-            let digest =
-                pull_oci_chart(&registry, &reference, &archive_path, &ctx.options.limits).await?;
+            let digest = pull_oci_chart(ctx, source, &registry, &reference, &archive_path).await?;
             unpack_chart(&archive_path, scratch, out, &ctx.options.limits).await?;
             digest
         }
@@ -481,12 +486,18 @@ async fn oci_tag(
 /// Pulls the chart layer of the OCI artifact `reference` into `dest`; returns the manifest
 /// digest.
 async fn pull_oci_chart(
+    ctx: &Context<'_>,
+    source: &HelmChartSource,
     registry: &RegistryHandle<'_>,
     reference: &Reference,
     dest: &Path,
-    limits: &Limits,
 ) -> Result<String, FetchError> {
+    let limits = &ctx.options.limits;
     let (digest, manifest) = image::pull_manifest(registry, reference).await?;
+    // The manifest just read, by its digest, is what the layer below comes from.
+    if let Some(verification) = &source.verify {
+        super::verify::cosign_signature(ctx, verification, registry, reference, &digest).await?;
+    }
     let layer = manifest
         .layers
         .iter()

@@ -361,6 +361,9 @@ pub(crate) async fn fetch_image(
     )
     .await?;
     let (digest, manifest) = pull_manifest(&registry, &reference).await?;
+    if let Some(verification) = &source.verify {
+        super::verify::cosign_signature(ctx, verification, &registry, &reference, &digest).await?;
+    }
     let limits = &ctx.options.limits;
     let total: u64 = manifest
         .layers
@@ -413,6 +416,16 @@ pub(crate) async fn fetch_bundle(
         locked,
     )
     .await?;
+    // Verified by digest, and that digest pulled: a tag moved in between is not what is used.
+    let reference = match &source.verify {
+        Some(verification) => {
+            let digest = head_digest(&registry, &reference).await?;
+            super::verify::cosign_signature(ctx, verification, &registry, &reference, &digest)
+                .await?;
+            reference.clone_with_digest(digest)
+        }
+        None => reference,
+    };
     let limits = &ctx.options.limits;
     let pulled = bundle::pull_with(
         &registry,

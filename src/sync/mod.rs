@@ -22,6 +22,7 @@ mod image;
 mod inline;
 mod options;
 mod swap;
+mod verify;
 mod warm;
 
 use std::path::{Path, PathBuf};
