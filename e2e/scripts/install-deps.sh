@@ -15,6 +15,8 @@ declare -A pkg=(
   [git]=git
   [curl]=curl
   [openssl]=openssl
+  # signed git commits and tags for the verification trials (e2e/tests/signing.rs).
+  [gpg]=gpg
   [python3]=python3
   [setsid]=util-linux
   # git over ssh (e2e/tests/git.rs): sshd serves the bed's repos; ssh-keygen makes its keys.

@@ -33,6 +33,9 @@ pub fn trials() -> Vec<Trial> {
         Trial::test("signing::unsigned_upstreams_are_refused", || {
             support::block_on(upstreams_verified())
         }),
+        Trial::test("signing::git_tags_and_commits_are_verified", || {
+            support::block_on(git_signatures())
+        }),
     ]
 }
 
@@ -632,6 +635,256 @@ spec:
                 .and_then(|s| s.bundle.as_ref())
                 .is_none(),
             "{name}: a bundle was pushed"
+        );
+    }
+    controller.stop().await
+}
+
+/// git with the e2e identity and `GNUPGHOME`, in `dir`.
+fn git_signing(dir: &Path, gnupg: &Path, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new("git")
+        .current_dir(dir)
+        .args([
+            "-c",
+            "user.name=e2e",
+            "-c",
+            "user.email=e2e@packsmith.dev",
+            "-c",
+            "init.defaultBranch=main",
+        ])
+        .args(args)
+        .env("GNUPGHOME", gnupg)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "git {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+}
+
+/// A gpg key without a passphrase in `gnupg`; returns its fingerprint.
+fn gpg_key(gnupg: &Path, uid: &str) -> anyhow::Result<String> {
+    let out = Command::new("gpg")
+        .args([
+            "--batch",
+            "--passphrase",
+            "",
+            "--quick-gen-key",
+            uid,
+            "ed25519",
+            "sign",
+            "never",
+        ])
+        .env("GNUPGHOME", gnupg)
+        .output()
+        .context("running gpg")?;
+    ensure!(
+        out.status.success(),
+        "gpg: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new("gpg")
+        .args(["--batch", "--with-colons", "--list-secret-keys", uid])
+        .env("GNUPGHOME", gnupg)
+        .output()?;
+    String::from_utf8(out.stdout)?
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("fpr:")
+                .map(|f| f.trim_matches(':').to_owned())
+        })
+        .context("gpg printed no fingerprint")
+}
+
+/// vendir's `git.verification` with real signatures made by git, gpg and ssh-keygen: a tag
+/// signed by a trusted OpenPGP key and a commit signed by a trusted SSH key are synced; a tag
+/// signed by another key, and an annotated tag with no signature (on a signed commit: vendir
+/// verifies the tag), are Stalled `VerificationFailed`.
+async fn git_signatures() -> anyhow::Result<()> {
+    let bed = bed();
+    let client = bed.client().await?;
+    let ns = namespace(&client, "gitsig").await?;
+    let tmp = tempfile::tempdir()?;
+    let gnupg = tmp.path().join("gnupg");
+    std::fs::create_dir_all(&gnupg)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&gnupg, std::fs::Permissions::from_mode(0o700))?;
+    }
+    let trusted = gpg_key(&gnupg, "Trusted <trusted@example.com>")?;
+    let forger = gpg_key(&gnupg, "Forger <forger@example.com>")?;
+    let ssh_key = tmp.path().join("ssh-signer");
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "signer", "-f"])
+        .arg(&ssh_key)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "ssh-keygen: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let work = tmp.path().join("work");
+    std::fs::create_dir_all(work.join("config"))?;
+    let g = |args: &[&str]| git_signing(&work, &gnupg, args);
+    g(&["init", "-q", "."])?;
+    std::fs::write(work.join("config/app.yaml"), "kind: ConfigMap # one\n")?;
+    g(&["add", "-A"])?;
+    g(&[
+        "-c",
+        &format!("user.signingkey={trusted}"),
+        "commit",
+        "-q",
+        "-S",
+        "-m",
+        "one",
+    ])?;
+    g(&[
+        "-c",
+        &format!("user.signingkey={trusted}"),
+        "tag",
+        "-s",
+        "v1.0.0",
+        "-m",
+        "v1.0.0",
+    ])?;
+    g(&[
+        "-c",
+        &format!("user.signingkey={forger}"),
+        "tag",
+        "-s",
+        "v1.0.1",
+        "-m",
+        "v1.0.1",
+    ])?;
+    std::fs::write(work.join("config/app.yaml"), "kind: ConfigMap # two\n")?;
+    g(&["add", "-A"])?;
+    let ssh_pub = format!("{}.pub", ssh_key.display());
+    g(&[
+        "-c",
+        "gpg.format=ssh",
+        "-c",
+        &format!("user.signingkey={ssh_pub}"),
+        "commit",
+        "-q",
+        "-S",
+        "-m",
+        "two",
+    ])?;
+    g(&["tag", "-a", "v2.0.0", "-m", "v2.0.0 (unsigned)"])?;
+    let name = format!("e2e-gitsig-{ns}");
+    let bare = bed.git_dir.join(format!("{name}.git"));
+    let _ = std::fs::remove_dir_all(&bare);
+    g(&["init", "-q", "--bare", bare.to_str().context("utf-8 path")?])?;
+    g(&[
+        "push",
+        "-q",
+        bare.to_str().context("utf-8 path")?,
+        "main",
+        "--tags",
+    ])?;
+
+    let armored = Command::new("gpg")
+        .args(["--batch", "--armor", "--export", &trusted])
+        .env("GNUPGHOME", &gnupg)
+        .output()?;
+    let armored = String::from_utf8(armored.stdout)?;
+    // The agent gpg started for this GNUPGHOME would outlive the test.
+    let _ = Command::new("gpgconf")
+        .args(["--kill", "all"])
+        .env("GNUPGHOME", &gnupg)
+        .output();
+    let ssh_line = std::fs::read_to_string(&ssh_pub)?;
+    let indent = |text: &str| {
+        text.lines()
+            .map(|l| format!("    {l}\n"))
+            .collect::<String>()
+    };
+    apply_yaml(
+        &client,
+        &ns,
+        &format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: signers}}\nstringData:\n  \
+             trusted.asc: |\n{}  ssh: |\n{}",
+            indent(&armored),
+            indent(&ssh_line)
+        ),
+    )
+    .await?;
+    let controller = Running::start(&ns).await?;
+    let sources: Api<PackageSource> = Api::namespaced(client.clone(), &ns);
+    for (source, reference) in [
+        ("pgp-tag", "v1.0.0"),
+        ("ssh-commit", "main"),
+        ("forged-tag", "v1.0.1"),
+        ("unsigned-tag", "v2.0.0"),
+    ] {
+        apply_yaml(
+            &client,
+            &ns,
+            &format!(
+                r#"apiVersion: packsmith.dev/v1alpha1
+kind: PackageSource
+metadata:
+  name: {source}
+spec:
+  package:
+    refName: {source}.gitsig.example.com
+    version: 1.0.0
+  contents:
+  - path: config
+    contents:
+    - path: upstream
+      git:
+        url: {}/{name}.git
+        ref: {reference}
+        verification:
+          publicKeysSecretRef: {{name: signers}}
+  bundle:
+    repository: {}/e2e-gitsig-{ns}/{source}
+    insecure: true
+"#,
+                bed.git_url, bed.registry
+            ),
+        )
+        .await?;
+    }
+    for source in ["pgp-tag", "ssh-commit"] {
+        wait_for(&sources, source, Duration::from_secs(60), "Ready", |o| {
+            has(o, types::READY, "True", reasons::SUCCEEDED)
+        })
+        .await?;
+    }
+    for (source, says) in [
+        ("forged-tag", "OpenPGP signature by none of the keys"),
+        ("unsigned-tag", "is not signed"),
+    ] {
+        let stalled = wait_for(
+            &sources,
+            source,
+            Duration::from_secs(60),
+            "Stalled VerificationFailed",
+            |o| has(o, types::STALLED, "True", reasons::VERIFICATION_FAILED),
+        )
+        .await?;
+        let message = stalled
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == types::READY))
+            .map(|c| c.message.clone())
+            .unwrap_or_default();
+        ensure!(message.contains(says), "{source}: {message}");
+        ensure!(
+            stalled
+                .status
+                .as_ref()
+                .and_then(|s| s.bundle.as_ref())
+                .is_none(),
+            "{source}: a bundle was pushed"
         );
     }
     controller.stop().await

@@ -117,6 +117,9 @@ struct Job {
     /// processes while used).
     cached: bool,
     out: PathBuf,
+    /// `verification`: what the checkout's signature must verify with (never for submodules,
+    /// as vendir verifies the ref it was given only).
+    keyring: Option<Arc<super::git_verify::Keyring>>,
     filter: PathFilter,
     limits: Limits,
     egress: Egress,
@@ -133,10 +136,15 @@ fn repo_lock(path: &Path) -> Arc<Mutex<()>> {
     locks.entry(path.to_owned()).or_default().clone()
 }
 
-/// A remote ref: its full name and the commit it ultimately points to.
+/// What a ref resolves to: see [`Job::resolve`].
+type Resolved = (Option<gix::ObjectId>, String, Option<gix::ObjectId>);
+
+/// A remote ref: its full name, the commit it ultimately points to, and the annotated tag
+/// object on the way, if any.
 struct RemoteRef {
     name: String,
     commit: gix::ObjectId,
+    tag: Option<gix::ObjectId>,
 }
 
 impl Job {
@@ -150,11 +158,25 @@ impl Job {
         if source.url.is_empty() {
             return Err(FetchError::Invalid("git.url is empty".to_owned()));
         }
-        if source.verification.is_some() {
-            return Err(FetchError::NotSupported(
-                "git commit signature verification".to_owned(),
-            ));
-        }
+        let keyring = match &source.verification {
+            None => None,
+            Some(verification) => {
+                let secret_ref = verification
+                    .public_keys_secret_ref
+                    .as_ref()
+                    .ok_or_else(|| {
+                        FetchError::Invalid(
+                            "git.verification needs publicKeysSecretRef (a Secret of public keys)"
+                                .to_owned(),
+                        )
+                    })?;
+                let secret = ctx.secret(&secret_ref.name)?;
+                Some(Arc::new(super::git_verify::Keyring::from_secret(
+                    &secret_ref.name,
+                    &secret,
+                )?))
+            }
+        };
         let want = match (locked_sha, &source.ref_selection, source.git_ref.as_str()) {
             (Some(sha), _, _) => Want::Sha(sha),
             (None, _, reference) if !reference.is_empty() => Want::Ref(reference.to_owned()),
@@ -246,6 +268,7 @@ impl Job {
             repos_root,
             cached,
             out: out.to_owned(),
+            keyring,
             filter: PathFilter::new(
                 &contents.include_paths,
                 &contents.exclude_paths,
@@ -263,7 +286,7 @@ impl Job {
         let _shared = self.lock_shared_cache()?;
         let repo = self.open_repo()?;
         let refs = self.list_remote(&repo)?;
-        let (commit, reference) = self.resolve(&refs)?;
+        let (commit, reference, _) = self.resolve(&refs)?;
         // An abbreviated sha is only expanded by fetching: no identity without that.
         let commit = commit.ok_or(FetchError::UnknownRef {
             reference,
@@ -335,9 +358,12 @@ impl Job {
         };
         let repo = self.open_repo()?;
         let refs = self.list_remote(&repo)?;
-        let (commit, fetch_spec) = self.resolve(&refs)?;
+        let (commit, fetch_spec, tag) = self.resolve(&refs)?;
 
-        let have = commit.is_some_and(|id| repo.find_commit(id).is_ok());
+        // A tag verified is a tag object the cache must hold too (a branch may have brought
+        // the commit alone).
+        let have = commit.is_some_and(|id| repo.find_commit(id).is_ok())
+            && (self.keyring.is_none() || tag.is_none_or(|t| repo.find_object(t).is_ok()));
         if !have {
             if interrupt.load(Ordering::Relaxed) {
                 return Err(FetchError::Git("interrupted".to_owned()));
@@ -356,6 +382,10 @@ impl Job {
             .map_err(|e| self.err(e))?
             .peel_to_commit()
             .map_err(|e| self.err(e))?;
+        // Before any file of it is written.
+        if let Some(keyring) = &self.keyring {
+            super::git_verify::verify(&repo, keyring, &fetch_spec, tag, commit.id)?;
+        }
         let message = commit.message_raw_sloppy().to_str_lossy().into_owned();
         let tree = commit.tree().map_err(|e| self.err(e))?;
         let mut writer = TreeWriter {
@@ -495,6 +525,7 @@ impl Job {
             auth,
             runtime: self.runtime.clone(),
             out: self.out.clone(),
+            keyring: None,
             filter: self.filter.clone(),
             limits: self.limits.clone(),
             egress: self.egress.clone(),
@@ -591,9 +622,13 @@ impl Job {
                 Ref::Peeled {
                     full_ref_name,
                     object,
-                    ..
-                }
-                | Ref::Direct {
+                    tag,
+                } => Some(RemoteRef {
+                    name: full_ref_name.to_str_lossy().into_owned(),
+                    commit: *object,
+                    tag: Some(*tag),
+                }),
+                Ref::Direct {
                     full_ref_name,
                     object,
                 }
@@ -604,21 +639,23 @@ impl Job {
                 } => Some(RemoteRef {
                     name: full_ref_name.to_str_lossy().into_owned(),
                     commit: *object,
+                    tag: None,
                 }),
                 Ref::Unborn { .. } => None,
             })
             .collect())
     }
 
-    /// The commit to check out (`None` for an abbreviated sha) and the refspec source to fetch.
-    fn resolve(&self, refs: &[RemoteRef]) -> Result<(Option<gix::ObjectId>, String), FetchError> {
+    /// The commit to check out (`None` for an abbreviated sha), the refspec source to fetch,
+    /// and the annotated tag object the ref names, if it names one.
+    fn resolve(&self, refs: &[RemoteRef]) -> Result<Resolved, FetchError> {
         let by_name: BTreeMap<&str, &RemoteRef> =
             refs.iter().map(|r| (r.name.as_str(), r)).collect();
         let reference = match &self.want {
             Want::Sha(sha) => {
                 let id = gix::ObjectId::from_hex(sha.as_bytes())
                     .map_err(|e| FetchError::Locked(format!("git sha {sha:?}: {e}")))?;
-                return Ok((Some(id), sha.clone()));
+                return Ok((Some(id), sha.clone(), None));
             }
             Want::Selection(selection) => {
                 let tags = refs
@@ -639,15 +676,15 @@ impl Job {
             ],
         };
         if let Some(found) = candidates.iter().find_map(|c| by_name.get(c.as_str())) {
-            return Ok((Some(found.commit), found.name.clone()));
+            return Ok((Some(found.commit), found.name.clone(), found.tag));
         }
         let is_hex = !reference.is_empty() && reference.bytes().all(|b| b.is_ascii_hexdigit());
         if is_hex && reference.len() == 40 {
             let id = gix::ObjectId::from_hex(reference.as_bytes()).map_err(|e| self.err(e))?;
-            return Ok((Some(id), reference));
+            return Ok((Some(id), reference, None));
         }
         if is_hex && reference.len() >= 4 {
-            return Ok((None, reference));
+            return Ok((None, reference, None));
         }
         let mut names: Vec<&str> = refs
             .iter()

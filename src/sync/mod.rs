@@ -15,6 +15,7 @@ mod filter;
 mod fsutil;
 mod git;
 mod git_ssh;
+mod git_verify;
 mod github;
 mod helm;
 mod http;
