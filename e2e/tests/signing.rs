@@ -4,7 +4,7 @@
 //! and its signature verified by `openssl dgst -sha256 -verify` with the public key
 //! `packsmith generate-key-pair` wrote — as `cosign verify --key` verifies it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -35,6 +35,9 @@ pub fn trials() -> Vec<Trial> {
         }),
         Trial::test("signing::git_tags_and_commits_are_verified", || {
             support::block_on(git_signatures())
+        }),
+        Trial::test("signing::helm_provenance_is_verified", || {
+            support::block_on(helm_provenance())
         }),
     ]
 }
@@ -888,4 +891,163 @@ spec:
         );
     }
     controller.stop().await
+}
+
+fn ok(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = cmd.output()?;
+    ensure!(
+        out.status.success(),
+        "{cmd:?}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+/// Helm provenance: charts signed by the real `helm package --sign` (an RSA key made by gpg)
+/// on the bed's HTTP chart repository, synced with `verify.provider: helm`. The chart signed
+/// by the trusted key syncs; signed by another key, unsigned (no `.prov`), or replaced under
+/// its old `.prov`, it is refused, each saying why.
+async fn helm_provenance() -> anyhow::Result<()> {
+    let bed = bed();
+    let helm = super::ship::helm_binary()?;
+    let id = support::unique_id()?;
+    let tmp = tempfile::tempdir()?;
+    let gnupg = tmp.path().join("gnupg");
+    std::fs::create_dir_all(&gnupg)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&gnupg, std::fs::Permissions::from_mode(0o700))?;
+    }
+    let gpg = |args: &[&str]| {
+        let out = Command::new("gpg")
+            .args(["--batch", "--passphrase", ""])
+            .args(args)
+            .env("GNUPGHOME", &gnupg)
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "gpg {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(out.stdout)
+    };
+    gpg(&[
+        "--quick-gen-key",
+        "Charts <charts@example.com>",
+        "rsa2048",
+        "sign",
+        "never",
+    ])?;
+    gpg(&[
+        "--quick-gen-key",
+        "Other <other@example.com>",
+        "rsa2048",
+        "sign",
+        "never",
+    ])?;
+    let secring = tmp.path().join("secring.gpg");
+    std::fs::write(&secring, gpg(&["--export-secret-keys"])?)?;
+    let trusted = String::from_utf8(gpg(&["--armor", "--export", "charts@example.com"])?)?;
+    let other = String::from_utf8(gpg(&["--armor", "--export", "other@example.com"])?)?;
+    let _ = Command::new("gpgconf")
+        .args(["--kill", "all"])
+        .env("GNUPGHOME", &gnupg)
+        .output();
+
+    let www = bed.www_dir.join(format!("e2e-prov-{id}"));
+    std::fs::create_dir_all(&www)?;
+    let url = format!("{}/e2e-prov-{id}", bed.http_url);
+    let helm_home = tmp.path().join(".helm");
+    let chart = |name: &str, note: &str| -> anyhow::Result<PathBuf> {
+        let dir = tmp.path().join("charts").join(name);
+        std::fs::create_dir_all(dir.join("templates"))?;
+        std::fs::write(
+            dir.join("Chart.yaml"),
+            format!("apiVersion: v2\nname: {name}\nversion: 0.1.0\n"),
+        )?;
+        std::fs::write(
+            dir.join("templates/cm.yaml"),
+            format!(
+                "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}}}\ndata: {{note: {note}}}\n"
+            ),
+        )?;
+        Ok(dir)
+    };
+    let package = |dir: &Path, signer: Option<&str>| -> anyhow::Result<()> {
+        let mut cmd = Command::new(&helm);
+        cmd.arg("package").arg(dir).arg("-d").arg(&www);
+        if let Some(signer) = signer {
+            cmd.args(["--sign", "--key", signer, "--keyring"])
+                .arg(&secring);
+        }
+        ok(cmd.env("HELM_CONFIG_HOME", &helm_home))?;
+        Ok(())
+    };
+    package(&chart("trusted", "a")?, Some("charts@example.com"))?;
+    package(&chart("foreign", "a")?, Some("other@example.com"))?;
+    package(&chart("unsigned", "a")?, None)?;
+    // Signed, then replaced by other content under the same name; the old .prov stays.
+    package(&chart("replaced", "a")?, Some("charts@example.com"))?;
+    package(&chart("replaced", "b")?, None)?;
+    ok(Command::new(&helm)
+        .args(["repo", "index"])
+        .arg(&www)
+        .args(["--url", &url])
+        .env("HELM_CONFIG_HOME", &helm_home))?;
+
+    let indent = |text: &str| {
+        text.lines()
+            .map(|l| format!("    {l}\n"))
+            .collect::<String>()
+    };
+    let sync = |name: &str, keys: &str| -> anyhow::Result<(PathBuf, Output)> {
+        // A directory per run: a second run in the same one would find it synced (the warm
+        // path, which verified it the first time).
+        let dir = tempfile::tempdir_in(tmp.path())?.keep();
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(
+            dir.join("vendir.yml"),
+            format!(
+                "apiVersion: vendir.k14s.io/v1alpha1\nkind: Config\ndirectories:\n- path: vendor\n  \
+                 contents:\n  - path: {name}\n    helmChart:\n      name: {name}\n      version: 0.1.0\n      \
+                 repository: {{url: {url}}}\n      verify:\n        provider: helm\n        \
+                 secretRef: {{name: chart-keys}}\n---\napiVersion: v1\nkind: Secret\nmetadata: \
+                 {{name: chart-keys}}\nstringData:\n  keys.asc: |\n{}",
+                indent(keys)
+            ),
+        )?;
+        let out = Command::new(env!("CARGO_BIN_EXE_packsmith"))
+            .args(["sync", "-f", "vendir.yml"])
+            .current_dir(&dir)
+            .output()?;
+        Ok((dir, out))
+    };
+    let (dir, out) = sync("trusted", &trusted)?;
+    ensure!(
+        out.status.success(),
+        "trusted: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(
+        dir.join("vendor/trusted/templates/cm.yaml").is_file(),
+        "the verified chart was not written"
+    );
+    for (name, keys, says) in [
+        ("trusted", other.as_str(), "signed by none of the keys"),
+        ("foreign", trusted.as_str(), "signed by none of the keys"),
+        ("unsigned", trusted.as_str(), "no provenance file"),
+        ("replaced", trusted.as_str(), "but the chart downloaded is"),
+    ] {
+        let (_, out) = sync(name, keys)?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            !out.status.success()
+                && stderr.contains(says)
+                && stderr.contains("verification failed"),
+            "{name}: {stderr}"
+        );
+    }
+    Ok(())
 }

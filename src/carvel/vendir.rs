@@ -256,9 +256,11 @@ pub struct ImgpkgBundleSource {
 pub struct SourceVerification {
     /// `cosign`: a key-based cosign signature of the manifest digest (its
     /// `sha256-<digest>.sig` tag), as `cosign verify --key --insecure-ignore-tlog` checks it.
+    /// `helm`: a chart of an HTTP repository, by its provenance file.
     pub provider: VerificationProvider,
-    /// Secret whose every key ending in `.pub` is a trusted public key (cosign.pub); one
-    /// must verify. Keyless verification is not supported.
+    /// cosign: Secret whose every key ending in `.pub` is a trusted public key (cosign.pub);
+    /// helm: every value holds armored OpenPGP public keys. One must verify. Keyless
+    /// verification is not supported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_ref: Option<LocalRef>,
 }
@@ -269,6 +271,9 @@ pub struct SourceVerification {
 pub enum VerificationProvider {
     #[default]
     Cosign,
+    /// Helm's provenance file (`CHART.tgz.prov`, as `helm install --verify` checks it), for
+    /// charts of HTTP repositories: the Secret's values are armored OpenPGP public keys.
+    Helm,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -119,7 +119,7 @@ struct Job {
     out: PathBuf,
     /// `verification`: what the checkout's signature must verify with (never for submodules,
     /// as vendir verifies the ref it was given only).
-    keyring: Option<Arc<super::git_verify::Keyring>>,
+    keyring: Option<Arc<super::keyring::Keyring>>,
     filter: PathFilter,
     limits: Limits,
     egress: Egress,
@@ -171,7 +171,7 @@ impl Job {
                         )
                     })?;
                 let secret = ctx.secret(&secret_ref.name)?;
-                Some(Arc::new(super::git_verify::Keyring::from_secret(
+                Some(Arc::new(super::keyring::Keyring::from_secret(
                     &secret_ref.name,
                     &secret,
                 )?))

@@ -30,8 +30,11 @@ use serde::Deserialize;
 
 use super::http::{Auth, check_sha256};
 use super::image::{self, RegistryHandle};
+use super::keyring::Keyring;
 use super::{Context, FetchError, Limits, archive, fsutil, redact_url};
-use crate::carvel::vendir::{HelmChartSource, LockHelmChart};
+use crate::carvel::vendir::{
+    HelmChartSource, LockHelmChart, SourceVerification, VerificationProvider,
+};
 use crate::registry::Reference;
 
 /// The chart layer of an OCI chart, and the media type helm wrote before OCI support left
@@ -264,18 +267,16 @@ async fn fetch_chart(
             auth,
             digest,
         } => {
-            if source.verify.is_some() {
-                return Err(FetchError::NotSupported(
-                    "verify of a chart from an HTTP repository (cosign verifies oci:// charts)"
-                        .to_owned(),
-                ));
-            }
             let downloaded = ctx
                 .http
                 .download(&url, &auth, &archive_path, ctx.cache("http").as_deref())
                 .await?;
             if let Some(expected) = &digest {
                 check_sha256(&redact_url(&url), expected, &downloaded.sha256)?;
+            }
+            if let Some(verification) = &source.verify {
+                verify_provenance(ctx, verification, &url, &auth, &downloaded.sha256, scratch)
+                    .await?;
             }
             // A 304 answers from the cache's copy, which unpacking only reads.
             unpack_chart(&downloaded.path, scratch, out, &ctx.options.limits).await?;
@@ -482,6 +483,83 @@ async fn oci_tag(
         .collect();
     Ok(select(&versions, wanted)?.version.replace('+', "_"))
 }
+
+/// Helm's provenance check (`pkg/provenance/sign.go` `Signatory.Verify`, as `helm install
+/// --verify` runs it): `URL.prov` (`pkg/downloader/chart_downloader.go`: the chart's URL with
+/// `.prov` appended) is a clearsigned message by one of the keys whose second half (after
+/// the YAML document end `\n...\n`) maps the archive's base name to `sha256:<hex>` of the
+/// archive downloaded.
+async fn verify_provenance(
+    ctx: &Context<'_>,
+    verification: &SourceVerification,
+    url: &str,
+    auth: &Auth,
+    sha256: &str,
+    scratch: &Path,
+) -> Result<(), FetchError> {
+    if verification.provider != VerificationProvider::Helm {
+        return Err(FetchError::NotSupported(
+            "verify.provider cosign for a chart of an HTTP repository (cosign verifies oci:// \
+             charts; HTTP repositories sign with .prov files: provider helm)"
+                .to_owned(),
+        ));
+    }
+    let secret_ref = verification.secret_ref.as_ref().ok_or_else(|| {
+        FetchError::Invalid("verify.provider helm needs secretRef (OpenPGP public keys)".to_owned())
+    })?;
+    let keyring = Keyring::from_secret(&secret_ref.name, &ctx.secret(&secret_ref.name)?)?;
+    let shown = redact_url(url);
+    let failed = |why: String| FetchError::Verification(format!("{shown}: {why}"));
+    let prov_url = format!("{url}.prov");
+    let prov_path = scratch.join("chart.tgz.prov");
+    match ctx.http.download(&prov_url, auth, &prov_path, None).await {
+        Ok(_) => {}
+        Err(FetchError::Status { status: 404, .. }) => {
+            return Err(failed(format!(
+                "no provenance file ({shown}.prov answered 404): the chart is not signed"
+            )));
+        }
+        Err(e) => return Err(e),
+    }
+    let size = std::fs::metadata(&prov_path)
+        .map_err(FetchError::io(&prov_path))?
+        .len();
+    if size > MAX_PROVENANCE_BYTES {
+        return Err(failed(format!(
+            "its provenance file is {size} bytes, more than the {MAX_PROVENANCE_BYTES} read"
+        )));
+    }
+    let armored = std::fs::read_to_string(&prov_path)
+        .map_err(|_| failed("its provenance file is not text".to_owned()))?;
+    let text = keyring
+        .verify_cleartext(&armored)
+        .map_err(|why| failed(format!("its provenance file is {why}")))?;
+    let (_, sums) = text
+        .split_once("\n...\n")
+        .ok_or_else(|| failed("its provenance file has no `...` and file sums".to_owned()))?;
+    let sums: serde_json::Value = crate::carvel::yaml::from_str("provenance file sums", sums)
+        .map_err(|e| failed(format!("its provenance file's sums: {e}")))?;
+    let name = url
+        .split(['?', '#'])
+        .next()
+        .and_then(|u| u.rsplit('/').next())
+        .unwrap_or_default();
+    let claimed = sums
+        .get("files")
+        .and_then(|f| f.get(name))
+        .and_then(serde_json::Value::as_str)
+        .ok_or_else(|| failed(format!("its provenance file names no sum for {name:?}")))?;
+    if claimed != format!("sha256:{sha256}") {
+        return Err(failed(format!(
+            "its provenance file signs {claimed} for {name}, but the chart downloaded is \
+             sha256:{sha256}"
+        )));
+    }
+    Ok(())
+}
+
+/// A Helm provenance file is Chart.yaml and a sum, signed: a few KiB.
+const MAX_PROVENANCE_BYTES: u64 = 256 << 10;
 
 /// Pulls the chart layer of the OCI artifact `reference` into `dest`; returns the manifest
 /// digest.

@@ -21,6 +21,7 @@ mod helm;
 mod http;
 mod image;
 mod inline;
+mod keyring;
 mod options;
 mod swap;
 mod verify;

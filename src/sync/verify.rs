@@ -19,7 +19,13 @@ pub(crate) async fn cosign_signature(
     reference: &Reference,
     digest: &str,
 ) -> Result<(), FetchError> {
-    let VerificationProvider::Cosign = verification.provider;
+    if verification.provider != VerificationProvider::Cosign {
+        return Err(FetchError::NotSupported(
+            "verify.provider helm for an OCI artifact (helm verifies the .prov of a chart from \
+             an HTTP repository; use cosign here)"
+                .to_owned(),
+        ));
+    }
     let keys = keys(ctx, verification)?;
     let pinned = reference.clone_with_digest(digest.to_owned());
     match cosign::verify(registry, &pinned, &keys).await {
