@@ -196,7 +196,7 @@ pub async fn run(input: &PipelineInput<'_>) -> Result<Outcome, PipelineError> {
 
     // Push.
     let started = std::time::Instant::now();
-    let pushed = push_bundle(input, spec, &version).await;
+    let pushed = push_bundle(input, spec, &version, &contents).await;
     input.timed(Stage::Push, started);
     let (pushed, decision, relocated, signature) = pushed?;
     let (version, changed_from) = match decision {
@@ -244,7 +244,7 @@ pub async fn push_stage(
     contents: &VendirLock,
 ) -> Result<(String, Pushed), PipelineError> {
     let version = version(input.spec, contents)?;
-    let (pushed, decision, _, _) = push_bundle(input, input.spec, &version).await?;
+    let (pushed, decision, _, _) = push_bundle(input, input.spec, &version, contents).await?;
     Ok((decision.version().to_owned(), pushed))
 }
 
@@ -459,6 +459,7 @@ async fn push_bundle(
     input: &PipelineInput<'_>,
     spec: &PackageSourceSpec,
     version: &str,
+    contents: &VendirLock,
 ) -> Result<(Pushed, revision::Decision, Vec<String>, Option<String>), PipelineError> {
     let mut build_options = BuildOptions::default();
     build_options.exclude.extend(input.exclude.iter().cloned());
@@ -561,6 +562,18 @@ async fn push_bundle(
         }
         _ => None,
     };
+    if let Location::Registry(reference) = &target {
+        let existing = matches!(decision, revision::Decision::Existing { .. });
+        attach_provenance(
+            input,
+            reference,
+            signed_digest,
+            decision.version(),
+            contents,
+            existing,
+        )
+        .await?;
+    }
     if let revision::Decision::Existing { image, .. } = &decision {
         let pushed = Pushed {
             image: image.clone(),
@@ -617,6 +630,62 @@ async fn sign_bundle(
             )
         })?;
     Ok(signed.signature().to_owned())
+}
+
+/// Attaches the bundle's provenance (`publish::provenance`) next to it, signed when the
+/// bundle is. A bundle pushed before (`existing`) keeps any provenance it has.
+async fn attach_provenance(
+    input: &PipelineInput<'_>,
+    reference: &crate::registry::Reference,
+    digest: &str,
+    version: &str,
+    contents: &VendirLock,
+    existing: bool,
+) -> Result<(), PipelineError> {
+    let lock_path = input.root.join(".imgpkg").join("images.yml");
+    let images_lock = std::fs::read(&lock_path).map_err(|e| {
+        PipelineError::new(
+            Stage::Push,
+            reasons::PUSH_FAILED,
+            format!("reading {}: {e}", lock_path.display()),
+            true,
+        )
+    })?;
+    let repository = format!("{}/{}", reference.registry(), reference.repository());
+    let statement = publish::provenance::statement(
+        &repository,
+        digest,
+        version,
+        input.spec,
+        contents,
+        &images_lock,
+    );
+    crate::registry::cosign::attestation::attach(
+        input.registry,
+        reference,
+        digest,
+        publish::provenance::PREDICATE_TYPE,
+        &statement,
+        input.signing,
+        existing,
+    )
+    .await
+    .map_err(|e| {
+        let reason = if e.is_auth() {
+            reasons::AUTHENTICATION_FAILED
+        } else if e.is_denied() {
+            reasons::UPSTREAM_DENIED
+        } else {
+            reasons::PUSH_FAILED
+        };
+        PipelineError::new(
+            Stage::Push,
+            reason,
+            format!("attaching the provenance of {digest}: {e}"),
+            e.is_retryable(),
+        )
+    })?;
+    Ok(())
 }
 
 /// The condition reason of a failed push or copy.

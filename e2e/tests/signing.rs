@@ -435,6 +435,82 @@ async fn controller_signs() -> anyhow::Result<()> {
         &layers[0].signature
     )?);
 
+    // The provenance next to it: readable with `packsmith describe`, its DSSE envelope signed
+    // with the same key over DSSE's pre-authentication encoding (checked by openssl).
+    let described = packsmith_ok(
+        work.path(),
+        "",
+        &[
+            "describe",
+            &bundle.image,
+            "-o",
+            "json",
+            "--registry-insecure-host",
+            &bed.registry,
+        ],
+    )?;
+    let described: Value = serde_json::from_str(&described)?;
+    let provenance = &described["provenance"];
+    assert_eq!(provenance["signatures"], 1, "{described}");
+    let names: Vec<&str> = provenance["dependencies"]
+        .as_array()
+        .context("dependencies")?
+        .iter()
+        .filter_map(|d| d["name"].as_str())
+        .collect();
+    assert_eq!(names, ["config/app/.", ".imgpkg/images.yml"]);
+    ensure!(
+        provenance["builder"]
+            .as_str()
+            .is_some_and(|b| b.starts_with("https://packsmith.dev/packsmith ")),
+        "{provenance}"
+    );
+    let registry = images::Registry::plain(bed);
+    let att = registry.reference(&repo, &format!("{}.att", digest.replacen(':', "-", 1)))?;
+    let (manifest, _) = registry
+        .client()
+        .pull_manifest_raw(
+            &att,
+            &registry.auth,
+            &["application/vnd.oci.image.manifest.v1+json"],
+        )
+        .await?;
+    let manifest: Value = serde_json::from_slice(&manifest)?;
+    let layer = &manifest["layers"][0];
+    assert_eq!(layer["mediaType"], "application/vnd.dsse.envelope.v1+json");
+    assert_eq!(
+        layer["annotations"]["predicateType"],
+        "https://slsa.dev/provenance/v1"
+    );
+    let descriptor: oci_client::manifest::OciDescriptor = serde_json::from_value(layer.clone())?;
+    let mut envelope = Vec::new();
+    registry
+        .client()
+        .pull_blob(&att, &descriptor, &mut envelope)
+        .await?;
+    let envelope: Value = serde_json::from_slice(&envelope)?;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let payload = b64.decode(envelope["payload"].as_str().context("payload")?)?;
+    let statement: Value = serde_json::from_slice(&payload)?;
+    assert_eq!(
+        statement["subject"][0]["digest"]["sha256"],
+        digest.trim_start_matches("sha256:")
+    );
+    let payload_type = "application/vnd.in-toto+json";
+    let mut pae = format!(
+        "DSSEv1 {} {payload_type} {} ",
+        payload_type.len(),
+        payload.len()
+    )
+    .into_bytes();
+    pae.extend_from_slice(&payload);
+    let sig = b64.decode(envelope["signatures"][0]["sig"].as_str().context("sig")?)?;
+    ensure!(openssl_verifies(
+        &work.path().join("cosign.pub"),
+        &pae,
+        &sig
+    )?);
+
     // A key that cannot be decrypted stalls the push before any tag is written.
     let misconfigured = wait_for(
         &sources,
@@ -504,6 +580,19 @@ async fn controller_signs() -> anyhow::Result<()> {
         .1
         .len();
     assert_eq!(before, after);
+    let (after_att, _) = registry
+        .client()
+        .pull_manifest_raw(
+            &att,
+            &registry.auth,
+            &["application/vnd.oci.image.manifest.v1+json"],
+        )
+        .await?;
+    let after_att: Value = serde_json::from_slice(&after_att)?;
+    assert_eq!(
+        after_att["layers"], manifest["layers"],
+        "a steady state re-attested"
+    );
     controller.stop().await
 }
 

@@ -46,6 +46,33 @@ struct Description {
     images: Vec<Image>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     packages: Vec<PackageEntry>,
+    /// What went into the bundle: its SLSA provenance (`sha256-<hex>.att`), when attached.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    provenance: Option<Provenance>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Provenance {
+    /// Signatures on its envelope (verify them with `cosign verify-attestation --key`).
+    signatures: usize,
+    builder: String,
+    /// `sha256:…` of the spec's inputs (package, contents, images).
+    inputs: String,
+    dependencies: Vec<Dependency>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Dependency {
+    name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    uri: Option<String>,
+    /// `ALGORITHM:VALUE` pairs (`gitCommit:…`, `sha256:…`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    digest: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    annotations: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Serialize)]
@@ -117,11 +144,32 @@ pub(super) fn run(args: &DescribeArgs, runtime: &tokio::runtime::Runtime) -> any
         )
         .into_iter()
         .collect::<anyhow::Result<_>>()?;
+    let provenance = match &location {
+        Location::Registry(reference) => {
+            let digest = pulled
+                .image
+                .rsplit_once('@')
+                .map(|(_, d)| d.to_owned())
+                .unwrap_or_default();
+            let contacted = registry.contact(reference);
+            runtime
+                .block_on(crate::registry::cosign::attestation::read(
+                    &registry, &contacted, &digest,
+                ))
+                .with_context(|| format!("reading the attestations of {}", pulled.image))?
+                .into_iter()
+                .rev()
+                .find(|a| a.predicate_type == crate::publish::provenance::PREDICATE_TYPE)
+                .map(|a| provenance(&a))
+        }
+        Location::Layout(_) => None,
+    };
     let description = Description {
         bundle: pulled.image.clone(),
         files: files(&root)?,
         images,
         packages: packages(&root)?,
+        provenance,
     };
     match args.output {
         Output::Yaml => print!("{}", yaml::to_go_yaml("description", &description)?),
@@ -129,6 +177,45 @@ pub(super) fn run(args: &DescribeArgs, runtime: &tokio::runtime::Runtime) -> any
         Output::Table => print!("{}", table(&description)),
     }
     Ok(())
+}
+
+/// The parts of a SLSA provenance statement a person reads.
+fn provenance(attestation: &crate::registry::cosign::attestation::Attestation) -> Provenance {
+    let definition = &attestation.statement["predicate"]["buildDefinition"];
+    let builder = &attestation.statement["predicate"]["runDetails"]["builder"];
+    let text = |v: &serde_json::Value| v.as_str().map(str::to_owned);
+    let dependencies = definition["resolvedDependencies"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|d| Dependency {
+            name: text(&d["name"]).unwrap_or_default(),
+            uri: text(&d["uri"]),
+            digest: d["digest"]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| format!("{k}:{}", v.as_str().unwrap_or_default()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            annotations: d.get("annotations").cloned(),
+        })
+        .collect();
+    Provenance {
+        signatures: attestation.signatures,
+        builder: format!(
+            "{} {}",
+            text(&builder["id"]).unwrap_or_default(),
+            text(&builder["version"]["packsmith"]).unwrap_or_default()
+        ),
+        inputs: format!(
+            "sha256:{}",
+            text(&definition["externalParameters"]["inputs"]["sha256"]).unwrap_or_default()
+        ),
+        dependencies,
+    }
 }
 
 /// Every regular file under `root`, by path, sorted.
@@ -263,6 +350,31 @@ fn table(d: &Description) -> String {
                         p.version.clone(),
                         p.display_name.clone().unwrap_or_else(|| "-".to_owned()),
                         p.image.clone(),
+                    ]
+                })
+                .collect::<Vec<_>>(),
+        ));
+    }
+    if let Some(p) = &d.provenance {
+        out.push_str(&format!(
+            "\nProvenance: built by {}, inputs {}, {} signature(s)\n",
+            p.builder, p.inputs, p.signatures
+        ));
+        out.push_str(&render(
+            &["DEPENDENCY", "FROM", "RESOLVED"],
+            &p.dependencies
+                .iter()
+                .map(|dep| {
+                    vec![
+                        dep.name.clone(),
+                        dep.uri.clone().unwrap_or_else(|| "-".to_owned()),
+                        if dep.digest.is_empty() {
+                            dep.annotations
+                                .as_ref()
+                                .map_or_else(|| "-".to_owned(), ToString::to_string)
+                        } else {
+                            dep.digest.join(" ")
+                        },
                     ]
                 })
                 .collect::<Vec<_>>(),

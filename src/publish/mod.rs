@@ -4,6 +4,7 @@
 
 pub mod chart_schema;
 pub mod package;
+pub mod provenance;
 pub mod repository;
 pub mod revision;
 pub mod values_schema;

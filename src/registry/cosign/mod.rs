@@ -19,6 +19,7 @@
 //! Keys are cosign's files ([`key`]). ECDSA signatures are randomised, so a digest is signed
 //! again only when no signature of this key is there: a re-run writes nothing.
 
+pub mod attestation;
 mod key;
 mod payload;
 
