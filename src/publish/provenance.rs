@@ -169,6 +169,7 @@ mod tests {
     fn spec(git_ref: &str) -> PackageSourceSpec {
         let mut spec: PackageSourceSpec = serde_json::from_value(json!({
             "package": {"refName": "demo.example.com", "version": "1.0.0"},
+            "contents": [],
             "bundle": {"repository": "registry.example.com/demo"},
         }))
         .unwrap();
@@ -228,7 +229,7 @@ mod tests {
         let value: Value = serde_json::from_slice(&one).unwrap();
         assert_eq!(value["subject"][0]["digest"]["sha256"], "ab".repeat(32));
         let upstream = &value["predicate"]["buildDefinition"]["resolvedDependencies"][0];
-        assert_eq!(upstream["uri"], "git+https://git.example.com/demo.git");
+        assert_eq!(upstream["uri"], "git+https://redacted@git.example.com/demo.git");
         assert_eq!(upstream["digest"]["gitCommit"], "a");
         assert!(!String::from_utf8(one.clone()).unwrap().contains("secret"));
 
