@@ -39,6 +39,9 @@ pub fn trials() -> Vec<Trial> {
         Trial::test("signing::helm_provenance_is_verified", || {
             support::block_on(helm_provenance())
         }),
+        Trial::test("signing::cli_release_signed_with_provenance", || {
+            support::block_on(cli_release_signed_with_provenance())
+        }),
     ]
 }
 
@@ -1138,5 +1141,116 @@ async fn helm_provenance() -> anyhow::Result<()> {
             "{name}: {stderr}"
         );
     }
+    Ok(())
+}
+
+/// The CLI's pipeline and repository release sign what they push and attach provenance:
+/// `release --sign-key` and `repo release --sign-key` bundles verify with `packsmith verify`,
+/// `describe` reads their provenance; a packagesource.yaml that asks for signatures is not
+/// released without a key.
+async fn cli_release_signed_with_provenance() -> anyhow::Result<()> {
+    let bed = bed();
+    let id = support::unique_id()?;
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path();
+    packsmith_ok(dir, "pw", &["generate-key-pair"])?;
+    let name = format!("signed-{id}");
+    let package = dir.join("package");
+    super::repo::inline_package(&package, &name, "1.0.0", &bed.registry)?;
+    let output = dir.join("repo");
+    let release = |password: &str, key: Option<&str>| {
+        let mut args = vec![
+            "release".to_owned(),
+            package.display().to_string(),
+            "--output-dir".to_owned(),
+            output.display().to_string(),
+        ];
+        if let Some(key) = key {
+            args.extend(["--sign-key".to_owned(), key.to_owned()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        packsmith(dir, password, &args)
+    };
+    let out = release("pw", Some("cosign.key"))?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout)?;
+    let bundle = stdout
+        .split_whitespace()
+        .find(|w| w.contains("@sha256:"))
+        .map(|w| w.trim_matches(|c: char| c == '\'' || c == ',' || c == ')' || c == '('))
+        .context(stdout.clone())?
+        .to_owned();
+    let verified = packsmith(dir, "", &["verify", &bundle, "--key", "cosign.pub"])?;
+    ensure!(
+        verified.status.success(),
+        "{bundle}: {}",
+        String::from_utf8_lossy(&verified.stderr)
+    );
+    let described: Value = serde_json::from_str(&packsmith_ok(
+        dir,
+        "",
+        &["describe", &bundle, "-o", "json"],
+    )?)?;
+    assert_eq!(described["provenance"]["signatures"], 1, "{described}");
+
+    // The spec asks for signatures: without --sign-key nothing is pushed.
+    let spec_path = package.join("packagesource.yaml");
+    let spec = std::fs::read_to_string(&spec_path)?;
+    std::fs::write(
+        &spec_path,
+        spec.replace(
+            "    insecure: true\n",
+            "    insecure: true\n    signing:\n      secretRef: {name: cosign}\n",
+        ),
+    )?;
+    let out = release("", None)?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && stderr.contains("--sign-key"),
+        "{stderr}"
+    );
+
+    // The repository bundle: signed, and its provenance lists the package bundle.
+    let repository = format!("{}/e2e-signing/repo-{id}", bed.registry);
+    let out = packsmith(
+        dir,
+        "pw",
+        &[
+            "repo",
+            "release",
+            "--packages",
+            &output.display().to_string(),
+            "-b",
+            &format!("{repository}:v1"),
+            "--sign-key",
+            "cosign.key",
+        ],
+    )?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reference = format!("{repository}:v1");
+    let verified = packsmith(dir, "", &["verify", &reference, "--key", "cosign.pub"])?;
+    ensure!(
+        verified.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verified.stderr)
+    );
+    let described: Value = serde_json::from_str(&packsmith_ok(
+        dir,
+        "",
+        &["describe", &reference, "-o", "json"],
+    )?)?;
+    let dependencies = described["provenance"]["dependencies"].to_string();
+    ensure!(
+        dependencies.contains(&format!("oci://{bundle}")),
+        "{bundle} not in {dependencies}"
+    );
     Ok(())
 }

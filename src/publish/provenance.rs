@@ -16,7 +16,8 @@ use crate::carvel::vendir::{LockConfig, Source};
 use crate::registry::sha256_digest;
 use crate::sync::redact_url;
 
-/// The predicate type (SLSA Provenance v1).
+/// The predicate type (SLSA Provenance v1; `cosign verify-attestation --type slsaprovenance1`,
+/// cosign `pkg/policy/attestation.go` `PredicateTypeMap`).
 pub const PREDICATE_TYPE: &str = "https://slsa.dev/provenance/v1";
 /// How packsmith builds a bundle from a PackageSource: the `buildType` of its provenance.
 pub const BUILD_TYPE: &str = "https://packsmith.dev/provenance/packagesource/v1";
@@ -64,6 +65,53 @@ pub fn statement(
                     "package": {"refName": spec.package.ref_name, "version": version},
                     "inputs": {"sha256": hex(&sha256_digest(&inputs))},
                 },
+                "resolvedDependencies": dependencies,
+            },
+            "runDetails": {
+                "builder": {
+                    "id": BUILDER_ID,
+                    "version": {"packsmith": env!("CARGO_PKG_VERSION")},
+                },
+            },
+        },
+    });
+    serde_json::to_vec(&statement).unwrap_or_default()
+}
+
+/// How packsmith builds a package repository bundle: the `buildType` of its provenance.
+pub const REPOSITORY_BUILD_TYPE: &str = "https://packsmith.dev/provenance/packagerepository/v1";
+
+/// The Statement for the repository bundle `repository@digest`: every package bundle it
+/// locks (`lock`), and its packages as `(refName, version)`.
+pub fn repository_statement(
+    repository: &str,
+    digest: &str,
+    lock: &crate::carvel::ImagesLock,
+    packages: &[(String, String)],
+) -> Vec<u8> {
+    let dependencies: Vec<Value> = lock
+        .images
+        .iter()
+        .map(|image| {
+            let mut dependency = json!({"uri": format!("oci://{}", image.image)});
+            if let Some((_, digest)) = image.image.rsplit_once('@') {
+                dependency["digest"] = json!({"sha256": hex(digest)});
+            }
+            dependency
+        })
+        .collect();
+    let packages: Vec<Value> = packages
+        .iter()
+        .map(|(ref_name, version)| json!({"refName": ref_name, "version": version}))
+        .collect();
+    let statement = json!({
+        "_type": "https://in-toto.io/Statement/v1",
+        "subject": [{"name": repository, "digest": {"sha256": hex(digest)}}],
+        "predicateType": PREDICATE_TYPE,
+        "predicate": {
+            "buildDefinition": {
+                "buildType": REPOSITORY_BUILD_TYPE,
+                "externalParameters": {"packages": packages},
                 "resolvedDependencies": dependencies,
             },
             "runDetails": {
@@ -229,7 +277,10 @@ mod tests {
         let value: Value = serde_json::from_slice(&one).unwrap();
         assert_eq!(value["subject"][0]["digest"]["sha256"], "ab".repeat(32));
         let upstream = &value["predicate"]["buildDefinition"]["resolvedDependencies"][0];
-        assert_eq!(upstream["uri"], "git+https://redacted@git.example.com/demo.git");
+        assert_eq!(
+            upstream["uri"],
+            "git+https://redacted@git.example.com/demo.git"
+        );
         assert_eq!(upstream["digest"]["gitCommit"], "a");
         assert!(!String::from_utf8(one.clone()).unwrap().contains("secret"));
 

@@ -44,7 +44,7 @@ pub enum RepositoryError {
     InvalidName { name: String, reason: String },
     #[error(transparent)]
     Bundle(#[from] BundleError),
-    #[error("signing the repository bundle: {0}")]
+    #[error("signing or attesting the repository bundle: {0}")]
     Signing(#[from] crate::registry::cosign::CosignError),
 }
 
@@ -393,10 +393,6 @@ pub async fn release(
         ),
         _ => None,
     };
-    let pushed = bundle::push(registry, &built, target, &options.tags, &options.push).await?;
-
-    let mut repository = PackageRepository::for_bundle(&options.name, &pushed.image);
-    repository.metadata.namespace = options.namespace.clone();
     let mut packages: Vec<(String, String)> = plain
         .iter()
         .filter_map(|d| match d {
@@ -405,6 +401,28 @@ pub async fn release(
         })
         .collect();
     packages.sort();
+    if let Location::Registry(reference) = target {
+        let statement = super::provenance::repository_statement(
+            &format!("{}/{}", reference.registry(), reference.repository()),
+            built.digest(),
+            &lock,
+            &packages,
+        );
+        crate::registry::cosign::attestation::attach(
+            registry,
+            reference,
+            built.digest(),
+            super::provenance::PREDICATE_TYPE,
+            &statement,
+            options.signing,
+            false,
+        )
+        .await?;
+    }
+    let pushed = bundle::push(registry, &built, target, &options.tags, &options.push).await?;
+
+    let mut repository = PackageRepository::for_bundle(&options.name, &pushed.image);
+    repository.metadata.namespace = options.namespace.clone();
     Ok(RepositoryRelease {
         pushed,
         lock,
