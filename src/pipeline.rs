@@ -192,7 +192,7 @@ pub async fn run(input: &PipelineInput<'_>) -> Result<Outcome, PipelineError> {
     let started = std::time::Instant::now();
     let locked = lock_images(input, spec).await;
     input.timed(Stage::Lock, started);
-    let (images, lock_warnings) = locked?;
+    let (images, lock_warnings, charts) = locked?;
 
     // Push.
     let started = std::time::Instant::now();
@@ -210,7 +210,7 @@ pub async fn run(input: &PipelineInput<'_>) -> Result<Outcome, PipelineError> {
 
     // Render.
     let started = std::time::Instant::now();
-    let rendered = render(input, spec, &version, &pushed);
+    let rendered = render(input, spec, &version, &pushed, charts);
     input.timed(Stage::Render, started);
     let (package, metadata) = rendered?;
 
@@ -233,7 +233,9 @@ pub async fn run(input: &PipelineInput<'_>) -> Result<Outcome, PipelineError> {
 pub async fn lock_stage(
     input: &PipelineInput<'_>,
 ) -> Result<(Vec<String>, Vec<String>), PipelineError> {
-    lock_images(input, input.spec).await
+    lock_images(input, input.spec)
+        .await
+        .map(|(images, warnings, _)| (images, warnings))
 }
 
 /// The push stage alone, on a tree already synced and locked (the CLI's `push --all`): the
@@ -248,12 +250,13 @@ pub async fn push_stage(
     Ok((decision.version().to_owned(), pushed))
 }
 
-/// The lock stage: `.imgpkg/images.yml` for the synced tree. Returns the locked images and
-/// the lock's warnings.
+/// The lock stage: `.imgpkg/images.yml` for the synced tree. Returns the locked images, the
+/// lock's warnings and, when it walked the tree, the Helm charts it found there (the render
+/// stage needs them and need not walk the tree again).
 async fn lock_images(
     input: &PipelineInput<'_>,
     spec: &PackageSourceSpec,
-) -> Result<(Vec<String>, Vec<String>), PipelineError> {
+) -> Result<(Vec<String>, Vec<String>, Option<Vec<PathBuf>>), PipelineError> {
     let imgpkg = input.root.join(".imgpkg");
     std::fs::create_dir_all(&imgpkg).map_err(|e| {
         PipelineError::new(
@@ -306,7 +309,7 @@ async fn lock_images(
             .iter()
             .map(|w| bundle_relative(input, w))
             .collect();
-        (images, warnings)
+        (images, warnings, Some(locked.discovery.charts))
     } else {
         // imgpkg requires .imgpkg/images.yml in every bundle, even with nothing to lock.
         let empty = crate::carvel::ImagesLock::new()
@@ -322,7 +325,7 @@ async fn lock_images(
                 true,
             )
         })?;
-        (Vec::new(), Vec::new())
+        (Vec::new(), Vec::new(), None)
     };
     Ok(images)
 }
@@ -756,9 +759,10 @@ fn render(
     spec: &PackageSourceSpec,
     version: &str,
     pushed: &Pushed,
+    charts: Option<Vec<PathBuf>>,
 ) -> Result<(Package, PackageMetadata), PipelineError> {
     let config_dir = input.root.join("config");
-    let chart = chart_in_bundle(input)?;
+    let chart = chart_in_bundle(input, charts)?;
     let derived = if spec.package.values_schema.is_some() {
         None
     } else if let Some(chart) = &chart {
@@ -1057,11 +1061,18 @@ struct BundleChart {
 
 /// The chart in the bundle, whatever content brought it (helmChart, or a git or http content
 /// holding a chart directory). A Package installs one chart: several are refused.
-fn chart_in_bundle(input: &PipelineInput<'_>) -> Result<Option<BundleChart>, PipelineError> {
+fn chart_in_bundle(
+    input: &PipelineInput<'_>,
+    known: Option<Vec<PathBuf>>,
+) -> Result<Option<BundleChart>, PipelineError> {
     let invalid =
         |message: String| PipelineError::new(Stage::Render, reasons::INVALID_SPEC, message, false);
-    let charts = lock::find_charts(&bundle_inputs(input.root, &input.exclude)?)
-        .map_err(|e| invalid(e.to_string()))?;
+    // The lock's walk found them already; without a lock, the tree is walked here.
+    let charts = match known {
+        Some(charts) => charts,
+        None => lock::find_charts(&bundle_inputs(input.root, &input.exclude)?)
+            .map_err(|e| invalid(e.to_string()))?,
+    };
     let relative = |chart: &Path| {
         chart
             .strip_prefix(input.root)
@@ -1381,15 +1392,20 @@ mod tests {
             helm_binary: Path::new("helm"),
             signing: None,
         };
-        let chart = chart_in_bundle(&input).unwrap().expect("a chart");
+        let chart = chart_in_bundle(&input, None).unwrap().expect("a chart");
         assert_eq!(
             chart.path, "config/upstream",
             "a subchart renders with its parent"
         );
         assert_eq!(chart.overlays, ["config/overlays"]);
+        // The charts the lock's walk found are taken as they are: no second walk.
+        assert!(chart_in_bundle(&input, Some(Vec::new())).unwrap().is_none());
+        let known = vec![root.join("config/upstream")];
+        let chart = chart_in_bundle(&input, Some(known)).unwrap().expect("a chart");
+        assert_eq!(chart.path, "config/upstream");
 
         write("vendor/other/Chart.yaml", "name: b\n");
-        let err = chart_in_bundle(&input).err().expect("two charts");
+        let err = chart_in_bundle(&input, None).err().expect("two charts");
         assert_eq!(err.reason, reasons::INVALID_SPEC);
         assert!(
             err.message
