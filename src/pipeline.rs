@@ -618,21 +618,30 @@ async fn sign_bundle(
     let signed = crate::registry::cosign::sign(input.registry, reference, digest, key)
         .await
         .map_err(|e| {
-            let reason = if e.is_auth() {
-                reasons::AUTHENTICATION_FAILED
-            } else if e.is_denied() {
-                reasons::UPSTREAM_DENIED
-            } else {
-                reasons::SIGNING_FAILED
-            };
-            PipelineError::new(
-                Stage::Push,
-                reason,
+            cosign_failure(
+                &e,
+                reasons::SIGNING_FAILED,
                 format!("signing {digest} (bundle.signing): {e}"),
-                e.is_retryable(),
             )
         })?;
     Ok(signed.signature().to_owned())
+}
+
+/// A failed signature or attestation as the push stage's failure: the registry's refusals
+/// as for a push, anything else as `otherwise`.
+fn cosign_failure(
+    e: &crate::registry::cosign::CosignError,
+    otherwise: &'static str,
+    message: String,
+) -> PipelineError {
+    let reason = if e.is_auth() {
+        reasons::AUTHENTICATION_FAILED
+    } else if e.is_denied() {
+        reasons::UPSTREAM_DENIED
+    } else {
+        otherwise
+    };
+    PipelineError::new(Stage::Push, reason, message, e.is_retryable())
 }
 
 /// Attaches the bundle's provenance (`publish::provenance`) next to it, signed when the
@@ -674,18 +683,10 @@ async fn attach_provenance(
     )
     .await
     .map_err(|e| {
-        let reason = if e.is_auth() {
-            reasons::AUTHENTICATION_FAILED
-        } else if e.is_denied() {
-            reasons::UPSTREAM_DENIED
-        } else {
-            reasons::PUSH_FAILED
-        };
-        PipelineError::new(
-            Stage::Push,
-            reason,
+        cosign_failure(
+            &e,
+            reasons::PUSH_FAILED,
             format!("attaching the provenance of {digest}: {e}"),
-            e.is_retryable(),
         )
     })?;
     Ok(())
@@ -1401,7 +1402,9 @@ mod tests {
         // The charts the lock's walk found are taken as they are: no second walk.
         assert!(chart_in_bundle(&input, Some(Vec::new())).unwrap().is_none());
         let known = vec![root.join("config/upstream")];
-        let chart = chart_in_bundle(&input, Some(known)).unwrap().expect("a chart");
+        let chart = chart_in_bundle(&input, Some(known))
+            .unwrap()
+            .expect("a chart");
         assert_eq!(chart.path, "config/upstream");
 
         write("vendor/other/Chart.yaml", "name: b\n");

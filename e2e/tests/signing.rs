@@ -760,38 +760,59 @@ fn git_signing(dir: &Path, gnupg: &Path, args: &[&str]) -> anyhow::Result<String
     Ok(String::from_utf8(out.stdout)?.trim().to_owned())
 }
 
-/// A gpg key without a passphrase in `gnupg`; returns its fingerprint.
-fn gpg_key(gnupg: &Path, uid: &str) -> anyhow::Result<String> {
-    let out = Command::new("gpg")
-        .args([
-            "--batch",
-            "--passphrase",
-            "",
-            "--quick-gen-key",
-            uid,
-            "ed25519",
-            "sign",
-            "never",
-        ])
-        .env("GNUPGHOME", gnupg)
-        .output()
-        .context("running gpg")?;
-    ensure!(
-        out.status.success(),
-        "gpg: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = Command::new("gpg")
-        .args(["--batch", "--with-colons", "--list-secret-keys", uid])
-        .env("GNUPGHOME", gnupg)
-        .output()?;
-    String::from_utf8(out.stdout)?
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("fpr:")
-                .map(|f| f.trim_matches(':').to_owned())
-        })
-        .context("gpg printed no fingerprint")
+/// A private GNUPGHOME for one test; its agent is stopped when it is dropped.
+struct Gnupg {
+    home: PathBuf,
+}
+
+impl Gnupg {
+    fn new(parent: &Path) -> anyhow::Result<Self> {
+        let home = parent.join("gnupg");
+        std::fs::create_dir_all(&home)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700))?;
+        }
+        Ok(Self { home })
+    }
+
+    /// `gpg --batch` (no passphrase) with `args`; its stdout.
+    fn run(&self, args: &[&str]) -> anyhow::Result<Vec<u8>> {
+        let out = Command::new("gpg")
+            .args(["--batch", "--passphrase", ""])
+            .args(args)
+            .env("GNUPGHOME", &self.home)
+            .output()
+            .context("running gpg")?;
+        ensure!(
+            out.status.success(),
+            "gpg {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(out.stdout)
+    }
+
+    /// A new signing key of `algorithm` for `uid`; its fingerprint.
+    fn key(&self, uid: &str, algorithm: &str) -> anyhow::Result<String> {
+        self.run(&["--quick-gen-key", uid, algorithm, "sign", "never"])?;
+        String::from_utf8(self.run(&["--with-colons", "--list-secret-keys", uid])?)?
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("fpr:")
+                    .map(|f| f.trim_matches(':').to_owned())
+            })
+            .context("gpg printed no fingerprint")
+    }
+}
+
+impl Drop for Gnupg {
+    fn drop(&mut self) {
+        let _ = Command::new("gpgconf")
+            .args(["--kill", "all"])
+            .env("GNUPGHOME", &self.home)
+            .output();
+    }
 }
 
 /// vendir's `git.verification` with real signatures made by git, gpg and ssh-keygen: a tag
@@ -803,15 +824,10 @@ async fn git_signatures() -> anyhow::Result<()> {
     let client = bed.client().await?;
     let ns = namespace(&client, "gitsig").await?;
     let tmp = tempfile::tempdir()?;
-    let gnupg = tmp.path().join("gnupg");
-    std::fs::create_dir_all(&gnupg)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(&gnupg, std::fs::Permissions::from_mode(0o700))?;
-    }
-    let trusted = gpg_key(&gnupg, "Trusted <trusted@example.com>")?;
-    let forger = gpg_key(&gnupg, "Forger <forger@example.com>")?;
+    let gpg = Gnupg::new(tmp.path())?;
+    let gnupg = gpg.home.clone();
+    let trusted = gpg.key("Trusted <trusted@example.com>", "ed25519")?;
+    let forger = gpg.key("Forger <forger@example.com>", "ed25519")?;
     let ssh_key = tmp.path().join("ssh-signer");
     let out = Command::new("ssh-keygen")
         .args(["-q", "-t", "ed25519", "-N", "", "-C", "signer", "-f"])
@@ -883,16 +899,7 @@ async fn git_signatures() -> anyhow::Result<()> {
         "--tags",
     ])?;
 
-    let armored = Command::new("gpg")
-        .args(["--batch", "--armor", "--export", &trusted])
-        .env("GNUPGHOME", &gnupg)
-        .output()?;
-    let armored = String::from_utf8(armored.stdout)?;
-    // The agent gpg started for this GNUPGHOME would outlive the test.
-    let _ = Command::new("gpgconf")
-        .args(["--kill", "all"])
-        .env("GNUPGHOME", &gnupg)
-        .output();
+    let armored = String::from_utf8(gpg.run(&["--armor", "--export", &trusted])?)?;
     let ssh_line = std::fs::read_to_string(&ssh_pub)?;
     let indent = |text: &str| {
         text.lines()
@@ -1005,48 +1012,14 @@ async fn helm_provenance() -> anyhow::Result<()> {
     let helm = super::ship::helm_binary()?;
     let id = support::unique_id()?;
     let tmp = tempfile::tempdir()?;
-    let gnupg = tmp.path().join("gnupg");
-    std::fs::create_dir_all(&gnupg)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(&gnupg, std::fs::Permissions::from_mode(0o700))?;
-    }
-    let gpg = |args: &[&str]| {
-        let out = Command::new("gpg")
-            .args(["--batch", "--passphrase", ""])
-            .args(args)
-            .env("GNUPGHOME", &gnupg)
-            .output()?;
-        ensure!(
-            out.status.success(),
-            "gpg {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(out.stdout)
-    };
-    gpg(&[
-        "--quick-gen-key",
-        "Charts <charts@example.com>",
-        "rsa2048",
-        "sign",
-        "never",
-    ])?;
-    gpg(&[
-        "--quick-gen-key",
-        "Other <other@example.com>",
-        "rsa2048",
-        "sign",
-        "never",
-    ])?;
+    let gnupg = Gnupg::new(tmp.path())?;
+    gnupg.key("Charts <charts@example.com>", "rsa2048")?;
+    gnupg.key("Other <other@example.com>", "rsa2048")?;
+    let gpg = |args: &[&str]| gnupg.run(args);
     let secring = tmp.path().join("secring.gpg");
     std::fs::write(&secring, gpg(&["--export-secret-keys"])?)?;
     let trusted = String::from_utf8(gpg(&["--armor", "--export", "charts@example.com"])?)?;
     let other = String::from_utf8(gpg(&["--armor", "--export", "other@example.com"])?)?;
-    let _ = Command::new("gpgconf")
-        .args(["--kill", "all"])
-        .env("GNUPGHOME", &gnupg)
-        .output();
 
     let www = bed.www_dir.join(format!("e2e-prov-{id}"));
     std::fs::create_dir_all(&www)?;

@@ -129,6 +129,15 @@ fn hex(digest: &str) -> &str {
     digest.strip_prefix("sha256:").unwrap_or(digest)
 }
 
+/// A registry content as written (`oci://…`) and the digest it resolved to (`repo@sha256:…`
+/// as locked, or as written when it names one).
+fn oci(set: &mut impl FnMut(&str, Value), written: &str, resolved: Option<&str>) {
+    set("uri", json!(format!("oci://{written}")));
+    if let Some((_, digest)) = resolved.unwrap_or(written).rsplit_once('@') {
+        set("digest", json!({"sha256": hex(digest)}));
+    }
+}
+
 /// One content as a SLSA ResourceDescriptor: where it came from and what it resolved to.
 fn dependency(
     name: &str,
@@ -159,20 +168,14 @@ fn dependency(
         Ok(Source::Image(image)) => {
             let resolved = locked
                 .and_then(|l| l.image.as_ref())
-                .map_or(image.url.as_str(), |l| l.url.as_str());
-            set("uri", json!(format!("oci://{}", image.url)));
-            if let Some((_, digest)) = resolved.rsplit_once('@') {
-                set("digest", json!({"sha256": hex(digest)}));
-            }
+                .map(|l| l.url.as_str());
+            oci(&mut set, &image.url, resolved);
         }
         Ok(Source::ImgpkgBundle(bundle)) => {
             let resolved = locked
                 .and_then(|l| l.imgpkg_bundle.as_ref())
-                .map_or(bundle.image.as_str(), |l| l.image.as_str());
-            set("uri", json!(format!("oci://{}", bundle.image)));
-            if let Some((_, digest)) = resolved.rsplit_once('@') {
-                set("digest", json!({"sha256": hex(digest)}));
-            }
+                .map(|l| l.image.as_str());
+            oci(&mut set, &bundle.image, resolved);
         }
         Ok(Source::GithubRelease(release)) => {
             set("uri", json!(format!("https://github.com/{}", release.slug)));

@@ -14,9 +14,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use serde_json::{Value, json};
 
-use super::{
-    CosignError, MAX_SIGNATURES, OCI_CONFIG, OCI_MANIFEST, SIGNATURE_ANNOTATION, SigningKey,
-};
+use super::{CosignError, OCI_MANIFEST, SIGNATURE_ANNOTATION, SigningKey};
 use crate::registry::{Reference, Registry, is_sha256_digest, sha256_digest};
 
 /// The layer media type of an attestation (`types.DssePayloadType`).
@@ -75,45 +73,24 @@ impl Attached {
 struct Layer {
     descriptor: Value,
     digest: String,
+    size: u64,
     predicate_type: Option<String>,
 }
 
 fn parse_layers(tag: &str, manifest: &[u8]) -> Result<Vec<Layer>, CosignError> {
-    let malformed = |why: String| CosignError::Malformed {
-        tag: tag.to_owned(),
-        why,
-    };
-    let manifest: Value =
-        serde_json::from_slice(manifest).map_err(|e| malformed(format!("manifest: {e}")))?;
-    let layers = manifest
-        .get("layers")
-        .and_then(Value::as_array)
-        .ok_or_else(|| malformed("the manifest has no layers".to_owned()))?;
-    if layers.len() > MAX_SIGNATURES {
-        return Err(malformed(format!(
-            "{} layers, more than the {MAX_SIGNATURES} cosign reads",
-            layers.len()
-        )));
-    }
-    layers
-        .iter()
-        .map(|descriptor| {
-            let digest = descriptor
-                .get("digest")
+    Ok(super::descriptors(tag, manifest)?
+        .into_iter()
+        .map(|(descriptor, digest, size)| Layer {
+            predicate_type: descriptor
+                .get("annotations")
+                .and_then(|a| a.get(PREDICATE_TYPE_ANNOTATION))
                 .and_then(Value::as_str)
-                .filter(|d| is_sha256_digest(d))
-                .ok_or_else(|| malformed("a layer without a sha256 digest".to_owned()))?;
-            Ok(Layer {
-                descriptor: descriptor.clone(),
-                digest: digest.to_owned(),
-                predicate_type: descriptor
-                    .get("annotations")
-                    .and_then(|a| a.get(PREDICATE_TYPE_ANNOTATION))
-                    .and_then(Value::as_str)
-                    .map(str::to_owned),
-            })
+                .map(str::to_owned),
+            descriptor,
+            digest,
+            size,
         })
-        .collect()
+        .collect())
 }
 
 /// The layers of `repository:tag`, or none when there is no such image.
@@ -142,11 +119,7 @@ async fn envelope(
     repository: &Reference,
     layer: &Layer,
 ) -> Result<Option<(String, Vec<u8>, Vec<Vec<u8>>)>, CosignError> {
-    let size = layer
-        .descriptor
-        .get("size")
-        .and_then(Value::as_u64)
-        .unwrap_or(u64::MAX);
+    let size = layer.size;
     if size > MAX_ENVELOPE_BYTES {
         return Ok(None);
     }
@@ -237,15 +210,14 @@ pub async fn attach(
     }))
     .map_err(|e| CosignError::Key(e.to_string()))?;
     let envelope_digest = sha256_digest(&envelope);
-    let client = registry.distribution();
-    let write_error = |what: &str| {
-        let what = format!("writing {what} of {attestation}");
-        move |source| CosignError::Registry { what, source }
-    };
-    client
+    registry
+        .distribution()
         .push_blob(repository, &envelope_digest, Bytes::from(envelope.clone()))
         .await
-        .map_err(write_error("the attestation"))?;
+        .map_err(|source| CosignError::Registry {
+            what: format!("writing the attestation of {attestation}"),
+            source,
+        })?;
     existing.push(Layer {
         descriptor: json!({
             "mediaType": DSSE_MEDIA_TYPE,
@@ -257,32 +229,14 @@ pub async fn attach(
             },
         }),
         digest: envelope_digest,
+        size: envelope.len() as u64,
         predicate_type: Some(predicate_type.to_owned()),
     });
-    let diff_ids: Vec<&str> = existing.iter().map(|l| l.digest.as_str()).collect();
-    let config = serde_json::to_vec(&json!({
-        "architecture": "",
-        "os": "",
-        "config": {},
-        "rootfs": {"type": "layers", "diff_ids": diff_ids},
-    }))
-    .map_err(|e| CosignError::Key(e.to_string()))?;
-    let config_digest = sha256_digest(&config);
-    client
-        .push_blob(repository, &config_digest, Bytes::from(config.clone()))
-        .await
-        .map_err(write_error("the config"))?;
-    let manifest = serde_json::to_vec(&json!({
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": OCI_CONFIG, "size": config.len(), "digest": config_digest},
-        "layers": existing.iter().map(|l| l.descriptor.clone()).collect::<Vec<_>>(),
-    }))
-    .map_err(|e| CosignError::Key(e.to_string()))?;
-    client
-        .put_manifest(repository, &tag, OCI_MANIFEST, Bytes::from(manifest))
-        .await
-        .map_err(write_error("the attestation manifest"))?;
+    let written: Vec<(&Value, &str)> = existing
+        .iter()
+        .map(|l| (&l.descriptor, l.digest.as_str()))
+        .collect();
+    super::write_image(registry, repository, &tag, &attestation, &written).await?;
     Ok(Attached::Written { attestation })
 }
 

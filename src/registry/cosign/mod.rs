@@ -151,7 +151,9 @@ async fn signature_layers(
     parse_layers(tag, &manifest)
 }
 
-fn parse_layers(tag: &str, manifest: &[u8]) -> Result<Vec<Layer>, CosignError> {
+/// The layer descriptors of a cosign image (`.sig`, `.att`), each with its digest and size,
+/// within cosign's cap on layers.
+fn descriptors(tag: &str, manifest: &[u8]) -> Result<Vec<(Value, String, u64)>, CosignError> {
     let malformed = |why: String| CosignError::Malformed {
         tag: tag.to_owned(),
         why,
@@ -180,6 +182,15 @@ fn parse_layers(tag: &str, manifest: &[u8]) -> Result<Vec<Layer>, CosignError> {
                 .get("size")
                 .and_then(Value::as_u64)
                 .ok_or_else(|| malformed(format!("layer {digest} has no size")))?;
+            Ok((descriptor.clone(), digest.to_owned(), size))
+        })
+        .collect()
+}
+
+fn parse_layers(tag: &str, manifest: &[u8]) -> Result<Vec<Layer>, CosignError> {
+    Ok(descriptors(tag, manifest)?
+        .into_iter()
+        .map(|(descriptor, digest, size)| {
             // A layer without the annotation (or with one that is not base64) is nobody's
             // signature: kept when written back, never verified.
             let signature = descriptor
@@ -187,14 +198,48 @@ fn parse_layers(tag: &str, manifest: &[u8]) -> Result<Vec<Layer>, CosignError> {
                 .and_then(|a| a.get(SIGNATURE_ANNOTATION))
                 .and_then(Value::as_str)
                 .and_then(|b64| base64::engine::general_purpose::STANDARD.decode(b64).ok());
-            Ok(Layer {
-                descriptor: descriptor.clone(),
-                digest: digest.to_owned(),
+            Layer {
+                descriptor,
+                digest,
                 size,
                 signature,
-            })
+            }
         })
-        .collect()
+        .collect())
+}
+
+/// Writes the cosign image `repository:tag` of `layers` (descriptors whose blobs are in the
+/// repository) with its config; `shown` names it in errors.
+async fn write_image(
+    registry: &Registry,
+    repository: &Reference,
+    tag: &str,
+    shown: &str,
+    layers: &[(&Value, &str)],
+) -> Result<(), CosignError> {
+    let client = registry.distribution();
+    let write_error = |what: &str| {
+        let what = format!("writing {what} of {shown}");
+        move |source| CosignError::Registry { what, source }
+    };
+    let digests: Vec<&str> = layers.iter().map(|(_, digest)| *digest).collect();
+    let config = config(&digests);
+    let config_digest = sha256_digest(&config);
+    client
+        .push_blob(repository, &config_digest, Bytes::from(config.clone()))
+        .await
+        .map_err(write_error("the config"))?;
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "size": config.len(), "digest": config_digest},
+        "layers": layers.iter().map(|(descriptor, _)| *descriptor).collect::<Vec<_>>(),
+    });
+    let manifest = serde_json::to_vec(&manifest).map_err(|e| CosignError::Key(e.to_string()))?;
+    client
+        .put_manifest(repository, tag, OCI_MANIFEST, Bytes::from(manifest))
+        .await
+        .map_err(write_error("the manifest"))
 }
 
 /// Signs the manifest `digest` of `repository` with `key`, as `cosign sign --key` does: the
@@ -252,31 +297,18 @@ pub async fn sign(
         size: payload.len() as u64,
         signature: Some(signed),
     });
-    let config = config(&layers);
-    let config_digest = sha256_digest(&config);
-    client
-        .push_blob(repository, &config_digest, Bytes::from(config.clone()))
-        .await
-        .map_err(write_error("the config"))?;
-    let manifest = json!({
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": OCI_CONFIG, "size": config.len(), "digest": config_digest},
-        "layers": layers.iter().map(|l| l.descriptor.clone()).collect::<Vec<_>>(),
-    });
-    let manifest = serde_json::to_vec(&manifest).map_err(|e| CosignError::Key(e.to_string()))?;
-    client
-        .put_manifest(repository, &tag, OCI_MANIFEST, Bytes::from(manifest))
-        .await
-        .map_err(write_error("the signature manifest"))?;
+    let written: Vec<(&Value, &str)> = layers
+        .iter()
+        .map(|l| (&l.descriptor, l.digest.as_str()))
+        .collect();
+    write_image(registry, repository, &tag, &signature, &written).await?;
     Ok(Signed::Written { signature })
 }
 
 /// The config of a signature image as go-containerregistry's `mutate.Append` leaves it: the
 /// layers' diff IDs (their digests: the layers are uncompressed), so that a later
 /// `cosign sign` appends onto this image cleanly. Verification never reads it.
-fn config(layers: &[Layer]) -> Vec<u8> {
-    let diff_ids: Vec<&str> = layers.iter().map(|l| l.digest.as_str()).collect();
+fn config(diff_ids: &[&str]) -> Vec<u8> {
     let config = json!({
         "architecture": "",
         "os": "",
@@ -449,13 +481,8 @@ mod tests {
 
     #[test]
     fn the_config_lists_every_layer_as_a_diff_id() {
-        let layer = |d: &[u8]| Layer {
-            descriptor: Value::Null,
-            digest: sha256_digest(d),
-            size: 1,
-            signature: None,
-        };
-        let config: Value = serde_json::from_slice(&config(&[layer(b"a"), layer(b"b")])).unwrap();
+        let (a, b) = (sha256_digest(b"a"), sha256_digest(b"b"));
+        let config: Value = serde_json::from_slice(&config(&[&a, &b])).unwrap();
         assert_eq!(
             config["rootfs"]["diff_ids"],
             json!([sha256_digest(b"a"), sha256_digest(b"b")])
