@@ -599,6 +599,41 @@ async fn controller_signs() -> anyhow::Result<()> {
     controller.stop().await
 }
 
+/// Waits for each of `ready` to be Ready, and each of `refused` to be Stalled
+/// `VerificationFailed` with a Ready message that says why, and no bundle pushed.
+async fn verified_and_refused(
+    sources: &Api<PackageSource>,
+    ready: &[&str],
+    refused: &[(&str, &str)],
+) -> anyhow::Result<()> {
+    for name in ready {
+        wait_for(sources, name, Duration::from_secs(60), "Ready", |o| {
+            has(o, types::READY, "True", reasons::SUCCEEDED)
+        })
+        .await?;
+    }
+    for (name, says) in refused {
+        let stalled = wait_for(
+            sources,
+            name,
+            Duration::from_secs(60),
+            "Stalled VerificationFailed",
+            |o| has(o, types::STALLED, "True", reasons::VERIFICATION_FAILED),
+        )
+        .await?;
+        let status = stalled.status.unwrap_or_default();
+        let message = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == types::READY)
+            .map(|c| c.message.clone())
+            .unwrap_or_default();
+        ensure!(message.contains(says), "{name}: {message}");
+        ensure!(status.bundle.is_none(), "{name}: a bundle was pushed");
+    }
+    Ok(())
+}
+
 /// `verify` of registry contents: a signed image and a signed bundle are synced and
 /// published; an unsigned image and one signed by another key are Stalled
 /// `VerificationFailed`, and nothing of theirs is pushed.
@@ -698,40 +733,15 @@ spec:
         )
         .await?;
     }
-    for name in ["signed", "bundle"] {
-        wait_for(&sources, name, Duration::from_secs(60), "Ready", |o| {
-            has(o, types::READY, "True", reasons::SUCCEEDED)
-        })
-        .await?;
-    }
-    for (name, says) in [
-        ("unsigned", "has no cosign signature"),
-        ("foreign", "signature of another key"),
-    ] {
-        let stalled = wait_for(
-            &sources,
-            name,
-            Duration::from_secs(60),
-            "Stalled VerificationFailed",
-            |o| has(o, types::STALLED, "True", reasons::VERIFICATION_FAILED),
-        )
-        .await?;
-        let message = stalled
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.iter().find(|c| c.type_ == types::READY))
-            .map(|c| c.message.clone())
-            .unwrap_or_default();
-        ensure!(message.contains(says), "{name}: {message}");
-        ensure!(
-            stalled
-                .status
-                .as_ref()
-                .and_then(|s| s.bundle.as_ref())
-                .is_none(),
-            "{name}: a bundle was pushed"
-        );
-    }
+    verified_and_refused(
+        &sources,
+        &["signed", "bundle"],
+        &[
+            ("unsigned", "has no cosign signature"),
+            ("foreign", "signature of another key"),
+        ],
+    )
+    .await?;
     controller.stop().await
 }
 
@@ -955,40 +965,15 @@ spec:
         )
         .await?;
     }
-    for source in ["pgp-tag", "ssh-commit"] {
-        wait_for(&sources, source, Duration::from_secs(60), "Ready", |o| {
-            has(o, types::READY, "True", reasons::SUCCEEDED)
-        })
-        .await?;
-    }
-    for (source, says) in [
-        ("forged-tag", "OpenPGP signature by none of the keys"),
-        ("unsigned-tag", "is not signed"),
-    ] {
-        let stalled = wait_for(
-            &sources,
-            source,
-            Duration::from_secs(60),
-            "Stalled VerificationFailed",
-            |o| has(o, types::STALLED, "True", reasons::VERIFICATION_FAILED),
-        )
-        .await?;
-        let message = stalled
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.iter().find(|c| c.type_ == types::READY))
-            .map(|c| c.message.clone())
-            .unwrap_or_default();
-        ensure!(message.contains(says), "{source}: {message}");
-        ensure!(
-            stalled
-                .status
-                .as_ref()
-                .and_then(|s| s.bundle.as_ref())
-                .is_none(),
-            "{source}: a bundle was pushed"
-        );
-    }
+    verified_and_refused(
+        &sources,
+        &["pgp-tag", "ssh-commit"],
+        &[
+            ("forged-tag", "OpenPGP signature by none of the keys"),
+            ("unsigned-tag", "is not signed"),
+        ],
+    )
+    .await?;
     controller.stop().await
 }
 

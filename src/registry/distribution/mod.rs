@@ -473,35 +473,21 @@ impl<'r> DistributionClient<'r> {
             .map(Some)
     }
 
-    /// The manifest `repository:target`, as bytes, accepting `media_types`.
+    /// The manifest `repository:target`, as bytes, accepting `media_types`; a missing one is
+    /// an error that says whether the repository or the tag is missing.
     pub async fn get_manifest(
         &self,
         repository: &Reference,
         target: &str,
         media_types: &[&str],
     ) -> Result<Bytes, RegistryError> {
+        if let Some(manifest) = self.find_manifest(repository, target, media_types).await? {
+            return Ok(manifest);
+        }
         let endpoint = self.endpoint(repository).await?;
         let url = manifest_url(&endpoint, target);
-        let accept = media_types.join(", ");
-        let (response, credential) = self
-            .send(
-                &endpoint,
-                Access::Pull,
-                "GET",
-                &url,
-                &self.counts.manifest_gets,
-                |http| http.get(&url).header(ACCEPT, &accept),
-            )
-            .await?;
-        let status = response.status();
-        if status == StatusCode::NOT_FOUND {
-            drop(response);
-            return Err(self.not_found(&endpoint, &url, &credential).await);
-        }
-        if !status.is_success() {
-            return Err(status_error("GET", &url, status, &endpoint.auth, ""));
-        }
-        read_capped(response, MAX_MANIFEST_BYTES, "manifest", &url).await
+        let credential = self.credential(&endpoint, Access::Pull, &url).await?;
+        Err(self.not_found(&endpoint, &url, &credential).await)
     }
 
     /// The blob `digest` of `repository`, read into memory up to `size` bytes (the size its
