@@ -119,9 +119,9 @@ pub(super) fn describe_selector(query: &str) -> String {
 
 /// The PackageRepositorySources (from `store`) in `source`'s namespace whose selector
 /// matches its labels: what to reconcile again when the PackageSource changes.
-pub(super) fn selecting<'a>(
+pub(super) fn selecting<'a, S: kube::Resource>(
     store: impl IntoIterator<Item = &'a PackageRepositorySource>,
-    source: &PackageSource,
+    source: &S,
 ) -> Vec<kube::runtime::reflector::ObjectRef<PackageRepositorySource>> {
     let namespace = source.namespace();
     store
@@ -143,7 +143,7 @@ pub(super) fn placement_changed<'a>(
     sources
         .into_iter()
         .filter(|source| {
-            let selected = !selecting(repositories.iter().copied(), source).is_empty();
+            let selected = !selecting(repositories.iter().copied(), *source).is_empty();
             let in_cluster = source.spec.publish.enabled.unwrap_or(!selected);
             match source.status.as_ref().and_then(|s| s.package.as_ref()) {
                 None => true,

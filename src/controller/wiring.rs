@@ -291,10 +291,17 @@ pub(super) fn repository_controller(
     );
     let selecting = repositories.clone();
     let controller = KubeController::for_stream(triggers, repositories)
-        .watches(
-            api(client, namespace),
-            watcher::Config::default(),
-            move |source: PackageSource| {
+        // Every source of every shard (a repository selects across shards), as metadata:
+        // the mapping reads only labels and namespace, and each shard sees every status write
+        // of the fleet go by — full objects would be the fleet's bytes, over and over.
+        .watches_stream(
+            watcher(
+                scoped::<PartialObjectMeta<PackageSource>>(client, namespace),
+                watcher::Config::default(),
+            )
+            .default_backoff()
+            .touched_objects(),
+            move |source: PartialObjectMeta<PackageSource>| {
                 let state = selecting.state();
                 labels::selecting(state.iter().map(|r| r.as_ref()), &source)
             },
