@@ -110,6 +110,41 @@ async fn each_shard_reconciles_its_own_objects() -> anyhow::Result<()> {
         },
     )
     .await?;
+    // What a shard's sources publish carries their shard label (moved along with the
+    // source), and the shard watches it: a Package deleted behind its back is restored by the
+    // shard that owns it, through its narrowed drift watch.
+    let packages: Api<packsmith::carvel::Package> = Api::namespaced(client.clone(), &ns);
+    let shard_of = |p: &packsmith::carvel::Package| {
+        p.metadata.labels.as_ref().and_then(|l| l.get(KEY)).cloned()
+    };
+    let plain = packages.get("plain.ctl.example.com.0.1.0").await?;
+    anyhow::ensure!(shard_of(&plain).is_none(), "{:?}", plain.metadata.labels);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let moved = packages.get("moved.ctl.example.com.0.1.0").await?;
+        if shard_of(&moved).as_deref() == Some("shard2") {
+            break;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the shard label did not move with the source: {:?}",
+            moved.metadata.labels
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for (package, shard) in [("one", "shard1"), ("moved", "shard2"), ("plain", "default")] {
+        let name = format!("{package}.ctl.example.com.0.1.0");
+        packages.delete(&name, &Default::default()).await?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while packages.get_opt(&name).await?.is_none() {
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "{shard} did not restore {name}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     // An object for a shard no process runs is left alone by all of them.
     apply_yaml(&client, &ns, &labelled("orphaned", &ns, Some("shard9"))).await?;
     anyhow::ensure!(!handled(&api.get("orphaned").await?), "reconciled at once");

@@ -42,6 +42,9 @@ pub(super) struct Settings {
     pub max_object_disk: Option<u64>,
     /// The helm that renders charts for the lock (`--helm-binary`).
     pub helm_binary: PathBuf,
+    /// `--watch-label-selector`: the labels of a source it names are copied onto what the
+    /// source publishes, and the watches of published objects are narrowed by it.
+    pub shard_selector: Option<String>,
 }
 
 impl Settings {
@@ -126,6 +129,7 @@ mod tests {
             egress: crate::registry::Egress::default(),
             max_object_disk: None,
             helm_binary: PathBuf::from("helm"),
+            shard_selector: None,
         };
         assert!(settings.check_publish_namespace("team-a", "team-a").is_ok());
         assert!(
@@ -158,6 +162,7 @@ mod tests {
             egress: crate::registry::Egress::default(),
             max_object_disk: None,
             helm_binary: PathBuf::from("helm"),
+            shard_selector: None,
         };
         assert!(!settings.credentials_for("packsmith-system").is_empty());
         assert!(settings.credentials_for("team-a").is_empty());
@@ -174,6 +179,7 @@ mod tests {
             egress: crate::registry::Egress::default(),
             max_object_disk: None,
             helm_binary: PathBuf::from("helm"),
+            shard_selector: None,
         };
         let s = std::time::Duration::from_secs;
         assert_eq!(settings.interval(s(1)), s(30));

@@ -37,6 +37,70 @@ pub(super) fn labels(namespace: &str, name: &str) -> BTreeMap<String, String> {
     ])
 }
 
+/// The label keys a `labelSelector` query (`k=v`, `k!=v`, `k in (a,b)`, `k notin (…)`, `k`,
+/// `!k`, comma-separated) names.
+pub(super) fn selector_keys(selector: &str) -> Vec<&str> {
+    fn key(requirement: &str) -> Option<&str> {
+        let text = requirement.trim().trim_start_matches('!').trim_start();
+        let end = text
+            .find(|c: char| c.is_whitespace() || matches!(c, '=' | '!' | '('))
+            .unwrap_or(text.len());
+        (end > 0).then(|| &text[..end])
+    }
+    let mut requirements = Vec::new();
+    let mut depth = 0usize;
+    let mut start = 0;
+    for (i, c) in selector.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth = depth.saturating_sub(1),
+            ',' if depth == 0 => {
+                requirements.push(&selector[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    requirements.push(&selector[start..]);
+    requirements.into_iter().filter_map(key).collect()
+}
+
+/// The labels of a source that its shard's selector (`--watch-label-selector`) names: copied
+/// onto what the source publishes, so that the shard's watches of published objects can be
+/// narrowed by the same selector.
+pub(super) fn shard_labels(
+    source: &BTreeMap<String, String>,
+    selector: Option<&str>,
+) -> BTreeMap<String, String> {
+    let Some(selector) = selector else {
+        return BTreeMap::new();
+    };
+    let keys = selector_keys(selector);
+    source
+        .iter()
+        .filter(|(k, _)| keys.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// Whether a published object's `existing` labels hold the `desired` ones, with no other value
+/// for a key the shard `selector` names: a source moved to another shard (or out of sharding)
+/// takes its old shard label off what it published.
+pub(super) fn labels_in_place(
+    existing: Option<&BTreeMap<String, String>>,
+    desired: Option<&BTreeMap<String, String>>,
+    selector: Option<&str>,
+) -> bool {
+    let empty = BTreeMap::new();
+    let (existing, desired) = (existing.unwrap_or(&empty), desired.unwrap_or(&empty));
+    desired.iter().all(|(k, v)| existing.get(k) == Some(v))
+        && selector
+            .map(selector_keys)
+            .unwrap_or_default()
+            .iter()
+            .all(|k| existing.get(*k) == desired.get(*k))
+}
+
 /// The label selector of what `name` in `namespace` published.
 pub(super) fn selector(namespace: &str, name: &str) -> String {
     format!("{LABEL_SOURCE_NAME}={name},{LABEL_SOURCE_NAMESPACE}={namespace}")
@@ -159,6 +223,50 @@ mod tests {
     use super::*;
     use crate::controller::outcome::truncate_note;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+
+    #[test]
+    fn the_keys_a_shard_selector_names_are_copied() {
+        assert_eq!(
+            selector_keys(
+                "sharding.packsmith.dev/key in (shard1, shard2),team=a,!legacy, env notin (x)"
+            ),
+            ["sharding.packsmith.dev/key", "team", "legacy", "env"]
+        );
+        assert_eq!(
+            selector_keys("!sharding.packsmith.dev/key"),
+            ["sharding.packsmith.dev/key"]
+        );
+        assert_eq!(selector_keys("a!=b"), ["a"]);
+        let source = BTreeMap::from([
+            ("sharding.packsmith.dev/key".to_owned(), "shard1".to_owned()),
+            ("app".to_owned(), "web".to_owned()),
+        ]);
+        assert_eq!(
+            shard_labels(&source, Some("sharding.packsmith.dev/key in (shard1)")),
+            BTreeMap::from([("sharding.packsmith.dev/key".to_owned(), "shard1".to_owned())])
+        );
+        assert!(shard_labels(&source, None).is_empty());
+        let shard = |v: &str| BTreeMap::from([(KEY.to_owned(), v.to_owned())]);
+        const KEY: &str = "sharding.packsmith.dev/key";
+        let selector = Some("sharding.packsmith.dev/key in (shard2)");
+        assert!(labels_in_place(
+            Some(&shard("shard2")),
+            Some(&shard("shard2")),
+            selector
+        ));
+        assert!(!labels_in_place(
+            Some(&shard("shard1")),
+            Some(&shard("shard2")),
+            selector
+        ));
+        // Moved out of sharding: the old label must come off.
+        assert!(!labels_in_place(
+            Some(&shard("shard1")),
+            None,
+            Some("!sharding.packsmith.dev/key")
+        ));
+        assert!(labels_in_place(Some(&shard("shard1")), None, None));
+    }
 
     fn sel(labels: &[(&str, &str)], exprs: &[(&str, &str, &[&str])]) -> LabelSelector {
         LabelSelector {

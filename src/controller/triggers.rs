@@ -19,6 +19,7 @@ use crate::api::{PackageRepositorySource, PackageSource, REQUESTED_AT_ANNOTATION
 pub(super) fn drift_triggers<K>(
     client: &Client,
     namespace: Option<&str>,
+    shard: Option<&str>,
 ) -> impl futures::Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
@@ -32,7 +33,10 @@ where
     drift_watch(
         client,
         namespace,
-        format!("{}={}", labels::LABEL_MANAGED_BY, labels::MANAGED_BY),
+        in_shard(
+            format!("{}={}", labels::LABEL_MANAGED_BY, labels::MANAGED_BY),
+            shard,
+        ),
         |meta| meta.generation.map(|g| g.to_string()),
     )
 }
@@ -44,19 +48,31 @@ where
 pub(super) fn record_triggers(
     client: &Client,
     namespace: Option<&str>,
+    shard: Option<&str>,
 ) -> impl futures::Stream<Item = Result<PartialObjectMeta<ConfigMap>, watcher::Error>> + Send + 'static
 {
     drift_watch(
         client,
         namespace,
-        format!(
-            "{}={},{}=true",
-            labels::LABEL_MANAGED_BY,
-            labels::MANAGED_BY,
-            labels::LABEL_RELEASE
+        in_shard(
+            format!(
+                "{}={},{}=true",
+                labels::LABEL_MANAGED_BY,
+                labels::MANAGED_BY,
+                labels::LABEL_RELEASE
+            ),
+            shard,
         ),
         |meta| meta.resource_version.clone(),
     )
+}
+
+/// `selector` and, when sharded, the shard's selector too (both must hold).
+fn in_shard(selector: String, shard: Option<&str>) -> String {
+    match shard {
+        Some(shard) => format!("{selector},{shard}"),
+        None => selector,
+    }
 }
 
 /// A metadata-only watch of the `K` objects `selector` matches, through [`Drift`].

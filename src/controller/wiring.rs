@@ -165,6 +165,7 @@ pub(super) fn context(
             egress: options.egress.clone(),
             max_object_disk: options.max_object_disk,
             helm_binary: options.helm_binary.clone(),
+            shard_selector: options.label_selector.clone(),
         },
         recorder,
         metrics,
@@ -197,6 +198,9 @@ pub(super) fn source_controller(
     watches: Watches,
 ) -> KubeController<PackageSource> {
     let namespace = options.namespace.as_deref();
+    // What this shard's sources published carries their shard label (`labels::shard_labels`):
+    // the shard watches its own share of the fleet's published objects, not all of them.
+    let shard = options.label_selector.as_deref();
     let Watches {
         sources,
         source_triggers,
@@ -220,16 +224,16 @@ pub(super) fn source_controller(
         // again and restores it. kapp-controller's own changes (status, Packages it creates
         // from a PackageRepository, which carry no owner) map to nothing.
         .watches_stream(
-            drift_triggers::<Package>(client, namespace),
+            drift_triggers::<Package>(client, namespace, shard),
             |package: PartialObjectMeta<Package>| drifted_owner(&package),
         )
         .watches_stream(
-            drift_triggers::<PackageMetadata>(client, namespace),
+            drift_triggers::<PackageMetadata>(client, namespace, shard),
             |metadata: PartialObjectMeta<PackageMetadata>| drifted_owner(&metadata),
         )
         // Release records: deleted or edited, the owner records the release again.
         .watches_stream(
-            record_triggers(client, namespace),
+            record_triggers(client, namespace, shard),
             |config_map: PartialObjectMeta<ConfigMap>| drifted_owner(&config_map),
         )
         // A create, delete or selector change re-runs the sources whose placement it changes
@@ -307,7 +311,7 @@ pub(super) fn repository_controller(
             },
         )
         .watches_stream(
-            drift_triggers::<PackageRepository>(client, namespace),
+            drift_triggers::<PackageRepository>(client, namespace, None),
             |repository: PartialObjectMeta<PackageRepository>| {
                 drifted_repository_owner(&repository)
             },

@@ -176,6 +176,19 @@ async fn apply(
     conclude(ctx, obj, started, stall, failure, interval)
 }
 
+/// Labels on what `obj` publishes: the source's own, and its shard's.
+pub(super) fn published_labels(
+    obj: &PackageSource,
+    ctx: &Context,
+) -> std::collections::BTreeMap<String, String> {
+    let mut out = labels(&obj.namespace().unwrap_or_default(), &obj.name_any());
+    out.extend(super::labels::shard_labels(
+        obj.labels(),
+        ctx.settings.shard_selector.as_deref(),
+    ));
+    out
+}
+
 /// How long a reconcile of a new generation runs before `Reconciling=True` is written.
 const BEGIN_DELAY: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -262,7 +275,7 @@ async fn produce_inner(
         tags_override: None,
         repository_override: None,
         now: jiff::Timestamp::now(),
-        labels: labels(&namespace, &name),
+        labels: published_labels(obj, ctx),
         namespace: Some(publish_namespace.clone()),
         on_stage: Some(&on_stage),
         sync_policy: crate::sync::Policy::default(),
@@ -401,10 +414,16 @@ async fn publish_outcome(
     // would write, and its PackageMetadata is there and its own: status alone is not proof
     // (a person may have deleted or edited them, another source may have replaced them).
     let owner = Owner::of(obj);
+    let shard = ctx.settings.shard_selector.as_deref();
     if recorded
         && last.is_some_and(|l| {
             ownership::holds_applied(&l.spec, &outcome.package.spec)
                 && ownership::claim(Some(l.meta()), &owner) == Claim::Ours
+                && super::labels::labels_in_place(
+                    l.metadata.labels.as_ref(),
+                    outcome.package.metadata.labels.as_ref(),
+                    shard,
+                )
         })
         && publish::metadata_in_place(ctx, publish_namespace, &outcome.metadata, &owner).await?
     {

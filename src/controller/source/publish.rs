@@ -178,6 +178,11 @@ pub(super) async fn metadata_in_place(
     Ok(found.is_some_and(|m| {
         ownership::holds_applied(&m.spec, &desired.spec)
             && ownership::claim(Some(m.meta()), owner) == Claim::Ours
+            && crate::controller::labels::labels_in_place(
+                m.metadata.labels.as_ref(),
+                desired.metadata.labels.as_ref(),
+                ctx.settings.shard_selector.as_deref(),
+            )
     }))
 }
 

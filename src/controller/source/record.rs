@@ -59,9 +59,11 @@ pub(crate) fn record_name(package: &str) -> String {
 pub(crate) fn desired(
     source: &PackageSource,
     outcome: &Outcome,
+    shard_selector: Option<&str>,
 ) -> Result<ConfigMap, PublishError> {
     let invalid = |e: crate::carvel::Error| PublishError::Invalid(e.to_string());
     let mut labels = labels::labels(&source.namespace().unwrap_or_default(), &source.name_any());
+    labels.extend(labels::shard_labels(source.labels(), shard_selector));
     labels.insert(LABEL_RELEASE.to_owned(), "true".to_owned());
     let owner = source.controller_owner_ref(&()).map(|mut o| {
         // Blocking the owner's deletion would need the finalizers permission; GC is enough.
@@ -168,9 +170,16 @@ pub(crate) async fn is_in_place(
 ) -> Result<bool, PublishError> {
     let namespace = source.namespace().unwrap_or_default();
     let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &namespace);
-    let desired = desired(source, outcome)?;
+    let desired = desired(source, outcome, ctx.settings.shard_selector.as_deref())?;
     let existing = publish::read(&ctx.client, &api, &namespace, &desired.name_any()).await?;
-    Ok(existing.is_some_and(|e| in_place(&e, &desired, &Owner::of(source))))
+    Ok(existing.is_some_and(|e| {
+        in_place(&e, &desired, &Owner::of(source))
+            && labels::labels_in_place(
+                e.metadata.labels.as_ref(),
+                desired.metadata.labels.as_ref(),
+                ctx.settings.shard_selector.as_deref(),
+            )
+    }))
 }
 
 /// Applies the record, then deletes the source's records beyond the newest `retain` (the
@@ -185,7 +194,7 @@ pub(crate) async fn apply(
     let namespace = source.namespace().unwrap_or_default();
     let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &namespace);
     let owner = Owner::of(source);
-    let mut cm = desired(source, outcome)?;
+    let mut cm = desired(source, outcome, ctx.settings.shard_selector.as_deref())?;
     publish::owned(&mut cm.metadata, &owner);
     let name = cm.name_any();
     let existing = publish::read(&ctx.client, &api, &namespace, &name).await?;
