@@ -15,8 +15,10 @@ declare -A pkg=(
   [git]=git
   [curl]=curl
   [openssl]=openssl
-  # signed git commits and tags for the verification trials (e2e/tests/signing.rs).
+  # signed git commits and tags for the verification trials (e2e/tests/signing.rs); gpg
+  # only recommends its agent, which key generation and signing need.
   [gpg]=gpg
+  [gpg-agent]=gpg-agent
   [python3]=python3
   [setsid]=util-linux
   # git over ssh (e2e/tests/git.rs): sshd serves the bed's repos; ssh-keygen makes its keys.
