@@ -559,24 +559,30 @@ async fn push_bundle(
         }
         revision::Decision::Push { .. } => built.digest(),
     };
-    let signature = match (&target, input.signing) {
-        (Location::Registry(reference), Some(key)) => {
-            Some(sign_bundle(input, reference, signed_digest, key).await?)
+    // The signature and the provenance are independent artifacts: written side by side.
+    let signature = match &target {
+        Location::Registry(reference) => {
+            let existing = matches!(decision, revision::Decision::Existing { .. });
+            let sign = async {
+                match input.signing {
+                    Some(key) => sign_bundle(input, reference, signed_digest, key)
+                        .await
+                        .map(Some),
+                    None => Ok(None),
+                }
+            };
+            let attest = attach_provenance(
+                input,
+                reference,
+                signed_digest,
+                decision.version(),
+                contents,
+                existing,
+            );
+            tokio::try_join!(sign, attest)?.0
         }
-        _ => None,
+        Location::Layout(_) => None,
     };
-    if let Location::Registry(reference) = &target {
-        let existing = matches!(decision, revision::Decision::Existing { .. });
-        attach_provenance(
-            input,
-            reference,
-            signed_digest,
-            decision.version(),
-            contents,
-            existing,
-        )
-        .await?;
-    }
     if let revision::Decision::Existing { image, .. } = &decision {
         let pushed = Pushed {
             image: image.clone(),

@@ -1102,6 +1102,22 @@ async fn helm_provenance() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `packsmith verify REFERENCE --key cosign.pub` succeeds; the provenance `describe` reads.
+fn verified_provenance(dir: &Path, reference: &str) -> anyhow::Result<Value> {
+    let verified = packsmith(dir, "", &["verify", reference, "--key", "cosign.pub"])?;
+    ensure!(
+        verified.status.success(),
+        "{reference}: {}",
+        String::from_utf8_lossy(&verified.stderr)
+    );
+    let described: Value = serde_json::from_str(&packsmith_ok(
+        dir,
+        "",
+        &["describe", reference, "-o", "json"],
+    )?)?;
+    Ok(described["provenance"].clone())
+}
+
 /// The CLI's pipeline and repository release sign what they push and attach provenance:
 /// `release --sign-key` and `repo release --sign-key` bundles verify with `packsmith verify`,
 /// `describe` reads their provenance; a packagesource.yaml that asks for signatures is not
@@ -1142,18 +1158,8 @@ async fn cli_release_signed_with_provenance() -> anyhow::Result<()> {
         .map(|w| w.trim_matches(|c: char| c == '\'' || c == ',' || c == ')' || c == '('))
         .context(stdout.clone())?
         .to_owned();
-    let verified = packsmith(dir, "", &["verify", &bundle, "--key", "cosign.pub"])?;
-    ensure!(
-        verified.status.success(),
-        "{bundle}: {}",
-        String::from_utf8_lossy(&verified.stderr)
-    );
-    let described: Value = serde_json::from_str(&packsmith_ok(
-        dir,
-        "",
-        &["describe", &bundle, "-o", "json"],
-    )?)?;
-    assert_eq!(described["provenance"]["signatures"], 1, "{described}");
+    let provenance = verified_provenance(dir, &bundle)?;
+    assert_eq!(provenance["signatures"], 1, "{provenance}");
 
     // The spec asks for signatures: without --sign-key nothing is pushed.
     let spec_path = package.join("packagesource.yaml");
@@ -1193,19 +1199,8 @@ async fn cli_release_signed_with_provenance() -> anyhow::Result<()> {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let reference = format!("{repository}:v1");
-    let verified = packsmith(dir, "", &["verify", &reference, "--key", "cosign.pub"])?;
-    ensure!(
-        verified.status.success(),
-        "{}",
-        String::from_utf8_lossy(&verified.stderr)
-    );
-    let described: Value = serde_json::from_str(&packsmith_ok(
-        dir,
-        "",
-        &["describe", &reference, "-o", "json"],
-    )?)?;
-    let dependencies = described["provenance"]["dependencies"].to_string();
+    let provenance = verified_provenance(dir, &format!("{repository}:v1"))?;
+    let dependencies = provenance["dependencies"].to_string();
     ensure!(
         dependencies.contains(&format!("oci://{bundle}")),
         "{bundle} not in {dependencies}"

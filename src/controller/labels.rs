@@ -65,6 +65,16 @@ pub(super) fn selector_keys(selector: &str) -> Vec<&str> {
     requirements.into_iter().filter_map(key).collect()
 }
 
+/// Labels on what `source` publishes: its own, and those its shard's selector names.
+pub(super) fn published(
+    source: &crate::api::PackageSource,
+    shard_selector: Option<&str>,
+) -> BTreeMap<String, String> {
+    let mut out = labels(&source.namespace().unwrap_or_default(), &source.name_any());
+    out.extend(shard_labels(source.labels(), shard_selector));
+    out
+}
+
 /// The labels of a source that its shard's selector (`--watch-label-selector`) names: copied
 /// onto what the source publishes, so that the shard's watches of published objects can be
 /// narrowed by the same selector.

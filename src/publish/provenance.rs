@@ -54,17 +54,34 @@ pub fn statement(
         "images": spec.images,
     });
     let inputs = serde_json::to_vec(&inputs).unwrap_or_default();
+    provenance(
+        repository,
+        digest,
+        BUILD_TYPE,
+        json!({
+            "package": {"refName": spec.package.ref_name, "version": version},
+            "inputs": {"sha256": hex(&sha256_digest(&inputs))},
+        }),
+        dependencies,
+    )
+}
+
+/// The Statement of SLSA provenance about `repository@digest`, packsmith as the builder.
+fn provenance(
+    repository: &str,
+    digest: &str,
+    build_type: &str,
+    external_parameters: Value,
+    dependencies: Vec<Value>,
+) -> Vec<u8> {
     let statement = json!({
         "_type": "https://in-toto.io/Statement/v1",
         "subject": [{"name": repository, "digest": {"sha256": hex(digest)}}],
         "predicateType": PREDICATE_TYPE,
         "predicate": {
             "buildDefinition": {
-                "buildType": BUILD_TYPE,
-                "externalParameters": {
-                    "package": {"refName": spec.package.ref_name, "version": version},
-                    "inputs": {"sha256": hex(&sha256_digest(&inputs))},
-                },
+                "buildType": build_type,
+                "externalParameters": external_parameters,
                 "resolvedDependencies": dependencies,
             },
             "runDetails": {
@@ -104,25 +121,13 @@ pub fn repository_statement(
         .iter()
         .map(|(ref_name, version)| json!({"refName": ref_name, "version": version}))
         .collect();
-    let statement = json!({
-        "_type": "https://in-toto.io/Statement/v1",
-        "subject": [{"name": repository, "digest": {"sha256": hex(digest)}}],
-        "predicateType": PREDICATE_TYPE,
-        "predicate": {
-            "buildDefinition": {
-                "buildType": REPOSITORY_BUILD_TYPE,
-                "externalParameters": {"packages": packages},
-                "resolvedDependencies": dependencies,
-            },
-            "runDetails": {
-                "builder": {
-                    "id": BUILDER_ID,
-                    "version": {"packsmith": env!("CARGO_PKG_VERSION")},
-                },
-            },
-        },
-    });
-    serde_json::to_vec(&statement).unwrap_or_default()
+    provenance(
+        repository,
+        digest,
+        REPOSITORY_BUILD_TYPE,
+        json!({"packages": packages}),
+        dependencies,
+    )
 }
 
 fn hex(digest: &str) -> &str {

@@ -62,7 +62,9 @@ pub(crate) async fn fetch(
     contents: &DirectoryContents,
     out: &Path,
 ) -> Result<LockGit, FetchError> {
-    let job = Job::new(ctx, source, locked_sha, contents, out)?;
+    let mut job = Job::new(ctx, source, locked_sha, contents, out)?;
+    // Only a fetch verifies: the warm path's probe reads no keys.
+    job.keyring = keyring(ctx, source)?;
     let interrupt = Arc::new(AtomicBool::new(false));
     // Dropping this future (timeout) stops the blocking fetch at its next check.
     let guard = InterruptOnDrop(interrupt.clone());
@@ -71,6 +73,26 @@ pub(crate) async fn fetch(
         .map_err(|e| FetchError::Git(format!("fetch task failed: {e}")))?;
     drop(guard);
     result
+}
+
+/// vendir's `git.verification`: the keys a checkout's signature must verify with.
+fn keyring(
+    ctx: &Context<'_>,
+    source: &GitSource,
+) -> Result<Option<Arc<super::keyring::Keyring>>, FetchError> {
+    let Some(verification) = &source.verification else {
+        return Ok(None);
+    };
+    let secret_ref = verification
+        .public_keys_secret_ref
+        .as_ref()
+        .ok_or_else(|| {
+            FetchError::Invalid(
+                "git.verification needs publicKeysSecretRef (a Secret of public keys)".to_owned(),
+            )
+        })?;
+    let secret = ctx.secret(&secret_ref.name)?;
+    super::keyring::Keyring::from_secret(&secret_ref.name, &secret).map(|k| Some(Arc::new(k)))
 }
 
 /// The identity [`fetch`] would record ([`identity`] of its lock), from one ls-remote: nothing
@@ -158,25 +180,6 @@ impl Job {
         if source.url.is_empty() {
             return Err(FetchError::Invalid("git.url is empty".to_owned()));
         }
-        let keyring = match &source.verification {
-            None => None,
-            Some(verification) => {
-                let secret_ref = verification
-                    .public_keys_secret_ref
-                    .as_ref()
-                    .ok_or_else(|| {
-                        FetchError::Invalid(
-                            "git.verification needs publicKeysSecretRef (a Secret of public keys)"
-                                .to_owned(),
-                        )
-                    })?;
-                let secret = ctx.secret(&secret_ref.name)?;
-                Some(Arc::new(super::keyring::Keyring::from_secret(
-                    &secret_ref.name,
-                    &secret,
-                )?))
-            }
-        };
         let want = match (locked_sha, &source.ref_selection, source.git_ref.as_str()) {
             (Some(sha), _, _) => Want::Sha(sha),
             (None, _, reference) if !reference.is_empty() => Want::Ref(reference.to_owned()),
@@ -268,7 +271,7 @@ impl Job {
             repos_root,
             cached,
             out: out.to_owned(),
-            keyring,
+            keyring: None,
             filter: PathFilter::new(
                 &contents.include_paths,
                 &contents.exclude_paths,

@@ -19,7 +19,6 @@ use status::{Observed, Publication};
 
 use super::context::{Context, KIND};
 use super::inputs;
-use super::labels::labels;
 use super::outcome::{Failure, Retry, truncate_note};
 use super::ownership::{self, Claim, Owner};
 use super::reconcile::{
@@ -176,19 +175,6 @@ async fn apply(
     conclude(ctx, obj, started, stall, failure, interval)
 }
 
-/// Labels on what `obj` publishes: the source's own, and its shard's.
-pub(super) fn published_labels(
-    obj: &PackageSource,
-    ctx: &Context,
-) -> std::collections::BTreeMap<String, String> {
-    let mut out = labels(&obj.namespace().unwrap_or_default(), &obj.name_any());
-    out.extend(super::labels::shard_labels(
-        obj.labels(),
-        ctx.settings.shard_selector.as_deref(),
-    ));
-    out
-}
-
 /// How long a reconcile of a new generation runs before `Reconciling=True` is written.
 const BEGIN_DELAY: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -275,7 +261,7 @@ async fn produce_inner(
         tags_override: None,
         repository_override: None,
         now: jiff::Timestamp::now(),
-        labels: published_labels(obj, ctx),
+        labels: super::labels::published(obj, ctx.settings.shard_selector.as_deref()),
         namespace: Some(publish_namespace.clone()),
         on_stage: Some(&on_stage),
         sync_policy: crate::sync::Policy::default(),

@@ -62,8 +62,7 @@ pub(crate) fn desired(
     shard_selector: Option<&str>,
 ) -> Result<ConfigMap, PublishError> {
     let invalid = |e: crate::carvel::Error| PublishError::Invalid(e.to_string());
-    let mut labels = labels::labels(&source.namespace().unwrap_or_default(), &source.name_any());
-    labels.extend(labels::shard_labels(source.labels(), shard_selector));
+    let mut labels = labels::published(source, shard_selector);
     labels.insert(LABEL_RELEASE.to_owned(), "true".to_owned());
     let owner = source.controller_owner_ref(&()).map(|mut o| {
         // Blocking the owner's deletion would need the finalizers permission; GC is enough.

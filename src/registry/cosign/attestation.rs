@@ -182,10 +182,17 @@ pub async fn attach(
         }),
         None => true,
     };
-    for layer in existing
-        .iter()
-        .filter(|l| l.predicate_type.as_deref() == Some(predicate_type))
-    {
+    let of_type = || {
+        existing
+            .iter()
+            .filter(|l| l.predicate_type.as_deref() == Some(predicate_type))
+    };
+    // Any attestation of the type will do and no key must have signed it: the manifest says
+    // enough, no envelope is read (the steady state of an unsigned bundle).
+    if any_of_type && key.is_none() && of_type().next().is_some() {
+        return Ok(Attached::Present { attestation });
+    }
+    for layer in of_type() {
         if let Some((payload_type, payload, signatures)) =
             envelope(registry, repository, layer).await?
             && payload_type == IN_TOTO_PAYLOAD_TYPE
