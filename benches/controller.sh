@@ -35,8 +35,10 @@ cleanup() {
   for pid in "${ctl_pids[@]}"; do
     kill -0 "$pid" 2>/dev/null && kill -TERM "$pid"
   done
+  # Up to a minute each: reconciles in flight finish first, and a dhat-heap build writes its
+  # profile on the way out.
   for pid in "${ctl_pids[@]}"; do
-    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    for _ in $(seq 600); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$pid" 2>/dev/null
     wait "$pid" 2>/dev/null
   done

@@ -199,6 +199,41 @@ fn owning(
     ))
 }
 
+/// Of `meta`, only its identity and what [`owning_source`] and [`owning_repository_source`]
+/// read: what a watch keeps of each published object to name its owner once it is gone
+/// (the object's other labels and annotations, kept for thousands of objects, would be the
+/// larger part of a shard's memory for nothing).
+pub(super) fn owner_meta(meta: &ObjectMeta) -> ObjectMeta {
+    let annotations = meta
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get_key_value(OWNER_ANNOTATION))
+        .map(|(k, v)| BTreeMap::from([(k.clone(), v.clone())]));
+    let labels: BTreeMap<String, String> = meta
+        .labels
+        .iter()
+        .flatten()
+        .filter(|(k, _)| {
+            [
+                LABEL_SOURCE_NAMESPACE,
+                LABEL_SOURCE_NAME,
+                LABEL_REPOSITORY_SOURCE_NAMESPACE,
+                LABEL_REPOSITORY_SOURCE_NAME,
+            ]
+            .contains(&k.as_str())
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    ObjectMeta {
+        name: meta.name.clone(),
+        namespace: meta.namespace.clone(),
+        uid: meta.uid.clone(),
+        annotations,
+        labels: (!labels.is_empty()).then_some(labels),
+        ..ObjectMeta::default()
+    }
+}
+
 /// Whether the object is `me`'s (owned, or adoptable): the only objects it may read as its
 /// own, prune or delete.
 pub(super) fn is_ours(meta: &ObjectMeta, me: &Owner) -> bool {
@@ -247,6 +282,40 @@ mod tests {
             ),
             ..ObjectMeta::default()
         }
+    }
+
+    #[test]
+    fn what_a_watch_keeps_still_names_the_owner() {
+        let annotated = meta(
+            Some(&me().annotation()),
+            &[("app", "x"), (LABEL_SOURCE_NAME, "cert-manager")],
+        );
+        let kept = owner_meta(&annotated);
+        assert_eq!(owning_source(&kept), owning_source(&annotated));
+        assert_eq!(
+            owning_source(&kept),
+            Some(("team-a".into(), "cert-manager".into()))
+        );
+        assert_eq!(kept.labels.unwrap().len(), 1, "only the owner labels");
+        // Labels only (written before the annotation existed), and a repository's labels.
+        let labelled = meta(
+            None,
+            &[
+                (LABEL_SOURCE_NAME, "cert-manager"),
+                (LABEL_SOURCE_NAMESPACE, "team-a"),
+                (LABEL_REPOSITORY_SOURCE_NAME, "main"),
+                (LABEL_REPOSITORY_SOURCE_NAMESPACE, "team-a"),
+                ("other", "y"),
+            ],
+        );
+        let kept = owner_meta(&labelled);
+        assert_eq!(owning_source(&kept), owning_source(&labelled));
+        assert_eq!(
+            owning_repository_source(&kept),
+            owning_repository_source(&labelled)
+        );
+        assert!(kept.annotations.is_none());
+        assert!(!kept.labels.unwrap().contains_key("other"));
     }
 
     #[test]

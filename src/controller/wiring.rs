@@ -48,6 +48,9 @@ impl Watches {
         let (sources, writer) = reflector::store();
         let source_triggers = watcher(api(client, namespace), sharded(selector))
             .default_backoff()
+            // Nothing reads managedFields, and each status write adds to them: the store of
+            // every source of the shard would hold the API server's field sets, parsed.
+            .modify(|s: &mut PackageSource| s.metadata.managed_fields = None)
             .reflect(writer)
             .applied_objects()
             .predicate_filter(
