@@ -198,6 +198,10 @@ echo "CPU seconds during the ramp: packsmith $ramp_cpu, $(awk 'NR == FNR { a[$1]
   "(of $(awk -v r="$ramp_s" -v c="$(nproc)" 'BEGIN { printf "%.0f", r * c }') available on $(nproc) cores)"
 echo "steady window: $((rec1 - rec0)) reconciles, $(awk -v a="$c0" -v b="$c1" 'BEGIN { printf "%.1f", b - a }')s CPU"
 echo "work dirs: $cache_dirs under --cache-dir, $(mib "$cache_kib") MiB on disk"
+# RSS is the process's own memory (anonymous: heap, stacks) plus the pages of the binary and
+# its libraries it has touched (file-backed, shared by every process of the same binary on a
+# node): say which is which.
+echo "steady RSS split per process (MiB, anonymous + file-backed): $(for pid in "${ctl_pids[@]}"; do awk '$1 == "RssAnon:" { a = $2 } $1 == "RssFile:" { f = $2 } END { printf "%.1f + %.1f  ", a / 1024, f / 1024 }' "/proc/$pid/status"; done)"
 if ((SHARDS > 0)); then
   echo "$SHARDS shards: peak RSS per process (MiB): $(status_kb_each VmHWM); steady: $(status_kb_each VmRSS)"
 fi

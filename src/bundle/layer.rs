@@ -53,7 +53,9 @@ impl LayerWriter {
             .spawn(move || compress(rx))
             .ok();
         LayerWriter {
-            buffer: Vec::with_capacity(CHUNK),
+            // Grown as the tar is written: most bundles are a few KiB, and a controller
+            // building several at once should not hold a MiB each for them.
+            buffer: Vec::new(),
             tar_hash: Sha256::new(),
             tar_size: 0,
             to_compressor: compressor.is_some().then_some(tx),
@@ -162,7 +164,13 @@ impl LayerWriter {
         if self.buffer.is_empty() {
             return Ok(());
         }
-        let chunk = std::mem::replace(&mut self.buffer, Vec::with_capacity(CHUNK));
+        // After a full chunk more is likely to follow: size the next one at once.
+        let next = if self.buffer.len() == CHUNK {
+            Vec::with_capacity(CHUNK)
+        } else {
+            Vec::new()
+        };
+        let chunk = std::mem::replace(&mut self.buffer, next);
         let sent = self
             .to_compressor
             .as_ref()

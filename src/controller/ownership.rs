@@ -199,38 +199,66 @@ fn owning(
     ))
 }
 
-/// Of `meta`, only its identity and what [`owning_source`] and [`owning_repository_source`]
-/// read: what a watch keeps of each published object to name its owner once it is gone
-/// (the object's other labels and annotations, kept for thousands of objects, would be the
-/// larger part of a shard's memory for nothing).
-pub(super) fn owner_meta(meta: &ObjectMeta) -> ObjectMeta {
-    let annotations = meta
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get_key_value(OWNER_ANNOTATION))
-        .map(|(k, v)| BTreeMap::from([(k.clone(), v.clone())]));
-    let labels: BTreeMap<String, String> = meta
-        .labels
-        .iter()
-        .flatten()
-        .filter(|(k, _)| {
-            [
-                LABEL_SOURCE_NAMESPACE,
-                LABEL_SOURCE_NAME,
-                LABEL_REPOSITORY_SOURCE_NAMESPACE,
-                LABEL_REPOSITORY_SOURCE_NAME,
-            ]
-            .contains(&k.as_str())
-        })
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    ObjectMeta {
-        name: meta.name.clone(),
-        namespace: meta.namespace.clone(),
-        uid: meta.uid.clone(),
-        annotations,
-        labels: (!labels.is_empty()).then_some(labels),
-        ..ObjectMeta::default()
+/// Of an object, only its name and what [`owning_source`] and [`owning_repository_source`]
+/// read, as a few boxed strings: what a drift watch keeps of every published object to name
+/// its owner once the object is gone. (A whole `ObjectMeta` each, inline in a map, was the
+/// larger part of a shard's memory.)
+#[derive(Debug, Clone)]
+pub(super) struct OwnerRecord {
+    name: Box<str>,
+    namespace: Box<str>,
+    /// The owner annotation, when the object has one (it decides alone).
+    annotation: Option<Box<str>>,
+    /// Otherwise the owner labels (objects published before the annotation existed).
+    labels: Box<[(&'static str, Box<str>)]>,
+}
+
+const OWNER_LABELS: [&str; 4] = [
+    LABEL_SOURCE_NAMESPACE,
+    LABEL_SOURCE_NAME,
+    LABEL_REPOSITORY_SOURCE_NAMESPACE,
+    LABEL_REPOSITORY_SOURCE_NAME,
+];
+
+impl OwnerRecord {
+    pub(super) fn of(meta: &ObjectMeta) -> Self {
+        let annotation = meta
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(OWNER_ANNOTATION))
+            .map(|v| v.as_str().into());
+        let labels = match (&annotation, &meta.labels) {
+            (None, Some(labels)) => OWNER_LABELS
+                .iter()
+                .filter_map(|key| labels.get(*key).map(|v| (*key, v.as_str().into())))
+                .collect(),
+            _ => Box::default(),
+        };
+        OwnerRecord {
+            name: meta.name.as_deref().unwrap_or_default().into(),
+            namespace: meta.namespace.as_deref().unwrap_or_default().into(),
+            annotation,
+            labels,
+        }
+    }
+
+    /// The metadata the owner functions read, rebuilt.
+    pub(super) fn meta(&self) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(self.name.to_string()),
+            namespace: Some(self.namespace.to_string()),
+            annotations: self
+                .annotation
+                .as_ref()
+                .map(|a| BTreeMap::from([(OWNER_ANNOTATION.to_owned(), a.to_string())])),
+            labels: (!self.labels.is_empty()).then(|| {
+                self.labels
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), v.to_string()))
+                    .collect()
+            }),
+            ..ObjectMeta::default()
+        }
     }
 }
 
@@ -286,18 +314,21 @@ mod tests {
 
     #[test]
     fn what_a_watch_keeps_still_names_the_owner() {
+        let kept = |m: &ObjectMeta| OwnerRecord::of(m).meta();
         let annotated = meta(
             Some(&me().annotation()),
             &[("app", "x"), (LABEL_SOURCE_NAME, "cert-manager")],
         );
-        let kept = owner_meta(&annotated);
-        assert_eq!(owning_source(&kept), owning_source(&annotated));
+        assert_eq!(owning_source(&kept(&annotated)), owning_source(&annotated));
         assert_eq!(
-            owning_source(&kept),
+            owning_source(&kept(&annotated)),
             Some(("team-a".into(), "cert-manager".into()))
         );
-        assert_eq!(kept.labels.unwrap().len(), 1, "only the owner labels");
-        // Labels only (written before the annotation existed), and a repository's labels.
+        assert!(
+            kept(&annotated).labels.is_none(),
+            "the annotation alone decides"
+        );
+        // Labels only (published before the annotation existed), and a repository's labels.
         let labelled = meta(
             None,
             &[
@@ -308,14 +339,16 @@ mod tests {
                 ("other", "y"),
             ],
         );
-        let kept = owner_meta(&labelled);
-        assert_eq!(owning_source(&kept), owning_source(&labelled));
+        assert_eq!(owning_source(&kept(&labelled)), owning_source(&labelled));
         assert_eq!(
-            owning_repository_source(&kept),
+            owning_repository_source(&kept(&labelled)),
             owning_repository_source(&labelled)
         );
-        assert!(kept.annotations.is_none());
-        assert!(!kept.labels.unwrap().contains_key("other"));
+        assert!(kept(&labelled).annotations.is_none());
+        assert!(!kept(&labelled).labels.unwrap().contains_key("other"));
+        // Another kind's annotation still wins over our labels.
+        let theirs = meta(Some("garbage"), &[(LABEL_SOURCE_NAME, "cert-manager")]);
+        assert_eq!(owning_source(&kept(&theirs)), None);
     }
 
     #[test]

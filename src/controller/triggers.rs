@@ -110,19 +110,21 @@ where
 /// deleted: a watch that only forwarded Delete events would miss it until the interval.
 pub(super) struct Drift<K> {
     version: fn(&kube::api::ObjectMeta) -> Option<String>,
-    /// By UID: the last version seen, and the metadata to map the object to its owner once
-    /// it is gone.
-    known: std::collections::HashMap<String, (Option<String>, PartialObjectMeta<K>)>,
+    /// By UID: the last version seen, and who owns the object (to map it to its owner once
+    /// it is gone).
+    known: std::collections::HashMap<Box<str>, (Option<Box<str>>, ownership::OwnerRecord)>,
     /// UIDs seen since the re-list in progress began.
-    relisted: Option<std::collections::HashSet<String>>,
+    relisted: Option<std::collections::HashSet<Box<str>>>,
+    _kind: std::marker::PhantomData<K>,
 }
 
-impl<K: Clone> Drift<K> {
+impl<K> Drift<K> {
     pub(super) fn new(version: fn(&kube::api::ObjectMeta) -> Option<String>) -> Self {
         Drift {
             version,
             known: Default::default(),
             relisted: None,
+            _kind: std::marker::PhantomData,
         }
     }
 
@@ -130,7 +132,9 @@ impl<K: Clone> Drift<K> {
         &mut self,
         event: watcher::Event<PartialObjectMeta<K>>,
     ) -> Vec<PartialObjectMeta<K>> {
-        let uid = |o: &PartialObjectMeta<K>| o.metadata.uid.clone().unwrap_or_default();
+        let uid = |o: &PartialObjectMeta<K>| -> Box<str> {
+            o.metadata.uid.as_deref().unwrap_or_default().into()
+        };
         match event {
             watcher::Event::Init => {
                 self.relisted = Some(Default::default());
@@ -140,12 +144,8 @@ impl<K: Clone> Drift<K> {
                 if let Some(seen) = self.relisted.as_mut() {
                     seen.insert(uid(&o));
                 }
-                let version = (self.version)(&o.metadata);
-                let kept = PartialObjectMeta {
-                    types: o.types.clone(),
-                    metadata: ownership::owner_meta(&o.metadata),
-                    _phantom: std::marker::PhantomData,
-                };
+                let version: Option<Box<str>> = (self.version)(&o.metadata).map(Into::into);
+                let kept = ownership::OwnerRecord::of(&o.metadata);
                 // An object first seen is a creation, not drift: at start every source runs
                 // anyway, and later the creator is (nearly always) the owner's own reconcile,
                 // which a trigger would only run again — on a store that may not show its
@@ -157,14 +157,19 @@ impl<K: Clone> Drift<K> {
             }
             watcher::Event::InitDone => {
                 let seen = self.relisted.take().unwrap_or_default();
-                let gone: Vec<String> = self
+                let gone: Vec<Box<str>> = self
                     .known
                     .keys()
                     .filter(|uid| !seen.contains(*uid))
                     .cloned()
                     .collect();
                 gone.iter()
-                    .filter_map(|uid| self.known.remove(uid).map(|(_, o)| o))
+                    .filter_map(|uid| self.known.remove(uid))
+                    .map(|(_, owner)| PartialObjectMeta {
+                        types: None,
+                        metadata: owner.meta(),
+                        _phantom: std::marker::PhantomData,
+                    })
                     .collect()
             }
             watcher::Event::Delete(o) => {
