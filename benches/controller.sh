@@ -8,9 +8,10 @@
 #     controller's packsmith_api_writes_total) and registry requests (lines of the plain
 #     registry's log), both per minute.
 # Printed next to Flux's published reference (source-controller, 1,000 OCIRepositories Ready in
-# 85 s using 67 MiB) and the goals. Not a test: it asserts nothing.
+# 85 s using 67 MiB; fluxcd/flux-benchmark RESULTS.md, run with concurrency 10 — so is this,
+# unless CONCURRENT says otherwise) and the goals. Not a test: it asserts nothing.
 #
-# Environment: N (1000), CONCURRENT (4), STEADY (60), INTERVAL (1h), PACKSMITH (release binary),
+# Environment: N (1000), CONCURRENT (10, per process), STEADY (60), INTERVAL (1h), PACKSMITH (release binary),
 # PACKSMITH_E2E_ENV (use that bed instead of starting and stopping one), SHARDS (0: one
 # controller; K: the objects labelled round-robin `sharding.packsmith.dev/key: shard1..K` and
 # K controllers with `--watch-label-selector`, memory reported per process).
@@ -19,7 +20,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 N="${N:-1000}"
 SHARDS="${SHARDS:-0}"
-CONCURRENT="${CONCURRENT:-4}"
+CONCURRENT="${CONCURRENT:-10}"
 STEADY="${STEADY:-60}"
 INTERVAL="${INTERVAL:-1h}"
 READY_TIMEOUT="${READY_TIMEOUT:-900}"
