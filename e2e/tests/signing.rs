@@ -18,7 +18,7 @@ use serde_json::Value;
 use packsmith::api::PackageSource;
 use packsmith::api::conditions::{reasons, types};
 
-use super::controller::{Running, has, inline_source, wait_for};
+use super::controller::{Running, condition, has, inline_source, wait_for};
 use crate::support::images::{self, ImageKind};
 use crate::support::{self, apply_yaml, bed, namespace};
 
@@ -470,15 +470,18 @@ async fn controller_signs() -> anyhow::Result<()> {
     );
     let registry = images::Registry::plain(bed);
     let att = registry.reference(&repo, &format!("{}.att", digest.replacen(':', "-", 1)))?;
-    let (manifest, _) = registry
-        .client()
-        .pull_manifest_raw(
-            &att,
-            &registry.auth,
-            &["application/vnd.oci.image.manifest.v1+json"],
-        )
-        .await?;
-    let manifest: Value = serde_json::from_slice(&manifest)?;
+    let att_manifest = || async {
+        let (bytes, _) = registry
+            .client()
+            .pull_manifest_raw(
+                &att,
+                &registry.auth,
+                &["application/vnd.oci.image.manifest.v1+json"],
+            )
+            .await?;
+        anyhow::Ok(serde_json::from_slice::<Value>(&bytes)?)
+    };
+    let manifest = att_manifest().await?;
     let layer = &manifest["layers"][0];
     assert_eq!(layer["mediaType"], "application/vnd.dsse.envelope.v1+json");
     assert_eq!(
@@ -523,10 +526,7 @@ async fn controller_signs() -> anyhow::Result<()> {
         |o| has(o, types::STALLED, "True", reasons::SIGNING_FAILED),
     )
     .await?;
-    let message = misconfigured
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == types::READY))
+    let message = condition(&misconfigured, types::READY)
         .map(|c| c.message.clone())
         .unwrap_or_default();
     ensure!(
@@ -583,15 +583,7 @@ async fn controller_signs() -> anyhow::Result<()> {
         .1
         .len();
     assert_eq!(before, after);
-    let (after_att, _) = registry
-        .client()
-        .pull_manifest_raw(
-            &att,
-            &registry.auth,
-            &["application/vnd.oci.image.manifest.v1+json"],
-        )
-        .await?;
-    let after_att: Value = serde_json::from_slice(&after_att)?;
+    let after_att = att_manifest().await?;
     assert_eq!(
         after_att["layers"], manifest["layers"],
         "a steady state re-attested"
@@ -621,15 +613,14 @@ async fn verified_and_refused(
             |o| has(o, types::STALLED, "True", reasons::VERIFICATION_FAILED),
         )
         .await?;
-        let status = stalled.status.unwrap_or_default();
-        let message = status
-            .conditions
-            .iter()
-            .find(|c| c.type_ == types::READY)
+        let message = condition(&stalled, types::READY)
             .map(|c| c.message.clone())
             .unwrap_or_default();
         ensure!(message.contains(says), "{name}: {message}");
-        ensure!(status.bundle.is_none(), "{name}: a bundle was pushed");
+        ensure!(
+            stalled.status.and_then(|s| s.bundle).is_none(),
+            "{name}: a bundle was pushed"
+        );
     }
     Ok(())
 }

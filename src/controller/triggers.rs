@@ -141,8 +141,9 @@ impl<K> Drift<K> {
                 Vec::new()
             }
             watcher::Event::InitApply(o) | watcher::Event::Apply(o) => {
+                let id = uid(&o);
                 if let Some(seen) = self.relisted.as_mut() {
-                    seen.insert(uid(&o));
+                    seen.insert(id.clone());
                 }
                 let version: Option<Box<str>> = (self.version)(&o.metadata).map(Into::into);
                 let kept = ownership::OwnerRecord::of(&o.metadata);
@@ -150,7 +151,7 @@ impl<K> Drift<K> {
                 // anyway, and later the creator is (nearly always) the owner's own reconcile,
                 // which a trigger would only run again — on a store that may not show its
                 // status write yet, so it would publish and write a second time.
-                match self.known.insert(uid(&o), (version.clone(), kept)) {
+                match self.known.insert(id, (version.clone(), kept)) {
                     Some((before, _)) if before != version => vec![o],
                     _ => Vec::new(),
                 }

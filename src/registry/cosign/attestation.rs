@@ -167,13 +167,7 @@ pub async fn attach(
     key: Option<&SigningKey>,
     any_of_type: bool,
 ) -> Result<Attached, CosignError> {
-    let tag = attestation_tag(digest)
-        .ok_or_else(|| CosignError::Key(format!("{digest} is not a sha256 digest")))?;
-    let attestation = format!(
-        "{}/{}:{tag}",
-        repository.registry(),
-        repository.repository()
-    );
+    let (tag, attestation) = super::artifact(repository, digest, attestation_tag)?;
     let mut existing = layers(registry, repository, &tag).await?;
     let signed_by_key = |payload: &[u8], signatures: &[Vec<u8>]| match key {
         Some(key) => signatures.iter().any(|s| {

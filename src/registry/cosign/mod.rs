@@ -103,6 +103,23 @@ pub fn signature_tag(digest: &str) -> Option<String> {
     is_sha256_digest(digest).then(|| format!("{}.sig", digest.replacen(':', "-", 1)))
 }
 
+/// The tag `tag_of` gives `digest`'s cosign artifact (`.sig`, `.att`), and its reference in
+/// `repository`.
+fn artifact(
+    repository: &Reference,
+    digest: &str,
+    tag_of: fn(&str) -> Option<String>,
+) -> Result<(String, String), CosignError> {
+    let tag = tag_of(digest)
+        .ok_or_else(|| CosignError::Key(format!("{digest} is not a sha256 digest")))?;
+    let reference = format!(
+        "{}/{}:{tag}",
+        repository.registry(),
+        repository.repository()
+    );
+    Ok((tag, reference))
+}
+
 /// What [`sign`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Signed {
@@ -251,13 +268,7 @@ pub async fn sign(
     digest: &str,
     key: &SigningKey,
 ) -> Result<Signed, CosignError> {
-    let tag = signature_tag(digest)
-        .ok_or_else(|| CosignError::Key(format!("{digest} is not a sha256 digest")))?;
-    let signature = format!(
-        "{}/{}:{tag}",
-        repository.registry(),
-        repository.repository()
-    );
+    let (tag, signature) = artifact(repository, digest, signature_tag)?;
     let payload = payload(repository, digest);
     let payload_digest = sha256_digest(&payload);
     let mut layers = signature_layers(registry, repository, &tag).await?;
