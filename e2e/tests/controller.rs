@@ -668,6 +668,16 @@ pub fn has(obj: &PackageSource, type_: &str, status: &str, reason: &str) -> bool
     condition(obj, type_).is_some_and(|c| c.status == status && c.reason == reason)
 }
 
+/// Whether no controller has reported on `obj`: its status is what the API server defaults it
+/// to (`observedGeneration: -1`, Flux's convention) and nothing else.
+pub fn never_reconciled(obj: &PackageSource) -> bool {
+    obj.status.as_ref()
+        == Some(&packsmith::api::PackageSourceStatus {
+            observed_generation: Some(-1),
+            ..Default::default()
+        })
+}
+
 pub fn describe(obj: &PackageSource) -> String {
     serde_json::to_string_pretty(&obj.status).unwrap_or_default()
 }
@@ -1351,7 +1361,7 @@ stringData:
     // The suspended source was left alone: no status, no finalizer, no Package.
     let orphan = api.get("orphan").await?;
     anyhow::ensure!(
-        orphan.status.is_none() && orphan.finalizers().is_empty(),
+        never_reconciled(&orphan) && orphan.finalizers().is_empty(),
         "a suspended source was touched: {:?} {:?}",
         orphan.status,
         orphan.finalizers()

@@ -21,6 +21,9 @@ pub fn trials() -> Vec<Trial> {
         Trial::test("crds::examples_are_accepted", || {
             block_on(examples_are_accepted())
         }),
+        Trial::test("crds::new_objects_read_as_in_progress", || {
+            block_on(new_objects_read_as_in_progress())
+        }),
         Trial::test("crds::init_output_is_accepted", || {
             block_on(init_output_is_accepted())
         }),
@@ -137,6 +140,56 @@ async fn examples_are_accepted() -> anyhow::Result<()> {
     anyhow::ensure!(
         applied >= 2,
         "expected examples to hold at least two objects, applied {applied}"
+    );
+    Ok(())
+}
+
+/// kstatus (Flux's health checks) reads a custom object without `observedGeneration` and
+/// without conditions as *Current*: every packsmith kind must read as in progress from its
+/// creation until a controller reports on it, without the controller writing anything. No
+/// controller runs for this namespace.
+async fn new_objects_read_as_in_progress() -> anyhow::Result<()> {
+    let client = bed().client().await?;
+    let ns = namespace(&client, "unobserved").await?;
+    let mut kinds = Vec::new();
+    for entry in std::fs::read_dir(Path::new(ROOT).join("examples"))? {
+        let path = entry?.path();
+        if path.extension().is_none_or(|e| e != "yaml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path)?;
+        for applied in apply_yaml(&client, &ns, &text).await? {
+            let kind = applied
+                .types
+                .as_ref()
+                .map(|t| t.kind.clone())
+                .unwrap_or_default();
+            if !applied
+                .types
+                .as_ref()
+                .is_some_and(|t| t.api_version.starts_with("packsmith.dev/"))
+            {
+                continue;
+            }
+            let (api, name) = crate::support::dynamic_api(&client, &ns, &applied).await?;
+            let read = api.get(&name).await?;
+            let generation = read.metadata.generation;
+            let observed = read.data.pointer("/status/observedGeneration").cloned();
+            // kstatus's first rule: an observedGeneration other than the generation is
+            // InProgress ("LatestGenerationNotObserved").
+            anyhow::ensure!(
+                generation == Some(1) && observed == Some(json!(-1)),
+                "{kind} {name}: generation {generation:?}, status {:?}: kstatus would read it as Current before any reconcile",
+                read.data.get("status")
+            );
+            kinds.push(kind);
+        }
+    }
+    kinds.sort();
+    kinds.dedup();
+    anyhow::ensure!(
+        kinds == ["PackageRepositorySource", "PackageSource", "Receiver"],
+        "the examples should hold every packsmith kind, found {kinds:?}"
     );
     Ok(())
 }
@@ -448,9 +501,13 @@ async fn status_is_a_subresource() -> anyhow::Result<()> {
         &Patch::Apply(&patch),
     )
     .await?;
+    let unobserved = api.get("bad").await?.status;
     anyhow::ensure!(
-        api.get("bad").await?.status.is_none(),
-        "status was writable through the main resource"
+        unobserved
+            .as_ref()
+            .map(|s| (s.observed_generation, s.package.is_none()))
+            == Some((Some(-1), true)),
+        "status was writable through the main resource: {unobserved:?}"
     );
     api.patch_status(
         "bad",

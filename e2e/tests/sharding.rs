@@ -11,7 +11,7 @@ use libtest_mimic::Trial;
 use packsmith::api::PackageSource;
 use packsmith::api::conditions::{reasons, types};
 
-use super::controller::{Running, has, inline_source, wait_for};
+use super::controller::{Running, has, inline_source, never_reconciled, wait_for};
 use crate::support::{self, apply_yaml, bed, namespace};
 
 const KEY: &str = "sharding.packsmith.dev/key";
@@ -36,16 +36,13 @@ fn labelled(name: &str, ns: &str, shard: Option<&str>) -> String {
     }
 }
 
-fn handled(o: &PackageSource) -> bool {
-    o.status.is_some()
-}
-
-/// Waits `for_` and checks that nothing reconciled `name` (no status at all).
+/// Waits `for_` and checks that nothing reconciled `name` (its status is the API server's
+/// default).
 async fn untouched(api: &Api<PackageSource>, name: &str, for_: Duration) -> anyhow::Result<()> {
     tokio::time::sleep(for_).await;
     let obj = api.get(name).await?;
     anyhow::ensure!(
-        obj.status.is_none(),
+        never_reconciled(&obj),
         "{name} was reconciled by a shard that does not select it: {:?}",
         obj.status
     );
@@ -147,7 +144,10 @@ async fn each_shard_reconciles_its_own_objects() -> anyhow::Result<()> {
 
     // An object for a shard no process runs is left alone by all of them.
     apply_yaml(&client, &ns, &labelled("orphaned", &ns, Some("shard9"))).await?;
-    anyhow::ensure!(!handled(&api.get("orphaned").await?), "reconciled at once");
+    anyhow::ensure!(
+        never_reconciled(&api.get("orphaned").await?),
+        "reconciled at once"
+    );
     untouched(&api, "orphaned", Duration::from_secs(3)).await?;
 
     shard2.stop().await?;

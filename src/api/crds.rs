@@ -1,6 +1,8 @@
 //! The CustomResourceDefinitions packsmith serves, as committed under `crds/`.
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, JSON,
+};
 use kube::CustomResourceExt;
 
 use super::{PackageRepositorySource, PackageSource, receiver::Receiver};
@@ -16,6 +18,31 @@ pub fn all() -> Vec<(&'static str, CustomResourceDefinition)> {
         ("packagesources.yaml", PackageSource::crd()),
         ("receivers.yaml", Receiver::crd()),
     ]
+    .into_iter()
+    .map(|(file, crd)| (file, unobserved_until_reconciled(crd)))
+    .collect()
+}
+
+/// Flux's convention (`+kubebuilder:default:={"observedGeneration":-1}` on every Flux kind):
+/// the API server gives an object nobody has reconciled yet `status.observedGeneration: -1`,
+/// so kstatus — Flux's health checks, `kstatus`-based waits in CI — reads it as in progress
+/// from the moment it is created. Without it, an object without status and conditions reads
+/// as *Current* until the controller's first status write, and a GitOps apply that waits for
+/// its PackageSources can pass before anything was published. A default is applied by the
+/// API server when it reads the object, so this costs the controller no write.
+fn unobserved_until_reconciled(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    for version in &mut crd.spec.versions {
+        let status = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+            .and_then(|s| s.properties.as_mut())
+            .and_then(|p| p.get_mut("status"));
+        if let Some(status) = status {
+            status.default = Some(JSON(serde_json::json!({ "observedGeneration": -1 })));
+        }
+    }
+    crd
 }
 
 /// One CRD as the YAML document committed in `crds/`, with its own `---` so that the files
@@ -53,6 +80,27 @@ mod tests {
                 committed == generated,
                 "crds/{file} differs from the generator: run `make crds` and commit"
             );
+        }
+    }
+
+    #[test]
+    fn every_kind_starts_unobserved() {
+        for (file, crd) in all() {
+            for version in &crd.spec.versions {
+                let status = version
+                    .schema
+                    .as_ref()
+                    .and_then(|s| s.open_api_v3_schema.as_ref())
+                    .and_then(|s| s.properties.as_ref())
+                    .and_then(|p| p.get("status"))
+                    .unwrap_or_else(|| panic!("{file} {}: no status schema", version.name));
+                assert_eq!(
+                    status.default.as_ref().map(|d| &d.0),
+                    Some(&serde_json::json!({ "observedGeneration": -1 })),
+                    "{file} {}",
+                    version.name
+                );
+            }
         }
     }
 

@@ -103,7 +103,8 @@ async fn apply(
     // `Reconciling=True` is written only for a reconcile of a new generation that is still
     // running after BEGIN_DELAY: a quick one goes straight to its result — one status write
     // instead of two, which across a fleet is a third of the writes on the way to Ready —
-    // and kstatus reads an object whose observedGeneration lags as in progress anyway.
+    // and kstatus reads an object whose observedGeneration lags as in progress anyway (a new
+    // one's is the CRD default, -1).
     let begun = new_generation.then(|| status::begin(&current, &observed));
     let mut begun_written = false;
     let result = {
