@@ -4,6 +4,8 @@
 # created in one namespace, then `packsmith controller` is started and we measure:
 #   - time from the controller's start until all N are Ready=True (list polled every second),
 #   - the controller's peak (VmHWM) and steady (VmRSS) resident memory,
+#   - on the way to Ready, per object: object writes (Package, PackageMetadata, status) and
+#     events, apart (the budget is 3 object writes and one `Published` event),
 #   - over a steady-state window of STEADY seconds after that: API writes (delta of the
 #     controller's packsmith_api_writes_total) and registry requests (lines of the plain
 #     registry's log), both per minute.
@@ -149,6 +151,9 @@ while :; do
 done
 ramp_s=$(elapsed "$t_start" "${t_ready:-$(now)}")
 ramp_writes=$(metric_sum packsmith_api_writes_total)
+ramp_events=$(for url in "${metrics_urls[@]}"; do curl -sf --max-time 5 "$url"; done |
+  awk '/^packsmith_api_writes_total\{/ && /resource="events"/ { s += $NF } END { printf "%d", s }')
+ramp_objects=$((ramp_writes - ramp_events))
 # Per resource and verb, per object: where the writes on the way to Ready go.
 ramp_write_kinds=$(for url in "${metrics_urls[@]}"; do curl -sf --max-time 5 "$url"; done | awk -v n="$N" '
   /^packsmith_api_writes_total\{/ {
@@ -192,7 +197,8 @@ printf '%-34s %-22s %-28s %s\n' "steady API writes / min" "$(per_min $((w1 - w0)
 printf '%-34s %-22s %-28s %s\n' "steady registry requests / min" "$(per_min $((r1 - r0)))" "-" "-"
 echo
 echo "ramp API writes per object by verb and resource: $ramp_write_kinds"
-echo "ramp: $ramp_writes API writes ($(awk -v a="$ramp_writes" -v n="$N" 'BEGIN { printf "%.1f", a / n }') per object)," \
+per_object() { awk -v a="$1" -v n="$N" 'BEGIN { printf "%.2f", a / n }'; }
+echo "ramp: $ramp_objects object writes ($(per_object "$ramp_objects") per object; budget 3) and $ramp_events events ($(per_object "$ramp_events") per object; budget 1)," \
   "$ramp_reg registry requests ($(awk -v a="$ramp_reg" -v n="$N" 'BEGIN { printf "%.1f", a / n }') per object, $ramp_pings of them GET /v2/)," \
   "${ramp_cpu}s controller CPU, peak RSS during ramp $(mib "$hwm_ramp") MiB"
 echo "CPU seconds during the ramp: packsmith $ramp_cpu, $(awk 'NR == FNR { a[$1] = $2; next } $1 in a { printf "%s%s %.1f", sep, $1, $2 - a[$1]; sep = ", " }' "$work/bed-cpu-0" "$work/bed-cpu-1")" \

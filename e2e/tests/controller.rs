@@ -49,11 +49,92 @@ pub fn trials() -> Vec<Trial> {
             "controller::disk_budget_stalls_only_the_object_over_it",
             || crate::support::block_on(disk_budget_stalls_only_the_object_over_it()),
         ),
+        Trial::test("controller::what_a_new_source_costs_the_api_server", || {
+            crate::support::block_on(what_a_new_source_costs_the_api_server())
+        }),
         Trial::test(
             "controller::changed_content_becomes_the_next_revision",
             || crate::support::block_on(changed_content_becomes_the_next_revision()),
         ),
     ]
+}
+
+/// The write budget of a new source (docs/controller.md, "What a new source costs the API
+/// server"): three object writes — the Package, the PackageMetadata, one status apply — and
+/// one `Published` event. A reconcile still running after 2 s also reports `Reconciling` (one
+/// more status write): allowed only when that reconcile took so long. Measured on a second
+/// source: a fresh bed's API server takes 2 s to create its first PackageMetadata (its own
+/// `apiserver_request_duration_seconds`, and so with `kubectl create`), which makes the first
+/// source's reconcile slow.
+async fn what_a_new_source_costs_the_api_server() -> anyhow::Result<()> {
+    const WRITES: &str = "packsmith_api_writes_total{kind=\"PackageSource\"";
+    const DURATION: &str = "packsmith_reconcile_duration_seconds_sum{kind=\"PackageSource\"}";
+    let client = bed().client().await?;
+    let ns = namespace(&client, "ctl-cost").await?;
+    let controller = Running::start(&ns).await?;
+    let api: Api<PackageSource> = Api::namespaced(client.clone(), &ns);
+    let events: Api<Event> = Api::namespaced(client.clone(), &ns);
+    let published = || async {
+        anyhow::Ok(
+            events
+                .list(&ListParams::default())
+                .await?
+                .items
+                .into_iter()
+                .filter(|e| e.reason.as_deref() == Some("Published"))
+                .count(),
+        )
+    };
+    let mut before = String::new();
+    for (i, name) in ["warm", "cost"].into_iter().enumerate() {
+        before = controller
+            .wait_for_metrics(Duration::from_secs(10), |t| {
+                metric(t, &format!("{WRITES},resource=\"events\"")) == i as f64
+            })
+            .await?;
+        let repository = format!("{}/ctl/{ns}/{name}", bed().registry);
+        apply_yaml(
+            &client,
+            &ns,
+            &inline_source(name, &ns, &repository, "    insecure: true\n"),
+        )
+        .await?;
+        wait_for(&api, name, Duration::from_secs(60), "Ready", |o| {
+            has(o, types::READY, "True", reasons::SUCCEEDED)
+        })
+        .await?;
+    }
+    let after = controller
+        .wait_for_metrics(Duration::from_secs(10), |t| {
+            metric(t, &format!("{WRITES},resource=\"events\"")) == 2.0
+        })
+        .await?;
+    let delta = |prefix: &str| metric(&after, prefix) - metric(&before, prefix);
+    let by = |resource: &str| delta(&format!("{WRITES},resource=\"{resource}\""));
+    let reconciles = delta(SUCCESSES);
+    let slow = delta(DURATION) > 2.0 * reconciles;
+    let status = by("packagesources/status");
+    anyhow::ensure!(
+        reconciles == 1.0
+            && by("packages") == 1.0
+            && by("packagemetadatas") == 1.0
+            && (status == 1.0 || (slow && status == 2.0))
+            && by("events") == 1.0
+            && delta(WRITES) == 3.0 + status,
+        "the second source's writes ({reconciles} reconciles, {:.2}s): packages {}, \
+         packagemetadatas {}, status {status}, events {}, in all {}",
+        delta(DURATION),
+        by("packages"),
+        by("packagemetadatas"),
+        by("events"),
+        delta(WRITES)
+    );
+    anyhow::ensure!(
+        published().await? == 2,
+        "{} Published events",
+        published().await?
+    );
+    controller.stop().await
 }
 
 /// `versionPolicy: Revision` (the default) in the controller: new content under a published
