@@ -61,6 +61,10 @@ pub fn trials() -> Vec<Trial> {
         Trial::test("tenancy::upstreams_at_denied_addresses_are_refused", || {
             support::block_on(egress())
         }),
+        Trial::test(
+            "tenancy::objects_forged_in_another_namespace_run_nobody",
+            || support::block_on(forged_owners()),
+        ),
     ]
 }
 
@@ -641,6 +645,122 @@ spec:
 "#,
         reg = bed().registry
     )
+}
+
+/// One controller for the whole cluster, as operators run it: team B copies the labels and
+/// the owner annotation (UID included) of team A's Package onto a Package and a release record
+/// in its own namespace, then edits and deletes them. A's source must not run: otherwise any
+/// team could keep every other team's sources busy. Deleting A's own Package does run it
+/// (the drift watches are live). The controller's label selector keeps it to this trial's
+/// objects while other trials run beside it.
+async fn forged_owners() -> anyhow::Result<()> {
+    const KEY: &str = "sharding.packsmith.dev/key";
+    let client = bed().client().await?;
+    let team_a = namespace(&client, "tenant-forged-a").await?;
+    let team_b = namespace(&client, "tenant-forged-b").await?;
+    let shard = team_a.clone();
+    let controller = Running::start_with(&team_a, |o| {
+        o.namespace = None;
+        o.label_selector = Some(format!("{KEY} in ({shard})"));
+    })
+    .await?;
+    let ref_name = "forged.tenancy.example.com";
+    let package_name = format!("{ref_name}.1.0.0");
+    let yaml = source("app", &team_a, ref_name, "")
+        .replace("interval: 2s", "interval: 1h")
+        .replacen(
+            "  name: app\n",
+            &format!("  name: app\n  labels: {{{KEY}: {team_a}}}\n"),
+            1,
+        );
+    apply_yaml(&client, &team_a, &yaml).await?;
+    let sources_a: Api<PackageSource> = Api::namespaced(client.clone(), &team_a);
+    wait_for(&sources_a, "app", WAIT, "Ready", ready).await?;
+    let packages_a: Api<Package> = Api::namespaced(client.clone(), &team_a);
+    let original = packages_a.get(&package_name).await?;
+    ensure!(
+        original.labels().get(KEY) == Some(&team_a) && original.annotations().contains_key(OWNER),
+        "A's Package: {:?} {:?}",
+        original.labels(),
+        original.annotations()
+    );
+    let successes = || async {
+        anyhow::Ok(metric(
+            &controller.metrics().await?,
+            super::controller::SUCCESSES,
+        ))
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = successes().await?;
+
+    // B's copies: every label and annotation of A's Package.
+    let forged_meta = |name: &str, extra_labels: &[(&str, &str)]| {
+        let mut labels = original.labels().clone();
+        labels.extend(
+            extra_labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
+        kube::api::ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: Some(team_b.clone()),
+            labels: Some(labels),
+            annotations: Some(original.annotations().clone()),
+            ..Default::default()
+        }
+    };
+    let packages_b: Api<Package> = Api::namespaced(client.clone(), &team_b);
+    let mut package = Package {
+        metadata: forged_meta(&package_name, &[]),
+        ..original.clone()
+    };
+    packages_b.create(&PostParams::default(), &package).await?;
+    package = packages_b.get(&package_name).await?;
+    package.spec.release_notes = "edited by team B".to_owned();
+    packages_b
+        .replace(&package_name, &PostParams::default(), &package)
+        .await?;
+    packages_b
+        .delete(&package_name, &DeleteParams::default())
+        .await?;
+    let records_b: Api<ConfigMap> = Api::namespaced(client.clone(), &team_b);
+    let mut record = ConfigMap {
+        metadata: forged_meta(&package_name, &[("packsmith.dev/release", "true")]),
+        data: Some(BTreeMap::from([("package.yml".to_owned(), "x".to_owned())])),
+        ..Default::default()
+    };
+    records_b.create(&PostParams::default(), &record).await?;
+    for i in 0..3 {
+        record = records_b.get(&package_name).await?;
+        record
+            .data
+            .get_or_insert_with(Default::default)
+            .insert("package.yml".to_owned(), format!("edit {i}"));
+        records_b
+            .replace(&package_name, &PostParams::default(), &record)
+            .await?;
+    }
+    records_b
+        .delete(&package_name, &DeleteParams::default())
+        .await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = successes().await?;
+    ensure!(
+        after == before,
+        "team B's objects ran team A's source {} times",
+        after - before
+    );
+
+    // A's own Package deleted: A runs and restores it.
+    packages_a
+        .delete(&package_name, &DeleteParams::default())
+        .await?;
+    restored(&packages_a, &package_name, "restored", |p| {
+        p.uid() != original.uid()
+    })
+    .await?;
+    ensure!(successes().await? > before, "the drift watch never ran A");
+    controller.stop().await
 }
 
 async fn egress() -> anyhow::Result<()> {

@@ -8,7 +8,9 @@
 //!
 //! An object written by a packsmith release that only labelled it is adopted when its labels
 //! name exactly this source and it carries no owner annotation; anything else is a conflict,
-//! and the object is left untouched.
+//! and the object is left untouched. Labels alone count only in the source's own namespace
+//! ([`is_ours`], [`owning_source`]): in a namespace several teams publish into, anyone can
+//! write them.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -153,9 +155,20 @@ pub(super) fn claim(existing: Option<&ObjectMeta>, me: &Owner) -> Claim {
     }
 }
 
-/// The PackageSource that owns the object with `meta`, by its owner annotation (or, for an
-/// object of an earlier release, its labels): whose reconcile restores it when it drifts.
-pub(super) fn owning_source(meta: &ObjectMeta) -> Option<(String, String)> {
+/// The owner a published object names: by its owner annotation (with the owner's UID) or,
+/// for an object of an earlier release, by its labels — believed only in the owner's own
+/// namespace, where no other team can write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Named {
+    pub namespace: String,
+    pub name: String,
+    /// `None` for labels, which carry no UID.
+    pub uid: Option<String>,
+}
+
+/// The PackageSource that owns the object with `meta` (see [`Named`]): whose reconcile
+/// restores it when it drifts.
+pub(super) fn owning_source(meta: &ObjectMeta) -> Option<Named> {
     owning(
         meta,
         "PackageSource",
@@ -166,7 +179,7 @@ pub(super) fn owning_source(meta: &ObjectMeta) -> Option<(String, String)> {
 
 /// The PackageRepositorySource that owns the PackageRepository with `meta`, as
 /// [`owning_source`] decides it for a PackageSource.
-pub(super) fn owning_repository_source(meta: &ObjectMeta) -> Option<(String, String)> {
+pub(super) fn owning_repository_source(meta: &ObjectMeta) -> Option<Named> {
     owning(
         meta,
         "PackageRepositorySource",
@@ -175,14 +188,9 @@ pub(super) fn owning_repository_source(meta: &ObjectMeta) -> Option<(String, Str
     )
 }
 
-/// `(namespace, name)` of the `kind` object that owns `meta`. The annotation wins: an object
-/// annotated as another kind's is not this kind's, whatever its labels say.
-fn owning(
-    meta: &ObjectMeta,
-    kind: &str,
-    namespace_label: &str,
-    name_label: &str,
-) -> Option<(String, String)> {
+/// The `kind` object that owns `meta`. The annotation wins: an object annotated as another
+/// kind's is not this kind's, whatever its labels say.
+fn owning(meta: &ObjectMeta, kind: &str, namespace_label: &str, name_label: &str) -> Option<Named> {
     if let Some(value) = meta
         .annotations
         .as_ref()
@@ -190,13 +198,20 @@ fn owning(
     {
         return Owner::parse(value)
             .filter(|o| o.kind == kind)
-            .map(|o| (o.namespace, o.name));
+            .map(|o| Named {
+                namespace: o.namespace,
+                name: o.name,
+                uid: Some(o.uid),
+            });
     }
     let labels = meta.labels.as_ref()?;
-    Some((
-        labels.get(namespace_label)?.clone(),
-        labels.get(name_label)?.clone(),
-    ))
+    let namespace = labels.get(namespace_label)?;
+    let name = labels.get(name_label)?;
+    (meta.namespace.as_ref() == Some(namespace)).then(|| Named {
+        namespace: namespace.clone(),
+        name: name.clone(),
+        uid: None,
+    })
 }
 
 /// Of an object, only its name and what [`owning_source`] and [`owning_repository_source`]
@@ -262,10 +277,17 @@ impl OwnerRecord {
     }
 }
 
-/// Whether the object is `me`'s (owned, or adoptable): the only objects it may read as its
-/// own, prune or delete.
+/// Whether the object is `me`'s: the only objects it may read as its own, prune or delete.
+/// Owned, or labelled as `me`'s by an earlier release *in `me`'s own namespace*. Labels prove
+/// nothing where other teams write too (an `--allowed-publish-namespaces` entry): a
+/// label-only object there is never pruned, deleted or put into a repository as `me`'s —
+/// `apply` still takes it over when `me` writes that very object, and stamps the annotation.
 pub(super) fn is_ours(meta: &ObjectMeta, me: &Owner) -> bool {
-    matches!(claim(Some(meta), me), Claim::Ours | Claim::Adopt)
+    match claim(Some(meta), me) {
+        Claim::Ours => true,
+        Claim::Adopt => meta.namespace.as_deref() == Some(me.namespace.as_str()),
+        Claim::Free | Claim::Conflict(_) => false,
+    }
 }
 
 /// Whether `actual` holds every field of `desired` with the same value: what server-side
@@ -298,8 +320,10 @@ mod tests {
         Owner::new("PackageSource", "team-a", "cert-manager", "uid-a")
     }
 
+    /// Metadata of an object in team-a, `me()`'s namespace.
     fn meta(annotation: Option<&str>, labels: &[(&str, &str)]) -> ObjectMeta {
         ObjectMeta {
+            namespace: Some("team-a".to_owned()),
             annotations: annotation
                 .map(|a| BTreeMap::from([(OWNER_ANNOTATION.to_owned(), a.to_owned())])),
             labels: Some(
@@ -321,8 +345,8 @@ mod tests {
         );
         assert_eq!(owning_source(&kept(&annotated)), owning_source(&annotated));
         assert_eq!(
-            owning_source(&kept(&annotated)),
-            Some(("team-a".into(), "cert-manager".into()))
+            owning_source(&kept(&annotated)).map(|o| (o.namespace, o.name, o.uid)),
+            Some(("team-a".into(), "cert-manager".into(), Some("uid-a".into())))
         );
         assert!(
             kept(&annotated).labels.is_none(),
@@ -399,6 +423,21 @@ mod tests {
             Claim::Conflict(Holder::Unowned)
         );
         assert!(is_ours(&meta(None, &ours_labels), &me()));
+        // Labels only, where other teams write too: adopted when written, never pruned or
+        // collected as ours.
+        let shared = ObjectMeta {
+            namespace: Some("shared".to_owned()),
+            ..meta(None, &ours_labels)
+        };
+        assert_eq!(claim(Some(&shared), &me()), Claim::Adopt);
+        assert!(!is_ours(&shared, &me()));
+        assert!(is_ours(
+            &ObjectMeta {
+                namespace: Some("shared".to_owned()),
+                ..meta(Some(&me().annotation()), &[])
+            },
+            &me()
+        ));
         assert!(!is_ours(
             &meta(Some(&theirs.annotation()), &ours_labels),
             &me()
@@ -410,13 +449,14 @@ mod tests {
     fn drift_maps_to_the_owner_of_the_right_kind() {
         let repository = Owner::new("PackageRepositorySource", "team-a", "main", "uid-r");
         let pkgr = meta(Some(&repository.annotation()), &[]);
+        let key = |o: Option<Named>| o.map(|o| (o.namespace, o.name));
         assert_eq!(
-            owning_repository_source(&pkgr),
+            key(owning_repository_source(&pkgr)),
             Some(("team-a".to_owned(), "main".to_owned()))
         );
         assert_eq!(owning_source(&pkgr), None);
         assert_eq!(
-            owning_source(&meta(Some(&me().annotation()), &[])),
+            key(owning_source(&meta(Some(&me().annotation()), &[]))),
             Some(("team-a".to_owned(), "cert-manager".to_owned()))
         );
         assert_eq!(
@@ -433,10 +473,21 @@ mod tests {
         );
         assert_eq!(
             owning_repository_source(&labelled),
-            Some(("team-a".to_owned(), "main".to_owned()))
+            Some(Named {
+                namespace: "team-a".to_owned(),
+                name: "main".to_owned(),
+                uid: None
+            })
         );
         assert_eq!(owning_source(&labelled), None);
         assert_eq!(owning_repository_source(&meta(Some("garbage"), &[])), None);
+        // The same labels on an object in another namespace (a shared publish namespace,
+        // where another team can write): they name nobody.
+        let elsewhere = ObjectMeta {
+            namespace: Some("shared".to_owned()),
+            ..labelled
+        };
+        assert_eq!(owning_repository_source(&elsewhere), None);
     }
 
     #[test]

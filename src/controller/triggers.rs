@@ -181,18 +181,50 @@ impl<K> Drift<K> {
     }
 }
 
+/// The PackageSource to run again because `object`, which it published, was deleted or
+/// edited. Only a source the object can really be of: the object lives in the source's
+/// namespace or in one sources may publish into (`publish_namespaces`), and the source in
+/// `sources` is the very one its owner annotation names, UID included. Otherwise anyone who
+/// can write objects in some namespace could make another team's sources run, over and over,
+/// by annotating them as theirs.
 pub(super) fn drifted_owner<K>(
     object: &PartialObjectMeta<K>,
+    sources: &reflector::Store<PackageSource>,
+    publish_namespaces: &[String],
 ) -> Option<reflector::ObjectRef<PackageSource>> {
-    let (namespace, name) = ownership::owning_source(&object.metadata)?;
-    Some(reflector::ObjectRef::new(&name).within(&namespace))
+    let owner = ownership::owning_source(&object.metadata)?;
+    checked_owner(&object.metadata, owner, sources, publish_namespaces)
 }
 
+/// [`drifted_owner`] for a PackageRepository and the PackageRepositorySource that made it.
 pub(super) fn drifted_repository_owner(
     object: &PartialObjectMeta<crate::carvel::PackageRepository>,
+    repositories: &reflector::Store<PackageRepositorySource>,
+    publish_namespaces: &[String],
 ) -> Option<reflector::ObjectRef<PackageRepositorySource>> {
-    let (namespace, name) = ownership::owning_repository_source(&object.metadata)?;
-    Some(reflector::ObjectRef::new(&name).within(&namespace))
+    let owner = ownership::owning_repository_source(&object.metadata)?;
+    checked_owner(&object.metadata, owner, repositories, publish_namespaces)
+}
+
+fn checked_owner<K>(
+    object: &kube::api::ObjectMeta,
+    owner: ownership::Named,
+    store: &reflector::Store<K>,
+    publish_namespaces: &[String],
+) -> Option<reflector::ObjectRef<K>>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    let here = object.namespace.as_deref().unwrap_or_default();
+    if here != owner.namespace && !publish_namespaces.iter().any(|n| n == here) {
+        return None;
+    }
+    let key = reflector::ObjectRef::new(&owner.name).within(&owner.namespace);
+    let found = store.get(&key)?;
+    match owner.uid {
+        Some(uid) if found.meta().uid.as_deref() != Some(uid.as_str()) => None,
+        _ => Some(key),
+    }
 }
 
 pub(super) fn api(client: &Client, namespace: Option<&str>) -> Api<PackageSource> {
@@ -330,5 +362,63 @@ mod tests {
             p.hash_property(&source(1, Some("t2"), true))
         );
         assert_ne!(p.hash_property(&source(1, None, false)), base);
+    }
+
+    /// Drift re-runs a source only for an object that can be its: in its namespace or a
+    /// publish namespace, naming its UID; labels (no UID) only in its own namespace.
+    #[test]
+    fn drift_runs_only_the_source_an_object_can_be_of() {
+        let (sources, mut writer) = reflector::store::<PackageSource>();
+        let mut ours = source(1, None, false);
+        ours.metadata.uid = Some("uid-a".to_owned());
+        writer.apply_watcher_event(&watcher::Event::Apply(ours));
+        let object = |namespace: &str, annotation: Option<&str>, labels: &[(&str, &str)]| {
+            let mut meta = kube::api::ObjectMeta {
+                name: Some("a.b.c.1.0.0".to_owned()),
+                namespace: Some(namespace.to_owned()),
+                ..Default::default()
+            };
+            if let Some(a) = annotation {
+                meta.annotations = Some(
+                    [(ownership::OWNER_ANNOTATION.to_owned(), a.to_owned())]
+                        .into_iter()
+                        .collect(),
+                );
+            }
+            meta.labels = Some(
+                labels
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+            );
+            PartialObjectMeta::<crate::carvel::Package> {
+                types: None,
+                metadata: meta,
+                _phantom: std::marker::PhantomData,
+            }
+        };
+        let shared = ["shared".to_owned()];
+        let runs = |o: &PartialObjectMeta<crate::carvel::Package>, publish: &[String]| {
+            drifted_owner(o, &sources, publish).map(|r| (r.namespace.unwrap_or_default(), r.name))
+        };
+        let a = Some(("ns".to_owned(), "a".to_owned()));
+        let annotated = Some("PackageSource/ns/a/uid-a");
+        assert_eq!(runs(&object("ns", annotated, &[]), &[]), a);
+        assert_eq!(runs(&object("shared", annotated, &[]), &shared), a);
+        // Another team's namespace, not one sources publish into.
+        assert_eq!(runs(&object("team-b", annotated, &[]), &shared), None);
+        // The right name, not the right source (forged, or a deleted namesake's).
+        let forged = Some("PackageSource/ns/a/guessed");
+        assert_eq!(runs(&object("shared", forged, &[]), &shared), None);
+        // A source this process does not have.
+        let other = Some("PackageSource/ns/b/uid-b");
+        assert_eq!(runs(&object("ns", other, &[]), &[]), None);
+        // An earlier release's labels: believed in the source's own namespace only.
+        let labels = [
+            (labels::LABEL_SOURCE_NAME, "a"),
+            (labels::LABEL_SOURCE_NAMESPACE, "ns"),
+        ];
+        assert_eq!(runs(&object("ns", None, &labels), &[]), a);
+        assert_eq!(runs(&object("shared", None, &labels), &shared), None);
     }
 }

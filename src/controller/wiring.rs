@@ -216,6 +216,9 @@ pub(super) fn source_controller(
     let by_secret = sources.clone();
     let by_config_map = sources.clone();
     let by_selection = sources.clone();
+    let (by_package, by_metadata, by_record) = (sources.clone(), sources.clone(), sources.clone());
+    let publish_namespaces: Arc<[String]> = options.allowed_publish_namespaces.clone().into();
+    let metadata_namespaces = publish_namespaces.clone();
     let controller = KubeController::for_stream(source_triggers, sources)
         .watches_stream(secret_triggers, move |secret| {
             referencing(&by_secret, inputs::RefKind::Secret, &secret)
@@ -228,16 +231,23 @@ pub(super) fn source_controller(
         // from a PackageRepository, which carry no owner) map to nothing.
         .watches_stream(
             drift_triggers::<Package>(client, namespace, shard),
-            |package: PartialObjectMeta<Package>| drifted_owner(&package),
+            move |package: PartialObjectMeta<Package>| {
+                drifted_owner(&package, &by_package, &publish_namespaces)
+            },
         )
         .watches_stream(
             drift_triggers::<PackageMetadata>(client, namespace, shard),
-            |metadata: PartialObjectMeta<PackageMetadata>| drifted_owner(&metadata),
+            move |metadata: PartialObjectMeta<PackageMetadata>| {
+                drifted_owner(&metadata, &by_metadata, &metadata_namespaces)
+            },
         )
-        // Release records: deleted or edited, the owner records the release again.
+        // Release records: deleted or edited, the owner records the release again. A record
+        // lives in its source's namespace, never elsewhere.
         .watches_stream(
             record_triggers(client, namespace, shard),
-            |config_map: PartialObjectMeta<ConfigMap>| drifted_owner(&config_map),
+            move |config_map: PartialObjectMeta<ConfigMap>| {
+                drifted_owner(&config_map, &by_record, &[])
+            },
         )
         // A create, delete or selector change re-runs the sources whose placement it changes
         // (and those with nothing released yet, which may be mid-run).
@@ -297,6 +307,8 @@ pub(super) fn repository_controller(
         Default::default(),
     );
     let selecting = repositories.clone();
+    let by_repository = repositories.clone();
+    let publish_namespaces: Arc<[String]> = options.allowed_publish_namespaces.clone().into();
     let controller = KubeController::for_stream(triggers, repositories)
         // Every source of every shard (a repository selects across shards), as metadata:
         // the mapping reads only labels and namespace, and each shard sees every status write
@@ -315,8 +327,8 @@ pub(super) fn repository_controller(
         )
         .watches_stream(
             drift_triggers::<PackageRepository>(client, namespace, None),
-            |repository: PartialObjectMeta<PackageRepository>| {
-                drifted_repository_owner(&repository)
+            move |repository: PartialObjectMeta<PackageRepository>| {
+                drifted_repository_owner(&repository, &by_repository, &publish_namespaces)
             },
         );
     configured(controller, options)

@@ -148,6 +148,9 @@ pub(super) async fn collect(
                             &e,
                         )
                     })?
+                    // Only the source's own: in a shared publish namespace another team
+                    // may have written the PackageMetadata of this refName.
+                    .filter(|m| ownership::is_ours(kube::Resource::meta(m), &Owner::of(&source)))
                     .map(clean_metadata)
                     .unwrap_or_else(|| {
                         PackageMetadata::new(ref_name.clone(), PackageMetadataSpec::default())
