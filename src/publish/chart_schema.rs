@@ -77,7 +77,7 @@ pub fn derive_from(
     match values {
         Value::Null => Ok(None),
         Value::Object(_) => {
-            let descriptions = descriptions(&text);
+            let descriptions = descriptions(&text).map_err(invalid)?;
             let mut budget = MAX_NODES;
             let schema = from_value(&values, &mut Vec::new(), &descriptions, 0, &mut budget)
                 .map_err(invalid)?;
@@ -194,8 +194,13 @@ fn from_value(
 /// Descriptions by value path, from the comments of values.yaml. A line-based reading of the
 /// block style values files are written in: the comment lines directly above a key describe
 /// it (as yaml.v3's head comment, which kctrl reads); `@param` lines name their path.
-fn descriptions(text: &str) -> BTreeMap<ValuePath, String> {
+///
+/// Lines are read whatever the YAML parser made of them (a `- *anchor` line may sit inside a
+/// quoted scalar, where the parser's alias limits never see it), so the descriptions aliases
+/// copy are bounded here: at most [`MAX_NODES`] in all, or the file is refused.
+fn descriptions(text: &str) -> Result<BTreeMap<ValuePath, String>, String> {
     let mut found: BTreeMap<ValuePath, String> = BTreeMap::new();
+    let mut copies_left = MAX_NODES;
     let mut params: BTreeMap<ValuePath, String> = BTreeMap::new();
     let mut anchors: BTreeMap<String, ValuePath> = BTreeMap::new();
     // (column, segment): keys, and `[]` for a sequence item.
@@ -244,15 +249,25 @@ fn descriptions(text: &str) -> BTreeMap<ValuePath, String> {
             let name = alias.split_whitespace().next().unwrap_or("");
             if let Some(anchor) = anchors.get(name).cloned() {
                 let here: ValuePath = stack.iter().map(|(_, s)| s.clone()).collect();
+                // The paths under `anchor` are one contiguous range of the ordered map: the
+                // work is what is copied, not the size of the map.
                 let copied: Vec<(ValuePath, String)> = found
-                    .iter()
-                    .filter(|(p, _)| p.len() > anchor.len() && p.starts_with(&anchor))
+                    .range(anchor.clone()..)
+                    .take_while(|(p, _)| p.starts_with(&anchor))
+                    .filter(|(p, _)| p.len() > anchor.len())
+                    .take(copies_left.saturating_add(1))
                     .map(|(p, d)| {
                         let mut path = here.clone();
                         path.extend(p[anchor.len()..].iter().cloned());
                         (path, d.clone())
                     })
                     .collect();
+                copies_left = copies_left.checked_sub(copied.len()).ok_or_else(|| {
+                    format!(
+                        "its aliases (`*name`) copy the comments of more than {MAX_NODES} \
+                         values"
+                    )
+                })?;
                 found.extend(copied);
             }
             pending.clear();
@@ -284,7 +299,7 @@ fn descriptions(text: &str) -> BTreeMap<ValuePath, String> {
         }
     }
     found.extend(params);
-    found
+    Ok(found)
 }
 
 /// `key: value` (a plain or quoted key); `None` for anything else.
@@ -510,6 +525,26 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("values.yaml"), values).unwrap();
         derive(dir.path()).unwrap().unwrap()
+    }
+
+    /// `- *anchor` lines inside a quoted scalar are text to the YAML parser (no alias limit
+    /// applies) but aliases to the comment reader: each level copies the one below twenty
+    /// times: four levels are 160,000 descriptions from 3 KiB (eight: 25 billion); refused.
+    #[test]
+    fn aliases_in_text_cannot_multiply_descriptions() {
+        let mut values = String::from("l0: &l0\n  # described\n  x: 1\n");
+        for level in 1..=4 {
+            values.push_str(&format!("l{level}: &l{level} \"\n"));
+            for i in 0..20 {
+                values.push_str(&format!("  a{i}:\n    - *l{}\n", level - 1));
+            }
+            values.push_str("  \"\n");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("values.yaml"), &values).unwrap();
+        let err = derive(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("aliases"), "{err}");
+        // Aliases YAML reads as aliases keep their descriptions (kctrl_cases_alias_…).
     }
 
     /// kctrl's own cases (`schemagenerator/helm_test.go`), its expected output as JSON.
