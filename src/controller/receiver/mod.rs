@@ -13,6 +13,7 @@ use std::time::Duration;
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt as _, reflector, watcher};
@@ -48,10 +49,17 @@ pub(super) fn controller(
         .reflect(writer)
         .applied_objects();
     let referencing = store.clone();
-    let controller = Controller::for_stream(stream, store.clone()).watches(
-        super::triggers::scoped::<Secret>(client, namespace),
+    // Metadata only: the mapping reads names, and a watch of whole Secrets would hold and
+    // re-list every Secret's data in the watched namespaces, whatever their size.
+    let secrets = watcher(
+        super::triggers::scoped::<PartialObjectMeta<Secret>>(client, namespace),
         watcher::Config::default(),
-        move |secret: Secret| {
+    )
+    .default_backoff()
+    .touched_objects();
+    let controller = Controller::for_stream(stream, store.clone()).watches_stream(
+        secrets,
+        move |secret: PartialObjectMeta<Secret>| {
             // A rotated token moves the path at once.
             referencing
                 .state()
