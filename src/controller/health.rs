@@ -1,16 +1,19 @@
-//! A small HTTP/1.1 server for probes and metrics: `/healthz` (the process serves),
-//! `/readyz` (the PackageSource cache has synced), `/metrics` (Prometheus text). One request
-//! per connection, GET/HEAD only, bounded reads: enough for kubelet and Prometheus, and no
-//! HTTP framework to carry.
+//! Probes and metrics over HTTP: `/healthz` (the process serves), `/readyz` (the
+//! PackageSource cache has synced), `/metrics` (Prometheus text). GET and HEAD only, served
+//! under [`super::http`]'s bounds: enough for kubelet and Prometheus, and nothing a client
+//! that reaches the port can use to hold the process.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Method, Response, StatusCode};
+use tokio::net::TcpListener;
 
+use super::http::{self, Limits};
 use super::metrics::Metrics;
 
 /// Which endpoints a listener serves.
@@ -36,8 +39,13 @@ impl Probes {
     }
 }
 
-const MAX_REQUEST_HEAD: usize = 8 * 1024;
-const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// kubelet probes with a 1 s timeout by default and Prometheus scrapes within 10 s: a request
+/// that is not in within 5 s, or not answered within 10, is no probe or scrape.
+const LIMITS: Limits = Limits {
+    connections: 32,
+    head: Duration::from_secs(5),
+    deadline: Duration::from_secs(10),
+};
 
 /// Serves `listener` until the task is dropped or aborted.
 pub(super) async fn serve(
@@ -46,97 +54,63 @@ pub(super) async fn serve(
     probes: Arc<Probes>,
     metrics: Arc<Metrics>,
 ) {
-    loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                tracing::warn!(error = %e, "accepting a probe/metrics connection");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let probes = probes.clone();
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            if let Err(e) = handle(stream, endpoints, &probes, &metrics).await {
-                tracing::debug!(error = %e, "probe/metrics connection");
-            }
-        });
-    }
+    serve_within(listener, LIMITS, endpoints, probes, metrics).await;
 }
 
-async fn handle(
-    mut stream: TcpStream,
+async fn serve_within(
+    listener: TcpListener,
+    limits: Limits,
     endpoints: Endpoints,
-    probes: &Probes,
-    metrics: &Metrics,
-) -> std::io::Result<()> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < MAX_REQUEST_HEAD {
-        let n = match tokio::time::timeout(READ_TIMEOUT, stream.read(&mut chunk)).await {
-            Ok(read) => read?,
-            Err(_) => return Ok(()),
-        };
-        if n == 0 {
-            break;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    let head = String::from_utf8_lossy(&buf);
-    let (status, content_type, body) = respond(&head, endpoints, probes, metrics);
-    let is_head = head.starts_with("HEAD ");
-    let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(response.as_bytes()).await?;
-    if !is_head {
-        stream.write_all(body.as_bytes()).await?;
-    }
-    stream.shutdown().await
-}
-
-/// (status line, content type, body) for a request head.
-fn respond(
-    head: &str,
-    endpoints: Endpoints,
-    probes: &Probes,
-    metrics: &Metrics,
-) -> (&'static str, &'static str, String) {
-    const TEXT: &str = "text/plain; charset=utf-8";
-    let mut parts = head.lines().next().unwrap_or_default().split_whitespace();
-    let (method, target) = (parts.next().unwrap_or_default(), parts.next());
-    let Some(target) = target else {
-        return ("400 Bad Request", TEXT, "bad request\n".to_owned());
-    };
-    if method != "GET" && method != "HEAD" {
-        return (
-            "405 Method Not Allowed",
-            TEXT,
-            "only GET and HEAD\n".to_owned(),
+    probes: Arc<Probes>,
+    metrics: Arc<Metrics>,
+) {
+    http::serve(listener, limits, "probes/metrics", move |request| {
+        let answer = respond(
+            request.method(),
+            request.uri().path(),
+            endpoints,
+            &probes,
+            &metrics,
         );
+        async move { answer }
+    })
+    .await;
+}
+
+/// The answer to `method path` (hyper leaves the body out for HEAD).
+fn respond(
+    method: &Method,
+    path: &str,
+    endpoints: Endpoints,
+    probes: &Probes,
+    metrics: &Metrics,
+) -> Response<Full<Bytes>> {
+    if method != Method::GET && method != Method::HEAD {
+        return http::text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD");
     }
-    let path = target.split('?').next().unwrap_or_default();
     match path {
-        "/healthz" | "/livez" if endpoints.probes => ("200 OK", TEXT, "ok\n".to_owned()),
+        "/healthz" | "/livez" if endpoints.probes => http::text(StatusCode::OK, "ok"),
         "/readyz" if endpoints.probes => {
             if probes.is_ready() {
-                ("200 OK", TEXT, "ok\n".to_owned())
+                http::text(StatusCode::OK, "ok")
             } else {
-                (
-                    "503 Service Unavailable",
-                    TEXT,
-                    "the PackageSource cache has not synced yet\n".to_owned(),
+                http::text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the PackageSource cache has not synced yet",
                 )
             }
         }
-        "/metrics" if endpoints.metrics => (
-            "200 OK",
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            metrics.render(),
-        ),
-        _ => ("404 Not Found", TEXT, "not found\n".to_owned()),
+        "/metrics" if endpoints.metrics => {
+            let mut response = Response::new(Full::new(Bytes::from(metrics.render())));
+            response.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            response
+        }
+        _ => http::text(StatusCode::NOT_FOUND, "not found"),
     }
 }
 
@@ -150,6 +124,8 @@ pub(super) async fn bind(addr: &str) -> std::io::Result<(TcpListener, SocketAddr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
 
     #[tokio::test]
     async fn serves_probes_and_metrics() {
@@ -180,6 +156,68 @@ mod tests {
         assert!(get("/readyz").await.starts_with("HTTP/1.1 200"));
         assert!(get("/metrics").await.contains("# EOF"));
         assert!(get("/nope").await.starts_with("HTTP/1.1 404"));
+        let head = {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(b"HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).await.unwrap();
+            out
+        };
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(!head.contains("# EOF"), "a HEAD answer has no body: {head}");
+        server.abort();
+    }
+
+    /// A client that sends its request a byte at a time, each well inside any per-read
+    /// timeout, is cut off at the head deadline (it could hold a connection for hours when
+    /// the timeout was per read).
+    #[tokio::test]
+    async fn slow_clients_are_cut_off() {
+        let limits = Limits {
+            connections: 2,
+            head: Duration::from_millis(300),
+            deadline: Duration::from_millis(600),
+        };
+        let (listener, addr) = bind("127.0.0.1:0").await.unwrap();
+        let server = tokio::spawn(serve_within(
+            listener,
+            limits,
+            Endpoints {
+                probes: true,
+                metrics: false,
+            },
+            Arc::new(Probes::default()),
+            Arc::new(Metrics::new()),
+        ));
+        let mut slow = TcpStream::connect(addr).await.unwrap();
+        let started = std::time::Instant::now();
+        let closed = async {
+            for byte in b"GET /healthz HTTP/1.1\r\nX-Padding: "
+                .iter()
+                .chain(&[b'a'; 4096])
+            {
+                if slow.write_all(&[*byte]).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let mut probe = [0u8; 64];
+                if let Ok(Ok(0)) =
+                    tokio::time::timeout(Duration::from_millis(1), slow.peek(&mut probe)).await
+                {
+                    return;
+                }
+            }
+        };
+        assert!(
+            tokio::time::timeout(Duration::from_secs(5), closed)
+                .await
+                .is_ok(),
+            "a trickled request was still open after {:?}",
+            started.elapsed()
+        );
+        assert!(started.elapsed() >= limits.head);
         server.abort();
     }
 }

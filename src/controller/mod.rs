@@ -23,6 +23,7 @@
 
 mod context;
 mod health;
+mod http;
 mod inputs;
 mod labels;
 mod leader;

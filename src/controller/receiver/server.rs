@@ -13,7 +13,6 @@
 //! - GitLab: `X-Gitlab-Token` equals the token; `X-Gitlab-Event` names the event.
 //! - generic: the unguessable path is the check (Flux's `generic` receiver).
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +26,7 @@ use kube::runtime::reflector::Store;
 use kube::{Client, ResourceExt as _};
 use tokio::net::TcpListener;
 
+use super::super::http::{self, Limits};
 use crate::api::receiver::{Receiver, ReceiverKind, ReceiverType};
 use crate::api::{PackageRepositorySource, PackageSource, REQUESTED_AT_ANNOTATION};
 
@@ -42,45 +42,25 @@ pub(in crate::controller) struct Webhooks {
     pub(in crate::controller) receivers: Store<Receiver>,
 }
 
+/// Header and body each within 10 s; the annotations a request makes (up to
+/// [`MAX_TRIGGERED`] API calls) within what is left of a minute.
+const LIMITS: Limits = Limits {
+    connections: MAX_CONNECTIONS,
+    head: READ_TIMEOUT,
+    deadline: Duration::from_secs(60),
+};
+
 /// Serves `listener` until the task is dropped.
 pub(in crate::controller) async fn serve(listener: TcpListener, hooks: Arc<Webhooks>) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                tracing::warn!(error = %e, "accepting a webhook connection");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        // Over the limit, a connection waits for a slot rather than costing a task.
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
+    http::serve(listener, LIMITS, "webhooks", move |request| {
         let hooks = hooks.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            let service = hyper::service::service_fn(move |request| {
-                let hooks = hooks.clone();
-                async move { Ok::<_, Infallible>(handle(&hooks, request).await) }
-            });
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(READ_TIMEOUT)
-                .keep_alive(false)
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "webhook connection");
-            }
-        });
-    }
+        async move { handle(&hooks, request).await }
+    })
+    .await;
 }
 
 fn reply(status: StatusCode, text: impl Into<String>) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(format!("{}\n", text.into()))));
-    *response.status_mut() = status;
-    response
+    http::text(status, text)
 }
 
 async fn handle(hooks: &Webhooks, request: Request<Incoming>) -> Response<Full<Bytes>> {
