@@ -19,7 +19,7 @@ pub(super) struct PullArgs {
     /// Most bytes of file content the bundle may unpack to.
     #[arg(long, default_value_t = PullLimits::default().max_bytes)]
     max_bytes: u64,
-    /// Most files the bundle may unpack to.
+    /// Most files the bundle may unpack to (links, which are skipped, count too).
     #[arg(long, default_value_t = PullLimits::default().max_files)]
     max_files: u64,
     /// Most directories the bundle may unpack to.
@@ -45,6 +45,12 @@ pub(super) fn run(args: &PullArgs, runtime: &tokio::runtime::Runtime) -> anyhow:
     ))?;
     for skipped in &pulled.skipped {
         eprintln!("packsmith: skipped link {skipped:?} (bundles carry only regular files)");
+    }
+    if pulled.skipped_links > pulled.skipped.len() {
+        eprintln!(
+            "packsmith: skipped {} more links",
+            pulled.skipped_links - pulled.skipped.len()
+        );
     }
     println!(
         "Pulled '{}' into {} ({} files)",

@@ -441,7 +441,7 @@ pub(crate) async fn fetch_bundle(
         .map(|(_, d)| d.to_owned())
         .unwrap_or_default();
     if !pulled.skipped.is_empty() {
-        tracing::info!(bundle = %pulled.image, skipped = ?pulled.skipped, "links in the bundle were not written, as imgpkg skips them");
+        tracing::info!(bundle = %pulled.image, links = pulled.skipped_links, first = ?pulled.skipped, "links in the bundle were not written, as imgpkg skips them");
     }
     if source.recursive {
         pull_nested_bundles(&registry, out, limits).await?;

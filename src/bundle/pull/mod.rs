@@ -71,8 +71,11 @@ pub struct Pulled {
     /// `REPO@sha256:…` of the bundle pulled.
     pub image: String,
     pub files: usize,
-    /// Entries that were not written: symlinks and hard links, as imgpkg skips them.
+    /// Entries that were not written — symlinks and hard links, as imgpkg skips them — by
+    /// name, the first twenty.
     pub skipped: Vec<String>,
+    /// How many links were not written.
+    pub skipped_links: usize,
     /// Whether `.imgpkg/images.yml` was rewritten to name the images in the bundle's own
     /// repository, where they were relocated with it.
     pub relocated: bool,
@@ -154,7 +157,7 @@ pub async fn pull_with(
     let reference = image.clone();
     let layer_descriptor = parsed.layer;
     let limits_copy = *limits;
-    let (files, skipped) = tokio::task::spawn_blocking(move || {
+    let unpacked = tokio::task::spawn_blocking(move || {
         unpack_into(
             layer,
             &layer_descriptor,
@@ -172,8 +175,9 @@ pub async fn pull_with(
     };
     Ok(Pulled {
         image,
-        files,
-        skipped,
+        files: unpacked.files,
+        skipped: unpacked.skipped,
+        skipped_links: unpacked.links,
         relocated,
     })
 }

@@ -14,7 +14,7 @@ fn unpack_into(
     out: &Path,
     reference: &str,
     limits: &PullLimits,
-) -> Result<(usize, Vec<String>), BundleError> {
+) -> Result<super::unpack::Unpacked, BundleError> {
     use std::io::Seek as _;
     let mut file = tempfile::tempfile().unwrap();
     file.write_all(gz).unwrap();
@@ -102,7 +102,7 @@ fn nested_directories_are_created_once_and_a_file_cannot_be_a_parent() {
         ("a/d/three.yml", tar::EntryType::Regular, b"3"),
         ("a/b/c/four.yml", tar::EntryType::Regular, b"4"),
     ]);
-    let (files, _) = unpack_into(
+    let unpacked = unpack_into(
         &gz,
         &descriptor(&gz),
         &diff_id,
@@ -111,7 +111,7 @@ fn nested_directories_are_created_once_and_a_file_cannot_be_a_parent() {
         &PullLimits::default(),
     )
     .unwrap();
-    assert_eq!(files, 4);
+    assert_eq!(unpacked.files, 4);
     for (path, data) in [
         ("a/b/c/one.yml", "1"),
         ("a/b/two.yml", "2"),
@@ -189,6 +189,55 @@ fn escaping_entries_fail_the_pull_and_keep_the_old_output() {
     assert_eq!(left.len(), 1);
 }
 
+/// Links are not written but cost as much to read as files: they count against
+/// `--max-files`, and what is kept of them is twenty names, not every name.
+#[test]
+fn a_layer_of_links_is_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut builder = tar::Builder::new(Vec::new());
+    for i in 0..50 {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Symlink);
+        header.set_size(0);
+        // GNU long names: a name may be far longer than what is kept of it.
+        let name = format!("{}{i}", "l".repeat(300));
+        builder
+            .append_link(&mut header, &name, "/etc/passwd")
+            .unwrap();
+    }
+    let tar = builder.into_inner().unwrap();
+    let diff_id = sha256_digest(&tar);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    io::Write::write_all(&mut gz, &tar).unwrap();
+    let gz = gz.finish().unwrap();
+    let limits = |max_files| PullLimits {
+        max_files,
+        ..PullLimits::default()
+    };
+    let unpacked = unpack_into(
+        &gz,
+        &descriptor(&gz),
+        &diff_id,
+        &dir.path().join("a"),
+        "r",
+        &limits(50),
+    )
+    .unwrap();
+    assert_eq!((unpacked.files, unpacked.links), (0, 50));
+    assert_eq!(unpacked.skipped.len(), super::unpack::NAMED_LINKS);
+    assert!(unpacked.skipped.iter().all(|n| n.len() == 256));
+    let err = unpack_into(
+        &gz,
+        &descriptor(&gz),
+        &diff_id,
+        &dir.path().join("b"),
+        "r",
+        &limits(49),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("files and links"), "{err}");
+}
+
 #[test]
 fn links_are_skipped_and_the_diff_id_is_checked() {
     let dir = tempfile::tempdir().unwrap();
@@ -198,7 +247,7 @@ fn links_are_skipped_and_the_diff_id_is_checked() {
         ("link", tar::EntryType::Symlink, b""),
         ("cfg/a.yml", tar::EntryType::Regular, b"a: 1\n"),
     ]);
-    let (files, skipped) = unpack_into(
+    let unpacked = unpack_into(
         &gz,
         &descriptor(&gz),
         &diff_id,
@@ -207,7 +256,10 @@ fn links_are_skipped_and_the_diff_id_is_checked() {
         &PullLimits::default(),
     )
     .unwrap();
-    assert_eq!((files, skipped), (1, vec!["link".to_owned()]));
+    assert_eq!(
+        (unpacked.files, unpacked.skipped, unpacked.links),
+        (1, vec!["link".to_owned()], 1)
+    );
     assert!(fs::symlink_metadata(out.join("link")).is_err());
     assert_eq!(fs::read_to_string(out.join("cfg/a.yml")).unwrap(), "a: 1\n");
 
@@ -382,7 +434,13 @@ fn directories_and_files_are_capped_explicit_or_implied() {
     )
     .unwrap_err();
     assert!(
-        matches!(&err, BundleError::Limit { what: "files", .. }),
+        matches!(
+            &err,
+            BundleError::Limit {
+                what: "files and links",
+                ..
+            }
+        ),
         "{err}"
     );
 }

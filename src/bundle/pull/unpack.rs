@@ -28,7 +28,7 @@ pub(super) fn unpack_into(
     output: &Path,
     reference: &str,
     limits: &PullLimits,
-) -> Result<(usize, Vec<String>), BundleError> {
+) -> Result<Unpacked, BundleError> {
     if !layer.checked {
         check_blob_file(descriptor, &mut layer.file, reference)?;
     }
@@ -136,7 +136,7 @@ pub(super) fn unpack_staged(
     output: &Path,
     reference: &str,
     limits: &PullLimits,
-) -> Result<(tempfile::TempDir, (usize, Vec<String>)), BundleError> {
+) -> Result<(tempfile::TempDir, Unpacked), BundleError> {
     let parent = staging_parent(output)?;
     let staging = tempfile::Builder::new()
         .prefix(".packsmith-pull-")
@@ -167,15 +167,31 @@ pub(super) fn unpack_staged(
     Ok((staging, result))
 }
 
+/// What an unpack wrote and left out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Unpacked {
+    pub files: usize,
+    /// The first [`NAMED_LINKS`] links left out (names cut at [`NAMED_LINK_CHARS`]).
+    pub skipped: Vec<String>,
+    /// All links left out.
+    pub links: usize,
+}
+
+/// Links named in what a pull reports; the rest are counted. A layer may hold as many links
+/// as files, and a name may be a megabyte long.
+pub(super) const NAMED_LINKS: usize = 20;
+const NAMED_LINK_CHARS: usize = 256;
+
 pub(super) fn unpack(
     reader: &mut impl Read,
     meter: &crate::bundle::untar::HeaderMeter,
     root: &Path,
     reference: &str,
     limits: &PullLimits,
-) -> Result<(usize, Vec<String>), BundleError> {
+) -> Result<Unpacked, BundleError> {
     let mut archive = tar::Archive::new(reader);
     let mut files = 0;
+    let mut links = 0;
     let mut bytes: u64 = 0;
     let mut skipped = Vec::new();
     // Directories this pull created under `root`: `root` is fresh and links are never written,
@@ -237,10 +253,10 @@ pub(super) fn unpack(
                 });
             }
             files += 1;
-            if files as u64 > limits.max_files {
+            if (files + links) as u64 > limits.max_files {
                 return Err(limit_error(
                     reference,
-                    "files",
+                    "files and links",
                     limits.max_files,
                     "--max-files",
                 ));
@@ -290,7 +306,19 @@ pub(super) fn unpack(
                 }
             })?;
         } else if entry_type.is_symlink() || entry_type.is_hard_link() {
-            skipped.push(name);
+            // Not written, but counted: a layer of nothing but links is no cheaper to read.
+            links += 1;
+            if (files + links) as u64 > limits.max_files {
+                return Err(limit_error(
+                    reference,
+                    "files and links",
+                    limits.max_files,
+                    "--max-files",
+                ));
+            }
+            if skipped.len() < NAMED_LINKS {
+                skipped.push(name.chars().take(NAMED_LINK_CHARS).collect());
+            }
         } else if entry_type.is_pax_global_extensions() {
             continue;
         } else {
@@ -303,7 +331,11 @@ pub(super) fn unpack(
             ));
         }
     }
-    Ok((files, skipped))
+    Ok(Unpacked {
+        files,
+        skipped,
+        links,
+    })
 }
 
 pub(super) const COPY_BUFFER: usize = 1 << 20;
