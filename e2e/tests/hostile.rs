@@ -8,7 +8,7 @@
 //! - `packsmith pull -o .` and `-o ..` from a directory full of files;
 //! - bundles with honest digests whose layer is a gzip bomb, or 300 empty directories;
 //! - a lying registry (served by this file): a blob that never ends, a blob with other bytes
-//!   than its digest, a manifest of 8 MiB.
+//!   than its digest, a manifest of 8 MiB, a tag list of ever more pages larger than asked.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -451,6 +451,17 @@ fn answer(stream: std::net::TcpStream) -> std::io::Result<()> {
     let config = format!("/blobs/{}", digest(CONFIG));
     match path.as_str() {
         "/v2/" => reply("200 OK", b"{}"),
+        "/v2/manytags/tags/list" => {
+            // `n` ignored, and each page other tags than the last (`last` ignored too, but
+            // not so that it shows): 150,000 a page, 1.7 MB, under the page's byte cap.
+            static PAGE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let page = PAGE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let tags: Vec<String> = (0..150_000).map(|i| format!("{page}.{i}.0")).collect();
+            reply(
+                "200 OK",
+                serde_json::json!({ "tags": tags }).to_string().as_bytes(),
+            )
+        }
         "/v2/endless/manifests/1" | "/v2/liar/manifests/1" | "/v2/longname/manifests/1" => {
             reply("200 OK", manifest.as_bytes())
         }
@@ -528,5 +539,20 @@ fn lying_registry_answers() -> anyhow::Result<()> {
             "the sync of {repo} left a directory"
         );
     }
+
+    // A tag list that never ends, in pages far larger than asked for: refused at the tags
+    // all the pages asked for could hold (it was up to 100 pages of whatever came).
+    let work = tempfile::tempdir()?;
+    let vendir = format!(
+        "apiVersion: vendir.k14s.io/v1alpha1\nkind: Config\ndirectories:\n- path: synced\n  \
+         contents:\n  - path: .\n    image:\n      url: {registry}/manytags\n      \
+         tagSelection:\n        semver:\n          constraints: \">=0.0.0\"\n"
+    );
+    std::fs::write(work.path().join("vendir.yml"), &vendir)?;
+    let out = packsmith(
+        work.path(),
+        &["sync", "--registry-insecure-host", &registry],
+    )?;
+    ensure_refused(&out, "lists more than 100000 tags").context("tag selection of manytags")?;
     Ok(())
 }

@@ -58,6 +58,8 @@ const MAX_TAGS_PAGE_BYTES: u64 = 4 << 20;
 const TAG_PAGE: usize = 1000;
 /// ...and pages at most: a registry that keeps answering cannot keep a stage busy.
 const MAX_TAG_PAGES: usize = 100;
+/// Tags listed in all: what those pages hold.
+const MAX_TAGS: usize = TAG_PAGE * MAX_TAG_PAGES;
 /// An error body is read only for its codes.
 const MAX_ERROR_BYTES: u64 = 64 << 10;
 
@@ -551,6 +553,16 @@ impl<'r> DistributionClient<'r> {
                 )
             })?;
             let page = page.tags.unwrap_or_default();
+            // A registry may ignore `n` and answer all its tags at once; it may not make the
+            // pages add up to more than the pages we would ever ask for.
+            if tags.len().saturating_add(page.len()) > MAX_TAGS {
+                return Err(request_error(
+                    "GET",
+                    &url,
+                    ErrorClass::Permanent,
+                    format!("the registry lists more than {MAX_TAGS} tags"),
+                ));
+            }
             // A short page is the last; so is one that ends where the previous did (a
             // registry that ignores `last`).
             let done = page.len() < TAG_PAGE || page.last() == tags.last();
