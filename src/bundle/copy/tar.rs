@@ -809,6 +809,18 @@ impl TarGraph<'_> {
         Ok(repository.to_owned())
     }
 
+    /// A tag the tar names, which becomes part of a URL in the target: `../` in it would
+    /// write to another repository with the target's credentials.
+    fn tag(&self, tag: &str) -> Result<String, BundleError> {
+        if super::super::target::is_valid_tag(tag) {
+            Ok(tag.to_owned())
+        } else {
+            Err(self.invalid(format!(
+                "{tag:?} is not a tag ([A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})"
+            )))
+        }
+    }
+
     fn image(&mut self, d: &ImageDesc, has_root: bool, top: bool) -> Result<String, BundleError> {
         let raw = d.manifest.raw.as_bytes();
         let digest = sha256_digest(raw);
@@ -861,7 +873,7 @@ impl TarGraph<'_> {
             .is_some_and(|l| l.contains_key(ROOT_BUNDLE_LABEL));
         let depth = if root || (top && !has_root) { 0 } else { 1 };
         let tags = if top && !d.tag.is_empty() {
-            vec![d.tag.clone()]
+            vec![self.tag(&d.tag)?]
         } else {
             Vec::new()
         };
@@ -947,7 +959,7 @@ impl TarGraph<'_> {
             tags: if !top || d.tag.is_empty() {
                 Vec::new()
             } else {
-                vec![d.tag.clone()]
+                vec![self.tag(&d.tag)?]
             },
             depth,
             source: Some(source),
@@ -1141,6 +1153,12 @@ mod tests {
         assert!(err.contains("is not in the tar"), "{err}");
         std::fs::write(&path, b"not a tar at all").unwrap();
         assert!(read(&path, &WalkLimits::default()).is_err());
+        // A tag that is a path: in the target's URL, `..` climbs out of the repository.
+        let climbing = text.replacen("\"Tag\":\"v1\"", "\"Tag\":\"..\"", 1);
+        assert_ne!(climbing, text);
+        std::fs::write(&path, climbing.as_bytes()).unwrap();
+        let err = read(&path, &WalkLimits::default()).unwrap_err().to_string();
+        assert!(err.contains("\"..\" is not a tag"), "{err}");
     }
 
     #[test]
