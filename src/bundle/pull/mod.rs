@@ -62,6 +62,9 @@ impl PullLimits {
     }
 }
 
+/// The largest `.imgpkg/images.yml` a pull reads back (as `copy` reads it).
+const MAX_IMAGES_LOCK_BYTES: u64 = 16 << 20;
+
 /// Deepest path accepted in a layer (components).
 const MAX_DEPTH: usize = 256;
 
@@ -389,12 +392,21 @@ async fn localize_images_lock(
     output: &Path,
 ) -> Result<bool, BundleError> {
     let path = output.join(".imgpkg").join("images.yml");
-    let text = match tokio::fs::read_to_string(&path).await {
-        Ok(text) => text,
+    let size = match tokio::fs::symlink_metadata(&path).await {
+        Ok(meta) => meta.len(),
         // A bundle without images.yml was not pushed by imgpkg or packsmith; nothing to do.
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(BundleError::io("reading", &path)(e)),
     };
+    if size > MAX_IMAGES_LOCK_BYTES {
+        return Err(BundleError::Invalid(format!(
+            "{}: {size} bytes, more than the {MAX_IMAGES_LOCK_BYTES} an ImagesLock may take",
+            path.display()
+        )));
+    }
+    let text = tokio::fs::read_to_string(&path)
+        .await
+        .map_err(BundleError::io("reading", &path))?;
     let mut lock = ImagesLock::from_yaml(&text)
         .map_err(|e| BundleError::Invalid(format!("{}: {e}", path.display())))?;
     let repository = format!(
@@ -424,12 +436,23 @@ async fn localize_images_lock(
     let client = registry.distribution();
     let contacted = registry.contact(bundle_repository);
     let options = PushOptions::default();
-    let lookups = relocated.iter().map(|image| {
+    // Each digest once, at most the registry's concurrency in flight, and the first miss
+    // ends it: a lock of a hundred thousand entries is not a hundred thousand requests at once.
+    let digests: std::collections::BTreeSet<String> = relocated
+        .iter()
+        .map(|image| {
+            image
+                .rsplit_once('@')
+                .map(|(_, d)| d)
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    let lookups = digests.into_iter().map(|digest| {
         let (client, contacted, options) = (&client, &contacted, &options);
         async move {
-            let digest = image.rsplit_once('@').map(|(_, d)| d).unwrap_or_default();
             let found = retry(options, "HEAD manifest", contacted, || {
-                client.manifest_digest_at(contacted, digest)
+                client.manifest_digest_at(contacted, &digest)
             })
             .await;
             match found {
@@ -439,10 +462,16 @@ async fn localize_images_lock(
             }
         }
     });
-    let found = futures::future::try_join_all(lookups).await?;
-    if !found.iter().all(|f| *f) {
-        return Ok(false);
+    let mut lookups = futures::StreamExt::buffer_unordered(
+        futures::stream::iter(lookups),
+        registry.concurrency(),
+    );
+    while let Some(found) = futures::StreamExt::next(&mut lookups).await {
+        if !found? {
+            return Ok(false);
+        }
     }
+    drop(lookups);
     for (entry, image) in lock.images.iter_mut().zip(relocated) {
         entry.image = image;
     }

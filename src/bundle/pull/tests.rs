@@ -522,3 +522,19 @@ proptest::proptest! {
         sandbox.check();
     }
 }
+
+/// The pulled images.yml is read back to point it at relocated images: within the size
+/// `copy` allows it, before any request is made.
+#[tokio::test]
+async fn a_huge_images_lock_is_not_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::create_dir_all(dir.path().join(".imgpkg")).unwrap();
+    let file = fs::File::create(dir.path().join(".imgpkg/images.yml")).unwrap();
+    file.set_len(MAX_IMAGES_LOCK_BYTES + 1).unwrap();
+    let registry = crate::registry::Registry::new(Default::default()).unwrap();
+    let bundle = crate::registry::parse_reference("registry.invalid/bundle:1").unwrap();
+    let err = localize_images_lock(&registry, &bundle, dir.path())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("an ImagesLock may take"), "{err}");
+}
