@@ -435,7 +435,7 @@ pub async fn push_fixture(
     Ok(top.digest.clone())
 }
 
-async fn push_manifest(
+pub async fn push_manifest(
     client: &oci_client::Client,
     reference: &Reference,
     manifest: &Manifest,

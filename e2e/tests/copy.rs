@@ -48,6 +48,7 @@ pub fn trials() -> Vec<Trial> {
         ),
         trial("cosign_signatures_only_when_asked", cosign_signatures),
         trial("images_lock_and_image_sources", image_sources),
+        trial("indexes_nested_too_deep_are_refused", nested_indexes),
         trial(
             "controller_relocates_locked_images_next_to_the_bundle",
             |_| relocate_in_the_controller(),
@@ -795,6 +796,52 @@ async fn cosign_signatures(bed: &Bed) -> anyhow::Result<()> {
 
 /// `-i` copies an image and refuses a bundle (imgpkg: "use -b"); `--lock` with an
 /// ImagesLock copies each image and writes the lock relocated, annotations kept.
+/// A multi-platform index wrapped in further indexes, each listing the one inside: every
+/// walk of a graph recurses through indexes, so a chain as deep as the manifest limit would
+/// overflow the stack. Four levels copy; five are refused, naming the limit.
+async fn nested_indexes(bed: &Bed) -> anyhow::Result<()> {
+    let registry = images::Registry::plain(bed);
+    let repo = format!("e2e-copy/nested-{}", support::unique_id()?);
+    let inner = images::fixture(&repo, "inner", ImageKind::MultiArch, "nested")?;
+    images::push_fixture(&registry, &repo, "inner", &inner).await?;
+    let client = registry.client();
+    let mut below = inner.top().clone();
+    for level in 2..=5 {
+        let data = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": oci_client::manifest::OCI_IMAGE_INDEX_MEDIA_TYPE,
+            "manifests": [{
+                "mediaType": below.media_type,
+                "digest": below.digest,
+                "size": below.data.len(),
+            }],
+        }))?;
+        let wrapper = images::Manifest {
+            media_type: oci_client::manifest::OCI_IMAGE_INDEX_MEDIA_TYPE,
+            digest: images::sha256_digest(&data),
+            data,
+        };
+        let tag = format!("level{level}");
+        images::push_manifest(&client, &registry.reference(&repo, &tag)?, &wrapper).await?;
+        below = wrapper;
+    }
+    let empty = tempfile::tempdir()?;
+    let source = |level: usize| format!("{}/{repo}:level{level}", bed.registry);
+    let target = format!(
+        "{}/e2e-copy/nested-target-{}",
+        bed.registry,
+        support::unique_id()?
+    );
+    copy_ok(bed, empty.path(), &["-i", &source(4), "--to-repo", &target])?;
+    let out = copy(bed, empty.path(), &["-i", &source(5), "--to-repo", &target])?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && stderr.contains("image indexes nest more than 4 deep"),
+        "{stderr}"
+    );
+    Ok(())
+}
+
 async fn image_sources(bed: &Bed) -> anyhow::Result<()> {
     let source = source(bed, "images").await?;
     let empty = tempfile::tempdir()?;

@@ -160,7 +160,8 @@ impl Graph {
     pub(super) fn write_order(&self) -> Vec<&Manifest> {
         let mut order: Vec<&Manifest> = Vec::with_capacity(self.manifests.len());
         let mut seen: HashSet<&str> = HashSet::new();
-        // Indexes nest at most a few levels (checked while walking): recursion is bounded.
+        // Indexes nest at most MAX_INDEX_NESTING levels (checked while walking, and when a
+        // tar is read): the recursion is bounded.
         fn visit<'g>(
             graph: &'g Graph,
             m: &'g Manifest,
@@ -394,6 +395,9 @@ pub(super) struct Pending {
     pub(super) named_as: String,
     pub(super) want: Want,
     pub(super) depth: usize,
+    /// Indexes above it (an index's platform manifests are at 1): bounded by
+    /// [`MAX_INDEX_NESTING`], as everything that walks a graph recurses through indexes.
+    pub(super) nesting: usize,
     /// The bundle's own tag, kept in the target (`-b repo:tag`).
     pub(super) tag: Option<String>,
     /// Whether it is recorded in `named` (not a platform manifest of an index).
@@ -413,11 +417,16 @@ impl Pending {
             named_as,
             want,
             depth: 0,
+            nesting: 0,
             tag,
             record: true,
         }
     }
 }
+
+/// Indexes inside indexes: the OCI spec allows it, registries and runtimes see one level
+/// (a multi-platform image), rarely two (an index of attestations). Deeper is refused.
+pub(super) const MAX_INDEX_NESTING: usize = 4;
 
 /// Walks `roots` in the source registry: every manifest and blob, bundles through their
 /// ImagesLock, with `cosign` artifacts of every image when asked. `scratch` holds bundle
@@ -471,6 +480,12 @@ pub(super) async fn walk_registry(
             }
             let digest = fetched.manifest.digest.clone();
             let repository = format!("{}/{}", p.reference.registry(), p.reference.repository());
+            if !fetched.children.is_empty() && p.nesting + 1 > MAX_INDEX_NESTING {
+                return Err(BundleError::Content {
+                    reference: p.named_as,
+                    reason: format!("image indexes nest more than {MAX_INDEX_NESTING} deep"),
+                });
+            }
             for (child, _) in &fetched.children {
                 if seen.contains(child) {
                     continue;
@@ -480,6 +495,7 @@ pub(super) async fn walk_registry(
                     named_as: format!("{repository}@{child}"),
                     want: Want::Any,
                     depth: p.depth,
+                    nesting: p.nesting + 1,
                     tag: None,
                     record: false,
                 });
@@ -509,6 +525,7 @@ pub(super) async fn walk_registry(
                         named_as: image.image.clone(),
                         want: Want::Any,
                         depth: p.depth + 1,
+                        nesting: 0,
                         tag: None,
                         record: true,
                     });

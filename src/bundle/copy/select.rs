@@ -106,6 +106,7 @@ pub(super) async fn narrowed(
                 named_as: i.image.clone(),
                 want: graph::Want::Any,
                 depth: 1,
+                nesting: 0,
                 tag: None,
                 record: true,
             })

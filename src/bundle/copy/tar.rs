@@ -746,7 +746,7 @@ pub(super) fn read(path: &Path, limits: &WalkLimits) -> Result<Graph, BundleErro
     for (i, item) in items.iter().enumerate() {
         match (&item.image_index, &item.image) {
             (Some(index), None) => {
-                reader.index(index, has_root, true)?;
+                reader.index(index, has_root, true, 0)?;
             }
             (None, Some(image)) => {
                 reader.image(image, has_root, true)?;
@@ -909,7 +909,19 @@ impl TarGraph<'_> {
         Ok(digest)
     }
 
-    fn index(&mut self, d: &IndexDesc, has_root: bool, top: bool) -> Result<String, BundleError> {
+    fn index(
+        &mut self,
+        d: &IndexDesc,
+        has_root: bool,
+        top: bool,
+        nesting: usize,
+    ) -> Result<String, BundleError> {
+        if nesting >= graph::MAX_INDEX_NESTING {
+            return Err(self.invalid(format!(
+                "image indexes nest more than {} deep",
+                graph::MAX_INDEX_NESTING
+            )));
+        }
         let raw = d.raw.as_bytes();
         let digest = sha256_digest(raw);
         if digest != d.digest {
@@ -922,7 +934,7 @@ impl TarGraph<'_> {
             present.insert(self.image(image, has_root, false)?);
         }
         for index in d.indexes.iter().flatten() {
-            present.insert(self.index(index, has_root, false)?);
+            present.insert(self.index(index, has_root, false, nesting + 1)?);
         }
         for (child, _) in &parsed.children {
             if !present.contains(child) {
