@@ -372,7 +372,19 @@ pub(super) fn images_lock_of_layer(
             .take(limits.max_images_lock_bytes)
             .read_to_string(&mut text)
             .map_err(|e| format!("reading .imgpkg/images.yml: {e}"))?;
-        return ImagesLock::from_yaml(&text).map_err(|e| e.to_string());
+        let mut lock = ImagesLock::from_yaml(&text).map_err(|e| e.to_string())?;
+        // The same image named twice is one image; more distinct images than the whole copy
+        // may hold cannot be copied (and each entry is kept for every bundle that names it).
+        let mut seen = HashSet::new();
+        lock.images.retain(|i| seen.insert(i.image.clone()));
+        if lock.images.len() > limits.max_manifests {
+            return Err(format!(
+                ".imgpkg/images.yml names {} images, more than the {} manifests a copy may hold",
+                lock.images.len(),
+                limits.max_manifests
+            ));
+        }
+        return Ok(lock);
     }
     Err("the bundle has no .imgpkg/images.yml".to_owned())
 }
@@ -427,6 +439,9 @@ impl Pending {
 /// Indexes inside indexes: the OCI spec allows it, registries and runtimes see one level
 /// (a multi-platform image), rarely two (an index of attestations). Deeper is refused.
 pub(super) const MAX_INDEX_NESTING: usize = 4;
+
+/// Names (references) by which the copied manifests are known, per manifest on average.
+const MAX_NAMES_PER_MANIFEST: usize = 4;
 
 /// Walks `roots` in the source registry: every manifest and blob, bundles through their
 /// ImagesLock, with `cosign` artifacts of every image when asked. `scratch` holds bundle
@@ -563,6 +578,17 @@ pub(super) async fn walk_registry(
                 }
             }
             graph.insert_manifest(fetched.manifest);
+            // Names of images already known cost no manifest but are kept, one per bundle
+            // that names them: bounded by the bundles (max_manifests) times one lock each.
+            if graph.named.len() > MAX_NAMES_PER_MANIFEST * limits.max_manifests {
+                return Err(BundleError::Content {
+                    reference: p.named_as,
+                    reason: format!(
+                        "the bundles name images more than {} times",
+                        MAX_NAMES_PER_MANIFEST * limits.max_manifests
+                    ),
+                });
+            }
             if graph.manifest_count() + pending.len() > limits.max_manifests {
                 return Err(BundleError::Content {
                     reference: p.named_as,
@@ -861,5 +887,44 @@ mod tests {
         );
         assert!(!config_is_bundle(br#"{"config":{}}"#).unwrap());
         assert!(config_is_bundle(b"not json").is_err());
+    }
+
+    /// A bundle's ImagesLock: each image once, and no more images than a copy may hold
+    /// (every entry is kept for the walk, whatever it repeats).
+    #[test]
+    fn a_bundle_lock_is_deduplicated_and_bounded() {
+        let layer = |images: &[String]| {
+            let mut yaml =
+                String::from("apiVersion: imgpkg.carvel.dev/v1alpha1\nkind: ImagesLock\nimages:\n");
+            for image in images {
+                yaml.push_str(&format!("- image: {image}\n"));
+            }
+            let mut tar = tar::Builder::new(Vec::new());
+            let mut header = tar::Header::new_ustar();
+            header.set_size(yaml.len() as u64);
+            header.set_mode(0o600);
+            tar.append_data(&mut header, ".imgpkg/images.yml", yaml.as_bytes())
+                .unwrap();
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            std::io::Write::write_all(&mut gz, &tar.into_inner().unwrap()).unwrap();
+            gz.finish().unwrap()
+        };
+        let image = |i: usize| format!("r.example/app@sha256:{i:064x}");
+        let repeated: Vec<String> = (0..300).map(|i| image(i % 3)).collect();
+        let lock = images_lock_of_layer(&layer(&repeated)[..], &WalkLimits::default()).unwrap();
+        assert_eq!(
+            lock.images
+                .iter()
+                .map(|i| i.image.clone())
+                .collect::<Vec<_>>(),
+            [image(0), image(1), image(2)]
+        );
+        let limits = WalkLimits {
+            max_manifests: 10,
+            ..WalkLimits::default()
+        };
+        let many: Vec<String> = (0..11).map(image).collect();
+        let err = images_lock_of_layer(&layer(&many)[..], &limits).unwrap_err();
+        assert!(err.contains("names 11 images"), "{err}");
     }
 }
