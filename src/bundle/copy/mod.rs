@@ -224,7 +224,9 @@ pub async fn copy(
     options.emit(CopyEvent::Found {
         manifests: graph.manifest_count(),
         blobs: graph.blobs().count(),
-        bytes: graph.blobs().map(|b| b.size).sum(),
+        bytes: graph
+            .blobs()
+            .fold(0u64, |sum, b| sum.saturating_add(b.size)),
     });
 
     match target {

@@ -141,7 +141,7 @@ pub(super) async fn write(
             (_, Some(Upload::Mounted)) => written.blobs_mounted += 1,
             (size, Some(Upload::Sent)) => {
                 written.blobs_sent += 1;
-                written.bytes_sent += size;
+                written.bytes_sent = written.bytes_sent.saturating_add(size);
             }
         }
     }

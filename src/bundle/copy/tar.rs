@@ -213,21 +213,32 @@ struct Layout {
     total: u64,
 }
 
-fn layout(json: Vec<u8>, layers: &[(String, u64)]) -> Layout {
+/// Where everything goes in the tar. Sizes are what manifests declare: added with checks,
+/// or two layers of `i64::MAX` bytes would wrap the offsets onto `manifest.json`.
+fn layout(json: Vec<u8>, layers: &[(String, u64)]) -> Result<Layout, BundleError> {
+    let too_large = || {
+        BundleError::Invalid("the layers' declared sizes add up past what a tar can hold".into())
+    };
     let header = gotar::header(MANIFEST_JSON, gotar::TYPE_REG, 0o644, json.len() as u64);
     let mut offset = (header.len() + json.len() + gotar::padding(json.len() as u64).len()) as u64;
     let mut placed = Vec::with_capacity(layers.len());
     for (digest, size) in layers {
         let h = gotar::header(&layer_name(digest), gotar::TYPE_REG, 0o644, *size).len() as u64;
-        placed.push((digest.clone(), *size, offset, offset + h));
-        offset += h + size + gotar::padding(*size).len() as u64;
+        let data = offset.checked_add(h).ok_or_else(too_large)?;
+        placed.push((digest.clone(), *size, offset, data));
+        offset = data
+            .checked_add(*size)
+            .and_then(|o| o.checked_add(gotar::padding(*size).len() as u64))
+            .ok_or_else(too_large)?;
     }
-    Layout {
+    Ok(Layout {
         header,
         json,
         layers: placed,
-        total: offset + gotar::END_OF_ARCHIVE.len() as u64,
-    }
+        total: offset
+            .checked_add(gotar::END_OF_ARCHIVE.len() as u64)
+            .ok_or_else(too_large)?,
+    })
 }
 
 /// Writes `graph` as an imgpkg tar at `path`.
@@ -242,7 +253,7 @@ pub(super) async fn write(
         .map_err(|e| BundleError::Invalid(format!("writing manifest.json: {e}")))?
         .into_bytes();
     let layers = layers(graph);
-    let plan = layout(json, &layers);
+    let plan = layout(json, &layers)?;
 
     // --resume: the old tar moves aside; whatever layer of it checks out is copied from there.
     let old = match (options.resume, tokio::fs::try_exists(path).await) {
@@ -405,7 +416,7 @@ async fn fill(
             (true, _) => written.blobs_present += 1,
             (false, size) => {
                 written.blobs_sent += 1;
-                written.bytes_sent += size;
+                written.bytes_sent = written.bytes_sent.saturating_add(size);
             }
         }
     }
@@ -1171,6 +1182,21 @@ mod tests {
         std::fs::write(&path, climbing.as_bytes()).unwrap();
         let err = read(&path, &WalkLimits::default()).unwrap_err().to_string();
         assert!(err.contains("\"..\" is not a tag"), "{err}");
+    }
+
+    /// Declared sizes are the source's word: two layers of `i64::MAX` bytes add up past a
+    /// u64 and would wrap the offsets (release builds do not check overflow).
+    #[test]
+    fn declared_sizes_cannot_wrap_the_layout() {
+        let huge = i64::MAX as u64;
+        let layers = vec![
+            (format!("sha256:{}", "a".repeat(64)), huge),
+            (format!("sha256:{}", "b".repeat(64)), huge),
+            (format!("sha256:{}", "c".repeat(64)), huge),
+        ];
+        assert!(layout(b"[]".to_vec(), &layers[..1]).is_ok());
+        let err = layout(b"[]".to_vec(), &layers).err().unwrap().to_string();
+        assert!(err.contains("add up past"), "{err}");
     }
 
     #[test]
