@@ -159,8 +159,41 @@ pub(super) fn resolve(
     }
 }
 
-/// Reads a blob and checks it is what its digest says.
-pub(super) fn read_blob(dir: &Path, digest: &str) -> Result<Vec<u8>, BundleError> {
+/// The most an `index.json` or a manifest of a layout may take (as a registry's manifest).
+pub(super) const MAX_DOCUMENT_BYTES: u64 = 4 << 20;
+
+/// `path` whole, when it is a regular file of at most `max` bytes. A layout is a directory
+/// anyone can hand over: a link to `/dev/zero`, a FIFO or a file of gigabytes where a manifest
+/// should be must end as an error, not a hang or a process out of memory.
+fn read_file(path: &Path, max: u64) -> Result<Vec<u8>, BundleError> {
+    let meta = fs::symlink_metadata(path).map_err(BundleError::io("reading", path))?;
+    regular(path, &meta)?;
+    if meta.len() > max {
+        return Err(BundleError::Content {
+            reference: path.display().to_string(),
+            reason: format!("{} bytes, more than the {max} accepted", meta.len()),
+        });
+    }
+    let mut data = Vec::with_capacity(meta.len() as usize);
+    fs::File::open(path)
+        .and_then(|f| std::io::Read::read_to_end(&mut std::io::Read::take(f, max), &mut data))
+        .map_err(BundleError::io("reading", path))?;
+    Ok(data)
+}
+
+fn regular(path: &Path, meta: &fs::Metadata) -> Result<(), BundleError> {
+    if meta.file_type().is_file() {
+        Ok(())
+    } else {
+        Err(BundleError::Content {
+            reference: path.display().to_string(),
+            reason: "not a regular file (a layout's files are never links or devices)".to_owned(),
+        })
+    }
+}
+
+/// Reads a blob of at most `max` bytes and checks it is what its digest says.
+pub(super) fn read_blob(dir: &Path, digest: &str, max: u64) -> Result<Vec<u8>, BundleError> {
     if !is_sha256_digest(digest) {
         return Err(BundleError::Content {
             reference: format!("oci-layout:{}", dir.display()),
@@ -168,7 +201,7 @@ pub(super) fn read_blob(dir: &Path, digest: &str) -> Result<Vec<u8>, BundleError
         });
     }
     let path = blob_path(dir, digest);
-    let data = fs::read(&path).map_err(BundleError::io("reading", &path))?;
+    let data = read_file(&path, max)?;
     let actual = sha256_digest(&data);
     if actual != digest {
         return Err(BundleError::Content {
@@ -189,6 +222,8 @@ pub(super) fn open_blob(dir: &Path, digest: &str) -> Result<fs::File, BundleErro
         });
     }
     let path = blob_path(dir, digest);
+    let meta = fs::symlink_metadata(&path).map_err(BundleError::io("reading", &path))?;
+    regular(&path, &meta)?;
     fs::File::open(&path).map_err(BundleError::io("reading", &path))
 }
 
@@ -199,16 +234,16 @@ fn blob_path(dir: &Path, digest: &str) -> PathBuf {
 
 fn read_index(dir: &Path) -> Result<Option<Index>, BundleError> {
     let path = dir.join("index.json");
-    match fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| BundleError::Content {
-                reference: path.display().to_string(),
-                reason: format!("not a valid OCI index: {e}"),
-            }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(BundleError::io("reading", &path)(e)),
+    if fs::symlink_metadata(&path).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound) {
+        return Ok(None);
     }
+    let bytes = read_file(&path, MAX_DOCUMENT_BYTES)?;
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| BundleError::Content {
+            reference: path.display().to_string(),
+            reason: format!("not a valid OCI index: {e}"),
+        })
 }
 
 fn write_atomically(path: &Path, data: &[u8]) -> Result<(), BundleError> {
@@ -221,4 +256,34 @@ fn write_atomically(path: &Path, data: &[u8]) -> Result<(), BundleError> {
     tmp.persist(path)
         .map_err(|e| BundleError::io("writing", path)(e.error))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A layout handed over may hold anything where its documents should be: a link (to
+    /// `/dev/zero`, which would never end), or a file far larger than any manifest.
+    #[test]
+    fn a_layouts_files_are_regular_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("/dev/zero", dir.path().join("index.json")).unwrap();
+        let err = resolve(dir.path(), None, None).unwrap_err().to_string();
+        assert!(err.contains("not a regular file"), "{err}");
+
+        let digest = sha256_digest(b"");
+        let path = blob_path(dir.path(), &digest);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::File::create(&path)
+            .unwrap()
+            .set_len(MAX_DOCUMENT_BYTES + 1)
+            .unwrap();
+        let err = read_blob(dir.path(), &digest, MAX_DOCUMENT_BYTES)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("more than the 4194304 accepted"), "{err}");
+        fs::remove_file(&path).unwrap();
+        fs::write(&path, b"").unwrap();
+        assert_eq!(read_blob(dir.path(), &digest, 0).unwrap(), b"");
+    }
 }

@@ -116,7 +116,7 @@ pub async fn pull_with(
             tokio::task::spawn_blocking(move || {
                 let limits = &limits;
                 let digest = layout::resolve(&dir, tag.as_deref(), digest.as_deref())?;
-                let manifest = layout::read_blob(&dir, &digest)?;
+                let manifest = layout::read_blob(&dir, &digest, layout::MAX_DOCUMENT_BYTES)?;
                 let parsed = image::parse_bundle_manifest(&manifest).map_err(|reason| {
                     BundleError::Content {
                         reference: format!("oci-layout:{}@{digest}", dir.display()),
@@ -127,7 +127,7 @@ pub async fn pull_with(
                     reference: format!("oci-layout:{}@{digest}", dir.display()),
                     reason,
                 })?;
-                let config = layout::read_blob(&dir, &parsed.config.digest)?;
+                let config = layout::read_blob(&dir, &parsed.config.digest, MAX_CONFIG_BYTES)?;
                 let layer = layout::open_blob(&dir, &parsed.layer.digest)?;
                 Ok::<_, BundleError>((
                     digest,
