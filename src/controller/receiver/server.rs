@@ -33,6 +33,8 @@ use crate::api::{PackageRepositorySource, PackageSource, REQUESTED_AT_ANNOTATION
 const MAX_BODY: usize = 1024 * 1024;
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_CONNECTIONS: usize = 64;
+/// Receivers whose status claims one path that are checked against their Secrets.
+const MAX_CLAIMANTS: usize = 8;
 /// Objects one request may annotate.
 pub(super) const MAX_TRIGGERED: usize = 1000;
 
@@ -68,13 +70,21 @@ async fn handle(hooks: &Webhooks, request: Request<Incoming>) -> Response<Full<B
         return reply(StatusCode::METHOD_NOT_ALLOWED, "webhooks are POST requests");
     }
     let path = request.uri().path().to_owned();
-    let Some(receiver) =
-        hooks.receivers.state().into_iter().find(|r| {
+    // Status says which Receiver a path is; anyone who may write a Receiver's status could
+    // claim another's path, so each claimant is checked against its own Secret (the path is
+    // a hash of its token, name and namespace) and the one that proves it is served.
+    let claimants: Vec<_> = hooks
+        .receivers
+        .state()
+        .into_iter()
+        .filter(|r| {
             r.status.as_ref().and_then(|s| s.webhook_path.as_deref()) == Some(path.as_str())
         })
-    else {
+        .take(MAX_CLAIMANTS)
+        .collect();
+    if claimants.is_empty() {
         return reply(StatusCode::NOT_FOUND, "no Receiver is served at this path");
-    };
+    }
     let headers = request.headers().clone();
     let header = |name: &str| {
         headers
@@ -102,26 +112,28 @@ async fn handle(hooks: &Webhooks, request: Request<Incoming>) -> Response<Full<B
         }
         Ok(Ok(collected)) => collected.to_bytes(),
     };
+    let client = hooks.client.clone();
+    let proven = prove(claimants, &path, |receiver: Arc<Receiver>| {
+        let client = client.clone();
+        async move {
+            let namespace = receiver.namespace().unwrap_or_default();
+            let key = format!("{namespace}/{}", receiver.name_any());
+            // The token is read again: status may lag a rotation, the Secret does not.
+            let secrets: Api<Secret> = Api::namespaced(client, &namespace);
+            match secrets.get_opt(&receiver.spec.secret_ref.name).await {
+                Ok(Some(secret)) => super::token_of(&secret),
+                Ok(None) | Err(_) => Err(format!("Receiver {key}: its Secret cannot be read")),
+            }
+        }
+    })
+    .await;
+    let (receiver, token) = match proven {
+        Ok(proven) => proven,
+        Err(Some(why)) => return reply(StatusCode::SERVICE_UNAVAILABLE, why),
+        Err(None) => return reply(StatusCode::NOT_FOUND, "no Receiver is served at this path"),
+    };
     let namespace = receiver.namespace().unwrap_or_default();
     let key = format!("{namespace}/{}", receiver.name_any());
-    // The token is read again: status may lag a rotation, the Secret does not.
-    let secrets: Api<Secret> = Api::namespaced(hooks.client.clone(), &namespace);
-    let token = match secrets.get_opt(&receiver.spec.secret_ref.name).await {
-        Ok(Some(secret)) => match super::token_of(&secret) {
-            Ok(token) => token,
-            Err(why) => return reply(StatusCode::SERVICE_UNAVAILABLE, why),
-        },
-        Ok(None) | Err(_) => {
-            return reply(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("Receiver {key}: its Secret cannot be read"),
-            );
-        }
-    };
-    // A request for an old path after a rotation is refused like a forged one.
-    if crate::api::receiver::webhook_path(&token, &receiver.name_any(), &namespace) != path {
-        return reply(StatusCode::NOT_FOUND, "no Receiver is served at this path");
-    }
     let event = match receiver.spec.type_ {
         ReceiverType::Github => {
             let signature = header("x-hub-signature-256").unwrap_or_default();
@@ -177,6 +189,37 @@ async fn handle(hooks: &Webhooks, request: Request<Incoming>) -> Response<Full<B
         }
         Err(why) => reply(StatusCode::INTERNAL_SERVER_ERROR, why),
     }
+}
+
+/// The claimant of `path` whose token (read by `token`) hashes to it, with that token; else
+/// why a claimant's token could not be read, if one could not.
+async fn prove<F, Fut>(
+    claimants: Vec<Arc<Receiver>>,
+    path: &str,
+    token: F,
+) -> Result<(Arc<Receiver>, String), Option<String>>
+where
+    F: Fn(Arc<Receiver>) -> Fut,
+    Fut: std::future::Future<Output = Result<String, String>>,
+{
+    let mut unreadable = None;
+    for receiver in claimants {
+        match token(receiver.clone()).await {
+            // A request for an old path after a rotation is refused like a forged one.
+            Ok(token)
+                if crate::api::receiver::webhook_path(
+                    &token,
+                    &receiver.name_any(),
+                    &receiver.namespace().unwrap_or_default(),
+                ) == path =>
+            {
+                return Ok((receiver, token));
+            }
+            Ok(_) => {}
+            Err(why) => unreadable = Some(why),
+        }
+    }
+    Err(unreadable)
 }
 
 /// GitHub's check: `sha256=` and the hex HMAC-SHA256 of the body under the token, compared
@@ -289,6 +332,51 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Another tenant who may write Receivers' status claims team A's path first: the request
+    /// goes to the Receiver whose own token proves the path, never to the claimant.
+    #[tokio::test]
+    async fn a_path_goes_to_the_receiver_its_token_proves() {
+        let receiver = |namespace: &str, name: &str| {
+            let mut r: Receiver = serde_json::from_value(serde_json::json!({
+                "apiVersion": "packsmith.dev/v1alpha1",
+                "kind": "Receiver",
+                "metadata": {"name": name, "namespace": namespace},
+                "spec": {"type": "generic", "secretRef": {"name": "token"},
+                         "resources": [{"kind": "PackageSource", "name": "app"}]},
+            }))
+            .unwrap();
+            r.metadata.uid = Some(format!("{namespace}-{name}"));
+            Arc::new(r)
+        };
+        let tokens = |r: Arc<Receiver>| async move {
+            match r.namespace().as_deref() {
+                Some("team-a") => Ok("team-a-token-0123456789".to_owned()),
+                Some("team-b") => Ok("team-b-token-0123456789".to_owned()),
+                _ => Err("its Secret cannot be read".to_owned()),
+            }
+        };
+        let path = crate::api::receiver::webhook_path("team-a-token-0123456789", "hook", "team-a");
+        let (shadow, unreadable, real) = (
+            receiver("team-b", "hook"),
+            receiver("team-c", "hook"),
+            receiver("team-a", "hook"),
+        );
+        let (served, _) = prove(
+            vec![shadow.clone(), unreadable.clone(), real],
+            &path,
+            tokens,
+        )
+        .await
+        .unwrap();
+        assert_eq!(served.namespace().as_deref(), Some("team-a"));
+        assert_eq!(
+            prove(vec![shadow, unreadable], &path, tokens)
+                .await
+                .unwrap_err(),
+            Some("its Secret cannot be read".to_owned())
+        );
+    }
 
     /// GitHub's documented test vector ("Validating webhook deliveries"): secret
     /// "It's a Secret to Everybody", payload "Hello, World!".
