@@ -40,6 +40,9 @@ pub struct WalkLimits {
     pub max_bundle_layer_bytes: u64,
     /// The `.imgpkg/images.yml` of a bundle.
     pub max_images_lock_bytes: u64,
+    /// Bundle layers inflated in all, to find their ImagesLocks: one bundle may take
+    /// `max_bundle_layer_bytes`, a copy of many bundles no more than this.
+    pub max_inflated_bytes: u64,
 }
 
 impl Default for WalkLimits {
@@ -51,6 +54,7 @@ impl Default for WalkLimits {
             max_config_bytes: 16 << 20,
             max_bundle_layer_bytes: 1 << 30,
             max_images_lock_bytes: 16 << 20,
+            max_inflated_bytes: 4 << 30,
         }
     }
 }
@@ -341,9 +345,13 @@ pub(super) fn config_is_bundle(config: &[u8]) -> Result<bool, String> {
 pub(super) fn images_lock_of_layer(
     layer: impl std::io::Read,
     limits: &WalkLimits,
+    budget: &Inflation,
 ) -> Result<ImagesLock, String> {
     let inflated = super::super::CappedReader::new(
-        flate2::read::GzDecoder::new(layer),
+        Budgeted {
+            inner: flate2::read::GzDecoder::new(layer),
+            budget,
+        },
         limits.max_bundle_layer_bytes,
     );
     let meter = inflated.header_meter();
@@ -387,6 +395,43 @@ pub(super) fn images_lock_of_layer(
         return Ok(lock);
     }
     Err("the bundle has no .imgpkg/images.yml".to_owned())
+}
+
+/// What is left of [`WalkLimits::max_inflated_bytes`] in one copy, shared by its bundles.
+#[derive(Debug)]
+pub(super) struct Inflation(std::sync::atomic::AtomicU64);
+
+impl Inflation {
+    pub(super) fn new(limits: &WalkLimits) -> Self {
+        Inflation(std::sync::atomic::AtomicU64::new(limits.max_inflated_bytes))
+    }
+
+    fn take(&self, n: u64) -> bool {
+        use std::sync::atomic::Ordering;
+        self.0
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+                left.checked_sub(n)
+            })
+            .is_ok()
+    }
+}
+
+/// A reader that spends [`Inflation`] on what it yields.
+struct Budgeted<'a, R> {
+    inner: R,
+    budget: &'a Inflation,
+}
+
+impl<R: std::io::Read> std::io::Read for Budgeted<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if !self.budget.take(n as u64) {
+            return Err(std::io::Error::other(
+                "the bundles' layers inflate to more than a copy may read to find their ImagesLocks",
+            ));
+        }
+        Ok(n)
+    }
 }
 
 /// What the walk is asked to find at a reference.
@@ -456,6 +501,8 @@ pub(super) async fn walk_registry(
 ) -> Result<Graph, BundleError> {
     let mut seen: HashSet<String> = graph.manifests.keys().cloned().collect();
     let concurrency = registry.concurrency();
+    let inflation = Arc::new(Inflation::new(limits));
+    let inflation = &inflation;
     while !pending.is_empty() {
         use futures::StreamExt as _;
         let level = std::mem::take(&mut pending);
@@ -463,7 +510,7 @@ pub(super) async fn walk_registry(
             level
                 .into_iter()
                 .map(|p| async move {
-                    let fetched = fetch(registry, &p, limits, scratch).await;
+                    let fetched = fetch(registry, &p, limits, inflation, scratch).await;
                     (p, fetched)
                 })
                 .collect::<Vec<_>>(),
@@ -671,6 +718,7 @@ pub(super) async fn fetch(
     registry: &Registry,
     p: &Pending,
     limits: &WalkLimits,
+    inflation: &Arc<Inflation>,
     scratch: &Path,
 ) -> Result<Fetched, BundleError> {
     let content = |reason: String| BundleError::Content {
@@ -807,10 +855,11 @@ pub(super) async fn fetch(
     let path = named.into_temp_path();
     let layer_path = path.to_path_buf();
     let limits_copy = *limits;
+    let budget = inflation.clone();
     let lock = tokio::task::spawn_blocking(move || {
         let file = std::fs::File::open(&layer_path)
             .map_err(|e| format!("reading the spooled layer: {e}"))?;
-        images_lock_of_layer(std::io::BufReader::new(file), &limits_copy)
+        images_lock_of_layer(std::io::BufReader::new(file), &limits_copy, &budget)
     })
     .await
     .map_err(|e| content(format!("reading the bundle layer: {e}")))?
@@ -911,7 +960,9 @@ mod tests {
         };
         let image = |i: usize| format!("r.example/app@sha256:{i:064x}");
         let repeated: Vec<String> = (0..300).map(|i| image(i % 3)).collect();
-        let lock = images_lock_of_layer(&layer(&repeated)[..], &WalkLimits::default()).unwrap();
+        let budget = Inflation::new(&WalkLimits::default());
+        let lock =
+            images_lock_of_layer(&layer(&repeated)[..], &WalkLimits::default(), &budget).unwrap();
         assert_eq!(
             lock.images
                 .iter()
@@ -924,7 +975,29 @@ mod tests {
             ..WalkLimits::default()
         };
         let many: Vec<String> = (0..11).map(image).collect();
-        let err = images_lock_of_layer(&layer(&many)[..], &limits).unwrap_err();
+        let err =
+            images_lock_of_layer(&layer(&many)[..], &limits, &Inflation::new(&limits)).unwrap_err();
         assert!(err.contains("names 11 images"), "{err}");
+
+        // Bundles share one inflation budget: each layer is within its own cap, together
+        // they are not (a thousand bundles of one bomb layer each would be hours of CPU).
+        let one = layer(&many);
+        let inflated = {
+            let probe = Inflation::new(&WalkLimits::default());
+            images_lock_of_layer(&one[..], &WalkLimits::default(), &probe).unwrap();
+            WalkLimits::default().max_inflated_bytes
+                - probe.0.load(std::sync::atomic::Ordering::Relaxed)
+        };
+        assert!(inflated > 0);
+        let limits = WalkLimits {
+            max_inflated_bytes: 2 * inflated + inflated / 2,
+            ..WalkLimits::default()
+        };
+        let budget = Inflation::new(&limits);
+        for _ in 0..2 {
+            images_lock_of_layer(&one[..], &limits, &budget).unwrap();
+        }
+        let err = images_lock_of_layer(&one[..], &limits, &budget).unwrap_err();
+        assert!(err.contains("inflate to more than"), "{err}");
     }
 }

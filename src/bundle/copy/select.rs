@@ -24,7 +24,8 @@ pub(super) async fn narrowed(
     limits: &WalkLimits,
     scratch: &Path,
 ) -> Result<(Graph, Vec<Pending>), BundleError> {
-    let fetched = graph::fetch(registry, &root, limits, scratch).await?;
+    let inflation = std::sync::Arc::new(graph::Inflation::new(limits));
+    let fetched = graph::fetch(registry, &root, limits, &inflation, scratch).await?;
     let content = |reason: String| BundleError::Content {
         reference: root.named_as.clone(),
         reason,

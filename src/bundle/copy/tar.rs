@@ -752,6 +752,7 @@ pub(super) fn read(path: &Path, limits: &WalkLimits) -> Result<Graph, BundleErro
         graph: Graph::default(),
         layers,
         limits,
+        inflation: graph::Inflation::new(limits),
         path,
     };
     for (i, item) in items.iter().enumerate() {
@@ -782,6 +783,7 @@ struct TarGraph<'a> {
     graph: Graph,
     layers: HashMap<String, (u64, u64)>,
     limits: &'a WalkLimits,
+    inflation: graph::Inflation,
     path: &'a Path,
 }
 
@@ -802,9 +804,12 @@ impl TarGraph<'_> {
             std::fs::File::open(self.path).map_err(BundleError::io("reading", self.path))?;
         file.seek(std::io::SeekFrom::Start(offset))
             .map_err(BundleError::io("reading", self.path))?;
-        let lock =
-            graph::images_lock_of_layer(std::io::BufReader::new(file.take(*size)), self.limits)
-                .map_err(|e| self.invalid(format!("bundle layer {layer}: {e}")))?;
+        let lock = graph::images_lock_of_layer(
+            std::io::BufReader::new(file.take(*size)),
+            self.limits,
+            &self.inflation,
+        )
+        .map_err(|e| self.invalid(format!("bundle layer {layer}: {e}")))?;
         Ok(lock.images.into_iter().map(|i| i.image).collect())
     }
 
