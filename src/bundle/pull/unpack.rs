@@ -253,14 +253,7 @@ pub(super) fn unpack(
                 });
             }
             files += 1;
-            if (files + links) as u64 > limits.max_files {
-                return Err(limit_error(
-                    reference,
-                    "files and links",
-                    limits.max_files,
-                    "--max-files",
-                ));
-            }
+            entries_within(files + links, reference, limits)?;
             let size = entry.header().size().unwrap_or(u64::MAX);
             bytes = bytes.saturating_add(size);
             if bytes > limits.max_bytes {
@@ -306,16 +299,8 @@ pub(super) fn unpack(
                 }
             })?;
         } else if entry_type.is_symlink() || entry_type.is_hard_link() {
-            // Not written, but counted: a layer of nothing but links is no cheaper to read.
             links += 1;
-            if (files + links) as u64 > limits.max_files {
-                return Err(limit_error(
-                    reference,
-                    "files and links",
-                    limits.max_files,
-                    "--max-files",
-                ));
-            }
+            entries_within(files + links, reference, limits)?;
             if skipped.len() < NAMED_LINKS {
                 skipped.push(name.chars().take(NAMED_LINK_CHARS).collect());
             }
@@ -336,6 +321,20 @@ pub(super) fn unpack(
         skipped,
         links,
     })
+}
+
+/// Files and links both count against `--max-files`: a link is not written, but a layer of
+/// nothing but links is no cheaper to read.
+fn entries_within(entries: usize, reference: &str, limits: &PullLimits) -> Result<(), BundleError> {
+    if entries as u64 > limits.max_files {
+        return Err(limit_error(
+            reference,
+            "files and links",
+            limits.max_files,
+            "--max-files",
+        ));
+    }
+    Ok(())
 }
 
 pub(super) const COPY_BUFFER: usize = 1 << 20;
