@@ -108,19 +108,18 @@ pub(super) async fn collect(
             .clone()
             .or_else(|| source.spec.publish.namespace.clone())
             .unwrap_or_else(|| namespace.to_owned());
+        let owner = Owner::of(&source);
         let packages: Api<Package> = Api::namespaced(ctx.client.clone(), &publish_ns);
         let found = match packages
             .list(&ListParams::default().labels(&published_by(namespace, &name)))
             .await
         {
             // Labels find them; only the owner annotation proves they are this source's.
-            Ok(l) => {
-                let owner = Owner::of(&source);
-                l.items
-                    .into_iter()
-                    .filter(|p| ownership::is_ours(kube::Resource::meta(p), &owner))
-                    .collect::<Vec<_>>()
-            }
+            Ok(l) => l
+                .items
+                .into_iter()
+                .filter(|p| ownership::is_ours(kube::Resource::meta(p), &owner))
+                .collect::<Vec<_>>(),
             Err(e) if is_not_found(&e) => return Err(api_missing("data.packaging.carvel.dev")),
             Err(e) => {
                 return Err(api_failure(
@@ -150,7 +149,7 @@ pub(super) async fn collect(
                     })?
                     // Only the source's own: in a shared publish namespace another team
                     // may have written the PackageMetadata of this refName.
-                    .filter(|m| ownership::is_ours(kube::Resource::meta(m), &Owner::of(&source)))
+                    .filter(|m| ownership::is_ours(kube::Resource::meta(m), &owner))
                     .map(clean_metadata)
                     .unwrap_or_else(|| {
                         PackageMetadata::new(ref_name.clone(), PackageMetadataSpec::default())
